@@ -1,0 +1,270 @@
+//! The baselines: minimal hand-written pipelined (order) and multiplexed (session)
+//! clients, about as lean as such a client can be while still being shared by many
+//! callers.
+//!
+//! ```text
+//! callers --(frame, oneshot)--> unbounded mpsc --> writer task --one write per batch--> socket
+//!                                                      |
+//!                                 waiting replies (Mutex<VecDeque> | Mutex<HashMap>)
+//!                                                      |
+//! callers <-------------- oneshot ------------------ reader task <--large reads-------- socket
+//! ```
+//!
+//! The writer drains everything queued (`recv_many`), encodes it into one reused buffer,
+//! registers the replies it now waits for (one lock per batch), then writes the batch with
+//! one `write_all`. The reader decodes every frame of a read and completes the matching
+//! oneshots (one lock per read). Per request that is one oneshot allocation; the mpsc and
+//! the buffers are reused.
+//!
+//! Deliberately left out: backpressure, cancellation, reconnects, error details. These
+//! are what a real client adds, and what the benchmark charges it for.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Decoder, Encoder};
+use tower::{BoxError, Service};
+
+use crate::codec::{Frame, FrameCodec};
+use crate::measure::Counted;
+
+/// Most requests the writer takes from the queue at once.
+const BATCH: usize = 256;
+/// Initial size of the read and write buffers.
+const BUFFER: usize = 64 * 1024;
+
+type Job = (Frame, oneshot::Sender<Frame>);
+
+/// The hand-written pipelined client: replies are matched to requests by position.
+#[derive(Debug, Clone)]
+pub struct Order {
+    intake: mpsc::UnboundedSender<Job>,
+}
+
+impl Order {
+    /// Spawns the writer and reader tasks over `stream`.
+    pub fn spawn(stream: TcpStream) -> Self {
+        let (read, write) = stream.into_split();
+        let (intake, jobs) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(VecDeque::new()));
+        tokio::spawn(log_error(
+            "hand-order writer",
+            write_order(jobs, Counted::new(write), waiting.clone()),
+        ));
+        tokio::spawn(log_error(
+            "hand-order reader",
+            read_order(Counted::new(read), waiting),
+        ));
+        Order { intake }
+    }
+}
+
+async fn write_order(
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut io: Counted<OwnedWriteHalf>,
+    waiting: Arc<Mutex<VecDeque<oneshot::Sender<Frame>>>>,
+) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut replies = Vec::with_capacity(BATCH);
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+        for (frame, reply) in batch.drain(..) {
+            FrameCodec.encode(frame, &mut buf)?;
+            replies.push(reply);
+        }
+        // Register before writing, so a reply can never arrive before its slot.
+        waiting.lock().unwrap().extend(replies.drain(..));
+        io.write_all(&buf).await?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+async fn read_order(
+    mut io: Counted<OwnedReadHalf>,
+    waiting: Arc<Mutex<VecDeque<oneshot::Sender<Frame>>>>,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    let mut frames = Vec::with_capacity(BATCH);
+    let mut ready = Vec::with_capacity(BATCH);
+    loop {
+        if !read_frames(&mut io, &mut buf, &mut frames).await? {
+            return Ok(());
+        }
+        {
+            let mut waiting = waiting.lock().unwrap();
+            for frame in frames.drain(..) {
+                let reply = waiting.pop_front().ok_or_else(|| desync("reply to nothing"))?;
+                ready.push((reply, frame));
+            }
+        }
+        for (reply, frame) in ready.drain(..) {
+            // The caller may be gone; its reply is then simply dropped.
+            let _ = reply.send(frame);
+        }
+    }
+}
+
+/// The hand-written multiplexed client: the writer stamps each request with a fresh id
+/// and replies are matched by id, in any order.
+#[derive(Debug, Clone)]
+pub struct Session {
+    intake: mpsc::UnboundedSender<Job>,
+}
+
+impl Session {
+    /// Spawns the writer and reader tasks over `stream`.
+    pub fn spawn(stream: TcpStream) -> Self {
+        let (read, write) = stream.into_split();
+        let (intake, jobs) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(HashMap::with_capacity(BATCH)));
+        tokio::spawn(log_error(
+            "hand-session writer",
+            write_session(jobs, Counted::new(write), waiting.clone()),
+        ));
+        tokio::spawn(log_error(
+            "hand-session reader",
+            read_session(Counted::new(read), waiting),
+        ));
+        Session { intake }
+    }
+}
+
+async fn write_session(
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut io: Counted<OwnedWriteHalf>,
+    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>,
+) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut replies = Vec::with_capacity(BATCH);
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    let mut next_id = 0u64;
+    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+        for (mut frame, reply) in batch.drain(..) {
+            next_id = next_id.wrapping_add(1);
+            frame.id = next_id;
+            FrameCodec.encode(frame, &mut buf)?;
+            replies.push((next_id, reply));
+        }
+        waiting.lock().unwrap().extend(replies.drain(..));
+        io.write_all(&buf).await?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+async fn read_session(
+    mut io: Counted<OwnedReadHalf>,
+    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    let mut frames = Vec::with_capacity(BATCH);
+    let mut ready = Vec::with_capacity(BATCH);
+    loop {
+        if !read_frames(&mut io, &mut buf, &mut frames).await? {
+            return Ok(());
+        }
+        {
+            let mut waiting = waiting.lock().unwrap();
+            for frame in frames.drain(..) {
+                let reply = waiting
+                    .remove(&frame.id)
+                    .ok_or_else(|| desync("reply with an unknown id"))?;
+                ready.push((reply, frame));
+            }
+        }
+        for (reply, frame) in ready.drain(..) {
+            let _ = reply.send(frame);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared by both clients
+
+/// Reads once (as much as the socket has) and decodes every complete frame into `frames`.
+/// Returns `false` at end of stream.
+async fn read_frames(
+    io: &mut Counted<OwnedReadHalf>,
+    buf: &mut BytesMut,
+    frames: &mut Vec<Frame>,
+) -> io::Result<bool> {
+    // Reclaims the buffer's space once callers have dropped the payloads cut from it.
+    buf.reserve(BUFFER);
+    if io.read_buf(buf).await? == 0 {
+        return Ok(false);
+    }
+    while let Some(frame) = FrameCodec.decode(buf)? {
+        frames.push(frame);
+    }
+    Ok(true)
+}
+
+fn desync(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("desynchronized: {what}"))
+}
+
+/// Runs a connection task; an error ends it (and so fails every waiting caller).
+async fn log_error(task: &'static str, fut: impl Future<Output = io::Result<()>>) {
+    if let Err(e) = fut.await {
+        eprintln!("{task}: {e}");
+    }
+}
+
+impl Service<Frame> for Order {
+    type Response = Frame;
+    type Error = BoxError;
+    type Future = Reply;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, frame: Frame) -> Reply {
+        enqueue(&self.intake, frame)
+    }
+}
+
+impl Service<Frame> for Session {
+    type Response = Frame;
+    type Error = BoxError;
+    type Future = Reply;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, frame: Frame) -> Reply {
+        enqueue(&self.intake, frame)
+    }
+}
+
+fn enqueue(intake: &mpsc::UnboundedSender<Job>, frame: Frame) -> Reply {
+    let (reply, rx) = oneshot::channel();
+    // If the connection tasks are gone, `reply` is dropped and the caller sees an error.
+    let _ = intake.send((frame, reply));
+    Reply(rx)
+}
+
+/// The reply to one request of a hand-written client.
+#[derive(Debug)]
+pub struct Reply(oneshot::Receiver<Frame>);
+
+impl Future for Reply {
+    type Output = Result<Frame, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map_err(|_| "connection closed".into())
+    }
+}

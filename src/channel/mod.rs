@@ -1,0 +1,304 @@
+//! The handle users hold: [`Channel`].
+
+mod call;
+mod future;
+mod service;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::ReusableBoxFuture;
+use tower::BoxError;
+
+pub use self::call::{Call, IntoCall, Replies};
+pub use self::future::{ReplyStream, ResponseFuture};
+
+use crate::config::Config;
+use crate::error::{Error, Kind};
+use crate::mux::{Control, Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::shared::{Shared, State};
+use crate::stats::Counters;
+
+type Permit<Req, Resp> = mpsc::OwnedPermit<Envelope<Req, Resp>>;
+type Reserve<Req, Resp> =
+    ReusableBoxFuture<'static, Result<Permit<Req, Resp>, mpsc::error::SendError<()>>>;
+
+/// A clone-able handle to one connection's calls.
+///
+/// Every clone talks to the same connection task. Cloning never allocates. `Channel` is a
+/// [`tower::Service`] (one request, one reply) and has a method for every other call shape.
+///
+/// # Cancel safety
+///
+/// Dropping a call's future never shifts another caller's reply: a call not yet written
+/// is never written; a written one keeps its place (its FIFO slot or session id) and its
+/// reply is discarded when it comes.
+pub struct Channel<Req, Resp> {
+    tx: mpsc::Sender<Envelope<Req, Resp>>,
+    shared: Arc<Shared<Resp>>,
+    /// Capacity reserved by `poll_ready` for the next `call`.
+    permit: Option<Permit<Req, Resp>>,
+    /// Waits for capacity when the intake is full; allocated the first time it is.
+    reserve: Option<Reserve<Req, Resp>>,
+    reserving: bool,
+}
+
+/// A channel's connection task, for callers who run it themselves
+/// ([`Channel::pair`]). It ends when the connection ends, the channel is closed, or every
+/// handle is gone and every call answered.
+#[must_use = "the channel does nothing unless its connection task runs"]
+pub struct Connection {
+    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Future for Connection {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.task.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// A channel over a transport the caller already has, with its connection task
+    /// spawned on the current tokio runtime. No reconnect: when the transport ends, the
+    /// channel is closed.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn new<T, M, WE, RE>(transport: T, mode: M) -> Self
+    where
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+        WE: Into<BoxError> + 'static,
+        RE: Into<BoxError> + 'static,
+        M: Mode<Req, Resp>,
+    {
+        Self::with_config(transport, mode, Config::default())
+    }
+
+    /// [`Channel::new`] with limits and timers of one's own.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn with_config<T, M, WE, RE>(transport: T, mode: M, config: Config) -> Self
+    where
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+        WE: Into<BoxError> + 'static,
+        RE: Into<BoxError> + 'static,
+        M: Mode<Req, Resp>,
+    {
+        let (channel, connection) = Self::pair(transport, mode, config);
+        tokio::spawn(connection);
+        channel
+    }
+
+    /// A channel and its connection task, which the caller runs (spawns, or polls
+    /// alongside other work).
+    pub fn pair<T, M, WE, RE>(transport: T, mode: M, config: Config) -> (Self, Connection)
+    where
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+        WE: Into<BoxError> + 'static,
+        RE: Into<BoxError> + 'static,
+        M: Mode<Req, Resp>,
+    {
+        let (tx, intake) = mpsc::channel(config.queue);
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let (push_tx, pushes) = mpsc::channel(config.push_capacity);
+        let shared = Arc::new(Shared::new(control_tx, pushes));
+        shared.set_state(State::Ready);
+        let matcher = mode.into_matcher(config.max_in_flight);
+        let engine = Engine::new(matcher, intake, push_tx, shared.clone(), &config);
+        let worker = Worker::new(engine, transport, control);
+        let connection = Connection {
+            task: Box::pin(worker),
+        };
+        (Channel::from_parts(tx, shared), connection)
+    }
+
+    fn from_parts(tx: mpsc::Sender<Envelope<Req, Resp>>, shared: Arc<Shared<Resp>>) -> Self {
+        Channel {
+            tx,
+            shared,
+            permit: None,
+            reserve: None,
+            reserving: false,
+        }
+    }
+
+    /// Queues a call, waiting for room in the intake.
+    async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) -> Result<(), Error> {
+        let envelope = Envelope {
+            frames: call.frames,
+            waiter,
+            id: call.id,
+            exempt: call.exempt,
+        };
+        if self.shared.is_closed() {
+            envelope.fail_unsent(Kind::Closed, None);
+            return Ok(());
+        }
+        match self.tx.reserve().await {
+            Ok(permit) => permit.send(envelope),
+            Err(_) => envelope.fail_unsent(Kind::Closed, None),
+        }
+        Ok(())
+    }
+
+    async fn one<T>(&self, call: Call<Req>, waiter: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Waiter<Resp>) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(call, waiter(tx)).await?;
+        future::outcome(rx.await)
+    }
+
+    /// Sends a request and waits for its reply.
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`]: whether the request was sent, and why the call failed.
+    pub async fn request(&self, call: impl IntoCall<Req>) -> Result<Resp, Error> {
+        self.one(call.into_call(), |tx| Waiter::One(Some(tx))).await
+    }
+
+    /// Sends a request and waits for exactly `n` reply frames (a pipeline of `n`
+    /// commands written as one request). `n == 0` resolves once the request is written.
+    pub async fn request_n(&self, call: impl IntoCall<Req>, n: usize) -> Result<Vec<Resp>, Error> {
+        self.collect(call.into_call(), Until::Count(n)).await
+    }
+
+    /// Sends a request and collects reply frames until one the protocol marks final
+    /// ([`Protocol::is_final`](crate::Protocol::is_final)).
+    pub async fn request_until_final(&self, call: impl IntoCall<Req>) -> Result<Vec<Resp>, Error> {
+        self.collect(call.into_call(), Until::Final).await
+    }
+
+    async fn collect(&self, call: Call<Req>, until: Until) -> Result<Vec<Resp>, Error> {
+        self.one(call, |tx| Waiter::Collect {
+            tx: Some(tx),
+            parts: Vec::new(),
+            until,
+            error: None,
+        })
+        .await
+    }
+
+    /// Sends a request and yields its reply frames one by one as they arrive.
+    ///
+    /// The stream ends after the last frame; an error ends it too. Dropping it early
+    /// discards the remaining frames of this reply (they are still read, so no other
+    /// caller is affected).
+    pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // An enqueue failure is delivered through the stream itself.
+        let _ = self
+            .enqueue(
+                call.into_call(),
+                Waiter::Stream {
+                    tx,
+                    until: replies.into(),
+                },
+            )
+            .await;
+        ReplyStream::new(rx)
+    }
+
+    /// Fire-and-forget: writes a request the server never answers. Resolves once the
+    /// request is handed to the transport. It is written even if this future is dropped.
+    ///
+    /// In session mode the request is written as given: no session id is stamped.
+    pub async fn send(&self, call: impl IntoCall<Req>) -> Result<(), Error> {
+        self.one(call.into_call(), Waiter::Sent).await
+    }
+
+    /// Waits for the next reply without writing anything ([`Call::read`]).
+    pub async fn read(&self) -> Result<Resp, Error> {
+        self.request(Call::read()).await
+    }
+
+    /// Takes the receiver of push frames ([`Protocol::is_push`](crate::Protocol::is_push)).
+    /// There is one per channel: the first caller gets it, later ones get `None`.
+    ///
+    /// It holds up to [`Config::push_capacity`] frames; more are dropped and counted.
+    pub fn pushes(&self) -> Option<mpsc::Receiver<Resp>> {
+        self.shared
+            .pushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Closes the channel now: every queued and waiting call fails with
+    /// [`Kind::Closed`], and later calls fail at once.
+    pub fn close(&self) {
+        self.shared.set_closed();
+        let _ = self.shared.control.send(Control::Close);
+    }
+
+    /// Closes the channel gracefully: no new calls are taken; those already queued or
+    /// waiting have until `deadline` to be answered, then fail with [`Kind::Closed`].
+    /// Resolves once the connection is closed.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shared.set_closed();
+        let at = tokio::time::Instant::now() + deadline;
+        let _ = self.shared.control.send(Control::Shutdown(at));
+        let mut state = self.state();
+        let _ = state.wait_for(|s| *s == State::Closed).await;
+    }
+
+    /// Watches the connection's state.
+    pub fn state(&self) -> watch::Receiver<State> {
+        self.shared.state.subscribe()
+    }
+
+    /// The channel's counters now.
+    pub fn counters(&self) -> Counters {
+        self.shared.stats.snapshot()
+    }
+
+    /// The channel takes no more calls.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+}
+
+impl<Req, Resp> Clone for Channel<Req, Resp> {
+    fn clone(&self) -> Self {
+        Channel {
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+            permit: None,
+            reserve: None,
+            reserving: false,
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Channel<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("state", &*self.shared.state.borrow())
+            .field("counters", &self.shared.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+fn closed() -> Error {
+    Error::new(Kind::Closed)
+}

@@ -1,0 +1,112 @@
+//! `Channel` as a tower citizen: `Service` with real backpressure, and `Load`.
+
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::ReusableBoxFuture;
+use tower::BoxError;
+use tower::load::Load;
+
+use super::future::ResponseFuture;
+use super::{Channel, closed};
+use crate::error::{Error, Kind};
+use crate::mux::{Envelope, Frames, Waiter};
+
+impl<Req, Resp> Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Reserves room in the intake for the next call: `Pending` only while the intake is
+    /// full. The fast path is a `try_reserve`; the waiting future is boxed (once per
+    /// handle) only when the intake is full.
+    fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        if self.shared.is_closed() {
+            return Poll::Ready(Err(closed()));
+        }
+        if !self.reserving {
+            match self.tx.clone().try_reserve_owned() {
+                Ok(permit) => {
+                    self.permit = Some(permit);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Poll::Ready(Err(closed())),
+                Err(mpsc::error::TrySendError::Full(tx)) => {
+                    let wait = tx.reserve_owned();
+                    match &mut self.reserve {
+                        Some(reserve) => reserve.set(wait),
+                        None => self.reserve = Some(ReusableBoxFuture::new(wait)),
+                    }
+                    self.reserving = true;
+                }
+            }
+        }
+        let Some(reserve) = self.reserve.as_mut() else {
+            return Poll::Ready(Err(closed()));
+        };
+        let reserved = std::task::ready!(reserve.poll(cx));
+        self.reserving = false;
+        match reserved {
+            Ok(permit) => {
+                self.permit = Some(permit);
+                Poll::Ready(Ok(()))
+            }
+            Err(_) => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl<Req, Resp> tower::Service<Req> for Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = ResponseFuture<Resp>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll_reserve(cx).map_err(BoxError::from)
+    }
+
+    /// Queues the request. Without a preceding successful `poll_ready` it takes room if
+    /// there is some and otherwise fails as *not sent*; it never panics.
+    fn call(&mut self, req: Req) -> ResponseFuture<Resp> {
+        let (tx, rx) = oneshot::channel();
+        let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
+        let permit = match self.permit.take() {
+            Some(permit) => permit,
+            None => match self.tx.clone().try_reserve_owned() {
+                Ok(permit) => permit,
+                Err(e) => {
+                    let kind = match e {
+                        mpsc::error::TrySendError::Closed(_) => Kind::Closed,
+                        mpsc::error::TrySendError::Full(_) => Kind::Overloaded,
+                    };
+                    let Envelope { frames, .. } = envelope;
+                    let mut err = Error::new(kind);
+                    if let Some(req) = frames.into_any() {
+                        err = err.with_request(req);
+                    }
+                    return ResponseFuture::failed(err);
+                }
+            },
+        };
+        let span = tracing::debug_span!("request");
+        permit.send(envelope);
+        ResponseFuture::waiting(rx, span)
+    }
+}
+
+impl<Req, Resp> Load for Channel<Req, Resp> {
+    type Metric = usize;
+
+    /// Calls queued or waiting for a reply.
+    fn load(&self) -> usize {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        self.shared.stats.in_flight() as usize + queued
+    }
+}

@@ -1,0 +1,71 @@
+//! Limits and timers of the multiplexing engine.
+
+use std::time::Duration;
+
+/// Limits and timers of a channel's engine. The defaults suit most protocols.
+///
+/// ```
+/// use std::time::Duration;
+/// use socketchannel::Config;
+///
+/// let config = Config::default()
+///     .max_in_flight(4096)
+///     .stall_timeout(Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) max_in_flight: usize,
+    pub(crate) queue: usize,
+    pub(crate) stall_timeout: Option<Duration>,
+    pub(crate) push_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_in_flight: 1024,
+            queue: 1024,
+            stall_timeout: Some(Duration::from_secs(30)),
+            push_capacity: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Calls written and waiting for a reply, at most (default 1024). When reached, the
+    /// channel stops writing and, once its queue is full too, `poll_ready` waits.
+    /// Values below 1 count as 1.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Calls accepted but not yet written, at most (default 1024). Values below 1 count
+    /// as 1.
+    pub fn queue(mut self, n: usize) -> Self {
+        self.queue = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// How long the oldest waiting call may go unanswered before the connection is
+    /// declared dead (default 30 s; `None` turns it off). In order mode the clock of a
+    /// call starts when the call ahead of it is answered. Calls made with an exemption
+    /// (blocking commands) do not count.
+    ///
+    /// When it fires, the connection closes and every call waiting on it fails as
+    /// *may have executed*. It also bounds how long a server that ignores a request can
+    /// hold its session id.
+    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// Push frames kept for the push receiver, at most (default 1024). Beyond that new
+    /// push frames are dropped and counted in
+    /// [`Counters::push_overflow`](crate::Counters::push_overflow): a slow push reader
+    /// never blocks replies. Values below 1 count as 1.
+    pub fn push_capacity(mut self, n: usize) -> Self {
+        self.push_capacity = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+}

@@ -1,0 +1,300 @@
+//! Errors.
+//!
+//! Every call fails with one [`Error`]. Two questions matter to a caller and each has its
+//! own answer:
+//!
+//! * **Did the request reach the server?** [`Error::is_not_sent`] is true when the request
+//!   was never handed to the transport: it is safe to retry, and
+//!   [`Error::take_request`] gives it back. [`Error::may_have_executed`] is true when it was
+//!   written (or answered with an error reply): retrying may execute it twice.
+//! * **Why did it fail?** [`Error::kind`], with the underlying cause behind
+//!   [`std::error::Error::source`] (for a lost connection, a [`ConnectionError`]).
+//!
+//! Services in this crate return [`tower::BoxError`] so they compose with tower middleware;
+//! downcast it to [`Error`] to ask these questions.
+
+use std::any::Any;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tower::BoxError;
+
+/// The error of a call.
+///
+/// It is one pointer wide, so `Result<Resp, Error>` stays small.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    written: bool,
+    cause: Option<Arc<dyn StdError + Send + Sync>>,
+    /// Behind a `Mutex` only so that `Error` is `Sync`; reached through `get_mut`.
+    request: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The connection failed: I/O error, end of stream, undecodable frame, desync or stall
+    /// timeout. The source is a [`ConnectionError`].
+    Connection,
+    /// No connection could be made (every host was tried).
+    Connect,
+    /// The channel is closed: by [`close`](crate::Channel::close), by a shutdown, or
+    /// because its connection task is gone.
+    Closed,
+    /// The server answered with a reply the protocol marks as an error
+    /// ([`Protocol::check`](crate::Protocol::check)). The connection is fine.
+    Server,
+    /// The caller-supplied session id is already waiting for a reply.
+    IdInUse,
+    /// The call asks for something this channel's mode does not do (a caller-supplied id
+    /// in order mode).
+    Unsupported,
+    /// `Service::call` without a successful `poll_ready`, while the intake was full.
+    Overloaded,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                written: false,
+                cause: None,
+                request: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(crate) fn with_cause(mut self, cause: Arc<dyn StdError + Send + Sync>) -> Self {
+        self.inner.cause = Some(cause);
+        self
+    }
+
+    pub(crate) fn written(mut self, written: bool) -> Self {
+        self.inner.written = written;
+        self
+    }
+
+    pub(crate) fn with_request(mut self, request: Box<dyn Any + Send>) -> Self {
+        self.inner.request = Mutex::new(Some(request));
+        self
+    }
+
+    /// An error reply from the server, as [`Protocol::check`](crate::Protocol::check) made it.
+    pub(crate) fn server(cause: BoxError) -> Self {
+        Error::new(Kind::Server)
+            .written(true)
+            .with_cause(Arc::from(cause))
+    }
+
+    /// Why the call failed.
+    pub fn kind(&self) -> Kind {
+        self.inner.kind
+    }
+
+    /// The request was never handed to the transport: retrying it cannot execute it twice.
+    ///
+    /// [`take_request`](Error::take_request) gives it back.
+    pub fn is_not_sent(&self) -> bool {
+        !self.inner.written
+    }
+
+    /// The request was written (or answered): the server may have executed it.
+    pub fn may_have_executed(&self) -> bool {
+        self.inner.written
+    }
+
+    /// The channel is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.kind == Kind::Closed
+    }
+
+    /// The connection failed (see [`ConnectionError`] behind `source()`).
+    pub fn is_connection(&self) -> bool {
+        self.inner.kind == Kind::Connection
+    }
+
+    /// The server answered with an error reply.
+    pub fn is_server(&self) -> bool {
+        self.inner.kind == Kind::Server
+    }
+
+    /// The lost connection's cause, when the kind is [`Kind::Connection`].
+    pub fn connection_error(&self) -> Option<&ConnectionError> {
+        self.inner.cause.as_deref()?.downcast_ref()
+    }
+
+    /// Hands back the request of a call that was never written.
+    ///
+    /// `R` is the type the request was given as: `Req` for a plain call, `Vec<Req>` for a
+    /// multi-part one. Returns `None` when the request was written, was already taken, or
+    /// is of another type.
+    ///
+    /// ```
+    /// # use socketchannel::Error;
+    /// fn retry_later(mut err: Error) -> Option<String> {
+    ///     if err.is_not_sent() { err.take_request::<String>() } else { None }
+    /// }
+    /// ```
+    pub fn take_request<R: 'static>(&mut self) -> Option<R> {
+        let slot = self
+            .inner
+            .request
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        match slot.take()?.downcast::<R>() {
+            Ok(r) => Some(*r),
+            Err(other) => {
+                *slot = Some(other);
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.inner.kind)
+            .field("written", &self.inner.written)
+            .field("cause", &self.inner.cause)
+            .field(
+                "has_request",
+                &self.inner.request.lock().is_ok_and(|r| r.is_some()),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.inner.kind {
+            Kind::Connection => "connection lost",
+            Kind::Connect => "could not connect",
+            Kind::Closed => "channel closed",
+            Kind::Server => "server replied with an error",
+            Kind::IdInUse => "session id already in use",
+            Kind::Unsupported => "not supported in this mode",
+            Kind::Overloaded => "intake full (call without poll_ready)",
+        };
+        let sent = if self.inner.written {
+            "request may have executed"
+        } else {
+            "request not sent"
+        };
+        write!(f, "{what} ({sent})")?;
+        if let Some(cause) = &self.inner.cause {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        let cause: &(dyn StdError + 'static) = self.inner.cause.as_deref()?;
+        Some(cause)
+    }
+}
+
+/// Why a connection ended.
+///
+/// Shared by every call that the connection's end failed; reached through
+/// [`Error::connection_error`] or `source()`.
+#[derive(Debug)]
+pub struct ConnectionError {
+    kind: ConnectionErrorKind,
+    source: Option<BoxError>,
+}
+
+/// What ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionErrorKind {
+    /// The peer closed the stream.
+    Eof,
+    /// The transport failed while writing (including encoding).
+    Write,
+    /// The transport failed while reading (I/O error or undecodable frame).
+    Read,
+    /// A reply arrived with no request waiting for it (order mode): the stream is out of
+    /// step with the requests, so nothing after it can be trusted.
+    Desync,
+    /// The oldest waiting request went unanswered for longer than the stall timeout.
+    Stalled,
+    /// The channel was closed, or shut down and its deadline passed.
+    Closed,
+}
+
+impl ConnectionError {
+    pub(crate) fn new(kind: ConnectionErrorKind, source: Option<BoxError>) -> Self {
+        ConnectionError { kind, source }
+    }
+
+    /// What ended the connection.
+    pub fn kind(&self) -> ConnectionErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            ConnectionErrorKind::Eof => "connection closed by peer",
+            ConnectionErrorKind::Write => "write failed",
+            ConnectionErrorKind::Read => "read failed",
+            ConnectionErrorKind::Desync => "unsolicited reply with no request waiting",
+            ConnectionErrorKind::Stalled => "stall timeout: server stopped answering",
+            ConnectionErrorKind::Closed => "channel closed",
+        };
+        f.write_str(what)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for ConnectionError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        let source: &(dyn StdError + 'static) = self.source.as_deref()?;
+        Some(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_request_gives_back_the_right_type_once() {
+        let mut err = Error::new(Kind::Connection).with_request(Box::new(7u32));
+        assert!(err.is_not_sent());
+        assert_eq!(err.take_request::<String>(), None);
+        assert_eq!(err.take_request::<u32>(), Some(7));
+        assert_eq!(err.take_request::<u32>(), None);
+    }
+
+    #[test]
+    fn display_names_cause() {
+        let cause = ConnectionError::new(ConnectionErrorKind::Eof, None);
+        let err = Error::new(Kind::Connection)
+            .written(true)
+            .with_cause(Arc::new(cause));
+        assert_eq!(
+            err.to_string(),
+            "connection lost (request may have executed): connection closed by peer"
+        );
+        assert_eq!(
+            err.connection_error().map(|c| c.kind()),
+            Some(ConnectionErrorKind::Eof)
+        );
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+}

@@ -1,0 +1,95 @@
+//! Request/response clients over one long-lived connection, as [`tower`] middleware.
+//!
+//! A [`Channel`] carries many concurrent calls over one connection, the way skynet's
+//! `socketchannel` does, and is a [`tower::Service`] so it composes with timeouts,
+//! retries, limits and load balancing.
+//!
+//! # Order mode or session mode?
+//!
+//! Two ways to match a reply to its request:
+//!
+//! * **[`Order`] mode** (pipelining): requests are written in order and the server
+//!   answers in the same order; the n-th reply belongs to the n-th request still
+//!   waiting. It needs nothing from the protocol, so it fits Redis, memcached's text
+//!   protocol, SMTP and most line protocols. Its cost is **head-of-line blocking**: a
+//!   slow reply delays every reply queued behind it.
+//! * **[`Session`] mode** (multiplexing): the channel stamps a session id into each
+//!   request and the server names that id in its reply, in any order. A slow reply
+//!   delays no other. Pick it whenever the protocol has an id field (memcached binary's
+//!   `opaque`, DNS, MongoDB's `requestID`, most RPC protocols).
+//!
+//! Both are one engine with two matchers; everything else (write batching,
+//! backpressure, cancellation, push frames, the stall timeout, failure semantics) is
+//! shared.
+//!
+//! # Example
+//!
+//! A line protocol over an in-memory pipe, in order mode:
+//!
+//! ```
+//! use futures::{SinkExt, StreamExt};
+//! use socketchannel::{Channel, Order, Plain};
+//! use tokio_util::codec::{Framed, LinesCodec};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let (client, server) = tokio::io::duplex(1024);
+//!
+//! // A server that answers each line in upper case, in order.
+//! tokio::spawn(async move {
+//!     let mut server = Framed::new(server, LinesCodec::new());
+//!     while let Some(Ok(line)) = server.next().await {
+//!         server.send(line.to_uppercase()).await.unwrap();
+//!     }
+//! });
+//!
+//! let channel = Channel::new(Framed::new(client, LinesCodec::new()), Order::new(Plain));
+//! let (a, b) = tokio::join!(channel.request("hello".to_string()), channel.request("world".to_string()));
+//! assert_eq!(a?, "HELLO");
+//! assert_eq!(b?, "WORLD");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Failure semantics
+//!
+//! Every call resolves exactly once. When a connection dies, calls already written fail
+//! as *may have executed* ([`Error::may_have_executed`]); calls not yet written fail as
+//! *not sent* ([`Error::is_not_sent`]) and give their request back
+//! ([`Error::take_request`]). A reply the protocol marks as an error fails its own call
+//! only ([`Protocol::check`]). See `docs/architecture.md` in the repository for the
+//! whole picture.
+//!
+//! # Layout
+//!
+//! * [`mux`](crate::Order): the engine: one connection task, the matchers, the call
+//!   envelope, the stall timer.
+//! * `channel`: the [`Channel`] handle, its call shapes ([`Call`]), futures and `Service`.
+//! * `protocol`: what the engine must know of a protocol ([`Protocol`], [`Sessions`]).
+//! * `error`: [`Error`] and [`ConnectionError`].
+
+#![deny(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod channel;
+mod config;
+mod error;
+mod mux;
+mod protocol;
+mod shared;
+mod stats;
+
+pub use crate::channel::{Call, Channel, Connection, IntoCall, Replies, ReplyStream, ResponseFuture};
+pub use crate::config::Config;
+pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind};
+pub use crate::mux::{Mode, Order, Session};
+pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
+pub use crate::shared::State;
+pub use crate::stats::Counters;
+
+pub use tower::BoxError;

@@ -1,0 +1,212 @@
+//! One call on its way through the intake: the frames to write and who waits for what.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ConnectionError, Error, Kind};
+use crate::protocol::Protocol;
+
+/// The frames a call writes.
+#[derive(Debug)]
+pub(crate) enum Frames<Req> {
+    /// A read without a request: takes the next reply slot, writes nothing.
+    None,
+    One(Req),
+    /// A multi-part request, written back to back.
+    Many(Vec<Req>),
+}
+
+impl<Req: Send + 'static> Frames<Req> {
+    /// The request as the caller gave it, for an error that hands it back.
+    pub(crate) fn into_any(self) -> Option<Box<dyn Any + Send>> {
+        match self {
+            Frames::None => None,
+            Frames::One(req) => Some(Box::new(req)),
+            Frames::Many(parts) => Some(Box::new(parts)),
+        }
+    }
+}
+
+/// How many frames make the reply.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Until {
+    /// This many more frames.
+    Count(usize),
+    /// Frames until one [`Protocol::is_final`] marks.
+    Final,
+}
+
+impl Until {
+    /// Counts one frame; true when it was the last.
+    fn last<Req, Resp, P: Protocol<Req, Resp>>(&mut self, frame: &Resp, proto: &P) -> bool {
+        match self {
+            Until::Count(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            Until::Final => proto.is_final(frame),
+        }
+    }
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// Who waits for the outcome of a call, and in what shape.
+#[derive(Debug)]
+pub(crate) enum Waiter<Resp> {
+    /// Fire-and-forget: resolved when the frames are handed to the transport.
+    Sent(Reply<()>),
+    /// One reply frame.
+    One(Option<Reply<Resp>>),
+    /// Several frames, delivered together.
+    Collect {
+        tx: Option<Reply<Vec<Resp>>>,
+        parts: Vec<Resp>,
+        until: Until,
+        error: Option<Error>,
+    },
+    /// Several frames, delivered one by one.
+    Stream {
+        tx: mpsc::UnboundedSender<Result<Resp, Error>>,
+        until: Until,
+    },
+}
+
+impl<Resp> Waiter<Resp> {
+    /// The caller is gone: nothing would receive the outcome.
+    ///
+    /// Fire-and-forget calls are never skipped, so they never count as gone.
+    pub(crate) fn is_gone(&self) -> bool {
+        match self {
+            Waiter::Sent(_) => false,
+            Waiter::One(tx) => tx.as_ref().is_none_or(|tx| tx.is_closed()),
+            Waiter::Collect { tx, .. } => tx.as_ref().is_none_or(|tx| tx.is_closed()),
+            Waiter::Stream { tx, .. } => tx.is_closed(),
+        }
+    }
+
+    /// Does the call wait for any reply frame?
+    pub(crate) fn wants_reply(&self) -> bool {
+        !matches!(
+            self,
+            Waiter::Sent(_)
+                | Waiter::Collect {
+                    until: Until::Count(0),
+                    ..
+                }
+        )
+    }
+
+    /// Resolves a call that wants no reply, once its frames are written.
+    pub(crate) fn written(self) {
+        match self {
+            Waiter::Sent(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Waiter::Collect { tx: Some(tx), .. } => {
+                let _ = tx.send(Ok(Vec::new()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands one reply frame to the caller. Returns true when the reply is complete and
+    /// the slot can be freed.
+    pub(crate) fn deliver<Req, P: Protocol<Req, Resp>>(&mut self, frame: Resp, proto: &P) -> bool {
+        match self {
+            Waiter::One(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(proto.check(frame).map_err(Error::server));
+                }
+                true
+            }
+            Waiter::Collect {
+                tx,
+                parts,
+                until,
+                error,
+            } => {
+                let last = until.last(&frame, proto);
+                match proto.check(frame) {
+                    Ok(frame) => parts.push(frame),
+                    // The first error reply fails the call; the rest of its frames are
+                    // still read so the stream stays in step.
+                    Err(e) => {
+                        error.get_or_insert_with(|| Error::server(e));
+                    }
+                }
+                if last {
+                    if let Some(tx) = tx.take() {
+                        let outcome = match error.take() {
+                            Some(e) => Err(e),
+                            None => Ok(std::mem::take(parts)),
+                        };
+                        let _ = tx.send(outcome);
+                    }
+                }
+                last
+            }
+            Waiter::Stream { tx, until } => {
+                let last = until.last(&frame, proto);
+                let _ = tx.send(proto.check(frame).map_err(Error::server));
+                last
+            }
+            Waiter::Sent(_) => true,
+        }
+    }
+
+    /// Fails the call.
+    pub(crate) fn fail(self, err: Error) {
+        match self {
+            Waiter::Sent(tx) => {
+                let _ = tx.send(Err(err));
+            }
+            Waiter::One(Some(tx)) => {
+                let _ = tx.send(Err(err));
+            }
+            Waiter::Collect { tx: Some(tx), .. } => {
+                let _ = tx.send(Err(err));
+            }
+            Waiter::One(None) | Waiter::Collect { tx: None, .. } => {}
+            Waiter::Stream { tx, .. } => {
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+}
+
+/// A call in the intake.
+#[derive(Debug)]
+pub(crate) struct Envelope<Req, Resp> {
+    pub(crate) frames: Frames<Req>,
+    pub(crate) waiter: Waiter<Resp>,
+    /// A caller-supplied session id.
+    pub(crate) id: Option<u64>,
+    /// Exempt from the stall timeout (a blocking command).
+    pub(crate) exempt: bool,
+}
+
+impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
+    pub(crate) fn new(frames: Frames<Req>, waiter: Waiter<Resp>) -> Self {
+        Envelope {
+            frames,
+            waiter,
+            id: None,
+            exempt: false,
+        }
+    }
+
+    /// Fails a call that was never written, handing its request back.
+    pub(crate) fn fail_unsent(self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
+        let mut err = Error::new(kind);
+        if let Some(cause) = cause {
+            err = err.with_cause(cause.clone());
+        }
+        if let Some(req) = self.frames.into_any() {
+            err = err.with_request(req);
+        }
+        self.waiter.fail(err);
+    }
+}

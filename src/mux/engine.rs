@@ -1,0 +1,381 @@
+//! The engine: drives one transport at a time for the calls of one intake.
+//!
+//! One poll does, in turn and within a budget: read every frame that is ready and route
+//! it, write calls from the intake while the sink and the matcher have room, flush once,
+//! and check the stall timer. Reading never waits for writing, so a peer that only reads
+//! after it has written cannot deadlock us.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+use tracing::{debug, trace};
+
+use super::call::{Envelope, Frames, Waiter};
+use super::matcher::{Entry, Matcher, Route, millis_since};
+use crate::config::Config;
+use crate::error::{ConnectionError, ConnectionErrorKind as Why, Error, Kind};
+use crate::shared::Shared;
+
+/// Poll iterations before the connection task yields to the scheduler.
+const BUDGET: usize = 16;
+/// Frames read, or calls written, per iteration at most: keeps both directions moving.
+const BATCH: usize = 256;
+
+/// The state that outlives each transport: the intake, the waiting calls, the timers.
+pub(crate) struct Engine<M, Req, Resp> {
+    pub(crate) matcher: M,
+    intake: mpsc::Receiver<Envelope<Req, Resp>>,
+    /// Every handle is gone and the intake is empty.
+    intake_done: bool,
+    pushes: mpsc::Sender<Resp>,
+    pub(crate) shared: Arc<Shared<Resp>>,
+    stall: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    epoch: Instant,
+}
+
+/// One transport and the write state tied to it.
+pub(crate) struct Conn<T, Req, Resp> {
+    transport: T,
+    writing: Option<Writing<Req, Resp>>,
+    needs_flush: bool,
+}
+
+/// The rest of a multi-part request: nothing else is written until it is.
+struct Writing<Req, Resp> {
+    rest: std::vec::IntoIter<Req>,
+    /// A fire-and-forget waiter, resolved once the last part is handed over.
+    done: Option<Waiter<Resp>>,
+}
+
+impl<T, Req, Resp> Conn<T, Req, Resp> {
+    pub(crate) fn new(transport: T) -> Self {
+        Conn {
+            transport,
+            writing: None,
+            needs_flush: false,
+        }
+    }
+}
+
+fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
+    ConnectionError::new(why, Some(source.into()))
+}
+
+impl<M, Req, Resp> Engine<M, Req, Resp>
+where
+    M: Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    pub(crate) fn new(
+        matcher: M,
+        intake: mpsc::Receiver<Envelope<Req, Resp>>,
+        pushes: mpsc::Sender<Resp>,
+        shared: Arc<Shared<Resp>>,
+        config: &Config,
+    ) -> Self {
+        Engine {
+            matcher,
+            intake,
+            intake_done: false,
+            pushes,
+            shared,
+            stall: config.stall_timeout,
+            timer: None,
+            armed: false,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Every handle is gone, nothing is queued and nothing waits.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.intake_done && self.matcher.pending() == 0
+    }
+
+    /// Stops taking new calls; those already queued are still served.
+    pub(crate) fn close_intake(&mut self) {
+        self.intake.close();
+    }
+
+    /// Drives `conn` until it fails, or until the intake is finished and nothing waits
+    /// (then the transport is flushed and closed and this returns `Ok`).
+    pub(crate) fn poll_conn<T, WE, RE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, Req, Resp>,
+    ) -> Poll<Result<(), ConnectionError>>
+    where
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
+        WE: Into<BoxError>,
+        RE: Into<BoxError>,
+    {
+        for _ in 0..BUDGET {
+            let now_ms = match self.stall {
+                Some(_) => millis_since(self.epoch, Instant::now()),
+                None => 0,
+            };
+            let read = self.poll_read(cx, conn, now_ms)?;
+            let wrote = self.poll_write(cx, conn, now_ms)?;
+            if conn.needs_flush {
+                if let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx) {
+                    res.map_err(|e| fail(Why::Write, e))?;
+                    conn.needs_flush = false;
+                }
+            }
+            self.shared.stats.set_in_flight(self.matcher.pending());
+            self.poll_stall(cx)?;
+
+            if self.is_finished() && conn.writing.is_none() && !conn.needs_flush {
+                ready!(Pin::new(&mut conn.transport).poll_close(cx))
+                    .map_err(|e| fail(Why::Write, e))?;
+                return Poll::Ready(Ok(()));
+            }
+            if !read && !wrote {
+                return Poll::Pending;
+            }
+        }
+        // Out of budget with work left: let other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Reads and routes ready frames. Returns whether it may have more to do.
+    fn poll_read<T, RE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, Req, Resp>,
+        now_ms: u32,
+    ) -> Result<bool, ConnectionError>
+    where
+        T: Stream<Item = Result<Resp, RE>> + Unpin,
+        RE: Into<BoxError>,
+    {
+        let mut n = 0;
+        while n < BATCH {
+            let frame = match Pin::new(&mut conn.transport).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return Err(fail(Why::Read, e)),
+                Poll::Ready(None) => return Err(ConnectionError::new(Why::Eof, None)),
+                Poll::Pending => break,
+            };
+            n += 1;
+            match self.matcher.route(frame, now_ms) {
+                Route::Delivered => {}
+                Route::Push(frame) => self.push(frame),
+                Route::Unknown => self.shared.stats.unknown(1),
+                Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
+            }
+        }
+        if n > 0 {
+            self.shared.stats.received(n as u64);
+        }
+        Ok(n == BATCH)
+    }
+
+    fn push(&mut self, frame: Resp) {
+        match self.pushes.try_send(frame) {
+            Ok(()) => self.shared.stats.pushes(1),
+            Err(_) => {
+                trace!("push receiver full or gone; push frame dropped");
+                self.shared.stats.push_overflow(1);
+            }
+        }
+    }
+
+    /// Writes calls from the intake while there is room. Returns whether it wrote.
+    fn poll_write<T, WE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, Req, Resp>,
+        now_ms: u32,
+    ) -> Result<bool, ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        let mut sent = 0u64;
+        let mut progress = false;
+        for _ in 0..BATCH {
+            if conn.writing.is_none() && (self.intake_done || !self.matcher.has_room()) {
+                break;
+            }
+            match Pin::new(&mut conn.transport).poll_ready(cx) {
+                Poll::Ready(res) => res.map_err(|e| fail(Why::Write, e))?,
+                Poll::Pending => break,
+            }
+            if let Some(writing) = &mut conn.writing {
+                progress = true;
+                match writing.rest.next() {
+                    Some(part) => conn.start_send(part)?,
+                    None => {
+                        if let Some(done) = conn.writing.take().and_then(|w| w.done) {
+                            done.written();
+                        }
+                    }
+                }
+                continue;
+            }
+            let call = match self.intake.poll_recv(cx) {
+                Poll::Ready(Some(call)) => call,
+                Poll::Ready(None) => {
+                    self.intake_done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            };
+            progress = true;
+            if call.waiter.is_gone() {
+                // Cancelled before it was written: never written.
+                self.shared.stats.skipped(1);
+                continue;
+            }
+            if self.write_call(conn, call, now_ms)? {
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            self.shared.stats.sent(sent);
+        }
+        Ok(progress)
+    }
+
+    /// Admits one call and hands its first frame to the sink. Returns whether it wrote.
+    fn write_call<T, WE>(
+        &mut self,
+        conn: &mut Conn<T, Req, Resp>,
+        call: Envelope<Req, Resp>,
+        now_ms: u32,
+    ) -> Result<bool, ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        let Envelope {
+            mut frames,
+            waiter,
+            id,
+            exempt,
+        } = call;
+        let done = if waiter.wants_reply() {
+            let entry = Entry {
+                waiter,
+                written_ms: now_ms,
+                exempt,
+                read_only: matches!(frames, Frames::None),
+            };
+            if let Err((err, entry)) = self.matcher.admit(&mut frames, id, entry) {
+                let err = match frames.into_any() {
+                    Some(req) => err.with_request(req),
+                    None => err,
+                };
+                entry.waiter.fail(err);
+                return Ok(false);
+            }
+            None
+        } else {
+            Some(waiter)
+        };
+        match frames {
+            Frames::None => {}
+            Frames::One(req) => {
+                conn.start_send(req)?;
+                if let Some(done) = done {
+                    done.written();
+                }
+            }
+            Frames::Many(parts) => {
+                // Parts go out back to back; `poll_write` finishes them before anything
+                // else, resolving `done` after the last.
+                conn.writing = Some(Writing {
+                    rest: parts.into_iter(),
+                    done,
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    /// Arms, re-arms or fires the stall timer.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Result<(), ConnectionError> {
+        let Some(stall) = self.stall else {
+            return Ok(());
+        };
+        if self.matcher.pending() == 0 {
+            self.armed = false;
+            return Ok(());
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if !self.armed {
+            timer.as_mut().reset(Instant::now() + stall);
+            self.armed = true;
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let Some(since) = self.matcher.stalled_since() else {
+                self.armed = false;
+                return Ok(());
+            };
+            let deadline = self.epoch + Duration::from_millis(since.into()) + stall;
+            if deadline <= Instant::now() {
+                debug!(?stall, "stall timeout: the oldest request went unanswered");
+                return Err(ConnectionError::new(Why::Stalled, None));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Ok(())
+    }
+
+    /// Fails every call written on the connection that ended, as *may have executed*.
+    pub(crate) fn fail_written<T>(
+        &mut self,
+        conn: Conn<T, Req, Resp>,
+        kind: Kind,
+        cause: &Arc<ConnectionError>,
+    ) {
+        let failed = |read_only: bool| {
+            Error::new(kind)
+                .written(!read_only)
+                .with_cause(cause.clone())
+        };
+        if let Some(done) = conn.writing.and_then(|w| w.done) {
+            done.fail(failed(false));
+        }
+        self.matcher
+            .drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
+        self.shared.stats.set_in_flight(0);
+        self.armed = false;
+    }
+
+    /// Fails every queued call as *not sent*, handing each its request back, and stops
+    /// the intake for good.
+    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
+        self.intake.close();
+        while let Ok(call) = self.intake.try_recv() {
+            call.fail_unsent(kind, cause);
+        }
+        self.intake_done = true;
+    }
+}
+
+impl<T, Req, Resp> Conn<T, Req, Resp> {
+    fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        self.needs_flush = true;
+        Pin::new(&mut self.transport)
+            .start_send(req)
+            .map_err(|e| fail(Why::Write, e))
+    }
+}

@@ -1,0 +1,67 @@
+//! The one pluggable part of the engine: where a waiting call is kept, and which one a
+//! reply frame belongs to.
+
+use tokio::time::Instant;
+
+use super::call::{Frames, Waiter};
+use crate::error::Error;
+
+/// A written call waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct Entry<Resp> {
+    pub(crate) waiter: Waiter<Resp>,
+    /// When it was written (milliseconds since the matcher's epoch; coarse on purpose).
+    pub(crate) written_ms: u32,
+    /// Exempt from the stall timeout.
+    pub(crate) exempt: bool,
+    /// A read without a request: failing it never says "may have executed".
+    pub(crate) read_only: bool,
+}
+
+/// What became of a reply frame.
+#[derive(Debug)]
+pub(crate) enum Route<Resp> {
+    /// Given to its caller (or discarded for a caller that left).
+    Delivered,
+    /// The protocol marks it as a push.
+    Push(Resp),
+    /// Session mode: no call waits for its id. Dropped.
+    Unknown,
+    /// Order mode: no call waits at all. The stream is out of step.
+    Desync,
+}
+
+/// Matches reply frames to waiting calls: by FIFO position ([`Order`](super::Order)) or
+/// by session id ([`Session`](super::Session)).
+pub(crate) trait Matcher<Req, Resp>: Send + 'static {
+    /// Can one more call be admitted (in-flight limit, a free session id)?
+    fn has_room(&self) -> bool;
+
+    /// Gives the call its place and stamps its frames (session id). On success the entry
+    /// waits for its reply; on failure it is handed back with the error for its caller.
+    fn admit(
+        &mut self,
+        frames: &mut Frames<Req>,
+        id: Option<u64>,
+        entry: Entry<Resp>,
+    ) -> Result<(), (Error, Entry<Resp>)>;
+
+    /// Routes one reply frame, read at `now_ms` (see [`millis_since`]).
+    fn route(&mut self, frame: Resp, now_ms: u32) -> Route<Resp>;
+
+    /// Calls waiting for a reply.
+    fn pending(&self) -> usize;
+
+    /// Since when (in milliseconds since the epoch) the oldest call that counts for the
+    /// stall timeout has been waiting for the server, or `None` when no such call waits.
+    fn stalled_since(&self) -> Option<u32>;
+
+    /// Removes every waiting call, for the connection's end.
+    fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
+
+}
+
+/// Milliseconds since `epoch`, saturating.
+pub(crate) fn millis_since(epoch: Instant, now: Instant) -> u32 {
+    u32::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,66 @@
+//! The multiplexing engine: one connection, many calls.
+//!
+//! A connection task owns the transport (any `Sink<Req> + Stream<Item = Result<Resp, E>>`,
+//! usually a [`Framed`](tokio_util::codec::Framed)) and the calls written on it. Callers
+//! hand it calls through a bounded intake; it writes them in batches and matches each
+//! reply frame to its caller with a matcher: by FIFO position ([`Order`]) or by session id
+//! ([`Session`]). Everything else (writing, batching, cancellation, backpressure,
+//! pushes, the stall timer, failure fan-out) is the same engine for both.
+
+mod call;
+mod engine;
+mod matcher;
+mod order;
+mod session;
+mod worker;
+
+pub(crate) use self::call::{Envelope, Frames, Until, Waiter};
+pub(crate) use self::engine::Engine;
+pub(crate) use self::worker::{Control, Worker};
+pub use self::order::Order;
+pub use self::session::Session;
+
+use self::matcher::Matcher;
+use crate::protocol::{Protocol, Sessions};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// How replies are matched to requests: [`Order`] or [`Session`].
+///
+/// Sealed: the two modes are all there is.
+#[allow(private_bounds, private_interfaces)]
+pub trait Mode<Req, Resp>: sealed::Sealed + Send + 'static {
+    #[doc(hidden)]
+    type Matcher: Matcher<Req, Resp>;
+    #[doc(hidden)]
+    fn into_matcher(self, max_in_flight: usize) -> Self::Matcher;
+}
+
+impl<P> sealed::Sealed for Order<P> {}
+impl<S> sealed::Sealed for Session<S> {}
+
+#[allow(private_interfaces)]
+impl<Req, Resp, P> Mode<Req, Resp> for Order<P>
+where
+    P: Protocol<Req, Resp>,
+    Resp: Send + 'static,
+{
+    type Matcher = order::OrderMatcher<P, Resp>;
+    fn into_matcher(self, max_in_flight: usize) -> Self::Matcher {
+        order::OrderMatcher::new(self.protocol, max_in_flight)
+    }
+}
+
+#[allow(private_interfaces)]
+impl<Req, Resp, S> Mode<Req, Resp> for Session<S>
+where
+    S: Sessions<Req, Resp>,
+    Resp: Send + 'static,
+{
+    type Matcher = session::SessionMatcher<S, Resp>;
+    fn into_matcher(self, max_in_flight: usize) -> Self::Matcher {
+        Session::into_matcher(self, max_in_flight)
+    }
+}

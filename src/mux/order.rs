@@ -1,0 +1,101 @@
+//! Order mode: the n-th reply belongs to the n-th call still waiting.
+
+use std::collections::VecDeque;
+
+use super::call::Frames;
+use super::matcher::{Entry, Matcher, Route};
+use crate::error::{Error, Kind};
+use crate::protocol::Protocol;
+
+/// Order mode (pipelining): requests are written in order and the server answers in the
+/// same order.
+///
+/// Cheap and universal (Redis, memcached text, SMTP, most line protocols), but a slow
+/// reply delays every reply behind it (head-of-line blocking).
+#[derive(Debug, Clone)]
+pub struct Order<P> {
+    pub(crate) protocol: P,
+}
+
+impl<P> Order<P> {
+    /// Order mode for a protocol (use [`Plain`](crate::Plain) when replies need no
+    /// interpretation).
+    pub fn new(protocol: P) -> Self {
+        Order { protocol }
+    }
+}
+
+#[allow(unreachable_pub, missing_debug_implementations)] // named by `Mode::Matcher`, unreachable from outside
+pub struct OrderMatcher<P, Resp> {
+    protocol: P,
+    queue: VecDeque<Entry<Resp>>,
+    max_in_flight: usize,
+    /// When the current head became the head: a FIFO server cannot answer a call before
+    /// the ones ahead of it, so that is when its stall clock starts.
+    head_since: u32,
+}
+
+impl<P, Resp> OrderMatcher<P, Resp> {
+    pub(crate) fn new(protocol: P, max_in_flight: usize) -> Self {
+        OrderMatcher {
+            protocol,
+            queue: VecDeque::new(),
+            max_in_flight,
+            head_since: 0,
+        }
+    }
+}
+
+impl<Req, Resp, P> Matcher<Req, Resp> for OrderMatcher<P, Resp>
+where
+    P: Protocol<Req, Resp>,
+    Resp: Send + 'static,
+{
+    fn has_room(&self) -> bool {
+        self.queue.len() < self.max_in_flight
+    }
+
+    fn admit(
+        &mut self,
+        _frames: &mut Frames<Req>,
+        id: Option<u64>,
+        entry: Entry<Resp>,
+    ) -> Result<(), (Error, Entry<Resp>)> {
+        if id.is_some() {
+            return Err((Error::new(Kind::Unsupported), entry));
+        }
+        if self.queue.is_empty() {
+            self.head_since = entry.written_ms;
+        }
+        self.queue.push_back(entry);
+        Ok(())
+    }
+
+    fn route(&mut self, frame: Resp, now_ms: u32) -> Route<Resp> {
+        if self.protocol.is_push(&frame) {
+            return Route::Push(frame);
+        }
+        let Some(head) = self.queue.front_mut() else {
+            return Route::Desync;
+        };
+        if head.waiter.deliver(frame, &self.protocol) {
+            self.queue.pop_front();
+            self.head_since = now_ms;
+        }
+        Route::Delivered
+    }
+
+    fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn stalled_since(&self) -> Option<u32> {
+        let head = self.queue.front()?;
+        // An exempt head (a blocking command) holds everything behind it by design.
+        (!head.exempt).then(|| self.head_since.max(head.written_ms))
+    }
+
+    fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
+        self.queue.drain(..).for_each(each);
+    }
+}

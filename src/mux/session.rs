@@ -1,0 +1,229 @@
+//! Session mode: each request carries an id, each reply names the id it answers.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::RangeInclusive;
+
+use tracing::warn;
+
+use super::call::Frames;
+use super::matcher::{Entry, Matcher, Route};
+use crate::error::{Error, Kind};
+use crate::protocol::{SessionId, Sessions};
+
+/// Session mode (multiplexing): the channel stamps a session id into each request and
+/// matches replies by the id they carry, in any order.
+///
+/// A slow reply delays no other (no head-of-line blocking), at the price of an id in
+/// every frame.
+///
+/// Ids are given round-robin over the range (by default the whole of
+/// [`Sessions::Id`] but 0), skipping ids still waiting, including those of callers that
+/// gave up before their reply came: an id is free again only once its reply arrived or
+/// its connection ended. When no id is free, the channel stops taking requests until one
+/// is.
+#[derive(Debug, Clone)]
+pub struct Session<S> {
+    pub(crate) sessions: S,
+    ids: Option<(u64, u64)>,
+}
+
+impl<S> Session<S> {
+    /// Session mode with the protocol's id layout.
+    pub fn new(sessions: S) -> Self {
+        Session {
+            sessions,
+            ids: None,
+        }
+    }
+
+    /// Restricts the ids the channel gives out (caller-supplied ids may lie outside it).
+    ///
+    /// # Panics
+    ///
+    /// If the range is empty.
+    ///
+    /// ```
+    /// # use socketchannel::{Protocol, Session, Sessions};
+    /// # struct P;
+    /// # impl Protocol<u16, u16> for P {}
+    /// # impl Sessions<u16, u16> for P {
+    /// #     type Id = u16;
+    /// #     fn stamp(&self, r: &mut u16, id: u16) { *r = id }
+    /// #     fn session(&self, r: &u16) -> Option<u16> { Some(*r) }
+    /// # }
+    /// let mode = Session::new(P).ids(1u16..=1024);
+    /// ```
+    pub fn ids<I: SessionId>(mut self, range: RangeInclusive<I>) -> Self {
+        let (lo, hi) = (range.start().into_u64(), range.end().into_u64());
+        assert!(lo <= hi, "the session id range is empty");
+        self.ids = Some((lo, hi));
+        self
+    }
+
+    pub(crate) fn into_matcher<Req, Resp>(self, max_in_flight: usize) -> SessionMatcher<S, Resp>
+    where
+        S: Sessions<Req, Resp>,
+    {
+        let (lo, hi) = self.ids.unwrap_or((1, S::Id::MAX));
+        let hi = hi.min(S::Id::MAX);
+        SessionMatcher {
+            sessions: self.sessions,
+            live: HashMap::default(),
+            reads: VecDeque::new(),
+            lo,
+            hi,
+            next: lo,
+            max_in_flight,
+        }
+    }
+}
+
+#[allow(unreachable_pub, missing_debug_implementations)] // named by `Mode::Matcher`, unreachable from outside
+pub struct SessionMatcher<S, Resp> {
+    sessions: S,
+    live: HashMap<u64, Entry<Resp>, BuildHasherDefault<IdHasher>>,
+    /// Reads without a request: they take frames that carry no id, oldest first.
+    reads: VecDeque<Entry<Resp>>,
+    lo: u64,
+    hi: u64,
+    /// Where the round-robin search for a free id starts.
+    next: u64,
+    max_in_flight: usize,
+}
+
+impl<S, Resp> SessionMatcher<S, Resp> {
+    fn span(&self) -> u64 {
+        self.hi - self.lo
+    }
+
+    /// Ids currently waiting that lie in the allocation range.
+    fn live_in_range(&self) -> usize {
+        // Caller-supplied ids outside the range never block allocation; counting them
+        // would only make `has_room` stricter, which is safe, so skip the exact count.
+        self.live.len()
+    }
+
+    /// The next free id at or after the cursor, wrapping; `None` when all are live.
+    fn allocate(&mut self) -> Option<u64> {
+        let mut id = self.next;
+        for _ in 0..=self.span() {
+            let candidate = id;
+            id = if id == self.hi { self.lo } else { id + 1 };
+            if !self.live.contains_key(&candidate) {
+                self.next = id;
+                return Some(candidate);
+            }
+        }
+        None
+    }
+}
+
+impl<Req, Resp, S> Matcher<Req, Resp> for SessionMatcher<S, Resp>
+where
+    S: Sessions<Req, Resp>,
+    Resp: Send + 'static,
+{
+    fn has_room(&self) -> bool {
+        let pending = self.live.len() + self.reads.len();
+        pending < self.max_in_flight
+            && (self.live_in_range() as u64) <= self.span()
+    }
+
+    fn admit(
+        &mut self,
+        frames: &mut Frames<Req>,
+        id: Option<u64>,
+        entry: Entry<Resp>,
+    ) -> Result<(), (Error, Entry<Resp>)> {
+        if matches!(frames, Frames::None) && id.is_none() {
+            self.reads.push_back(entry);
+            return Ok(());
+        }
+        let id = match id {
+            Some(id) if id > S::Id::MAX || self.live.contains_key(&id) => {
+                return Err((Error::new(Kind::IdInUse), entry));
+            }
+            Some(id) => id,
+            None => match self.allocate() {
+                Some(id) => id,
+                // `has_room` said there was one; only caller ids outside the range can
+                // make this happen, and then waiting is the honest answer too.
+                None => return Err((Error::new(Kind::IdInUse), entry)),
+            },
+        };
+        let wire = S::Id::from_u64(id);
+        match frames {
+            Frames::None => {}
+            Frames::One(req) => self.sessions.stamp(req, wire),
+            Frames::Many(parts) => parts
+                .iter_mut()
+                .for_each(|req| self.sessions.stamp(req, wire)),
+        }
+        self.live.insert(id, entry);
+        Ok(())
+    }
+
+    fn route(&mut self, frame: Resp, _now_ms: u32) -> Route<Resp> {
+        if self.sessions.is_push(&frame) {
+            return Route::Push(frame);
+        }
+        let Some(id) = self.sessions.session(&frame).map(SessionId::into_u64) else {
+            let Some(read) = self.reads.front_mut() else {
+                warn!("reply without a session id and no read waiting; dropped");
+                return Route::Unknown;
+            };
+            if read.waiter.deliver(frame, &self.sessions) {
+                self.reads.pop_front();
+            }
+            return Route::Delivered;
+        };
+        let Some(entry) = self.live.get_mut(&id) else {
+            warn!(id, "reply for a session id that is not waiting; dropped");
+            return Route::Unknown;
+        };
+        if entry.waiter.deliver(frame, &self.sessions) {
+            self.live.remove(&id);
+        }
+        Route::Delivered
+    }
+
+    fn pending(&self) -> usize {
+        self.live.len() + self.reads.len()
+    }
+
+    fn stalled_since(&self) -> Option<u32> {
+        // A scan, but only when the stall timer fires: at most once per stall period.
+        self.live
+            .values()
+            .chain(self.reads.iter())
+            .filter(|e| !e.exempt)
+            .map(|e| e.written_ms)
+            .min()
+    }
+
+    fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
+        self.live.drain().map(|(_, e)| e).for_each(&mut *each);
+        self.reads.drain(..).for_each(each);
+    }
+}
+
+/// Session ids are already well spread integers: a multiply is all the hashing needed.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}

@@ -1,0 +1,131 @@
+//! The connection task over one transport the user already has (no reconnect).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+use tracing::debug;
+
+use super::engine::{Conn, Engine};
+use super::matcher::Matcher;
+use crate::error::{ConnectionError, ConnectionErrorKind, Kind};
+use crate::shared::State;
+
+/// What a handle asks of its connection task, outside the flow of calls.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Fail everything now and stop.
+    Close,
+    /// Take no new calls; serve the queued and waiting ones until the deadline.
+    Shutdown(Instant),
+}
+
+/// Drives one transport until it fails, the channel is closed, or every handle is gone
+/// and every call is answered.
+pub(crate) struct Worker<T, M, Req, Resp> {
+    engine: Engine<M, Req, Resp>,
+    conn: Option<Conn<T, Req, Resp>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+// No field is pinned structurally: the transport is `Unpin` and the timers are boxed.
+impl<T, M, Req, Resp> Unpin for Worker<T, M, Req, Resp> {}
+
+impl<T, M, Req, Resp> Worker<T, M, Req, Resp> {
+    pub(crate) fn new(
+        engine: Engine<M, Req, Resp>,
+        transport: T,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> Self {
+        Worker {
+            engine,
+            conn: Some(Conn::new(transport)),
+            control,
+            deadline: None,
+        }
+    }
+}
+
+impl<T, M, Req, Resp, WE, RE> Worker<T, M, Req, Resp>
+where
+    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
+    WE: Into<BoxError>,
+    RE: Into<BoxError>,
+    M: Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Ends the connection: waiting calls fail as *may have executed*, queued ones as
+    /// *not sent*, both of `kind`, caused by `why`.
+    fn end(&mut self, kind: Kind, why: ConnectionError) {
+        debug!(error = %why, "connection ended");
+        // Closed first, so no caller queues behind the failures below.
+        self.engine.shared.set_closed();
+        let cause = Arc::new(why);
+        if let Some(conn) = self.conn.take() {
+            self.engine.fail_written(conn, kind, &cause);
+        }
+        self.engine.fail_queued(kind, Some(&cause));
+        self.engine.shared.set_state(State::Closed);
+    }
+}
+
+impl<T, M, Req, Resp, WE, RE> Future for Worker<T, M, Req, Resp>
+where
+    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
+    WE: Into<BoxError>,
+    RE: Into<BoxError>,
+    M: Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(());
+        };
+        while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
+            match control {
+                Control::Close => {
+                    let why = ConnectionError::new(ConnectionErrorKind::Closed, None);
+                    this.end(Kind::Closed, why);
+                    return Poll::Ready(());
+                }
+                Control::Shutdown(deadline) => {
+                    this.engine.close_intake();
+                    this.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                }
+            }
+        }
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let why = ConnectionError::new(ConnectionErrorKind::Closed, None);
+                this.end(Kind::Closed, why);
+                return Poll::Ready(());
+            }
+        }
+        match this.engine.poll_conn(cx, conn) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                debug!("all handles dropped and every call answered; connection closed");
+                this.conn = None;
+                this.engine.shared.set_closed();
+                this.engine.shared.set_state(State::Closed);
+                Poll::Ready(())
+            }
+            Poll::Ready(Err(why)) => {
+                this.end(Kind::Connection, why);
+                Poll::Ready(())
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! What the engine must know about a protocol's frames, beyond encoding them.
+//!
+//! The codec turns bytes into frames; these traits say what a decoded frame *means* to
+//! the matcher: an unsolicited push, the last part of a multi-part reply, an error reply,
+//! and (in session mode) which request it answers.
+
+use tower::BoxError;
+
+/// How to read a protocol's reply frames. Every method has a default, so a protocol with
+/// plain one-frame replies and no pushes needs only `impl Protocol<Req, Resp> for P {}`
+/// (or uses [`Plain`]).
+pub trait Protocol<Req, Resp>: Send + Sync + 'static {
+    /// Is this frame an unsolicited push (a RESP3 push, a pub/sub message)?
+    ///
+    /// Push frames go to the push receiver and never take a waiting request's reply.
+    /// Only frames this returns `true` for do: in order mode any other frame with no
+    /// request waiting is a desync and closes the connection.
+    fn is_push(&self, _resp: &Resp) -> bool {
+        false
+    }
+
+    /// Is this frame the last part of its reply?
+    ///
+    /// Used by calls that read parts until the final one (skynet's `padding`,
+    /// [`Channel::request_until_final`](crate::Channel::request_until_final)).
+    fn is_final(&self, _resp: &Resp) -> bool {
+        true
+    }
+
+    /// Turns an error reply into an error for its caller.
+    ///
+    /// Return `Err` for a reply that the protocol considers a failure of this request
+    /// only (Redis `-ERR`, a memcached status other than success). The caller gets an
+    /// [`Error`](crate::Error) of kind [`Server`](crate::Kind::Server) with this error as
+    /// its source; the connection stays up and other callers are not affected.
+    fn check(&self, resp: Resp) -> Result<Resp, BoxError> {
+        Ok(resp)
+    }
+}
+
+/// A protocol with one-frame replies, no pushes and no error replies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl<Req, Resp> Protocol<Req, Resp> for Plain {}
+
+/// Session mode: where a protocol carries the session id that pairs a reply with its
+/// request.
+///
+/// ```
+/// use socketchannel::{Protocol, Sessions};
+///
+/// struct Msg { id: u16, body: Vec<u8> }
+/// struct Rpc;
+///
+/// impl Protocol<Msg, Msg> for Rpc {}
+/// impl Sessions<Msg, Msg> for Rpc {
+///     type Id = u16;
+///     fn stamp(&self, req: &mut Msg, id: u16) { req.id = id }
+///     fn session(&self, resp: &Msg) -> Option<u16> { Some(resp.id) }
+/// }
+/// ```
+pub trait Sessions<Req, Resp>: Protocol<Req, Resp> {
+    /// The id's type on the wire.
+    type Id: SessionId;
+
+    /// Writes the id into a request before it is encoded. For a multi-part request
+    /// every part is stamped.
+    fn stamp(&self, req: &mut Req, id: Self::Id);
+
+    /// Reads the id a reply answers; `None` for a frame that carries none (a greeting:
+    /// it goes to the oldest read without a request, or is dropped and counted).
+    fn session(&self, resp: &Resp) -> Option<Self::Id>;
+}
+
+/// An integer type that can be a session id.
+pub trait SessionId: Copy + Send + Sync + 'static {
+    /// The largest id.
+    const MAX: u64;
+    /// Converts from the engine's representation; only called with values `<= MAX`.
+    fn from_u64(id: u64) -> Self;
+    /// Converts to the engine's representation.
+    fn into_u64(self) -> u64;
+}
+
+macro_rules! session_id {
+    ($($t:ty),*) => {$(
+        impl SessionId for $t {
+            const MAX: u64 = <$t>::MAX as u64;
+            fn from_u64(id: u64) -> Self {
+                id as $t
+            }
+            fn into_u64(self) -> u64 {
+                self as u64
+            }
+        }
+    )*};
+}
+
+session_id!(u8, u16, u32, u64);

@@ -1,0 +1,72 @@
+//! Counters a channel keeps about its traffic.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters, written by the connection task, read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    sent: AtomicU64,
+    received: AtomicU64,
+    in_flight: AtomicU64,
+    unknown: AtomicU64,
+    pushes: AtomicU64,
+    push_overflow: AtomicU64,
+    skipped: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A snapshot of a channel's counters ([`Channel::counters`](crate::Channel::counters)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Calls whose frames were handed to a transport.
+    pub sent: u64,
+    /// Reply frames read (push frames included).
+    pub received: u64,
+    /// Calls written and waiting for their reply.
+    pub in_flight: u64,
+    /// Replies dropped because no call waited for them (session mode: an unknown id or a
+    /// duplicate reply; a frame without an id and no read waiting).
+    pub unknown: u64,
+    /// Push frames handed to the push receiver.
+    pub pushes: u64,
+    /// Push frames dropped because the push receiver was full or gone.
+    pub push_overflow: u64,
+    /// Calls dropped before they were written because their caller was gone.
+    pub skipped: u64,
+    /// Connections made after the first one.
+    pub reconnects: u64,
+}
+
+macro_rules! bump {
+    ($($name:ident),*) => {$(
+        pub(crate) fn $name(&self, n: u64) {
+            self.$name.fetch_add(n, Relaxed);
+        }
+    )*};
+}
+
+impl Stats {
+    bump!(sent, received, unknown, pushes, push_overflow, skipped);
+
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Relaxed);
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub(crate) fn snapshot(&self) -> Counters {
+        Counters {
+            sent: self.sent.load(Relaxed),
+            received: self.received.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            unknown: self.unknown.load(Relaxed),
+            pushes: self.pushes.load(Relaxed),
+            push_overflow: self.push_overflow.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+        }
+    }
+}
