@@ -22,7 +22,7 @@ pub use self::future::{ReplyStream, ResponseFuture};
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::mux::{Control, Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::mux::{Conn, Control, Engine, Envelope, Mode, Until, Waiter, Worker};
 use crate::shared::{Shared, State};
 use crate::stats::Counters;
 
@@ -124,9 +124,9 @@ where
         let (push_tx, pushes) = mpsc::channel(config.push_capacity);
         let shared = Arc::new(Shared::new(control_tx, pushes));
         shared.set_state(State::Ready);
-        let matcher = mode.into_matcher(config.max_in_flight);
-        let engine = Engine::new(matcher, intake, push_tx, shared.clone(), &config);
-        let worker = Worker::new(engine, transport, control);
+        let conn = Conn::new(transport, mode.matcher(config.max_in_flight));
+        let engine = Engine::new(intake, push_tx, shared.clone(), &config);
+        let worker = Worker::new(engine, conn, control);
         let connection = Connection {
             task: Box::pin(worker),
         };

@@ -28,25 +28,38 @@ const BUDGET: usize = 16;
 /// Frames read, or calls written, per iteration at most: keeps both directions moving.
 const BATCH: usize = 256;
 
-/// The state that outlives each transport: the intake, the waiting calls, the timers.
-pub(crate) struct Engine<M, Req, Resp> {
-    pub(crate) matcher: M,
+/// The state that outlives each transport: the intake, the push sender, the settings.
+pub(crate) struct Engine<Req, Resp> {
     intake: mpsc::Receiver<Envelope<Req, Resp>>,
+    /// A call taken from the intake but not yet written: the reconnect worker takes one
+    /// to learn that a connection is wanted, and it is written first once there is one.
+    held: Option<Envelope<Req, Resp>>,
     /// Every handle is gone and the intake is empty.
     intake_done: bool,
     pushes: mpsc::Sender<Resp>,
     pub(crate) shared: Arc<Shared<Resp>>,
     stall: Option<Duration>,
+}
+
+/// Where a connection takes the calls it writes.
+pub(crate) enum Lane<'a, Req, Resp> {
+    /// The users' intake.
+    User,
+    /// The handshake's own intake: user calls wait until the handshake is done.
+    Handshake(&'a mut mpsc::Receiver<Envelope<Req, Resp>>),
+    /// None: a connection that only drains what it has written.
+    Drain,
+}
+
+/// One transport, the calls written on it and the write state tied to it.
+pub(crate) struct Conn<T, M, Req, Resp> {
+    transport: T,
+    pub(crate) matcher: M,
+    writing: Option<Writing<Req, Resp>>,
+    needs_flush: bool,
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
     epoch: Instant,
-}
-
-/// One transport and the write state tied to it.
-pub(crate) struct Conn<T, Req, Resp> {
-    transport: T,
-    writing: Option<Writing<Req, Resp>>,
-    needs_flush: bool,
 }
 
 /// The rest of a multi-part request: nothing else is written until it is.
@@ -56,12 +69,16 @@ struct Writing<Req, Resp> {
     done: Option<Waiter<Resp>>,
 }
 
-impl<T, Req, Resp> Conn<T, Req, Resp> {
-    pub(crate) fn new(transport: T) -> Self {
+impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
+    pub(crate) fn new(transport: T, matcher: M) -> Self {
         Conn {
             transport,
+            matcher,
             writing: None,
             needs_flush: false,
+            timer: None,
+            armed: false,
+            epoch: Instant::now(),
         }
     }
 }
@@ -70,35 +87,30 @@ fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
     ConnectionError::new(why, Some(source.into()))
 }
 
-impl<M, Req, Resp> Engine<M, Req, Resp>
+impl<Req, Resp> Engine<Req, Resp>
 where
-    M: Matcher<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,
 {
     pub(crate) fn new(
-        matcher: M,
         intake: mpsc::Receiver<Envelope<Req, Resp>>,
         pushes: mpsc::Sender<Resp>,
         shared: Arc<Shared<Resp>>,
         config: &Config,
     ) -> Self {
         Engine {
-            matcher,
             intake,
+            held: None,
             intake_done: false,
             pushes,
             shared,
             stall: config.stall_timeout,
-            timer: None,
-            armed: false,
-            epoch: Instant::now(),
         }
     }
 
-    /// Every handle is gone, nothing is queued and nothing waits.
-    pub(crate) fn is_finished(&self) -> bool {
-        self.intake_done && self.matcher.pending() == 0
+    /// Every handle is gone and every queued call was taken.
+    pub(crate) fn intake_done(&self) -> bool {
+        self.intake_done && self.held.is_none()
     }
 
     /// Stops taking new calls; those already queued are still served.
@@ -106,35 +118,82 @@ where
         self.intake.close();
     }
 
-    /// Drives `conn` until it fails, or until the intake is finished and nothing waits
-    /// (then the transport is flushed and closed and this returns `Ok`).
-    pub(crate) fn poll_conn<T, WE, RE>(
+    /// Waits until a user call is queued (and holds it, to be written first), or the
+    /// intake is finished (`false`).
+    pub(crate) fn poll_wanted(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.held.is_some() {
+            return Poll::Ready(true);
+        }
+        if self.intake_done {
+            return Poll::Ready(false);
+        }
+        match ready!(self.intake.poll_recv(cx)) {
+            Some(call) => {
+                self.held = Some(call);
+                Poll::Ready(true)
+            }
+            None => {
+                self.intake_done = true;
+                Poll::Ready(false)
+            }
+        }
+    }
+
+    fn poll_call(
         &mut self,
         cx: &mut Context<'_>,
-        conn: &mut Conn<T, Req, Resp>,
+        lane: &mut Lane<'_, Req, Resp>,
+    ) -> Poll<Option<Envelope<Req, Resp>>> {
+        match lane {
+            Lane::User => {
+                if let Some(call) = self.held.take() {
+                    return Poll::Ready(Some(call));
+                }
+                if self.intake_done {
+                    return Poll::Ready(None);
+                }
+                let call = ready!(self.intake.poll_recv(cx));
+                self.intake_done = call.is_none();
+                Poll::Ready(call)
+            }
+            Lane::Handshake(rx) => rx.poll_recv(cx),
+            Lane::Drain => Poll::Ready(None),
+        }
+    }
+
+    /// Drives `conn`, writing calls from `lane`, until it fails, or until the lane is
+    /// finished and nothing waits (then the transport is flushed and closed and this
+    /// returns `Ok`).
+    pub(crate) fn poll_conn<T, M, WE, RE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, M, Req, Resp>,
+        mut lane: Lane<'_, Req, Resp>,
     ) -> Poll<Result<(), ConnectionError>>
     where
         T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
+        M: Matcher<Req, Resp>,
         WE: Into<BoxError>,
         RE: Into<BoxError>,
     {
         for _ in 0..BUDGET {
             let now_ms = match self.stall {
-                Some(_) => millis_since(self.epoch, Instant::now()),
+                Some(_) => millis_since(conn.epoch, Instant::now()),
                 None => 0,
             };
             let read = self.poll_read(cx, conn, now_ms)?;
-            let wrote = self.poll_write(cx, conn, now_ms)?;
+            let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane, now_ms)?;
             if conn.needs_flush {
                 if let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx) {
                     res.map_err(|e| fail(Why::Write, e))?;
                     conn.needs_flush = false;
                 }
             }
-            self.shared.stats.set_in_flight(self.matcher.pending());
-            self.poll_stall(cx)?;
+            self.shared.stats.set_in_flight(conn.matcher.pending());
+            conn.poll_stall(cx, self.stall)?;
 
-            if self.is_finished() && conn.writing.is_none() && !conn.needs_flush {
+            let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
+            if lane_done && lane_ends_conn && conn.is_idle() {
                 ready!(Pin::new(&mut conn.transport).poll_close(cx))
                     .map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(()));
@@ -149,14 +208,15 @@ where
     }
 
     /// Reads and routes ready frames. Returns whether it may have more to do.
-    fn poll_read<T, RE>(
+    fn poll_read<T, M, RE>(
         &mut self,
         cx: &mut Context<'_>,
-        conn: &mut Conn<T, Req, Resp>,
+        conn: &mut Conn<T, M, Req, Resp>,
         now_ms: u32,
     ) -> Result<bool, ConnectionError>
     where
         T: Stream<Item = Result<Resp, RE>> + Unpin,
+        M: Matcher<Req, Resp>,
         RE: Into<BoxError>,
     {
         let mut n = 0;
@@ -168,7 +228,7 @@ where
                 Poll::Pending => break,
             };
             n += 1;
-            match self.matcher.route(frame, now_ms) {
+            match conn.matcher.route(frame, now_ms) {
                 Route::Delivered => {}
                 Route::Push(frame) => self.push(frame),
                 Route::Unknown => self.shared.stats.unknown(1),
@@ -191,21 +251,25 @@ where
         }
     }
 
-    /// Writes calls from the intake while there is room. Returns whether it wrote.
-    fn poll_write<T, WE>(
+    /// Writes calls from `lane` while there is room. Returns whether it did anything,
+    /// and whether the lane is finished.
+    fn poll_write<T, M, WE>(
         &mut self,
         cx: &mut Context<'_>,
-        conn: &mut Conn<T, Req, Resp>,
+        conn: &mut Conn<T, M, Req, Resp>,
+        lane: &mut Lane<'_, Req, Resp>,
         now_ms: u32,
-    ) -> Result<bool, ConnectionError>
+    ) -> Result<(bool, bool), ConnectionError>
     where
         T: Sink<Req, Error = WE> + Unpin,
+        M: Matcher<Req, Resp>,
         WE: Into<BoxError>,
     {
         let mut sent = 0u64;
         let mut progress = false;
+        let mut lane_done = false;
         for _ in 0..BATCH {
-            if conn.writing.is_none() && (self.intake_done || !self.matcher.has_room()) {
+            if conn.writing.is_none() && !conn.matcher.has_room() {
                 break;
             }
             match Pin::new(&mut conn.transport).poll_ready(cx) {
@@ -224,10 +288,10 @@ where
                 }
                 continue;
             }
-            let call = match self.intake.poll_recv(cx) {
+            let call = match self.poll_call(cx, lane) {
                 Poll::Ready(Some(call)) => call,
                 Poll::Ready(None) => {
-                    self.intake_done = true;
+                    lane_done = true;
                     break;
                 }
                 Poll::Pending => break,
@@ -238,20 +302,66 @@ where
                 self.shared.stats.skipped(1);
                 continue;
             }
-            if self.write_call(conn, call, now_ms)? {
+            if conn.write_call(call, now_ms)? {
                 sent += 1;
             }
         }
         if sent > 0 {
             self.shared.stats.sent(sent);
         }
-        Ok(progress)
+        Ok((progress, lane_done))
+    }
+
+    /// Fails every queued call as *not sent*, handing each its request back, and stops
+    /// the intake for good.
+    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
+        self.intake.close();
+        if let Some(call) = self.held.take() {
+            call.fail_unsent(kind, cause);
+        }
+        while let Ok(call) = self.intake.try_recv() {
+            call.fail_unsent(kind, cause);
+        }
+        self.intake_done = true;
+    }
+
+    /// Fails the queued calls as *not sent*, handing each its request back, but keeps
+    /// the intake open: later calls are taken as usual.
+    pub(crate) fn fail_queued_now(&mut self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
+        if let Some(call) = self.held.take() {
+            call.fail_unsent(kind, cause);
+        }
+        while let Ok(call) = self.intake.try_recv() {
+            call.fail_unsent(kind, cause);
+        }
+    }
+}
+
+impl<T, M, Req, Resp> Conn<T, M, Req, Resp>
+where
+    M: Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Nothing is being written, flushed, or waited for.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.writing.is_none() && !self.needs_flush && self.matcher.pending() == 0
+    }
+
+    fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        self.needs_flush = true;
+        Pin::new(&mut self.transport)
+            .start_send(req)
+            .map_err(|e| fail(Why::Write, e))
     }
 
     /// Admits one call and hands its first frame to the sink. Returns whether it wrote.
-    fn write_call<T, WE>(
+    fn write_call<WE>(
         &mut self,
-        conn: &mut Conn<T, Req, Resp>,
         call: Envelope<Req, Resp>,
         now_ms: u32,
     ) -> Result<bool, ConnectionError>
@@ -287,7 +397,7 @@ where
         match frames {
             Frames::None => {}
             Frames::One(req) => {
-                conn.start_send(req)?;
+                self.start_send(req)?;
                 if let Some(done) = done {
                     done.written();
                 }
@@ -295,7 +405,7 @@ where
             Frames::Many(parts) => {
                 // Parts go out back to back; `poll_write` finishes them before anything
                 // else, resolving `done` after the last.
-                conn.writing = Some(Writing {
+                self.writing = Some(Writing {
                     rest: parts.into_iter(),
                     done,
                 });
@@ -305,8 +415,12 @@ where
     }
 
     /// Arms, re-arms or fires the stall timer.
-    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Result<(), ConnectionError> {
-        let Some(stall) = self.stall else {
+    fn poll_stall(
+        &mut self,
+        cx: &mut Context<'_>,
+        stall: Option<Duration>,
+    ) -> Result<(), ConnectionError> {
+        let Some(stall) = stall else {
             return Ok(());
         };
         if self.matcher.pending() == 0 {
@@ -335,47 +449,18 @@ where
         Ok(())
     }
 
-    /// Fails every call written on the connection that ended, as *may have executed*.
-    pub(crate) fn fail_written<T>(
-        &mut self,
-        conn: Conn<T, Req, Resp>,
-        kind: Kind,
-        cause: &Arc<ConnectionError>,
-    ) {
+    /// Fails every call written on this connection, which has ended, as *may have
+    /// executed* (reads without a request as *not sent*).
+    pub(crate) fn fail(self, kind: Kind, cause: &Arc<ConnectionError>) {
         let failed = |read_only: bool| {
             Error::new(kind)
                 .written(!read_only)
                 .with_cause(cause.clone())
         };
-        if let Some(done) = conn.writing.and_then(|w| w.done) {
+        if let Some(done) = self.writing.and_then(|w| w.done) {
             done.fail(failed(false));
         }
-        self.matcher
-            .drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
-        self.shared.stats.set_in_flight(0);
-        self.armed = false;
-    }
-
-    /// Fails every queued call as *not sent*, handing each its request back, and stops
-    /// the intake for good.
-    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
-        self.intake.close();
-        while let Ok(call) = self.intake.try_recv() {
-            call.fail_unsent(kind, cause);
-        }
-        self.intake_done = true;
-    }
-}
-
-impl<T, Req, Resp> Conn<T, Req, Resp> {
-    fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
-    where
-        T: Sink<Req, Error = WE> + Unpin,
-        WE: Into<BoxError>,
-    {
-        self.needs_flush = true;
-        Pin::new(&mut self.transport)
-            .start_send(req)
-            .map_err(|e| fail(Why::Write, e))
+        let mut matcher = self.matcher;
+        matcher.drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
     }
 }

@@ -15,7 +15,7 @@ mod session;
 mod worker;
 
 pub(crate) use self::call::{Envelope, Frames, Until, Waiter};
-pub(crate) use self::engine::Engine;
+pub(crate) use self::engine::{Conn, Engine, Lane};
 pub(crate) use self::worker::{Control, Worker};
 pub use self::order::Order;
 pub use self::session::Session;
@@ -31,11 +31,11 @@ mod sealed {
 ///
 /// Sealed: the two modes are all there is.
 #[allow(private_bounds, private_interfaces)]
-pub trait Mode<Req, Resp>: sealed::Sealed + Send + 'static {
+pub trait Mode<Req, Resp>: sealed::Sealed + Send + Sync + 'static {
     #[doc(hidden)]
     type Matcher: Matcher<Req, Resp>;
     #[doc(hidden)]
-    fn into_matcher(self, max_in_flight: usize) -> Self::Matcher;
+    fn matcher(&self, max_in_flight: usize) -> Self::Matcher;
 }
 
 impl<P> sealed::Sealed for Order<P> {}
@@ -44,23 +44,23 @@ impl<S> sealed::Sealed for Session<S> {}
 #[allow(private_interfaces)]
 impl<Req, Resp, P> Mode<Req, Resp> for Order<P>
 where
-    P: Protocol<Req, Resp>,
+    P: Protocol<Req, Resp> + Clone,
     Resp: Send + 'static,
 {
     type Matcher = order::OrderMatcher<P, Resp>;
-    fn into_matcher(self, max_in_flight: usize) -> Self::Matcher {
-        order::OrderMatcher::new(self.protocol, max_in_flight)
+    fn matcher(&self, max_in_flight: usize) -> Self::Matcher {
+        order::OrderMatcher::new(self.protocol.clone(), max_in_flight)
     }
 }
 
 #[allow(private_interfaces)]
 impl<Req, Resp, S> Mode<Req, Resp> for Session<S>
 where
-    S: Sessions<Req, Resp>,
+    S: Sessions<Req, Resp> + Clone,
     Resp: Send + 'static,
 {
     type Matcher = session::SessionMatcher<S, Resp>;
-    fn into_matcher(self, max_in_flight: usize) -> Self::Matcher {
-        Session::into_matcher(self, max_in_flight)
+    fn matcher(&self, max_in_flight: usize) -> Self::Matcher {
+        Session::matcher(self, max_in_flight)
     }
 }

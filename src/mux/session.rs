@@ -61,14 +61,14 @@ impl<S> Session<S> {
         self
     }
 
-    pub(crate) fn into_matcher<Req, Resp>(self, max_in_flight: usize) -> SessionMatcher<S, Resp>
+    pub(crate) fn matcher<Req, Resp>(&self, max_in_flight: usize) -> SessionMatcher<S, Resp>
     where
-        S: Sessions<Req, Resp>,
+        S: Sessions<Req, Resp> + Clone,
     {
         let (lo, hi) = self.ids.unwrap_or((1, S::Id::MAX));
         let hi = hi.min(S::Id::MAX);
         SessionMatcher {
-            sessions: self.sessions,
+            sessions: self.sessions.clone(),
             live: HashMap::default(),
             reads: VecDeque::new(),
             lo,

@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tracing::debug;
 
-use super::engine::{Conn, Engine};
+use super::engine::{Conn, Engine, Lane};
 use super::matcher::Matcher;
 use crate::error::{ConnectionError, ConnectionErrorKind, Kind};
 use crate::shared::State;
@@ -29,8 +29,8 @@ pub(crate) enum Control {
 /// Drives one transport until it fails, the channel is closed, or every handle is gone
 /// and every call is answered.
 pub(crate) struct Worker<T, M, Req, Resp> {
-    engine: Engine<M, Req, Resp>,
-    conn: Option<Conn<T, Req, Resp>>,
+    engine: Engine<Req, Resp>,
+    conn: Option<Conn<T, M, Req, Resp>>,
     control: mpsc::UnboundedReceiver<Control>,
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -40,13 +40,13 @@ impl<T, M, Req, Resp> Unpin for Worker<T, M, Req, Resp> {}
 
 impl<T, M, Req, Resp> Worker<T, M, Req, Resp> {
     pub(crate) fn new(
-        engine: Engine<M, Req, Resp>,
-        transport: T,
+        engine: Engine<Req, Resp>,
+        conn: Conn<T, M, Req, Resp>,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         Worker {
             engine,
-            conn: Some(Conn::new(transport)),
+            conn: Some(conn),
             control,
             deadline: None,
         }
@@ -70,8 +70,9 @@ where
         self.engine.shared.set_closed();
         let cause = Arc::new(why);
         if let Some(conn) = self.conn.take() {
-            self.engine.fail_written(conn, kind, &cause);
+            conn.fail(kind, &cause);
         }
+        self.engine.shared.stats.set_in_flight(0);
         self.engine.fail_queued(kind, Some(&cause));
         self.engine.shared.set_state(State::Closed);
     }
@@ -113,7 +114,7 @@ where
                 return Poll::Ready(());
             }
         }
-        match this.engine.poll_conn(cx, conn) {
+        match this.engine.poll_conn(cx, conn, Lane::User) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => {
                 debug!("all handles dropped and every call answered; connection closed");
