@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use tower::BoxError;
 
+/// The shared cause of many calls' errors.
+pub(crate) type Cause = Arc<dyn StdError + Send + Sync>;
+
 /// The error of a call.
 ///
 /// It is one pointer wide, so `Result<Resp, Error>` stays small.
@@ -30,7 +33,7 @@ pub struct Error {
 struct Inner {
     kind: Kind,
     written: bool,
-    cause: Option<Arc<dyn StdError + Send + Sync>>,
+    cause: Option<Cause>,
     /// Behind a `Mutex` only so that `Error` is `Sync`; reached through `get_mut`.
     request: Mutex<Option<Box<dyn Any + Send>>>,
 }
@@ -71,7 +74,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn with_cause(mut self, cause: Arc<dyn StdError + Send + Sync>) -> Self {
+    pub(crate) fn with_cause(mut self, cause: Cause) -> Self {
         self.inner.cause = Some(cause);
         self
     }

@@ -78,13 +78,19 @@
 
 mod channel;
 mod config;
+mod connect;
 mod error;
 mod mux;
 mod protocol;
+mod reconnect;
 mod shared;
 mod stats;
 
-pub use crate::channel::{Call, Channel, Connection, IntoCall, Replies, ReplyStream, ResponseFuture};
+pub use crate::channel::{
+    Builder, Call, Channel, Connection, IntoCall, Replies, ReplyStream, ResponseFuture,
+};
+pub use crate::connect::TcpConnector;
+pub use crate::reconnect::{Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy};
 pub use crate::config::Config;
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind};
 pub use crate::mux::{Mode, Order, Session};

@@ -3,9 +3,12 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::mux::Control;
+use tokio::time::Instant;
+
+use crate::error::{Cause, Error};
+use crate::reconnect::HostSpec;
 use crate::stats::Stats;
 
 /// Where a channel's connection stands.
@@ -20,8 +23,25 @@ pub enum State {
     Ready,
     /// Every host failed; waiting before the next attempt.
     BackingOff,
-    /// Not connected and not trying: closed, or (without reconnect) the connection ended.
+    /// Not connected; connects when a call needs it.
+    Idle,
+    /// Closed: by `close()` or a shutdown, or (without reconnect) the connection ended.
     Closed,
+}
+
+/// What a handle asks of its connection task, outside the flow of calls.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Fail everything now and stop.
+    Close,
+    /// Take no new calls; serve the queued and waiting ones until the deadline.
+    Shutdown(Instant),
+    /// Connect now (and reopen a closed channel); the outcome goes to the sender.
+    Connect(oneshot::Sender<Result<(), Error>>),
+    /// New calls go to this host; calls on the old connection drain.
+    ChangeHost(HostSpec),
+    /// Replace the backups, from the next connect pass on.
+    ChangeBackups(Vec<HostSpec>),
 }
 
 pub(crate) struct Shared<Resp> {
@@ -32,6 +52,8 @@ pub(crate) struct Shared<Resp> {
     /// The push receiver, until a handle takes it.
     pub(crate) pushes: Mutex<Option<mpsc::Receiver<Resp>>>,
     pub(crate) state: watch::Sender<State>,
+    /// Why the last connect pass failed.
+    pub(crate) last_error: Mutex<Option<Cause>>,
 }
 
 impl<Resp> Shared<Resp> {
@@ -44,7 +66,8 @@ impl<Resp> Shared<Resp> {
             closed: AtomicBool::new(false),
             control,
             pushes: Mutex::new(Some(pushes)),
-            state: watch::Sender::new(State::Connecting),
+            state: watch::Sender::new(State::Idle),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -55,6 +78,11 @@ impl<Resp> Shared<Resp> {
     /// Takes no more calls from now on.
     pub(crate) fn set_closed(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// Takes calls again (a reconnecting channel reopened by `connect`).
+    pub(crate) fn set_open(&self) {
+        self.closed.store(false, Ordering::Release);
     }
 
     pub(crate) fn set_state(&self, state: State) {

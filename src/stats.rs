@@ -47,7 +47,7 @@ macro_rules! bump {
 }
 
 impl Stats {
-    bump!(sent, received, unknown, pushes, push_overflow, skipped);
+    bump!(sent, received, unknown, pushes, push_overflow, skipped, reconnects);
 
     pub(crate) fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n as u64, Relaxed);

@@ -1,5 +1,6 @@
 //! The handle users hold: [`Channel`].
 
+mod builder;
 mod call;
 mod future;
 mod service;
@@ -17,13 +18,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::ReusableBoxFuture;
 use tower::BoxError;
 
+pub use self::builder::Builder;
 pub use self::call::{Call, IntoCall, Replies};
 pub use self::future::{ReplyStream, ResponseFuture};
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::mux::{Conn, Control, Engine, Envelope, Mode, Until, Waiter, Worker};
-use crate::shared::{Shared, State};
+use crate::reconnect::{HostSpec, InvalidEndpoint};
+use crate::mux::{Conn, Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
 
 type Permit<Req, Resp> = mpsc::OwnedPermit<Envelope<Req, Resp>>;
@@ -133,7 +136,7 @@ where
         (Channel::from_parts(tx, shared), connection)
     }
 
-    fn from_parts(tx: mpsc::Sender<Envelope<Req, Resp>>, shared: Arc<Shared<Resp>>) -> Self {
+    pub(crate) fn from_parts(tx: mpsc::Sender<Envelope<Req, Resp>>, shared: Arc<Shared<Resp>>) -> Self {
         Channel {
             tx,
             shared,
@@ -260,6 +263,56 @@ where
         let _ = self.shared.control.send(Control::Shutdown(at));
         let mut state = self.state();
         let _ = state.wait_for(|s| *s == State::Closed).await;
+    }
+
+    /// Connects now, if not connected, and waits for the outcome. Reopens a closed
+    /// channel. On a channel over a fixed transport ([`Channel::new`]) it only reports
+    /// whether its connection task still runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Kind::Connect`] (with the [`ConnectError`](crate::ConnectError) naming each host)
+    /// when the pass failed; [`Kind::Closed`] for a fixed-transport channel that is closed.
+    pub async fn connect(&self) -> Result<(), Error> {
+        self.shared.set_open();
+        let (tx, rx) = oneshot::channel();
+        if self.shared.control.send(Control::Connect(tx)).is_err() {
+            return Err(closed());
+        }
+        future::outcome(rx.await)
+    }
+
+    /// Sends new calls to another host (`"host:port"`, or a bare host that keeps the
+    /// current port). Calls written on the old connection finish on it, within the
+    /// drain timeout. The new connection is made on the next call, or at once under
+    /// [`Policy::Persistent`](crate::Policy::Persistent).
+    ///
+    /// # Errors
+    ///
+    /// A host that does not parse. Nothing changes then.
+    pub fn change_host(&self, host: &str) -> Result<(), InvalidEndpoint> {
+        let host = HostSpec::parse(host)?;
+        let _ = self.shared.control.send(Control::ChangeHost(host));
+        Ok(())
+    }
+
+    /// Replaces the backup hosts (those without a port take the current host's), from
+    /// the next connect pass on. A handshake may call it too.
+    ///
+    /// # Errors
+    ///
+    /// A host that does not parse. Nothing changes then.
+    pub fn change_backups<I, S>(&self, backups: I) -> Result<(), InvalidEndpoint>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let backups = backups
+            .into_iter()
+            .map(|b| HostSpec::parse(b.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _ = self.shared.control.send(Control::ChangeBackups(backups));
+        Ok(())
     }
 
     /// Watches the connection's state.

@@ -1,11 +1,10 @@
 //! One call on its way through the intake: the frames to write and who waits for what.
 
 use std::any::Any;
-use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{ConnectionError, Error, Kind};
+use crate::error::{Cause, Error, Kind};
 use crate::protocol::Protocol;
 
 /// The frames a call writes.
@@ -199,7 +198,7 @@ impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
     }
 
     /// Fails a call that was never written, handing its request back.
-    pub(crate) fn fail_unsent(self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
+    pub(crate) fn fail_unsent(self, kind: Kind, cause: Option<&Cause>) {
         let mut err = Error::new(kind);
         if let Some(cause) = cause {
             err = err.with_cause(cause.clone());

@@ -5,6 +5,7 @@
 //! and check the stall timer. Reading never waits for writing, so a peer that only reads
 //! after it has written cannot deadlock us.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -20,7 +21,7 @@ use tracing::{debug, trace};
 use super::call::{Envelope, Frames, Waiter};
 use super::matcher::{Entry, Matcher, Route, millis_since};
 use crate::config::Config;
-use crate::error::{ConnectionError, ConnectionErrorKind as Why, Error, Kind};
+use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
 use crate::shared::Shared;
 
 /// Poll iterations before the connection task yields to the scheduler.
@@ -31,9 +32,10 @@ const BATCH: usize = 256;
 /// The state that outlives each transport: the intake, the push sender, the settings.
 pub(crate) struct Engine<Req, Resp> {
     intake: mpsc::Receiver<Envelope<Req, Resp>>,
-    /// A call taken from the intake but not yet written: the reconnect worker takes one
-    /// to learn that a connection is wanted, and it is written first once there is one.
-    held: Option<Envelope<Req, Resp>>,
+    /// Calls taken from the intake but not yet written, written first: the one the
+    /// reconnect worker took to learn that a connection is wanted, an idle ping, calls a
+    /// handshake queued without waiting for them.
+    held: VecDeque<Envelope<Req, Resp>>,
     /// Every handle is gone and the intake is empty.
     intake_done: bool,
     pushes: mpsc::Sender<Resp>,
@@ -100,7 +102,7 @@ where
     ) -> Self {
         Engine {
             intake,
-            held: None,
+            held: VecDeque::new(),
             intake_done: false,
             pushes,
             shared,
@@ -110,7 +112,17 @@ where
 
     /// Every handle is gone and every queued call was taken.
     pub(crate) fn intake_done(&self) -> bool {
-        self.intake_done && self.held.is_none()
+        self.intake_done && self.held.is_empty()
+    }
+
+    /// Nothing is queued.
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.held.is_empty() && self.intake.is_empty()
+    }
+
+    /// Queues a call ahead of the intake.
+    pub(crate) fn hold_first(&mut self, call: Envelope<Req, Resp>) {
+        self.held.push_back(call);
     }
 
     /// Stops taking new calls; those already queued are still served.
@@ -121,7 +133,7 @@ where
     /// Waits until a user call is queued (and holds it, to be written first), or the
     /// intake is finished (`false`).
     pub(crate) fn poll_wanted(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.held.is_some() {
+        if !self.held.is_empty() {
             return Poll::Ready(true);
         }
         if self.intake_done {
@@ -129,7 +141,7 @@ where
         }
         match ready!(self.intake.poll_recv(cx)) {
             Some(call) => {
-                self.held = Some(call);
+                self.held.push_back(call);
                 Poll::Ready(true)
             }
             None => {
@@ -146,7 +158,7 @@ where
     ) -> Poll<Option<Envelope<Req, Resp>>> {
         match lane {
             Lane::User => {
-                if let Some(call) = self.held.take() {
+                if let Some(call) = self.held.pop_front() {
                     return Poll::Ready(Some(call));
                 }
                 if self.intake_done {
@@ -314,9 +326,9 @@ where
 
     /// Fails every queued call as *not sent*, handing each its request back, and stops
     /// the intake for good.
-    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
+    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Cause>) {
         self.intake.close();
-        if let Some(call) = self.held.take() {
+        for call in self.held.drain(..) {
             call.fail_unsent(kind, cause);
         }
         while let Ok(call) = self.intake.try_recv() {
@@ -327,8 +339,8 @@ where
 
     /// Fails the queued calls as *not sent*, handing each its request back, but keeps
     /// the intake open: later calls are taken as usual.
-    pub(crate) fn fail_queued_now(&mut self, kind: Kind, cause: Option<&Arc<ConnectionError>>) {
-        if let Some(call) = self.held.take() {
+    pub(crate) fn fail_queued_now(&mut self, kind: Kind, cause: Option<&Cause>) {
+        for call in self.held.drain(..) {
             call.fail_unsent(kind, cause);
         }
         while let Ok(call) = self.intake.try_recv() {
@@ -451,7 +463,7 @@ where
 
     /// Fails every call written on this connection, which has ended, as *may have
     /// executed* (reads without a request as *not sent*).
-    pub(crate) fn fail(self, kind: Kind, cause: &Arc<ConnectionError>) {
+    pub(crate) fn fail(self, kind: Kind, cause: &Cause) {
         let failed = |read_only: bool| {
             Error::new(kind)
                 .written(!read_only)

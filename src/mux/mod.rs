@@ -16,7 +16,7 @@ mod worker;
 
 pub(crate) use self::call::{Envelope, Frames, Until, Waiter};
 pub(crate) use self::engine::{Conn, Engine, Lane};
-pub(crate) use self::worker::{Control, Worker};
+pub(crate) use self::worker::Worker;
 pub use self::order::Order;
 pub use self::session::Session;
 

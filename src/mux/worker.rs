@@ -8,23 +8,14 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower::BoxError;
 use tracing::debug;
 
 use super::engine::{Conn, Engine, Lane};
 use super::matcher::Matcher;
-use crate::error::{ConnectionError, ConnectionErrorKind, Kind};
-use crate::shared::State;
-
-/// What a handle asks of its connection task, outside the flow of calls.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Fail everything now and stop.
-    Close,
-    /// Take no new calls; serve the queued and waiting ones until the deadline.
-    Shutdown(Instant),
-}
+use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
+use crate::shared::{Control, State};
 
 /// Drives one transport until it fails, the channel is closed, or every handle is gone
 /// and every call is answered.
@@ -68,7 +59,7 @@ where
         debug!(error = %why, "connection ended");
         // Closed first, so no caller queues behind the failures below.
         self.engine.shared.set_closed();
-        let cause = Arc::new(why);
+        let cause: Cause = Arc::new(why);
         if let Some(conn) = self.conn.take() {
             conn.fail(kind, &cause);
         }
@@ -105,6 +96,11 @@ where
                     this.engine.close_intake();
                     this.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
                 }
+                // Without a connector there is nothing to reconnect or redirect.
+                Control::Connect(done) => {
+                    let _ = done.send(Ok(()));
+                }
+                Control::ChangeHost(_) | Control::ChangeBackups(_) => {}
             }
         }
         if let Some(deadline) = &mut this.deadline {

@@ -1,0 +1,337 @@
+//! Building a reconnecting channel, the way skynet's `sc.channel { ... }` does.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+use tower::{BoxError, Service};
+
+use super::{Channel, Connection};
+use crate::config::Config;
+use crate::connect::TcpConnector;
+use crate::mux::{Engine, Mode, Order, Session};
+use crate::protocol::{Protocol, Sessions};
+use crate::reconnect::{
+    Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Policy, Reconnect,
+};
+use crate::shared::Shared;
+
+/// Builds a [`Channel`] that connects by itself: lazily on first use, to a host or its
+/// backups, with a handshake on every connection, and reconnects after failures.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use socketchannel::{Channel, Handshake, Plain};
+/// use tokio_util::codec::LinesCodec;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let channel: Channel<String, String> = Channel::builder()
+///     .host("127.0.0.1:7000")
+///     .backup("127.0.0.1:7001")
+///     .connect_timeout(Duration::from_secs(1))
+///     .handshake(|conn, _endpoint| async move {
+///         conn.request("AUTH secret".to_string()).await?;
+///         Ok(Handshake::Ready)
+///     })
+///     .order(LinesCodec::new(), Plain)?;
+/// let reply = channel.request("PING".to_string()).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Builder<Req, Resp> {
+    host: Result<Option<HostSpec>, InvalidEndpoint>,
+    port: Option<u16>,
+    backups: Result<Vec<HostSpec>, InvalidEndpoint>,
+    config: Config,
+    opts: Options<Req, Resp>,
+    nodelay: bool,
+    keepalive: bool,
+}
+
+impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("backups", &self.backups)
+            .field("config", &self.config)
+            .field("policy", &self.opts.policy)
+            .field("backoff", &self.opts.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Starts building a reconnecting channel.
+    pub fn builder() -> Builder<Req, Resp> {
+        Builder {
+            host: Ok(None),
+            port: None,
+            backups: Ok(Vec::new()),
+            config: Config::default(),
+            opts: Options {
+                policy: Policy::Once,
+                backoff: Backoff::default(),
+                connect_timeout: Some(Duration::from_secs(5)),
+                handshake_timeout: Some(Duration::from_secs(5)),
+                drain_timeout: Duration::from_secs(5),
+                handshake: None,
+                idle_ping: None,
+                queue: 0,
+                max_in_flight: 0,
+                eager: false,
+            },
+            nodelay: true,
+            keepalive: true,
+        }
+    }
+}
+
+impl<Req, Resp> Builder<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// The host: `"host:port"`, `"[v6]:port"`, or a bare host with [`port`](Self::port).
+    /// An unparsable one makes the final step fail with [`InvalidEndpoint`].
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = HostSpec::parse(host).map(Some);
+        self
+    }
+
+    /// The port, for a host given without one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Adds a backup host, tried in order after the current host fails. Without a port
+    /// it takes the current host's. Duplicates are skipped. A backup that connects
+    /// becomes the current host.
+    pub fn backup(mut self, host: &str) -> Self {
+        if let Ok(backups) = &mut self.backups {
+            match HostSpec::parse(host) {
+                Ok(spec) => backups.push(spec),
+                Err(e) => self.backups = Err(e),
+            }
+        }
+        self
+    }
+
+    /// Sets `TCP_NODELAY` (default on). Only for the built-in TCP connector.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Sets `SO_KEEPALIVE` (default on). Only for the built-in TCP connector.
+    pub fn keepalive(mut self, on: bool) -> Self {
+        self.keepalive = on;
+        self
+    }
+
+    /// What to do when every host fails (default [`Policy::Once`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.opts.policy = policy;
+        self
+    }
+
+    /// The wait between failed passes (default exponential, 100 ms to 10 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.opts.backoff = backoff;
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s; `None`: no limit).
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.opts.connect_timeout = timeout.into();
+        self
+    }
+
+    /// How long the handshake may take (default 5 s; `None`: no limit). When it passes,
+    /// the next host is tried.
+    pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.opts.handshake_timeout = timeout.into();
+        self
+    }
+
+    /// How long calls on the old connection may take to finish after
+    /// [`Channel::change_host`] (default 5 s); then they fail.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.drain_timeout = timeout;
+        self
+    }
+
+    /// Runs on every new connection before any user call is written (skynet's `auth`).
+    ///
+    /// It gets a [`Channel`] on the new connection's priority lane (its calls go before
+    /// any user call; user calls wait) and the endpoint. It may send requests, read a
+    /// greeting ([`Channel::read`]), replace the backups
+    /// ([`Channel::change_backups`]), and return [`Handshake::Ready`] or
+    /// [`Handshake::Redirect`]. An error fails this host: the next one is tried, and
+    /// after the last, the backoff applies (a wrong password never makes a hot loop).
+    pub fn handshake<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Channel<Req, Resp>, Endpoint) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Handshake, BoxError>> + Send + 'static,
+    {
+        self.opts.handshake = Some(Arc::new(move |channel, endpoint| {
+            Box::pin(hook(channel, endpoint))
+        }));
+        self
+    }
+
+    /// Sends `ping()` when the connection has been idle for `every`, so a dead peer is
+    /// found (by the stall timeout, or the write failing) before a user call is.
+    pub fn idle_ping<F>(mut self, every: Duration, ping: F) -> Self
+    where
+        F: Fn() -> Req + Send + Sync + 'static,
+    {
+        self.opts.idle_ping = Some((every, Arc::new(ping)));
+        self
+    }
+
+    /// Connects as soon as the channel is built instead of on the first call.
+    pub fn eager(mut self) -> Self {
+        self.opts.eager = true;
+        self
+    }
+
+    /// The engine's limits and timers.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Builds an order-mode channel over TCP framed with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// No host, or a host or backup that does not parse.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn order<C, P>(self, codec: C, protocol: P) -> Result<Channel<Req, Resp>, InvalidEndpoint>
+    where
+        C: Encoder<Req> + Decoder<Item = Resp> + Clone + Send + 'static,
+        <C as Encoder<Req>>::Error: Into<BoxError>,
+        <C as Decoder>::Error: Into<BoxError>,
+        P: Protocol<Req, Resp> + Clone,
+    {
+        let connector = self.tcp(codec);
+        self.connector(connector, Order::new(protocol))
+    }
+
+    /// Builds a session-mode channel over TCP framed with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// No host, or a host or backup that does not parse.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn session<C, S>(self, codec: C, sessions: S) -> Result<Channel<Req, Resp>, InvalidEndpoint>
+    where
+        C: Encoder<Req> + Decoder<Item = Resp> + Clone + Send + 'static,
+        <C as Encoder<Req>>::Error: Into<BoxError>,
+        <C as Decoder>::Error: Into<BoxError>,
+        S: Sessions<Req, Resp> + Clone,
+    {
+        let connector = self.tcp(codec);
+        self.connector(connector, Session::new(sessions))
+    }
+
+    fn tcp<C: Clone>(&self, codec: C) -> TcpConnector<C> {
+        TcpConnector::new(codec)
+            .nodelay(self.nodelay)
+            .keepalive(self.keepalive)
+    }
+
+    /// Builds a channel over any connector (a `tower::Service` from [`Endpoint`] to a
+    /// `Sink + Stream` of frames: a Unix socket, TLS, an in-memory pipe) and mode, with
+    /// its connection task spawned.
+    ///
+    /// # Errors
+    ///
+    /// No host, or a host or backup that does not parse.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn connector<K, M, T, WE, RE>(
+        self,
+        connector: K,
+        mode: M,
+    ) -> Result<Channel<Req, Resp>, InvalidEndpoint>
+    where
+        K: Service<Endpoint, Response = T> + Clone + Send + 'static,
+        K::Error: Into<BoxError>,
+        K::Future: Send,
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+        WE: Into<BoxError> + 'static,
+        RE: Into<BoxError> + 'static,
+        M: Mode<Req, Resp>,
+    {
+        let (channel, connection) = self.pair(connector, mode)?;
+        tokio::spawn(connection);
+        Ok(channel)
+    }
+
+    /// Like [`connector`](Self::connector), but hands back the connection task for the
+    /// caller to run.
+    ///
+    /// # Errors
+    ///
+    /// No host, or a host or backup that does not parse.
+    pub fn pair<K, M, T, WE, RE>(
+        mut self,
+        connector: K,
+        mode: M,
+    ) -> Result<(Channel<Req, Resp>, Connection), InvalidEndpoint>
+    where
+        K: Service<Endpoint, Response = T> + Clone + Send + 'static,
+        K::Error: Into<BoxError>,
+        K::Future: Send,
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+        WE: Into<BoxError> + 'static,
+        RE: Into<BoxError> + 'static,
+        M: Mode<Req, Resp>,
+    {
+        let host = self.host?.ok_or_else(InvalidEndpoint::no_host)?;
+        let current = match (host.port(), self.port) {
+            (Some(_), _) => host.endpoint(0),
+            (None, Some(port)) => host.endpoint(port),
+            (None, None) => return Err(InvalidEndpoint::no_port(&host)),
+        };
+        let mut hosts = Hosts {
+            current,
+            backups: Vec::new(),
+        };
+        hosts.set_backups(&self.backups?);
+
+        let config = self.config;
+        self.opts.queue = config.queue;
+        self.opts.max_in_flight = config.max_in_flight;
+        let (tx, intake) = mpsc::channel(config.queue);
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let (push_tx, pushes) = mpsc::channel(config.push_capacity);
+        let shared = Arc::new(Shared::new(control_tx, pushes));
+        let engine = Engine::new(intake, push_tx, shared.clone(), &config);
+        let worker = Reconnect::new(engine, connector, mode, self.opts, hosts, control);
+        let connection = Connection {
+            task: Box::pin(worker),
+        };
+        Ok((Channel::from_parts(tx, shared), connection))
+    }
+}

@@ -1,0 +1,233 @@
+//! Where to connect: a host and a port.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A host (name or IP address) and a port.
+///
+/// Parsed from `"host:port"`, `"[v6 address]:port"`, or a bare host given a default
+/// port. Host names are resolved at every connection attempt, and every address they
+/// resolve to is tried.
+///
+/// ```
+/// use socketchannel::Endpoint;
+///
+/// let a: Endpoint = "127.0.0.1:6379".parse().unwrap();
+/// let b: Endpoint = "[::1]:6379".parse().unwrap();
+/// let c = Endpoint::parse_with_port("localhost", 6379).unwrap();
+/// assert_eq!(b.host(), "::1");
+/// assert_eq!(c.to_string(), "localhost:6379");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+/// A host string that is not an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEndpoint {
+    input: String,
+    why: &'static str,
+}
+
+impl fmt::Display for InvalidEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid endpoint {:?}: {}", self.input, self.why)
+    }
+}
+
+impl std::error::Error for InvalidEndpoint {}
+
+impl InvalidEndpoint {
+    pub(crate) fn no_host() -> Self {
+        InvalidEndpoint {
+            input: String::new(),
+            why: "no host given",
+        }
+    }
+
+    pub(crate) fn no_port(host: &HostSpec) -> Self {
+        InvalidEndpoint {
+            input: host.host.clone(),
+            why: "no port, and no default port given",
+        }
+    }
+}
+
+impl Endpoint {
+    /// An endpoint from a host and a port. The host is not checked until it is resolved.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// Parses `"host:port"`, `"[v6]:port"`, or a bare host (or bare IPv6 address) that
+    /// takes `default_port`.
+    ///
+    /// # Errors
+    ///
+    /// An empty host, an unclosed `[`, or a port that is not a number from 0 to 65535.
+    pub fn parse_with_port(input: &str, default_port: u16) -> Result<Self, InvalidEndpoint> {
+        Self::parse_inner(input, Some(default_port))
+    }
+
+    fn parse_inner(input: &str, default_port: Option<u16>) -> Result<Self, InvalidEndpoint> {
+        let spec = HostSpec::parse(input)?;
+        match spec.port.or(default_port) {
+            Some(port) => Ok(Endpoint::new(spec.host, port)),
+            None => Err(InvalidEndpoint {
+                input: input.to_string(),
+                why: "no port",
+            }),
+        }
+    }
+
+    /// The host name or address, without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = InvalidEndpoint;
+
+    /// Parses `"host:port"` or `"[v6]:port"`; the port is required.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_inner(s, None)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A host as a user wrote it: the port may be left to a default (the current host's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostSpec {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostSpec {
+    pub(crate) fn parse(input: &str) -> Result<Self, InvalidEndpoint> {
+        let bad = |why| InvalidEndpoint {
+            input: input.to_string(),
+            why,
+        };
+        let s = input.trim();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None if after.is_empty() => (host, None),
+                None => return Err(bad("unexpected text after ']'")),
+            }
+        } else if s.matches(':').count() == 1 {
+            let (host, port) = s.split_once(':').unwrap_or((s, ""));
+            (host, Some(port))
+        } else {
+            // No colon, or a bare IPv6 address.
+            (s, None)
+        };
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        let port = match port {
+            Some(p) => Some(p.parse().map_err(|_| bad("port is not a number from 0 to 65535"))?),
+            None => None,
+        };
+        Ok(HostSpec {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    pub(crate) fn endpoint(&self, default_port: u16) -> Endpoint {
+        Endpoint::new(self.host.clone(), self.port.unwrap_or(default_port))
+    }
+}
+
+/// The current host and its ordered backups.
+#[derive(Debug, Clone)]
+pub(crate) struct Hosts {
+    pub(crate) current: Endpoint,
+    pub(crate) backups: Vec<Endpoint>,
+}
+
+impl Hosts {
+    /// Replaces the backups; those without a port take the current host's.
+    pub(crate) fn set_backups(&mut self, backups: &[HostSpec]) {
+        let port = self.current.port;
+        self.backups = backups.iter().map(|b| b.endpoint(port)).collect();
+    }
+
+    /// Replaces the current host, keeping its port if the new one names none.
+    pub(crate) fn set_current(&mut self, host: &HostSpec) {
+        self.current = host.endpoint(self.current.port);
+    }
+
+    /// The order of one connect pass: the current host, then each backup once.
+    pub(crate) fn pass(&self) -> Vec<Endpoint> {
+        let mut order = vec![self.current.clone()];
+        for b in &self.backups {
+            if !order.contains(b) {
+                order.push(b.clone());
+            }
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_skynet_accepts() {
+        let e: Endpoint = "example.com:80".parse().unwrap();
+        assert_eq!((e.host(), e.port()), ("example.com", 80));
+        let e: Endpoint = "[fe80::1]:9000".parse().unwrap();
+        assert_eq!((e.host(), e.port()), ("fe80::1", 9000));
+        assert_eq!(e.to_string(), "[fe80::1]:9000");
+        let e = Endpoint::parse_with_port("::1", 7).unwrap();
+        assert_eq!((e.host(), e.port()), ("::1", 7));
+        let e = Endpoint::parse_with_port("[::1]", 7).unwrap();
+        assert_eq!((e.host(), e.port()), ("::1", 7));
+        let e = Endpoint::parse_with_port("h:8", 7).unwrap();
+        assert_eq!(e.port(), 8);
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_endpoint() {
+        for bad in ["", ":80", "[::1", "[::1]x", "host:port", "host:70000", "host"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn a_pass_skips_duplicate_backups() {
+        let hosts = Hosts {
+            current: Endpoint::new("a", 1),
+            backups: vec![Endpoint::new("b", 1), Endpoint::new("a", 1), Endpoint::new("b", 1)],
+        };
+        assert_eq!(hosts.pass(), vec![Endpoint::new("a", 1), Endpoint::new("b", 1)]);
+    }
+}

@@ -1,0 +1,65 @@
+//! The error of a failed connect pass.
+
+use std::fmt;
+
+use tower::BoxError;
+
+use super::Endpoint;
+
+/// Every host of a connect pass failed; the error names each host and its failure.
+///
+/// Calls that were waiting for the pass fail with [`Kind::Connect`](crate::Kind::Connect)
+/// and this as their source.
+#[derive(Debug)]
+pub struct ConnectError {
+    failures: Vec<(Endpoint, BoxError)>,
+}
+
+impl ConnectError {
+    pub(crate) fn new(failures: Vec<(Endpoint, BoxError)>) -> Self {
+        ConnectError { failures }
+    }
+
+    /// Each host tried, in order, with its failure.
+    pub fn failures(&self) -> impl Iterator<Item = (&Endpoint, &(dyn std::error::Error + Send + Sync + 'static))> {
+        self.failures.iter().map(|(e, err)| (e, &**err))
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("every host failed")?;
+        for (i, (endpoint, err)) in self.failures.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            write!(f, "{sep}{endpoint}: {err}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Why one host failed during a connect pass.
+#[derive(Debug)]
+pub(crate) enum HostError {
+    Timeout(&'static str),
+    Handshake(BoxError),
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Timeout(what) => write!(f, "{what} timed out"),
+            HostError::Handshake(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HostError::Timeout(_) => None,
+            HostError::Handshake(e) => Some(&**e),
+        }
+    }
+}
