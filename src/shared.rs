@@ -48,6 +48,9 @@ pub(crate) struct Shared<Resp> {
     pub(crate) stats: Stats,
     /// Set once the channel takes no more calls: closed, or its task ended.
     closed: AtomicBool,
+    /// A connect pass is running (the state is `Connecting` or `Handshaking`): mirrors
+    /// `state` so `poll_ready` reads one atomic instead of a lock.
+    connecting: AtomicBool,
     pub(crate) control: mpsc::UnboundedSender<Control>,
     /// The push receiver, until a handle takes it.
     pub(crate) pushes: Mutex<Option<mpsc::Receiver<Resp>>>,
@@ -64,6 +67,7 @@ impl<Resp> Shared<Resp> {
         Shared {
             stats: Stats::default(),
             closed: AtomicBool::new(false),
+            connecting: AtomicBool::new(false),
             control,
             pushes: Mutex::new(Some(pushes)),
             state: watch::Sender::new(State::Idle),
@@ -85,7 +89,13 @@ impl<Resp> Shared<Resp> {
         self.closed.store(false, Ordering::Release);
     }
 
+    pub(crate) fn is_connecting(&self) -> bool {
+        self.connecting.load(Ordering::Acquire)
+    }
+
     pub(crate) fn set_state(&self, state: State) {
+        let connecting = matches!(state, State::Connecting | State::Handshaking);
+        self.connecting.store(connecting, Ordering::Release);
         self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;

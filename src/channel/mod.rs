@@ -51,6 +51,9 @@ pub struct Channel<Req, Resp> {
     /// Waits for capacity when the intake is full; allocated the first time it is.
     reserve: Option<Reserve<Req, Resp>>,
     reserving: bool,
+    /// Waits for a running connect pass to end; allocated the first time it is needed.
+    connect_wait: Option<ReusableBoxFuture<'static, ()>>,
+    waiting_connect: bool,
 }
 
 /// A channel's connection task, for callers who run it themselves
@@ -143,6 +146,8 @@ where
             permit: None,
             reserve: None,
             reserving: false,
+            connect_wait: None,
+            waiting_connect: false,
         }
     }
 
@@ -339,6 +344,8 @@ impl<Req, Resp> Clone for Channel<Req, Resp> {
             permit: None,
             reserve: None,
             reserving: false,
+            connect_wait: None,
+            waiting_connect: false,
         }
     }
 }

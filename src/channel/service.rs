@@ -11,6 +11,7 @@ use super::future::ResponseFuture;
 use super::{Channel, closed};
 use crate::error::{Error, Kind};
 use crate::mux::{Envelope, Frames, Waiter};
+use crate::shared::State;
 
 impl<Req, Resp> Channel<Req, Resp>
 where
@@ -27,6 +28,7 @@ where
         if self.shared.is_closed() {
             return Poll::Ready(Err(closed()));
         }
+        std::task::ready!(self.poll_connected(cx));
         if !self.reserving {
             match self.tx.clone().try_reserve_owned() {
                 Ok(permit) => {
@@ -56,6 +58,35 @@ where
             }
             Err(_) => Poll::Ready(Err(closed())),
         }
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp> {
+    /// `Pending` while a connect pass runs (Contract 2: so `balance` steers around a
+    /// host that is connecting); the pass is bounded by the connect and handshake
+    /// timeouts. The wait is boxed once per handle, and only when it happens.
+    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.waiting_connect {
+            if !self.shared.is_connecting() {
+                return Poll::Ready(());
+            }
+            let mut state = self.shared.state.subscribe();
+            let wait = async move {
+                let _ = state
+                    .wait_for(|s| !matches!(s, State::Connecting | State::Handshaking))
+                    .await;
+            };
+            match &mut self.connect_wait {
+                Some(w) => w.set(wait),
+                None => self.connect_wait = Some(ReusableBoxFuture::new(wait)),
+            }
+            self.waiting_connect = true;
+        }
+        if let Some(wait) = &mut self.connect_wait {
+            std::task::ready!(wait.poll(cx));
+        }
+        self.waiting_connect = false;
+        Poll::Ready(())
     }
 }
 
