@@ -47,7 +47,15 @@ macro_rules! bump {
 }
 
 impl Stats {
-    bump!(sent, received, unknown, pushes, push_overflow, skipped, reconnects);
+    bump!(
+        sent,
+        received,
+        unknown,
+        pushes,
+        push_overflow,
+        skipped,
+        reconnects
+    );
 
     pub(crate) fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n as u64, Relaxed);

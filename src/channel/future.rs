@@ -13,7 +13,9 @@ use tracing::Span;
 use crate::error::{Error, Kind};
 
 /// The outcome a connection task sent, or `Closed` when it is gone without a word.
-pub(crate) fn outcome<T>(received: Result<Result<T, Error>, oneshot::error::RecvError>) -> Result<T, Error> {
+pub(crate) fn outcome<T>(
+    received: Result<Result<T, Error>, oneshot::error::RecvError>,
+) -> Result<T, Error> {
     received.unwrap_or_else(|_| Err(Error::new(Kind::Closed)))
 }
 

@@ -24,8 +24,8 @@ pub use self::future::{ReplyStream, ResponseFuture};
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::reconnect::{HostSpec, InvalidEndpoint};
 use crate::mux::{Conn, Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::reconnect::{HostSpec, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
 
@@ -139,7 +139,10 @@ where
         (Channel::from_parts(tx, shared), connection)
     }
 
-    pub(crate) fn from_parts(tx: mpsc::Sender<Envelope<Req, Resp>>, shared: Arc<Shared<Resp>>) -> Self {
+    pub(crate) fn from_parts(
+        tx: mpsc::Sender<Envelope<Req, Resp>>,
+        shared: Arc<Shared<Resp>>,
+    ) -> Self {
         Channel {
             tx,
             shared,
@@ -170,7 +173,11 @@ where
         Ok(())
     }
 
-    async fn one<T>(&self, call: Call<Req>, waiter: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Waiter<Resp>) -> Result<T, Error> {
+    async fn one<T>(
+        &self,
+        call: Call<Req>,
+        waiter: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Waiter<Resp>,
+    ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(call, waiter(tx)).await?;
         future::outcome(rx.await)

@@ -95,6 +95,10 @@ impl<Resp> Waiter<Resp> {
                     until: Until::Count(0),
                     ..
                 }
+                | Waiter::Stream {
+                    until: Until::Count(0),
+                    ..
+                }
         )
     }
 

@@ -193,7 +193,8 @@ where
                 Some(_) => millis_since(conn.epoch, Instant::now()),
                 None => 0,
             };
-            let read = self.poll_read(cx, conn, now_ms)?;
+            // Writes first: a read without a request queued before a greeting arrived
+            // must hold its FIFO slot when the greeting is routed.
             let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane, now_ms)?;
             if conn.needs_flush {
                 if let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx) {
@@ -201,6 +202,8 @@ where
                     conn.needs_flush = false;
                 }
             }
+            // Any frame read may free a slot or an id: then go round again to write.
+            let read = self.poll_read(cx, conn, now_ms)?;
             self.shared.stats.set_in_flight(conn.matcher.pending());
             conn.poll_stall(cx, self.stall)?;
 
@@ -219,7 +222,7 @@ where
         Poll::Pending
     }
 
-    /// Reads and routes ready frames. Returns whether it may have more to do.
+    /// Reads and routes ready frames. Returns whether it read any.
     fn poll_read<T, M, RE>(
         &mut self,
         cx: &mut Context<'_>,
@@ -250,7 +253,7 @@ where
         if n > 0 {
             self.shared.stats.received(n as u64);
         }
-        Ok(n == BATCH)
+        Ok(n > 0)
     }
 
     fn push(&mut self, frame: Resp) {
@@ -407,7 +410,8 @@ where
             Some(waiter)
         };
         match frames {
-            Frames::None => {}
+            // A read writes nothing: not counted as sent.
+            Frames::None => return Ok(false),
             Frames::One(req) => {
                 self.start_send(req)?;
                 if let Some(done) = done {

@@ -58,7 +58,6 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
 
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
-
 }
 
 /// Milliseconds since `epoch`, saturating.

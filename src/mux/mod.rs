@@ -16,9 +16,9 @@ mod worker;
 
 pub(crate) use self::call::{Envelope, Frames, Until, Waiter};
 pub(crate) use self::engine::{Conn, Engine, Lane};
-pub(crate) use self::worker::Worker;
 pub use self::order::Order;
 pub use self::session::Session;
+pub(crate) use self::worker::Worker;
 
 use self::matcher::Matcher;
 use crate::protocol::{Protocol, Sessions};

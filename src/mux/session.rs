@@ -126,8 +126,7 @@ where
 {
     fn has_room(&self) -> bool {
         let pending = self.live.len() + self.reads.len();
-        pending < self.max_in_flight
-            && (self.live_in_range() as u64) <= self.span()
+        pending < self.max_in_flight && (self.live_in_range() as u64) <= self.span()
     }
 
     fn admit(

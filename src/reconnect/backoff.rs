@@ -115,10 +115,14 @@ mod tests {
     #[test]
     fn skynet_schedule() {
         let b = Backoff::skynet();
-        let secs: Vec<u64> = (1..=25).map(|n| b.delay(n, 0.5).unwrap().as_secs()).collect();
+        let secs: Vec<u64> = (1..=25)
+            .map(|n| b.delay(n, 0.5).unwrap().as_secs())
+            .collect();
         assert_eq!(
             secs,
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2]
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2
+            ]
         );
     }
 

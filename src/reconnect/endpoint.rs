@@ -147,7 +147,10 @@ impl HostSpec {
             return Err(bad("empty host"));
         }
         let port = match port {
-            Some(p) => Some(p.parse().map_err(|_| bad("port is not a number from 0 to 65535"))?),
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| bad("port is not a number from 0 to 65535"))?,
+            ),
             None => None,
         };
         Ok(HostSpec {
@@ -177,6 +180,19 @@ impl Hosts {
     pub(crate) fn set_backups(&mut self, backups: &[HostSpec]) {
         let port = self.current.port;
         self.backups = backups.iter().map(|b| b.endpoint(port)).collect();
+    }
+
+    /// A backup that connected becomes the current host, and the old current host takes
+    /// its place among the backups, so no configured host drops out of later passes.
+    pub(crate) fn promote(&mut self, endpoint: Endpoint) {
+        if endpoint == self.current {
+            return;
+        }
+        let old = std::mem::replace(&mut self.current, endpoint);
+        match self.backups.iter_mut().find(|b| **b == self.current) {
+            Some(slot) => *slot = old,
+            None => self.backups.insert(0, old),
+        }
     }
 
     /// Replaces the current host, keeping its port if the new one names none.
@@ -217,17 +233,47 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_endpoint() {
-        for bad in ["", ":80", "[::1", "[::1]x", "host:port", "host:70000", "host"] {
+        for bad in [
+            "",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "host:port",
+            "host:70000",
+            "host",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn a_promoted_backup_swaps_places_with_the_current_host() {
+        let (a, b, c) = (
+            Endpoint::new("a", 1),
+            Endpoint::new("b", 1),
+            Endpoint::new("c", 1),
+        );
+        let mut hosts = Hosts {
+            current: a.clone(),
+            backups: vec![b.clone(), c.clone()],
+        };
+        hosts.promote(c.clone());
+        assert_eq!(hosts.pass(), vec![c, b, a]);
     }
 
     #[test]
     fn a_pass_skips_duplicate_backups() {
         let hosts = Hosts {
             current: Endpoint::new("a", 1),
-            backups: vec![Endpoint::new("b", 1), Endpoint::new("a", 1), Endpoint::new("b", 1)],
+            backups: vec![
+                Endpoint::new("b", 1),
+                Endpoint::new("a", 1),
+                Endpoint::new("b", 1),
+            ],
         };
-        assert_eq!(hosts.pass(), vec![Endpoint::new("a", 1), Endpoint::new("b", 1)]);
+        assert_eq!(
+            hosts.pass(),
+            vec![Endpoint::new("a", 1), Endpoint::new("b", 1)]
+        );
     }
 }

@@ -21,7 +21,9 @@ impl ConnectError {
     }
 
     /// Each host tried, in order, with its failure.
-    pub fn failures(&self) -> impl Iterator<Item = (&Endpoint, &(dyn std::error::Error + Send + Sync + 'static))> {
+    pub fn failures(
+        &self,
+    ) -> impl Iterator<Item = (&Endpoint, &(dyn std::error::Error + Send + Sync + 'static))> {
         self.failures.iter().map(|(e, err)| (e, &**err))
     }
 }

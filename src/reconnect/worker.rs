@@ -329,8 +329,7 @@ where
             self.engine.shared.stats.reconnects(1);
         }
         self.connected_before = true;
-        // A backup that connects becomes the current host.
-        self.hosts.current = endpoint;
+        self.hosts.promote(endpoint);
         self.last_error = None;
         for waiter in self.connect_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
@@ -535,9 +534,9 @@ where
                     self.engine
                         .poll_conn(cx, &mut conn, Lane::Handshake(&mut lane))
                 {
-                    let why = res.err().unwrap_or_else(|| {
-                        ConnectionError::new(ConnectionErrorKind::Eof, None)
-                    });
+                    let why = res
+                        .err()
+                        .unwrap_or_else(|| ConnectionError::new(ConnectionErrorKind::Eof, None));
                     let cause: Cause = Arc::new(why);
                     conn.fail(Kind::Connection, &cause);
                     return Ok(self.host_failed(pass, endpoint, cause.to_string().into()));
@@ -553,10 +552,8 @@ where
                     }
                     Poll::Ready(Ok(Handshake::Redirect(to))) => {
                         info!(from = %endpoint, %to, "handshake redirects");
-                        let cause: Cause = Arc::new(ConnectionError::new(
-                            ConnectionErrorKind::Closed,
-                            None,
-                        ));
+                        let cause: Cause =
+                            Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
                         conn.fail(Kind::Connection, &cause);
                         if pass.redirects >= MAX_REDIRECTS {
                             return Ok(self.host_failed(
@@ -573,19 +570,18 @@ where
                         Ok(self.next_host(pass))
                     }
                     Poll::Ready(Err(err)) => {
-                        let cause: Cause = Arc::new(ConnectionError::new(
-                            ConnectionErrorKind::Closed,
-                            None,
-                        ));
+                        let cause: Cause =
+                            Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
                         conn.fail(Kind::Connection, &cause);
                         Ok(self.host_failed(pass, endpoint, HostError::Handshake(err).into()))
                     }
                     Poll::Pending => {
-                        if timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready()) {
-                            let cause: Cause = Arc::new(ConnectionError::new(
-                                ConnectionErrorKind::Closed,
-                                None,
-                            ));
+                        if timer
+                            .as_mut()
+                            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                        {
+                            let cause: Cause =
+                                Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
                             conn.fail(Kind::Connection, &cause);
                             let err = HostError::Timeout("handshake").into();
                             return Ok(self.host_failed(pass, endpoint, err));
@@ -637,10 +633,9 @@ where
             ping.timer.as_mut().reset(Instant::now() + ping.every);
             let stats = self.engine.shared.stats.snapshot();
             let seen = (stats.sent, stats.received);
-            let answered = ping
-                .waiting
-                .as_mut()
-                .is_none_or(|rx| !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+            let answered = ping.waiting.as_mut().is_none_or(|rx| {
+                !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            });
             if seen == ping.seen && answered {
                 if let Some((_, make)) = &self.opts.idle_ping {
                     debug!("idle: sending ping");

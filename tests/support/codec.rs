@@ -49,11 +49,19 @@ pub struct Msg {
 
 impl Msg {
     pub fn new(body: impl Into<Bytes>) -> Msg {
-        Msg { id: 0, kind: Kind::Normal, body: body.into() }
+        Msg {
+            id: 0,
+            kind: Kind::Normal,
+            body: body.into(),
+        }
     }
 
     pub fn with_id(id: u64, body: impl Into<Bytes>) -> Msg {
-        Msg { id, kind: Kind::Normal, body: body.into() }
+        Msg {
+            id,
+            kind: Kind::Normal,
+            body: body.into(),
+        }
     }
 
     pub fn kind(mut self, kind: Kind) -> Msg {
@@ -77,7 +85,9 @@ pub struct MsgCodec {
 
 impl Default for MsgCodec {
     fn default() -> Self {
-        MsgCodec { max_len: 16 * 1024 * 1024 }
+        MsgCodec {
+            max_len: 16 * 1024 * 1024,
+        }
     }
 }
 
