@@ -99,3 +99,8 @@ pub use crate::shared::State;
 pub use crate::stats::Counters;
 
 pub use tower::BoxError;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
