@@ -50,7 +50,10 @@ impl Encoder<Frame> for FrameCodec {
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> io::Result<()> {
         let len = 8 + frame.payload.len();
         if len > MAX_LEN {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame too large",
+            ));
         }
         dst.reserve(4 + len);
         dst.put_u32(len as u32);
@@ -112,14 +115,23 @@ mod tests {
     #[test]
     fn round_trip_split_anywhere() {
         let frames = [
-            Frame { id: 7, payload: Bytes::from_static(b"hello, world") },
-            Frame { id: u64::MAX, payload: Bytes::from(vec![0xAB; 1024]) },
+            Frame {
+                id: 7,
+                payload: Bytes::from_static(b"hello, world"),
+            },
+            Frame {
+                id: u64::MAX,
+                payload: Bytes::from(vec![0xAB; 1024]),
+            },
         ];
         let mut wire = BytesMut::new();
         for f in &frames {
             FrameCodec.encode(f.clone(), &mut wire).unwrap();
         }
-        assert_eq!(wire.len(), frames.iter().map(Frame::wire_len).sum::<usize>());
+        assert_eq!(
+            wire.len(),
+            frames.iter().map(Frame::wire_len).sum::<usize>()
+        );
 
         // Feed the bytes one at a time: the decoder must wait for whole frames.
         let mut buf = BytesMut::new();

@@ -1,7 +1,7 @@
 //! This crate's engine: a `socketchannel::Channel` over an existing transport, in order
 //! mode and in session mode.
 //!
-//! Built only with the `engine` feature (see `Cargo.toml`).
+//! Built with the `engine` feature (on by default; see `Cargo.toml`).
 //!
 //! # `channel-order` / `channel-session`
 //!

@@ -41,6 +41,8 @@ use crate::measure::Counted;
 const BATCH: usize = 256;
 /// Initial size of the read and write buffers.
 const BUFFER: usize = 64 * 1024;
+/// Least spare room in the read buffer before a read.
+const MIN_READ: usize = 4 * 1024;
 
 type Job = (Frame, oneshot::Sender<Frame>);
 
@@ -103,7 +105,9 @@ async fn read_order(
         {
             let mut waiting = waiting.lock().unwrap();
             for frame in frames.drain(..) {
-                let reply = waiting.pop_front().ok_or_else(|| desync("reply to nothing"))?;
+                let reply = waiting
+                    .pop_front()
+                    .ok_or_else(|| desync("reply to nothing"))?;
                 ready.push((reply, frame));
             }
         }
@@ -198,8 +202,12 @@ async fn read_frames(
     buf: &mut BytesMut,
     frames: &mut Vec<Frame>,
 ) -> io::Result<bool> {
-    // Reclaims the buffer's space once callers have dropped the payloads cut from it.
-    buf.reserve(BUFFER);
+    // Replies are cut out of `buf` without copying, so its spare room shrinks with each
+    // one. When it runs low, `reserve` takes the whole buffer back if callers have
+    // dropped those replies by then, or else allocates a new one.
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(BUFFER);
+    }
     if io.read_buf(buf).await? == 0 {
         return Ok(false);
     }
@@ -210,7 +218,10 @@ async fn read_frames(
 }
 
 fn desync(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("desynchronized: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("desynchronized: {what}"),
+    )
 }
 
 /// Runs a connection task; an error ends it (and so fails every waiting caller).

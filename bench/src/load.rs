@@ -37,7 +37,9 @@ where
 
 /// Waits for `client` to accept a request, then sends `frame` (tower's calling convention).
 async fn call<C: Client>(client: &mut C, frame: Frame) -> Result<C::Future, BoxError> {
-    poll_fn(|cx| client.poll_ready(cx)).await.map_err(Into::into)?;
+    poll_fn(|cx| client.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
     Ok(client.call(frame))
 }
 
@@ -63,7 +65,9 @@ fn payloads(count: usize, size: usize, nonce_of: impl Fn(usize) -> u64) -> Vec<B
         buf.put_bytes(0x5a, size - 8);
     }
     let all = buf.freeze();
-    (0..count).map(|i| all.slice(i * size..(i + 1) * size)).collect()
+    (0..count)
+        .map(|i| all.slice(i * size..(i + 1) * size))
+        .collect()
 }
 
 /// Checks that `reply` answers the request whose payload was `sent`.
@@ -71,12 +75,15 @@ fn check(reply: &Frame, sent: &Bytes) -> Result<(), BoxError> {
     if reply.payload.len() == sent.len() && reply.payload.get(..8) == sent.get(..8) {
         return Ok(());
     }
-    let word = |b: &Bytes| b.get(..8).map(|w| u64::from_be_bytes(w.try_into().unwrap()));
+    let nonce = |payload: &Bytes| match payload.get(..8) {
+        Some(word) => format!("{:#018x}", u64::from_be_bytes(word.try_into().unwrap())),
+        None => "none".to_string(),
+    };
     Err(format!(
-        "wrong reply: expected nonce {:#018x?} ({} bytes), got {:#018x?} ({} bytes)",
-        word(sent),
+        "wrong reply: expected nonce {} ({} bytes), got {} ({} bytes)",
+        nonce(sent),
         sent.len(),
-        word(&reply.payload),
+        nonce(&reply.payload),
         reply.payload.len(),
     )
     .into())
@@ -214,7 +221,7 @@ pub async fn bytes_in_flight<C: Client>(mut client: C, n: usize) -> Result<f64, 
 
     let mut pending: Vec<Pin<Box<C::Future>>> = Vec::with_capacity(n);
     let before = live_bytes();
-    let on_wire = written_bytes() + (n * (crate::codec::HEADER_LEN + INFLIGHT_PAYLOAD)) as u64;
+    let on_wire = written_bytes() + (n * frame(&release).wire_len()) as u64;
     let during = timeout(Duration::from_secs(10), async {
         for payload in &sent {
             let mut reply = Box::pin(call(&mut client, frame(payload)).await?);

@@ -24,7 +24,7 @@ pub use self::future::{ReplyStream, ResponseFuture};
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::mux::{Conn, Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::mux::{Collect, Conn, Engine, Envelope, Mode, Until, Waiter, Worker};
 use crate::reconnect::{HostSpec, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
@@ -205,13 +205,7 @@ where
     }
 
     async fn collect(&self, call: Call<Req>, until: Until) -> Result<Vec<Resp>, Error> {
-        self.one(call, |tx| Waiter::Collect {
-            tx: Some(tx),
-            parts: Vec::new(),
-            until,
-            error: None,
-        })
-        .await
+        self.one(call, |tx| Collect::waiter(tx, until)).await
     }
 
     /// Sends a request and yields its reply frames one by one as they arrive.

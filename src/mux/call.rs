@@ -52,6 +52,26 @@ impl Until {
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
+/// The state of a call that collects several frames.
+#[derive(Debug)]
+pub(crate) struct Collect<Resp> {
+    pub(crate) tx: Option<Reply<Vec<Resp>>>,
+    pub(crate) parts: Vec<Resp>,
+    pub(crate) until: Until,
+    pub(crate) error: Option<Error>,
+}
+
+impl<Resp> Collect<Resp> {
+    pub(crate) fn waiter(tx: Reply<Vec<Resp>>, until: Until) -> Waiter<Resp> {
+        Waiter::Collect(Box::new(Collect {
+            tx: Some(tx),
+            parts: Vec::new(),
+            until,
+            error: None,
+        }))
+    }
+}
+
 /// Who waits for the outcome of a call, and in what shape.
 #[derive(Debug)]
 pub(crate) enum Waiter<Resp> {
@@ -59,13 +79,9 @@ pub(crate) enum Waiter<Resp> {
     Sent(Reply<()>),
     /// One reply frame.
     One(Option<Reply<Resp>>),
-    /// Several frames, delivered together.
-    Collect {
-        tx: Option<Reply<Vec<Resp>>>,
-        parts: Vec<Resp>,
-        until: Until,
-        error: Option<Error>,
-    },
+    /// Several frames, delivered together. Boxed: rare, and it would triple the size
+    /// of every waiting call's bookkeeping.
+    Collect(Box<Collect<Resp>>),
     /// Several frames, delivered one by one.
     Stream {
         tx: mpsc::UnboundedSender<Result<Resp, Error>>,
@@ -81,25 +97,19 @@ impl<Resp> Waiter<Resp> {
         match self {
             Waiter::Sent(_) => false,
             Waiter::One(tx) => tx.as_ref().is_none_or(|tx| tx.is_closed()),
-            Waiter::Collect { tx, .. } => tx.as_ref().is_none_or(|tx| tx.is_closed()),
+            Waiter::Collect(c) => c.tx.as_ref().is_none_or(|tx| tx.is_closed()),
             Waiter::Stream { tx, .. } => tx.is_closed(),
         }
     }
 
     /// Does the call wait for any reply frame?
     pub(crate) fn wants_reply(&self) -> bool {
-        !matches!(
-            self,
-            Waiter::Sent(_)
-                | Waiter::Collect {
-                    until: Until::Count(0),
-                    ..
-                }
-                | Waiter::Stream {
-                    until: Until::Count(0),
-                    ..
-                }
-        )
+        match self {
+            Waiter::Sent(_) => false,
+            Waiter::One(_) => true,
+            Waiter::Collect(c) => !matches!(c.until, Until::Count(0)),
+            Waiter::Stream { until, .. } => !matches!(until, Until::Count(0)),
+        }
     }
 
     /// Resolves a call that wants no reply, once its frames are written.
@@ -108,8 +118,10 @@ impl<Resp> Waiter<Resp> {
             Waiter::Sent(tx) => {
                 let _ = tx.send(Ok(()));
             }
-            Waiter::Collect { tx: Some(tx), .. } => {
-                let _ = tx.send(Ok(Vec::new()));
+            Waiter::Collect(mut c) => {
+                if let Some(tx) = c.tx.take() {
+                    let _ = tx.send(Ok(Vec::new()));
+                }
             }
             _ => {}
         }
@@ -125,12 +137,13 @@ impl<Resp> Waiter<Resp> {
                 }
                 true
             }
-            Waiter::Collect {
-                tx,
-                parts,
-                until,
-                error,
-            } => {
+            Waiter::Collect(c) => {
+                let Collect {
+                    tx,
+                    parts,
+                    until,
+                    error,
+                } = &mut **c;
                 let last = until.last(&frame, proto);
                 match proto.check(frame) {
                     Ok(frame) => parts.push(frame),
@@ -169,10 +182,12 @@ impl<Resp> Waiter<Resp> {
             Waiter::One(Some(tx)) => {
                 let _ = tx.send(Err(err));
             }
-            Waiter::Collect { tx: Some(tx), .. } => {
-                let _ = tx.send(Err(err));
+            Waiter::Collect(mut c) => {
+                if let Some(tx) = c.tx.take() {
+                    let _ = tx.send(Err(err));
+                }
             }
-            Waiter::One(None) | Waiter::Collect { tx: None, .. } => {}
+            Waiter::One(None) => {}
             Waiter::Stream { tx, .. } => {
                 let _ = tx.send(Err(err));
             }
@@ -211,5 +226,16 @@ impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
             err = err.with_request(req);
         }
         self.waiter.fail(err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookkeeping_of_a_waiting_call_stays_small() {
+        // One waiting call costs an `Entry` in its matcher: a waiter plus a few words.
+        assert!(std::mem::size_of::<Waiter<[u8; 64]>>() <= 32);
     }
 }

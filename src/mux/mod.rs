@@ -14,7 +14,7 @@ mod order;
 mod session;
 mod worker;
 
-pub(crate) use self::call::{Envelope, Frames, Until, Waiter};
+pub(crate) use self::call::{Collect, Envelope, Frames, Until, Waiter};
 pub(crate) use self::engine::{Conn, Engine, Lane};
 pub use self::order::Order;
 pub use self::session::Session;

@@ -1,0 +1,266 @@
+//! Turns measurements into rows: medians over runs, ratios to the hand-written client,
+//! an aligned table and JSON lines.
+
+use std::fmt::Write as _;
+
+use crate::load::{Load, Outcome};
+use crate::variant::Variant;
+
+/// The figures of one variant in one cell of one run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The client.
+    pub variant: Variant,
+    /// Caller tasks.
+    pub concurrency: usize,
+    /// Payload bytes.
+    pub payload: usize,
+    /// Replies counted in the measured window.
+    pub requests: f64,
+    /// Replies per second of the window.
+    pub rps: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+    /// Client CPU seconds (user + system) per million requests.
+    pub cpu_s_per_million: f64,
+    /// Heap allocations per request.
+    pub allocs_per_request: f64,
+    /// Socket writes per request.
+    pub writes_per_request: f64,
+    /// Socket reads per request.
+    pub reads_per_request: f64,
+    /// Heap bytes per in-flight request (same for every cell of a variant), if measured.
+    pub inflight_bytes: Option<f64>,
+}
+
+impl Sample {
+    /// The figures of `outcome`, a run of `variant` under `load`.
+    pub fn new(variant: Variant, load: Load, outcome: &Outcome, inflight: Option<f64>) -> Self {
+        let requests = outcome.requests.max(1) as f64;
+        let delta = &outcome.delta;
+        Sample {
+            variant,
+            concurrency: load.concurrency,
+            payload: load.payload,
+            requests: outcome.requests as f64,
+            rps: outcome.requests as f64 / delta.elapsed.as_secs_f64(),
+            p50_us: outcome.latency.quantile(0.50).as_secs_f64() * 1e6,
+            p99_us: outcome.latency.quantile(0.99).as_secs_f64() * 1e6,
+            cpu_s_per_million: delta.cpu.as_secs_f64() / requests * 1e6,
+            allocs_per_request: delta.allocations as f64 / requests,
+            writes_per_request: delta.writes as f64 / requests,
+            reads_per_request: delta.reads as f64 / requests,
+            inflight_bytes: inflight,
+        }
+    }
+
+    fn key(&self) -> (Variant, usize, usize) {
+        (self.variant, self.concurrency, self.payload)
+    }
+}
+
+/// One line of the report: the median of each figure over the runs, and ratios.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Medians (each figure on its own) of this cell's samples.
+    pub median: Sample,
+    /// How many runs the medians are over.
+    pub runs: usize,
+    /// Requests/s relative to the hand-written client of the same mode and cell.
+    pub rps_vs_hand: Option<f64>,
+    /// CPU per request relative to the hand-written client of the same mode and cell.
+    pub cpu_vs_hand: Option<f64>,
+}
+
+/// Groups samples by (variant, concurrency, payload), takes medians and computes the
+/// ratios to the hand-written client (absent if it was filtered out). Rows come out
+/// grouped by mode, then cell, then variant.
+pub fn summarize(samples: &[Sample]) -> Vec<Row> {
+    let mut groups: Vec<Vec<&Sample>> = Vec::new();
+    for sample in samples {
+        match groups.iter_mut().find(|g| g[0].key() == sample.key()) {
+            Some(group) => group.push(sample),
+            None => groups.push(vec![sample]),
+        }
+    }
+
+    let mut rows: Vec<Row> = groups
+        .iter()
+        .map(|group| {
+            let m = |f: fn(&Sample) -> f64| median(group.iter().map(|s| f(s)).collect());
+            let inflight: Vec<f64> = group.iter().filter_map(|s| s.inflight_bytes).collect();
+            Row {
+                median: Sample {
+                    requests: m(|s| s.requests).round(),
+                    rps: m(|s| s.rps),
+                    p50_us: m(|s| s.p50_us),
+                    p99_us: m(|s| s.p99_us),
+                    cpu_s_per_million: m(|s| s.cpu_s_per_million),
+                    allocs_per_request: m(|s| s.allocs_per_request),
+                    writes_per_request: m(|s| s.writes_per_request),
+                    reads_per_request: m(|s| s.reads_per_request),
+                    inflight_bytes: (!inflight.is_empty()).then(|| median(inflight)),
+                    ..group[0].clone()
+                },
+                runs: group.len(),
+                rps_vs_hand: None,
+                cpu_vs_hand: None,
+            }
+        })
+        .collect();
+
+    for i in 0..rows.len() {
+        let row = &rows[i].median;
+        let baseline = (row.variant.baseline(), row.concurrency, row.payload);
+        if let Some(hand) = rows.iter().find(|r| r.median.key() == baseline) {
+            let (rps, cpu) = (
+                row.rps / hand.median.rps,
+                row.cpu_s_per_million / hand.median.cpu_s_per_million,
+            );
+            rows[i].rps_vs_hand = Some(rps);
+            rows[i].cpu_vs_hand = Some(cpu);
+        }
+    }
+
+    let position = |v: Variant| Variant::ALL.iter().position(|&x| x == v);
+    rows.sort_by_key(|r| {
+        let s = &r.median;
+        (
+            s.variant.mode(),
+            s.concurrency,
+            s.payload,
+            position(s.variant),
+        )
+    });
+    rows
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The rows as an aligned table, one blank line between cells.
+pub fn table(rows: &[Row]) -> String {
+    const HEADER: [&str; 15] = [
+        "variant",
+        "mode",
+        "conc",
+        "payload",
+        "requests",
+        "req/s",
+        "p50 us",
+        "p99 us",
+        "cpu s/M",
+        "allocs/req",
+        "writes/req",
+        "reads/req",
+        "B/inflight",
+        "rps/hand",
+        "cpu/hand",
+    ];
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+    let cells: Vec<[String; 15]> = rows
+        .iter()
+        .map(|row| {
+            let s = &row.median;
+            [
+                s.variant.name().to_string(),
+                s.variant.mode().to_string(),
+                s.concurrency.to_string(),
+                s.payload.to_string(),
+                format!("{:.0}", s.requests),
+                format!("{:.0}", s.rps),
+                format!("{:.1}", s.p50_us),
+                format!("{:.1}", s.p99_us),
+                format!("{:.2}", s.cpu_s_per_million),
+                format!("{:.2}", s.allocs_per_request),
+                format!("{:.3}", s.writes_per_request),
+                format!("{:.3}", s.reads_per_request),
+                s.inflight_bytes
+                    .map_or("-".to_string(), |b| format!("{b:.0}")),
+                ratio(row.rps_vs_hand),
+                ratio(row.cpu_vs_hand),
+            ]
+        })
+        .collect();
+
+    let mut widths = HEADER.map(str::len);
+    for line in &cells {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut push_line = |line: &[&str]| {
+        for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+            // Names left-aligned, figures right-aligned.
+            let _ = match i {
+                0 | 1 => write!(out, "{cell:<w$}  "),
+                _ => write!(out, "{cell:>w$}  "),
+            };
+        }
+        out.truncate(out.trim_end_matches(' ').len());
+        out.push('\n');
+    };
+    push_line(&HEADER);
+    let mut previous = None;
+    for (row, line) in rows.iter().zip(&cells) {
+        let cell = (
+            row.median.variant.mode(),
+            row.median.concurrency,
+            row.median.payload,
+        );
+        if previous.is_some_and(|p| p != cell) {
+            push_line(&[]);
+        }
+        previous = Some(cell);
+        push_line(&line.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// One row as a JSON object on one line.
+pub fn json(row: &Row) -> String {
+    let s = &row.median;
+    let num = |x: f64, decimals: usize| {
+        if x.is_finite() {
+            format!("{x:.decimals$}")
+        } else {
+            "null".to_string()
+        }
+    };
+    let opt = |x: Option<f64>, decimals: usize| x.map_or("null".to_string(), |x| num(x, decimals));
+    format!(
+        concat!(
+            "{{\"variant\":\"{}\",\"mode\":\"{}\",\"concurrency\":{},\"payload\":{},",
+            "\"requests\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},",
+            "\"cpu_s_per_million\":{},\"allocs_per_request\":{},\"writes_per_request\":{},",
+            "\"reads_per_request\":{},\"inflight_bytes_per_request\":{},",
+            "\"rps_vs_hand\":{},\"cpu_vs_hand\":{},\"runs\":{}}}"
+        ),
+        s.variant.name(),
+        s.variant.mode(),
+        s.concurrency,
+        s.payload,
+        num(s.requests, 0),
+        num(s.rps, 1),
+        num(s.p50_us, 2),
+        num(s.p99_us, 2),
+        num(s.cpu_s_per_million, 4),
+        num(s.allocs_per_request, 4),
+        num(s.writes_per_request, 4),
+        num(s.reads_per_request, 4),
+        opt(s.inflight_bytes, 1),
+        opt(row.rps_vs_hand, 4),
+        opt(row.cpu_vs_hand, 4),
+        row.runs,
+    )
+}
