@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::ReusableBoxFuture;
 use tower::BoxError;
 
-pub use self::builder::Builder;
+pub use self::builder::{Builder, ReconnectLayer};
 pub use self::call::{Call, IntoCall, Replies};
 pub use self::future::{ReplyStream, ResponseFuture};
 

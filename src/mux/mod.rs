@@ -9,6 +9,7 @@
 
 mod call;
 mod engine;
+mod layer;
 mod matcher;
 mod order;
 mod session;
@@ -16,6 +17,7 @@ mod worker;
 
 pub(crate) use self::call::{Collect, Envelope, Frames, Until, Waiter};
 pub(crate) use self::engine::{Conn, Engine, Lane};
+pub use self::layer::MuxLayer;
 pub use self::order::Order;
 pub use self::session::Session;
 pub(crate) use self::worker::Worker;

@@ -64,6 +64,24 @@ pub(crate) struct Options<Req, Resp> {
     pub(crate) eager: bool,
 }
 
+// By hand: a derive would ask `Req: Clone` and `Resp: Clone`.
+impl<Req, Resp> Clone for Options<Req, Resp> {
+    fn clone(&self) -> Self {
+        Options {
+            policy: self.policy,
+            backoff: self.backoff.clone(),
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            drain_timeout: self.drain_timeout,
+            handshake: self.handshake.clone(),
+            idle_ping: self.idle_ping.clone(),
+            queue: self.queue,
+            max_in_flight: self.max_in_flight,
+            eager: self.eager,
+        }
+    }
+}
+
 type Attempt<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 /// Redirects followed in one pass at most: a loop of redirects is a failure.
