@@ -1,5 +1,8 @@
 //! Limits and timers of the multiplexing engine.
 
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Limits and timers of a channel's engine. The defaults suit most protocols.
@@ -18,6 +21,29 @@ pub struct Config {
     pub(crate) queue: usize,
     pub(crate) stall_timeout: Option<Duration>,
     pub(crate) push_capacity: usize,
+    pub(crate) overload: Option<Overload>,
+}
+
+/// The overload signal's setting: a high-water mark and how to weigh a request.
+#[derive(Clone)]
+pub(crate) struct Overload {
+    pub(crate) high_water: usize,
+    /// Type-erased so `Config` needs no type parameter; given the request as `&dyn Any`.
+    weigh: Arc<dyn Fn(&dyn Any) -> usize + Send + Sync>,
+}
+
+impl Overload {
+    pub(crate) fn weigh(&self, req: &dyn Any) -> usize {
+        (self.weigh)(req)
+    }
+}
+
+impl fmt::Debug for Overload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overload")
+            .field("high_water", &self.high_water)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -27,6 +53,7 @@ impl Default for Config {
             queue: 1024,
             stall_timeout: Some(Duration::from_secs(30)),
             push_capacity: 1024,
+            overload: None,
         }
     }
 }
@@ -57,6 +84,28 @@ impl Config {
     /// hold its session id.
     pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.stall_timeout = timeout;
+        self
+    }
+
+    /// Turns on the overload signal ([`Channel::overload`](crate::Channel::overload)):
+    /// it goes `true` when the requests queued and not yet written weigh more than
+    /// `high_water` bytes by `weigh` (usually the request's encoded length), and back to
+    /// `false` once they weigh half of that, like skynet's write-buffer warning. It costs
+    /// two atomic additions per request when on, nothing when off.
+    ///
+    /// ```
+    /// # use socketchannel::Config;
+    /// let config = Config::default().overload(1 << 20, |req: &Vec<u8>| req.len());
+    /// ```
+    pub fn overload<Req: 'static>(
+        mut self,
+        high_water: usize,
+        weigh: impl Fn(&Req) -> usize + Send + Sync + 'static,
+    ) -> Self {
+        self.overload = Some(Overload {
+            high_water,
+            weigh: Arc::new(move |req| req.downcast_ref::<Req>().map_or(0, &weigh)),
+        });
         self
     }
 

@@ -1,13 +1,15 @@
 //! State shared by a channel's handles and its connection task.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use tokio::time::Instant;
 
+use crate::config::Overload;
 use crate::error::{Cause, Error};
+use crate::mux::Frames;
 use crate::reconnect::HostSpec;
 use crate::stats::Stats;
 
@@ -57,12 +59,17 @@ pub(crate) struct Shared<Resp> {
     pub(crate) state: watch::Sender<State>,
     /// Why the last connect pass failed.
     pub(crate) last_error: Mutex<Option<Cause>>,
+    overload: Option<Overload>,
+    /// Weight of the calls queued and not yet taken by the connection task.
+    queued: AtomicUsize,
+    pub(crate) overloaded: watch::Sender<bool>,
 }
 
 impl<Resp> Shared<Resp> {
     pub(crate) fn new(
         control: mpsc::UnboundedSender<Control>,
         pushes: mpsc::Receiver<Resp>,
+        overload: Option<Overload>,
     ) -> Self {
         Shared {
             stats: Stats::default(),
@@ -72,7 +79,56 @@ impl<Resp> Shared<Resp> {
             pushes: Mutex::new(Some(pushes)),
             state: watch::Sender::new(State::Idle),
             last_error: Mutex::new(None),
+            overload,
+            queued: AtomicUsize::new(0),
+            overloaded: watch::Sender::new(false),
         }
+    }
+
+    /// Weighs a call about to be queued and counts it; 0 when the signal is off.
+    pub(crate) fn queue<Req: Send + 'static>(&self, frames: &Frames<Req>) -> usize {
+        let Some(overload) = &self.overload else {
+            return 0;
+        };
+        let weight = frames.weigh(overload);
+        let queued = self.queued.fetch_add(weight, Ordering::AcqRel) + weight;
+        if queued > overload.high_water && !*self.overloaded.borrow() {
+            self.update_overload(overload);
+        }
+        weight
+    }
+
+    /// A call left the queue (written, or failed unsent).
+    pub(crate) fn unqueue(&self, weight: usize) {
+        let Some(overload) = &self.overload else {
+            return;
+        };
+        let queued = self.queued.fetch_sub(weight, Ordering::AcqRel) - weight;
+        if queued <= overload.high_water / 2 && *self.overloaded.borrow() {
+            self.update_overload(overload);
+        }
+    }
+
+    /// Re-decides the signal under the watch's lock, from the current weight: on above
+    /// the high-water mark, off at half of it (hysteresis, so it does not flap).
+    fn update_overload(&self, overload: &Overload) {
+        self.overloaded.send_if_modified(|on| {
+            let queued = self.queued.load(Ordering::Acquire);
+            let next = if *on {
+                queued > overload.high_water / 2
+            } else {
+                queued > overload.high_water
+            };
+            if next != *on {
+                tracing::warn!(
+                    queued,
+                    high_water = overload.high_water,
+                    overloaded = next,
+                    "overload"
+                );
+            }
+            std::mem::replace(on, next) != next
+        });
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -395,7 +395,7 @@ where
         let (tx, intake) = mpsc::channel(config.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::channel(config.push_capacity);
-        let shared = Arc::new(Shared::new(control_tx, pushes));
+        let shared = Arc::new(Shared::new(control_tx, pushes, config.overload.clone()));
         let engine = Engine::new(intake, push_tx, shared.clone(), config);
         let worker = Reconnect::new(
             engine,

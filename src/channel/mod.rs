@@ -128,7 +128,7 @@ where
         let (tx, intake) = mpsc::channel(config.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::channel(config.push_capacity);
-        let shared = Arc::new(Shared::new(control_tx, pushes));
+        let shared = Arc::new(Shared::new(control_tx, pushes, config.overload.clone()));
         shared.set_state(State::Ready);
         let conn = Conn::new(transport, mode.matcher(config.max_in_flight));
         let engine = Engine::new(intake, push_tx, shared.clone(), &config);
@@ -156,18 +156,22 @@ where
 
     /// Queues a call, waiting for room in the intake.
     async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) -> Result<(), Error> {
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             frames: call.frames,
             waiter,
             id: call.id,
             exempt: call.exempt,
+            weight: 0,
         };
         if self.shared.is_closed() {
             envelope.fail_unsent(Kind::Closed, None);
             return Ok(());
         }
         match self.tx.reserve().await {
-            Ok(permit) => permit.send(envelope),
+            Ok(permit) => {
+                envelope.weight = self.shared.queue(&envelope.frames);
+                permit.send(envelope);
+            }
             Err(_) => envelope.fail_unsent(Kind::Closed, None),
         }
         Ok(())
@@ -319,6 +323,13 @@ where
             .collect::<Result<Vec<_>, _>>()?;
         let _ = self.shared.control.send(Control::ChangeBackups(backups));
         Ok(())
+    }
+
+    /// Watches the overload signal: `true` while the calls queued and not yet written
+    /// weigh more than the high-water mark set by [`Config::overload`] (always `false`
+    /// when that is not set).
+    pub fn overload(&self) -> watch::Receiver<bool> {
+        self.shared.overloaded.subscribe()
     }
 
     /// Watches the connection's state.

@@ -127,6 +127,8 @@ where
             },
         };
         let span = tracing::debug_span!("request");
+        let mut envelope = envelope;
+        envelope.weight = self.shared.queue(&envelope.frames);
         permit.send(envelope);
         ResponseFuture::waiting(rx, span)
     }

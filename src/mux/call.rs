@@ -18,6 +18,15 @@ pub(crate) enum Frames<Req> {
 }
 
 impl<Req: Send + 'static> Frames<Req> {
+    /// The frames' weight for the overload signal.
+    pub(crate) fn weigh(&self, overload: &crate::config::Overload) -> usize {
+        match self {
+            Frames::None => 0,
+            Frames::One(req) => overload.weigh(req),
+            Frames::Many(parts) => parts.iter().map(|p| overload.weigh(p)).sum(),
+        }
+    }
+
     /// The request as the caller gave it, for an error that hands it back.
     pub(crate) fn into_any(self) -> Option<Box<dyn Any + Send>> {
         match self {
@@ -204,6 +213,8 @@ pub(crate) struct Envelope<Req, Resp> {
     pub(crate) id: Option<u64>,
     /// Exempt from the stall timeout (a blocking command).
     pub(crate) exempt: bool,
+    /// What it counts for the overload signal while queued (0 when that is off).
+    pub(crate) weight: usize,
 }
 
 impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
@@ -213,6 +224,7 @@ impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
             waiter,
             id: None,
             exempt: false,
+            weight: 0,
         }
     }
 

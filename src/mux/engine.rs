@@ -141,6 +141,7 @@ where
         }
         match ready!(self.intake.poll_recv(cx)) {
             Some(call) => {
+                self.shared.unqueue(call.weight);
                 self.held.push_back(call);
                 Poll::Ready(true)
             }
@@ -165,7 +166,10 @@ where
                     return Poll::Ready(None);
                 }
                 let call = ready!(self.intake.poll_recv(cx));
-                self.intake_done = call.is_none();
+                match &call {
+                    Some(call) => self.shared.unqueue(call.weight),
+                    None => self.intake_done = true,
+                }
                 Poll::Ready(call)
             }
             Lane::Handshake(rx) => rx.poll_recv(cx),
@@ -335,6 +339,7 @@ where
             call.fail_unsent(kind, cause);
         }
         while let Ok(call) = self.intake.try_recv() {
+            self.shared.unqueue(call.weight);
             call.fail_unsent(kind, cause);
         }
         self.intake_done = true;
@@ -347,6 +352,7 @@ where
             call.fail_unsent(kind, cause);
         }
         while let Ok(call) = self.intake.try_recv() {
+            self.shared.unqueue(call.weight);
             call.fail_unsent(kind, cause);
         }
     }
@@ -389,6 +395,7 @@ where
             waiter,
             id,
             exempt,
+            weight: _,
         } = call;
         let done = if waiter.wants_reply() {
             let entry = Entry {
