@@ -223,10 +223,7 @@ where
         let _ = self
             .enqueue(
                 call.into_call(),
-                Waiter::Stream {
-                    tx,
-                    until: replies.into(),
-                },
+                Waiter::Stream(Box::new((tx, replies.into()))),
             )
             .await;
         ReplyStream::new(rx)

@@ -91,11 +91,8 @@ pub(crate) enum Waiter<Resp> {
     /// Several frames, delivered together. Boxed: rare, and it would triple the size
     /// of every waiting call's bookkeeping.
     Collect(Box<Collect<Resp>>),
-    /// Several frames, delivered one by one.
-    Stream {
-        tx: mpsc::UnboundedSender<Result<Resp, Error>>,
-        until: Until,
-    },
+    /// Several frames, delivered one by one. Boxed, like `Collect`.
+    Stream(Box<(mpsc::UnboundedSender<Result<Resp, Error>>, Until)>),
 }
 
 impl<Resp> Waiter<Resp> {
@@ -107,7 +104,7 @@ impl<Resp> Waiter<Resp> {
             Waiter::Sent(_) => false,
             Waiter::One(tx) => tx.as_ref().is_none_or(|tx| tx.is_closed()),
             Waiter::Collect(c) => c.tx.as_ref().is_none_or(|tx| tx.is_closed()),
-            Waiter::Stream { tx, .. } => tx.is_closed(),
+            Waiter::Stream(s) => s.0.is_closed(),
         }
     }
 
@@ -117,7 +114,7 @@ impl<Resp> Waiter<Resp> {
             Waiter::Sent(_) => false,
             Waiter::One(_) => true,
             Waiter::Collect(c) => !matches!(c.until, Until::Count(0)),
-            Waiter::Stream { until, .. } => !matches!(until, Until::Count(0)),
+            Waiter::Stream(s) => !matches!(s.1, Until::Count(0)),
         }
     }
 
@@ -173,7 +170,8 @@ impl<Resp> Waiter<Resp> {
                 }
                 last
             }
-            Waiter::Stream { tx, until } => {
+            Waiter::Stream(s) => {
+                let (tx, until) = &mut **s;
                 let last = until.last(&frame, proto);
                 let _ = tx.send(proto.check(frame).map_err(Error::server));
                 last
@@ -197,8 +195,8 @@ impl<Resp> Waiter<Resp> {
                 }
             }
             Waiter::One(None) => {}
-            Waiter::Stream { tx, .. } => {
-                let _ = tx.send(Err(err));
+            Waiter::Stream(s) => {
+                let _ = s.0.send(Err(err));
             }
         }
     }
@@ -248,6 +246,7 @@ mod tests {
     #[test]
     fn bookkeeping_of_a_waiting_call_stays_small() {
         // One waiting call costs an `Entry` in its matcher: a waiter plus a few words.
-        assert!(std::mem::size_of::<Waiter<[u8; 64]>>() <= 32);
+        assert!(std::mem::size_of::<Waiter<[u8; 64]>>() <= 16);
+        assert!(std::mem::size_of::<super::super::matcher::Entry<[u8; 64]>>() <= 24);
     }
 }
