@@ -1,15 +1,13 @@
-//! This crate's engine: a `socketchannel::Channel` over an existing transport, in order
-//! mode and in session mode.
+//! This crate's channels, in order mode and in session mode: the engine over an
+//! existing transport (`engine-*` rows), and the full reconnecting `Channel` made by its
+//! builder (`channel-*` rows).
 //!
 //! Built with the `engine` feature (on by default; see `Cargo.toml`).
-//!
-//! # `channel-order` / `channel-session`
-//!
-//! Rows for the full `Channel` (built by its builder, with reconnect) belong here too:
-//! add two constructors next to [`order`] and [`session`] and two variants in `main.rs`
-//! (marked there). They use the same API, so the harness needs nothing else.
 
-use socketchannel::{Channel, Order, Plain, Protocol, Session, Sessions};
+use std::io;
+use std::net::SocketAddr;
+
+use socketchannel::{Channel, Endpoint, Mode, Order, Plain, Protocol, Session, Sessions};
 use tokio::net::TcpStream;
 
 use crate::codec::{Frame, transport};
@@ -22,6 +20,29 @@ pub fn order(stream: TcpStream) -> Channel<Frame, Frame> {
 /// The engine in session mode over `stream`: the channel stamps ids into [`Frame::id`].
 pub fn session(stream: TcpStream) -> Channel<Frame, Frame> {
     Channel::new(transport(stream), Session::new(FrameIds))
+}
+
+/// The full channel in order mode: lazy connect through its builder, with reconnect,
+/// handshake-free, over the same counted transport.
+pub fn channel_order(addr: SocketAddr) -> Channel<Frame, Frame> {
+    channel(addr, Order::new(Plain))
+}
+
+/// The full channel in session mode.
+pub fn channel_session(addr: SocketAddr) -> Channel<Frame, Frame> {
+    channel(addr, Session::new(FrameIds))
+}
+
+fn channel<M: Mode<Frame, Frame> + Clone>(addr: SocketAddr, mode: M) -> Channel<Frame, Frame> {
+    let connect = tower::service_fn(|endpoint: Endpoint| async move {
+        let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, io::Error>(transport(stream))
+    });
+    Channel::builder()
+        .host(&addr.to_string())
+        .connector(connect, mode)
+        .expect("a socket address is a valid endpoint")
 }
 
 /// Where session ids live in a [`Frame`]: its header's id field.

@@ -60,8 +60,12 @@ pub enum Variant {
     /// This crate's engine in session mode.
     #[cfg(feature = "engine")]
     EngineSession,
-    // channel-order / channel-session: the full `Channel` (builder, reconnect) goes here,
-    // with constructors in engine.rs; add them to `ALL`, `name`, `mode` and `run`.
+    /// The full reconnecting `Channel` (builder, lazy connect) in order mode.
+    #[cfg(feature = "engine")]
+    ChannelOrder,
+    /// The full reconnecting `Channel` in session mode.
+    #[cfg(feature = "engine")]
+    ChannelSession,
 }
 
 impl Variant {
@@ -71,10 +75,14 @@ impl Variant {
         Variant::TokioTowerOrder,
         #[cfg(feature = "engine")]
         Variant::EngineOrder,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrder,
         Variant::HandSession,
         Variant::TokioTowerSession,
         #[cfg(feature = "engine")]
         Variant::EngineSession,
+        #[cfg(feature = "engine")]
+        Variant::ChannelSession,
     ];
 
     /// The name printed in the report and matched by `--filter`.
@@ -88,6 +96,10 @@ impl Variant {
             Variant::EngineOrder => "engine-order",
             #[cfg(feature = "engine")]
             Variant::EngineSession => "engine-session",
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrder => "channel-order",
+            #[cfg(feature = "engine")]
+            Variant::ChannelSession => "channel-session",
         }
     }
 
@@ -97,9 +109,9 @@ impl Variant {
             Variant::HandOrder | Variant::TokioTowerOrder => Mode::Order,
             Variant::HandSession | Variant::TokioTowerSession => Mode::Session,
             #[cfg(feature = "engine")]
-            Variant::EngineOrder => Mode::Order,
+            Variant::EngineOrder | Variant::ChannelOrder => Mode::Order,
             #[cfg(feature = "engine")]
-            Variant::EngineSession => Mode::Session,
+            Variant::EngineSession | Variant::ChannelSession => Mode::Session,
         }
     }
 
@@ -129,6 +141,11 @@ impl Variant {
             Variant::EngineOrder => experiment.run(crate::engine::order(stream)).await,
             #[cfg(feature = "engine")]
             Variant::EngineSession => experiment.run(crate::engine::session(stream)).await,
+            // The full channel makes its own connection (lazily, on the first call).
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrder => experiment.run(crate::engine::channel_order(addr)).await,
+            #[cfg(feature = "engine")]
+            Variant::ChannelSession => experiment.run(crate::engine::channel_session(addr)).await,
         }
     }
 }
