@@ -29,8 +29,10 @@ pub struct Config {
 pub(crate) struct Overload {
     pub(crate) high_water: usize,
     /// Type-erased so `Config` needs no type parameter; given the request as `&dyn Any`.
-    weigh: Arc<dyn Fn(&dyn Any) -> usize + Send + Sync>,
+    weigh: Weigh,
 }
+
+type Weigh = Arc<dyn Fn(&dyn Any) -> usize + Send + Sync>;
 
 impl Overload {
     pub(crate) fn weigh(&self, req: &dyn Any) -> usize {
