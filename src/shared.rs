@@ -1,7 +1,7 @@
 //! State shared by a channel's handles and its connection task.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -50,9 +50,8 @@ pub(crate) struct Shared<Resp> {
     pub(crate) stats: Stats,
     /// Set once the channel takes no more calls: closed, or its task ended.
     closed: AtomicBool,
-    /// A connect pass is running (the state is `Connecting` or `Handshaking`): mirrors
-    /// `state` so `poll_ready` reads one atomic instead of a lock.
-    connecting: AtomicBool,
+    /// `state`, mirrored so `poll_ready` and `load` read one atomic instead of a lock.
+    current: AtomicU8,
     pub(crate) control: mpsc::UnboundedSender<Control>,
     /// The push receiver, until a handle takes it.
     pub(crate) pushes: Mutex<Option<mpsc::Receiver<Resp>>>,
@@ -74,7 +73,7 @@ impl<Resp> Shared<Resp> {
         Shared {
             stats: Stats::default(),
             closed: AtomicBool::new(false),
-            connecting: AtomicBool::new(false),
+            current: AtomicU8::new(State::Idle as u8),
             control,
             pushes: Mutex::new(Some(pushes)),
             state: watch::Sender::new(State::Idle),
@@ -145,13 +144,19 @@ impl<Resp> Shared<Resp> {
         self.closed.store(false, Ordering::Release);
     }
 
+    /// A connect pass is running.
     pub(crate) fn is_connecting(&self) -> bool {
-        self.connecting.load(Ordering::Acquire)
+        let now = self.current.load(Ordering::Acquire);
+        now == State::Connecting as u8 || now == State::Handshaking as u8
+    }
+
+    /// Every host failed; calls fail fast until the next attempt.
+    pub(crate) fn is_backing_off(&self) -> bool {
+        self.current.load(Ordering::Acquire) == State::BackingOff as u8
     }
 
     pub(crate) fn set_state(&self, state: State) {
-        let connecting = matches!(state, State::Connecting | State::Handshaking);
-        self.connecting.store(connecting, Ordering::Release);
+        self.current.store(state as u8, Ordering::Release);
         self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;

@@ -137,8 +137,12 @@ where
 impl<Req, Resp> Load for Channel<Req, Resp> {
     type Metric = usize;
 
-    /// Calls queued or waiting for a reply.
+    /// Calls queued or waiting for a reply; `usize::MAX` while every host is down (the
+    /// channel backs off and fails calls fast), so `p2c` balancing steers around it.
     fn load(&self) -> usize {
+        if self.shared.is_backing_off() {
+            return usize::MAX;
+        }
         let queued = self.tx.max_capacity() - self.tx.capacity();
         self.shared.stats.in_flight() as usize + queued
     }

@@ -22,7 +22,7 @@ pub use self::order::Order;
 pub use self::session::Session;
 pub(crate) use self::worker::Worker;
 
-use self::matcher::Matcher;
+pub(crate) use self::matcher::Matcher;
 use crate::protocol::{Protocol, Sessions};
 
 mod sealed {

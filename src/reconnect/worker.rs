@@ -118,6 +118,10 @@ enum Phase<T, Mt, Req, Resp> {
     },
     BackingOff {
         sleep: Pin<Box<Sleep>>,
+        /// After a failed pass, calls fail fast until the next attempt. After a
+        /// connection lost before any reply (a crash-looping host), queued calls wait
+        /// for the next pass instead: no pass has failed them yet.
+        fail_fast: bool,
     },
     /// Closed by the user; `connect()` reopens.
     Closed,
@@ -280,7 +284,7 @@ where
             .unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
         self.tell_waiters(|| Error::new(Kind::Connect).with_cause(cause.clone()));
         self.last_error = Some(cause);
-        self.back_off()
+        self.back_off(true)
     }
 
     /// Tells `connect()` callers how the pass ended.
@@ -290,7 +294,7 @@ where
         }
     }
 
-    fn back_off(&mut self) -> Phase<T, M::Matcher, Req, Resp> {
+    fn back_off(&mut self, fail_fast: bool) -> Phase<T, M::Matcher, Req, Resp> {
         self.failures += 1;
         match self.opts.backoff.delay(self.failures, self.jitter.unit()) {
             Some(delay) => {
@@ -298,6 +302,7 @@ where
                 self.set_state(State::BackingOff);
                 Phase::BackingOff {
                     sleep: Box::pin(tokio::time::sleep(delay)),
+                    fail_fast,
                 }
             }
             None => {
@@ -382,16 +387,20 @@ where
         if !answered {
             // A host that accepts and then dies without a word would make a hot loop.
             self.last_error = Some(cause);
-            return self.back_off();
+            return self.back_off(false);
         }
         self.failures = 0;
-        match self.opts.policy {
-            Policy::Persistent => self.start_pass(),
-            Policy::Once => {
-                self.set_state(State::Idle);
-                Phase::Idle
-            }
+        self.after_loss()
+    }
+
+    /// Reconnects at once under `Persistent` (unless every handle is gone), else waits
+    /// for the next call.
+    fn after_loss(&mut self) -> Phase<T, M::Matcher, Req, Resp> {
+        if self.opts.policy == Policy::Persistent && !self.engine.intake_done() {
+            return self.start_pass();
         }
+        self.set_state(State::Idle);
+        Phase::Idle
     }
 
     /// Fails everything and stops: `close()`, or a shutdown past its deadline.
@@ -447,7 +456,9 @@ where
                             conn,
                             deadline: Box::pin(tokio::time::sleep(self.opts.drain_timeout)),
                         });
-                        self.phase = self.start_pass();
+                        // Under `Once` the next call connects (`Idle` starts a pass at
+                        // once if calls are queued).
+                        self.phase = self.after_loss();
                     }
                     Phase::Connecting { .. } | Phase::Handshaking { .. } => {
                         self.phase = self.start_pass();
@@ -508,18 +519,20 @@ where
                 self.phase = Phase::Closed;
                 Err(())
             }
-            Phase::BackingOff { mut sleep } => {
+            Phase::BackingOff {
+                mut sleep,
+                fail_fast,
+            } => {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    return Ok(match self.opts.policy {
-                        Policy::Persistent => self.start_pass(),
-                        Policy::Once => {
-                            self.set_state(State::Idle);
-                            Phase::Idle
-                        }
-                    });
+                    if !fail_fast && !self.engine.queue_is_empty() {
+                        return Ok(self.start_pass());
+                    }
+                    return Ok(self.after_loss());
                 }
-                self.fail_arrivals(cx, Kind::Connect);
-                self.phase = Phase::BackingOff { sleep };
+                if fail_fast {
+                    self.fail_arrivals(cx, Kind::Connect);
+                }
+                self.phase = Phase::BackingOff { sleep, fail_fast };
                 Err(())
             }
             Phase::Connecting {
@@ -546,20 +559,40 @@ where
                 mut hook,
                 mut timer,
             } => {
-                // The connection first, so the handshake's requests are written and
-                // their replies routed before the hook looks at them.
-                if let Poll::Ready(res) =
-                    self.engine
-                        .poll_conn(cx, &mut conn, Lane::Handshake(&mut lane))
-                {
-                    let why = res
-                        .err()
-                        .unwrap_or_else(|| ConnectionError::new(ConnectionErrorKind::Eof, None));
-                    let cause: Cause = Arc::new(why);
-                    conn.fail(Kind::Connection, &cause);
-                    return Ok(self.host_failed(pass, endpoint, cause.to_string().into()));
+                // The hook first: a read it queues must hold its slot before a greeting
+                // that is already buffered is routed (the engine writes before it reads).
+                let outcome = hook.as_mut().poll(cx);
+                if outcome.is_pending() {
+                    if let Poll::Ready(res) =
+                        self.engine
+                            .poll_conn(cx, &mut conn, Lane::Handshake(&mut lane))
+                    {
+                        let why = res.err().unwrap_or_else(|| {
+                            ConnectionError::new(ConnectionErrorKind::Eof, None)
+                        });
+                        let cause: Cause = Arc::new(why);
+                        conn.fail(Kind::Connection, &cause);
+                        return Ok(self.host_failed(pass, endpoint, cause.to_string().into()));
+                    }
+                    if timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                    {
+                        abandon(conn);
+                        let err = HostError::Timeout("handshake").into();
+                        return Ok(self.host_failed(pass, endpoint, err));
+                    }
+                    self.phase = Phase::Handshaking {
+                        pass,
+                        endpoint,
+                        conn,
+                        lane,
+                        hook,
+                        timer,
+                    };
+                    return Err(());
                 }
-                match hook.as_mut().poll(cx) {
+                match outcome {
                     Poll::Ready(Ok(Handshake::Ready)) => {
                         // Calls the handshake queued but did not await still go first.
                         lane.close();
@@ -570,9 +603,7 @@ where
                     }
                     Poll::Ready(Ok(Handshake::Redirect(to))) => {
                         info!(from = %endpoint, %to, "handshake redirects");
-                        let cause: Cause =
-                            Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
-                        conn.fail(Kind::Connection, &cause);
+                        abandon(conn);
                         if pass.redirects >= MAX_REDIRECTS {
                             return Ok(self.host_failed(
                                 pass,
@@ -581,39 +612,17 @@ where
                             ));
                         }
                         pass.redirects += 1;
-                        self.hosts.current = to.clone();
+                        self.hosts.current = to;
                         // Start over at the new host, then its backups.
                         pass.hosts = self.hosts.pass();
                         pass.next = 0;
                         Ok(self.next_host(pass))
                     }
                     Poll::Ready(Err(err)) => {
-                        let cause: Cause =
-                            Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
-                        conn.fail(Kind::Connection, &cause);
+                        abandon(conn);
                         Ok(self.host_failed(pass, endpoint, HostError::Handshake(err).into()))
                     }
-                    Poll::Pending => {
-                        if timer
-                            .as_mut()
-                            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-                        {
-                            let cause: Cause =
-                                Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
-                            conn.fail(Kind::Connection, &cause);
-                            let err = HostError::Timeout("handshake").into();
-                            return Ok(self.host_failed(pass, endpoint, err));
-                        }
-                        self.phase = Phase::Handshaking {
-                            pass,
-                            endpoint,
-                            conn,
-                            lane,
-                            hook,
-                            timer,
-                        };
-                        Err(())
-                    }
+                    Poll::Pending => unreachable!("handled above"),
                 }
             }
             Phase::Ready {
@@ -668,6 +677,18 @@ where
     }
 }
 
+/// Drops a connection whose handshake did not make it ready; what the handshake had in
+/// flight on it fails.
+fn abandon<T, Mt, Req, Resp>(conn: Conn<T, Mt, Req, Resp>)
+where
+    Mt: crate::mux::Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
+    conn.fail(Kind::Connection, &cause);
+}
+
 impl<K, M, T, Req, Resp, WE, RE> Future for Reconnect<K, M, T, Req, Resp>
 where
     K: Service<Endpoint, Response = T> + Clone + Send + 'static,
@@ -690,10 +711,13 @@ where
                 this.on_control(control);
             }
             if let Some(deadline) = &mut this.shutdown {
-                let idle = match &this.phase {
-                    Phase::Ready { conn, .. } => conn.is_idle() && this.engine.queue_is_empty(),
-                    _ => true,
-                };
+                let idle = this.engine.queue_is_empty()
+                    && match &this.phase {
+                        Phase::Ready { conn, .. } | Phase::Handshaking { conn, .. } => {
+                            conn.is_idle()
+                        }
+                        _ => true,
+                    };
                 if (idle && this.draining.is_empty()) || deadline.as_mut().poll(cx).is_ready() {
                     this.close();
                 }
