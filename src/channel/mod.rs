@@ -57,8 +57,9 @@ pub struct Channel<Req, Resp> {
 }
 
 /// A channel's connection task, for callers who run it themselves
-/// ([`Channel::pair`]). It ends when the connection ends, the channel is closed, or every
-/// handle is gone and every call answered.
+/// ([`Channel::pair`]). It ends when every handle is gone and every call answered; after
+/// the connection ends or the channel is closed, it lives on only until no handle holds
+/// a slot reserved by `poll_ready`, failing whatever still arrives.
 #[must_use = "the channel does nothing unless its connection task runs"]
 pub struct Connection {
     task: Pin<Box<dyn Future<Output = ()> + Send>>,

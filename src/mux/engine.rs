@@ -345,6 +345,16 @@ where
         self.intake_done = true;
     }
 
+    /// After the end: fails each call that still arrives (on a slot reserved before) as
+    /// closed and *not sent*, until no handle can send any more.
+    pub(crate) fn poll_fail_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(call) = ready!(self.intake.poll_recv(cx)) {
+            self.shared.unqueue(call.weight);
+            call.fail_unsent(Kind::Closed, None);
+        }
+        Poll::Ready(())
+    }
+
     /// Fails the queued calls as *not sent*, handing each its request back, but keeps
     /// the intake open: later calls are taken as usual.
     pub(crate) fn fail_queued_now(&mut self, kind: Kind, cause: Option<&Cause>) {

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::engine::{Conn, Engine, Lane};
 use super::matcher::Matcher;
-use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
+use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::shared::{Control, State};
 
 /// Drives one transport until it fails, the channel is closed, or every handle is gone
@@ -83,14 +83,21 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let Some(conn) = this.conn.as_mut() else {
-            return Poll::Ready(());
+            // Ended: a caller may still hold a slot it reserved before; its call must
+            // fail, not wait in a channel nobody reads. `connect()` learns it is closed.
+            while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
+                if let Control::Connect(done) = control {
+                    let _ = done.send(Err(Error::new(Kind::Closed)));
+                }
+            }
+            return this.engine.poll_fail_late(cx);
         };
         while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
             match control {
                 Control::Close => {
                     let why = ConnectionError::new(ConnectionErrorKind::Closed, None);
                     this.end(Kind::Closed, why);
-                    return Poll::Ready(());
+                    return this.engine.poll_fail_late(cx);
                 }
                 Control::Shutdown(deadline) => {
                     this.engine.close_intake();
@@ -107,7 +114,7 @@ where
             if deadline.as_mut().poll(cx).is_ready() {
                 let why = ConnectionError::new(ConnectionErrorKind::Closed, None);
                 this.end(Kind::Closed, why);
-                return Poll::Ready(());
+                return this.engine.poll_fail_late(cx);
             }
         }
         match this.engine.poll_conn(cx, conn, Lane::User) {
@@ -121,7 +128,7 @@ where
             }
             Poll::Ready(Err(why)) => {
                 this.end(Kind::Connection, why);
-                Poll::Ready(())
+                this.engine.poll_fail_late(cx)
             }
         }
     }

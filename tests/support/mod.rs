@@ -1,0 +1,80 @@
+//! Shared by the integration test suites: the test protocol ([`codec`]), an in-process
+//! TCP test server ([`server`]) and small helpers that keep every test bounded in time.
+//!
+//! Each suite includes it with `mod support;`; a suite uses only part of it, hence the
+//! `dead_code` allowance.
+
+#![allow(dead_code)]
+
+pub mod codec;
+pub mod server;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::panic::Location;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use self::codec::MsgCodec;
+
+/// The default bound on a whole test: no test may hang.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, panicking with the caller's location if it takes longer than `limit`.
+///
+/// ```ignore
+/// let reply = timeout(Duration::from_secs(2), channel.request(msg)).await;
+/// ```
+#[track_caller]
+pub fn timeout<F: IntoFuture>(limit: Duration, fut: F) -> impl Future<Output = F::Output> {
+    let at = Location::caller();
+    let fut = fut.into_future();
+    async move {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(out) => out,
+            Err(_) => panic!("timed out after {limit:?} (awaited at {at})"),
+        }
+    }
+}
+
+/// [`timeout`] with the default bound, [`BOUND`]: wrap a whole test body in it.
+#[track_caller]
+pub fn bounded<F: IntoFuture>(fut: F) -> impl Future<Output = F::Output> {
+    timeout(BOUND, fut)
+}
+
+/// Waits until `cond` holds, checking every few milliseconds; panics (with the caller's
+/// location and `what`) if it does not within `limit`.
+#[track_caller]
+pub fn eventually(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> impl Future<Output = ()> {
+    let at = Location::caller();
+    let what = what.to_string();
+    async move {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if cond() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met after {limit:?}: {what} (awaited at {at})"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// A framed client connection to `addr` speaking the test protocol (nodelay on).
+pub async fn connect(addr: SocketAddr) -> Framed<TcpStream, MsgCodec> {
+    let stream = timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_nodelay(true).expect("set_nodelay");
+    Framed::new(stream, MsgCodec::default())
+}
