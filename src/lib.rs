@@ -81,6 +81,7 @@ mod config;
 mod connect;
 mod error;
 mod mux;
+mod panic;
 mod protocol;
 mod reconnect;
 mod shared;

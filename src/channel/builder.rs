@@ -15,6 +15,7 @@ use super::{Channel, Connection};
 use crate::config::Config;
 use crate::connect::TcpConnector;
 use crate::mux::{Engine, Mode, Order, Session};
+use crate::panic::CatchPanic;
 use crate::protocol::{Protocol, Sessions};
 use crate::reconnect::{
     Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Policy, Reconnect,
@@ -177,15 +178,21 @@ where
     /// any user call; user calls wait) and the endpoint. It may send requests, read a
     /// greeting ([`Channel::read`]), replace the backups
     /// ([`Channel::change_backups`]), and return [`Handshake::Ready`] or
-    /// [`Handshake::Redirect`]. An error fails this host: the next one is tried, and
-    /// after the last, the backoff applies (a wrong password never makes a hot loop).
+    /// [`Handshake::Redirect`]. An error (or a panic) fails this host: the next one is
+    /// tried, and after the last, the backoff applies (a wrong password never makes a
+    /// hot loop).
     pub fn handshake<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Channel<Req, Resp>, Endpoint) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Handshake, BoxError>> + Send + 'static,
     {
         self.opts.handshake = Some(Arc::new(move |channel, endpoint| {
-            Box::pin(hook(channel, endpoint))
+            // A handshake that panics fails its host like one that returns an error.
+            let hook = CatchPanic::new(hook(channel, endpoint));
+            Box::pin(async move {
+                hook.await
+                    .unwrap_or_else(|panic| Err(format!("handshake panicked: {panic}").into()))
+            })
         }));
         self
     }
@@ -405,9 +412,7 @@ where
             self.hosts.clone(),
             control,
         );
-        let connection = Connection {
-            task: Box::pin(worker),
-        };
+        let connection = Connection::new(worker, shared.clone());
         (Channel::from_parts(tx, shared), connection)
     }
 }

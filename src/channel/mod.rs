@@ -63,12 +63,44 @@ pub struct Channel<Req, Resp> {
 #[must_use = "the channel does nothing unless its connection task runs"]
 pub struct Connection {
     task: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Marks the channel closed if the task panics (in a user's codec, say).
+    on_panic: Box<dyn Fn() + Send>,
+}
+
+impl Connection {
+    fn new<Resp: Send + 'static>(
+        task: impl Future<Output = ()> + Send + 'static,
+        shared: Arc<Shared<Resp>>,
+    ) -> Self {
+        Connection {
+            task: Box::pin(task),
+            on_panic: Box::new(move || {
+                shared.set_closed();
+                shared.set_state(State::Closed);
+            }),
+        }
+    }
 }
 
 impl Future for Connection {
     type Output = ();
+
+    /// A panic in the task (user code: a codec, a protocol impl) ends it: the channel
+    /// is closed, and every call waiting on it fails with [`Kind::Closed`] as its reply
+    /// sender is dropped.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.task.as_mut().poll(cx)
+        let task = self.task.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                tracing::error!(
+                    panic = %crate::panic::message(&*panic),
+                    "connection task panicked; channel closed"
+                );
+                (self.on_panic)();
+                Poll::Ready(())
+            }
+        }
     }
 }
 
@@ -134,9 +166,7 @@ where
         let conn = Conn::new(transport, mode.matcher(config.max_in_flight));
         let engine = Engine::new(intake, push_tx, shared.clone(), &config);
         let worker = Worker::new(engine, conn, control);
-        let connection = Connection {
-            task: Box::pin(worker),
-        };
+        let connection = Connection::new(worker, shared.clone());
         (Channel::from_parts(tx, shared), connection)
     }
 
@@ -169,6 +199,8 @@ where
             return Ok(());
         }
         match self.tx.reserve().await {
+            // Closed while we waited (the task may even be gone): do not send.
+            Ok(_) if self.shared.is_closed() => envelope.fail_unsent(Kind::Closed, None),
             Ok(permit) => {
                 envelope.weight = self.shared.queue(&envelope.frames);
                 permit.send(envelope);

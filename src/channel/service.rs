@@ -126,6 +126,15 @@ where
                 }
             },
         };
+        if self.shared.is_closed() {
+            // The task may be gone (it panicked): a send now could wait forever.
+            let Envelope { frames, .. } = envelope;
+            let mut err = closed();
+            if let Some(req) = frames.into_any() {
+                err = err.with_request(req);
+            }
+            return ResponseFuture::failed(err);
+        }
         let span = tracing::debug_span!("request");
         let mut envelope = envelope;
         envelope.weight = self.shared.queue(&envelope.frames);
