@@ -88,15 +88,16 @@ mod shared;
 mod stats;
 
 pub use crate::channel::{
-    Builder, Call, Channel, Connection, IntoCall, ReconnectLayer, Replies, ReplyStream,
-    ResponseFuture,
+    Builder, Call, Channel, Connection, IntoCall, Replies, ReplyStream, ResponseFuture,
 };
 pub use crate::config::Config;
 pub use crate::connect::TcpConnector;
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind};
 pub use crate::mux::{Mode, MuxLayer, Order, Session};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
-pub use crate::reconnect::{Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy};
+pub use crate::reconnect::{
+    Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy, ReconnectLayer,
+};
 pub use crate::shared::State;
 pub use crate::stats::Counters;
 

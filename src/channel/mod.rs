@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::ReusableBoxFuture;
 use tower::BoxError;
 
-pub use self::builder::{Builder, ReconnectLayer};
+pub use self::builder::Builder;
 pub use self::call::{Call, IntoCall, Replies};
 pub use self::future::{ReplyStream, ResponseFuture};
 
@@ -68,7 +68,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new<Resp: Send + 'static>(
+    pub(crate) fn new<Resp: Send + 'static>(
         task: impl Future<Output = ()> + Send + 'static,
         shared: Arc<Shared<Resp>>,
     ) -> Self {

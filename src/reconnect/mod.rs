@@ -9,12 +9,14 @@ mod backoff;
 mod endpoint;
 mod error;
 mod handshake;
+mod layer;
 mod worker;
 
 pub use self::backoff::Backoff;
 pub use self::endpoint::{Endpoint, InvalidEndpoint};
 pub use self::error::ConnectError;
 pub use self::handshake::Handshake;
+pub use self::layer::ReconnectLayer;
 pub use self::worker::Policy;
 
 pub(crate) use self::endpoint::{HostSpec, Hosts};

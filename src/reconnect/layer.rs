@@ -1,0 +1,114 @@
+//! The reconnect layer as a [`tower::Layer`]: applied to a connector, it gives a channel.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use tokio::sync::mpsc;
+use tower::{BoxError, Layer, Service};
+
+use super::{Endpoint, Hosts, Options, Reconnect};
+use crate::channel::{Channel, Connection};
+use crate::config::Config;
+use crate::mux::{Engine, Mode};
+use crate::shared::Shared;
+
+/// A [`tower::Layer`] that turns a connector (a `tower::Service<Endpoint>` returning a
+/// transport) into a reconnecting [`Channel`]; made by [`Builder::into_layer`](crate::Builder::into_layer).
+///
+/// Each `layer` call spawns a connection task, so it must run inside a tokio runtime.
+pub struct ReconnectLayer<M, Req, Resp> {
+    hosts: Hosts,
+    config: Config,
+    opts: Options<Req, Resp>,
+    mode: M,
+}
+
+impl<M, Req, Resp> ReconnectLayer<M, Req, Resp> {
+    pub(crate) fn new(hosts: Hosts, config: Config, opts: Options<Req, Resp>, mode: M) -> Self {
+        ReconnectLayer {
+            hosts,
+            config,
+            opts,
+            mode,
+        }
+    }
+}
+
+impl<M: Clone, Req, Resp> Clone for ReconnectLayer<M, Req, Resp> {
+    fn clone(&self) -> Self {
+        ReconnectLayer {
+            hosts: self.hosts.clone(),
+            config: self.config.clone(),
+            opts: self.opts.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+impl<M: fmt::Debug, Req, Resp> fmt::Debug for ReconnectLayer<M, Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconnectLayer")
+            .field("hosts", &self.hosts)
+            .field("config", &self.config)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M, Req, Resp> ReconnectLayer<M, Req, Resp>
+where
+    M: Mode<Req, Resp> + Clone,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// A channel over `connector` and its connection task, for the caller to run.
+    pub fn pair<K, T, WE, RE>(&self, connector: K) -> (Channel<Req, Resp>, Connection)
+    where
+        K: Service<Endpoint, Response = T> + Clone + Send + 'static,
+        K::Error: Into<BoxError>,
+        K::Future: Send,
+        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+        WE: Into<BoxError> + 'static,
+        RE: Into<BoxError> + 'static,
+    {
+        let config = &self.config;
+        let (tx, intake) = mpsc::channel(config.queue);
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let (push_tx, pushes) = mpsc::channel(config.push_capacity);
+        let shared = Arc::new(Shared::new(control_tx, pushes, config.overload.clone()));
+        let engine = Engine::new(intake, push_tx, shared.clone(), config);
+        let worker = Reconnect::new(
+            engine,
+            connector,
+            self.mode.clone(),
+            self.opts.clone(),
+            self.hosts.clone(),
+            control,
+        );
+        let connection = Connection::new(worker, shared.clone());
+        (Channel::from_parts(tx, shared), connection)
+    }
+}
+
+impl<K, M, T, Req, Resp, WE, RE> Layer<K> for ReconnectLayer<M, Req, Resp>
+where
+    K: Service<Endpoint, Response = T> + Clone + Send + 'static,
+    K::Error: Into<BoxError>,
+    K::Future: Send,
+    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
+    WE: Into<BoxError> + 'static,
+    RE: Into<BoxError> + 'static,
+    M: Mode<Req, Resp> + Clone,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Service = Channel<Req, Resp>;
+
+    fn layer(&self, connector: K) -> Channel<Req, Resp> {
+        let (channel, connection) = self.pair(connector);
+        tokio::spawn(connection);
+        channel
+    }
+}
