@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use socketchannel::{
-    Backoff, BoxError, Channel, Handshake, Plain, Policy, Protocol, Session, Sessions,
+    Backoff, BoxError, Channel, Handshake, Plain, Policy, Protocol, Session, Sessions, State,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -56,9 +56,28 @@ async fn main() -> Result<(), BoxError> {
     let mut state = channel.state();
     let watcher = tokio::spawn(async move {
         let start = Instant::now();
+        let mut failed_passes = 0;
         while state.changed().await.is_ok() {
             let now = *state.borrow_and_update();
-            println!("  [{:>5} ms] state: {now:?}", start.elapsed().as_millis());
+            let ms = start.elapsed().as_millis();
+            match now {
+                // Backoff rounds update one line instead of printing one each.
+                State::BackingOff => {
+                    failed_passes += 1;
+                    print!(
+                        "\r  [{ms:>5} ms] every host down: backing off ({failed_passes} passes failed)"
+                    );
+                    let _ = io::Write::flush(&mut io::stdout());
+                }
+                State::Connecting => {}
+                _ => {
+                    if failed_passes > 0 {
+                        println!();
+                        failed_passes = 0;
+                    }
+                    println!("  [{ms:>5} ms] state: {now:?}");
+                }
+            }
         }
     });
 
@@ -195,6 +214,8 @@ impl LineServer {
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
+                // Replies go out at once (no Nagle delay), as a real server's would.
+                let _ = stream.set_nodelay(true);
                 conns.spawn(async move {
                     let mut lines = Framed::new(stream, LinesCodec::new());
                     while let Some(Ok(line)) = lines.next().await {
@@ -291,6 +312,7 @@ async fn start_session_server() -> io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
             let (mut tx, mut rx) = Framed::new(stream, TaggedCodec::default()).split();
             let (out, mut replies) = tokio::sync::mpsc::unbounded_channel::<Tagged>();
             tokio::spawn(async move {
