@@ -45,7 +45,7 @@ type Reserve<Req, Resp> =
 /// reply is discarded when it comes.
 pub struct Channel<Req, Resp> {
     tx: mpsc::Sender<Envelope<Req, Resp>>,
-    shared: Arc<Shared<Resp>>,
+    pub(crate) shared: Arc<Shared<Resp>>,
     /// Capacity reserved by `poll_ready` for the next `call`.
     permit: Option<Permit<Req, Resp>>,
     /// Waits for capacity when the intake is full; allocated the first time it is.
@@ -158,35 +158,30 @@ where
         RE: Into<BoxError> + 'static,
         M: Mode<Req, Resp>,
     {
+        let (channel, engine, control) = Channel::plumbing(&config);
+        channel.shared.set_state(State::Ready);
+        let conn = Conn::new(transport, mode.matcher(config.max_in_flight));
+        let connection =
+            Connection::new(Worker::new(engine, conn, control), channel.shared.clone());
+        (channel, connection)
+    }
+
+    /// What every channel is made of: the handle, and the engine and control receiver
+    /// its connection task drives.
+    pub(crate) fn plumbing(
+        config: &Config,
+    ) -> (Self, Engine<Req, Resp>, mpsc::UnboundedReceiver<Control>) {
         let (tx, intake) = mpsc::channel(config.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::channel(config.push_capacity);
         let shared = Arc::new(Shared::new(control_tx, pushes, config.overload.clone()));
-        shared.set_state(State::Ready);
-        let conn = Conn::new(transport, mode.matcher(config.max_in_flight));
-        let engine = Engine::new(intake, push_tx, shared.clone(), &config);
-        let worker = Worker::new(engine, conn, control);
-        let connection = Connection::new(worker, shared.clone());
-        (Channel::from_parts(tx, shared), connection)
+        let engine = Engine::new(intake, push_tx, shared.clone(), config);
+        (Channel::from_parts(tx, shared), engine, control)
     }
 
-    pub(crate) fn from_parts(
-        tx: mpsc::Sender<Envelope<Req, Resp>>,
-        shared: Arc<Shared<Resp>>,
-    ) -> Self {
-        Channel {
-            tx,
-            shared,
-            permit: None,
-            reserve: None,
-            reserving: false,
-            connect_wait: None,
-            waiting_connect: false,
-        }
-    }
-
-    /// Queues a call, waiting for room in the intake.
-    async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) -> Result<(), Error> {
+    /// Queues a call, waiting for room in the intake; a call that cannot be queued is
+    /// failed through its waiter.
+    async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) {
         let mut envelope = Envelope {
             frames: call.frames,
             waiter,
@@ -196,7 +191,7 @@ where
         };
         if self.shared.is_closed() {
             envelope.fail_unsent(Kind::Closed, None);
-            return Ok(());
+            return;
         }
         match self.tx.reserve().await {
             // Closed while we waited (the task may even be gone): do not send.
@@ -207,7 +202,6 @@ where
             }
             Err(_) => envelope.fail_unsent(Kind::Closed, None),
         }
-        Ok(())
     }
 
     async fn one<T>(
@@ -216,7 +210,7 @@ where
         waiter: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Waiter<Resp>,
     ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(call, waiter(tx)).await?;
+        self.enqueue(call, waiter(tx)).await;
         future::outcome(rx.await)
     }
 
@@ -252,13 +246,12 @@ where
     /// caller is affected).
     pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
         let (tx, rx) = mpsc::unbounded_channel();
-        // An enqueue failure is delivered through the stream itself.
-        let _ = self
-            .enqueue(
-                call.into_call(),
-                Waiter::Stream(Box::new((tx, replies.into()))),
-            )
-            .await;
+        // A failure to queue is delivered through the stream itself.
+        self.enqueue(
+            call.into_call(),
+            Waiter::Stream(Box::new((tx, replies.into()))),
+        )
+        .await;
         ReplyStream::new(rx)
     }
 
@@ -378,17 +371,27 @@ where
     }
 }
 
-impl<Req, Resp> Clone for Channel<Req, Resp> {
-    fn clone(&self) -> Self {
+impl<Req, Resp> Channel<Req, Resp> {
+    pub(crate) fn from_parts(
+        tx: mpsc::Sender<Envelope<Req, Resp>>,
+        shared: Arc<Shared<Resp>>,
+    ) -> Self {
         Channel {
-            tx: self.tx.clone(),
-            shared: self.shared.clone(),
+            tx,
+            shared,
             permit: None,
             reserve: None,
             reserving: false,
             connect_wait: None,
             waiting_connect: false,
         }
+    }
+}
+
+impl<Req, Resp> Clone for Channel<Req, Resp> {
+    /// Another handle to the same connection; never allocates.
+    fn clone(&self) -> Self {
+        Channel::from_parts(self.tx.clone(), self.shared.clone())
     }
 }
 

@@ -1,18 +1,15 @@
 //! The reconnect layer as a [`tower::Layer`]: applied to a connector, it gives a channel.
 
 use std::fmt;
-use std::sync::Arc;
 
 use futures_core::Stream;
 use futures_sink::Sink;
-use tokio::sync::mpsc;
 use tower::{BoxError, Layer, Service};
 
 use super::{Endpoint, Hosts, Options, Reconnect};
 use crate::channel::{Channel, Connection};
 use crate::config::Config;
-use crate::mux::{Engine, Mode};
-use crate::shared::Shared;
+use crate::mux::Mode;
 
 /// A [`tower::Layer`] that turns a connector (a `tower::Service<Endpoint>` returning a
 /// transport) into a reconnecting [`Channel`]; made by [`Builder::into_layer`](crate::Builder::into_layer).
@@ -73,12 +70,7 @@ where
         WE: Into<BoxError> + 'static,
         RE: Into<BoxError> + 'static,
     {
-        let config = &self.config;
-        let (tx, intake) = mpsc::channel(config.queue);
-        let (control_tx, control) = mpsc::unbounded_channel();
-        let (push_tx, pushes) = mpsc::channel(config.push_capacity);
-        let shared = Arc::new(Shared::new(control_tx, pushes, config.overload.clone()));
-        let engine = Engine::new(intake, push_tx, shared.clone(), config);
+        let (channel, engine, control) = Channel::plumbing(&self.config);
         let worker = Reconnect::new(
             engine,
             connector,
@@ -87,8 +79,8 @@ where
             self.hosts.clone(),
             control,
         );
-        let connection = Connection::new(worker, shared.clone());
-        (Channel::from_parts(tx, shared), connection)
+        let connection = Connection::new(worker, channel.shared.clone());
+        (channel, connection)
     }
 }
 
