@@ -51,6 +51,43 @@
 //! # }
 //! ```
 //!
+//! # Keeping connected
+//!
+//! [`Channel::new`] runs over a transport you already have; when it ends, the channel is
+//! closed. [`Channel::builder`] makes a channel that connects by itself: lazily on the
+//! first call (concurrent callers share one attempt), to a host or its backups, with a
+//! handshake on every new connection before any user request ([`Handshake`]: AUTH,
+//! SELECT, reading a greeting, a redirect to the primary), and reconnects after a
+//! failure with jittered [`Backoff`]. Calls not yet written survive a reconnect.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use socketchannel::{Backoff, Channel, Handshake, Plain, Policy};
+//! use tokio_util::codec::LinesCodec;
+//!
+//! # fn demo() -> Result<(), socketchannel::InvalidEndpoint> {
+//! let channel: Channel<String, String> = Channel::builder()
+//!     .host("10.0.0.1:7000")
+//!     .backup("10.0.0.2:7000")
+//!     .policy(Policy::Persistent)
+//!     .backoff(Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)))
+//!     .handshake(|conn, _endpoint| async move {
+//!         conn.request("AUTH secret".to_string()).await?;
+//!         Ok(Handshake::Ready)
+//!     })
+//!     .order(LinesCodec::new(), Plain)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # A tower citizen
+//!
+//! `Channel` is a [`tower::Service`] whose `poll_ready` waits only for real backpressure
+//! (a full queue) or a running connect pass, and a [`tower::load::Load`], so
+//! `ServiceBuilder` layers (timeout, retry, concurrency limit, buffer, `p2c` balance)
+//! work as they should. Retry only what [`Error::is_not_sent`] says never reached the
+//! server. [`MuxLayer`] and [`ReconnectLayer`] offer the pieces as layers.
+//!
 //! # Failure semantics
 //!
 //! Every call resolves exactly once. When a connection dies, calls already written fail
@@ -62,11 +99,15 @@
 //!
 //! # Layout
 //!
-//! * [`mux`](crate::Order): the engine: one connection task, the matchers, the call
-//!   envelope, the stall timer.
-//! * `channel`: the [`Channel`] handle, its call shapes ([`Call`]), futures and `Service`.
+//! * `mux`: the engine: the connection task over one transport, the matchers
+//!   ([`Order`], [`Session`]), the call envelope, the stall timer, [`MuxLayer`].
+//! * `reconnect`: endpoints, connect passes, the handshake lane, [`Backoff`], the
+//!   reconnecting task, [`ReconnectLayer`].
+//! * `channel`: the [`Channel`] handle, its [`Builder`], call shapes ([`Call`]),
+//!   futures, `Service` and `Load`.
+//! * `connect`: [`TcpConnector`], TCP framed with a codec.
 //! * `protocol`: what the engine must know of a protocol ([`Protocol`], [`Sessions`]).
-//! * `error`: [`Error`] and [`ConnectionError`].
+//! * `error`, `config`, `stats`: [`Error`], [`Config`], [`Counters`].
 
 #![deny(unsafe_code)]
 #![warn(
