@@ -9,11 +9,12 @@
 //! `cargo run --example axum_gateway`; add `-- --serve` to keep serving on
 //! 127.0.0.1:3000 for `curl` until Ctrl-C.
 
-#[path = "shared/gateway.rs"]
-mod gateway;
+#[path = "common/mod.rs"]
+mod common;
 
 use std::time::Instant;
 
+use common::gateway;
 use socketchannel::BoxError;
 
 #[tokio::main]

@@ -8,11 +8,12 @@
 //! connect (`Kind::Connect`) instead of sending anything. Nothing outside this process
 //! is needed. Run it with `cargo run --example tls`.
 
-#[path = "shared/tls.rs"]
-mod tls;
+#[path = "common/mod.rs"]
+mod common;
 
 use std::time::Instant;
 
+use common::tls;
 use socketchannel::{BoxError, Channel, Order, Plain};
 
 #[tokio::main]

@@ -1,12 +1,13 @@
 //! The axum gateway of `examples/axum_gateway.rs`, driven by real concurrent HTTP
 //! requests on 127.0.0.1, in front of a real `redis-server` child.
 
-#[path = "../examples/shared/gateway.rs"]
-mod gateway;
+#[path = "../examples/common/mod.rs"]
+mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::gateway;
 use futures::future::try_join_all;
 
 const N: usize = 200;

@@ -1,11 +1,12 @@
 //! A channel over TLS (the connector of `examples/tls.rs`) against an in-process rustls
 //! server on 127.0.0.1, with a certificate generated for the test.
 
-#[path = "../examples/shared/tls.rs"]
-mod tls;
+#[path = "../examples/common/mod.rs"]
+mod common;
 
 use std::time::Duration;
 
+use common::tls;
 use socketchannel::{Channel, ConnectError, Kind, Order, Plain};
 
 type Lines = Channel<String, String>;

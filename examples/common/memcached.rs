@@ -18,12 +18,10 @@ use std::io;
 use std::pin::Pin;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use socketchannel::{BoxError, Protocol, Sessions};
-use tokio::net::TcpStream;
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::{Decoder, Encoder};
 
-use super::process::Server;
+use super::process::{Server, answers};
 
 const REQUEST: u8 = 0x80;
 const RESPONSE: u8 = 0x81;
@@ -386,14 +384,5 @@ pub async fn start_server() -> io::Result<Server> {
 }
 
 fn probe(port: u16) -> Pin<Box<dyn Future<Output = bool> + Send>> {
-    Box::pin(async move {
-        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
-            return false;
-        };
-        let mut framed = Framed::new(stream, BinaryCodec::default());
-        if framed.send(Packet::version()).await.is_err() {
-            return false;
-        }
-        matches!(framed.next().await, Some(Ok(_)))
-    })
+    Box::pin(answers(port, BinaryCodec::default(), Packet::version()))
 }

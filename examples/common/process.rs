@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
 /// How long a server may take to answer its first probe.
 pub const STARTUP: Duration = Duration::from_secs(10);
@@ -182,6 +185,22 @@ impl Drop for Server {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Whether a server on 127.0.0.1:`port` answers `request` (sent framed by `codec`) with
+/// a frame, any frame: an error reply is an answer too. What a [`Probe`] usually asks.
+pub async fn answers<C, Req>(port: u16, codec: C, request: Req) -> bool
+where
+    C: Encoder<Req> + Decoder,
+{
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut framed = Framed::new(stream, codec);
+    if framed.send(request).await.is_err() {
+        return false;
+    }
+    matches!(framed.next().await, Some(Ok(_)))
 }
 
 /// A port no one listens on now (the OS's choice; free until someone else takes it).

@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use redis_protocol::codec::{Resp2, Resp3};
 use redis_protocol::error::{RedisProtocolError, RedisProtocolErrorKind};
 use redis_protocol::resp2::types::BytesFrame as Resp2Frame;
@@ -25,7 +24,7 @@ use socketchannel::{BoxError, Channel, Order, Protocol};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
-use super::process::Server;
+use super::process::{Server, answers};
 
 /// RESP on the wire, through `redis-protocol`'s tokio codecs, read into one frame type
 /// ([`Frame`], RESP3's) whichever version the connection speaks.
@@ -365,16 +364,7 @@ pub async fn start_server(extra: &[&str]) -> io::Result<Server> {
 /// Up once it answers `PING` with anything (`+PONG`, or `-NOAUTH` when it wants a
 /// password).
 fn probe(port: u16) -> Pin<Box<dyn Future<Output = bool> + Send>> {
-    Box::pin(async move {
-        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
-            return false;
-        };
-        let mut framed = Framed::new(stream, RespCodec::resp2());
-        if framed.send(cmd(["PING"])).await.is_err() {
-            return false;
-        }
-        matches!(framed.next().await, Some(Ok(_)))
-    })
+    Box::pin(answers(port, RespCodec::resp2(), cmd(["PING"])))
 }
 
 /// A plain channel over a fresh connection to `addr`, with no reconnect: for looking at

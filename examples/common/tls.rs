@@ -1,5 +1,4 @@
-//! TLS for a channel, shared by `examples/tls.rs` and `tests/tls.rs` (included by both
-//! with `#[path]`, so there is one copy).
+//! TLS for a channel, shared by `examples/tls.rs` and `tests/tls.rs`.
 //!
 //! * [`TlsConnector`]: a `tower::Service<Endpoint>` that opens TCP, runs the rustls
 //!   client handshake and frames the TLS stream with `LinesCodec`: what
