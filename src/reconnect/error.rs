@@ -52,7 +52,15 @@ impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostError::Timeout(what) => write!(f, "{what} timed out"),
-            HostError::Handshake(e) => write!(f, "handshake failed: {e}"),
+            // A call of the handshake failed: its cause says more than "request may
+            // have executed" does here.
+            HostError::Handshake(e) => match e
+                .downcast_ref::<crate::Error>()
+                .and_then(std::error::Error::source)
+            {
+                Some(cause) => write!(f, "handshake failed: {cause}"),
+                None => write!(f, "handshake failed: {e}"),
+            },
         }
     }
 }
