@@ -51,6 +51,48 @@
 //! # }
 //! ```
 //!
+//! The same over session mode: the channel stamps an id into each request, the server
+//! answers out of order, and each caller still gets its own reply.
+//!
+//! ```
+//! use futures::{SinkExt, StreamExt};
+//! use socketchannel::{Channel, Protocol, Session, Sessions};
+//! use tokio_util::codec::{Framed, LinesCodec};
+//!
+//! /// Lines that start with their session id: "7 hello".
+//! #[derive(Clone)]
+//! struct Tagged;
+//! impl Protocol<String, String> for Tagged {}
+//! impl Sessions<String, String> for Tagged {
+//!     type Id = u32;
+//!     fn stamp(&self, req: &mut String, id: u32) {
+//!         *req = format!("{id} {req}");
+//!     }
+//!     fn session(&self, resp: &String) -> Option<u32> {
+//!         resp.split_once(' ')?.0.parse().ok()
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let (client, server) = tokio::io::duplex(1024);
+//! // A server that reads two requests, then answers the second one first.
+//! tokio::spawn(async move {
+//!     let mut server = Framed::new(server, LinesCodec::new());
+//!     let first = server.next().await.unwrap().unwrap();
+//!     let second = server.next().await.unwrap().unwrap();
+//!     server.send(second.to_uppercase()).await.unwrap();
+//!     server.send(first.to_uppercase()).await.unwrap();
+//! });
+//!
+//! let channel = Channel::new(Framed::new(client, LinesCodec::new()), Session::new(Tagged));
+//! let (a, b) = tokio::join!(channel.request("hello".to_string()), channel.request("world".to_string()));
+//! assert!(a?.ends_with("HELLO"));
+//! assert!(b?.ends_with("WORLD"));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Keeping connected
 //!
 //! [`Channel::new`] runs over a transport you already have; when it ends, the channel is
@@ -86,7 +128,8 @@
 //! (a full queue) or a running connect pass, and a [`tower::load::Load`], so
 //! `ServiceBuilder` layers (timeout, retry, concurrency limit, buffer, `p2c` balance)
 //! work as they should. Retry only what [`Error::is_not_sent`] says never reached the
-//! server. [`MuxLayer`] and [`ReconnectLayer`] offer the pieces as layers.
+//! server: [`RetryNotSent`] does. [`MuxLayer`] and [`ReconnectLayer`] offer the pieces
+//! as layers.
 //!
 //! # Failure semantics
 //!
@@ -125,6 +168,7 @@ mod mux;
 mod panic;
 mod protocol;
 mod reconnect;
+mod retry;
 mod shared;
 mod stats;
 
@@ -139,6 +183,7 @@ pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
 pub use crate::reconnect::{
     Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy, ReconnectLayer,
 };
+pub use crate::retry::RetryNotSent;
 pub use crate::shared::State;
 pub use crate::stats::Counters;
 
