@@ -1,14 +1,17 @@
 //! This crate's channels, in order mode and in session mode: the engine over an
 //! existing transport (`engine-*` rows), and the full reconnecting `Channel` made by its
-//! builder (`channel-*` rows).
+//! builder (`channel-*` rows), also behind tower's `Timeout` (`channel-order+timeout`).
 //!
 //! Built with the `engine` feature (on by default; see `Cargo.toml`).
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use socketchannel::{Channel, Endpoint, Mode, Order, Plain, Protocol, Session, Sessions};
 use tokio::net::TcpStream;
+use tower::ServiceBuilder;
+use tower::timeout::Timeout;
 
 use crate::codec::{Frame, transport};
 
@@ -26,6 +29,15 @@ pub fn session(stream: TcpStream) -> Channel<Frame, Frame> {
 /// handshake-free, over the same counted transport.
 pub fn channel_order(addr: SocketAddr) -> Channel<Frame, Frame> {
     channel(addr, Order::new(Plain))
+}
+
+/// `channel_order` behind `tower::timeout::Timeout` with a 5-second limit, built the
+/// usual way (`ServiceBuilder::new().timeout(..).service(channel)`). `Timeout` is `Clone`
+/// because the channel is, so each caller gets its own clone, each call its own timer.
+pub fn channel_order_timeout(addr: SocketAddr) -> Timeout<Channel<Frame, Frame>> {
+    ServiceBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .service(channel_order(addr))
 }
 
 /// The full channel in session mode.

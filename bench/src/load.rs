@@ -5,6 +5,10 @@
 //! so every variant is measured by the same code. The harness itself allocates nothing
 //! per request: payloads are built up front and handed out as `Bytes` clones, latencies
 //! go into a preallocated histogram per caller.
+//!
+//! The closed loop itself ([`drive`]) knows nothing of frames: it runs any [`Caller`],
+//! which is how the Redis section (`crate::redis`) drives clients that are not a
+//! `Service<Frame>`.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -35,12 +39,17 @@ where
 {
 }
 
-/// Waits for `client` to accept a request, then sends `frame` (tower's calling convention).
-async fn call<C: Client>(client: &mut C, frame: Frame) -> Result<C::Future, BoxError> {
-    poll_fn(|cx| client.poll_ready(cx))
+/// Waits for `service` to accept a request, then sends `request` (tower's calling
+/// convention).
+pub async fn call<S, R>(service: &mut S, request: R) -> Result<S::Future, BoxError>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    poll_fn(|cx| service.poll_ready(cx))
         .await
         .map_err(Into::into)?;
-    Ok(client.call(frame))
+    Ok(service.call(request))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -99,6 +108,13 @@ pub struct Load {
     pub concurrency: usize,
     /// Payload bytes per request (the frame adds 12).
     pub payload: usize,
+    /// How long the callers run.
+    pub window: Window,
+}
+
+/// How long a closed loop runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
     /// Time the callers run before anything is counted.
     pub warmup: Duration,
     /// Time during which replies are counted.
@@ -116,6 +132,21 @@ pub struct Outcome {
     pub latency: Histogram,
 }
 
+/// One caller of a closed loop: makes one request at a time and checks each reply.
+///
+/// Neither method may allocate on the harness's behalf beyond what the client under test
+/// needs, since every allocation in the window is charged to the client.
+pub trait Caller: Send + 'static {
+    /// What a request resolves to.
+    type Reply: Send;
+
+    /// Sends the next request and waits for its reply.
+    fn request(&mut self) -> impl Future<Output = Result<Self::Reply, BoxError>> + Send;
+
+    /// Checks that `reply` answers the request just made (not timed).
+    fn check(&self, reply: &Self::Reply) -> Result<(), BoxError>;
+}
+
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
@@ -127,19 +158,37 @@ const STOP: u8 = 2;
 ///
 /// Fails on the first client error or wrong reply, or if callers hang after the window.
 pub async fn closed_loop<C: Client>(client: C, load: Load) -> Result<Outcome, BoxError> {
-    let phase = Arc::new(AtomicU8::new(WARMUP));
     let callers: Vec<_> = (0..load.concurrency)
-        .map(|i| {
-            let ring = payloads(RING, load.payload, |slot| nonce(i as u32, slot));
-            tokio::spawn(caller(client.clone(), ring, phase.clone()))
+        .map(|i| FrameCaller {
+            client: client.clone(),
+            ring: payloads(RING, load.payload, |slot| nonce(i as u32, slot)),
+            sent: 0,
         })
         .collect();
     drop(client);
+    drive(callers, load.window).await
+}
 
-    sleep(load.warmup).await;
+/// Runs every caller in a task of its own for `window`: each makes a request, checks the
+/// reply, and repeats. Counts the replies that arrive in the measured window.
+///
+/// # Errors
+///
+/// Fails on the first client error or wrong reply, or if callers hang after the window.
+pub async fn drive<K: Caller>(
+    callers: impl IntoIterator<Item = K>,
+    window: Window,
+) -> Result<Outcome, BoxError> {
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let callers: Vec<_> = callers
+        .into_iter()
+        .map(|caller| tokio::spawn(run_caller(caller, phase.clone())))
+        .collect();
+
+    sleep(window.warmup).await;
     let start = Counters::now();
     phase.store(MEASURE, Relaxed);
-    sleep(load.measure).await;
+    sleep(window.measure).await;
     phase.store(STOP, Relaxed);
     let delta = Counters::now().since(&start);
 
@@ -158,32 +207,54 @@ pub async fn closed_loop<C: Client>(client: C, load: Load) -> Result<Outcome, Bo
     Ok(outcome)
 }
 
-/// One caller: returns how many replies it counted, and their latencies.
-async fn caller<C: Client>(
-    mut client: C,
-    ring: Vec<Bytes>,
+/// One caller's loop: returns how many replies it counted, and their latencies.
+async fn run_caller<K: Caller>(
+    mut caller: K,
     phase: Arc<AtomicU8>,
 ) -> Result<(u64, Histogram), BoxError> {
     let mut latency = Histogram::default();
     let mut requests = 0;
-    for sent in ring.iter().cycle() {
-        if phase.load(Relaxed) == STOP {
-            break;
-        }
+    while phase.load(Relaxed) != STOP {
         let started = Instant::now();
-        let frame = Frame {
-            id: 0,
-            payload: sent.clone(),
-        };
-        let reply = call(&mut client, frame).await?.await.map_err(Into::into)?;
+        let reply = caller.request().await?;
         let elapsed = started.elapsed();
-        check(&reply, sent)?;
+        caller.check(&reply)?;
         if phase.load(Relaxed) == MEASURE {
             latency.record(elapsed);
             requests += 1;
         }
     }
     Ok((requests, latency))
+}
+
+/// A caller of an echo client: cycles through its ring of payloads, and checks that each
+/// reply carries the nonce of the payload just sent.
+struct FrameCaller<C> {
+    client: C,
+    ring: Vec<Bytes>,
+    /// The index in `ring` of the payload sent last.
+    sent: usize,
+}
+
+impl<C: Client> Caller for FrameCaller<C> {
+    type Reply = Frame;
+
+    async fn request(&mut self) -> Result<Frame, BoxError> {
+        self.sent = (self.sent + 1) % self.ring.len();
+        let frame = Frame {
+            id: 0,
+            payload: self.ring[self.sent].clone(),
+        };
+        let reply = call(&mut self.client, frame)
+            .await?
+            .await
+            .map_err(Into::into)?;
+        Ok(reply)
+    }
+
+    fn check(&self, reply: &Frame) -> Result<(), BoxError> {
+        check(reply, &self.ring[self.sent])
+    }
 }
 
 // ---------------------------------------------------------------------------------------

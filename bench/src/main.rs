@@ -1,8 +1,9 @@
 //! Benchmark of `socketchannel` against a hand-written minimal client and tokio-tower,
-//! side by side in one run, over loopback, with the same codec and the same echo server.
+//! side by side in one run, over loopback, with the same codec and the same echo server;
+//! then the same `Channel` against redis-rs on a real `redis-server`.
 //!
 //! ```text
-//! cargo run --release -p socketchannel-bench -- [--quick] [--json] [--runs N] [--filter SUBSTR]
+//! cargo run --release -p socketchannel-bench -- [--quick] [--json] [--runs N] [--filter SUBSTR] [--no-redis]
 //! ```
 //!
 //! See `bench/README.md` for what each column means.
@@ -13,9 +14,12 @@
 //! - `server`: the echo server, run as a child process of this same binary.
 //! - `hand`: the hand-written baselines, one per mode.
 //! - `tokio_tower`: the peer, tokio-tower's clients behind tower's `Buffer`.
-//! - `engine`: this crate's engine (feature `engine`).
+//! - `engine`: this crate's engine and channel, also behind `Timeout` (feature `engine`).
+//! - `redis`: the Redis section, `channel-redis` against redis-rs (feature `redis`).
 //! - `variant`: the list of clients and how each is built.
 //! - `load`: the experiments: closed-loop load, and heap per in-flight request.
+//! - `runtime`: a fresh runtime per experiment, with a scoped tracing subscriber for the
+//!   `+tracing` row.
 //! - `measure`: counting allocator, counting socket, CPU time, latency histogram.
 //! - `report`: medians, ratios, table and JSON.
 
@@ -28,7 +32,10 @@ mod engine;
 mod hand;
 mod load;
 mod measure;
+#[cfg(feature = "redis")]
+mod redis;
 mod report;
+mod runtime;
 mod server;
 mod tokio_tower;
 mod variant;
@@ -39,10 +46,11 @@ use std::time::Duration;
 
 use tower::BoxError;
 
-use crate::load::Load;
-use crate::report::Sample;
+use crate::load::{Load, Window};
+use crate::report::{Payload, Sample};
+use crate::runtime::CellRuntime;
 use crate::server::{ServerMode, ServerProcess};
-use crate::variant::{InFlight, Variant};
+use crate::variant::{Group, InFlight, Variant};
 
 /// Caller tasks per cell.
 const CONCURRENCY: [usize; 3] = [1, 16, 256];
@@ -50,15 +58,19 @@ const CONCURRENCY: [usize; 3] = [1, 16, 256];
 const PAYLOADS: [usize; 2] = [16, 1024];
 /// Requests held in flight to measure bookkeeping bytes.
 const IN_FLIGHT: usize = 256;
+/// The one cell (concurrency, payload bytes) of the "cost of safety" rows, which run
+/// right after the matrix variants of that cell.
+const SAFETY_CELL: (usize, usize) = (256, 16);
 
 const USAGE: &str = "\
-usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--duration SECS]
+usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--duration SECS] [--no-redis]
 
   --quick          short cells (0.3 s each), under a minute in all
   --json           one JSON object per row on stdout instead of the table
   --runs N         repeat the whole matrix N times, report medians (default 1)
   --filter SUBSTR  only variants whose name contains SUBSTR
-  --duration SECS  measured time per cell (default 2, or 0.3 with --quick)";
+  --duration SECS  measured time per cell (default 2, or 0.3 with --quick)
+  --no-redis       skip the Redis section (skipped anyway without redis-server)";
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -78,8 +90,10 @@ struct Options {
     json: bool,
     runs: usize,
     filter: Option<String>,
-    warmup: Duration,
-    measure: Duration,
+    /// Warm-up and measured time of every cell.
+    window: Window,
+    /// Skip the Redis section.
+    no_redis: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -88,6 +102,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let mut runs = 1;
     let mut filter = None;
     let mut duration = None;
+    let mut no_redis = false;
     let mut server = None;
     let mut port = 0;
     while let Some(arg) = args.next() {
@@ -97,6 +112,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--json" => json = true,
             "--runs" => runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--filter" => filter = Some(value()?),
+            "--no-redis" => no_redis = true,
             "--duration" => {
                 let secs: f64 = value()?.parse().map_err(|e| format!("--duration: {e}"))?;
                 duration = Some(Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?);
@@ -125,8 +141,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         json,
         runs,
         filter,
-        warmup,
-        measure: duration.unwrap_or(measure),
+        window: Window {
+            warmup,
+            measure: duration.unwrap_or(measure),
+        },
+        no_redis,
     }))
 }
 
@@ -177,35 +196,118 @@ impl Servers {
     }
 }
 
-/// A fresh runtime for each experiment, so no task of one client outlives its cell.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
 fn bench(options: &Options) -> Result<(), BoxError> {
-    let variants: Vec<Variant> = Variant::ALL
-        .iter()
-        .copied()
-        .filter(|v| {
-            options
-                .filter
-                .as_ref()
-                .is_none_or(|f| v.name().contains(f.as_str()))
-        })
-        .collect();
-    if variants.is_empty() {
+    let selected = |group: Group| -> Vec<Variant> {
+        Variant::ALL
+            .iter()
+            .copied()
+            .filter(|v| v.group() == group)
+            .filter(|v| {
+                options
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| v.name().contains(f.as_str()))
+            })
+            .collect()
+    };
+    let (matrix, safety, redis) = (
+        selected(Group::Matrix),
+        selected(Group::Safety),
+        selected(Group::Redis),
+    );
+    if matrix.is_empty() && safety.is_empty() && redis.is_empty() {
         return Err("no variant matches the filter".into());
     }
+
+    let mut printed = false;
+    if !matrix.is_empty() || !safety.is_empty() {
+        let rows = report::summarize(&echo(options, &matrix, &safety)?);
+        print_rows(options, &rows, "hand");
+        printed = !rows.is_empty();
+    }
+    redis_section(options, &redis, printed)
+}
+
+/// Prints rows as a table whose ratio columns are headed `rps/BASELINE` and
+/// `cpu/BASELINE`, or as JSON lines.
+fn print_rows(options: &Options, rows: &[report::Row], baseline: &str) {
+    if options.json {
+        rows.iter()
+            .for_each(|row| println!("{}", report::json(row)));
+    } else {
+        print!("{}", report::table(rows, baseline));
+    }
+}
+
+/// Runs and prints the Redis section for `variants`, unless there are none, or
+/// `--no-redis` or a missing `redis-server` skips it (a note says so). `after_table`: a
+/// table was printed before it.
+#[cfg(feature = "redis")]
+fn redis_section(
+    options: &Options,
+    variants: &[Variant],
+    after_table: bool,
+) -> Result<(), BoxError> {
+    if variants.is_empty() {
+        return Ok(());
+    }
+    if options.no_redis {
+        eprintln!("note: Redis section skipped (--no-redis)");
+        return Ok(());
+    }
+    let Some(section) = redis::run(variants, options.runs, options.window)? else {
+        return Ok(());
+    };
+    let rows = report::summarize(&section.samples);
+    if options.json {
+        print_rows(options, &rows, "redis-rs");
+        if let Some(limit) = &section.limit {
+            print!("{}", limit.json());
+        }
+        return Ok(());
+    }
+    if after_table {
+        println!();
+    }
+    println!("{}", section.heading);
+    print_rows(options, &rows, "redis-rs");
+    if let Some(limit) = &section.limit {
+        print!("\n{limit}");
+    }
+    Ok(())
+}
+
+/// Without the `redis` feature there is no Redis section.
+#[cfg(not(feature = "redis"))]
+fn redis_section(options: &Options, _: &[Variant], _: bool) -> Result<(), BoxError> {
+    if !options.no_redis {
+        eprintln!("note: built without the `redis` feature: no Redis section");
+    }
+    Ok(())
+}
+
+/// The echo part: the matrix, with the "cost of safety" rows in their cell. Returns a
+/// sample per variant, cell and run.
+fn echo(
+    options: &Options,
+    matrix: &[Variant],
+    safety: &[Variant],
+) -> Result<Vec<Sample>, BoxError> {
     let servers = Servers::start()?;
+    let runtime = |variant: Variant| {
+        if variant.traced() {
+            CellRuntime::traced()
+        } else {
+            CellRuntime::plain()
+        }
+    };
 
     let mut samples = Vec::new();
     for run in 1..=options.runs {
         let mut inflight = HashMap::new();
-        for &variant in &variants {
+        for &variant in matrix.iter().chain(safety) {
             let addr = servers.get(ServerMode::Hold).addr();
-            let bytes = runtime()?.block_on(variant.run(addr, InFlight(IN_FLIGHT)));
+            let bytes = runtime(variant)?.block_on(variant.run(addr, InFlight(IN_FLIGHT)));
             let bytes = bytes
                 .inspect_err(|e| eprintln!("warning: {variant}: in-flight bytes not measured: {e}"))
                 .ok();
@@ -215,40 +317,30 @@ fn bench(options: &Options) -> Result<(), BoxError> {
         // Variants side by side within each cell, so they see the same machine noise.
         for concurrency in CONCURRENCY {
             for payload in PAYLOADS {
-                for &variant in &variants {
+                let extra = if (concurrency, payload) == SAFETY_CELL {
+                    safety
+                } else {
+                    &[]
+                };
+                for &variant in matrix.iter().chain(extra) {
                     let load = Load {
                         concurrency,
                         payload,
-                        warmup: options.warmup,
-                        measure: options.measure,
+                        window: options.window,
                     };
-                    let addr = servers.get(variant.mode().server()).addr();
-                    let outcome = runtime()?
+                    let server = variant.mode().server().expect("an echo variant");
+                    let addr = servers.get(server).addr();
+                    let outcome = runtime(variant)?
                         .block_on(variant.run(addr, load))
                         .map_err(|e| format!("{variant} c={concurrency} p={payload}: {e}"))?;
-                    let sample = Sample::new(variant, load, &outcome, inflight[&variant]);
-                    eprintln!(
-                        "run {run}/{runs}  {variant:<20} c={concurrency:<4} p={payload:<5} \
-                         {rps:>9.0} req/s  p50 {p50:>8.1} us  p99 {p99:>8.1} us",
-                        runs = options.runs,
-                        rps = sample.rps,
-                        p50 = sample.p50_us,
-                        p99 = sample.p99_us,
-                    );
+                    let payload = Payload::Bytes(payload);
+                    let sample =
+                        Sample::new(variant, concurrency, payload, &outcome, inflight[&variant]);
+                    eprintln!("{}", sample.progress(run, options.runs));
                     samples.push(sample);
                 }
             }
         }
     }
-    drop(servers);
-
-    let rows = report::summarize(&samples);
-    if options.json {
-        for row in &rows {
-            println!("{}", report::json(row));
-        }
-    } else {
-        print!("{}", report::table(&rows));
-    }
-    Ok(())
+    Ok(samples)
 }

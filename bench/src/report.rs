@@ -1,10 +1,53 @@
-//! Turns measurements into rows: medians over runs, ratios to the hand-written client,
-//! an aligned table and JSON lines.
+//! Turns measurements into rows: medians over runs, ratios to the baseline (the
+//! hand-written client of the mode, or redis-rs), an aligned table and JSON lines.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
-use crate::load::{Load, Outcome};
+use crate::load::Outcome;
 use crate::variant::Variant;
+
+/// What the requests of a cell carry: the `payload` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub enum Payload {
+    /// An echo frame with this many payload bytes.
+    Bytes(usize),
+    /// Redis `PING`.
+    Ping,
+    /// Redis `SET key value`, with a value of this many bytes.
+    Set(usize),
+}
+
+impl Payload {
+    /// Payload or value bytes per request (0 for `PING`).
+    pub fn bytes(self) -> usize {
+        match self {
+            Payload::Bytes(n) | Payload::Set(n) => n,
+            Payload::Ping => 0,
+        }
+    }
+
+    /// The Redis command, for a Redis cell.
+    pub fn command(self) -> Option<&'static str> {
+        match self {
+            Payload::Bytes(_) => None,
+            Payload::Ping => Some("PING"),
+            Payload::Set(_) => Some("SET"),
+        }
+    }
+}
+
+impl fmt::Display for Payload {
+    /// `16`, `PING`, `SET 16`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Payload::Bytes(n) => n.to_string(),
+            Payload::Ping => "PING".to_string(),
+            Payload::Set(n) => format!("SET {n}"),
+        };
+        f.pad(&text)
+    }
+}
 
 /// The figures of one variant in one cell of one run.
 #[derive(Debug, Clone)]
@@ -13,8 +56,8 @@ pub struct Sample {
     pub variant: Variant,
     /// Caller tasks.
     pub concurrency: usize,
-    /// Payload bytes.
-    pub payload: usize,
+    /// What each request carries.
+    pub payload: Payload,
     /// Replies counted in the measured window.
     pub requests: f64,
     /// Replies per second of the window.
@@ -36,14 +79,21 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The figures of `outcome`, a run of `variant` under `load`.
-    pub fn new(variant: Variant, load: Load, outcome: &Outcome, inflight: Option<f64>) -> Self {
+    /// The figures of `outcome`, a run of `variant` with `concurrency` callers sending
+    /// `payload`.
+    pub fn new(
+        variant: Variant,
+        concurrency: usize,
+        payload: Payload,
+        outcome: &Outcome,
+        inflight: Option<f64>,
+    ) -> Self {
         let requests = outcome.requests.max(1) as f64;
         let delta = &outcome.delta;
         Sample {
             variant,
-            concurrency: load.concurrency,
-            payload: load.payload,
+            concurrency,
+            payload,
             requests: outcome.requests as f64,
             rps: outcome.requests as f64 / delta.elapsed.as_secs_f64(),
             p50_us: outcome.latency.quantile(0.50).as_secs_f64() * 1e6,
@@ -56,7 +106,21 @@ impl Sample {
         }
     }
 
-    fn key(&self) -> (Variant, usize, usize) {
+    /// The progress line printed to stderr once the cell is done.
+    pub fn progress(&self, run: usize, runs: usize) -> String {
+        format!(
+            "run {run}/{runs}  {variant:<21} c={concurrency:<4} p={payload:<6} \
+             {rps:>9.0} req/s  p50 {p50:>8.1} us  p99 {p99:>8.1} us",
+            variant = self.variant,
+            concurrency = self.concurrency,
+            payload = self.payload,
+            rps = self.rps,
+            p50 = self.p50_us,
+            p99 = self.p99_us,
+        )
+    }
+
+    fn key(&self) -> (Variant, usize, Payload) {
         (self.variant, self.concurrency, self.payload)
     }
 }
@@ -68,15 +132,15 @@ pub struct Row {
     pub median: Sample,
     /// How many runs the medians are over.
     pub runs: usize,
-    /// Requests/s relative to the hand-written client of the same mode and cell.
+    /// Requests/s relative to the baseline ([`Variant::baseline`]) in the same cell.
     pub rps_vs_hand: Option<f64>,
-    /// CPU per request relative to the hand-written client of the same mode and cell.
+    /// CPU per request relative to the baseline in the same cell.
     pub cpu_vs_hand: Option<f64>,
 }
 
 /// Groups samples by (variant, concurrency, payload), takes medians and computes the
-/// ratios to the hand-written client (absent if it was filtered out). Rows come out
-/// grouped by mode, then cell, then variant.
+/// ratios to the baseline (the hand-written client of the mode, or redis-rs; absent if it
+/// was filtered out). Rows come out grouped by mode, then cell, then variant.
 pub fn summarize(samples: &[Sample]) -> Vec<Row> {
     let mut groups: Vec<Vec<&Sample>> = Vec::new();
     for sample in samples {
@@ -147,9 +211,11 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// The rows as an aligned table, one blank line between cells.
-pub fn table(rows: &[Row]) -> String {
-    const HEADER: [&str; 15] = [
+/// The rows as an aligned table, one blank line between cells. The ratio columns are
+/// headed `rps/BASELINE` and `cpu/BASELINE`.
+pub fn table(rows: &[Row], baseline: &str) -> String {
+    let (rps_vs, cpu_vs) = (format!("rps/{baseline}"), format!("cpu/{baseline}"));
+    let header: [&str; 15] = [
         "variant",
         "mode",
         "conc",
@@ -163,8 +229,8 @@ pub fn table(rows: &[Row]) -> String {
         "writes/req",
         "reads/req",
         "B/inflight",
-        "rps/hand",
-        "cpu/hand",
+        &rps_vs,
+        &cpu_vs,
     ];
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     let cells: Vec<[String; 15]> = rows
@@ -192,7 +258,7 @@ pub fn table(rows: &[Row]) -> String {
         })
         .collect();
 
-    let mut widths = HEADER.map(str::len);
+    let mut widths = header.map(str::len);
     for line in &cells {
         for (w, cell) in widths.iter_mut().zip(line) {
             *w = (*w).max(cell.len());
@@ -210,7 +276,7 @@ pub fn table(rows: &[Row]) -> String {
         out.truncate(out.trim_end_matches(' ').len());
         out.push('\n');
     };
-    push_line(&HEADER);
+    push_line(&header);
     let mut previous = None;
     for (row, line) in rows.iter().zip(&cells) {
         let cell = (
@@ -227,7 +293,8 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// One row as a JSON object on one line.
+/// One row as a JSON object on one line. `payload` is in bytes (0 for `PING`); Redis
+/// rows add `command`. The ratios are to `baseline`.
 pub fn json(row: &Row) -> String {
     let s = &row.median;
     let num = |x: f64, decimals: usize| {
@@ -238,18 +305,23 @@ pub fn json(row: &Row) -> String {
         }
     };
     let opt = |x: Option<f64>, decimals: usize| x.map_or("null".to_string(), |x| num(x, decimals));
+    let command = s
+        .payload
+        .command()
+        .map_or(String::new(), |c| format!("\"command\":\"{c}\","));
     format!(
         concat!(
-            "{{\"variant\":\"{}\",\"mode\":\"{}\",\"concurrency\":{},\"payload\":{},",
+            "{{\"variant\":\"{}\",\"mode\":\"{}\",\"concurrency\":{},\"payload\":{},{}",
             "\"requests\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},",
             "\"cpu_s_per_million\":{},\"allocs_per_request\":{},\"writes_per_request\":{},",
             "\"reads_per_request\":{},\"inflight_bytes_per_request\":{},",
-            "\"rps_vs_hand\":{},\"cpu_vs_hand\":{},\"runs\":{}}}"
+            "\"baseline\":\"{}\",\"rps_vs_hand\":{},\"cpu_vs_hand\":{},\"runs\":{}}}"
         ),
         s.variant.name(),
         s.variant.mode(),
         s.concurrency,
-        s.payload,
+        s.payload.bytes(),
+        command,
         num(s.requests, 0),
         num(s.rps, 1),
         num(s.p50_us, 2),
@@ -259,6 +331,7 @@ pub fn json(row: &Row) -> String {
         num(s.writes_per_request, 4),
         num(s.reads_per_request, 4),
         opt(s.inflight_bytes, 1),
+        s.variant.baseline().name(),
         opt(row.rps_vs_hand, 4),
         opt(row.cpu_vs_hand, 4),
         row.runs,

@@ -1,4 +1,8 @@
 //! The clients under test, and how each is built over a fresh connection.
+//!
+//! Three groups: the matrix (every echo client at every cell), the "cost of safety" rows
+//! (`channel-order` again at one cell, wrapped as a careful application would wrap it),
+//! and the Redis section (`crate::redis`, against a real `redis-server`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,21 +14,27 @@ use crate::load::{self, Client, Load};
 use crate::server::ServerMode;
 use crate::{hand, tokio_tower};
 
-/// How replies are matched to requests.
+/// How replies are matched to requests, and what answers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     /// In order (pipelining), against the `order` server.
     Order,
     /// By session id (multiplexing), against the `reverse` server.
     Session,
+    /// Redis commands against a real `redis-server` (both clients match in order).
+    #[cfg(feature = "redis")]
+    Redis,
 }
 
 impl Mode {
-    /// The server this mode runs against.
-    pub fn server(self) -> ServerMode {
+    /// The echo server this mode runs against; `None` for Redis, whose server the Redis
+    /// section starts itself.
+    pub fn server(self) -> Option<ServerMode> {
         match self {
-            Mode::Order => ServerMode::Order,
-            Mode::Session => ServerMode::Reverse,
+            Mode::Order => Some(ServerMode::Order),
+            Mode::Session => Some(ServerMode::Reverse),
+            #[cfg(feature = "redis")]
+            Mode::Redis => None,
         }
     }
 
@@ -33,6 +43,8 @@ impl Mode {
         match self {
             Mode::Order => "order",
             Mode::Session => "session",
+            #[cfg(feature = "redis")]
+            Mode::Redis => "redis",
         }
     }
 }
@@ -41,6 +53,17 @@ impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Which part of the run a variant belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Every cell of the matrix, against the echo servers.
+    Matrix,
+    /// Only the [`SAFETY_CELL`](crate::SAFETY_CELL), right after the matrix variants.
+    Safety,
+    /// The Redis section.
+    Redis,
 }
 
 /// One client under test.
@@ -66,6 +89,18 @@ pub enum Variant {
     /// The full reconnecting `Channel` in session mode.
     #[cfg(feature = "engine")]
     ChannelSession,
+    /// `channel-order` behind `tower::timeout::Timeout` (5 s).
+    #[cfg(feature = "engine")]
+    ChannelOrderTimeout,
+    /// `channel-order` with an INFO-level tracing subscriber installed.
+    #[cfg(feature = "engine")]
+    ChannelOrderTracing,
+    /// The full `Channel` in order mode with the RESP2 codec of `examples/common`.
+    #[cfg(feature = "redis")]
+    ChannelRedis,
+    /// redis-rs's `MultiplexedConnection`: the baseline of the Redis section.
+    #[cfg(feature = "redis")]
+    RedisRs,
 }
 
 impl Variant {
@@ -77,12 +112,20 @@ impl Variant {
         Variant::EngineOrder,
         #[cfg(feature = "engine")]
         Variant::ChannelOrder,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrderTimeout,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrderTracing,
         Variant::HandSession,
         Variant::TokioTowerSession,
         #[cfg(feature = "engine")]
         Variant::EngineSession,
         #[cfg(feature = "engine")]
         Variant::ChannelSession,
+        #[cfg(feature = "redis")]
+        Variant::ChannelRedis,
+        #[cfg(feature = "redis")]
+        Variant::RedisRs,
     ];
 
     /// The name printed in the report and matched by `--filter`.
@@ -100,7 +143,36 @@ impl Variant {
             Variant::ChannelOrder => "channel-order",
             #[cfg(feature = "engine")]
             Variant::ChannelSession => "channel-session",
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTimeout => "channel-order+timeout",
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTracing => "channel-order+tracing",
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedis => "channel-redis",
+            #[cfg(feature = "redis")]
+            Variant::RedisRs => "redis-rs",
         }
+    }
+
+    /// The part of the run this variant belongs to.
+    pub fn group(self) -> Group {
+        match self {
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTimeout | Variant::ChannelOrderTracing => Group::Safety,
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedis | Variant::RedisRs => Group::Redis,
+            _ => Group::Matrix,
+        }
+    }
+
+    /// Whether this variant runs with a tracing subscriber installed (see
+    /// [`CellRuntime::traced`](crate::runtime::CellRuntime::traced)).
+    pub fn traced(self) -> bool {
+        #[cfg(feature = "engine")]
+        if self == Variant::ChannelOrderTracing {
+            return true;
+        }
+        false
     }
 
     /// How this variant matches replies.
@@ -109,22 +181,31 @@ impl Variant {
             Variant::HandOrder | Variant::TokioTowerOrder => Mode::Order,
             Variant::HandSession | Variant::TokioTowerSession => Mode::Session,
             #[cfg(feature = "engine")]
-            Variant::EngineOrder | Variant::ChannelOrder => Mode::Order,
+            Variant::EngineOrder
+            | Variant::ChannelOrder
+            | Variant::ChannelOrderTimeout
+            | Variant::ChannelOrderTracing => Mode::Order,
             #[cfg(feature = "engine")]
             Variant::EngineSession | Variant::ChannelSession => Mode::Session,
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedis | Variant::RedisRs => Mode::Redis,
         }
     }
 
-    /// The hand-written client of the same mode, which ratios are taken against.
+    /// The client ratios are taken against: the hand-written client of the same mode, or
+    /// redis-rs for the Redis rows.
     pub fn baseline(self) -> Variant {
         match self.mode() {
             Mode::Order => Variant::HandOrder,
             Mode::Session => Variant::HandSession,
+            #[cfg(feature = "redis")]
+            Mode::Redis => Variant::RedisRs,
         }
     }
 
-    /// Connects to `addr`, builds this variant's client over the connection and runs
-    /// `experiment` with it.
+    /// Connects to the echo server at `addr`, builds this variant's client over the
+    /// connection and runs `experiment` with it. (The Redis variants run in
+    /// `crate::redis` instead.)
     pub async fn run<E: Experiment>(
         self,
         addr: SocketAddr,
@@ -146,6 +227,21 @@ impl Variant {
             Variant::ChannelOrder => experiment.run(crate::engine::channel_order(addr)).await,
             #[cfg(feature = "engine")]
             Variant::ChannelSession => experiment.run(crate::engine::channel_session(addr)).await,
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTimeout => {
+                experiment
+                    .run(crate::engine::channel_order_timeout(addr))
+                    .await
+            }
+            // The subscriber is the runtime's (`CellRuntime::traced`); the client is plain.
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTracing => {
+                experiment.run(crate::engine::channel_order(addr)).await
+            }
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedis | Variant::RedisRs => {
+                Err(format!("{self} is not an echo client: it runs in the Redis section").into())
+            }
         }
     }
 }

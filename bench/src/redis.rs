@@ -1,0 +1,434 @@
+//! The Redis section: this crate's `Channel` (`channel-redis`) against redis-rs's
+//! `MultiplexedConnection` (`redis-rs`), side by side on one real `redis-server`, then
+//! `redis-benchmark` on the same server as the server's own limit.
+//!
+//! The server and the RESP code are the examples' own (`examples/common/process.rs` and
+//! `examples/common/redis.rs`, included below), so the benchmark speaks to Redis through
+//! exactly the codec and `Protocol` the examples and tests use.
+//!
+//! Each client gets one connection, wrapped in the counting adapter
+//! ([`Counted`](crate::measure::Counted)) so its writes and reads are counted like every
+//! other client's, with `TCP_NODELAY`:
+//!
+//! * `channel-redis`: `Channel::builder().host(..)` in order mode with
+//!   `RespCodec::resp2()` and `Redis::commands()`, what `.order(RespCodec::resp2(),
+//!   Redis::commands())` builds, except that the connector is the benchmark's (the
+//!   built-in TCP connector's socket cannot be wrapped). Its buffers are `Framed::new`'s,
+//!   as with the built-in connector.
+//! * `redis-rs`: `MultiplexedConnection::new_with_config` over the socket, with redis-rs's
+//!   default `AsyncConnectionConfig` (among others, a 500 ms response timeout: one timer
+//!   per request), its driver spawned on the cell's runtime.
+//!
+//! Each caller sends one command at a time and checks every reply: `PING` must get
+//! `PONG`, `SET` (the caller's own key, a small value) must get `OK`.
+
+// The examples' shared code, of which the benchmark uses a part.
+#[path = "../../examples/common/process.rs"]
+#[allow(dead_code)]
+mod process;
+#[path = "../../examples/common/redis.rs"]
+#[allow(dead_code)]
+mod resp;
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Cmd, RedisConnectionInfo, Value};
+use socketchannel::{Channel, Endpoint, Order};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tower::BoxError;
+
+use self::process::Server;
+use self::resp::{Frame, Redis, RespCodec};
+use crate::CONCURRENCY;
+use crate::load::{self, Caller, Outcome, Window};
+use crate::measure::Counted;
+use crate::report::{Payload, Sample};
+use crate::runtime::CellRuntime;
+use crate::variant::Variant;
+
+/// The cells of the section, at each concurrency: `PING`, and `SET` with a 16-byte value
+/// (the size of the small echo payload).
+const COMMANDS: [Payload; 2] = [Payload::Ping, Payload::Set(16)];
+
+/// `redis-benchmark`'s requests per test: with 64 commands pipelined, a second or two.
+const LIMIT_REQUESTS: &str = "2000000";
+
+/// How long `redis-benchmark` may take before it is killed.
+const LIMIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the section found.
+#[derive(Debug)]
+pub struct Section {
+    /// A sample per variant, cell and run.
+    pub samples: Vec<Sample>,
+    /// A line naming the server.
+    pub heading: String,
+    /// `redis-benchmark`'s figures, when it is installed and succeeded.
+    pub limit: Option<Limit>,
+}
+
+/// Starts a `redis-server`, runs `variants` at every cell `runs` times, then
+/// `redis-benchmark`. `None` (with a note on stderr) when `redis-server` is not on `PATH`.
+///
+/// # Errors
+///
+/// The server did not come up, or a client failed or got a wrong reply.
+pub fn run(variants: &[Variant], runs: usize, window: Window) -> Result<Option<Section>, BoxError> {
+    let server = match CellRuntime::plain()?.block_on(resp::start_server(&[])) {
+        Ok(server) => server,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            eprintln!("note: Redis section skipped: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("redis-server: {e}").into()),
+    };
+    let addr: SocketAddr = server.addr().parse()?;
+    let version = CellRuntime::plain()?.block_on(version(&server))?;
+    let heading = format!(
+        "Redis: {version} on {addr} (--save \"\" --appendonly no), one connection per client"
+    );
+    eprintln!("{heading}");
+
+    let mut samples = Vec::new();
+    for run in 1..=runs {
+        for concurrency in CONCURRENCY {
+            for command in COMMANDS {
+                for &variant in variants {
+                    let outcome = CellRuntime::plain()?
+                        .block_on(closed_loop(variant, addr, concurrency, command, window))
+                        .map_err(|e| format!("{variant} c={concurrency} {command}: {e}"))?;
+                    let sample = Sample::new(variant, concurrency, command, &outcome, None);
+                    eprintln!("{}", sample.progress(run, runs));
+                    samples.push(sample);
+                }
+            }
+        }
+    }
+
+    let limit = limit(server.port())
+        .inspect_err(|e| eprintln!("note: no redis-benchmark figures: {e}"))
+        .ok();
+    drop(server);
+    Ok(Some(Section {
+        samples,
+        heading,
+        limit,
+    }))
+}
+
+/// `redis_version` from the server's `INFO server`.
+async fn version(server: &Server) -> Result<String, BoxError> {
+    let channel = resp::connect(&server.addr()).await?;
+    let info = channel.request(resp::cmd(["INFO", "server"])).await?;
+    let version = resp::text(&info)
+        .and_then(|info| resp::info_field(&info, "redis_version"))
+        .unwrap_or_else(|| "(unknown version)".to_string());
+    Ok(format!("redis-server {version}"))
+}
+
+/// Runs `concurrency` callers of `variant`, each sending `command` over and over.
+async fn closed_loop(
+    variant: Variant,
+    addr: SocketAddr,
+    concurrency: usize,
+    command: Payload,
+    window: Window,
+) -> Result<Outcome, BoxError> {
+    match variant {
+        Variant::ChannelRedis => {
+            let channel = channel(addr)?;
+            let callers: Vec<_> = (0..concurrency)
+                .map(|caller| ChannelCaller {
+                    channel: channel.clone(),
+                    request: frame(command, caller),
+                    expect: expected(command),
+                })
+                .collect();
+            drop(channel);
+            load::drive(callers, window).await
+        }
+        Variant::RedisRs => {
+            let connection = redis_rs(addr).await?;
+            let callers: Vec<_> = (0..concurrency)
+                .map(|caller| RedisRsCaller {
+                    connection: connection.clone(),
+                    request: packed(command, caller),
+                    command,
+                })
+                .collect();
+            drop(connection);
+            load::drive(callers, window).await
+        }
+        _ => Err(format!("{variant} is not a Redis client").into()),
+    }
+}
+
+/// The key a caller sets: its own, so no two callers write the same key.
+fn key(caller: usize) -> String {
+    format!("socketchannel-bench:{caller}")
+}
+
+/// The value `SET` writes: `size` bytes.
+fn value(size: usize) -> Vec<u8> {
+    vec![b'v'; size]
+}
+
+/// The reply a command must get (a simple string).
+fn expected(command: Payload) -> &'static str {
+    match command {
+        Payload::Ping => "PONG",
+        _ => "OK",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// channel-redis
+
+/// The full channel in order mode over RESP2, on a counted connection.
+fn channel(addr: SocketAddr) -> Result<Channel<Frame, Frame>, BoxError> {
+    let connect = tower::service_fn(|endpoint: Endpoint| async move {
+        let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, io::Error>(Framed::new(Counted::new(stream), RespCodec::resp2()))
+    });
+    let channel = Channel::builder()
+        .host(&addr.to_string())
+        .connector(connect, Order::new(Redis::commands()))?;
+    Ok(channel)
+}
+
+/// The request frame of `command` for `caller`.
+fn frame(command: Payload, caller: usize) -> Frame {
+    match command {
+        Payload::Ping => resp::cmd(["PING"]),
+        _ => resp::cmd([
+            b"SET".to_vec(),
+            key(caller).into_bytes(),
+            value(command.bytes()),
+        ]),
+    }
+}
+
+/// A caller of `channel-redis`. A `Channel` takes its requests by value, so each call
+/// sends a clone of the prebuilt frame: the clone of the frame's `Vec` of arguments (one
+/// allocation; the arguments are `Bytes`) is counted as the client's, as using it costs it.
+struct ChannelCaller {
+    channel: Channel<Frame, Frame>,
+    request: Frame,
+    expect: &'static str,
+}
+
+impl Caller for ChannelCaller {
+    type Reply = Frame;
+
+    async fn request(&mut self) -> Result<Frame, BoxError> {
+        let reply = load::call(&mut self.channel, self.request.clone()).await?;
+        reply.await
+    }
+
+    fn check(&self, reply: &Frame) -> Result<(), BoxError> {
+        match reply {
+            Frame::SimpleString { data, .. } if data == self.expect.as_bytes() => Ok(()),
+            _ => Err(format!("wrong reply: expected {}, got {reply:?}", self.expect).into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// redis-rs
+
+/// redis-rs's multiplexed connection over a counted connection, its driver spawned.
+async fn redis_rs(addr: SocketAddr) -> Result<MultiplexedConnection, BoxError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (connection, driver) = MultiplexedConnection::new_with_config(
+        &RedisConnectionInfo::default(),
+        Counted::new(stream),
+        AsyncConnectionConfig::new(),
+    )
+    .await?;
+    tokio::spawn(driver);
+    Ok(connection)
+}
+
+/// The command for `caller`, as redis-rs builds it.
+fn packed(command: Payload, caller: usize) -> Cmd {
+    match command {
+        Payload::Ping => ::redis::cmd("PING"),
+        _ => {
+            let mut set = ::redis::cmd("SET");
+            set.arg(key(caller)).arg(value(command.bytes()));
+            set
+        }
+    }
+}
+
+/// A caller of `redis-rs`: sends its prebuilt `Cmd` by reference (redis-rs packs it into
+/// a fresh buffer on every call, counted as the client's).
+struct RedisRsCaller {
+    connection: MultiplexedConnection,
+    request: Cmd,
+    command: Payload,
+}
+
+impl Caller for RedisRsCaller {
+    type Reply = Value;
+
+    async fn request(&mut self) -> Result<Value, BoxError> {
+        Ok(self.connection.send_packed_command(&self.request).await?)
+    }
+
+    fn check(&self, reply: &Value) -> Result<(), BoxError> {
+        match (self.command, reply) {
+            (Payload::Ping, Value::SimpleString(pong)) if pong == "PONG" => Ok(()),
+            (Payload::Set(_), Value::Okay) => Ok(()),
+            _ => Err(format!(
+                "wrong reply: expected {}, got {reply:?}",
+                expected(self.command)
+            )
+            .into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// redis-benchmark
+
+/// What `redis-benchmark` measured: the server's limit with 64 commands pipelined.
+#[derive(Debug)]
+pub struct Limit {
+    /// The command line it ran with.
+    command: String,
+    /// Its summary lines (`SET: 3125000.00 requests per second, p50=0.951 msec`).
+    lines: Vec<String>,
+}
+
+/// Runs `redis-benchmark -p PORT -P 64 -t ping,set -q -n 2000000`, killing it after
+/// [`LIMIT_TIMEOUT`].
+fn limit(port: u16) -> Result<Limit, BoxError> {
+    let port = port.to_string();
+    let args = [
+        "-p",
+        &port,
+        "-P",
+        "64",
+        "-t",
+        "ping,set",
+        "-q",
+        "-n",
+        LIMIT_REQUESTS,
+    ];
+    // Its output goes to a file: in quiet mode it rewrites a progress line with `\r`.
+    let log = std::env::temp_dir().join(format!(
+        "socketchannel-bench-redis-benchmark-{}.log",
+        std::process::id()
+    ));
+    let out = File::create(&log)?;
+    let spawned = Command::new("redis-benchmark")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_file(&log);
+            return Err("redis-benchmark is not on PATH".into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = Instant::now() + LIMIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&log);
+            return Err(format!("redis-benchmark took longer than {LIMIT_TIMEOUT:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&log);
+    let _ = std::fs::remove_file(&log);
+    let output = output?;
+    // Each line's final state is what follows its last `\r`.
+    let lines: Vec<String> = output
+        .lines()
+        .filter_map(|line| line.rsplit('\r').next())
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !status.success() {
+        return Err(format!("redis-benchmark failed ({status}): {}", lines.join("; ")).into());
+    }
+    Ok(Limit {
+        command: format!("redis-benchmark {}", args.join(" ")),
+        lines,
+    })
+}
+
+impl Limit {
+    /// One JSON object per summary line, with `variant` `redis-benchmark`, the test name
+    /// as `command`, `rps` and `p50_us`; lines that do not parse are left out.
+    pub fn json(&self) -> String {
+        self.lines
+            .iter()
+            .filter_map(|line| parse_summary(line))
+            .map(|(test, rps, p50_ms)| {
+                format!(
+                    "{{\"variant\":\"redis-benchmark\",\"mode\":\"redis\",\"command\":\"{test}\",\
+                     \"pipeline\":64,\"requests\":{LIMIT_REQUESTS},\"rps\":{rps:.1},\
+                     \"p50_us\":{p50:.2}}}\n",
+                    p50 = p50_ms * 1000.0,
+                )
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Limit {
+    /// The command line, then its summary lines, indented.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "The server's limit: {}", self.command)?;
+        for line in &self.lines {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `TEST: RPS requests per second, p50=MS msec`.
+fn parse_summary(line: &str) -> Option<(&str, f64, f64)> {
+    let (test, rest) = line.split_once(": ")?;
+    let (rps, rest) = rest.split_once(" requests per second, p50=")?;
+    let p50 = rest.strip_suffix(" msec")?;
+    Some((test, rps.parse().ok()?, p50.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_redis_benchmark_summary() {
+        assert_eq!(
+            parse_summary("SET: 3125000.00 requests per second, p50=0.951 msec"),
+            Some(("SET", 3_125_000.0, 0.951))
+        );
+        assert_eq!(
+            parse_summary("PING_INLINE: rps=3293068.0 (overall: 3293068.0)"),
+            None
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! The runtime each experiment runs on: a fresh multi-threaded tokio runtime, so no task
+//! of one client outlives its cell. For `channel-order+tracing`, the runtime also carries
+//! a tracing subscriber, installed on its threads only and gone with it.
+//!
+//! The subscriber is `tracing_subscriber::fmt` at INFO level writing to `std::io::sink`:
+//! the row measures what the crate's instrumentation costs once someone listens (level
+//! checks, spans and events that pass them, formatting), not terminal output. It is set as
+//! the thread default (`tracing::dispatcher::set_default`) on every thread of the runtime
+//! and on the thread blocked in `block_on`, rather than as the global default, so it
+//! does not outlive its cell: the rows after it (and the next run's rows) run as they
+//! would with no subscriber. When the runtime is dropped, tracing's global level filter
+//! and the callsites' cached interest are put back to "nobody listens".
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+
+use tracing::dispatcher::{self, DefaultGuard, Dispatch};
+use tracing::level_filters::LevelFilter;
+
+thread_local! {
+    /// This thread's hold on the subscriber, while a traced runtime runs on it.
+    static SUBSCRIBED: RefCell<Option<DefaultGuard>> = const { RefCell::new(None) };
+}
+
+/// A runtime for one experiment; see the module documentation.
+#[derive(Debug)]
+pub struct CellRuntime {
+    /// `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The subscriber, for a traced runtime.
+    subscriber: Option<Dispatch>,
+}
+
+impl CellRuntime {
+    /// A plain runtime: no subscriber.
+    pub fn plain() -> io::Result<Self> {
+        Ok(CellRuntime {
+            runtime: Some(builder().build()?),
+            subscriber: None,
+        })
+    }
+
+    /// A runtime whose threads all have an INFO-level `fmt` subscriber writing to
+    /// `std::io::sink` as their default.
+    pub fn traced() -> io::Result<Self> {
+        let subscriber = Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(LevelFilter::INFO)
+                .with_writer(io::sink)
+                .finish(),
+        );
+        // Only the runtime holds the subscriber strongly; the threads take a strong
+        // reference for as long as they run (the guard), so dropping the runtime drops it.
+        let weak = subscriber.downgrade();
+        let runtime = builder()
+            .on_thread_start(move || {
+                if let Some(subscriber) = weak.upgrade() {
+                    let guard = dispatcher::set_default(&subscriber);
+                    SUBSCRIBED.set(Some(guard));
+                }
+            })
+            .on_thread_stop(|| SUBSCRIBED.set(None))
+            .build()?;
+        Ok(CellRuntime {
+            runtime: Some(runtime),
+            subscriber: Some(subscriber),
+        })
+    }
+
+    /// Runs `future` to completion on this runtime (with the subscriber, if any, on the
+    /// calling thread too).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _subscribed = self.subscriber.as_ref().map(dispatcher::set_default);
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until the CellRuntime is dropped")
+            .block_on(future)
+    }
+}
+
+impl Drop for CellRuntime {
+    fn drop(&mut self) {
+        // Shuts the runtime down and joins its threads; each drops its guard on the way
+        // out (`on_thread_stop`).
+        drop(self.runtime.take());
+        if let Some(subscriber) = self.subscriber.take() {
+            let weak = subscriber.downgrade();
+            drop(subscriber);
+            if weak.upgrade().is_some() {
+                eprintln!("warning: the tracing subscriber outlived its runtime");
+            }
+            forget_subscribers();
+        }
+    }
+}
+
+/// Puts tracing back as if no subscriber had ever been set: the global level filter at
+/// OFF, so every `debug!` and `info!` fails its first check again, and every callsite's
+/// cached interest at "never".
+///
+/// `tracing::callsite::rebuild_interest_cache` alone would leave the filter at TRACE: with
+/// the subscriber gone, it asks tracing's `NoSubscriber`, which gives no level hint. So
+/// a subscriber that enables nothing is registered (which rebuilds the filter and the
+/// interests from it) and dropped.
+fn forget_subscribers() {
+    drop(Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_max_level(LevelFilter::OFF)
+            .finish(),
+    ));
+    if LevelFilter::current() != LevelFilter::OFF {
+        eprintln!(
+            "warning: tracing's level filter is {} after the traced cell, not OFF",
+            LevelFilter::current()
+        );
+    }
+}
+
+fn builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    builder
+}
