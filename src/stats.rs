@@ -57,8 +57,14 @@ impl Stats {
         reconnects
     );
 
-    pub(crate) fn set_in_flight(&self, n: usize) {
-        self.in_flight.store(n as u64, Relaxed);
+    /// Each connection reports the change of its own count, so the gauge is the sum
+    /// over a connection and those draining beside it.
+    pub(crate) fn in_flight_changed(&self, from: usize, to: usize) {
+        if to > from {
+            self.in_flight.fetch_add((to - from) as u64, Relaxed);
+        } else if from > to {
+            self.in_flight.fetch_sub((from - to) as u64, Relaxed);
+        }
     }
 
     pub(crate) fn in_flight(&self) -> u64 {

@@ -63,8 +63,9 @@ pub struct Channel<Req, Resp> {
 #[must_use = "the channel does nothing unless its connection task runs"]
 pub struct Connection {
     task: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// Marks the channel closed if the task panics (in a user's codec, say).
-    on_panic: Box<dyn Fn() + Send>,
+    /// Marks the channel closed: when the task panics (in a user's codec, say), and when
+    /// it is dropped (ended, or aborted).
+    on_end: Box<dyn Fn() + Send>,
 }
 
 impl Connection {
@@ -74,7 +75,7 @@ impl Connection {
     ) -> Self {
         Connection {
             task: Box::pin(task),
-            on_panic: Box::new(move || {
+            on_end: Box::new(move || {
                 shared.set_closed();
                 shared.set_state(State::Closed);
             }),
@@ -97,10 +98,16 @@ impl Future for Connection {
                     panic = %crate::panic::message(&*panic),
                     "connection task panicked; channel closed"
                 );
-                (self.on_panic)();
+                (self.on_end)();
                 Poll::Ready(())
             }
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        (self.on_end)();
     }
 }
 

@@ -23,6 +23,7 @@ use super::matcher::{Entry, Matcher, Route, millis_since};
 use crate::config::Config;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
 use crate::shared::Shared;
+use crate::stats::Stats;
 
 /// Poll iterations before the connection task yields to the scheduler.
 const BUDGET: usize = 16;
@@ -62,6 +63,8 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
     epoch: Instant,
+    /// The waiting calls this connection last counted into `Counters::in_flight`.
+    reported: usize,
 }
 
 /// The rest of a multi-part request: nothing else is written until it is.
@@ -69,6 +72,15 @@ struct Writing<Req, Resp> {
     rest: std::vec::IntoIter<Req>,
     /// A fire-and-forget waiter, resolved once the last part is handed over.
     done: Option<Waiter<Resp>>,
+}
+
+impl<Req, Resp> Drop for Writing<Req, Resp> {
+    /// Dropped before its last part was handed over (the task is gone): part of it was.
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.fail(Error::new(Kind::Closed).written(true));
+        }
+    }
 }
 
 impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
@@ -81,6 +93,7 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             timer: None,
             armed: false,
             epoch: Instant::now(),
+            reported: 0,
         }
     }
 }
@@ -208,7 +221,7 @@ where
             }
             // Any frame read may free a slot or an id: then go round again to write.
             let read = self.poll_read(cx, conn, now_ms)?;
-            self.shared.stats.set_in_flight(conn.matcher.pending());
+            conn.report_in_flight(&self.shared.stats);
             conn.poll_stall(cx, self.stall)?;
 
             let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
@@ -247,15 +260,13 @@ where
                 Poll::Pending => break,
             };
             n += 1;
+            self.shared.stats.received(1);
             match conn.matcher.route(frame, now_ms) {
                 Route::Delivered => {}
                 Route::Push(frame) => self.push(frame),
                 Route::Unknown => self.shared.stats.unknown(1),
                 Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
             }
-        }
-        if n > 0 {
-            self.shared.stats.received(n as u64);
         }
         Ok(n > 0)
     }
@@ -300,7 +311,7 @@ where
                 match writing.rest.next() {
                     Some(part) => conn.start_send(part)?,
                     None => {
-                        if let Some(done) = conn.writing.take().and_then(|w| w.done) {
+                        if let Some(done) = conn.writing.take().and_then(|mut w| w.done.take()) {
                             done.written();
                         }
                     }
@@ -482,18 +493,25 @@ where
         Ok(())
     }
 
+    fn report_in_flight(&mut self, stats: &Stats) {
+        let now = self.matcher.pending();
+        stats.in_flight_changed(self.reported, now);
+        self.reported = now;
+    }
+
     /// Fails every call written on this connection, which has ended, as *may have
     /// executed* (reads without a request as *not sent*).
-    pub(crate) fn fail(self, kind: Kind, cause: &Cause) {
+    pub(crate) fn fail(mut self, kind: Kind, cause: &Cause, stats: &Stats) {
         let failed = |read_only: bool| {
             Error::new(kind)
                 .written(!read_only)
                 .with_cause(cause.clone())
         };
-        if let Some(done) = self.writing.and_then(|w| w.done) {
+        if let Some(done) = self.writing.take().and_then(|mut w| w.done.take()) {
             done.fail(failed(false));
         }
-        let mut matcher = self.matcher;
-        matcher.drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
+        self.matcher
+            .drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
+        self.report_in_flight(stats);
     }
 }

@@ -60,6 +60,14 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
 }
 
+/// The fate of calls still waiting when their matcher is dropped without being drained
+/// (the connection task panicked or was aborted): they were written, so they may have
+/// executed.
+pub(crate) fn abandoned<Resp>(entry: Entry<Resp>) {
+    let err = Error::new(crate::error::Kind::Closed).written(!entry.read_only);
+    entry.waiter.fail(err);
+}
+
 /// Milliseconds since `epoch`, saturating.
 pub(crate) fn millis_since(epoch: Instant, now: Instant) -> u32 {
     u32::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u32::MAX)

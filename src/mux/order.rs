@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::call::Frames;
-use super::matcher::{Entry, Matcher, Route};
+use super::matcher::{Entry, Matcher, Route, abandoned};
 use crate::error::{Error, Kind};
 use crate::protocol::Protocol;
 
@@ -43,6 +43,12 @@ impl<P, Resp> OrderMatcher<P, Resp> {
             max_in_flight,
             head_since: 0,
         }
+    }
+}
+
+impl<P, Resp> Drop for OrderMatcher<P, Resp> {
+    fn drop(&mut self) {
+        self.queue.drain(..).for_each(abandoned);
     }
 }
 

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use tracing::warn;
 
 use super::call::Frames;
-use super::matcher::{Entry, Matcher, Route};
+use super::matcher::{Entry, Matcher, Route, abandoned};
 use crate::error::{Error, Kind};
 use crate::protocol::{SessionId, Sessions};
 
@@ -116,6 +116,13 @@ impl<S, Resp> SessionMatcher<S, Resp> {
             }
         }
         None
+    }
+}
+
+impl<S, Resp> Drop for SessionMatcher<S, Resp> {
+    fn drop(&mut self) {
+        self.live.drain().for_each(|(_, e)| abandoned(e));
+        self.reads.drain(..).for_each(abandoned);
     }
 }
 

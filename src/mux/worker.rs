@@ -61,9 +61,8 @@ where
         self.engine.shared.set_closed();
         let cause: Cause = Arc::new(why);
         if let Some(conn) = self.conn.take() {
-            conn.fail(kind, &cause);
+            conn.fail(kind, &cause, &self.engine.shared.stats);
         }
-        self.engine.shared.stats.set_in_flight(0);
         self.engine.fail_queued(kind, Some(&cause));
         self.engine.shared.set_state(State::Closed);
     }

@@ -35,6 +35,7 @@ use crate::channel::Channel;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::mux::{Conn, Engine, Envelope, Frames, Lane, Mode, Waiter};
 use crate::shared::{Control, State};
+use crate::stats::Stats;
 
 /// What to do when a connect pass fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,6 +163,9 @@ where
     connected_before: bool,
     /// `connect()` callers waiting for the current pass.
     connect_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// The current host accepted and then died without a reply: the next pass tries it
+    /// last, so a crash-looping host does not shut out its backups.
+    demote_current: bool,
 }
 
 // No field is pinned structurally: futures and timers are boxed, transports `Unpin`.
@@ -205,6 +209,7 @@ where
             shutdown: None,
             connected_before: false,
             connect_waiters: Vec::new(),
+            demote_current: false,
         };
         this.engine.shared.set_state(State::Idle);
         if this.opts.eager {
@@ -218,8 +223,12 @@ where
     }
 
     fn start_pass(&mut self) -> Phase<T, M::Matcher, Req, Resp> {
+        let mut hosts = self.hosts.pass();
+        if std::mem::take(&mut self.demote_current) {
+            hosts.rotate_left(1);
+        }
         let pass = Pass {
-            hosts: self.hosts.pass(),
+            hosts,
             next: 0,
             failures: Vec::new(),
             redirects: 0,
@@ -381,12 +390,13 @@ where
     ) -> Phase<T, M::Matcher, Req, Resp> {
         warn!(error = %why, "connection lost");
         let cause: Cause = Arc::new(why);
-        conn.fail(Kind::Connection, &cause);
-        self.engine.shared.stats.set_in_flight(0);
+        conn.fail(Kind::Connection, &cause, &self.engine.shared.stats);
         let answered = self.engine.shared.stats.snapshot().received > received_before;
         if !answered {
-            // A host that accepts and then dies without a word would make a hot loop.
+            // A host that accepts and then dies without a word would make a hot loop:
+            // back off, and try the backups first next time.
             self.last_error = Some(cause);
+            self.demote_current = true;
             return self.back_off(false);
         }
         self.failures = 0;
@@ -409,15 +419,14 @@ where
         self.engine.shared.set_closed();
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Ready { conn, .. } | Phase::Handshaking { conn, .. } => {
-                conn.fail(Kind::Closed, &cause);
+                conn.fail(Kind::Closed, &cause, &self.engine.shared.stats);
             }
             _ => {}
         }
         for d in self.draining.drain(..) {
-            d.conn.fail(Kind::Closed, &cause);
+            d.conn.fail(Kind::Closed, &cause, &self.engine.shared.stats);
         }
         self.engine.fail_queued_now(Kind::Closed, Some(&cause));
-        self.engine.shared.stats.set_in_flight(0);
         self.tell_waiters(|| Error::new(Kind::Closed));
         self.shutdown = None;
         self.set_state(State::Closed);
@@ -489,7 +498,7 @@ where
                     let d = self.draining.swap_remove(i);
                     if let Some(why) = why {
                         let cause: Cause = Arc::new(why);
-                        d.conn.fail(Kind::Connection, &cause);
+                        d.conn.fail(Kind::Connection, &cause, &self.engine.shared.stats);
                     }
                 }
             }
@@ -571,14 +580,14 @@ where
                             ConnectionError::new(ConnectionErrorKind::Eof, None)
                         });
                         let cause: Cause = Arc::new(why);
-                        conn.fail(Kind::Connection, &cause);
+                        conn.fail(Kind::Connection, &cause, &self.engine.shared.stats);
                         return Ok(self.host_failed(pass, endpoint, cause.to_string().into()));
                     }
                     if timer
                         .as_mut()
                         .is_some_and(|t| t.as_mut().poll(cx).is_ready())
                     {
-                        abandon(conn);
+                        abandon(conn, &self.engine.shared.stats);
                         let err = HostError::Timeout("handshake").into();
                         return Ok(self.host_failed(pass, endpoint, err));
                     }
@@ -603,7 +612,7 @@ where
                     }
                     Poll::Ready(Ok(Handshake::Redirect(to))) => {
                         info!(from = %endpoint, %to, "handshake redirects");
-                        abandon(conn);
+                        abandon(conn, &self.engine.shared.stats);
                         if pass.redirects >= MAX_REDIRECTS {
                             return Ok(self.host_failed(
                                 pass,
@@ -619,7 +628,7 @@ where
                         Ok(self.next_host(pass))
                     }
                     Poll::Ready(Err(err)) => {
-                        abandon(conn);
+                        abandon(conn, &self.engine.shared.stats);
                         Ok(self.host_failed(pass, endpoint, HostError::Handshake(err).into()))
                     }
                     Poll::Pending => unreachable!("handled above"),
@@ -679,14 +688,14 @@ where
 
 /// Drops a connection whose handshake did not make it ready; what the handshake had in
 /// flight on it fails.
-fn abandon<T, Mt, Req, Resp>(conn: Conn<T, Mt, Req, Resp>)
+fn abandon<T, Mt, Req, Resp>(conn: Conn<T, Mt, Req, Resp>, stats: &Stats)
 where
     Mt: crate::mux::Matcher<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,
 {
     let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
-    conn.fail(Kind::Connection, &cause);
+    conn.fail(Kind::Connection, &cause, stats);
 }
 
 impl<K, M, T, Req, Resp, WE, RE> Future for Reconnect<K, M, T, Req, Resp>
