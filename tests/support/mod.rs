@@ -1,5 +1,6 @@
 //! Shared by the integration test suites: the test protocol ([`codec`]), an in-process
-//! TCP test server ([`server`]) and small helpers that keep every test bounded in time.
+//! TCP test server ([`server`]), a fault-injecting TCP proxy ([`proxy`]) and small
+//! helpers that keep every test bounded in time.
 //!
 //! Each suite includes it with `mod support;`; a suite uses only part of it, hence the
 //! `dead_code` allowance.
@@ -7,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod codec;
+pub mod proxy;
 pub mod server;
 
 use std::future::{Future, IntoFuture};
