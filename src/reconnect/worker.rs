@@ -498,7 +498,8 @@ where
                     let d = self.draining.swap_remove(i);
                     if let Some(why) = why {
                         let cause: Cause = Arc::new(why);
-                        d.conn.fail(Kind::Connection, &cause, &self.engine.shared.stats);
+                        d.conn
+                            .fail(Kind::Connection, &cause, &self.engine.shared.stats);
                     }
                 }
             }
