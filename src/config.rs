@@ -5,6 +5,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Durations beyond this count as "never" (about 30 years, as tokio's own far future):
+/// `Instant + Duration::MAX` would overflow.
+pub(crate) const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + d`, where a huge `d` means "never" instead of an overflow.
+pub(crate) fn deadline(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now + d.min(NEVER)
+}
+
 /// Limits and timers of a channel's engine. The defaults suit most protocols.
 ///
 /// ```

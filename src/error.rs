@@ -55,8 +55,8 @@ pub enum Kind {
     Server,
     /// The caller-supplied session id is already waiting for a reply.
     IdInUse,
-    /// The call asks for something this channel's mode does not do (a caller-supplied id
-    /// in order mode).
+    /// The call asks for something the channel cannot do: a caller-supplied id in order
+    /// mode or beyond the protocol's id type, a multi-part call with no parts.
     Unsupported,
     /// `Service::call` without a successful `poll_ready`, while the intake was full.
     Overloaded,
@@ -183,7 +183,7 @@ impl fmt::Display for Error {
             Kind::Closed => "channel closed",
             Kind::Server => "server replied with an error",
             Kind::IdInUse => "session id already in use",
-            Kind::Unsupported => "not supported in this mode",
+            Kind::Unsupported => "call not supported by this channel",
             Kind::Overloaded => "intake full (call without poll_ready)",
         };
         let sent = if self.inner.written {

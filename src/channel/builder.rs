@@ -185,22 +185,35 @@ where
         Fut: Future<Output = Result<Handshake, BoxError>> + Send + 'static,
     {
         self.opts.handshake = Some(Arc::new(move |channel, endpoint| {
-            // A handshake that panics fails its host like one that returns an error.
-            let hook = CatchPanic::new(hook(channel, endpoint));
+            // A handshake that panics, making its future or running it, fails its host
+            // like one that returns an error.
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                CatchPanic::new(hook(channel, endpoint))
+            }));
             Box::pin(async move {
-                hook.await
-                    .unwrap_or_else(|panic| Err(format!("handshake panicked: {panic}").into()))
+                match made {
+                    Ok(hook) => hook
+                        .await
+                        .unwrap_or_else(|panic| Err(format!("handshake panicked: {panic}").into())),
+                    Err(panic) => Err(format!(
+                        "handshake panicked: {}",
+                        crate::panic::message(&*panic)
+                    )
+                    .into()),
+                }
             })
         }));
         self
     }
 
-    /// Sends `ping()` when the connection has been idle for `every`, so a dead peer is
-    /// found (by the stall timeout, or the write failing) before a user call is.
+    /// Sends `ping()` when the connection has been idle for `every` (at least 1 ms), so
+    /// a dead peer is found (by the stall timeout, or the write failing) before a user
+    /// call is.
     pub fn idle_ping<F>(mut self, every: Duration, ping: F) -> Self
     where
         F: Fn() -> Req + Send + Sync + 'static,
     {
+        let every = every.max(Duration::from_millis(1));
         self.opts.idle_ping = Some((every, Arc::new(ping)));
         self
     }

@@ -299,7 +299,7 @@ where
     /// Resolves once the connection is closed.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shared.set_closed();
-        let at = tokio::time::Instant::now() + deadline;
+        let at = crate::config::deadline(tokio::time::Instant::now(), deadline);
         let _ = self.shared.control.send(Control::Shutdown(at));
         let mut state = self.state();
         let _ = state.wait_for(|s| *s == State::Closed).await;

@@ -20,7 +20,7 @@ use tracing::{debug, trace};
 
 use super::call::{Envelope, Frames, Waiter};
 use super::matcher::{Entry, Matcher, Route, millis_since};
-use crate::config::Config;
+use crate::config::{Config, deadline};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -418,6 +418,15 @@ where
             exempt,
             weight: _,
         } = call;
+        if matches!(&frames, Frames::Many(parts) if parts.is_empty()) {
+            // Nothing to write: in order mode it would take the next caller's reply.
+            let mut err = Error::new(Kind::Unsupported);
+            if let Some(req) = frames.into_any() {
+                err = err.with_request(req);
+            }
+            waiter.fail(err);
+            return Ok(false);
+        }
         let done = if waiter.wants_reply() {
             let entry = Entry {
                 waiter,
@@ -475,7 +484,7 @@ where
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         if !self.armed {
-            timer.as_mut().reset(Instant::now() + stall);
+            timer.as_mut().reset(deadline(Instant::now(), stall));
             self.armed = true;
         }
         while timer.as_mut().poll(cx).is_ready() {
@@ -483,7 +492,7 @@ where
                 self.armed = false;
                 return Ok(());
             };
-            let deadline = self.epoch + Duration::from_millis(since.into()) + stall;
+            let deadline = deadline(self.epoch + Duration::from_millis(since.into()), stall);
             if deadline <= Instant::now() {
                 debug!(?stall, "stall timeout: the oldest request went unanswered");
                 return Err(ConnectionError::new(Why::Stalled, None));

@@ -65,8 +65,9 @@ impl<S> Session<S> {
     where
         S: Sessions<Req, Resp> + Clone,
     {
+        // A range beyond what the protocol's id type holds is cut down to it.
         let (lo, hi) = self.ids.unwrap_or((1, S::Id::MAX));
-        let hi = hi.min(S::Id::MAX);
+        let (lo, hi) = (lo.min(S::Id::MAX), hi.min(S::Id::MAX));
         SessionMatcher {
             sessions: self.sessions.clone(),
             live: HashMap::default(),
@@ -147,7 +148,10 @@ where
             return Ok(());
         }
         let id = match id {
-            Some(id) if id > S::Id::MAX || self.live.contains_key(&id) => {
+            Some(id) if id > S::Id::MAX => {
+                return Err((Error::new(Kind::Unsupported), entry));
+            }
+            Some(id) if self.live.contains_key(&id) => {
                 return Err((Error::new(Kind::IdInUse), entry));
             }
             Some(id) => id,

@@ -667,7 +667,9 @@ where
     /// Sends the idle ping when nothing was sent or received for a whole period.
     fn poll_ping(&mut self, cx: &mut Context<'_>, ping: &mut Ping<Resp>) {
         while ping.timer.as_mut().poll(cx).is_ready() {
-            ping.timer.as_mut().reset(Instant::now() + ping.every);
+            ping.timer
+                .as_mut()
+                .reset(crate::config::deadline(Instant::now(), ping.every));
             let stats = self.engine.shared.stats.snapshot();
             let seen = (stats.sent, stats.received);
             let answered = ping.waiting.as_mut().is_none_or(|rx| {
