@@ -1,0 +1,9 @@
+//! The engine in order mode fed arbitrary server bytes (see `engine.rs`).
+
+#![no_main]
+
+#[path = "../../tests/support/codec.rs"]
+mod codec;
+mod engine;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::run(data, engine::Mode::Order));
