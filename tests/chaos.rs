@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use support::codec::{Msg, MsgCodec, TestProto};
+use support::loopback::spawn_accept_loop;
 use support::proxy::{Accept, Dir, Fault, Proxy, Rng};
 use support::{eventually, timeout};
 
@@ -166,20 +167,10 @@ impl Counting {
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Counts::default());
         let counts = shared.clone();
-        let task = tokio::spawn(async move {
-            // Dropped with the task: aborts every connection.
-            let mut conns = tokio::task::JoinSet::new();
-            for _ in 0..1_000_000 {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        counts.open.fetch_add(1, Ordering::SeqCst);
-                        let guard = OpenGuard(counts.clone());
-                        conns.spawn(serve(stream, counts.clone(), guard));
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
+        let task = spawn_accept_loop(listener, 1_000_000, move |stream| {
+            counts.open.fetch_add(1, Ordering::SeqCst);
+            let guard = OpenGuard(counts.clone());
+            serve(stream, counts.clone(), guard)
         });
         Counting { addr, shared, task }
     }

@@ -3,59 +3,31 @@
 //! *may have executed*), `concurrency_limit` and `buffer`, and behind a
 //! `tower::balance::p2c::Balance` over two channels.
 //!
-//! Every test uses an in-memory connector (a `tower::service_fn` opening a duplex pipe
-//! to a scripted server) under paused time.
+//! Every test uses an in-memory connector (`support::memory`: a `tower::service_fn`
+//! opening a duplex pipe to a scripted server) under paused time.
 
-#[path = "support/codec.rs"]
-mod codec;
+mod support;
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::io;
+use std::collections::HashSet;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use codec::{Msg, MsgCodec, TestProto};
 use futures::{SinkExt, StreamExt};
-use socketchannel::{
-    Backoff, BoxError, Builder, Channel, Endpoint, Error, Kind, Order, Policy, Session, State,
-};
-use tokio::io::DuplexStream;
-use tokio::sync::{mpsc, watch};
+use socketchannel::{Backoff, BoxError, Channel, Endpoint, Error, Kind, Policy, State};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::Load;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-type Ch = Channel<Msg, Msg>;
-type Io = Framed<DuplexStream, MsgCodec>;
-
-/// Which matcher a test runs with.
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    Order,
-    Session,
-}
-
-/// Runs `f`, failing the test if it takes longer than `secs` (of the runtime's clock).
-async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
-}
-
-fn msg(body: &str) -> Msg {
-    Msg::new(body.to_string())
-}
-
-/// The channel error behind a tower error, if it is one.
-fn channel_error(err: &BoxError) -> Option<&Error> {
-    err.downcast_ref::<Error>()
-}
+use support::channel::{Ch, Mode, channel_error, msg};
+use support::codec::Msg;
+use support::memory::{self, Io};
+use support::within;
 
 // ---------------------------------------------------------------------------------------
 // The in-memory network and its servers
@@ -74,20 +46,17 @@ enum Serve {
     ReadThenClose,
 }
 
-/// An in-memory network: each connect opens a duplex pipe and runs a server on its far
-/// end. An endpoint can be down (connects refused) and killed (its open connections
-/// dropped). The servers record what they executed.
+/// The in-memory network ([`memory::Net`]) with its scripted servers, which record what
+/// they executed. Every connect sleeps its delay, even a zero one.
 #[derive(Clone)]
-struct Net(Arc<NetInner>);
+struct Net {
+    net: memory::Net,
+    servers: Arc<Servers>,
+}
 
-struct NetInner {
+struct Servers {
     serve: Serve,
     delay: Duration,
-    /// How long each connect takes.
-    connect_delay: Mutex<Duration>,
-    connects: AtomicUsize,
-    down: Mutex<HashSet<String>>,
-    kills: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Requests executed, per endpoint, by body.
     executed: Mutex<Vec<(String, String)>>,
     /// Requests being executed now, and the most seen at once.
@@ -97,123 +66,61 @@ struct NetInner {
 
 impl Net {
     fn new(serve: Serve, delay: Duration) -> Net {
-        Net(Arc::new(NetInner {
+        let servers = Arc::new(Servers {
             serve,
             delay,
-            connect_delay: Mutex::new(Duration::ZERO),
-            connects: AtomicUsize::new(0),
-            down: Mutex::new(HashSet::new()),
-            kills: Mutex::new(HashMap::new()),
             executed: Mutex::new(Vec::new()),
             busy: AtomicUsize::new(0),
             max_busy: AtomicUsize::new(0),
-        }))
-    }
-
-    fn connects(&self) -> usize {
-        self.0.connects.load(Ordering::SeqCst)
-    }
-
-    fn connect_delay(&self, d: Duration) {
-        *self.0.connect_delay.lock().unwrap() = d;
-    }
-
-    fn down(&self, endpoint: &str, down: bool) {
-        let mut set = self.0.down.lock().unwrap();
-        if down {
-            set.insert(endpoint.to_string());
-        } else {
-            set.remove(endpoint);
-        }
-    }
-
-    /// The endpoint goes down and every connection to it is dropped.
-    fn kill(&self, endpoint: &str) {
-        self.down(endpoint, true);
-        if let Some(kill) = self.0.kills.lock().unwrap().get(endpoint) {
-            kill.send_modify(|g| *g += 1);
-        }
+        });
+        let serving = servers.clone();
+        let net = memory::Net::new(move |endpoint: Endpoint, io| {
+            serving.clone().serve(endpoint.to_string(), io)
+        });
+        net.delay(Duration::ZERO);
+        Net { net, servers }
     }
 
     fn executed(&self) -> Vec<(String, String)> {
-        self.0.executed.lock().unwrap().clone()
+        self.servers.executed.lock().unwrap().clone()
     }
 
     fn max_busy(&self) -> usize {
-        self.0.max_busy.load(Ordering::SeqCst)
+        self.servers.max_busy.load(Ordering::SeqCst)
     }
+}
 
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Io> {
-        let key = endpoint.to_string();
-        self.0.connects.fetch_add(1, Ordering::SeqCst);
-        let delay = *self.0.connect_delay.lock().unwrap();
-        tokio::time::sleep(delay).await;
-        if self.0.down.lock().unwrap().contains(&key) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("{key} refused"),
-            ));
-        }
-        let mut killed = self
-            .0
-            .kills
-            .lock()
-            .unwrap()
-            .entry(key.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let io = Framed::new(server, MsgCodec::default());
-        let net = self.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = net.serve(key, io) => {}
-                // Dropping the server's end: the client reads end of stream.
-                _ = killed.changed() => {}
-            }
-        });
-        Ok(Framed::new(client, MsgCodec::default()))
+impl Deref for Net {
+    type Target = memory::Net;
+
+    fn deref(&self) -> &memory::Net {
+        &self.net
     }
+}
 
-    fn connector(
-        &self,
-    ) -> impl Service<Endpoint, Response = Io, Error = io::Error, Future: Send> + Clone + Send + 'static
-    {
-        let net = self.clone();
-        tower::service_fn(move |endpoint: Endpoint| net.clone().connect(endpoint))
-    }
-
-    fn channel(&self, mode: Mode, builder: Builder<Msg, Msg>) -> Ch {
-        match mode {
-            Mode::Order => builder.connector(self.connector(), Order::new(TestProto)),
-            Mode::Session => builder.connector(self.connector(), Session::new(TestProto)),
-        }
-        .expect("valid hosts")
-    }
-
+impl Servers {
     /// Executes one request: records it, waits its delay, and makes the reply.
     async fn execute(&self, endpoint: &str, req: Msg) -> Msg {
         let text = req.text().to_string();
-        self.0
-            .executed
+        self.executed
             .lock()
             .unwrap()
             .push((endpoint.to_string(), text.clone()));
-        let busy = self.0.busy.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0.max_busy.fetch_max(busy, Ordering::SeqCst);
+        let busy = self.busy.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_busy.fetch_max(busy, Ordering::SeqCst);
         let delay = if text.starts_with("slow") {
             Duration::from_millis(1500)
         } else {
-            self.0.delay
+            self.delay
         };
         tokio::time::sleep(delay).await;
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        self.busy.fetch_sub(1, Ordering::SeqCst);
         Msg::with_id(req.id, format!("{endpoint}|{text}"))
     }
 
-    async fn serve(self, endpoint: String, io: Io) {
+    async fn serve(self: Arc<Self>, endpoint: String, io: Io) {
         let (mut tx, mut rx) = io.split();
-        match self.0.serve {
+        match self.serve {
             Serve::InOrder => {
                 while let Some(Ok(req)) = rx.next().await {
                     let reply = self.execute(&endpoint, req).await;
@@ -233,11 +140,11 @@ impl Net {
                 };
                 let reader = async move {
                     while let Some(Ok(req)) = rx.next().await {
-                        let net = self.clone();
+                        let servers = self.clone();
                         let endpoint = endpoint.clone();
                         let replies = replies.clone();
                         tokio::spawn(async move {
-                            let reply = net.execute(&endpoint, req).await;
+                            let reply = servers.execute(&endpoint, req).await;
                             let _ = replies.send(reply);
                         });
                     }
@@ -249,8 +156,7 @@ impl Net {
             }
             Serve::ReadThenClose => {
                 if let Some(Ok(req)) = rx.next().await {
-                    self.0
-                        .executed
+                    self.executed
                         .lock()
                         .unwrap()
                         .push((endpoint.clone(), req.text().to_string()));
@@ -333,7 +239,7 @@ fn poll_ready_now(ch: &mut Ch) -> std::task::Poll<Result<(), BoxError>> {
 #[tokio::test(start_paused = true)]
 async fn poll_ready_is_pending_while_a_connect_pass_runs() {
     let net = Net::new(Serve::Concurrent, Duration::ZERO);
-    net.connect_delay(Duration::from_secs(1));
+    net.delay(Duration::from_secs(1));
     let ch = net.channel(Mode::Session, Channel::builder().host("a:1"));
     let first = {
         let ch = ch.clone();
@@ -519,7 +425,7 @@ async fn concurrency_limit_bounds_requests_at_the_server() {
     let calls: Vec<_> = (0..20)
         .map(|i| {
             let svc = svc.clone();
-            tokio::spawn(async move { svc.oneshot(msg(&format!("m{i}"))).await })
+            tokio::spawn(async move { svc.oneshot(msg(format!("m{i}"))).await })
         })
         .collect();
     for (i, h) in calls.into_iter().enumerate() {
@@ -547,7 +453,7 @@ async fn buffer_in_front_of_a_channel() {
         let calls: Vec<_> = (0..200)
             .map(|i| {
                 let svc = svc.clone();
-                tokio::spawn(async move { svc.oneshot(msg(&format!("m{i}"))).await })
+                tokio::spawn(async move { svc.oneshot(msg(format!("m{i}"))).await })
             })
             .collect();
         for (i, h) in calls.into_iter().enumerate() {
@@ -575,7 +481,7 @@ async fn full_stack_over_a_channel() {
     let calls: Vec<_> = (0..300)
         .map(|i| {
             let svc = svc.clone();
-            tokio::spawn(async move { svc.oneshot(msg(&format!("m{i}"))).await })
+            tokio::spawn(async move { svc.oneshot(msg(format!("m{i}"))).await })
         })
         .collect();
     for (i, h) in calls.into_iter().enumerate() {

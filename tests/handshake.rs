@@ -4,178 +4,26 @@
 //! applies: no hot loop on a wrong password), redirect to another host, replace the
 //! backups, and is bounded by the handshake timeout.
 //!
-//! Every test uses an in-memory connector (a `tower::service_fn` opening a duplex pipe
-//! to a scripted server) under paused time.
+//! Every test uses an in-memory connector (`support::memory`: a `tower::service_fn`
+//! opening a duplex pipe to a scripted server) under paused time.
 
-#[path = "support/codec.rs"]
-mod codec;
+mod support;
 
-use std::collections::{HashMap, HashSet};
-use std::error::Error as _;
+use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use codec::{Kind as FrameKind, Msg, MsgCodec, TestProto};
 use futures::{SinkExt, StreamExt};
-use socketchannel::{
-    Backoff, BoxError, Builder, Channel, ConnectError, Endpoint, Error, Handshake, Kind, Order,
-    Policy, Session, State,
-};
-use tokio::io::DuplexStream;
-use tokio::task::JoinHandle;
+use socketchannel::{Backoff, BoxError, Channel, Endpoint, Handshake, Kind, Policy, State};
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
-use tower::Service;
 
-type Ch = Channel<Msg, Msg>;
-type Io = Framed<DuplexStream, MsgCodec>;
-
-/// Which matcher a test runs with.
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    Order,
-    Session,
-}
-
-/// Runs `f`, failing the test if it takes longer than `secs` (of the runtime's clock).
-async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
-}
-
-/// Waits until the channel is in `state`.
-async fn wait_state(ch: &Ch, state: State) {
-    let mut rx = ch.state();
-    within(
-        30,
-        &format!("state {state:?}"),
-        rx.wait_for(|s| *s == state),
-    )
-    .await
-    .expect("the state watch is alive");
-}
-
-fn msg(body: &str) -> Msg {
-    Msg::new(body.to_string())
-}
-
-fn spawn_request(ch: &Ch, body: &str) -> JoinHandle<Result<Msg, Error>> {
-    let ch = ch.clone();
-    let m = msg(body);
-    tokio::spawn(async move { ch.request(m).await })
-}
-
-async fn joined<T>(h: JoinHandle<T>) -> T {
-    within(30, "a spawned call", h)
-        .await
-        .expect("the call task panicked")
-}
-
-type Script = Arc<dyn Fn(Endpoint, Io) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-/// An in-memory network: every connect opens a duplex pipe and runs the script on the
-/// server end. Endpoints can be made to refuse; every attempt is recorded.
-#[derive(Clone)]
-struct Net(Arc<NetInner>);
-
-struct NetInner {
-    script: Script,
-    connects: AtomicUsize,
-    tried: Mutex<Vec<String>>,
-    down: Mutex<HashSet<String>>,
-    /// Let the server task run before the connect completes (a greeting is then already
-    /// in the pipe when the client gets it, as it can be over a real network).
-    server_first: std::sync::atomic::AtomicBool,
-}
-
-impl Net {
-    fn new<F, Fut>(script: F) -> Net
-    where
-        F: Fn(Endpoint, Io) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Net(Arc::new(NetInner {
-            script: Arc::new(move |ep, io| Box::pin(script(ep, io))),
-            connects: AtomicUsize::new(0),
-            tried: Mutex::new(Vec::new()),
-            down: Mutex::new(HashSet::new()),
-            server_first: std::sync::atomic::AtomicBool::new(false),
-        }))
-    }
-
-    fn connects(&self) -> usize {
-        self.0.connects.load(Ordering::SeqCst)
-    }
-
-    /// Connect attempts to `endpoint` so far.
-    fn count(&self, endpoint: &str) -> usize {
-        self.tried().iter().filter(|e| *e == endpoint).count()
-    }
-
-    /// Every endpoint tried, in order.
-    fn tried(&self) -> Vec<String> {
-        self.0.tried.lock().unwrap().clone()
-    }
-
-    fn down(&self, endpoint: &str, down: bool) {
-        let mut set = self.0.down.lock().unwrap();
-        if down {
-            set.insert(endpoint.to_string());
-        } else {
-            set.remove(endpoint);
-        }
-    }
-
-    /// The server runs before the connect completes.
-    fn server_first(&self) {
-        self.0.server_first.store(true, Ordering::SeqCst);
-    }
-
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Io> {
-        let key = endpoint.to_string();
-        self.0.connects.fetch_add(1, Ordering::SeqCst);
-        self.0.tried.lock().unwrap().push(key.clone());
-        if self.0.down.lock().unwrap().contains(&key) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("{key} refused"),
-            ));
-        }
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn((self.0.script)(
-            endpoint,
-            Framed::new(server, MsgCodec::default()),
-        ));
-        if self.0.server_first.load(Ordering::SeqCst) {
-            for _ in 0..10 {
-                tokio::task::yield_now().await;
-            }
-        }
-        Ok(Framed::new(client, MsgCodec::default()))
-    }
-
-    fn connector(
-        &self,
-    ) -> impl Service<Endpoint, Response = Io, Error = io::Error, Future: Send> + Clone + Send + 'static
-    {
-        let net = self.clone();
-        tower::service_fn(move |endpoint: Endpoint| net.clone().connect(endpoint))
-    }
-
-    /// A channel over this network, in order or session mode.
-    fn channel(&self, mode: Mode, builder: Builder<Msg, Msg>) -> Ch {
-        match mode {
-            Mode::Order => builder.connector(self.connector(), Order::new(TestProto)),
-            Mode::Session => builder.connector(self.connector(), Session::new(TestProto)),
-        }
-        .expect("valid hosts")
-    }
-}
+use support::channel::{Ch, Mode, connect_error, joined, msg, spawn_request, wait_state};
+use support::codec::{Kind as FrameKind, Msg};
+use support::memory::{Io, Net};
+use support::within;
 
 /// How a scripted server treats the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +128,7 @@ fn auth(
     move |conn: Ch, _endpoint: Endpoint| {
         runs.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
-            let reply = conn.request(msg(&format!("auth {password}"))).await?;
+            let reply = conn.request(msg(format!("auth {password}"))).await?;
             assert_eq!(reply.text(), "ok");
             Ok(Handshake::Ready)
         })
@@ -413,7 +261,7 @@ async fn failed_handshake_tries_the_next_host() {
                     } else {
                         "secret"
                     };
-                    conn.request(msg(&format!("auth {password}"))).await?;
+                    conn.request(msg(format!("auth {password}"))).await?;
                     Ok(Handshake::Ready)
                 }
             },
@@ -453,10 +301,7 @@ async fn failed_handshake_on_every_host_names_the_cause() {
         .expect_err("refused");
     assert_eq!(err.kind(), Kind::Connect, "{err}");
     assert!(err.is_not_sent());
-    let connect = err
-        .source()
-        .and_then(|s| s.downcast_ref::<ConnectError>())
-        .unwrap_or_else(|| panic!("no ConnectError behind {err:?}"));
+    let connect = connect_error(&err);
     let text = connect.to_string();
     assert!(text.contains("a:1") && text.contains("b:2"), "{text}");
     assert!(
@@ -606,7 +451,7 @@ async fn handshake_first_case(mode: Mode) {
     );
     for round in 0..2 {
         let calls: Vec<_> = (0..50)
-            .map(|i| spawn_request(&ch, &format!("r{round}u{i}")))
+            .map(|i| spawn_request(&ch, format!("r{round}u{i}")))
             .collect();
         for (i, h) in calls.into_iter().enumerate() {
             let reply = joined(h).await.unwrap_or_else(|e| panic!("call {i}: {e}"));

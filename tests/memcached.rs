@@ -8,16 +8,17 @@
 
 #[path = "../examples/common/mod.rs"]
 mod common;
+mod support;
 
 use std::error::Error as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::memcached::{Binary, BinaryCodec, MemcachedError, Packet, Status, start_server};
 use common::process::{Server, within};
 use socketchannel::{Call, Channel, Error, Kind};
 use tokio::task::JoinSet;
+
+use support::peak::PeakInFlight;
 
 /// The bound on a whole test.
 const TEST: Duration = Duration::from_secs(40);
@@ -85,16 +86,7 @@ async fn ten_thousand_concurrent_gets_and_sets_on_one_channel() {
         let channel = channel(&server.addr());
         let before = stats(&channel).await;
 
-        let peak = Arc::new(AtomicU64::new(0));
-        let sampler = {
-            let (channel, peak) = (channel.clone(), peak.clone());
-            tokio::spawn(async move {
-                loop {
-                    peak.fetch_max(channel.counters().in_flight, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-            })
-        };
+        let sampler = PeakInFlight::start(&channel);
         let started = Instant::now();
         let mut callers = JoinSet::new();
         for i in 0..CALLERS {
@@ -114,7 +106,7 @@ async fn ten_thousand_concurrent_gets_and_sets_on_one_channel() {
             done.expect("caller panicked").expect("call failed");
         }
         let elapsed = started.elapsed();
-        sampler.abort();
+        sampler.stop();
 
         let after = stats(&channel).await;
         let calls = 2 * u64::from(CALLERS);
@@ -133,7 +125,7 @@ async fn ten_thousand_concurrent_gets_and_sets_on_one_channel() {
         );
         assert_eq!(channel.counters().reconnects, 0);
         assert_eq!(channel.counters().unknown, 0);
-        let peak = peak.load(Ordering::Relaxed);
+        let peak = sampler.peak();
         assert!(peak >= 100, "only {peak} calls were ever in flight at once");
         println!(
             "{calls} calls from {CALLERS} callers over one connection in {elapsed:?} \

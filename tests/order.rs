@@ -26,9 +26,11 @@ use tokio::sync::oneshot;
 use tokio_test::{assert_pending, assert_ready_ok};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tower::load::Load;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
+use support::channel::into_channel_error;
 use support::codec::{Kind as MsgKind, Msg, MsgCodec, ServerSaid, TestProto};
+use support::script::{group_echo_peer, numbered_body};
 use support::server::{Behaviour, Gate, TestServer, replies_to};
 use support::{bounded, eventually, timeout};
 
@@ -41,14 +43,6 @@ async fn channel(server: &TestServer, config: Config) -> Chan {
         Order::new(TestProto),
         config,
     )
-}
-
-/// The crate's error behind a `Service` error.
-fn crate_error(err: BoxError) -> Error {
-    match err.downcast::<Error>() {
-        Ok(err) => *err,
-        Err(other) => panic!("not a socketchannel::Error: {other}"),
-    }
 }
 
 /// The kind of the lost connection behind `err`.
@@ -344,7 +338,7 @@ async fn connection_loss_with_calls_in_flight_and_queued(
     let outcomes = futures::future::join_all(futs).await;
 
     for (i, (outcome, req)) in outcomes.into_iter().zip(&reqs).enumerate() {
-        let mut err = crate_error(outcome.expect_err("the connection was lost"));
+        let mut err = into_channel_error(outcome.expect_err("the connection was lost"));
         assert_eq!(err.kind(), Kind::Connection, "call {i}: {err:?}");
         assert_eq!(why(&err), expected, "call {i}: {err:?}");
         if i < 2 {
@@ -413,7 +407,7 @@ async fn decode_error_fails_in_flight_calls_as_read_error() {
             .into_iter()
             .enumerate()
         {
-            let err = crate_error(outcome.expect_err("garbage kills the connection"));
+            let err = into_channel_error(outcome.expect_err("garbage kills the connection"));
             assert_eq!(err.kind(), Kind::Connection, "call {i}: {err:?}");
             assert!(err.may_have_executed(), "call {i}: {err:?}");
             assert_eq!(why(&err), ConnectionErrorKind::Read, "call {i}: {err:?}");
@@ -691,23 +685,7 @@ async fn large_frames_through_a_tiny_pipe_do_not_deadlock() {
         const SIZE: usize = 64 * 1024;
         const GROUP: usize = 8;
         let (client, server) = tokio::io::duplex(256);
-        let peer = tokio::spawn(async move {
-            let mut framed = Framed::new(server, MsgCodec::default());
-            let mut served = 0;
-            while served < N {
-                let mut group = Vec::new();
-                while group.len() < GROUP {
-                    let req = framed.next().await.expect("request").expect("decode");
-                    group.push(req);
-                }
-                // Write every reply of the group, reading nothing meanwhile.
-                for req in group {
-                    framed.send(req).await.expect("peer write");
-                    served += 1;
-                }
-            }
-            served
-        });
+        let peer = group_echo_peer(server, N, GROUP, false);
 
         let ch: Chan = Channel::new(
             Framed::new(client, MsgCodec::default()),
@@ -716,9 +694,7 @@ async fn large_frames_through_a_tiny_pipe_do_not_deadlock() {
         let calls = (0..N).map(|i| {
             let ch = ch.clone();
             async move {
-                let mut body = vec![b'.'; SIZE];
-                body[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                let req = Msg::with_id(i as u64, body);
+                let req = Msg::with_id(i as u64, numbered_body(i as u64, SIZE));
                 let resp = ch.request(req.clone()).await.expect("big request");
                 assert!(resp == req, "big reply {i} mismatched");
             }
@@ -1117,7 +1093,7 @@ async fn unsolicited_frame_is_a_desync() {
         let b = ch.ready().await.expect("ready").call(Msg::new("b"));
 
         assert_eq!(a.await.expect("a").text(), "a");
-        let mut err = crate_error(b.await.expect_err("the desync ends the connection"));
+        let mut err = into_channel_error(b.await.expect_err("the desync ends the connection"));
         assert_eq!(err.kind(), Kind::Connection, "{err:?}");
         assert_eq!(why(&err), ConnectionErrorKind::Desync, "{err:?}");
         assert!(err.is_not_sent(), "b was queued, never written: {err:?}");
@@ -1222,7 +1198,7 @@ async fn call_after_the_connection_ended_on_a_reserved_slot_fails_fast() {
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
-        let mut err = crate_error(outcome.expect_err("the channel is closed"));
+        let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
         assert!(err.is_closed(), "{err:?}");
         assert!(err.is_not_sent(), "{err:?}");
         assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));
@@ -1249,7 +1225,7 @@ async fn call_after_close_on_a_reserved_slot_fails_fast() {
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
-        let mut err = crate_error(outcome.expect_err("the channel is closed"));
+        let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
         assert!(err.is_closed(), "{err:?}");
         assert!(err.is_not_sent(), "{err:?}");
         assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));
@@ -1288,7 +1264,7 @@ async fn builder_channel_call_after_close_on_a_reserved_slot_fails_fast() {
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
-        let mut err = crate_error(outcome.expect_err("the channel is closed"));
+        let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
         assert!(err.is_closed(), "{err:?}");
         assert!(err.is_not_sent(), "{err:?}");
         assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));

@@ -3,51 +3,36 @@
 //! timeout, restarts and host changes under load, `close` / `shutdown` / `connect`, the
 //! state watch, `Buffer` over a channel whose first connect fails, and the idle ping.
 //!
-//! Most tests use an in-memory connector (a `tower::service_fn` that opens a duplex pipe
-//! and runs a scripted server on its far end) under paused time; the restart, host
+//! Most tests use an in-memory connector (`support::memory`: a `tower::service_fn` that
+//! opens a duplex pipe and runs a scripted server on its far end) under paused time; the restart, host
 //! change and `Buffer` tests use real loopback sockets and real time.
 
-#[path = "support/codec.rs"]
-mod codec;
+mod support;
 
-use std::collections::HashSet;
 use std::error::Error as _;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use codec::{Msg, MsgCodec, TestProto};
 use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
-use socketchannel::{
-    Backoff, Builder, Channel, Config, ConnectError, Endpoint, Error, Kind, Order, Policy, State,
-};
-use tokio::io::DuplexStream;
+use socketchannel::{Backoff, Channel, Config, ConnectError, Endpoint, Error, Kind, Policy, State};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tower::load::Load;
 use tower::{Service, ServiceExt};
 
-type Ch = Channel<Msg, Msg>;
-type Io = Framed<DuplexStream, MsgCodec>;
+use support::channel::{Ch, Mode, joined, msg, spawn_request, wait_state};
+use support::codec::{Msg, MsgCodec, TestProto};
+use support::memory::{Io, Net};
+use support::{refused_addr, within};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Runs `f`, failing the test if it takes longer than `secs` (of the runtime's clock).
-async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
-}
 
 /// Waits until `cond` holds, checking every few milliseconds, for at most `secs`.
 async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
@@ -57,139 +42,6 @@ async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         }
     })
     .await;
-}
-
-/// Waits until the channel is in `state`.
-async fn wait_state(ch: &Ch, state: State) {
-    let mut rx = ch.state();
-    within(
-        30,
-        &format!("state {state:?}"),
-        rx.wait_for(|s| *s == state),
-    )
-    .await
-    .expect("the state watch is alive");
-}
-
-fn msg(body: &str) -> Msg {
-    Msg::new(body.to_string())
-}
-
-fn spawn_request(ch: &Ch, body: &str) -> JoinHandle<Result<Msg, Error>> {
-    let ch = ch.clone();
-    let m = msg(body);
-    tokio::spawn(async move { ch.request(m).await })
-}
-
-async fn joined<T>(h: JoinHandle<T>) -> T {
-    within(30, "a spawned call", h)
-        .await
-        .expect("the call task panicked")
-}
-
-type Script = Arc<dyn Fn(Endpoint, Io) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-/// An in-memory network: every connect opens a duplex pipe and runs the script on the
-/// server end. Endpoints can be made to refuse or to hang; every attempt is recorded.
-#[derive(Clone)]
-struct Net(Arc<NetInner>);
-
-struct NetInner {
-    script: Script,
-    connects: AtomicUsize,
-    tried: Mutex<Vec<String>>,
-    down: Mutex<HashSet<String>>,
-    hang: Mutex<HashSet<String>>,
-    delay: Mutex<Duration>,
-}
-
-impl Net {
-    fn new<F, Fut>(script: F) -> Net
-    where
-        F: Fn(Endpoint, Io) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Net(Arc::new(NetInner {
-            script: Arc::new(move |ep, io| Box::pin(script(ep, io))),
-            connects: AtomicUsize::new(0),
-            tried: Mutex::new(Vec::new()),
-            down: Mutex::new(HashSet::new()),
-            hang: Mutex::new(HashSet::new()),
-            delay: Mutex::new(Duration::ZERO),
-        }))
-    }
-
-    fn connects(&self) -> usize {
-        self.0.connects.load(Ordering::SeqCst)
-    }
-
-    /// Connect attempts to `endpoint` so far.
-    fn count(&self, endpoint: &str) -> usize {
-        self.tried().iter().filter(|e| *e == endpoint).count()
-    }
-
-    /// Every endpoint tried, in order.
-    fn tried(&self) -> Vec<String> {
-        self.0.tried.lock().unwrap().clone()
-    }
-
-    fn down(&self, endpoint: &str, down: bool) {
-        let mut set = self.0.down.lock().unwrap();
-        if down {
-            set.insert(endpoint.to_string());
-        } else {
-            set.remove(endpoint);
-        }
-    }
-
-    fn hang(&self, endpoint: &str) {
-        self.0.hang.lock().unwrap().insert(endpoint.to_string());
-    }
-
-    /// Every connect takes this long before it succeeds or fails.
-    fn delay(&self, d: Duration) {
-        *self.0.delay.lock().unwrap() = d;
-    }
-
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Io> {
-        let key = endpoint.to_string();
-        self.0.connects.fetch_add(1, Ordering::SeqCst);
-        self.0.tried.lock().unwrap().push(key.clone());
-        let delay = *self.0.delay.lock().unwrap();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        if self.0.hang.lock().unwrap().contains(&key) {
-            std::future::pending::<()>().await;
-        }
-        if self.0.down.lock().unwrap().contains(&key) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("{key} refused"),
-            ));
-        }
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn((self.0.script)(
-            endpoint,
-            Framed::new(server, MsgCodec::default()),
-        ));
-        Ok(Framed::new(client, MsgCodec::default()))
-    }
-
-    fn connector(
-        &self,
-    ) -> impl Service<Endpoint, Response = Io, Error = io::Error, Future: Send> + Clone + Send + 'static
-    {
-        let net = self.clone();
-        tower::service_fn(move |endpoint: Endpoint| net.clone().connect(endpoint))
-    }
-
-    /// An order-mode channel over this network.
-    fn channel(&self, builder: Builder<Msg, Msg>) -> Ch {
-        builder
-            .connector(self.connector(), Order::new(TestProto))
-            .expect("valid hosts")
-    }
 }
 
 /// Echoes every frame; after answering `bye` it closes the connection.
@@ -343,12 +195,6 @@ fn tcp_channel(addr: SocketAddr, config: Config) -> Ch {
         .expect("valid host")
 }
 
-/// A loopback address with nothing listening on it (connects are refused).
-async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("local_addr")
-}
-
 // ---------------------------------------------------------------------------------------
 // Single flight
 // ---------------------------------------------------------------------------------------
@@ -358,7 +204,7 @@ async fn refused_addr() -> SocketAddr {
 async fn single_flight_one_connect_serves_a_thousand_callers() {
     let net = Net::new(echo);
     net.delay(Duration::from_millis(50));
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     assert_eq!(
         net.connects(),
         0,
@@ -366,7 +212,7 @@ async fn single_flight_one_connect_serves_a_thousand_callers() {
     );
     let calls = (0..1000).map(|i| {
         let ch = ch.clone();
-        async move { ch.request(msg(&format!("m{i}"))).await }
+        async move { ch.request(msg(format!("m{i}"))).await }
     });
     let results = within(30, "1000 callers", join_all(calls)).await;
     assert_eq!(
@@ -388,10 +234,10 @@ async fn single_flight_failure_fails_every_caller_not_sent() {
     let net = Net::new(echo);
     net.delay(Duration::from_millis(50));
     net.down("a:1", true);
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     let calls = (0..1000).map(|i| {
         let ch = ch.clone();
-        async move { ch.request(msg(&format!("m{i}"))).await }
+        async move { ch.request(msg(format!("m{i}"))).await }
     });
     let results = within(30, "1000 callers", join_all(calls)).await;
     assert_eq!(
@@ -421,7 +267,10 @@ async fn failover_tries_backups_in_order_and_keeps_the_one_that_worked() {
     let net = Net::new(echo);
     net.down("a:1", true);
     net.down("b:2", true);
-    let ch = net.channel(Channel::builder().host("a:1").backup("b:2").backup("c:3"));
+    let ch = net.channel(
+        Mode::Order,
+        Channel::builder().host("a:1").backup("b:2").backup("c:3"),
+    );
     let reply = within(10, "failover", ch.request(msg("x")))
         .await
         .expect("c:3 works");
@@ -459,7 +308,10 @@ async fn all_hosts_down_error_names_each_host() {
     for h in ["a:1", "b:2", "c:3"] {
         net.down(h, true);
     }
-    let ch = net.channel(Channel::builder().host("a:1").backup("b:2").backup("c:3"));
+    let ch = net.channel(
+        Mode::Order,
+        Channel::builder().host("a:1").backup("b:2").backup("c:3"),
+    );
     let err = within(10, "all down", ch.request(msg("x")))
         .await
         .expect_err("all down");
@@ -491,9 +343,16 @@ async fn all_hosts_down_error_names_each_host() {
 async fn policy_once_waits_for_a_call_after_a_failed_pass() {
     let net = Net::new(echo);
     net.down("a:1", true);
-    let ch = net.channel(Channel::builder().host("a:1").policy(Policy::Once).backoff(
-        Backoff::exponential(Duration::from_secs(1), Duration::from_secs(8)),
-    ));
+    let ch = net.channel(
+        Mode::Order,
+        Channel::builder()
+            .host("a:1")
+            .policy(Policy::Once)
+            .backoff(Backoff::exponential(
+                Duration::from_secs(1),
+                Duration::from_secs(8),
+            )),
+    );
     let err = within(10, "first call", ch.request(msg("x")))
         .await
         .expect_err("down");
@@ -522,6 +381,7 @@ async fn policy_persistent_keeps_trying_within_the_backoff() {
     let net = Net::new(echo);
     net.down("a:1", true);
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .policy(Policy::Persistent)
@@ -565,10 +425,13 @@ async fn policy_persistent_keeps_trying_within_the_backoff() {
 async fn calls_during_backoff_fail_fast_without_connecting() {
     let net = Net::new(echo);
     net.down("a:1", true);
-    let mut ch = net.channel(Channel::builder().host("a:1").backoff(Backoff::exponential(
-        Duration::from_secs(10),
-        Duration::from_secs(10),
-    )));
+    let mut ch = net.channel(
+        Mode::Order,
+        Channel::builder().host("a:1").backoff(Backoff::exponential(
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+        )),
+    );
     let err = within(10, "first call", ch.request(msg("x")))
         .await
         .expect_err("down");
@@ -583,7 +446,7 @@ async fn calls_during_backoff_fail_fast_without_connecting() {
         )
         .await
         .expect("poll_ready is Ready (not Err) after a failed pass");
-        let err = within(1, "fail fast", ch.call(msg(&format!("f{i}"))))
+        let err = within(1, "fail fast", ch.call(msg(format!("f{i}"))))
             .await
             .expect_err("backing off");
         let err = err.downcast::<Error>().expect("a channel Error");
@@ -621,6 +484,7 @@ async fn connect_timeout_moves_on_to_the_next_backup() {
     let net = Net::new(echo);
     net.hang("a:1");
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .backup("b:2")
@@ -656,11 +520,11 @@ async fn server_restart_mid_load_fails_in_flight_and_replays_queued() {
     assert_eq!(warm.text(), "s:warm");
 
     let holds: Vec<_> = (0..4)
-        .map(|i| spawn_request(&ch, &format!("hold{i}")))
+        .map(|i| spawn_request(&ch, format!("hold{i}")))
         .collect();
     until(10, "4 holds at the server", || server.holds() == 4).await;
     let queued: Vec<_> = (0..20)
-        .map(|i| spawn_request(&ch, &format!("n{i}")))
+        .map(|i| spawn_request(&ch, format!("n{i}")))
         .collect();
     until(10, "20 calls queued behind the limit", || ch.load() == 24).await;
     assert_eq!(ch.counters().in_flight, 4);
@@ -696,13 +560,13 @@ async fn change_host_during_load() {
         "s1:warm"
     );
     let held: Vec<_> = (0..3)
-        .map(|i| spawn_request(&ch, &format!("hold{i}")))
+        .map(|i| spawn_request(&ch, format!("hold{i}")))
         .collect();
     until(10, "3 holds at s1", || s1.holds() == 3).await;
 
     ch.change_host(&s2.addr.to_string()).expect("valid host");
     let later: Vec<_> = (0..10)
-        .map(|i| spawn_request(&ch, &format!("n{i}")))
+        .map(|i| spawn_request(&ch, format!("n{i}")))
         .collect();
     for (i, h) in later.into_iter().enumerate() {
         let reply = joined(h)
@@ -747,7 +611,7 @@ async fn buffer_survives_a_failed_connect() {
         let err = within(10, "refused call", buffer.ready())
             .await
             .expect("Buffer stays ready after a connect error")
-            .call(msg(&format!("early{i}")))
+            .call(msg(format!("early{i}")))
             .await
             .expect_err("nothing listens yet");
         let err = err
@@ -787,9 +651,12 @@ async fn buffer_survives_a_failed_connect() {
 async fn close_while_connecting_fails_waiting_calls() {
     let net = Net::new(echo);
     net.hang("a:1");
-    let ch = net.channel(Channel::builder().host("a:1").connect_timeout(None));
+    let ch = net.channel(
+        Mode::Order,
+        Channel::builder().host("a:1").connect_timeout(None),
+    );
     let calls: Vec<_> = (0..5)
-        .map(|i| spawn_request(&ch, &format!("m{i}")))
+        .map(|i| spawn_request(&ch, format!("m{i}")))
         .collect();
     wait_state(&ch, State::Connecting).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -813,12 +680,13 @@ async fn close_while_connecting_fails_waiting_calls() {
 async fn close_with_requests_waiting() {
     let net = Net::new(silent);
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .config(Config::default().max_in_flight(3)),
     );
     let calls: Vec<_> = (0..6)
-        .map(|i| spawn_request(&ch, &format!("m{i}")))
+        .map(|i| spawn_request(&ch, format!("m{i}")))
         .collect();
     until(10, "3 in flight and 3 queued", || {
         ch.counters().in_flight == 3 && ch.load() == 6
@@ -853,9 +721,9 @@ async fn slow(_endpoint: Endpoint, mut io: Io) {
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_in_flight_calls_finish() {
     let net = Net::new(slow);
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     let calls: Vec<_> = (0..5)
-        .map(|i| spawn_request(&ch, &format!("m{i}")))
+        .map(|i| spawn_request(&ch, format!("m{i}")))
         .collect();
     until(10, "5 in flight", || ch.counters().in_flight == 5).await;
     within(10, "shutdown", ch.shutdown(Duration::from_secs(5))).await;
@@ -873,9 +741,9 @@ async fn shutdown_lets_in_flight_calls_finish() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_deadline_fails_what_is_left() {
     let net = Net::new(silent);
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     let calls: Vec<_> = (0..3)
-        .map(|i| spawn_request(&ch, &format!("m{i}")))
+        .map(|i| spawn_request(&ch, format!("m{i}")))
         .collect();
     until(10, "3 in flight", || ch.counters().in_flight == 3).await;
     let start = Instant::now();
@@ -895,7 +763,7 @@ async fn shutdown_deadline_fails_what_is_left() {
 #[tokio::test(start_paused = true)]
 async fn connect_reopens_after_close() {
     let net = Net::new(echo);
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     assert_eq!(ch.request(msg("a")).await.expect("first").text(), "a");
     ch.close();
     wait_state(&ch, State::Closed).await;
@@ -918,7 +786,7 @@ async fn connect_reopens_after_close() {
 async fn connect_reports_the_outcome_of_the_pass() {
     let net = Net::new(echo);
     net.down("a:1", true);
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     let err = within(10, "connect", ch.connect()).await.expect_err("down");
     assert_connect_not_sent(&err);
     assert!(
@@ -940,10 +808,13 @@ async fn connect_reports_the_outcome_of_the_pass() {
 async fn state_transitions_are_observable() {
     let net = Net::new(echo);
     net.delay(Duration::from_millis(10));
-    let ch = net.channel(Channel::builder().host("a:1").backoff(Backoff::exponential(
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )));
+    let ch = net.channel(
+        Mode::Order,
+        Channel::builder().host("a:1").backoff(Backoff::exponential(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )),
+    );
     let seen = record_states(&ch);
     assert_eq!(*ch.state().borrow(), State::Idle);
     ch.request(msg("a")).await.expect("first");
@@ -993,6 +864,7 @@ async fn idle_ping_is_sent_when_idle() {
         }
     });
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .idle_ping(Duration::from_secs(1), || msg("ping")),
@@ -1021,6 +893,7 @@ async fn idle_ping_is_sent_when_idle() {
 async fn idle_ping_and_stall_timeout_detect_a_dead_peer() {
     let net = Net::new(silent);
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .policy(Policy::Persistent)
@@ -1050,9 +923,9 @@ async fn idle_ping_and_stall_timeout_detect_a_dead_peer() {
 async fn shutdown_while_connecting_serves_the_queued_calls() {
     let net = Net::new(echo);
     net.delay(Duration::from_secs(1));
-    let ch = net.channel(Channel::builder().host("a:1"));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
     let calls: Vec<_> = (0..3)
-        .map(|i| spawn_request(&ch, &format!("m{i}")))
+        .map(|i| spawn_request(&ch, format!("m{i}")))
         .collect();
     wait_state(&ch, State::Connecting).await;
     within(10, "shutdown", ch.shutdown(Duration::from_secs(5))).await;
@@ -1069,7 +942,10 @@ async fn shutdown_while_connecting_serves_the_queued_calls() {
 #[tokio::test(start_paused = true)]
 async fn change_host_under_policy_once_connects_on_the_next_call() {
     let net = Net::new(echo);
-    let ch = net.channel(Channel::builder().host("a:1").policy(Policy::Once));
+    let ch = net.channel(
+        Mode::Order,
+        Channel::builder().host("a:1").policy(Policy::Once),
+    );
     ch.request(msg("x")).await.expect("a:1");
     ch.change_host("b:2").expect("valid host");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1088,6 +964,7 @@ async fn change_host_under_policy_once_connects_on_the_next_call() {
 async fn crash_looping_host_is_retried_with_backoff() {
     let net = Net::new(|_ep, io: Io| async move { drop(io) });
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .policy(Policy::Persistent)
@@ -1114,6 +991,7 @@ async fn persistent_channel_stops_when_every_handle_is_dropped() {
     let net = Net::new(echo);
     net.down("a:1", true);
     let ch = net.channel(
+        Mode::Order,
         Channel::builder()
             .host("a:1")
             .policy(Policy::Persistent)

@@ -8,6 +8,7 @@
 
 #[path = "../examples/common/mod.rs"]
 mod common;
+mod support;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use common::redis::{
 use socketchannel::{Backoff, Call, Channel, ConnectError, Error, Handshake, Kind, Policy};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
+
+use support::peak::PeakInFlight;
 
 /// The bound on a whole test.
 const TEST: Duration = Duration::from_secs(40);
@@ -111,16 +114,7 @@ async fn many_callers_share_one_connection() {
         let channel = channel(&server.addr());
         let connections = info(&channel, "stats", "total_connections_received").await;
 
-        let peak = Arc::new(AtomicU64::new(0));
-        let sampler = {
-            let (channel, peak) = (channel.clone(), peak.clone());
-            tokio::spawn(async move {
-                loop {
-                    peak.fetch_max(channel.counters().in_flight, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-            })
-        };
+        let sampler = PeakInFlight::start(&channel);
         let started = Instant::now();
         let mut tasks = JoinSet::new();
         for t in 0..TASKS {
@@ -141,7 +135,7 @@ async fn many_callers_share_one_connection() {
             done.expect("caller panicked").expect("call failed");
         }
         let elapsed = started.elapsed();
-        sampler.abort();
+        sampler.stop();
 
         let total = TASKS * EACH;
         assert_eq!(int(&ok(&channel, ["DBSIZE"]).await), Some(total as i64));
@@ -151,7 +145,7 @@ async fn many_callers_share_one_connection() {
             connections
         );
         assert_eq!(channel.counters().reconnects, 0);
-        let peak = peak.load(Ordering::Relaxed);
+        let peak = sampler.peak();
         assert!(
             peak > 1,
             "calls were never pipelined (peak in flight {peak})"

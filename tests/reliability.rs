@@ -18,7 +18,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::error::Error as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -31,8 +30,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
 use socketchannel::{
-    Backoff, Builder, Call, Channel, Config, ConnectError, ConnectionErrorKind, Endpoint, Error,
-    Handshake, Kind, Mode, Order, Policy, Session, State, TcpConnector,
+    Backoff, Builder, Call, Channel, Config, ConnectionErrorKind, Endpoint, Error, Handshake, Kind,
+    Mode, Order, Policy, Session, State, TcpConnector,
 };
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,14 +42,15 @@ use tokio_util::codec::{Decoder, Encoder, Framed};
 use tower::load::Load;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
+use support::channel::{Ch, Mode as Md, connect_error, joined_within, msg, spawn_request};
 use support::codec::{Msg, MsgCodec, TestProto, TestProto16};
+use support::loopback::spawn_accept_loop;
 use support::proxy::{Accept, Blackhole, Dir, Fault, Proxy, ProxyStats, Rng};
+use support::script::{group_echo_peer, numbered_body};
 use support::server::{Behaviour, Gate, ServerStats, TestServer, replies_to};
-use support::{eventually, timeout};
+use support::{eventually, refused_addr, timeout};
 
 use ConnectionErrorKind::{Eof, Read, Stalled};
-
-type Ch = Channel<Msg, Msg>;
 
 /// The bound on one step of a test: a call, a wait for a condition.
 const STEP: Duration = Duration::from_secs(5);
@@ -79,13 +79,6 @@ fn builder(host: SocketAddr) -> Builder<Msg, Msg> {
         .backoff(Backoff::exponential(ms(10), ms(50)))
         .connect_timeout(Duration::from_secs(2))
         .handshake_timeout(Duration::from_secs(2))
-}
-
-/// The two modes, for tests that run in both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Md {
-    Order,
-    Session,
 }
 
 /// A channel from `builder` over TCP with `connector`, and its connection task.
@@ -195,36 +188,10 @@ fn assert_ns(err: &Error, kind: Kind) {
     );
 }
 
-/// The `ConnectError` behind a `Kind::Connect` error.
-fn connect_error(err: &Error) -> &ConnectError {
-    err.source()
-        .and_then(|s| s.downcast_ref::<ConnectError>())
-        .unwrap_or_else(|| panic!("no ConnectError behind {err:?}"))
-}
-
-fn msg(body: impl Into<String>) -> Msg {
-    Msg::new(body.into())
-}
-
-fn spawn_request(ch: &Ch, body: impl Into<String>) -> JoinHandle<Result<Msg, Error>> {
-    let ch = ch.clone();
-    let req = msg(body);
-    tokio::spawn(async move { ch.request(req).await })
-}
-
 /// Awaits a spawned call within [`STEP`].
 #[track_caller]
 fn joined<T>(h: JoinHandle<T>) -> impl Future<Output = T> {
-    let f = timeout(STEP, h);
-    async move { f.await.expect("the caller task did not panic") }
-}
-
-/// A loopback address nobody listens on (connects are refused).
-async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
+    joined_within(STEP, h)
 }
 
 /// Records every state the channel's watch shows (consecutive duplicates merged) until
@@ -366,21 +333,11 @@ impl Scripted {
         let open = Arc::new(AtomicUsize::new(0));
         let frames = Arc::new(AtomicUsize::new(0));
         let (a, o, f) = (accepted.clone(), open.clone(), frames.clone());
-        let task = tokio::spawn(async move {
-            // Dropped with the task: aborts every connection.
-            let mut conns = tokio::task::JoinSet::new();
-            for _ in 0..100_000 {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        a.fetch_add(1, Ordering::SeqCst);
-                        o.fetch_add(1, Ordering::SeqCst);
-                        let guard = Running(o.clone());
-                        conns.spawn(serve_scripted(stream, script, fifo, f.clone(), guard));
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
+        let task = spawn_accept_loop(listener, 100_000, move |stream| {
+            a.fetch_add(1, Ordering::SeqCst);
+            o.fetch_add(1, Ordering::SeqCst);
+            let guard = Running(o.clone());
+            serve_scripted(stream, script, fifo, f.clone(), guard)
         });
         Scripted {
             addr,
@@ -1862,21 +1819,7 @@ async fn s21_big_frames_through_a_tiny_pipe_do_not_deadlock_session() {
         const SIZE: usize = 64 * 1024;
         const GROUP: usize = 8;
         let (client, server) = tokio::io::duplex(256);
-        let peer = tokio::spawn(async move {
-            let mut framed = Framed::new(server, MsgCodec::default());
-            let mut served = 0;
-            while served < N {
-                let mut group = Vec::new();
-                while group.len() < GROUP {
-                    group.push(framed.next().await.expect("request").expect("decode"));
-                }
-                for req in group.into_iter().rev() {
-                    framed.send(req).await.expect("peer write");
-                    served += 1;
-                }
-            }
-            served
-        });
+        let peer = group_echo_peer(server, N, GROUP, true);
         let (ch, conn) = Channel::pair(
             Framed::new(client, MsgCodec::default()),
             Session::new(TestProto),
@@ -1886,8 +1829,7 @@ async fn s21_big_frames_through_a_tiny_pipe_do_not_deadlock_session() {
         let calls = (0..N).map(|i| {
             let ch = ch.clone();
             async move {
-                let mut body = vec![b'.'; SIZE];
-                body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let body = numbered_body(i as u64, SIZE);
                 let reply = ch.request(Msg::new(body.clone())).await.expect("big call");
                 assert!(reply.body == body, "big reply {i} mismatched");
             }

@@ -3,122 +3,20 @@
 //! Every test runs against a small scripted server on the other end of an in-memory
 //! duplex pipe, so the test decides exactly which frame goes out when.
 
-#[path = "support/codec.rs"]
-mod codec;
+mod support;
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::time::Duration;
 
-use codec::{Msg, MsgCodec, TestProto, TestProto16};
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Call, Channel, Config, Error, Kind as ErrKind, Order, Session};
+use socketchannel::{Call, Channel, Config, Kind as ErrKind, Order, Session};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-type Ch = Channel<Msg, Msg>;
-
-/// Runs `f`, failing the test if it takes longer than `secs`.
-async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
-}
-
-/// Long enough for the connection task and the server to do whatever they are going to
-/// do with the frames at hand (everything is in memory).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(30)).await;
-}
-
-fn pipe() -> (Framed<DuplexStream, MsgCodec>, DuplexStream) {
-    let (client, server) = tokio::io::duplex(1 << 16);
-    (Framed::new(client, MsgCodec::default()), server)
-}
-
-/// A server the test drives by hand: every request it reads is handed to the test, and
-/// it writes whatever frames the test gives it.
-struct Peer {
-    seen: mpsc::UnboundedReceiver<Msg>,
-    out: mpsc::UnboundedSender<Msg>,
-}
-
-impl Peer {
-    fn spawn(io: DuplexStream) -> Peer {
-        let (seen_tx, seen) = mpsc::unbounded_channel();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Msg>();
-        tokio::spawn(async move {
-            let mut framed = Framed::new(io, MsgCodec::default());
-            loop {
-                tokio::select! {
-                    frame = framed.next() => match frame {
-                        Some(Ok(msg)) => {
-                            let _ = seen_tx.send(msg);
-                        }
-                        _ => break,
-                    },
-                    msg = out_rx.recv() => match msg {
-                        Some(msg) => {
-                            if framed.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
-                        None => break,
-                    },
-                }
-            }
-        });
-        Peer { seen, out }
-    }
-
-    /// The next request the server read.
-    async fn next(&mut self) -> Msg {
-        within(5, "server waiting for a request", self.seen.recv())
-            .await
-            .expect("server: connection ended")
-    }
-
-    /// Whether the server read a request it has not handed to the test yet.
-    fn idle(&mut self) -> Option<Msg> {
-        self.seen.try_recv().ok()
-    }
-
-    fn send(&self, msg: Msg) {
-        self.out.send(msg).expect("server task gone");
-    }
-
-    fn reply(&self, req: &Msg, body: &str) {
-        self.send(Msg::with_id(req.id, body.to_string()));
-    }
-}
-
-fn spawn_request(ch: &Ch, call: impl Into<CallOf>) -> tokio::task::JoinHandle<Result<Msg, Error>> {
-    let ch = ch.clone();
-    let call = call.into().0;
-    tokio::spawn(async move { ch.request(call).await })
-}
-
-/// A `Call<Msg>` from a body or a call.
-struct CallOf(Call<Msg>);
-
-impl From<&str> for CallOf {
-    fn from(body: &str) -> Self {
-        CallOf(Call::new(Msg::new(body.to_string())))
-    }
-}
-
-impl From<Call<Msg>> for CallOf {
-    fn from(call: Call<Msg>) -> Self {
-        CallOf(call)
-    }
-}
-
-async fn joined<T>(handle: tokio::task::JoinHandle<T>) -> T {
-    within(5, "waiting for a call to resolve", handle)
-        .await
-        .expect("call task panicked")
-}
+use support::channel::{Ch, joined, spawn_request};
+use support::codec::{Msg, MsgCodec, TestProto, TestProto16};
+use support::script::{Peer, pipe, settle};
+use support::within;
 
 /// A server that answers every request with `re:<body>` under the request's id,
 /// reversing the order of each batch of `chunk` requests.

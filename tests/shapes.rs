@@ -6,48 +6,22 @@
 //! Every test runs against a small scripted server on the other end of an in-memory
 //! duplex pipe (or, for the greeting, a loopback TCP socket).
 
-#[path = "support/codec.rs"]
-mod codec;
+mod support;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use codec::{Kind as FrameKind, Msg, MsgCodec, TestProto};
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Call, Channel, Config, ConnectionErrorKind, Error, Replies, State};
+use socketchannel::{Call, Channel, Config, ConnectionErrorKind, Replies, State};
 use tokio::io::DuplexStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tower::load::Load;
 
-type Ch = Channel<Msg, Msg>;
-
-/// Runs `f`, failing the test if it takes longer than `secs`.
-async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
-}
-
-/// Long enough for the connection task and the server to do whatever they are going to
-/// do with the frames at hand (everything is in memory).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(30)).await;
-}
-
-/// Which matcher a test runs with.
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    Order,
-    Session,
-}
-
-fn pipe() -> (Framed<DuplexStream, MsgCodec>, DuplexStream) {
-    let (client, server) = tokio::io::duplex(1 << 16);
-    (Framed::new(client, MsgCodec::default()), server)
-}
+use support::channel::{Ch, Mode, joined, msg, spawn_request};
+use support::codec::{Kind as FrameKind, Msg, MsgCodec, TestProto};
+use support::script::{Peer, pipe, settle};
+use support::within;
 
 fn channel_on(mode: Mode, transport: Framed<DuplexStream, MsgCodec>, config: Config) -> Ch {
     match mode {
@@ -187,83 +161,8 @@ fn command_server(io: DuplexStream) -> Violations {
     violations
 }
 
-/// A server the test drives by hand: every request it reads is handed to the test, and
-/// it writes whatever frames the test gives it.
-struct Peer {
-    seen: mpsc::UnboundedReceiver<Msg>,
-    out: mpsc::UnboundedSender<Msg>,
-}
-
-impl Peer {
-    fn spawn(io: DuplexStream) -> Peer {
-        let (seen_tx, seen) = mpsc::unbounded_channel();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Msg>();
-        tokio::spawn(async move {
-            let mut framed = Framed::new(io, MsgCodec::default());
-            loop {
-                tokio::select! {
-                    frame = framed.next() => match frame {
-                        Some(Ok(msg)) => {
-                            let _ = seen_tx.send(msg);
-                        }
-                        _ => break,
-                    },
-                    msg = out_rx.recv() => match msg {
-                        Some(msg) => {
-                            if framed.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
-                        None => break,
-                    },
-                }
-            }
-        });
-        Peer { seen, out }
-    }
-
-    /// The next request the server read.
-    async fn next(&mut self) -> Msg {
-        within(5, "server waiting for a request", self.seen.recv())
-            .await
-            .expect("server: connection ended")
-    }
-
-    /// A request the server read and has not handed to the test yet.
-    fn idle(&mut self) -> Option<Msg> {
-        self.seen.try_recv().ok()
-    }
-
-    fn send(&self, msg: Msg) {
-        self.out.send(msg).expect("server task gone");
-    }
-
-    fn reply(&self, req: &Msg, body: &str) {
-        self.reply_kind(req, body, FrameKind::Normal);
-    }
-
-    fn reply_kind(&self, req: &Msg, body: &str, kind: FrameKind) {
-        self.send(Msg::with_id(req.id, body.to_string()).kind(kind));
-    }
-}
-
-fn msg(body: &str) -> Msg {
-    Msg::new(body.to_string())
-}
-
 fn texts(frames: &[Msg]) -> Vec<&str> {
     frames.iter().map(Msg::text).collect()
-}
-
-fn spawn_request(ch: &Ch, call: Call<Msg>) -> tokio::task::JoinHandle<Result<Msg, Error>> {
-    let ch = ch.clone();
-    tokio::spawn(async move { ch.request(call).await })
-}
-
-async fn joined<T>(handle: tokio::task::JoinHandle<T>) -> T {
-    within(5, "waiting for a call to resolve", handle)
-        .await
-        .expect("call task panicked")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -281,7 +180,7 @@ async fn request_n_case(mode: Mode) {
         // One at a time, too, and twice in a row.
         for round in 0..2 {
             let frames = ch
-                .request_n(msg(&format!("count 3 r{round}")), 3)
+                .request_n(msg(format!("count 3 r{round}")), 3)
                 .await
                 .unwrap();
             assert_eq!(frames.len(), 3);
@@ -478,11 +377,11 @@ async fn parts_case(mode: Mode) {
                 async move {
                     let c = format!("r{round}c{i}");
                     if i % 3 == 2 {
-                        let reply = ch.request(msg(&format!("echo {c}"))).await;
+                        let reply = ch.request(msg(format!("echo {c}"))).await;
                         (c, reply)
                     } else {
                         let n = 2 + i % 5;
-                        let parts = (0..n).map(|p| msg(&format!("part {p} {n} {c}"))).collect();
+                        let parts = (0..n).map(|p| msg(format!("part {p} {n} {c}"))).collect();
                         let reply = ch.request(Call::parts(parts)).await;
                         (format!("done {c}"), reply)
                     }
@@ -509,7 +408,7 @@ async fn pushes_case(mode: Mode) {
 
         let calls = (0..16).map(|i| {
             let ch = ch.clone();
-            async move { (i, ch.request(msg(&format!("push 3 x{i}"))).await) }
+            async move { (i, ch.request(msg(format!("push 3 x{i}"))).await) }
         });
         for (i, reply) in futures::future::join_all(calls).await {
             assert_eq!(reply.unwrap().text(), format!("x{i}"));
@@ -848,7 +747,7 @@ async fn close_case(mode: Mode) {
         assert!(poll_ready(&ch).await.is_err());
         // The connection is closed: the server reads end of stream.
         assert!(
-            within(5, "the server to see the end", peer.seen.recv())
+            within(5, "the server to see the end", peer.recv())
                 .await
                 .is_none()
         );
@@ -867,7 +766,7 @@ async fn counters_case(mode: Mode) {
         assert_eq!(ch.counters(), Default::default());
 
         for i in 0..3 {
-            let call = spawn_request(&ch, Call::new(msg(&format!("c{i}"))));
+            let call = spawn_request(&ch, Call::new(msg(format!("c{i}"))));
             let req = peer.next().await;
             peer.reply(&req, "ok");
             joined(call).await.unwrap();

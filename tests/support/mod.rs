@@ -1,14 +1,23 @@
 //! Shared by the integration test suites: the test protocol ([`codec`]), an in-process
-//! TCP test server ([`server`]), a fault-injecting TCP proxy ([`proxy`]) and small
-//! helpers that keep every test bounded in time.
+//! TCP test server ([`server`]), a fault-injecting TCP proxy ([`proxy`]) and what those
+//! and the suites' own servers share ([`loopback`]), channels of the test protocol and
+//! their calls ([`channel`]), an in-memory network of scripted servers for reconnecting
+//! channels ([`memory`]), scripted peers on an in-memory pipe ([`script`]), the peak of
+//! calls in flight under a load ([`peak`]), and small helpers that keep every test
+//! bounded in time.
 //!
 //! Each suite includes it with `mod support;`; a suite uses only part of it, hence the
 //! `dead_code` allowance.
 
 #![allow(dead_code)]
 
+pub mod channel;
 pub mod codec;
+pub mod loopback;
+pub mod memory;
+pub mod peak;
 pub mod proxy;
+pub mod script;
 pub mod server;
 
 use std::future::{Future, IntoFuture};
@@ -16,7 +25,7 @@ use std::net::SocketAddr;
 use std::panic::Location;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
 use self::codec::MsgCodec;
@@ -45,6 +54,14 @@ pub fn timeout<F: IntoFuture>(limit: Duration, fut: F) -> impl Future<Output = F
 #[track_caller]
 pub fn bounded<F: IntoFuture>(fut: F) -> impl Future<Output = F::Output> {
     timeout(BOUND, fut)
+}
+
+/// Runs `f`, failing the test if it takes longer than `secs` (of the runtime's clock);
+/// the panic names `what`.
+pub async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
 }
 
 /// Waits until `cond` holds, checking every few milliseconds; panics (with the caller's
@@ -79,4 +96,10 @@ pub async fn connect(addr: SocketAddr) -> Framed<TcpStream, MsgCodec> {
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream.set_nodelay(true).expect("set_nodelay");
     Framed::new(stream, MsgCodec::default())
+}
+
+/// A loopback address with nothing listening on it (connects are refused).
+pub async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("local_addr")
 }

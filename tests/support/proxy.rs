@@ -39,8 +39,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -48,8 +48,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use super::loopback::{Conns, listen};
 
 /// Connections one listener accepts, at most.
 const MAX_CONNECTIONS: usize = 4096;
@@ -227,7 +229,7 @@ struct Shared {
     accept: watch::Sender<Accept>,
     kill: broadcast::Sender<End>,
     stats: Arc<ProxyStats>,
-    conns: Mutex<Vec<AbortHandle>>,
+    conns: Conns,
 }
 
 /// A running proxy. Stops (every task aborted, every socket closed) when dropped.
@@ -255,8 +257,8 @@ impl Proxy {
             upstream.ip().is_loopback(),
             "the proxy only forwards to loopback"
         );
-        let listener =
-            listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind a proxy on 127.0.0.1");
+        let listener = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "the proxy")
+            .expect("bind a proxy on 127.0.0.1");
         let addr = listener.local_addr().expect("local_addr");
         let (kill, _) = broadcast::channel(16);
         let shared = Arc::new(Shared {
@@ -267,7 +269,7 @@ impl Proxy {
             accept: watch::Sender::new(Accept::Forward),
             kill,
             stats: Arc::new(ProxyStats::default()),
-            conns: Mutex::new(Vec::new()),
+            conns: Conns::default(),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Proxy {
@@ -355,7 +357,7 @@ impl Proxy {
         }
         let mut last = None;
         for _ in 0..100 {
-            match listen(self.addr) {
+            match listen(self.addr, "the proxy") {
                 Ok(l) => {
                     *listener = Some(tokio::spawn(accept_loop(l, self.shared.clone())));
                     return Ok(());
@@ -373,27 +375,8 @@ impl Drop for Proxy {
         if let Some(task) = self.listener.get_mut().take() {
             task.abort();
         }
-        for conn in self
-            .shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            conn.abort();
-        }
+        self.shared.conns.abort_all();
     }
-}
-
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    assert!(
-        addr.ip().is_loopback(),
-        "the proxy only listens on loopback"
-    );
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// Counts a connection open until dropped (also when its task is aborted).
@@ -436,9 +419,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let guard = OpenGuard(shared.stats.clone());
         let kill = shared.kill.subscribe();
         let task = tokio::spawn(serve(client, index, shared.clone(), kill, guard));
-        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|c| !c.is_finished());
-        conns.push(task.abort_handle());
+        shared.conns.add(&task);
     }
 }
 

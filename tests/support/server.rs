@@ -47,12 +47,13 @@ use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::codec::{Kind, Msg, MsgCodec};
+use super::loopback::{Conns, listen};
 
 /// Connections one listener accepts, at most.
 const MAX_CONNECTIONS: usize = 4096;
@@ -370,7 +371,7 @@ struct Shared {
     choose: Box<Choose>,
     stats: Arc<ServerStats>,
     kill: broadcast::Sender<Close>,
-    conns: Mutex<Vec<AbortHandle>>,
+    conns: Conns,
 }
 
 /// A running test server. Stops (every task aborted) when dropped.
@@ -400,15 +401,18 @@ impl TestServer {
     pub async fn start_with(
         choose: impl Fn(usize) -> Behaviour + Send + Sync + 'static,
     ) -> TestServer {
-        let listener = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .expect("bind a test server on 127.0.0.1");
+        let listener = listen(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            "the test server",
+        )
+        .expect("bind a test server on 127.0.0.1");
         let addr = listener.local_addr().expect("local_addr");
         let (kill, _) = broadcast::channel(16);
         let shared = Arc::new(Shared {
             choose: Box::new(choose),
             stats: Arc::new(ServerStats::default()),
             kill,
-            conns: Mutex::new(Vec::new()),
+            conns: Conns::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone())).abort_handle();
         TestServer {
@@ -464,7 +468,7 @@ impl TestServer {
         self.stop_accepting();
         let mut last = None;
         for _ in 0..100 {
-            match listen(self.addr) {
+            match listen(self.addr, "the test server") {
                 Ok(listener) => {
                     let task = tokio::spawn(accept_loop(listener, self.shared.clone()));
                     *self.accept.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -482,27 +486,8 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop_accepting();
-        for conn in self
-            .shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            conn.abort();
-        }
+        self.shared.conns.abort_all();
     }
-}
-
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    assert!(
-        addr.ip().is_loopback(),
-        "the test server only listens on loopback"
-    );
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -520,9 +505,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             serve(stream, index, behaviour, kill, &stats).await;
             stats.open.fetch_sub(1, Ordering::SeqCst);
         });
-        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|c| !c.is_finished());
-        conns.push(task.abort_handle());
+        shared.conns.add(&task);
     }
 }
 
