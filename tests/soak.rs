@@ -76,7 +76,13 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// Allocations made on this thread, for checks that must not see other tests' work.
+    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 fn grew(n: usize) {
+    ALLOCS.with(|a| a.set(a.get() + 1));
     let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
@@ -128,6 +134,25 @@ static ALLOCATOR: Counting = Counting;
 
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
+}
+
+fn allocs_on_this_thread() -> u64 {
+    ALLOCS.with(|a| a.get())
+}
+
+/// Cloning a handle is three atomic increments: no allocation, however many clones.
+#[tokio::test(flavor = "current_thread")]
+async fn cloning_a_channel_never_allocates() {
+    let (client, _server) = tokio::io::duplex(64);
+    let channel: Channel<Msg, Msg> = Channel::new(
+        Framed::new(client, MsgCodec::default()),
+        socketchannel::Order::new(TestProto),
+    );
+    let before = allocs_on_this_thread();
+    let clones: Vec<_> = (0..1000).map(|_| channel.clone()).collect::<Vec<_>>();
+    // The Vec of clones itself is one allocation.
+    assert_eq!(allocs_on_this_thread() - before, 1);
+    drop(clones);
 }
 
 // ---------------------------------------------------------------------------------------
