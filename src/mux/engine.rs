@@ -344,15 +344,9 @@ where
 
     /// Fails every queued call as *not sent*, handing each its request back, and stops
     /// the intake for good.
-    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Cause>) {
+    pub(crate) fn fail_queued_and_close(&mut self, kind: Kind, cause: Option<&Cause>) {
         self.intake.close();
-        for call in self.held.drain(..) {
-            call.fail_unsent(kind, cause);
-        }
-        while let Ok(call) = self.intake.try_recv() {
-            self.shared.unqueue(call.weight);
-            call.fail_unsent(kind, cause);
-        }
+        self.fail_queued(kind, cause);
         self.intake_done = true;
     }
 
@@ -368,7 +362,7 @@ where
 
     /// Fails the queued calls as *not sent*, handing each its request back, but keeps
     /// the intake open: later calls are taken as usual.
-    pub(crate) fn fail_queued_now(&mut self, kind: Kind, cause: Option<&Cause>) {
+    pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Cause>) {
         for call in self.held.drain(..) {
             call.fail_unsent(kind, cause);
         }

@@ -63,7 +63,7 @@ where
         if let Some(conn) = self.conn.take() {
             conn.fail(kind, &cause, &self.engine.shared.stats);
         }
-        self.engine.fail_queued(kind, Some(&cause));
+        self.engine.fail_queued_and_close(kind, Some(&cause));
         self.engine.shared.set_state(State::Closed);
     }
 }

@@ -284,7 +284,7 @@ where
         let err = ConnectError::new(pass.failures);
         warn!(error = %err, "connect pass failed");
         let cause: Cause = Arc::new(err);
-        self.engine.fail_queued_now(Kind::Connect, Some(&cause));
+        self.engine.fail_queued(Kind::Connect, Some(&cause));
         *self
             .engine
             .shared
@@ -426,7 +426,7 @@ where
         for d in self.draining.drain(..) {
             d.conn.fail(Kind::Closed, &cause, &self.engine.shared.stats);
         }
-        self.engine.fail_queued_now(Kind::Closed, Some(&cause));
+        self.engine.fail_queued(Kind::Closed, Some(&cause));
         self.tell_waiters(|| Error::new(Kind::Closed));
         self.shutdown = None;
         self.set_state(State::Closed);
@@ -509,7 +509,7 @@ where
     /// Fails calls that arrive while there is no connection to try.
     fn fail_arrivals(&mut self, cx: &mut Context<'_>, kind: Kind) {
         while let Poll::Ready(true) = self.engine.poll_wanted(cx) {
-            self.engine.fail_queued_now(kind, self.last_error.as_ref());
+            self.engine.fail_queued(kind, self.last_error.as_ref());
         }
     }
 
