@@ -80,6 +80,9 @@ impl Encoder<Frame> for RespCodec {
     type Error = RedisProtocolError;
     fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), Self::Error> {
         match self.version {
+            // A command (an array of blob strings) is the same bytes in RESP2 and RESP3:
+            // encode it as it is, without building a RESP2 copy.
+            Version::Resp2 if is_command(&item) => self.resp3.encode(item, dst),
             Version::Resp2 => self.resp2.encode(to_resp2(item)?, dst),
             Version::Resp3 => self.resp3.encode(item, dst),
         }
@@ -94,6 +97,25 @@ impl Decoder for RespCodec {
             Version::Resp2 => Ok(self.resp2.decode(src)?.map(from_resp2)),
             Version::Resp3 => self.resp3.decode(src),
         }
+    }
+}
+
+/// An array of blob strings without attributes: what every client command is.
+fn is_command(frame: &Frame) -> bool {
+    match frame {
+        Frame::Array {
+            data,
+            attributes: None,
+        } => data.iter().all(|f| {
+            matches!(
+                f,
+                Frame::BlobString {
+                    attributes: None,
+                    ..
+                }
+            )
+        }),
+        _ => false,
     }
 }
 
