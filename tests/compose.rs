@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, BoxError, Channel, Endpoint, Error, Kind, Policy, State};
+use socketchannel::{Backoff, BoxError, Channel, Endpoint, Kind, Policy, State};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::balance::p2c::Balance;
@@ -170,19 +170,13 @@ impl Servers {
 // The retry policy
 // ---------------------------------------------------------------------------------------
 
-/// Retries a call only when the channel says its request was never written
-/// ([`Error::is_not_sent`]): no connection, a failed connect pass, the channel backing
-/// off, a connection lost before the request's turn.
-///
-/// Errors that *may have executed* ([`Error::may_have_executed`]: the request was handed
-/// to the transport and the connection died, or the server answered with an error) are
-/// never retried: the server may already have acted on the request, and running it again
-/// could execute it twice (a payment, an `INCR`, a non-idempotent RPC). Only the caller
-/// knows whether its request is idempotent, so those errors go back to it.
+/// The crate's [`socketchannel::RetryNotSent`] (it retries only calls that failed *not
+/// sent*; *may have executed* ones go back to the caller, since running them again could
+/// execute them twice), counting the retries it makes across clones so tests can see
+/// them.
 #[derive(Debug, Clone)]
 struct RetryNotSent {
-    left: usize,
-    wait: Duration,
+    inner: socketchannel::RetryNotSent,
     /// Counts the retries made, across clones.
     retries: Arc<AtomicUsize>,
 }
@@ -190,8 +184,7 @@ struct RetryNotSent {
 impl RetryNotSent {
     fn new(attempts: usize, wait: Duration) -> Self {
         RetryNotSent {
-            left: attempts,
-            wait,
+            inner: socketchannel::RetryNotSent::new(attempts).delay(wait),
             retries: Arc::default(),
         }
     }
@@ -200,25 +193,16 @@ impl RetryNotSent {
 impl tower::retry::Policy<Msg, Msg, BoxError> for RetryNotSent {
     type Future = tokio::time::Sleep;
 
-    fn retry(
-        &mut self,
-        _req: &mut Msg,
-        result: &mut Result<Msg, BoxError>,
-    ) -> Option<Self::Future> {
-        let Err(err) = result else {
-            return None;
-        };
-        let not_sent = channel_error(err).is_some_and(Error::is_not_sent);
-        if !not_sent || self.left == 0 {
-            return None;
+    fn retry(&mut self, req: &mut Msg, result: &mut Result<Msg, BoxError>) -> Option<Self::Future> {
+        let retry = self.inner.retry(req, result);
+        if retry.is_some() {
+            self.retries.fetch_add(1, Ordering::SeqCst);
         }
-        self.left -= 1;
-        self.retries.fetch_add(1, Ordering::SeqCst);
-        Some(tokio::time::sleep(self.wait))
+        retry
     }
 
     fn clone_request(&mut self, req: &Msg) -> Option<Msg> {
-        Some(req.clone())
+        tower::retry::Policy::<Msg, Msg, BoxError>::clone_request(&mut self.inner, req)
     }
 }
 
