@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, BoxError, Channel, Plain, Policy, State};
+use socketchannel::{Backoff, BoxError, Channel, Plain, Policy, RetryNotSent, State};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::codec::{Framed, LinesCodec};
@@ -63,8 +63,8 @@ async fn main() -> Result<(), BoxError> {
     let stack = ServiceBuilder::new()
         .concurrency_limit(CALLERS / 2)
         .timeout(Duration::from_secs(2))
-        .retry(RetryNotSent {
-            attempts_left: 3,
+        .retry(Counted {
+            policy: RetryNotSent::new(3).delay(Duration::from_millis(2)),
             tally: tally.clone(),
         })
         // `Balance` is not `Clone`; `buffer` gives each caller a handle to one balancer.
@@ -130,45 +130,37 @@ where
     Ok(())
 }
 
-/// Retries a call only when the channel says its request was never sent.
+/// The crate's [`RetryNotSent`], counting its retries for the tally.
 ///
-/// A *not sent* failure (`socketchannel::Error::is_not_sent`: the host could not be
-/// reached, or the connection died before the request was written) is safe to retry,
-/// here on whichever backend the balancer picks next. A *may have executed* failure
-/// (`Error::may_have_executed`: the request was written, then the connection died
-/// before the reply, or the server answered with an error) is **not** retried: the
-/// server may have executed it, and a second run of a non-idempotent request (`INCR`,
-/// a payment) would execute it twice. Only the caller knows whether that is harmless,
-/// so it gets the error.
+/// It retries a call only when the channel says its request was never sent (the host
+/// could not be reached, or the connection died before the request was written), here
+/// on whichever backend the balancer picks next. A *may have executed* failure is not
+/// retried: the server may have run it, and a second run of a non-idempotent request
+/// (`INCR`, a payment) would run it twice. Only the caller knows whether that is
+/// harmless, so it gets the error.
 #[derive(Clone)]
-struct RetryNotSent {
-    attempts_left: usize,
+struct Counted {
+    policy: RetryNotSent,
     tally: Arc<Tally>,
 }
 
-impl<Res> RetryPolicy<String, Res, BoxError> for RetryNotSent {
+impl<Res> RetryPolicy<String, Res, BoxError> for Counted {
     type Future = tokio::time::Sleep;
 
     fn retry(
         &mut self,
-        _req: &mut String,
+        req: &mut String,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
-        let Err(err) = result else { return None };
-        // Errors from tower layers (a timeout) are not a `socketchannel::Error`.
-        let not_sent = err
-            .downcast_ref::<socketchannel::Error>()
-            .is_some_and(|e| e.is_not_sent());
-        if !not_sent || self.attempts_left == 0 {
-            return None;
+        let retry = self.policy.retry(req, result);
+        if retry.is_some() {
+            self.tally.ns_retries.fetch_add(1, Relaxed);
         }
-        self.attempts_left -= 1;
-        self.tally.ns_retries.fetch_add(1, Relaxed);
-        Some(tokio::time::sleep(Duration::from_millis(2)))
+        retry
     }
 
     fn clone_request(&mut self, req: &String) -> Option<String> {
-        Some(req.clone())
+        RetryPolicy::<String, Res, BoxError>::clone_request(&mut self.policy, req)
     }
 }
 
