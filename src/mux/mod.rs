@@ -9,6 +9,7 @@
 
 mod call;
 mod engine;
+mod ids;
 mod layer;
 mod matcher;
 mod order;

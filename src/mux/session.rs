@@ -1,12 +1,12 @@
 //! Session mode: each request carries an id, each reply names the id it answers.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 
 use tracing::warn;
 
 use super::call::Frames;
+use super::ids::IdTable;
 use super::matcher::{Entry, Matcher, Route, abandoned};
 use crate::error::{Error, Kind};
 use crate::protocol::{SessionId, Sessions};
@@ -18,10 +18,12 @@ use crate::protocol::{SessionId, Sessions};
 /// every frame.
 ///
 /// Ids are given round-robin over the range (by default the whole of
-/// [`Sessions::Id`] but 0), skipping ids still waiting, including those of callers that
-/// gave up before their reply came: an id is free again only once its reply arrived or
-/// its connection ended. When no id is free, the channel stops taking requests until one
-/// is.
+/// [`Sessions::Id`] but 0): in increasing order, wrapping at the end, so an id comes
+/// back only after a full lap. Ids still waiting are skipped, including those of callers
+/// that gave up before their reply came: an id is free again only once its reply arrived
+/// or its connection ended. (Some free ids may be skipped too: the channel picks ids that
+/// fit its table of waiting calls.) When no id is free, the channel stops taking requests
+/// until one is.
 #[derive(Debug, Clone)]
 pub struct Session<S> {
     pub(crate) sessions: S,
@@ -70,11 +72,8 @@ impl<S> Session<S> {
         let (lo, hi) = (lo.min(S::Id::MAX), hi.min(S::Id::MAX));
         SessionMatcher {
             sessions: self.sessions.clone(),
-            live: HashMap::default(),
+            live: IdTable::new(lo, hi),
             reads: VecDeque::new(),
-            lo,
-            hi,
-            next: lo,
             max_in_flight,
         }
     }
@@ -83,46 +82,16 @@ impl<S> Session<S> {
 #[allow(unreachable_pub, missing_debug_implementations)] // named by `Mode::Matcher`, unreachable from outside
 pub struct SessionMatcher<S, Resp> {
     sessions: S,
-    live: HashMap<u64, Entry<Resp>, BuildHasherDefault<IdHasher>>,
+    /// Calls waiting for a reply, by session id.
+    live: IdTable<Entry<Resp>>,
     /// Reads without a request: they take frames that carry no id, oldest first.
     reads: VecDeque<Entry<Resp>>,
-    lo: u64,
-    hi: u64,
-    /// Where the round-robin search for a free id starts.
-    next: u64,
     max_in_flight: usize,
-}
-
-impl<S, Resp> SessionMatcher<S, Resp> {
-    fn span(&self) -> u64 {
-        self.hi - self.lo
-    }
-
-    /// Ids currently waiting that lie in the allocation range.
-    fn live_in_range(&self) -> usize {
-        // Caller-supplied ids outside the range never block allocation; counting them
-        // would only make `has_room` stricter, which is safe, so skip the exact count.
-        self.live.len()
-    }
-
-    /// The next free id at or after the cursor, wrapping; `None` when all are live.
-    fn allocate(&mut self) -> Option<u64> {
-        let mut id = self.next;
-        for _ in 0..=self.span() {
-            let candidate = id;
-            id = if id == self.hi { self.lo } else { id + 1 };
-            if !self.live.contains_key(&candidate) {
-                self.next = id;
-                return Some(candidate);
-            }
-        }
-        None
-    }
 }
 
 impl<S, Resp> Drop for SessionMatcher<S, Resp> {
     fn drop(&mut self) {
-        self.live.drain().for_each(|(_, e)| abandoned(e));
+        self.live.drain(abandoned);
         self.reads.drain(..).for_each(abandoned);
     }
 }
@@ -134,7 +103,7 @@ where
 {
     fn has_room(&self) -> bool {
         let pending = self.live.len() + self.reads.len();
-        pending < self.max_in_flight && (self.live_in_range() as u64) <= self.span()
+        pending < self.max_in_flight && self.live.has_free()
     }
 
     fn admit(
@@ -148,19 +117,18 @@ where
             return Ok(());
         }
         let id = match id {
-            Some(id) if id > S::Id::MAX => {
-                return Err((Error::new(Kind::Unsupported), entry));
-            }
-            Some(id) if self.live.contains_key(&id) => {
-                return Err((Error::new(Kind::IdInUse), entry));
-            }
-            Some(id) => id,
-            None => match self.allocate() {
-                Some(id) => id,
-                // `has_room` said there was one; only caller ids outside the range can
-                // make this happen, and then waiting is the honest answer too.
-                None => return Err((Error::new(Kind::IdInUse), entry)),
-            },
+            Some(id) if id > S::Id::MAX => return Err((Error::new(Kind::Unsupported), entry)),
+            Some(id) => self
+                .live
+                .insert(id, entry)
+                .map(|()| id)
+                .map_err(|entry| (Error::new(Kind::IdInUse), entry))?,
+            // `has_room` said there was a free id; only caller ids outside the range can
+            // make this fail, and then waiting is the honest answer too.
+            None => self
+                .live
+                .insert_next(entry)
+                .map_err(|entry| (Error::new(Kind::IdInUse), entry))?,
         };
         let wire = S::Id::from_u64(id);
         match frames {
@@ -170,7 +138,6 @@ where
                 .iter_mut()
                 .for_each(|req| self.sessions.stamp(req, wire)),
         }
-        self.live.insert(id, entry);
         Ok(())
     }
 
@@ -188,12 +155,12 @@ where
             }
             return Route::Delivered;
         };
-        let Some(entry) = self.live.get_mut(&id) else {
+        let Some(entry) = self.live.get_mut(id) else {
             warn!(id, "reply for a session id that is not waiting; dropped");
             return Route::Unknown;
         };
         if entry.waiter.deliver(frame, &self.sessions) {
-            self.live.remove(&id);
+            self.live.remove(id);
         }
         Route::Delivered
     }
@@ -213,27 +180,7 @@ where
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
-        self.live.drain().map(|(_, e)| e).for_each(&mut *each);
+        self.live.drain(&mut *each);
         self.reads.drain(..).for_each(each);
-    }
-}
-
-/// Session ids are already well spread integers: a multiply is all the hashing needed.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
