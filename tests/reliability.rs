@@ -801,7 +801,12 @@ async fn s02_reset_and_cut_mid_frame_session() {
 /// Scenario 3: An idle connection closed (FIN), then reset (RST), by the other side: each
 /// death is seen at once (one move to `Idle`), nothing reconnects while idle
 /// (`Policy::Once`), and the next call reconnects once and succeeds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// One thread: the state recorder is woken by each change and runs before anything the
+/// change leads to, so it sees every state. On two threads it could wait in a preempted
+/// worker while the reply, the kill and the move to `Idle` happened on the other one: the
+/// state watch keeps only the latest value, and the recorder missed a `Ready`.
+#[tokio::test(flavor = "current_thread")]
 async fn s03_idle_death_is_detected_and_the_next_call_reconnects() {
     whole(async {
         let server = TestServer::start(Behaviour::echo()).await;
