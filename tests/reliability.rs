@@ -1982,9 +1982,17 @@ async fn s25_a_thousand_callers_share_one_connect_attempt() {
         assert_eq!(attempts.peak(), 1);
         finish(ch, task, &[server.stats()], &[]).await;
 
-        // A dead host.
+        // A dead host. The backoff after the failed pass outlasts the test: callers whose
+        // task runs only after the pass failed (1,000 spawned tasks take a while on a
+        // loaded machine) fail fast while it lasts, as *not sent*, and make no second
+        // attempt. With the 10 to 50 ms of `builder` such a late caller could find the
+        // channel idle again and start a pass of its own.
         let (rec, attempts) = Recording::new();
-        let (ch, task) = spawn_with(builder(refused_addr().await), rec, Order::new(TestProto));
+        let dead = builder(refused_addr().await).backoff(Backoff::exponential(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let (ch, task) = spawn_with(dead, rec, Order::new(TestProto));
         let calls: Vec<_> = (0..1000)
             .map(|i| spawn_request(&ch, format!("d{i}")))
             .collect();
