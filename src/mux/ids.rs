@@ -9,7 +9,7 @@
 //! An id whose slot holds another live id (a straggler a lap of the ring older, or a
 //! caller's own id) goes to a map beside the ring, empty in the common case. When that
 //! map grows past an eighth of the ring, the ring doubles and takes back what fits; so
-//! the ring never holds more than eight slots per live id, even for ids chosen at random
+//! the ring never grows past sixteen slots per live id, even for ids chosen at random
 //! by callers. It does not shrink: it lives as long as its connection.
 
 use std::collections::HashMap;
