@@ -27,8 +27,14 @@ use crate::stats::Stats;
 
 /// Poll iterations before the connection task yields to the scheduler.
 const BUDGET: usize = 16;
-/// Frames read, or calls written, per iteration at most: keeps both directions moving.
+/// Calls written per iteration at most: keeps both directions moving.
 const BATCH: usize = 256;
+/// Frames read per iteration at most. The callers they wake send their next calls as one
+/// write (see the yield in `poll_conn`) while the rest of the replies wait in the read
+/// buffer, so the server works on one batch while the callers work on the next. Smaller
+/// batches cost the server a read per few calls; at 256 callers on Redis, 64 did 8-13%
+/// more than 256, and 32 did 20% less.
+const READ_BATCH: usize = 64;
 
 /// The state that outlives each transport: the intake, the push sender, the settings.
 pub(crate) struct Engine<Req, Resp> {
@@ -262,7 +268,7 @@ where
         RE: Into<BoxError>,
     {
         let mut n = 0;
-        while n < BATCH {
+        while n < READ_BATCH {
             let frame = match Pin::new(&mut conn.transport).poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(e))) => return Err(fail(Why::Read, e)),
