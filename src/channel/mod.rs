@@ -48,6 +48,10 @@ pub struct Channel<Req, Resp> {
     pub(crate) shared: Arc<Shared<Resp>>,
     /// Capacity reserved by `poll_ready` for the next `call`.
     permit: Option<Permit<Req, Resp>>,
+    /// The sender the last permit gave back once used: the next permit is made from it,
+    /// so a call does not clone and drop a sender (four atomic operations on the
+    /// intake's shared counters).
+    spare: Option<mpsc::Sender<Envelope<Req, Resp>>>,
     /// Waits for capacity when the intake is full; allocated the first time it is.
     reserve: Option<Reserve<Req, Resp>>,
     reserving: bool,
@@ -387,6 +391,7 @@ impl<Req, Resp> Channel<Req, Resp> {
             tx,
             shared,
             permit: None,
+            spare: None,
             reserve: None,
             reserving: false,
             connect_wait: None,

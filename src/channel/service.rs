@@ -30,7 +30,8 @@ where
         }
         std::task::ready!(self.poll_connected(cx));
         if !self.reserving {
-            match self.tx.clone().try_reserve_owned() {
+            let tx = self.spare.take().unwrap_or_else(|| self.tx.clone());
+            match tx.try_reserve_owned() {
                 Ok(permit) => {
                     self.permit = Some(permit);
                     return Poll::Ready(Ok(()));
@@ -110,7 +111,12 @@ where
         let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
         let permit = match self.permit.take() {
             Some(permit) => permit,
-            None => match self.tx.clone().try_reserve_owned() {
+            None => match self
+                .spare
+                .take()
+                .unwrap_or_else(|| self.tx.clone())
+                .try_reserve_owned()
+            {
                 Ok(permit) => permit,
                 Err(e) => {
                     let kind = match e {
@@ -138,7 +144,7 @@ where
         let span = tracing::debug_span!("request");
         let mut envelope = envelope;
         envelope.weight = self.shared.queue(&envelope.frames);
-        permit.send(envelope);
+        self.spare = Some(permit.send(envelope));
         ResponseFuture::waiting(rx, span)
     }
 }
