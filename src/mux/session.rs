@@ -21,9 +21,8 @@ use crate::protocol::{SessionId, Sessions};
 /// [`Sessions::Id`] but 0): in increasing order, wrapping at the end, so an id comes
 /// back only after a full lap. Ids still waiting are skipped, including those of callers
 /// that gave up before their reply came: an id is free again only once its reply arrived
-/// or its connection ended. (Some free ids may be skipped too: the channel picks ids that
-/// fit its table of waiting calls.) When no id is free, the channel stops taking requests
-/// until one is.
+/// or its connection ended. When no id is free, the channel stops taking requests until
+/// one is.
 #[derive(Debug, Clone)]
 pub struct Session<S> {
     pub(crate) sessions: S,
