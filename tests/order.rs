@@ -1206,6 +1206,28 @@ async fn call_after_the_connection_ended_on_a_reserved_slot_fails_fast() {
     .await;
 }
 
+/// Reserves a slot on a clone of `ch`, closes the channel, waits until it is closed,
+/// then uses the slot: the call fails at once, closed and *not sent*, its request
+/// handed back.
+async fn reserved_slot_used_after_close_fails_fast(ch: &Chan) {
+    let mut svc = ch.clone();
+    poll_fn(|cx| svc.poll_ready(cx))
+        .await
+        .expect("ready while connected");
+    ch.close();
+    let mut state = ch.state();
+    timeout(SHORT, state.wait_for(|s| *s == State::Closed))
+        .await
+        .expect("state");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
+    let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
+    assert!(err.is_closed(), "{err:?}");
+    assert!(err.is_not_sent(), "{err:?}");
+    assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));
+}
+
 /// The same after `close()`: a slot reserved before it, used after it, fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_after_close_on_a_reserved_slot_fails_fast() {
@@ -1213,22 +1235,7 @@ async fn call_after_close_on_a_reserved_slot_fails_fast() {
         let server = TestServer::start(Behaviour::echo()).await;
         let ch = channel(&server, Config::default()).await;
 
-        let mut svc = ch.clone();
-        poll_fn(|cx| svc.poll_ready(cx))
-            .await
-            .expect("ready while connected");
-        ch.close();
-        let mut state = ch.state();
-        timeout(SHORT, state.wait_for(|s| *s == State::Closed))
-            .await
-            .expect("state");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-
-        let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
-        let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
-        assert!(err.is_closed(), "{err:?}");
-        assert!(err.is_not_sent(), "{err:?}");
-        assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));
+        reserved_slot_used_after_close_fails_fast(&ch).await;
         assert!(server.stats().bodies().is_empty());
     })
     .await;
@@ -1252,22 +1259,7 @@ async fn builder_channel_call_after_close_on_a_reserved_slot_fails_fast() {
             hello
         );
 
-        let mut svc = ch.clone();
-        poll_fn(|cx| svc.poll_ready(cx))
-            .await
-            .expect("ready while connected");
-        ch.close();
-        let mut state = ch.state();
-        timeout(SHORT, state.wait_for(|s| *s == State::Closed))
-            .await
-            .expect("state");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-
-        let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
-        let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
-        assert!(err.is_closed(), "{err:?}");
-        assert!(err.is_not_sent(), "{err:?}");
-        assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));
+        reserved_slot_used_after_close_fails_fast(&ch).await;
         assert_eq!(server.stats().bodies(), ["hello"]);
     })
     .await;

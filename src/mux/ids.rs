@@ -226,7 +226,6 @@ mod tests {
     fn replies_in_order_give_consecutive_ids_round_the_range() {
         let mut t = IdTable::new(1, 32);
         let mut live = VecDeque::new();
-        let mut ids = Vec::new();
         for i in 0..100u64 {
             if live.len() == 5 {
                 let old = live.pop_front().unwrap();
@@ -235,7 +234,6 @@ mod tests {
             let id = t.insert_next(0).unwrap();
             *t.get_mut(id).unwrap() = id * 10;
             live.push_back(id);
-            ids.push(id);
             assert_eq!(id, i % 32 + 1);
         }
         assert_eq!(t.len(), 5);
