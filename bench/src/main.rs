@@ -63,12 +63,13 @@ const IN_FLIGHT: usize = 256;
 const SAFETY_CELL: (usize, usize) = (256, 16);
 
 const USAGE: &str = "\
-usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--duration SECS] [--no-redis]
+usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--duration SECS] [--no-redis]
 
   --quick          short cells (0.3 s each), under a minute in all
   --json           one JSON object per row on stdout instead of the table
   --runs N         repeat the whole matrix N times, report medians (default 1)
   --filter SUBSTR  only variants whose name contains SUBSTR
+  --callers N      only the cells with N callers (1, 16 or 256), e.g. to profile one
   --duration SECS  measured time per cell (default 2, or 0.3 with --quick)
   --no-redis       skip the Redis section (skipped anyway without redis-server)";
 
@@ -90,6 +91,8 @@ struct Options {
     json: bool,
     runs: usize,
     filter: Option<String>,
+    /// The concurrencies to run: all of [`CONCURRENCY`], or the one `--callers` names.
+    callers: Vec<usize>,
     /// Warm-up and measured time of every cell.
     window: Window,
     /// Skip the Redis section.
@@ -101,6 +104,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let mut json = false;
     let mut runs = 1;
     let mut filter = None;
+    let mut callers = CONCURRENCY.to_vec();
     let mut duration = None;
     let mut no_redis = false;
     let mut server = None;
@@ -113,6 +117,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--runs" => runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--filter" => filter = Some(value()?),
             "--no-redis" => no_redis = true,
+            "--callers" => {
+                let n = value()?.parse().map_err(|e| format!("--callers: {e}"))?;
+                if !CONCURRENCY.contains(&n) {
+                    return Err(format!("--callers must be one of {CONCURRENCY:?}"));
+                }
+                callers = vec![n];
+            }
             "--duration" => {
                 let secs: f64 = value()?.parse().map_err(|e| format!("--duration: {e}"))?;
                 duration = Some(Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?);
@@ -141,6 +152,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         json,
         runs,
         filter,
+        callers,
         window: Window {
             warmup,
             measure: duration.unwrap_or(measure),
@@ -255,7 +267,8 @@ fn redis_section(
         eprintln!("note: Redis section skipped (--no-redis)");
         return Ok(());
     }
-    let Some(section) = redis::run(variants, options.runs, options.window)? else {
+    let Some(section) = redis::run(variants, options.runs, &options.callers, options.window)?
+    else {
         return Ok(());
     };
     let rows = report::summarize(&section.samples);
@@ -315,7 +328,7 @@ fn echo(
         }
 
         // Variants side by side within each cell, so they see the same machine noise.
-        for concurrency in CONCURRENCY {
+        for &concurrency in &options.callers {
             for payload in PAYLOADS {
                 let extra = if (concurrency, payload) == SAFETY_CELL {
                     safety

@@ -46,7 +46,6 @@ use tower::BoxError;
 
 use self::process::Server;
 use self::resp::{Frame, Redis, RespCodec};
-use crate::CONCURRENCY;
 use crate::load::{self, Caller, Outcome, Window};
 use crate::measure::Counted;
 use crate::report::{Payload, Sample};
@@ -74,13 +73,18 @@ pub struct Section {
     pub limit: Option<Limit>,
 }
 
-/// Starts a `redis-server`, runs `variants` at every cell `runs` times, then
-/// `redis-benchmark`. `None` (with a note on stderr) when `redis-server` is not on `PATH`.
+/// Starts a `redis-server`, runs `variants` at every cell (with each number of `callers`)
+/// `runs` times, then `redis-benchmark`. `None` (with a note on stderr) when `redis-server` is not on `PATH`.
 ///
 /// # Errors
 ///
 /// The server did not come up, or a client failed or got a wrong reply.
-pub fn run(variants: &[Variant], runs: usize, window: Window) -> Result<Option<Section>, BoxError> {
+pub fn run(
+    variants: &[Variant],
+    runs: usize,
+    callers: &[usize],
+    window: Window,
+) -> Result<Option<Section>, BoxError> {
     let server = match CellRuntime::plain()?.block_on(resp::start_server(&[])) {
         Ok(server) => server,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -98,7 +102,7 @@ pub fn run(variants: &[Variant], runs: usize, window: Window) -> Result<Option<S
 
     let mut samples = Vec::new();
     for run in 1..=runs {
-        for concurrency in CONCURRENCY {
+        for &concurrency in callers {
             for command in COMMANDS {
                 for &variant in variants {
                     let outcome = CellRuntime::plain()?
