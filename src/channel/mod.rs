@@ -275,6 +275,15 @@ where
     }
 
     /// Waits for the next reply without writing anything ([`Call::read`]).
+    ///
+    /// The read must be queued before its frame arrives: a frame no call waits for is
+    /// unsolicited (in order mode, a desync that ends the connection). A greeting the
+    /// server sends as soon as it accepts is best read in the
+    /// [handshake](Builder::handshake), which runs before any frame is read. Over a
+    /// transport of one's own, [`Channel::new`] spawns the connection task at once, and
+    /// on a multi-threaded runtime it may read the greeting before this call is queued:
+    /// use [`Channel::pair`] instead, poll this future once (which queues it), then
+    /// spawn the [`Connection`].
     pub async fn read(&self) -> Result<Resp, Error> {
         self.request(Call::read()).await
     }
