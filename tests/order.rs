@@ -1063,6 +1063,33 @@ async fn unsolicited_frame_with_nothing_waiting_closes_the_channel() {
     .await;
 }
 
+/// The way `Channel::read`'s docs give to read a greeting over a transport of one's own:
+/// `pair`, poll the read once (it takes the first FIFO slot), then spawn the task. The
+/// greeting is already in the socket when the task first runs, on a multi-threaded
+/// runtime, and is still the read's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greeting_read_queued_before_the_task_runs() {
+    bounded(async {
+        let server = TestServer::start(Behaviour::echo().greeting(Msg::new("hello"))).await;
+        let transport = support::connect(server.addr()).await;
+        // Let the greeting arrive first: the read must not depend on winning a race.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (ch, connection) = Channel::pair(transport, Order::new(TestProto), Config::default());
+        let mut read = pin!(ch.read());
+        assert!(
+            futures::poll!(read.as_mut()).is_pending(),
+            "queued, not answered"
+        );
+        tokio::spawn(connection);
+
+        let greeting = timeout(SHORT, read).await.expect("greeting");
+        assert_eq!(greeting, Msg::new("hello"));
+        let reply = timeout(SHORT, ch.request(Msg::new("after"))).await;
+        assert_eq!(reply.expect("echo").body, "after");
+    })
+    .await;
+}
+
 /// The cause is named: a call still queued when the unsolicited frame arrives fails as
 /// *not sent* with [`ConnectionErrorKind::Desync`]. A scripted peer makes the timing
 /// exact: it answers the one call in flight and adds an extra frame in the same write.
