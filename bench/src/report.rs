@@ -136,6 +136,10 @@ pub struct Row {
     pub rps_vs_hand: Option<f64>,
     /// CPU per request relative to the baseline in the same cell.
     pub cpu_vs_hand: Option<f64>,
+    /// Requests/s relative to the baseline run by run: run k's sample over the
+    /// baseline's sample of run k in the same cell, taken moments apart. Empty without a
+    /// baseline row.
+    pub rps_vs_hand_by_run: Vec<f64>,
 }
 
 /// Groups samples by (variant, concurrency, payload), takes medians and computes the
@@ -171,6 +175,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
                 runs: group.len(),
                 rps_vs_hand: None,
                 cpu_vs_hand: None,
+                rps_vs_hand_by_run: Vec::new(),
             }
         })
         .collect();
@@ -186,6 +191,20 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
             rows[i].rps_vs_hand = Some(rps);
             rows[i].cpu_vs_hand = Some(cpu);
         }
+    }
+    // Samples of one key come in run order, so the k-th of a variant and the k-th of its
+    // baseline are from the same run.
+    let of = |key| samples.iter().filter(move |s| s.key() == key);
+    for row in &mut rows {
+        let s = &row.median;
+        if s.variant.baseline() == s.variant {
+            continue;
+        }
+        let baseline = (s.variant.baseline(), s.concurrency, s.payload);
+        row.rps_vs_hand_by_run = of(s.key())
+            .zip(of(baseline))
+            .map(|(x, base)| x.rps / base.rps)
+            .collect();
     }
 
     let position = |v: Variant| Variant::ALL.iter().position(|&x| x == v);
@@ -290,6 +309,40 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
         previous = Some(cell);
         push_line(&line.each_ref().map(String::as_str));
     }
+    out.push_str(&by_run(rows, baseline));
+    out
+}
+
+/// With three runs or more: each row's `rps/BASELINE` run by run, as median [min, max].
+/// On a noisy machine this is steadier than the ratio of the medians, which may pair
+/// the two variants' medians from different runs.
+fn by_run(rows: &[Row], baseline: &str) -> String {
+    let mut out = String::new();
+    for row in rows.iter().filter(|r| r.rps_vs_hand_by_run.len() >= 3) {
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nrps/{baseline} run by run (each run's sample over the {baseline} sample \
+                 of the same run and cell): median [min, max]"
+            );
+        }
+        let ratios = &row.rps_vs_hand_by_run;
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                (lo.min(r), hi.max(r))
+            });
+        let s = &row.median;
+        let _ = writeln!(
+            out,
+            "  {:<21} c={:<4} {:<8} {:.2} [{lo:.2}, {hi:.2}] over {} runs",
+            s.variant.name(),
+            s.concurrency,
+            s.payload.to_string(),
+            median(ratios.clone()),
+            ratios.len(),
+        );
+    }
     out
 }
 
@@ -315,7 +368,8 @@ pub fn json(row: &Row) -> String {
             "\"requests\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},",
             "\"cpu_s_per_million\":{},\"allocs_per_request\":{},\"writes_per_request\":{},",
             "\"reads_per_request\":{},\"inflight_bytes_per_request\":{},",
-            "\"baseline\":\"{}\",\"rps_vs_hand\":{},\"cpu_vs_hand\":{},\"runs\":{}}}"
+            "\"baseline\":\"{}\",\"rps_vs_hand\":{},\"cpu_vs_hand\":{},",
+            "\"rps_vs_hand_by_run\":[{}],\"runs\":{}}}"
         ),
         s.variant.name(),
         s.variant.mode(),
@@ -334,6 +388,11 @@ pub fn json(row: &Row) -> String {
         s.variant.baseline().name(),
         opt(row.rps_vs_hand, 4),
         opt(row.cpu_vs_hand, 4),
+        row.rps_vs_hand_by_run
+            .iter()
+            .map(|&r| num(r, 4))
+            .collect::<Vec<_>>()
+            .join(","),
         row.runs,
     )
 }
