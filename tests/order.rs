@@ -1063,6 +1063,32 @@ async fn unsolicited_frame_with_nothing_waiting_closes_the_channel() {
     .await;
 }
 
+/// `connect()` cannot reopen a channel over a fixed transport: once its connection has
+/// ended it fails as closed, and the channel stays closed (`is_closed`, and calls fail
+/// at once as *not sent*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_does_not_reopen_an_ended_fixed_transport_channel() {
+    bounded(async {
+        let server = TestServer::start(Behaviour::echo()).await;
+        let ch = channel(&server, Config::default()).await;
+        ch.close();
+        let mut state = ch.state();
+        timeout(SHORT, state.wait_for(|s| *s == State::Closed))
+            .await
+            .expect("state");
+
+        let err = timeout(SHORT, ch.connect()).await.expect_err("closed");
+        assert!(err.is_closed(), "{err:?}");
+        assert!(ch.is_closed(), "still closed after connect()");
+        let err = timeout(SHORT, ch.request(Msg::new("late")))
+            .await
+            .expect_err("closed");
+        assert!(err.is_closed() && err.is_not_sent(), "{err:?}");
+        assert!(server.stats().bodies().is_empty(), "nothing was written");
+    })
+    .await;
+}
+
 /// The way `Channel::read`'s docs give to read a greeting over a transport of one's own:
 /// `pair`, poll the read once (it takes the first FIFO slot), then spawn the task. The
 /// greeting is already in the socket when the task first runs, on a multi-threaded

@@ -327,7 +327,8 @@ where
     /// [`Kind::Connect`] (with the [`ConnectError`](crate::ConnectError) naming each host)
     /// when the pass failed; [`Kind::Closed`] for a fixed-transport channel that is closed.
     pub async fn connect(&self) -> Result<(), Error> {
-        self.shared.set_open();
+        // The reconnect task reopens the channel when it takes this; a fixed-transport
+        // channel that has ended stays closed.
         let (tx, rx) = oneshot::channel();
         if self.shared.control.send(Control::Connect(tx)).is_err() {
             return Err(closed());
