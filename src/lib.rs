@@ -99,8 +99,10 @@
 //! closed. [`Channel::builder`] makes a channel that connects by itself: lazily on the
 //! first call (concurrent callers share one attempt), to a host or its backups, with a
 //! handshake on every new connection before any user request ([`Handshake`]: AUTH,
-//! SELECT, reading a greeting, a redirect to the primary), and reconnects after a
-//! failure with jittered [`Backoff`]. Calls not yet written survive a reconnect.
+//! SELECT, reading a greeting, a redirect to the primary), and reconnects when the
+//! connection is lost: at once under [`Policy::Persistent`], on the next call under
+//! [`Policy::Once`]. Failed connect passes (and a connection lost before it answered
+//! anything) wait out a [`Backoff`]. Calls not yet written survive a reconnect.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -134,9 +136,10 @@
 //! # Failure semantics
 //!
 //! Every call resolves exactly once. When a connection dies, calls already written fail
-//! as *may have executed* ([`Error::may_have_executed`]); calls not yet written fail as
-//! *not sent* ([`Error::is_not_sent`]) and give their request back
-//! ([`Error::take_request`]). A reply the protocol marks as an error fails its own call
+//! as *may have executed* ([`Error::may_have_executed`]). Calls not yet written wait for
+//! the next connection on a reconnecting channel; they fail as *not sent*
+//! ([`Error::is_not_sent`]) and give their request back ([`Error::take_request`]) when
+//! the channel is over a fixed transport, is closed, or its next connect pass fails. A reply the protocol marks as an error fails its own call
 //! only ([`Protocol::check`]). See `docs/architecture.md` in the repository for the
 //! whole picture.
 //!
@@ -150,7 +153,11 @@
 //!   futures, `Service` and `Load`.
 //! * `connect`: [`TcpConnector`], TCP framed with a codec.
 //! * `protocol`: what the engine must know of a protocol ([`Protocol`], [`Sessions`]).
-//! * `error`, `config`, `stats`: [`Error`], [`Config`], [`Counters`].
+//! * `retry`: [`RetryNotSent`], the retry policy for calls that never reached the server.
+//! * `shared`: what the handle and the task share: the closed flag, the [`State`] watch,
+//!   the counters, the overload signal.
+//! * `error`, `config`, `stats`, `panic`: [`Error`], [`Config`], [`Counters`], and the
+//!   message of a caught panic.
 
 #![deny(unsafe_code)]
 #![warn(
