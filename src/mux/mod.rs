@@ -27,6 +27,7 @@ pub(crate) use self::matcher::Matcher;
 use crate::protocol::{Protocol, Sessions};
 
 mod sealed {
+    /// Keeps [`Mode`](super::Mode) to the two modes of this crate.
     pub trait Sealed {}
 }
 
@@ -35,8 +36,10 @@ mod sealed {
 /// Sealed: the two modes are all there is.
 #[allow(private_bounds, private_interfaces)]
 pub trait Mode<Req, Resp>: sealed::Sealed + Send + Sync + 'static {
+    /// The connection task's table of waiting calls for this mode (crate-internal).
     #[doc(hidden)]
     type Matcher: Matcher<Req, Resp>;
+    /// A fresh table for one connection, holding at most `max_in_flight` calls.
     #[doc(hidden)]
     fn matcher(&self, max_in_flight: usize) -> Self::Matcher;
 }

@@ -25,6 +25,7 @@ impl<P> Order<P> {
     }
 }
 
+/// Order mode's table of waiting calls: a FIFO queue, the head answered next.
 #[allow(unreachable_pub, missing_debug_implementations)] // named by `Mode::Matcher`, unreachable from outside
 pub struct OrderMatcher<P, Resp> {
     protocol: P,

@@ -78,6 +78,7 @@ impl<S> Session<S> {
     }
 }
 
+/// Session mode's table of waiting calls, by session id, and its id allocator.
 #[allow(unreachable_pub, missing_debug_implementations)] // named by `Mode::Matcher`, unreachable from outside
 pub struct SessionMatcher<S, Resp> {
     sessions: S,
