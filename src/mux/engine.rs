@@ -219,14 +219,17 @@ where
             // Writes first: a read without a request queued before a greeting arrived
             // must hold its FIFO slot when the greeting is routed.
             let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane, now_ms)?;
+            // Any frame read may free a slot or an id: then go round again to write.
+            let read = self.poll_read(cx, conn, now_ms)?;
+            // Flush after routing: the callers the replies woke start on other workers
+            // while this one is in the write syscall (tens of µs on loopback: it runs
+            // the receiver's side of TCP too), instead of after it.
             if conn.needs_flush {
                 if let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx) {
                     res.map_err(|e| fail(Why::Write, e))?;
                     conn.needs_flush = false;
                 }
             }
-            // Any frame read may free a slot or an id: then go round again to write.
-            let read = self.poll_read(cx, conn, now_ms)?;
             conn.report_in_flight(&self.shared.stats);
             conn.poll_stall(cx, self.stall)?;
 
