@@ -1,8 +1,8 @@
 //! The engine: drives one transport at a time for the calls of one intake.
 //!
 //! One poll does, in turn and within a budget: write calls from the intake while the
-//! sink and the matcher have room, flush once, read and route up to `READ_BATCH` ready
-//! frames, and check the stall timer. Reading never waits for writing, so a peer that
+//! sink and the matcher have room, read and route up to `READ_BATCH` ready frames,
+//! flush once, and check the stall timer. Reading never waits for writing, so a peer that
 //! only reads after it has written cannot deadlock us.
 
 use std::collections::VecDeque;
