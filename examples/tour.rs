@@ -82,7 +82,7 @@ async fn main() -> Result<(), BoxError> {
     });
 
     println!("\n2. The primary is killed: the channel fails over to the backup");
-    primary.kill();
+    primary.kill().await;
     match channel.request("WHO".to_string()).await {
         Ok(who) => println!("  WHO -> {who}"),
         Err(e) => println!("  the request on the dead connection fails: {e}"),
@@ -90,7 +90,7 @@ async fn main() -> Result<(), BoxError> {
     println!("  WHO -> {}", channel.request("WHO".to_string()).await?);
 
     println!("\n3. The backup dies too: the channel backs off until the primary is back");
-    backup.kill();
+    backup.kill().await;
     let restart = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         LineServer::start("primary", Some(primary_addr)).await
@@ -242,9 +242,13 @@ impl LineServer {
         Ok(LineServer { addr, tasks })
     }
 
-    /// Stops accepting and drops every connection.
-    fn kill(&mut self) {
+    /// Stops accepting and drops every connection. Returns once the accept task is gone,
+    /// and with it every connection task is aborted: no request sent after this is
+    /// answered. (`abort_all` alone only marks them; a connection task could still answer
+    /// the next request, as the killed server.)
+    async fn kill(&mut self) {
         self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
