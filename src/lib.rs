@@ -139,9 +139,9 @@
 //! as *may have executed* ([`Error::may_have_executed`]). Calls not yet written wait for
 //! the next connection on a reconnecting channel; they fail as *not sent*
 //! ([`Error::is_not_sent`]) and give their request back ([`Error::take_request`]) when
-//! the channel is over a fixed transport, is closed, or its next connect pass fails. A reply the protocol marks as an error fails its own call
-//! only ([`Protocol::check`]). See `docs/architecture.md` in the repository for the
-//! whole picture.
+//! the channel is over a fixed transport, is closed, or its next connect pass fails. A
+//! reply the protocol marks as an error fails its own call only ([`Protocol::check`]).
+//! See `docs/architecture.md` in the repository for the whole picture.
 //!
 //! # Layout
 //!

@@ -2,8 +2,8 @@
 //!
 //! One poll does, in turn and within a budget: write calls from the intake while the
 //! sink and the matcher have room, read and route up to `READ_BATCH` ready frames,
-//! flush once, and check the stall timer. Reading never waits for writing, so a peer that
-//! only reads after it has written cannot deadlock us.
+//! flush once, and check the stall timer. Reading never waits for writing, so a peer
+//! that only reads after it has written cannot deadlock us.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
