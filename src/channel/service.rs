@@ -30,8 +30,7 @@ where
         }
         std::task::ready!(self.poll_connected(cx));
         if !self.reserving {
-            let tx = self.spare.take().unwrap_or_else(|| self.tx.clone());
-            match tx.try_reserve_owned() {
+            match self.sender().try_reserve_owned() {
                 Ok(permit) => {
                     self.permit = Some(permit);
                     return Poll::Ready(Ok(()));
@@ -63,6 +62,12 @@ where
 }
 
 impl<Req, Resp> Channel<Req, Resp> {
+    /// An owned sender to make a permit from: the one the last permit gave back, or a
+    /// clone of the handle's.
+    fn sender(&mut self) -> mpsc::Sender<Envelope<Req, Resp>> {
+        self.spare.take().unwrap_or_else(|| self.tx.clone())
+    }
+
     /// `Pending` while a connect pass runs (Contract 2: so `balance` steers around a
     /// host that is connecting); the pass is bounded by the connect and handshake
     /// timeouts. The wait is boxed once per handle, and only when it happens.
@@ -111,12 +116,7 @@ where
         let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
         let permit = match self.permit.take() {
             Some(permit) => permit,
-            None => match self
-                .spare
-                .take()
-                .unwrap_or_else(|| self.tx.clone())
-                .try_reserve_owned()
-            {
+            None => match self.sender().try_reserve_owned() {
                 Ok(permit) => permit,
                 Err(e) => {
                     let kind = match e {
