@@ -1234,44 +1234,31 @@ async fn call_after_the_connection_ended_on_a_reserved_slot_fails_fast() {
         let server = TestServer::start(Behaviour::silent().close_after(1)).await;
         let ch = channel(&server, Config::default()).await;
 
-        let mut svc = ch.clone();
-        poll_fn(|cx| svc.poll_ready(cx))
-            .await
-            .expect("ready while connected");
-
-        let err = timeout(SHORT, ch.request(Msg::new("a")))
-            .await
-            .expect_err("server closes");
-        assert!(err.may_have_executed(), "{err:?}");
-        let mut state = ch.state();
-        timeout(SHORT, state.wait_for(|s| *s == State::Closed))
-            .await
-            .expect("state");
-        // Let the finished connection task be dropped.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-
-        let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
-        let mut err = into_channel_error(outcome.expect_err("the channel is closed"));
-        assert!(err.is_closed(), "{err:?}");
-        assert!(err.is_not_sent(), "{err:?}");
-        assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));
+        reserved_slot_used_after_the_end_fails_fast(&ch, async {
+            let err = timeout(SHORT, ch.request(Msg::new("a")))
+                .await
+                .expect_err("server closes");
+            assert!(err.may_have_executed(), "{err:?}");
+        })
+        .await;
     })
     .await;
 }
 
-/// Reserves a slot on a clone of `ch`, closes the channel, waits until it is closed,
-/// then uses the slot: the call fails at once, closed and *not sent*, its request
-/// handed back.
-async fn reserved_slot_used_after_close_fails_fast(ch: &Chan) {
+/// Reserves a slot on a clone of `ch`, runs `end` (which ends the channel), waits
+/// until it is closed, then uses the slot: the call fails at once, closed and *not
+/// sent*, its request handed back.
+async fn reserved_slot_used_after_the_end_fails_fast(ch: &Chan, end: impl Future<Output = ()>) {
     let mut svc = ch.clone();
     poll_fn(|cx| svc.poll_ready(cx))
         .await
         .expect("ready while connected");
-    ch.close();
+    end.await;
     let mut state = ch.state();
     timeout(SHORT, state.wait_for(|s| *s == State::Closed))
         .await
         .expect("state");
+    // Let the finished connection task be dropped.
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let outcome = timeout(SHORT, svc.call(Msg::new("b"))).await;
@@ -1288,7 +1275,7 @@ async fn call_after_close_on_a_reserved_slot_fails_fast() {
         let server = TestServer::start(Behaviour::echo()).await;
         let ch = channel(&server, Config::default()).await;
 
-        reserved_slot_used_after_close_fails_fast(&ch).await;
+        reserved_slot_used_after_the_end_fails_fast(&ch, async { ch.close() }).await;
         assert!(server.stats().bodies().is_empty());
     })
     .await;
@@ -1312,7 +1299,7 @@ async fn builder_channel_call_after_close_on_a_reserved_slot_fails_fast() {
             hello
         );
 
-        reserved_slot_used_after_close_fails_fast(&ch).await;
+        reserved_slot_used_after_the_end_fails_fast(&ch, async { ch.close() }).await;
         assert_eq!(server.stats().bodies(), ["hello"]);
     })
     .await;
