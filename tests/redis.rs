@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use common::process::{Server, free_port, within};
 use common::redis::{
-    Frame, PubSub, Redis, RedisError, Resp3Frame, RespCodec, cmd, connect, info_field, int,
+    Frame, Packed, PubSub, Redis, RedisError, Resp3Frame, RespCodec, cmd, connect, info_field, int,
     start_server, text,
 };
 use socketchannel::{Backoff, Call, Channel, ConnectError, Error, Handshake, Kind, Policy};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::codec::Encoder;
 
 use support::peak::PeakInFlight;
 
@@ -215,6 +217,79 @@ async fn pipeline_of_n_commands_is_one_request() {
             text(&ok(&channel, ["GET", "a"]).await).as_deref(),
             Some("1")
         );
+        assert_eq!(channel.counters().reconnects, 0);
+    })
+    .await;
+}
+
+#[test]
+fn a_packed_command_is_the_bytes_the_codec_writes_for_its_frame() {
+    let commands = [
+        cmd(["PING"]),
+        cmd(["SET", "key", "value"]),
+        cmd([&b"SET"[..], b"bin\r\nkey", &[0u8, 255, 13, 10]]),
+        cmd(Vec::<&str>::new()),
+    ];
+    for command in &commands {
+        let packed = Packed::new(command).expect("a command");
+        for mut codec in [RespCodec::resp2(), RespCodec::resp3()] {
+            let (mut framed, mut copied) = (BytesMut::new(), BytesMut::new());
+            codec.encode(command.clone(), &mut framed).expect("encode");
+            codec.encode(packed.clone(), &mut copied).expect("encode");
+            assert_eq!(packed.as_bytes(), &framed[..], "{command:?}");
+            assert_eq!(copied, framed, "{command:?}");
+        }
+    }
+    for reply in [
+        Frame::SimpleString {
+            data: "OK".into(),
+            attributes: None,
+        },
+        Frame::Array {
+            data: vec![Frame::Number {
+                data: 1,
+                attributes: None,
+            }],
+            attributes: None,
+        },
+    ] {
+        assert!(Packed::new(&reply).is_err(), "{reply:?} is no command");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_commands_get_their_own_replies() {
+    within(TEST, "test", async {
+        let server = redis(&[]).await;
+        let channel: Channel<Packed, Frame> = Channel::builder()
+            .host(&server.addr())
+            .order(RespCodec::resp2(), Redis::commands())
+            .expect("valid host");
+        let pack = |args: &[&str]| Packed::new(&cmd(args)).expect("a command");
+
+        let mut callers = JoinSet::new();
+        for c in 0..32 {
+            let channel = channel.clone();
+            callers.spawn(async move {
+                for i in 0..20 {
+                    let (key, value) = (format!("k{c}"), format!("{c}:{i}"));
+                    let set = within(CALL, "SET", channel.request(pack(&["SET", &key, &value])));
+                    assert_eq!(text(&set.await.expect("SET")).as_deref(), Some("OK"));
+                    let got = within(CALL, "GET", channel.request(pack(&["GET", &key])));
+                    assert_eq!(text(&got.await.expect("GET")), Some(value));
+                }
+            });
+        }
+        while let Some(done) = callers.join_next().await {
+            done.expect("caller");
+        }
+
+        let err = within(CALL, "bad", channel.request(pack(&["NO-SUCH-COMMAND"])))
+            .await
+            .expect_err("an error reply");
+        assert_eq!(server_error(&err).code(), "ERR", "{err}");
+        let pong = within(CALL, "PING", channel.request(pack(&["PING"]))).await;
+        assert_eq!(text(&pong.expect("PING")).as_deref(), Some("PONG"));
         assert_eq!(channel.counters().reconnects, 0);
     })
     .await;

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::codec::{Resp2, Resp3};
 use redis_protocol::error::{RedisProtocolError, RedisProtocolErrorKind};
 use redis_protocol::resp2::types::BytesFrame as Resp2Frame;
+use redis_protocol::resp3::encode::complete::extend_encode;
 pub use redis_protocol::resp3::types::{BytesFrame as Frame, Resp3Frame};
 use socketchannel::{BoxError, Channel, Order, Protocol};
 use tokio::net::TcpStream;
@@ -86,6 +87,14 @@ impl Encoder<Frame> for RespCodec {
             Version::Resp2 => self.resp2.encode(to_resp2(item)?, dst),
             Version::Resp3 => self.resp3.encode(item, dst),
         }
+    }
+}
+
+impl Encoder<Packed> for RespCodec {
+    type Error = RedisProtocolError;
+    fn encode(&mut self, item: Packed, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        dst.extend_from_slice(&item.0);
+        Ok(())
     }
 }
 
@@ -190,6 +199,49 @@ where
     }
 }
 
+/// A command already encoded in RESP, by the caller: for a `Channel<Packed, Frame>`.
+///
+/// A `Channel<Frame, Frame>` encodes every command on its connection task, and there is
+/// one such task per channel: under load, what it does per request bounds the channel.
+/// `Packed::new` runs `redis-protocol`'s encoder on the caller's task instead (on
+/// whichever worker runs the caller), and the connection task only copies the bytes into
+/// its write buffer. This is what redis-rs does with a `Cmd`. The benchmark's
+/// `channel-redis` rows pack; `channel-redis-frame` shows the same calls sending frames.
+///
+/// ```ignore
+/// let set = cmd(["SET", "key", "value"]);
+/// let ok = channel.request(Packed::new(&set)?).await?;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed(Bytes);
+
+impl Packed {
+    /// `command` in RESP, packed into a buffer of its own.
+    ///
+    /// A command (an array of blob strings, as [`cmd`] builds) is the same bytes in RESP2
+    /// and RESP3, so a `Packed` goes to either.
+    ///
+    /// # Errors
+    ///
+    /// `command` is not an array of blob strings.
+    pub fn new(command: &Frame) -> Result<Packed, RedisProtocolError> {
+        if !is_command(command) {
+            return Err(RedisProtocolError::new(
+                RedisProtocolErrorKind::EncodeError,
+                "a command is an array of blob strings",
+            ));
+        }
+        let mut buf = BytesMut::new();
+        extend_encode(&mut buf, command, false)?;
+        Ok(Packed(buf.freeze()))
+    }
+
+    /// The RESP bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// What a Redis frame means to the engine; see the module's documentation.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Redis {
@@ -224,7 +276,8 @@ const PUBSUB_KINDS: &[&str] = &[
     "smessage",
 ];
 
-impl Protocol<Frame, Frame> for Redis {
+/// Replies are frames whatever the requests are: [`Frame`]s or [`Packed`] commands.
+impl<Req> Protocol<Req, Frame> for Redis {
     fn is_push(&self, frame: &Frame) -> bool {
         match frame {
             Frame::Push { .. } => true,
