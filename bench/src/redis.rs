@@ -14,7 +14,10 @@
 //!   `RespCodec::resp2()` and `Redis::commands()`, what `.order(RespCodec::resp2(),
 //!   Redis::commands())` builds, except that the connector is the benchmark's (the
 //!   built-in TCP connector's socket cannot be wrapped). Its buffers are `Framed::new`'s,
-//!   as with the built-in connector.
+//!   as with the built-in connector. Each caller packs its command on its own task
+//!   (`Packed::new`), as redis-rs packs a `Cmd`.
+//! * `channel-redis-frame`: the same channel sending frames, which its connection task
+//!   encodes.
 //! * `redis-rs`: `MultiplexedConnection::new_with_config` over the socket, with redis-rs's
 //!   default `AsyncConnectionConfig` (among others, a 500 ms response timeout: one timer
 //!   per request), its driver spawned on the cell's runtime.
@@ -39,13 +42,14 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Cmd, RedisConnectionInfo, Value};
+use redis_protocol::error::RedisProtocolError;
 use socketchannel::{Channel, Endpoint, Order};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Encoder, Framed};
 use tower::BoxError;
 
 use self::process::Server;
-use self::resp::{Frame, Redis, RespCodec};
+use self::resp::{Frame, Packed, Redis, RespCodec};
 use crate::load::{self, Caller, Outcome, Window};
 use crate::measure::Counted;
 use crate::report::{Payload, Sample};
@@ -146,17 +150,9 @@ async fn closed_loop(
     window: Window,
 ) -> Result<Outcome, BoxError> {
     match variant {
-        Variant::ChannelRedis => {
-            let channel = channel(addr)?;
-            let callers: Vec<_> = (0..concurrency)
-                .map(|caller| ChannelCaller {
-                    channel: channel.clone(),
-                    request: frame(command, caller),
-                    expect: expected(command),
-                })
-                .collect();
-            drop(channel);
-            load::drive(callers, window).await
+        Variant::ChannelRedis => channel_loop::<Packed>(addr, concurrency, command, window).await,
+        Variant::ChannelRedisFrame => {
+            channel_loop::<Frame>(addr, concurrency, command, window).await
         }
         Variant::RedisRs => {
             let connection = redis_rs(addr).await?;
@@ -195,8 +191,33 @@ fn expected(command: Payload) -> &'static str {
 // ---------------------------------------------------------------------------------------
 // channel-redis
 
+/// Runs `concurrency` callers of one `channel-redis` channel, sending `Req`s.
+async fn channel_loop<Req: Request>(
+    addr: SocketAddr,
+    concurrency: usize,
+    command: Payload,
+    window: Window,
+) -> Result<Outcome, BoxError>
+where
+    RespCodec: Encoder<Req, Error = RedisProtocolError>,
+{
+    let channel = channel::<Req>(addr)?;
+    let callers: Vec<_> = (0..concurrency)
+        .map(|caller| ChannelCaller {
+            channel: channel.clone(),
+            command: frame(command, caller),
+            expect: expected(command),
+        })
+        .collect();
+    drop(channel);
+    load::drive(callers, window).await
+}
+
 /// The full channel in order mode over RESP2, on a counted connection.
-fn channel(addr: SocketAddr) -> Result<Channel<Frame, Frame>, BoxError> {
+fn channel<Req: Request>(addr: SocketAddr) -> Result<Channel<Req, Frame>, BoxError>
+where
+    RespCodec: Encoder<Req, Error = RedisProtocolError>,
+{
     let connect = tower::service_fn(|endpoint: Endpoint| async move {
         let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
         stream.set_nodelay(true)?;
@@ -220,20 +241,45 @@ fn frame(command: Payload, caller: usize) -> Frame {
     }
 }
 
-/// A caller of `channel-redis`. A `Channel` takes its requests by value, so each call
-/// sends a clone of the prebuilt frame: the clone of the frame's `Vec` of arguments (one
-/// allocation; the arguments are `Bytes`) is counted as the client's, as using it costs it.
-struct ChannelCaller {
-    channel: Channel<Frame, Frame>,
-    request: Frame,
+/// What a `channel-redis` caller sends, made on every call from its prebuilt command,
+/// on the caller's task.
+trait Request: Send + 'static {
+    fn new(command: &Frame) -> Self;
+}
+
+/// `channel-redis`: the command packed into a fresh buffer (one allocation), as redis-rs
+/// packs its `Cmd`; the connection task copies the bytes.
+impl Request for Packed {
+    fn new(command: &Frame) -> Self {
+        Packed::new(command).expect("the benchmark's commands are commands")
+    }
+}
+
+/// `channel-redis-frame`: a clone of the frame (the clone of its `Vec` of arguments is
+/// one allocation; the arguments are `Bytes`), encoded on the connection task.
+impl Request for Frame {
+    fn new(command: &Frame) -> Self {
+        command.clone()
+    }
+}
+
+/// A caller of `channel-redis` or `channel-redis-frame`. A `Channel` takes its requests
+/// by value, so each call makes a fresh one from the prebuilt command; what that costs
+/// is counted as the client's, as using it costs it.
+struct ChannelCaller<Req> {
+    channel: Channel<Req, Frame>,
+    command: Frame,
     expect: &'static str,
 }
 
-impl Caller for ChannelCaller {
+impl<Req: Request> Caller for ChannelCaller<Req>
+where
+    RespCodec: Encoder<Req, Error = RedisProtocolError>,
+{
     type Reply = Frame;
 
     async fn request(&mut self) -> Result<Frame, BoxError> {
-        let reply = load::call(&mut self.channel, self.request.clone()).await?;
+        let reply = load::call(&mut self.channel, Req::new(&self.command)).await?;
         reply.await
     }
 

@@ -95,9 +95,14 @@ pub enum Variant {
     /// `channel-order` with an INFO-level tracing subscriber installed.
     #[cfg(feature = "engine")]
     ChannelOrderTracing,
-    /// The full `Channel` in order mode with the RESP2 codec of `examples/common`.
+    /// The full `Channel` in order mode with the RESP2 codec of `examples/common`, each
+    /// command packed on its caller's task (`Channel<Packed, Frame>`).
     #[cfg(feature = "redis")]
     ChannelRedis,
+    /// `channel-redis` sending frames, encoded on the connection task
+    /// (`Channel<Frame, Frame>`).
+    #[cfg(feature = "redis")]
+    ChannelRedisFrame,
     /// redis-rs's `MultiplexedConnection`: the baseline of the Redis section.
     #[cfg(feature = "redis")]
     RedisRs,
@@ -125,6 +130,8 @@ impl Variant {
         #[cfg(feature = "redis")]
         Variant::ChannelRedis,
         #[cfg(feature = "redis")]
+        Variant::ChannelRedisFrame,
+        #[cfg(feature = "redis")]
         Variant::RedisRs,
     ];
 
@@ -150,6 +157,8 @@ impl Variant {
             #[cfg(feature = "redis")]
             Variant::ChannelRedis => "channel-redis",
             #[cfg(feature = "redis")]
+            Variant::ChannelRedisFrame => "channel-redis-frame",
+            #[cfg(feature = "redis")]
             Variant::RedisRs => "redis-rs",
         }
     }
@@ -160,7 +169,7 @@ impl Variant {
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout | Variant::ChannelOrderTracing => Group::Safety,
             #[cfg(feature = "redis")]
-            Variant::ChannelRedis | Variant::RedisRs => Group::Redis,
+            Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => Group::Redis,
             _ => Group::Matrix,
         }
     }
@@ -188,7 +197,7 @@ impl Variant {
             #[cfg(feature = "engine")]
             Variant::EngineSession | Variant::ChannelSession => Mode::Session,
             #[cfg(feature = "redis")]
-            Variant::ChannelRedis | Variant::RedisRs => Mode::Redis,
+            Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => Mode::Redis,
         }
     }
 
@@ -239,7 +248,7 @@ impl Variant {
                 experiment.run(crate::engine::channel_order(addr)).await
             }
             #[cfg(feature = "redis")]
-            Variant::ChannelRedis | Variant::RedisRs => {
+            Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => {
                 Err(format!("{self} is not an echo client: it runs in the Redis section").into())
             }
         }
