@@ -22,6 +22,12 @@
 //! backpressure, cancellation, push frames, the stall timeout, failure semantics) is
 //! shared.
 //!
+//! Either way, one connection task per channel does the codec's work for every call,
+//! while the callers run on all the runtime's workers. If encoding a request is costly,
+//! encode it on the caller's side (the request type is then the encoded bytes, and the
+//! codec copies them): `examples/common/redis.rs` in the repository does this with
+//! `Packed`, as redis-rs does with its commands.
+//!
 //! # Example
 //!
 //! A line protocol over an in-memory pipe, in order mode:
