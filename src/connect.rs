@@ -14,9 +14,8 @@ use crate::reconnect::Endpoint;
 /// a [`Builder`](crate::Builder) uses unless given another.
 ///
 /// The host is resolved at every call and each address it resolves to is tried in turn;
-/// the error names the last failure. Any `tower::Service<Endpoint>` whose response is a
-/// `Sink + Stream` of frames can stand in its place (a Unix socket, TLS, an in-memory
-/// pipe for tests).
+/// the error names the last failure. Any [`Connector`](crate::Connector) can stand in its
+/// place (a Unix socket, TLS, an in-memory pipe for tests).
 #[derive(Debug, Clone)]
 pub struct TcpConnector<C> {
     codec: C,

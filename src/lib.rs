@@ -157,6 +157,8 @@
 //!   reconnecting task, [`ReconnectLayer`].
 //! * `channel`: the [`Channel`] handle, its [`Builder`], call shapes ([`Call`]),
 //!   futures, `Service` and `Load`.
+//! * `transport`: what a channel runs over: a [`Transport`] of frames, and a
+//!   [`Connector`] that makes one for an [`Endpoint`].
 //! * `connect`: [`TcpConnector`], TCP framed with a codec.
 //! * `protocol`: what the engine must know of a protocol ([`Protocol`], [`Sessions`]).
 //! * `retry`: [`RetryNotSent`], the retry policy for calls that never reached the server.
@@ -184,6 +186,7 @@ mod reconnect;
 mod retry;
 mod shared;
 mod stats;
+mod transport;
 
 pub use crate::channel::{
     Builder, Call, Channel, Connection, IntoCall, Replies, ReplyStream, ResponseFuture,
@@ -199,6 +202,7 @@ pub use crate::reconnect::{
 pub use crate::retry::RetryNotSent;
 pub use crate::shared::State;
 pub use crate::stats::Counters;
+pub use crate::transport::{Connector, Transport};
 
 pub use tower::BoxError;
 

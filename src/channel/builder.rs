@@ -5,10 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_core::Stream;
-use futures_sink::Sink;
 use tokio_util::codec::{Decoder, Encoder};
-use tower::{BoxError, Service};
+use tower::BoxError;
 
 use super::{Channel, Connection};
 use crate::config::Config;
@@ -19,6 +17,7 @@ use crate::protocol::{Protocol, Sessions};
 use crate::reconnect::{
     Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Policy, ReconnectLayer,
 };
+use crate::transport::Connector;
 
 /// Builds a [`Channel`] that connects by itself: lazily on first use, to a host or its
 /// backups, with a handshake on every connection, and reconnects after failures.
@@ -276,9 +275,9 @@ where
             .keepalive(self.keepalive)
     }
 
-    /// Builds a channel over any connector (a `tower::Service` from [`Endpoint`] to a
-    /// `Sink + Stream` of frames: a Unix socket, TLS, an in-memory pipe) and mode, with
-    /// its connection task spawned.
+    /// Builds a channel over any [`Connector`] (a `tower::Service` from [`Endpoint`] to a
+    /// [`Transport`](crate::Transport): a Unix socket, TLS, an in-memory pipe) and mode,
+    /// with its connection task spawned.
     ///
     /// # Errors
     ///
@@ -287,18 +286,13 @@ where
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn connector<K, M, T, WE, RE>(
+    pub fn connector<K, M>(
         self,
         connector: K,
         mode: M,
     ) -> Result<Channel<Req, Resp>, InvalidEndpoint>
     where
-        K: Service<Endpoint, Response = T> + Clone + Send + 'static,
-        K::Error: Into<BoxError>,
-        K::Future: Send,
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-        WE: Into<BoxError> + 'static,
-        RE: Into<BoxError> + 'static,
+        K: Connector<Req, Resp>,
         M: Mode<Req, Resp> + Clone,
     {
         let (channel, connection) = self.pair(connector, mode)?;
@@ -312,18 +306,13 @@ where
     /// # Errors
     ///
     /// No host, or a host or backup that does not parse.
-    pub fn pair<K, M, T, WE, RE>(
+    pub fn pair<K, M>(
         self,
         connector: K,
         mode: M,
     ) -> Result<(Channel<Req, Resp>, Connection), InvalidEndpoint>
     where
-        K: Service<Endpoint, Response = T> + Clone + Send + 'static,
-        K::Error: Into<BoxError>,
-        K::Future: Send,
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-        WE: Into<BoxError> + 'static,
-        RE: Into<BoxError> + 'static,
+        K: Connector<Req, Resp>,
         M: Mode<Req, Resp> + Clone,
     {
         Ok(self.into_layer(mode)?.pair(connector))

@@ -12,11 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
-use futures_sink::Sink;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::ReusableBoxFuture;
-use tower::BoxError;
 
 pub use self::builder::Builder;
 pub use self::call::{Call, IntoCall, Replies};
@@ -28,6 +25,7 @@ use crate::mux::{Collect, Conn, Engine, Envelope, Mode, Until, Waiter, Worker};
 use crate::reconnect::{HostSpec, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
+use crate::transport::Transport;
 
 type Permit<Req, Resp> = mpsc::OwnedPermit<Envelope<Req, Resp>>;
 type Reserve<Req, Resp> =
@@ -133,11 +131,9 @@ where
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn new<T, M, WE, RE>(transport: T, mode: M) -> Self
+    pub fn new<T, M>(transport: T, mode: M) -> Self
     where
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-        WE: Into<BoxError> + 'static,
-        RE: Into<BoxError> + 'static,
+        T: Transport<Req, Resp>,
         M: Mode<Req, Resp>,
     {
         Self::with_config(transport, mode, Config::default())
@@ -148,11 +144,9 @@ where
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn with_config<T, M, WE, RE>(transport: T, mode: M, config: Config) -> Self
+    pub fn with_config<T, M>(transport: T, mode: M, config: Config) -> Self
     where
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-        WE: Into<BoxError> + 'static,
-        RE: Into<BoxError> + 'static,
+        T: Transport<Req, Resp>,
         M: Mode<Req, Resp>,
     {
         let (channel, connection) = Self::pair(transport, mode, config);
@@ -162,11 +156,9 @@ where
 
     /// A channel and its connection task, which the caller runs (spawns, or polls
     /// alongside other work).
-    pub fn pair<T, M, WE, RE>(transport: T, mode: M, config: Config) -> (Self, Connection)
+    pub fn pair<T, M>(transport: T, mode: M, config: Config) -> (Self, Connection)
     where
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-        WE: Into<BoxError> + 'static,
-        RE: Into<BoxError> + 'static,
+        T: Transport<Req, Resp>,
         M: Mode<Req, Resp>,
     {
         let (channel, engine, control) = Channel::plumbing(&config);

@@ -24,6 +24,7 @@ use crate::config::{Config, deadline};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
 use crate::shared::Shared;
 use crate::stats::Stats;
+use crate::transport::Transport;
 
 /// Poll iterations before the connection task yields to the scheduler.
 const BUDGET: usize = 16;
@@ -199,17 +200,15 @@ where
     /// Drives `conn`, writing calls from `lane`, until it fails, or until the lane is
     /// finished and nothing waits (then the transport is flushed and closed and this
     /// returns `Ok`).
-    pub(crate) fn poll_conn<T, M, WE, RE>(
+    pub(crate) fn poll_conn<T, M>(
         &mut self,
         cx: &mut Context<'_>,
         conn: &mut Conn<T, M, Req, Resp>,
         mut lane: Lane<'_, Req, Resp>,
     ) -> Poll<Result<(), ConnectionError>>
     where
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
+        T: Transport<Req, Resp>,
         M: Matcher<Req, Resp>,
-        WE: Into<BoxError>,
-        RE: Into<BoxError>,
     {
         for _ in 0..BUDGET {
             let now_ms = match self.stall {

@@ -3,13 +3,12 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use futures_core::Stream;
-use futures_sink::Sink;
-use tower::{BoxError, Layer};
+use tower::Layer;
 
 use super::Mode;
 use crate::channel::Channel;
 use crate::config::Config;
+use crate::transport::Transport;
 
 /// A [`tower::Layer`] that runs the multiplexing engine over a transport the caller
 /// already has (no reconnect): `layer(transport)` spawns the connection task and returns
@@ -69,11 +68,9 @@ impl<M: fmt::Debug, Req, Resp> fmt::Debug for MuxLayer<M, Req, Resp> {
     }
 }
 
-impl<T, M, Req, Resp, WE, RE> Layer<T> for MuxLayer<M, Req, Resp>
+impl<T, M, Req, Resp> Layer<T> for MuxLayer<M, Req, Resp>
 where
-    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-    WE: Into<BoxError> + 'static,
-    RE: Into<BoxError> + 'static,
+    T: Transport<Req, Resp>,
     M: Mode<Req, Resp> + Clone,
     Req: Send + 'static,
     Resp: Send + 'static,

@@ -1,7 +1,8 @@
 //! The multiplexing engine: one connection, many calls.
 //!
-//! A connection task owns the transport (any `Sink<Req> + Stream<Item = Result<Resp, E>>`,
-//! usually a [`Framed`](tokio_util::codec::Framed)) and the calls written on it. Callers
+//! A connection task owns the transport (any [`Transport`](crate::Transport): a `Sink` of
+//! requests and a `Stream` of replies, usually a [`Framed`](tokio_util::codec::Framed))
+//! and the calls written on it. Callers
 //! hand it calls through a bounded intake; it writes them in batches and matches each
 //! reply frame to its caller with a matcher: by FIFO position ([`Order`]) or by session id
 //! ([`Session`]). Everything else (writing, batching, cancellation, backpressure,

@@ -5,17 +5,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_core::Stream;
-use futures_sink::Sink;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
-use tower::BoxError;
 use tracing::debug;
 
 use super::engine::{Conn, Engine, Lane};
 use super::matcher::Matcher;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::shared::{Control, State};
+use crate::transport::Transport;
 
 /// Drives one transport until it fails, the channel is closed, or every handle is gone
 /// and every call is answered.
@@ -44,11 +42,9 @@ impl<T, M, Req, Resp> Worker<T, M, Req, Resp> {
     }
 }
 
-impl<T, M, Req, Resp, WE, RE> Worker<T, M, Req, Resp>
+impl<T, M, Req, Resp> Worker<T, M, Req, Resp>
 where
-    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
-    WE: Into<BoxError>,
-    RE: Into<BoxError>,
+    T: Transport<Req, Resp>,
     M: Matcher<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,
@@ -68,11 +64,9 @@ where
     }
 }
 
-impl<T, M, Req, Resp, WE, RE> Future for Worker<T, M, Req, Resp>
+impl<T, M, Req, Resp> Future for Worker<T, M, Req, Resp>
 where
-    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin,
-    WE: Into<BoxError>,
-    RE: Into<BoxError>,
+    T: Transport<Req, Resp>,
     M: Matcher<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,

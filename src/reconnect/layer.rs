@@ -2,17 +2,16 @@
 
 use std::fmt;
 
-use futures_core::Stream;
-use futures_sink::Sink;
-use tower::{BoxError, Layer, Service};
+use tower::Layer;
 
-use super::{Endpoint, Hosts, Options, Reconnect};
+use super::{Hosts, Options, Reconnect};
 use crate::channel::{Channel, Connection};
 use crate::config::Config;
 use crate::mux::Mode;
+use crate::transport::Connector;
 
-/// A [`tower::Layer`] that turns a connector (a `tower::Service<Endpoint>` returning a
-/// transport) into a reconnecting [`Channel`]; made by [`Builder::into_layer`](crate::Builder::into_layer).
+/// A [`tower::Layer`] that turns a [`Connector`] (a `tower::Service<Endpoint>` returning
+/// a [`Transport`](crate::Transport)) into a reconnecting [`Channel`]; made by [`Builder::into_layer`](crate::Builder::into_layer).
 ///
 /// Each `layer` call spawns a connection task, so it must run inside a tokio runtime.
 pub struct ReconnectLayer<M, Req, Resp> {
@@ -61,14 +60,9 @@ where
     Resp: Send + 'static,
 {
     /// A channel over `connector` and its connection task, for the caller to run.
-    pub fn pair<K, T, WE, RE>(&self, connector: K) -> (Channel<Req, Resp>, Connection)
+    pub fn pair<K>(&self, connector: K) -> (Channel<Req, Resp>, Connection)
     where
-        K: Service<Endpoint, Response = T> + Clone + Send + 'static,
-        K::Error: Into<BoxError>,
-        K::Future: Send,
-        T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-        WE: Into<BoxError> + 'static,
-        RE: Into<BoxError> + 'static,
+        K: Connector<Req, Resp>,
     {
         let (channel, engine, control) = Channel::plumbing(&self.config);
         let worker = Reconnect::new(
@@ -84,14 +78,9 @@ where
     }
 }
 
-impl<K, M, T, Req, Resp, WE, RE> Layer<K> for ReconnectLayer<M, Req, Resp>
+impl<K, M, Req, Resp> Layer<K> for ReconnectLayer<M, Req, Resp>
 where
-    K: Service<Endpoint, Response = T> + Clone + Send + 'static,
-    K::Error: Into<BoxError>,
-    K::Future: Send,
-    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-    WE: Into<BoxError> + 'static,
-    RE: Into<BoxError> + 'static,
+    K: Connector<Req, Resp>,
     M: Mode<Req, Resp> + Clone,
     Req: Send + 'static,
     Resp: Send + 'static,

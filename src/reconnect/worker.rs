@@ -20,11 +20,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
-use futures_sink::Sink;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
-use tower::{BoxError, Service};
+use tower::BoxError;
 use tracing::{debug, info, warn};
 
 use super::backoff::{Backoff, Jitter};
@@ -36,6 +34,7 @@ use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::mux::{Conn, Engine, Envelope, Frames, Lane, Mode, Waiter};
 use crate::shared::{Control, State};
 use crate::stats::Stats;
+use crate::transport::{Connector, Transport};
 
 /// What to do when a connect pass fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,14 +170,10 @@ where
 // No field is pinned structurally: futures and timers are boxed, transports `Unpin`.
 impl<K, M: Mode<Req, Resp>, T, Req, Resp> Unpin for Reconnect<K, M, T, Req, Resp> {}
 
-impl<K, M, T, Req, Resp, WE, RE> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
 where
-    K: Service<Endpoint, Response = T> + Clone + Send + 'static,
-    K::Error: Into<BoxError>,
-    K::Future: Send,
-    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-    WE: Into<BoxError>,
-    RE: Into<BoxError>,
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
     M: Mode<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,
@@ -701,14 +696,10 @@ where
     conn.fail(Kind::Connection, &cause, stats);
 }
 
-impl<K, M, T, Req, Resp, WE, RE> Future for Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Future for Reconnect<K, M, T, Req, Resp>
 where
-    K: Service<Endpoint, Response = T> + Clone + Send + 'static,
-    K::Error: Into<BoxError>,
-    K::Future: Send,
-    T: Sink<Req, Error = WE> + Stream<Item = Result<Resp, RE>> + Unpin + Send + 'static,
-    WE: Into<BoxError>,
-    RE: Into<BoxError>,
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
     M: Mode<Req, Resp>,
     Req: Send + 'static,
     Resp: Send + 'static,
