@@ -4,8 +4,8 @@
 //! 127.0.0.1 port and kills it when done, then shows: a handshake that runs `AUTH` and
 //! `SELECT` on every connection, many callers sharing one connection, a pipeline of
 //! commands sent as one request, an error reply that fails only its own call, pub/sub
-//! through the push receiver across a server restart (as skynet's `redis.watch`), and
-//! what a wrong password looks like.
+//! through the push receiver across a server restart (as skynet's `redis.watch`), what
+//! a wrong password looks like, and commands encoded by their callers (`Packed`).
 //!
 //! RESP is framed by the `redis-protocol` crate; the `Protocol` that reads it is in
 //! `examples/common/redis.rs`, shared with `tests/redis.rs`.
@@ -17,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{Frame, PubSub, Redis, RespCodec, cmd, start_server, text};
+use common::redis::{Frame, Packed, PubSub, Redis, RespCodec, cmd, start_server, text};
 use socketchannel::{Backoff, BoxError, Call, Channel, Handshake, Policy};
 use tokio::task::JoinSet;
 
@@ -156,6 +156,45 @@ async fn main() -> Result<(), BoxError> {
     if let Err(e) = wrong.request(cmd(["PING"])).await {
         println!("   PING -> {e}");
     }
+
+    println!("\n7. Commands packed on the callers' tasks: the calls of section 2 again");
+    // The one connection task no longer encodes: it copies bytes (see `Packed`).
+    let packed: Channel<Packed, Frame> = Channel::builder()
+        .host(&addr)
+        .backoff(backoff())
+        .handshake(|conn, _endpoint| async move {
+            conn.request(Packed::new(&cmd(["AUTH", PASSWORD]))?).await?;
+            conn.request(Packed::new(&cmd(["SELECT", "1"]))?).await?;
+            Ok(Handshake::Ready)
+        })
+        .order(RespCodec::resp2(), Redis::commands())?;
+    let started = Instant::now();
+    let mut callers = JoinSet::new();
+    for c in 0..200 {
+        let packed = packed.clone();
+        callers.spawn(async move {
+            for i in 0..50 {
+                let (key, value) = (format!("key:{c}:{i}"), format!("value {c} {i}"));
+                packed
+                    .request(Packed::new(&cmd(["SET", &key, &value]))?)
+                    .await?;
+                let got = packed.request(Packed::new(&cmd(["GET", &key]))?).await?;
+                if text(&got).as_deref() != Some(value.as_str()) {
+                    return Err::<(), BoxError>(format!("GET {key}: {got:?}").into());
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = callers.join_next().await {
+        done??;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "   20000 calls in {:.0} ms ({:.0} calls/s)",
+        elapsed.as_secs_f64() * 1e3,
+        20000.0 / elapsed.as_secs_f64(),
+    );
 
     println!("\ndone; stopping redis-server");
     Ok(())
