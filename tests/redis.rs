@@ -224,14 +224,23 @@ async fn pipeline_of_n_commands_is_one_request() {
 
 #[test]
 fn a_packed_command_is_the_bytes_the_codec_writes_for_its_frame() {
-    let commands = [
+    let set = Packed::new(&cmd(["SET", "key", "value"])).expect("a command");
+    assert_eq!(
+        set.as_bytes(),
+        b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n"
+    );
+    let binary = Packed::new(&cmd([&b"GET"[..], b"k\r\n\0\xff"])).expect("a command");
+    assert_eq!(
+        binary.as_bytes(),
+        b"*2\r\n$3\r\nGET\r\n$5\r\nk\r\n\0\xff\r\n"
+    );
+
+    for command in [
         cmd(["PING"]),
         cmd(["SET", "key", "value"]),
         cmd([&b"SET"[..], b"bin\r\nkey", &[0u8, 255, 13, 10]]),
-        cmd(Vec::<&str>::new()),
-    ];
-    for command in &commands {
-        let packed = Packed::new(command).expect("a command");
+    ] {
+        let packed = Packed::new(&command).expect("a command");
         for mut codec in [RespCodec::resp2(), RespCodec::resp3()] {
             let (mut framed, mut copied) = (BytesMut::new(), BytesMut::new());
             codec.encode(command.clone(), &mut framed).expect("encode");
@@ -240,21 +249,76 @@ fn a_packed_command_is_the_bytes_the_codec_writes_for_its_frame() {
             assert_eq!(copied, framed, "{command:?}");
         }
     }
-    for reply in [
+}
+
+#[test]
+fn what_is_not_a_command_is_refused_before_it_is_sent() {
+    let blob = |data: &'static str| Frame::BlobString {
+        data: data.into(),
+        attributes: None,
+    };
+    let with_attributes = Frame::BlobString {
+        data: "GET".into(),
+        attributes: Some(Default::default()),
+    };
+    let array = |data: Vec<Frame>| Frame::Array {
+        data,
+        attributes: None,
+    };
+    let refused = [
+        // Redis skips an empty command without a reply.
+        cmd(Vec::<&str>::new()),
         Frame::SimpleString {
             data: "OK".into(),
             attributes: None,
         },
+        array(vec![Frame::Number {
+            data: 1,
+            attributes: None,
+        }]),
+        array(vec![blob("GET"), array(vec![blob("k")])]),
+        array(vec![with_attributes]),
         Frame::Array {
-            data: vec![Frame::Number {
-                data: 1,
-                attributes: None,
-            }],
+            data: vec![blob("GET"), blob("k")],
+            attributes: Some(Default::default()),
+        },
+        Frame::Push {
+            data: vec![blob("GET"), blob("k")],
             attributes: None,
         },
-    ] {
-        assert!(Packed::new(&reply).is_err(), "{reply:?} is no command");
+    ];
+    for frame in &refused {
+        assert!(Packed::new(frame).is_err(), "{frame:?} is no command");
     }
+    for mut codec in [RespCodec::resp2(), RespCodec::resp3()] {
+        let mut buf = BytesMut::new();
+        codec
+            .encode(cmd(Vec::<&str>::new()), &mut buf)
+            .expect_err("an empty command is refused");
+        assert!(buf.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_empty_command_fails_and_takes_no_other_reply() {
+    within(TEST, "test", async {
+        let server = redis(&[]).await;
+        let channel = channel(&server.addr());
+        ok(&channel, ["SET", "k", "v"]).await;
+
+        let err = within(CALL, "empty", channel.request(cmd(Vec::<&str>::new())))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), Kind::Connection, "{err}");
+        // The channel reconnects, and each reply still goes to its own call.
+        let (get, ping) = tokio::join!(
+            channel.request(cmd(["GET", "k"])),
+            channel.request(cmd(["PING"])),
+        );
+        assert_eq!(text(&get.expect("GET")).as_deref(), Some("v"));
+        assert_eq!(text(&ping.expect("PING")).as_deref(), Some("PONG"));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

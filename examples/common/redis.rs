@@ -80,6 +80,12 @@ impl Clone for RespCodec {
 impl Encoder<Frame> for RespCodec {
     type Error = RedisProtocolError;
     fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        if matches!(&item, Frame::Array { data, .. } if data.is_empty()) {
+            // Redis skips an empty command without a reply: in order mode it would take
+            // the next call's reply. (This ends the connection, as any encode error does;
+            // `Packed::new` refuses it on the caller's side instead.)
+            return Err(not_a_command());
+        }
         match self.version {
             // A command (an array of blob strings) is the same bytes in RESP2 and RESP3:
             // encode it as it is, without building a RESP2 copy.
@@ -109,23 +115,34 @@ impl Decoder for RespCodec {
     }
 }
 
-/// An array of blob strings without attributes: what every client command is.
+/// A non-empty array of blob strings without attributes: what every client command is.
 fn is_command(frame: &Frame) -> bool {
     match frame {
         Frame::Array {
             data,
             attributes: None,
-        } => data.iter().all(|f| {
-            matches!(
-                f,
-                Frame::BlobString {
-                    attributes: None,
-                    ..
-                }
-            )
-        }),
+        } => {
+            !data.is_empty()
+                && data.iter().all(|f| {
+                    matches!(
+                        f,
+                        Frame::BlobString {
+                            attributes: None,
+                            ..
+                        }
+                    )
+                })
+        }
         _ => false,
     }
+}
+
+/// The error for a request that is no command.
+fn not_a_command() -> RedisProtocolError {
+    RedisProtocolError::new(
+        RedisProtocolErrorKind::EncodeError,
+        "a command is a non-empty array of blob strings without attributes",
+    )
 }
 
 /// A RESP2 frame as the RESP3 frame of the same meaning. (Not the crate's
@@ -202,11 +219,15 @@ where
 /// A command already encoded in RESP, by the caller: for a `Channel<Packed, Frame>`.
 ///
 /// A `Channel<Frame, Frame>` encodes every command on its connection task, and there is
-/// one such task per channel: under load, what it does per request bounds the channel.
-/// `Packed::new` runs `redis-protocol`'s encoder on the caller's task instead (on
-/// whichever worker runs the caller), and the connection task only copies the bytes into
-/// its write buffer. This is what redis-rs does with a `Cmd`. The benchmark's
-/// `channel-redis` rows pack; `channel-redis-frame` shows the same calls sending frames.
+/// one such task per channel: under load, what it does per request can bound the
+/// channel. `Packed::new` runs `redis-protocol`'s encoder on the caller's task instead
+/// (on whichever worker runs the caller), and the connection task only copies the bytes
+/// into its write buffer. This is what redis-rs does with a `Cmd`. The benchmark's
+/// `channel-redis` row packs; `channel-redis-frame` sends the same calls as frames.
+///
+/// A frame that is not a command is refused here, by its caller, rather than by the
+/// encoder on the connection task, where an encode error ends the connection for every
+/// call on it.
 ///
 /// ```ignore
 /// let set = cmd(["SET", "key", "value"]);
@@ -218,18 +239,15 @@ pub struct Packed(Bytes);
 impl Packed {
     /// `command` in RESP, packed into a buffer of its own.
     ///
-    /// A command (an array of blob strings, as [`cmd`] builds) is the same bytes in RESP2
-    /// and RESP3, so a `Packed` goes to either.
+    /// A command (a non-empty array of blob strings, as [`cmd`] builds) is the same bytes
+    /// in RESP2 and RESP3, so a `Packed` goes to either.
     ///
     /// # Errors
     ///
-    /// `command` is not an array of blob strings.
+    /// `command` is not a non-empty array of blob strings without attributes.
     pub fn new(command: &Frame) -> Result<Packed, RedisProtocolError> {
         if !is_command(command) {
-            return Err(RedisProtocolError::new(
-                RedisProtocolErrorKind::EncodeError,
-                "a command is an array of blob strings",
-            ));
+            return Err(not_a_command());
         }
         let mut buf = BytesMut::new();
         extend_encode(&mut buf, command, false)?;
