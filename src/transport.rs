@@ -2,8 +2,8 @@
 //! one for an [`Endpoint`].
 //!
 //! Both are names for bounds, implemented for every type that meets them (as tower's
-//! `MakeConnection` is): never implement them, write `T: Transport<Req, Resp>` or
-//! `K: Connector<Req, Resp>` where you would spell out the bounds.
+//! `MakeConnection` is), so there is nothing to implement: write `T: Transport<Req, Resp>`
+//! or `K: Connector<Req, Resp>` where you would spell out the bounds.
 
 use futures_core::Stream;
 use futures_sink::Sink;
@@ -15,7 +15,8 @@ use crate::reconnect::Endpoint;
 /// errors, such as `tokio_util::codec::Framed` over a socket with a codec.
 ///
 /// The connection task owns it: `Unpin`, so the task holds it without pinning; `Send +
-/// 'static`, so the task may run on any worker. Its errors become the
+/// 'static`, as the task ([`Connection`](crate::Connection)) is a boxed future that may
+/// be spawned. A write or read error becomes the
 /// [`ConnectionError`](crate::ConnectionError) that ends the connection.
 ///
 /// ```
@@ -61,8 +62,10 @@ where
 /// [`TcpConnector`](crate::TcpConnector), or `tower::service_fn` over an async function
 /// that connects (TLS, a Unix socket, an in-memory pipe).
 ///
-/// Cloned into the connection task; its future runs there, so it is `Send`. A failed
-/// connect is a [`ConnectError`](crate::ConnectError) holding its error.
+/// The connection task owns it and calls a clone of it for each connect attempt; the
+/// attempt's future runs in that task, so it is `Send`. A failed or timed-out attempt
+/// moves on to the next host. When every host of a pass has failed, the calls waiting
+/// for it fail with a [`ConnectError`](crate::ConnectError) that lists each host's error.
 pub trait Connector<Req, Resp>:
     Service<Endpoint, Response = Self::Transport, Error: Into<BoxError>, Future: Send>
     + Clone

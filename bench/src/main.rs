@@ -15,7 +15,8 @@
 //! - `hand`: the hand-written baselines, one per mode.
 //! - `tokio_tower`: the peer, tokio-tower's clients behind tower's `Buffer`.
 //! - `engine`: this crate's engine and channel, also behind `Timeout` (feature `engine`).
-//! - `redis`: the Redis section, `channel-redis` against redis-rs (feature `redis`).
+//! - `redis`: the Redis section, `channel-redis` and `channel-redis-frame` against
+//!   redis-rs (feature `redis`).
 //! - `variant`: the list of clients and how each is built.
 //! - `load`: the experiments: closed-loop load, and heap per in-flight request.
 //! - `runtime`: a fresh runtime per experiment, with a scoped tracing subscriber for the

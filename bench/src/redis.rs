@@ -1,6 +1,6 @@
-//! The Redis section: this crate's `Channel` (`channel-redis`) against redis-rs's
-//! `MultiplexedConnection` (`redis-rs`), side by side on one real `redis-server`, then
-//! `redis-benchmark` on the same server as the server's own limit.
+//! The Redis section: this crate's `Channel` (`channel-redis`, `channel-redis-frame`)
+//! against redis-rs's `MultiplexedConnection` (`redis-rs`), side by side on one real
+//! `redis-server`, then `redis-benchmark` on the same server as the server's own limit.
 //!
 //! The server and the RESP code are the examples' own (`examples/common/process.rs` and
 //! `examples/common/redis.rs`, included below), so the benchmark speaks to Redis through
@@ -191,7 +191,8 @@ fn expected(command: Payload) -> &'static str {
 // ---------------------------------------------------------------------------------------
 // channel-redis
 
-/// Runs `concurrency` callers of one `channel-redis` channel, sending `Req`s.
+/// Runs `concurrency` callers of one channel, sending `Req`s: `Packed` for
+/// `channel-redis`, `Frame` for `channel-redis-frame`.
 async fn channel_loop<Req: Request>(
     addr: SocketAddr,
     concurrency: usize,
@@ -244,13 +245,13 @@ fn frame(command: Payload, caller: usize) -> Frame {
 /// What a `channel-redis` caller sends, made on every call from its prebuilt command,
 /// on the caller's task.
 trait Request: Send + 'static {
-    fn new(command: &Frame) -> Self;
+    fn from_command(command: &Frame) -> Self;
 }
 
 /// `channel-redis`: the command packed into a fresh buffer (one allocation), as redis-rs
 /// packs its `Cmd`; the connection task copies the bytes.
 impl Request for Packed {
-    fn new(command: &Frame) -> Self {
+    fn from_command(command: &Frame) -> Self {
         Packed::new(command).expect("the benchmark's commands are commands")
     }
 }
@@ -258,7 +259,7 @@ impl Request for Packed {
 /// `channel-redis-frame`: a clone of the frame (the clone of its `Vec` of arguments is
 /// one allocation; the arguments are `Bytes`), encoded on the connection task.
 impl Request for Frame {
-    fn new(command: &Frame) -> Self {
+    fn from_command(command: &Frame) -> Self {
         command.clone()
     }
 }
@@ -279,7 +280,7 @@ where
     type Reply = Frame;
 
     async fn request(&mut self) -> Result<Frame, BoxError> {
-        let reply = load::call(&mut self.channel, Req::new(&self.command)).await?;
+        let reply = load::call(&mut self.channel, Req::from_command(&self.command)).await?;
         reply.await
     }
 

@@ -2,10 +2,9 @@
 //!
 //! A connection task owns the transport (any [`Transport`](crate::Transport): a `Sink` of
 //! requests and a `Stream` of replies, usually a [`Framed`](tokio_util::codec::Framed))
-//! and the calls written on it. Callers
-//! hand it calls through a bounded intake; it writes them in batches and matches each
-//! reply frame to its caller with a matcher: by FIFO position ([`Order`]) or by session id
-//! ([`Session`]). Everything else (writing, batching, cancellation, backpressure,
+//! and the calls written on it. Callers hand it calls through a bounded intake; it writes
+//! them in batches and matches each reply frame to its caller with a matcher: by FIFO
+//! position ([`Order`]) or by session id ([`Session`]). Everything else (writing, batching, cancellation, backpressure,
 //! pushes, the stall timer, failure fan-out) is the same engine for both.
 
 mod call;

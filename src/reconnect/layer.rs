@@ -11,7 +11,8 @@ use crate::mux::Mode;
 use crate::transport::Connector;
 
 /// A [`tower::Layer`] that turns a [`Connector`] (a `tower::Service<Endpoint>` returning
-/// a [`Transport`](crate::Transport)) into a reconnecting [`Channel`]; made by [`Builder::into_layer`](crate::Builder::into_layer).
+/// a [`Transport`](crate::Transport)) into a reconnecting [`Channel`]; made by
+/// [`Builder::into_layer`](crate::Builder::into_layer).
 ///
 /// Each `layer` call spawns a connection task, so it must run inside a tokio runtime.
 pub struct ReconnectLayer<M, Req, Resp> {
