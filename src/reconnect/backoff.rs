@@ -20,6 +20,7 @@ use std::time::Duration;
 pub struct Backoff {
     schedule: Schedule,
     max_attempts: Option<u32>,
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,7 @@ impl Backoff {
                 max: max.max(min),
             },
             max_attempts: None,
+            seed: None,
         }
     }
 
@@ -53,6 +55,7 @@ impl Backoff {
         Backoff {
             schedule: Schedule::Skynet,
             max_attempts: None,
+            seed: None,
         }
     }
 
@@ -61,6 +64,23 @@ impl Backoff {
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
         self
+    }
+
+    /// Seeds the jitter, so the same failures give the same waits (deterministic tests
+    /// and simulations). Without it each channel seeds from the clock and the process.
+    ///
+    /// ```
+    /// # use socketchannel::Backoff;
+    /// let backoff = Backoff::default().jitter_seed(42);
+    /// ```
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The jitter source this backoff draws from: seeded as given, or from `fallback`.
+    pub(crate) fn jitter(&self, fallback: impl FnOnce() -> u64) -> Jitter {
+        Jitter::new(self.seed.unwrap_or_else(fallback))
     }
 
     /// The wait after the `failures`-th failed pass in a row (1-based), or `None` to give
@@ -124,6 +144,17 @@ mod tests {
                 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2
             ]
         );
+    }
+
+    #[test]
+    fn a_seeded_jitter_repeats_itself() {
+        let b = Backoff::default().jitter_seed(7);
+        let draw = |b: &Backoff| {
+            let mut j = b.jitter(|| unreachable!("seeded"));
+            (0..8).map(|_| j.unit()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(&b), draw(&b));
+        assert_ne!(draw(&b), draw(&Backoff::default().jitter_seed(8)));
     }
 
     #[test]

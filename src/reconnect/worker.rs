@@ -186,9 +186,11 @@ where
         hosts: Hosts,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ (std::ptr::addr_of!(hosts) as u64).rotate_left(17)
-            ^ std::process::id() as u64;
+        let jitter = opts.backoff.jitter(|| {
+            Instant::now().elapsed().as_nanos() as u64
+                ^ (std::ptr::addr_of!(hosts) as u64).rotate_left(17)
+                ^ std::process::id() as u64
+        });
         let mut this = Reconnect {
             engine,
             connector,
@@ -199,7 +201,7 @@ where
             phase: Phase::Idle,
             draining: Vec::new(),
             failures: 0,
-            jitter: Jitter::new(seed),
+            jitter,
             last_error: None,
             shutdown: None,
             connected_before: false,
