@@ -31,6 +31,51 @@ pub struct Config {
     pub(crate) stall_timeout: Option<Duration>,
     pub(crate) push_capacity: usize,
     pub(crate) overload: Option<Overload>,
+    pub(crate) limits: ReplyLimits,
+    pub(crate) orphans: Orphans,
+}
+
+/// When a reconnecting channel retires a connection whose waiting calls are orphans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Orphans {
+    /// A quarter of what can wait at once (the in-flight limit, or the id range).
+    Quarter,
+    Limit(usize),
+    Off,
+}
+
+impl Orphans {
+    pub(crate) fn limit(self, capacity: usize) -> Option<usize> {
+        match self {
+            Orphans::Quarter => Some((capacity / 4).max(1)),
+            Orphans::Limit(n) => Some(n.max(1)),
+            Orphans::Off => None,
+        }
+    }
+}
+
+/// How large a multi-frame reply may grow ([`Kind::Limit`](crate::Kind::Limit)).
+#[derive(Clone)]
+pub(crate) struct ReplyLimits {
+    /// Frames one reply may have.
+    pub(crate) frames: usize,
+    /// Bytes one reply may weigh, by the user's weigher of a frame.
+    pub(crate) bytes: Option<(usize, WeighReply)>,
+    /// Frames a stream's reader may leave unread.
+    pub(crate) stream: usize,
+}
+
+/// Type-erased like `Weigh`: the frame as `&dyn Any`.
+pub(crate) type WeighReply = Arc<dyn Fn(&dyn Any) -> usize + Send + Sync>;
+
+impl fmt::Debug for ReplyLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyLimits")
+            .field("frames", &self.frames)
+            .field("bytes", &self.bytes.as_ref().map(|(max, _)| max))
+            .field("stream", &self.stream)
+            .finish()
+    }
 }
 
 /// The overload signal's setting: a high-water mark and how to weigh a request.
@@ -65,6 +110,12 @@ impl Default for Config {
             stall_timeout: Some(Duration::from_secs(30)),
             push_capacity: 1024,
             overload: None,
+            limits: ReplyLimits {
+                frames: 1 << 16,
+                bytes: None,
+                stream: 1024,
+            },
+            orphans: Orphans::Quarter,
         }
     }
 }
@@ -126,6 +177,62 @@ impl Config {
     /// never blocks replies. Values below 1 count as 1.
     pub fn push_capacity(mut self, n: usize) -> Self {
         self.push_capacity = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Frames one multi-frame reply (`request_n`, `request_until_final`, `stream`) may
+    /// have, at most (default 65 536; values below 1 count as 1). A reply with more fails
+    /// its call only, with [`Kind::Limit`](crate::Kind::Limit), *may have executed*; the
+    /// rest of its frames are read and dropped, so no other caller notices. Exempt calls
+    /// ([`Call::no_stall_timeout`](crate::Call::no_stall_timeout)) are held to it too.
+    pub fn max_reply_frames(mut self, n: usize) -> Self {
+        self.limits.frames = n.max(1);
+        self
+    }
+
+    /// Bytes one multi-frame reply may weigh, by `weigh` (usually the frame's encoded
+    /// length), at most. Off by default. Going over fails the call as
+    /// [`max_reply_frames`](Self::max_reply_frames) does.
+    ///
+    /// ```
+    /// # use socketchannel::Config;
+    /// let config = Config::default().max_reply_bytes(64 << 20, |frame: &Vec<u8>| frame.len());
+    /// ```
+    pub fn max_reply_bytes<Resp: 'static>(
+        mut self,
+        max: usize,
+        weigh: impl Fn(&Resp) -> usize + Send + Sync + 'static,
+    ) -> Self {
+        let weigh: WeighReply =
+            Arc::new(move |frame| frame.downcast_ref::<Resp>().map_or(0, &weigh));
+        self.limits.bytes = Some((max, weigh));
+        self
+    }
+
+    /// Frames a [`ReplyStream`](crate::ReplyStream)'s reader may leave unread, at most
+    /// (default 1024; values below 1 count as 1). A reader further behind fails its
+    /// stream with [`Kind::Limit`](crate::Kind::Limit) after the frames it has; the
+    /// connection reads on for everyone else.
+    pub fn stream_buffer(mut self, n: usize) -> Self {
+        self.limits.stream = n.max(1);
+        self
+    }
+
+    /// A reconnecting channel's answer to a server that ignores some calls while it
+    /// answers others (so the stall timer, which measures silence, never fires): when
+    /// the connection is full (the in-flight limit, or no free session id) and at least
+    /// this many of its waiting calls are *orphans* (their caller dropped its future or
+    /// timed out), the connection is retired as [`Channel::change_host`] does: new calls
+    /// go to a fresh connection, the old one finishes what it can within the drain
+    /// timeout, and its ids die with it.
+    ///
+    /// `None` turns it off. The default is a quarter of what can wait at once: the
+    /// in-flight limit, or the session id range when that is smaller. A channel over a
+    /// fixed transport has nothing to retire to and ignores it.
+    ///
+    /// [`Channel::change_host`]: crate::Channel::change_host
+    pub fn max_orphans(mut self, limit: Option<usize>) -> Self {
+        self.orphans = limit.map_or(Orphans::Off, Orphans::Limit);
         self
     }
 }

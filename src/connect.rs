@@ -8,19 +8,26 @@ use std::task::{Context, Poll};
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio_util::codec::Framed;
 
+use crate::meter::Metered;
 use crate::reconnect::Endpoint;
+
+/// The default read and write buffer capacity of a connection's `Framed`, as
+/// tokio-util's own default.
+const BUFFER: usize = 8 * 1024;
 
 /// Opens a TCP connection to an [`Endpoint`] and frames it with a codec: the connector
 /// a [`Builder`](crate::Builder) uses unless given another.
 ///
 /// The host is resolved at every call and each address it resolves to is tried in turn;
-/// the error names the last failure. Any [`Connector`](crate::Connector) can stand in its
+/// the error names the last failure. The stream is [`Metered`], so every byte it moves
+/// counts as progress for the stall timer and in the counters. Any [`Connector`](crate::Connector) can stand in its
 /// place (a Unix socket, TLS, an in-memory pipe for tests).
 #[derive(Debug, Clone)]
 pub struct TcpConnector<C> {
     codec: C,
     nodelay: bool,
     keepalive: bool,
+    buffer: usize,
 }
 
 impl<C: Clone> TcpConnector<C> {
@@ -30,7 +37,15 @@ impl<C: Clone> TcpConnector<C> {
             codec,
             nodelay: true,
             keepalive: true,
+            buffer: BUFFER,
         }
+    }
+
+    /// The initial capacity of the read and write buffers of each connection's
+    /// `Framed` (default 8 KiB; they grow for larger frames).
+    pub fn buffer_capacity(mut self, bytes: usize) -> Self {
+        self.buffer = bytes;
+        self
     }
 
     /// Sets `TCP_NODELAY` on each connection (default on: requests are batched by the
@@ -46,7 +61,7 @@ impl<C: Clone> TcpConnector<C> {
         self
     }
 
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Framed<TcpStream, C>> {
+    async fn connect(self, endpoint: Endpoint) -> io::Result<Framed<Metered<TcpStream>, C>> {
         let mut last = None;
         for addr in lookup_host((endpoint.host(), endpoint.port())).await? {
             let socket = if addr.is_ipv4() {
@@ -58,7 +73,11 @@ impl<C: Clone> TcpConnector<C> {
             match socket.connect(addr).await {
                 Ok(stream) => {
                     stream.set_nodelay(self.nodelay)?;
-                    return Ok(Framed::new(stream, self.codec));
+                    return Ok(Framed::with_capacity(
+                        Metered::new(stream),
+                        self.codec,
+                        self.buffer,
+                    ));
                 }
                 Err(e) => last = Some(e),
             }
@@ -73,9 +92,9 @@ impl<C> tower::Service<Endpoint> for TcpConnector<C>
 where
     C: Clone + Send + 'static,
 {
-    type Response = Framed<TcpStream, C>;
+    type Response = Framed<Metered<TcpStream>, C>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Framed<TcpStream, C>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Framed<Metered<TcpStream>, C>>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))

@@ -60,6 +60,16 @@ pub enum Kind {
     Unsupported,
     /// `Service::call` without a successful `poll_ready`, while the intake was full.
     Overloaded,
+    /// The reply outgrew a limit of the channel ([`Config::max_reply_frames`],
+    /// [`Config::max_reply_bytes`]), or a [`ReplyStream`](crate::ReplyStream)'s reader
+    /// fell further behind than [`Config::stream_buffer`] frames. Only this call fails
+    /// (*may have executed*); the rest of its reply is read and dropped. The source is
+    /// a [`LimitError`].
+    ///
+    /// [`Config::max_reply_frames`]: crate::Config::max_reply_frames
+    /// [`Config::max_reply_bytes`]: crate::Config::max_reply_bytes
+    /// [`Config::stream_buffer`]: crate::Config::stream_buffer
+    Limit,
 }
 
 impl Error {
@@ -185,6 +195,7 @@ impl fmt::Display for Error {
             Kind::IdInUse => "session id already in use",
             Kind::Unsupported => "call not supported by this channel",
             Kind::Overloaded => "intake full (call without poll_ready)",
+            Kind::Limit => "reply over the channel's limit",
         };
         let sent = if self.inner.written {
             "request may have executed"
@@ -205,6 +216,55 @@ impl StdError for Error {
         Some(cause)
     }
 }
+
+/// Which limit a reply went over ([`Kind::Limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// More frames than [`Config::max_reply_frames`](crate::Config::max_reply_frames).
+    Frames(usize),
+    /// More bytes than [`Config::max_reply_bytes`](crate::Config::max_reply_bytes).
+    Bytes(usize),
+    /// The stream's reader left this many frames unread
+    /// ([`Config::stream_buffer`](crate::Config::stream_buffer)).
+    Reader(usize),
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitError::Frames(n) => write!(f, "more than {n} reply frames"),
+            LimitError::Bytes(n) => write!(f, "more than {n} reply bytes"),
+            LimitError::Reader(n) => write!(f, "the stream's reader left {n} frames unread"),
+        }
+    }
+}
+
+impl StdError for LimitError {}
+
+/// The cause of a call dropped unwritten with its queue (the connection task is gone).
+#[derive(Debug)]
+pub(crate) struct Dropped;
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dropped unwritten: the connection task is gone")
+    }
+}
+
+impl StdError for Dropped {}
+
+/// The cause of a call made on a handshake's handle after the handshake returned.
+#[derive(Debug)]
+pub(crate) struct HandshakeOver;
+
+impl fmt::Display for HandshakeOver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the handshake has returned: its handle takes no more calls")
+    }
+}
+
+impl StdError for HandshakeOver {}
 
 /// Why a connection ended.
 ///

@@ -179,6 +179,7 @@ mod channel;
 mod config;
 mod connect;
 mod error;
+mod meter;
 mod mux;
 mod panic;
 mod protocol;
@@ -189,16 +190,16 @@ mod stats;
 mod transport;
 
 pub use crate::channel::{
-    Builder, Call, Channel, Connection, IntoCall, Replies, ReplyStream, ResponseFuture,
+    Builder, Call, Channel, Connection, IntoCall, MuxLayer, ReconnectLayer, Replies, ReplyStream,
+    ResponseFuture,
 };
 pub use crate::config::Config;
 pub use crate::connect::TcpConnector;
-pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind};
-pub use crate::mux::{Mode, MuxLayer, Order, Session};
+pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
+pub use crate::meter::Metered;
+pub use crate::mux::{Mode, Order, Session};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
-pub use crate::reconnect::{
-    Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy, ReconnectLayer,
-};
+pub use crate::reconnect::{Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy};
 pub use crate::retry::RetryNotSent;
 pub use crate::shared::State;
 pub use crate::stats::Counters;

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use tokio::time::Instant;
 
-use crate::config::Overload;
+use crate::config::{Overload, ReplyLimits};
 use crate::error::{Cause, Error};
 use crate::mux::Frames;
 use crate::reconnect::HostSpec;
@@ -36,8 +36,9 @@ pub enum State {
 pub(crate) enum Control {
     /// Fail everything now and stop.
     Close,
-    /// Take no new calls; serve the queued and waiting ones until the deadline.
-    Shutdown(Instant),
+    /// Take no new calls; serve the queued and waiting ones until the deadline. The
+    /// sender is dropped once the channel is closed.
+    Shutdown(Instant, oneshot::Sender<()>),
     /// Connect now (and reopen a closed channel); the outcome goes to the sender.
     Connect(oneshot::Sender<Result<(), Error>>),
     /// New calls go to this host; calls on the old connection drain.
@@ -62,6 +63,8 @@ pub(crate) struct Shared<Resp> {
     /// Weight of the calls queued and not yet taken by the connection task.
     queued: AtomicUsize,
     pub(crate) overloaded: watch::Sender<bool>,
+    /// How large a multi-frame reply may grow.
+    pub(crate) limits: ReplyLimits,
 }
 
 impl<Resp> Shared<Resp> {
@@ -69,6 +72,7 @@ impl<Resp> Shared<Resp> {
         control: mpsc::UnboundedSender<Control>,
         pushes: mpsc::Receiver<Resp>,
         overload: Option<Overload>,
+        limits: ReplyLimits,
     ) -> Self {
         Shared {
             stats: Stats::default(),
@@ -81,6 +85,7 @@ impl<Resp> Shared<Resp> {
             overload,
             queued: AtomicUsize::new(0),
             overloaded: watch::Sender::new(false),
+            limits,
         }
     }
 
@@ -102,6 +107,9 @@ impl<Resp> Shared<Resp> {
         let Some(overload) = &self.overload else {
             return;
         };
+        if weight == 0 {
+            return;
+        }
         let queued = self.queued.fetch_sub(weight, Ordering::AcqRel) - weight;
         if queued <= overload.high_water / 2 && *self.overloaded.borrow() {
             self.update_overload(overload);

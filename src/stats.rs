@@ -13,6 +13,9 @@ pub(crate) struct Stats {
     push_overflow: AtomicU64,
     skipped: AtomicU64,
     reconnects: AtomicU64,
+    retired: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
 }
 
 /// A snapshot of a channel's counters ([`Channel::counters`](crate::Channel::counters)).
@@ -36,6 +39,16 @@ pub struct Counters {
     pub skipped: u64,
     /// Connections made after the first one.
     pub reconnects: u64,
+    /// Connections retired because too many of their calls were orphans
+    /// ([`Config::max_orphans`](crate::Config::max_orphans)) or they reached their
+    /// maximum age ([`Builder::max_connection_age`](crate::Builder::max_connection_age)).
+    pub retired: u64,
+    /// Bytes read from the transport's IO, when it is [`Metered`](crate::Metered) (the
+    /// crate's own connectors' is).
+    pub bytes_read: u64,
+    /// Bytes the transport's IO accepted for writing, when it is
+    /// [`Metered`](crate::Metered).
+    pub bytes_written: u64,
 }
 
 macro_rules! bump {
@@ -54,7 +67,8 @@ impl Stats {
         pushes,
         push_overflow,
         skipped,
-        reconnects
+        reconnects,
+        retired
     );
 
     /// Each connection reports the change of its own count, so the gauge is the sum
@@ -65,6 +79,11 @@ impl Stats {
         } else if from > to {
             self.in_flight.fetch_sub((from - to) as u64, Relaxed);
         }
+    }
+
+    pub(crate) fn bytes(&self, read: u64, written: u64) {
+        self.bytes_read.fetch_add(read, Relaxed);
+        self.bytes_written.fetch_add(written, Relaxed);
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
@@ -81,6 +100,9 @@ impl Stats {
             push_overflow: self.push_overflow.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            retired: self.retired.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
         }
     }
 }

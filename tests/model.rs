@@ -231,7 +231,9 @@ impl Harness {
         let config = socketchannel::Config::default()
             .max_in_flight(setup.max_in_flight)
             .queue(setup.queue)
-            .stall_timeout(None);
+            .stall_timeout(None)
+            // The model keeps one connection at a time: no retiring a full one.
+            .max_orphans(None);
         let builder = Channel::builder()
             .host("model:1")
             .config(config)

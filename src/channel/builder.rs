@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio_util::codec::{Decoder, Encoder};
 use tower::BoxError;
 
-use super::{Channel, Connection};
+use super::{Channel, Connection, ReconnectLayer};
 use crate::config::Config;
 use crate::connect::TcpConnector;
 use crate::mux::{Mode, Order, Session};
 use crate::panic::CatchPanic;
 use crate::protocol::{Protocol, Sessions};
 use crate::reconnect::{
-    Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Policy, ReconnectLayer,
+    Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Policy,
 };
 use crate::transport::Connector;
 
@@ -87,6 +87,8 @@ where
                 queue: 0,
                 max_in_flight: 0,
                 eager: false,
+                orphans: crate::config::Orphans::Quarter,
+                max_connection_age: None,
             },
             nodelay: true,
             keepalive: true,
@@ -217,6 +219,16 @@ where
         self
     }
 
+    /// Retires each connection once it is this old (default: never), as
+    /// [`Channel::change_host`] does: new calls go to a fresh connection (made at once
+    /// if calls wait, else on the next call), the old one finishes its calls within the
+    /// drain timeout. This picks up DNS changes, and spreads load again after a
+    /// failover moved every client to one server.
+    pub fn max_connection_age(mut self, age: impl Into<Option<Duration>>) -> Self {
+        self.opts.max_connection_age = age.into();
+        self
+    }
+
     /// Connects as soon as the channel is built instead of on the first call.
     pub fn eager(mut self) -> Self {
         self.opts.eager = true;
@@ -334,13 +346,11 @@ where
             (None, Some(port)) => host.endpoint(port),
             (None, None) => return Err(InvalidEndpoint::no_port(&host)),
         };
-        let mut hosts = Hosts {
-            current,
-            backups: Vec::new(),
-        };
+        let mut hosts = Hosts::new(current);
         hosts.set_backups(&self.backups?);
         self.opts.queue = self.config.queue;
         self.opts.max_in_flight = self.config.max_in_flight;
+        self.opts.orphans = self.config.orphans;
         Ok(ReconnectLayer::new(hosts, self.config, self.opts, mode))
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -11,12 +13,20 @@ use tower::BoxError;
 use tracing::Span;
 
 use crate::error::{Error, Kind};
+use crate::mux::StreamShared;
 
-/// The outcome a connection task sent, or `Closed` when it is gone without a word.
+/// The outcome a connection task sent, or, when the reply sender was dropped without a
+/// word (a panic while delivering the reply, a task that vanished), `Closed` and *may
+/// have executed*: only a call known to be unwritten says *not sent* (its envelope
+/// does, when dropped), so a retry never runs a request twice on a guess.
 pub(crate) fn outcome<T>(
     received: Result<Result<T, Error>, oneshot::error::RecvError>,
 ) -> Result<T, Error> {
-    received.unwrap_or_else(|_| Err(Error::new(Kind::Closed)))
+    received.unwrap_or_else(|_| Err(vanished()))
+}
+
+fn vanished() -> Error {
+    Error::new(Kind::Closed).written(true)
 }
 
 /// The reply of a [`Service::call`](tower::Service::call) on a
@@ -26,28 +36,13 @@ pub(crate) fn outcome<T>(
 ///
 /// Dropping it never shifts another caller's reply: see [`Channel`](super::Channel).
 pub struct ResponseFuture<Resp> {
-    state: Outcome<Resp>,
+    rx: oneshot::Receiver<Result<Resp, Error>>,
     span: Span,
-}
-
-enum Outcome<Resp> {
-    Waiting(oneshot::Receiver<Result<Resp, Error>>),
-    Failed(Option<Error>),
 }
 
 impl<Resp> ResponseFuture<Resp> {
     pub(crate) fn waiting(rx: oneshot::Receiver<Result<Resp, Error>>, span: Span) -> Self {
-        ResponseFuture {
-            state: Outcome::Waiting(rx),
-            span,
-        }
-    }
-
-    pub(crate) fn failed(err: Error) -> Self {
-        ResponseFuture {
-            state: Outcome::Failed(Some(err)),
-            span: Span::none(),
-        }
+        ResponseFuture { rx, span }
     }
 }
 
@@ -57,10 +52,7 @@ impl<Resp> Future for ResponseFuture<Resp> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let _entered = this.span.enter();
-        let outcome = match &mut this.state {
-            Outcome::Waiting(rx) => outcome(std::task::ready!(Pin::new(rx).poll(cx))),
-            Outcome::Failed(err) => Err(err.take().unwrap_or_else(|| Error::new(Kind::Closed))),
-        };
+        let outcome = outcome(std::task::ready!(Pin::new(&mut this.rx).poll(cx)));
         if let Err(err) = &outcome {
             tracing::debug!(error = %err, "request failed");
         }
@@ -75,18 +67,52 @@ impl<Resp> fmt::Debug for ResponseFuture<Resp> {
 }
 
 /// The reply frames of [`Channel::stream`](super::Channel::stream), as they arrive.
+///
+/// It ends after the last frame, or after an error. A stream whose connection task
+/// vanished mid-reply (its sender dropped without the last frame) ends with one
+/// `Kind::Closed` error, *may have executed*, never silently.
 pub struct ReplyStream<Resp> {
     rx: mpsc::UnboundedReceiver<Result<Resp, Error>>,
+    shared: Arc<StreamShared>,
+    /// The end was seen (and reported when it was not a clean one).
+    ended: bool,
 }
 
 impl<Resp> ReplyStream<Resp> {
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Result<Resp, Error>>) -> Self {
-        ReplyStream { rx }
+    pub(crate) fn new(
+        rx: mpsc::UnboundedReceiver<Result<Resp, Error>>,
+        shared: Arc<StreamShared>,
+    ) -> Self {
+        ReplyStream {
+            rx,
+            shared,
+            ended: false,
+        }
     }
 
     /// The next frame, or `None` after the last one.
     pub async fn next(&mut self) -> Option<Result<Resp, Error>> {
-        std::future::poll_fn(|cx| self.rx.poll_recv(cx)).await
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Resp, Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(item) => {
+                self.shared.buffered.fetch_sub(1, Ordering::AcqRel);
+                Poll::Ready(Some(item))
+            }
+            None => {
+                self.ended = true;
+                if self.shared.finished.load(Ordering::Acquire) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(vanished())))
+                }
+            }
+        }
     }
 }
 
@@ -94,7 +120,7 @@ impl<Resp> Stream for ReplyStream<Resp> {
     type Item = Result<Resp, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.poll_item(cx)
     }
 }
 

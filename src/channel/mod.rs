@@ -3,6 +3,8 @@
 mod builder;
 mod call;
 mod future;
+mod mux_layer;
+mod reconnect_layer;
 mod service;
 
 use std::fmt;
@@ -18,10 +20,12 @@ use tokio_util::sync::ReusableBoxFuture;
 pub use self::builder::Builder;
 pub use self::call::{Call, IntoCall, Replies};
 pub use self::future::{ReplyStream, ResponseFuture};
+pub use self::mux_layer::MuxLayer;
+pub use self::reconnect_layer::ReconnectLayer;
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::mux::{Collect, Conn, Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::mux::{Collect, Engine, Envelope, Mode, StreamShared, StreamTx, Until, Waiter, Worker};
 use crate::reconnect::{HostSpec, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
@@ -43,6 +47,11 @@ type Reserve<Req, Resp> =
 /// reply is discarded when it comes.
 pub struct Channel<Req, Resp> {
     tx: mpsc::Sender<Envelope<Req, Resp>>,
+    /// The handshake's handle: its calls go to the connection's priority lane, which
+    /// closes when the handshake returns (not when the channel does: a shutdown lets a
+    /// running handshake finish); it never waits for the connect pass it is part of,
+    /// and its calls do not weigh on the overload signal.
+    lane: bool,
     pub(crate) shared: Arc<Shared<Resp>>,
     /// Capacity reserved by `poll_ready` for the next `call`.
     permit: Option<Permit<Req, Resp>>,
@@ -163,7 +172,7 @@ where
     {
         let (channel, engine, control) = Channel::plumbing(&config);
         channel.shared.set_state(State::Ready);
-        let conn = Conn::new(transport, mode.matcher(config.max_in_flight));
+        let conn = engine.conn(transport, mode.matcher(config.max_in_flight));
         let connection =
             Connection::new(Worker::new(engine, conn, control), channel.shared.clone());
         (channel, connection)
@@ -177,7 +186,12 @@ where
         let (tx, intake) = mpsc::channel(config.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::channel(config.push_capacity);
-        let shared = Arc::new(Shared::new(control_tx, pushes, config.overload.clone()));
+        let shared = Arc::new(Shared::new(
+            control_tx,
+            pushes,
+            config.overload.clone(),
+            config.limits.clone(),
+        ));
         let engine = Engine::new(intake, push_tx, shared.clone(), config);
         (Channel::from_parts(tx, shared), engine, control)
     }
@@ -185,25 +199,51 @@ where
     /// Queues a call, waiting for room in the intake; a call that cannot be queued is
     /// failed through its waiter.
     async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) {
-        let mut envelope = Envelope {
-            frames: call.frames,
-            waiter,
-            id: call.id,
-            exempt: call.exempt,
-            weight: 0,
-        };
-        if self.shared.is_closed() {
-            envelope.fail_unsent(Kind::Closed, None);
+        let mut envelope = Envelope::new(call.frames, waiter);
+        envelope.id = call.id;
+        envelope.exempt = call.exempt;
+        if self.refuses() {
+            self.refuse(envelope);
             return;
         }
         match self.tx.reserve().await {
             // Closed while we waited (the task may even be gone): do not send.
-            Ok(_) if self.shared.is_closed() => envelope.fail_unsent(Kind::Closed, None),
+            Ok(_) if self.refuses() => self.refuse(envelope),
             Ok(permit) => {
-                envelope.weight = self.shared.queue(&envelope.frames);
+                envelope.weight = self.weigh(&envelope);
                 permit.send(envelope);
             }
-            Err(_) => envelope.fail_unsent(Kind::Closed, None),
+            Err(_) => self.refuse(envelope),
+        }
+    }
+
+    /// This handle takes no more calls: the channel is closed, or (the handshake's
+    /// handle) the handshake has returned.
+    pub(crate) fn refuses(&self) -> bool {
+        if self.lane {
+            self.tx.is_closed()
+        } else {
+            self.shared.is_closed()
+        }
+    }
+
+    /// Fails a call this handle cannot take, *not sent*, saying why.
+    fn refuse(&self, envelope: Envelope<Req, Resp>) {
+        envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
+    }
+
+    /// The cause of a refusal: set for the handshake's handle, whose lane closed.
+    pub(crate) fn refusal(&self) -> Option<crate::error::Cause> {
+        self.lane
+            .then(|| Arc::new(crate::error::HandshakeOver) as crate::error::Cause)
+    }
+
+    /// What a call weighs on the overload signal while queued: handshake calls nothing.
+    pub(crate) fn weigh(&self, envelope: &Envelope<Req, Resp>) -> usize {
+        if self.lane {
+            0
+        } else {
+            self.shared.queue(&envelope.frames)
         }
     }
 
@@ -239,7 +279,9 @@ where
     }
 
     async fn collect(&self, call: Call<Req>, until: Until) -> Result<Vec<Resp>, Error> {
-        self.one(call, |tx| Collect::waiter(tx, until)).await
+        let limits = self.shared.limits.clone();
+        self.one(call, |tx| Collect::waiter(tx, until, limits))
+            .await
     }
 
     /// Sends a request and yields its reply frames one by one as they arrive.
@@ -247,21 +289,28 @@ where
     /// The stream ends after the last frame; an error ends it too. Dropping it early
     /// discards the remaining frames of this reply (they are still read, so no other
     /// caller is affected).
+    ///
+    /// A reader that leaves more than [`Config::stream_buffer`] frames unread fails its
+    /// stream with [`Kind::Limit`]; the connection reads on for every other caller.
     pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(StreamShared::default());
+        let waiter = StreamTx::waiter(
+            tx,
+            shared.clone(),
+            replies.into(),
+            self.shared.limits.clone(),
+        );
         // A failure to queue is delivered through the stream itself.
-        self.enqueue(
-            call.into_call(),
-            Waiter::Stream(Box::new((tx, replies.into()))),
-        )
-        .await;
-        ReplyStream::new(rx)
+        self.enqueue(call.into_call(), waiter).await;
+        ReplyStream::new(rx, shared)
     }
 
     /// Fire-and-forget: writes a request the server never answers. Resolves once the
     /// request is handed to the transport. It is written even if this future is dropped.
     ///
     /// In session mode the request is written as given: no session id is stamped.
+    /// [`Call::read`] has nothing to send: it fails with [`Kind::Unsupported`].
     pub async fn send(&self, call: impl IntoCall<Req>) -> Result<(), Error> {
         self.one(call.into_call(), Waiter::Sent).await
     }
@@ -302,12 +351,19 @@ where
     /// Closes the channel gracefully: no new calls are taken; those already queued or
     /// waiting have until `deadline` to be answered, then fail with [`Kind::Closed`].
     /// Resolves once the connection is closed.
+    ///
+    /// It ends as soon as nothing it waits for is left: the last call answered, even
+    /// while a handle still holds a slot reserved by `poll_ready` (that call then fails
+    /// *not sent*). A [`connect`](Self::connect) made meanwhile waits for the shutdown
+    /// to finish, then reopens the channel.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shared.set_closed();
         let at = crate::config::deadline(tokio::time::Instant::now(), deadline);
-        let _ = self.shared.control.send(Control::Shutdown(at));
-        let mut state = self.state();
-        let _ = state.wait_for(|s| *s == State::Closed).await;
+        let (tx, rx) = oneshot::channel();
+        if self.shared.control.send(Control::Shutdown(at, tx)).is_ok() {
+            // Dropped by the task when the channel is closed (or the task is gone).
+            let _ = rx.await;
+        }
     }
 
     /// Connects now, if not connected, and waits for the outcome. Reopens a closed
@@ -318,7 +374,13 @@ where
     ///
     /// [`Kind::Connect`] (with the [`ConnectError`](crate::ConnectError) naming each host)
     /// when the pass failed; [`Kind::Closed`] for a fixed-transport channel that is closed.
+    ///
+    /// From the handshake's own handle it resolves at once: the connection the
+    /// handshake runs on is the one being made.
     pub async fn connect(&self) -> Result<(), Error> {
+        if self.lane {
+            return Ok(());
+        }
         // The reconnect task reopens the channel when it takes this; a fixed-transport
         // channel that has ended stays closed.
         let (tx, rx) = oneshot::channel();
@@ -391,6 +453,7 @@ impl<Req, Resp> Channel<Req, Resp> {
     ) -> Self {
         Channel {
             tx,
+            lane: false,
             shared,
             permit: None,
             spare: None,
@@ -400,12 +463,24 @@ impl<Req, Resp> Channel<Req, Resp> {
             waiting_connect: false,
         }
     }
+
+    /// The handshake's handle, on the lane of its connection.
+    pub(crate) fn handshake_handle(
+        tx: mpsc::Sender<Envelope<Req, Resp>>,
+        shared: Arc<Shared<Resp>>,
+    ) -> Self {
+        let mut handle = Channel::from_parts(tx, shared);
+        handle.lane = true;
+        handle
+    }
 }
 
 impl<Req, Resp> Clone for Channel<Req, Resp> {
     /// Another handle to the same connection; never allocates.
     fn clone(&self) -> Self {
-        Channel::from_parts(self.tx.clone(), self.shared.clone())
+        let mut handle = Channel::from_parts(self.tx.clone(), self.shared.clone());
+        handle.lane = self.lane;
+        handle
     }
 }
 

@@ -25,17 +25,22 @@ where
         if self.permit.is_some() {
             return Poll::Ready(Ok(()));
         }
-        if self.shared.is_closed() {
-            return Poll::Ready(Err(closed()));
+        if self.refuses() {
+            return Poll::Ready(Err(self.refused()));
         }
-        std::task::ready!(self.poll_connected(cx));
+        // The handshake's handle never waits for the pass it is part of.
+        if !self.lane {
+            std::task::ready!(self.poll_connected(cx));
+        }
         if !self.reserving {
             match self.sender().try_reserve_owned() {
                 Ok(permit) => {
                     self.permit = Some(permit);
                     return Poll::Ready(Ok(()));
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Poll::Ready(Err(closed())),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Poll::Ready(Err(self.refused()));
+                }
                 Err(mpsc::error::TrySendError::Full(tx)) => {
                     let wait = tx.reserve_owned();
                     match &mut self.reserve {
@@ -47,7 +52,7 @@ where
             }
         }
         let Some(reserve) = self.reserve.as_mut() else {
-            return Poll::Ready(Err(closed()));
+            return Poll::Ready(Err(self.refused()));
         };
         let reserved = std::task::ready!(reserve.poll(cx));
         self.reserving = false;
@@ -56,7 +61,15 @@ where
                 self.permit = Some(permit);
                 Poll::Ready(Ok(()))
             }
-            Err(_) => Poll::Ready(Err(closed())),
+            Err(_) => Poll::Ready(Err(self.refused())),
+        }
+    }
+
+    /// The error of a call this handle refuses (see `refuses`).
+    fn refused(&self) -> Error {
+        match self.refusal() {
+            Some(cause) => closed().with_cause(cause),
+            None => closed(),
         }
     }
 }
@@ -119,31 +132,23 @@ where
             None => match self.sender().try_reserve_owned() {
                 Ok(permit) => permit,
                 Err(e) => {
-                    let kind = match e {
-                        mpsc::error::TrySendError::Closed(_) => Kind::Closed,
-                        mpsc::error::TrySendError::Full(_) => Kind::Overloaded,
+                    let (kind, cause) = match e {
+                        mpsc::error::TrySendError::Closed(_) => (Kind::Closed, self.refusal()),
+                        mpsc::error::TrySendError::Full(_) => (Kind::Overloaded, None),
                     };
-                    let Envelope { frames, .. } = envelope;
-                    let mut err = Error::new(kind);
-                    if let Some(req) = frames.into_any() {
-                        err = err.with_request(req);
-                    }
-                    return ResponseFuture::failed(err);
+                    envelope.fail_unsent(kind, cause.as_ref());
+                    return ResponseFuture::waiting(rx, tracing::Span::none());
                 }
             },
         };
-        if self.shared.is_closed() {
+        if self.refuses() {
             // The task may be gone (it panicked): a send now could wait forever.
-            let Envelope { frames, .. } = envelope;
-            let mut err = closed();
-            if let Some(req) = frames.into_any() {
-                err = err.with_request(req);
-            }
-            return ResponseFuture::failed(err);
+            envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
+            return ResponseFuture::waiting(rx, tracing::Span::none());
         }
         let span = tracing::debug_span!("request");
         let mut envelope = envelope;
-        envelope.weight = self.shared.queue(&envelope.frames);
+        envelope.weight = self.weigh(&envelope);
         self.spare = Some(permit.send(envelope));
         ResponseFuture::waiting(rx, span)
     }

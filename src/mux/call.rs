@@ -1,10 +1,22 @@
 //! One call on its way through the intake: the frames to write and who waits for what.
+//!
+//! Two rules make the failure semantics safe by default:
+//!
+//! * an [`Envelope`] dropped before it was written (its queue or task is gone) fails its
+//!   call *not sent* and hands its request back, through its `Drop`;
+//! * a reply sender dropped without a word (a panic while delivering, a task that
+//!   vanished) reads as *may have executed* on the caller's side
+//!   ([`outcome`](crate::channel) in `channel/future.rs`): only what this module says
+//!   was never written is *not sent*.
 
 use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Cause, Error, Kind};
+use crate::config::ReplyLimits;
+use crate::error::{Cause, Error, Kind, LimitError};
 use crate::protocol::Protocol;
 
 /// The frames a call writes.
@@ -61,23 +73,116 @@ impl Until {
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
+/// What a multi-frame reply has taken so far, against the channel's limits.
+#[derive(Debug)]
+struct Budget {
+    limits: ReplyLimits,
+    frames: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(limits: ReplyLimits) -> Self {
+        Budget {
+            limits,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts one more frame; the error when it goes over a limit.
+    fn take<Resp: 'static>(&mut self, frame: &Resp) -> Result<(), Error> {
+        self.frames += 1;
+        if self.frames > self.limits.frames {
+            return Err(limit(LimitError::Frames(self.limits.frames)));
+        }
+        if let Some((max, weigh)) = &self.limits.bytes {
+            self.bytes = self.bytes.saturating_add(weigh(frame));
+            if self.bytes > *max {
+                return Err(limit(LimitError::Bytes(*max)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn limit(why: LimitError) -> Error {
+    Error::new(Kind::Limit)
+        .written(true)
+        .with_cause(Arc::new(why))
+}
+
 /// The state of a call that collects several frames.
 #[derive(Debug)]
 pub(crate) struct Collect<Resp> {
-    pub(crate) tx: Option<Reply<Vec<Resp>>>,
-    pub(crate) parts: Vec<Resp>,
-    pub(crate) until: Until,
-    pub(crate) error: Option<Error>,
+    /// `None` once the outcome is sent: the rest of the reply is read and discarded.
+    tx: Option<Reply<Vec<Resp>>>,
+    parts: Vec<Resp>,
+    until: Until,
+    error: Option<Error>,
+    budget: Budget,
 }
 
 impl<Resp> Collect<Resp> {
-    pub(crate) fn waiter(tx: Reply<Vec<Resp>>, until: Until) -> Waiter<Resp> {
+    pub(crate) fn waiter(tx: Reply<Vec<Resp>>, until: Until, limits: ReplyLimits) -> Waiter<Resp> {
         Waiter::Collect(Box::new(Collect {
             tx: Some(tx),
             parts: Vec::new(),
             until,
             error: None,
+            budget: Budget::new(limits),
         }))
+    }
+}
+
+/// What a [`ReplyStream`](crate::ReplyStream) and its call's waiter share.
+#[derive(Debug, Default)]
+pub(crate) struct StreamShared {
+    /// Frames sent and not yet taken by the reader.
+    pub(crate) buffered: AtomicUsize,
+    /// The reply is complete (or failed with an error sent): the end of the channel is
+    /// not a silent drop.
+    pub(crate) finished: AtomicBool,
+}
+
+/// The waiter of a call whose frames go to a [`ReplyStream`](crate::ReplyStream).
+#[derive(Debug)]
+pub(crate) struct StreamTx<Resp> {
+    tx: mpsc::UnboundedSender<Result<Resp, Error>>,
+    shared: Arc<StreamShared>,
+    until: Until,
+    budget: Budget,
+    /// The reader fell behind or the reply outgrew a limit: the rest is discarded.
+    failed: bool,
+}
+
+impl<Resp> StreamTx<Resp> {
+    pub(crate) fn waiter(
+        tx: mpsc::UnboundedSender<Result<Resp, Error>>,
+        shared: Arc<StreamShared>,
+        until: Until,
+        limits: ReplyLimits,
+    ) -> Waiter<Resp> {
+        Waiter::Stream(Box::new(StreamTx {
+            tx,
+            shared,
+            until,
+            budget: Budget::new(limits),
+            failed: false,
+        }))
+    }
+
+    fn send(&self, item: Result<Resp, Error>) {
+        self.shared.buffered.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tx.send(item);
+    }
+
+    /// Sends the last item and marks the reply finished.
+    fn finish(&self, item: Option<Result<Resp, Error>>) {
+        self.shared.finished.store(true, Ordering::Release);
+        if let Some(item) = item {
+            self.send(item);
+        }
     }
 }
 
@@ -92,7 +197,7 @@ pub(crate) enum Waiter<Resp> {
     /// of every waiting call's bookkeeping.
     Collect(Box<Collect<Resp>>),
     /// Several frames, delivered one by one. Boxed, like `Collect`.
-    Stream(Box<(mpsc::UnboundedSender<Result<Resp, Error>>, Until)>),
+    Stream(Box<StreamTx<Resp>>),
 }
 
 impl<Resp> Waiter<Resp> {
@@ -104,7 +209,7 @@ impl<Resp> Waiter<Resp> {
             Waiter::Sent(_) => false,
             Waiter::One(tx) => tx.as_ref().is_none_or(|tx| tx.is_closed()),
             Waiter::Collect(c) => c.tx.as_ref().is_none_or(|tx| tx.is_closed()),
-            Waiter::Stream(s) => s.0.is_closed(),
+            Waiter::Stream(s) => s.failed || s.tx.is_closed(),
         }
     }
 
@@ -114,7 +219,7 @@ impl<Resp> Waiter<Resp> {
             Waiter::Sent(_) => false,
             Waiter::One(_) => true,
             Waiter::Collect(c) => !matches!(c.until, Until::Count(0)),
-            Waiter::Stream(s) => !matches!(s.1, Until::Count(0)),
+            Waiter::Stream(s) => !matches!(s.until, Until::Count(0)),
         }
     }
 
@@ -129,13 +234,17 @@ impl<Resp> Waiter<Resp> {
                     let _ = tx.send(Ok(Vec::new()));
                 }
             }
-            _ => {}
+            Waiter::Stream(s) => s.finish(None),
+            Waiter::One(_) => {}
         }
     }
 
     /// Hands one reply frame to the caller. Returns true when the reply is complete and
     /// the slot can be freed.
-    pub(crate) fn deliver<Req, P: Protocol<Req, Resp>>(&mut self, frame: Resp, proto: &P) -> bool {
+    pub(crate) fn deliver<Req, P: Protocol<Req, Resp>>(&mut self, frame: Resp, proto: &P) -> bool
+    where
+        Resp: 'static,
+    {
         match self {
             Waiter::One(tx) => {
                 if let Some(tx) = tx.take() {
@@ -144,26 +253,31 @@ impl<Resp> Waiter<Resp> {
                 true
             }
             Waiter::Collect(c) => {
-                let Collect {
-                    tx,
-                    parts,
-                    until,
-                    error,
-                } = &mut **c;
-                let last = until.last(&frame, proto);
+                let last = c.until.last(&frame, proto);
+                if c.tx.is_none() {
+                    // Failed already: the rest of the reply is read and dropped.
+                    return last;
+                }
+                if let Err(over) = c.budget.take(&frame) {
+                    c.parts = Vec::new();
+                    if let Some(tx) = c.tx.take() {
+                        let _ = tx.send(Err(over));
+                    }
+                    return last;
+                }
                 match proto.check(frame) {
-                    Ok(frame) => parts.push(frame),
+                    Ok(frame) => c.parts.push(frame),
                     // The first error reply fails the call; the rest of its frames are
                     // still read so the stream stays in step.
                     Err(e) => {
-                        error.get_or_insert_with(|| Error::server(e));
+                        c.error.get_or_insert_with(|| Error::server(e));
                     }
                 }
                 if last {
-                    if let Some(tx) = tx.take() {
-                        let outcome = match error.take() {
+                    if let Some(tx) = c.tx.take() {
+                        let outcome = match c.error.take() {
                             Some(e) => Err(e),
-                            None => Ok(std::mem::take(parts)),
+                            None => Ok(std::mem::take(&mut c.parts)),
                         };
                         let _ = tx.send(outcome);
                     }
@@ -171,9 +285,27 @@ impl<Resp> Waiter<Resp> {
                 last
             }
             Waiter::Stream(s) => {
-                let (tx, until) = &mut **s;
-                let last = until.last(&frame, proto);
-                let _ = tx.send(proto.check(frame).map_err(Error::server));
+                let last = s.until.last(&frame, proto);
+                if s.failed {
+                    return last;
+                }
+                let behind = s.shared.buffered.load(Ordering::Acquire) >= s.budget.limits.stream;
+                let over = match s.budget.take(&frame) {
+                    Err(e) => Some(e),
+                    Ok(()) if behind => Some(limit(LimitError::Reader(s.budget.limits.stream))),
+                    Ok(()) => None,
+                };
+                if let Some(err) = over {
+                    s.failed = true;
+                    s.finish(Some(Err(err)));
+                    return last;
+                }
+                let item = proto.check(frame).map_err(Error::server);
+                if last {
+                    s.finish(Some(item));
+                } else {
+                    s.send(item);
+                }
                 last
             }
             Waiter::Sent(_) => true,
@@ -196,46 +328,86 @@ impl<Resp> Waiter<Resp> {
             }
             Waiter::One(None) => {}
             Waiter::Stream(s) => {
-                let _ = s.0.send(Err(err));
+                if !s.failed {
+                    s.finish(Some(Err(err)));
+                }
             }
         }
     }
 }
 
 /// A call in the intake.
+///
+/// Dropped before it was written, it fails its call *not sent* with the request.
 #[derive(Debug)]
 pub(crate) struct Envelope<Req, Resp> {
     pub(crate) frames: Frames<Req>,
-    pub(crate) waiter: Waiter<Resp>,
+    /// Taken when the call is written or failed; still here when dropped unwritten.
+    pub(crate) waiter: Option<Waiter<Resp>>,
     /// A caller-supplied session id.
     pub(crate) id: Option<u64>,
     /// Exempt from the stall timeout (a blocking command).
     pub(crate) exempt: bool,
     /// What it counts for the overload signal while queued (0 when that is off).
     pub(crate) weight: usize,
+    /// Boxes the request for an error that hands it back: `Drop` cannot ask
+    /// `Req: Send + 'static`, so the constructor, which can, leaves this here.
+    boxed: fn(Frames<Req>) -> Option<Box<dyn Any + Send>>,
 }
 
 impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
     pub(crate) fn new(frames: Frames<Req>, waiter: Waiter<Resp>) -> Self {
         Envelope {
             frames,
-            waiter,
+            waiter: Some(waiter),
             id: None,
             exempt: false,
             weight: 0,
+            boxed: Frames::into_any,
         }
+    }
+}
+
+impl<Req, Resp> Envelope<Req, Resp> {
+    /// Is the caller gone (never for a call already resolved)?
+    pub(crate) fn is_gone(&self) -> bool {
+        self.waiter.as_ref().is_none_or(Waiter::is_gone)
+    }
+
+    /// Takes the frames and the waiter out, to write the call: dropping what is left
+    /// does nothing.
+    pub(crate) fn open(&mut self) -> Option<(Frames<Req>, Waiter<Resp>)> {
+        let waiter = self.waiter.take()?;
+        Some((std::mem::replace(&mut self.frames, Frames::None), waiter))
     }
 
     /// Fails a call that was never written, handing its request back.
-    pub(crate) fn fail_unsent(self, kind: Kind, cause: Option<&Cause>) {
+    pub(crate) fn fail_unsent(mut self, kind: Kind, cause: Option<&Cause>) {
+        self.fail_in_place(kind, cause);
+    }
+
+    fn fail_in_place(&mut self, kind: Kind, cause: Option<&Cause>) {
+        let Some((frames, waiter)) = self.open() else {
+            return;
+        };
         let mut err = Error::new(kind);
         if let Some(cause) = cause {
             err = err.with_cause(cause.clone());
         }
-        if let Some(req) = self.frames.into_any() {
+        if let Some(req) = (self.boxed)(frames) {
             err = err.with_request(req);
         }
-        self.waiter.fail(err);
+        waiter.fail(err);
+    }
+}
+
+impl<Req, Resp> Drop for Envelope<Req, Resp> {
+    /// Never written: its queue or its task is gone. *Not sent*, with the request.
+    fn drop(&mut self) {
+        if self.waiter.is_some() {
+            let cause: Cause = Arc::new(crate::error::Dropped);
+            self.fail_in_place(Kind::Closed, Some(&cause));
+        }
     }
 }
 

@@ -57,6 +57,11 @@ impl<V> IdTable<V> {
         self.in_ring + self.spill.len()
     }
 
+    /// How many ids the range holds (saturating).
+    pub(crate) fn range(&self) -> usize {
+        usize::try_from((self.hi - self.lo).saturating_add(1)).unwrap_or(usize::MAX)
+    }
+
     /// Whether [`insert_next`](Self::insert_next) would find a free id. Caller ids
     /// outside the range are counted too, which can only make this stricter.
     pub(crate) fn has_free(&self) -> bool {

@@ -1,8 +1,6 @@
 //! The one pluggable part of the engine: where a waiting call is kept, and which one a
 //! reply frame belongs to.
 
-use tokio::time::Instant;
-
 use super::call::{Frames, Waiter};
 use crate::error::Error;
 
@@ -10,8 +8,6 @@ use crate::error::Error;
 #[derive(Debug)]
 pub(crate) struct Entry<Resp> {
     pub(crate) waiter: Waiter<Resp>,
-    /// When it was written (milliseconds since the matcher's epoch; coarse on purpose).
-    pub(crate) written_ms: u32,
     /// Exempt from the stall timeout.
     pub(crate) exempt: bool,
     /// A read without a request: failing it never says "may have executed".
@@ -21,7 +17,7 @@ pub(crate) struct Entry<Resp> {
 /// What became of a reply frame.
 #[derive(Debug)]
 pub(crate) enum Route<Resp> {
-    /// Given to its caller (or discarded for a caller that left).
+    /// Given to its call (or discarded for a caller that left): the server answered.
     Delivered,
     /// The protocol marks it as a push.
     Push(Resp),
@@ -46,15 +42,22 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
         entry: Entry<Resp>,
     ) -> Result<(), (Error, Entry<Resp>)>;
 
-    /// Routes one reply frame, read at `now_ms` (see [`millis_since`]).
-    fn route(&mut self, frame: Resp, now_ms: u32) -> Route<Resp>;
+    /// Routes one reply frame.
+    fn route(&mut self, frame: Resp) -> Route<Resp>;
 
     /// Calls waiting for a reply.
     fn pending(&self) -> usize;
 
-    /// Since when (in milliseconds since the epoch) the oldest call that counts for the
-    /// stall timeout has been waiting for the server, or `None` when no such call waits.
-    fn stalled_since(&self) -> Option<u32>;
+    /// Does a waiting call count for the stall timer? Exempt calls do not, nor (in
+    /// order mode) the calls queued behind an exempt one, which cannot be answered
+    /// before it.
+    fn watched(&self) -> bool;
+
+    /// How many calls can wait at once: the in-flight limit, or the id range if smaller.
+    fn capacity(&self) -> usize;
+
+    /// Waiting calls whose caller is gone (a scan: called rarely).
+    fn orphans(&self) -> usize;
 
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
@@ -66,9 +69,4 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
 pub(crate) fn abandoned<Resp>(entry: Entry<Resp>) {
     let err = Error::new(crate::error::Kind::Closed).written(!entry.read_only);
     entry.waiter.fail(err);
-}
-
-/// Milliseconds since `epoch`, saturating.
-pub(crate) fn millis_since(epoch: Instant, now: Instant) -> u32 {
-    u32::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u32::MAX)
 }

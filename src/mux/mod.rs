@@ -8,17 +8,18 @@
 //! pushes, the stall timer, failure fan-out) is the same engine for both.
 
 mod call;
+mod conn;
 mod engine;
 mod ids;
-mod layer;
 mod matcher;
 mod order;
 mod session;
+mod stall;
 mod worker;
 
-pub(crate) use self::call::{Collect, Envelope, Frames, Until, Waiter};
-pub(crate) use self::engine::{Conn, Engine, Lane};
-pub use self::layer::MuxLayer;
+pub(crate) use self::call::{Collect, Envelope, Frames, StreamShared, StreamTx, Until, Waiter};
+pub(crate) use self::conn::Conn;
+pub(crate) use self::engine::{Ended, Engine, Lane};
 pub use self::order::Order;
 pub use self::session::Session;
 pub(crate) use self::worker::Worker;

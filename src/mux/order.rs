@@ -31,9 +31,6 @@ pub struct OrderMatcher<P, Resp> {
     protocol: P,
     queue: VecDeque<Entry<Resp>>,
     max_in_flight: usize,
-    /// When the current head became the head: a FIFO server cannot answer a call before
-    /// the ones ahead of it, so that is when its stall clock starts.
-    head_since: u32,
 }
 
 impl<P, Resp> OrderMatcher<P, Resp> {
@@ -42,7 +39,6 @@ impl<P, Resp> OrderMatcher<P, Resp> {
             protocol,
             queue: VecDeque::new(),
             max_in_flight,
-            head_since: 0,
         }
     }
 }
@@ -71,14 +67,11 @@ where
         if id.is_some() {
             return Err((Error::new(Kind::Unsupported), entry));
         }
-        if self.queue.is_empty() {
-            self.head_since = entry.written_ms;
-        }
         self.queue.push_back(entry);
         Ok(())
     }
 
-    fn route(&mut self, frame: Resp, now_ms: u32) -> Route<Resp> {
+    fn route(&mut self, frame: Resp) -> Route<Resp> {
         if self.protocol.is_push(&frame) {
             return Route::Push(frame);
         }
@@ -87,7 +80,6 @@ where
         };
         if head.waiter.deliver(frame, &self.protocol) {
             self.queue.pop_front();
-            self.head_since = now_ms;
         }
         Route::Delivered
     }
@@ -96,10 +88,17 @@ where
         self.queue.len()
     }
 
-    fn stalled_since(&self) -> Option<u32> {
-        let head = self.queue.front()?;
+    fn watched(&self) -> bool {
         // An exempt head (a blocking command) holds everything behind it by design.
-        (!head.exempt).then(|| self.head_since.max(head.written_ms))
+        self.queue.front().is_some_and(|head| !head.exempt)
+    }
+
+    fn capacity(&self) -> usize {
+        self.max_in_flight
+    }
+
+    fn orphans(&self) -> usize {
+        self.queue.iter().filter(|e| e.waiter.is_gone()).count()
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {

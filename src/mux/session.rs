@@ -74,6 +74,7 @@ impl<S> Session<S> {
             live: IdTable::new(lo, hi),
             reads: VecDeque::new(),
             max_in_flight,
+            watched: 0,
         }
     }
 }
@@ -87,6 +88,16 @@ pub struct SessionMatcher<S, Resp> {
     /// Reads without a request: they take frames that carry no id, oldest first.
     reads: VecDeque<Entry<Resp>>,
     max_in_flight: usize,
+    /// Waiting calls that count for the stall timer (not exempt).
+    watched: usize,
+}
+
+impl<S, Resp> SessionMatcher<S, Resp> {
+    fn removed(&mut self, entry: &Entry<Resp>) {
+        if !entry.exempt {
+            self.watched -= 1;
+        }
+    }
 }
 
 impl<S, Resp> Drop for SessionMatcher<S, Resp> {
@@ -112,8 +123,10 @@ where
         id: Option<u64>,
         entry: Entry<Resp>,
     ) -> Result<(), (Error, Entry<Resp>)> {
+        let watched = usize::from(!entry.exempt);
         if matches!(frames, Frames::None) && id.is_none() {
             self.reads.push_back(entry);
+            self.watched += watched;
             return Ok(());
         }
         let id = match id {
@@ -130,6 +143,7 @@ where
                 .insert_next(entry)
                 .map_err(|entry| (Error::new(Kind::IdInUse), entry))?,
         };
+        self.watched += watched;
         let wire = S::Id::from_u64(id);
         match frames {
             Frames::None => {}
@@ -141,7 +155,7 @@ where
         Ok(())
     }
 
-    fn route(&mut self, frame: Resp, _now_ms: u32) -> Route<Resp> {
+    fn route(&mut self, frame: Resp) -> Route<Resp> {
         if self.sessions.is_push(&frame) {
             return Route::Push(frame);
         }
@@ -151,7 +165,9 @@ where
                 return Route::Unknown;
             };
             if read.waiter.deliver(frame, &self.sessions) {
-                self.reads.pop_front();
+                if let Some(read) = self.reads.pop_front() {
+                    self.removed(&read);
+                }
             }
             return Route::Delivered;
         };
@@ -160,7 +176,9 @@ where
             return Route::Unknown;
         };
         if entry.waiter.deliver(frame, &self.sessions) {
-            self.live.remove(id);
+            if let Some(entry) = self.live.remove(id) {
+                self.removed(&entry);
+            }
         }
         Route::Delivered
     }
@@ -169,17 +187,24 @@ where
         self.live.len() + self.reads.len()
     }
 
-    fn stalled_since(&self) -> Option<u32> {
-        // A scan, but only when the stall timer fires: at most once per stall period.
+    fn watched(&self) -> bool {
+        self.watched > 0
+    }
+
+    fn capacity(&self) -> usize {
+        self.max_in_flight.min(self.live.range())
+    }
+
+    fn orphans(&self) -> usize {
         self.live
             .values()
             .chain(self.reads.iter())
-            .filter(|e| !e.exempt)
-            .map(|e| e.written_ms)
-            .min()
+            .filter(|e| e.waiter.is_gone())
+            .count()
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
+        self.watched = 0;
         self.live.drain(&mut *each);
         self.reads.drain(..).for_each(each);
     }

@@ -5,11 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 use tracing::debug;
 
-use super::engine::{Conn, Engine, Lane};
+use super::conn::Conn;
+use super::engine::{Engine, Lane};
 use super::matcher::Matcher;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::shared::{Control, State};
@@ -22,6 +23,8 @@ pub(crate) struct Worker<T, M, Req, Resp> {
     conn: Option<Conn<T, M, Req, Resp>>,
     control: mpsc::UnboundedReceiver<Control>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// `shutdown` callers, told when the connection is closed.
+    shutdown: Vec<oneshot::Sender<()>>,
 }
 
 // No field is pinned structurally: the transport is `Unpin` and the timers are boxed.
@@ -38,6 +41,7 @@ impl<T, M, Req, Resp> Worker<T, M, Req, Resp> {
             conn: Some(conn),
             control,
             deadline: None,
+            shutdown: Vec::new(),
         }
     }
 }
@@ -57,10 +61,16 @@ where
         self.engine.shared.set_closed();
         let cause: Cause = Arc::new(why);
         if let Some(conn) = self.conn.take() {
-            conn.fail(kind, &cause, &self.engine.shared.stats);
+            conn.fail(kind, &cause);
         }
         self.engine.fail_queued_and_close(kind, Some(&cause));
+        self.closed();
+    }
+
+    /// The connection is gone: say so to the state watch and to `shutdown` callers.
+    fn closed(&mut self) {
         self.engine.shared.set_state(State::Closed);
+        self.shutdown.clear();
     }
 }
 
@@ -82,6 +92,7 @@ where
                 if let Control::Connect(done) = control {
                     let _ = done.send(Err(Error::new(Kind::Closed)));
                 }
+                // A `Shutdown`'s sender is dropped with it: that shutdown is over.
             }
             return this.engine.poll_fail_late(cx);
         };
@@ -92,9 +103,13 @@ where
                     this.end(Kind::Closed, why);
                     return this.engine.poll_fail_late(cx);
                 }
-                Control::Shutdown(deadline) => {
+                Control::Shutdown(deadline, done) => {
                     this.engine.close_intake();
-                    this.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                    this.shutdown.push(done);
+                    match &mut this.deadline {
+                        Some(d) if d.deadline() <= deadline => {}
+                        _ => this.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
                 // Without a connector there is nothing to reconnect or redirect.
                 Control::Connect(done) => {
@@ -112,12 +127,15 @@ where
         }
         match this.engine.poll_conn(cx, conn, Lane::User) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => {
+            // No connector to retire to: `orphan_limit` is never set here.
+            Poll::Ready(Ok(_)) => {
                 debug!("all handles dropped and every call answered; connection closed");
                 this.conn = None;
                 this.engine.shared.set_closed();
-                this.engine.shared.set_state(State::Closed);
-                Poll::Ready(())
+                this.closed();
+                // A shutdown ended with its last call; calls on slots reserved before
+                // still fail rather than wait.
+                this.engine.poll_fail_late(cx)
             }
             Poll::Ready(Err(why)) => {
                 this.end(Kind::Connection, why);

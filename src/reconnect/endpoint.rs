@@ -168,42 +168,52 @@ impl HostSpec {
     }
 }
 
-/// The current host and its ordered backups.
+/// The hosts of a channel: the configured ones (the host, then its backups, as given or
+/// changed by `change_host` / `change_backups`) and the current one, which a pass tries
+/// first: the host that last connected (a backup promoted, a redirect's target).
+///
+/// Promotion and redirects change only `current`, so no configured host ever drops out
+/// of later passes (Contract 8).
 #[derive(Debug, Clone)]
 pub(crate) struct Hosts {
     pub(crate) current: Endpoint,
-    pub(crate) backups: Vec<Endpoint>,
+    /// The configured host, then the backups.
+    configured: Vec<Endpoint>,
 }
 
 impl Hosts {
-    /// Replaces the backups; those without a port take the current host's.
+    pub(crate) fn new(host: Endpoint) -> Self {
+        Hosts {
+            current: host.clone(),
+            configured: vec![host],
+        }
+    }
+
+    /// Replaces the backups; those without a port take the configured host's.
     pub(crate) fn set_backups(&mut self, backups: &[HostSpec]) {
-        let port = self.current.port;
-        self.backups = backups.iter().map(|b| b.endpoint(port)).collect();
+        let port = self.configured[0].port;
+        self.configured.truncate(1);
+        self.configured
+            .extend(backups.iter().map(|b| b.endpoint(port)));
     }
 
-    /// A backup that connected becomes the current host, and the old current host takes
-    /// its place among the backups, so no configured host drops out of later passes.
+    /// The host that connected is tried first from now on.
     pub(crate) fn promote(&mut self, endpoint: Endpoint) {
-        if endpoint == self.current {
-            return;
-        }
-        let old = std::mem::replace(&mut self.current, endpoint);
-        match self.backups.iter_mut().find(|b| **b == self.current) {
-            Some(slot) => *slot = old,
-            None => self.backups.insert(0, old),
-        }
+        self.current = endpoint;
     }
 
-    /// Replaces the current host, keeping its port if the new one names none.
+    /// Replaces the configured host (and the current one), keeping its port if the new
+    /// one names none.
     pub(crate) fn set_current(&mut self, host: &HostSpec) {
-        self.current = host.endpoint(self.current.port);
+        let host = host.endpoint(self.configured[0].port);
+        self.configured[0] = host.clone();
+        self.current = host;
     }
 
-    /// The order of one connect pass: the current host, then each backup once.
+    /// The order of one connect pass: the current host, then each configured host once.
     pub(crate) fn pass(&self) -> Vec<Endpoint> {
         let mut order = vec![self.current.clone()];
-        for b in &self.backups {
+        for b in &self.configured {
             if !order.contains(b) {
                 order.push(b.clone());
             }
@@ -246,31 +256,37 @@ mod tests {
         }
     }
 
+    fn spec(s: &str) -> HostSpec {
+        HostSpec::parse(s).unwrap()
+    }
+
     #[test]
-    fn a_promoted_backup_swaps_places_with_the_current_host() {
+    fn a_promoted_backup_goes_first_and_every_configured_host_stays() {
         let (a, b, c) = (
             Endpoint::new("a", 1),
             Endpoint::new("b", 1),
             Endpoint::new("c", 1),
         );
-        let mut hosts = Hosts {
-            current: a.clone(),
-            backups: vec![b.clone(), c.clone()],
-        };
+        let mut hosts = Hosts::new(a.clone());
+        hosts.set_backups(&[spec("b:1"), spec("c:1")]);
         hosts.promote(c.clone());
-        assert_eq!(hosts.pass(), vec![c, b, a]);
+        assert_eq!(hosts.pass(), vec![c, a.clone(), b.clone()]);
+        // A redirect's target, not configured, goes first too, and drops out when the
+        // next one connects: the configured hosts never do.
+        let m = Endpoint::new("m", 1);
+        hosts.promote(m.clone());
+        assert_eq!(
+            hosts.pass(),
+            vec![m, a.clone(), b.clone(), Endpoint::new("c", 1)]
+        );
+        hosts.promote(Endpoint::new("n", 1));
+        assert!(!hosts.pass().contains(&Endpoint::new("m", 1)));
     }
 
     #[test]
     fn a_pass_skips_duplicate_backups() {
-        let hosts = Hosts {
-            current: Endpoint::new("a", 1),
-            backups: vec![
-                Endpoint::new("b", 1),
-                Endpoint::new("a", 1),
-                Endpoint::new("b", 1),
-            ],
-        };
+        let mut hosts = Hosts::new(Endpoint::new("a", 1));
+        hosts.set_backups(&[spec("b:1"), spec("a:1"), spec("b")]);
         assert_eq!(
             hosts.pass(),
             vec![Endpoint::new("a", 1), Endpoint::new("b", 1)]

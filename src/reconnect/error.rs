@@ -46,12 +46,16 @@ impl std::error::Error for ConnectError {}
 pub(crate) enum HostError {
     Timeout(&'static str),
     Handshake(BoxError),
+    /// Not a failure of the host: its handshake named another (the next line of the
+    /// error says how that one fared).
+    Redirected(Endpoint),
 }
 
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostError::Timeout(what) => write!(f, "{what} timed out"),
+            HostError::Redirected(to) => write!(f, "redirected to {to}"),
             // A call of the handshake failed: its cause says more than "request may
             // have executed" does here.
             HostError::Handshake(e) => match e
@@ -68,7 +72,7 @@ impl fmt::Display for HostError {
 impl std::error::Error for HostError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            HostError::Timeout(_) => None,
+            HostError::Timeout(_) | HostError::Redirected(_) => None,
             HostError::Handshake(e) => Some(&**e),
         }
     }

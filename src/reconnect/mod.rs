@@ -2,22 +2,34 @@
 //!
 //! One connection task per channel outlives each transport. It connects lazily (on the
 //! first call) or on [`Channel::connect`](crate::Channel::connect), tries the current
-//! host then each backup, runs the handshake on every new connection before any user
-//! call, and after a failure backs off before the next pass.
+//! host then each configured one, runs the handshake on every new connection before any
+//! user call, and after a failure backs off before the next pass.
+//!
+//! * `task`: the task, its phases and its poll loop;
+//! * `pass`: one connect pass, backoff, ready and lost connections;
+//! * `handshake`: the hook and its lane;
+//! * `control`: `close`, `shutdown`, `connect`, host changes;
+//! * `drain`: old connections finishing their calls;
+//! * `ping`: the idle ping;
+//! * `backoff`, `endpoint`, `error`, `options`: the settings and the pass's error.
 
 mod backoff;
+mod control;
+mod drain;
 mod endpoint;
 mod error;
 mod handshake;
-mod layer;
-mod worker;
+mod options;
+mod pass;
+mod ping;
+mod task;
 
 pub use self::backoff::Backoff;
 pub use self::endpoint::{Endpoint, InvalidEndpoint};
 pub use self::error::ConnectError;
 pub use self::handshake::Handshake;
-pub use self::layer::ReconnectLayer;
-pub use self::worker::Policy;
+pub use self::options::Policy;
 
 pub(crate) use self::endpoint::{HostSpec, Hosts};
-pub(crate) use self::worker::{Options, Reconnect};
+pub(crate) use self::options::Options;
+pub(crate) use self::task::Reconnect;

@@ -4,10 +4,10 @@ use std::fmt;
 
 use tower::Layer;
 
-use super::{Hosts, Options, Reconnect};
-use crate::channel::{Channel, Connection};
+use super::{Channel, Connection};
 use crate::config::Config;
 use crate::mux::Mode;
+use crate::reconnect::{Hosts, Options, Reconnect};
 use crate::transport::Connector;
 
 /// A [`tower::Layer`] that turns a [`Connector`] (a `tower::Service<Endpoint>` returning

@@ -5,9 +5,9 @@ use std::marker::PhantomData;
 
 use tower::Layer;
 
-use super::Mode;
-use crate::channel::Channel;
+use super::Channel;
 use crate::config::Config;
+use crate::mux::Mode;
 use crate::transport::Transport;
 
 /// A [`tower::Layer`] that runs the multiplexing engine over a transport the caller

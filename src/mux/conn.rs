@@ -1,0 +1,269 @@
+//! One transport, the calls written on it, and the write state tied to it.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_sink::Sink;
+use tokio::time::{Duration, Instant};
+use tower::BoxError;
+use tracing::info;
+
+use super::call::{Envelope, Frames, Waiter};
+use super::matcher::{Entry, Matcher};
+use super::stall::Stall;
+use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
+use crate::shared::Shared;
+
+/// One transport and what is tied to it. Dropped, it fails what it still holds: the
+/// waiting calls *may have executed*, the calls queued for it first *not sent*, and
+/// it takes its calls out of [`Counters::in_flight`](crate::Counters::in_flight).
+pub(crate) struct Conn<T, M, Req, Resp> {
+    pub(crate) transport: T,
+    pub(crate) matcher: M,
+    /// Written before anything from the lane: the calls a handshake queued and did not
+    /// await (Contract 12), an idle ping.
+    pub(crate) first: VecDeque<Envelope<Req, Resp>>,
+    writing: Option<Writing<Req, Resp>>,
+    pub(crate) needs_flush: bool,
+    pub(crate) stall: Stall,
+    /// A reply reached a call on this connection: the host answered (a frame read, or
+    /// a push, does not count).
+    pub(crate) answered: bool,
+    /// Retire the connection once this many waiting calls are orphans (their caller is
+    /// gone and the server has not answered): set by a reconnecting channel, which can
+    /// move its calls to a fresh connection.
+    pub(crate) orphan_limit: Option<usize>,
+    /// When the orphans were last counted (a scan, so at most every `SCAN_EVERY`).
+    last_scan: Option<Instant>,
+    /// The waiting calls this connection last counted into `Counters::in_flight`.
+    reported: usize,
+    shared: Arc<Shared<Resp>>,
+}
+
+/// The rest of a multi-part request: nothing else is written until it is.
+struct Writing<Req, Resp> {
+    rest: std::vec::IntoIter<Req>,
+    /// A fire-and-forget waiter, resolved once the last part is handed over.
+    done: Option<Waiter<Resp>>,
+}
+
+impl<Req, Resp> Drop for Writing<Req, Resp> {
+    /// Dropped before its last part was handed over (the task is gone): part of it was.
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.fail(Error::new(Kind::Closed).written(true));
+        }
+    }
+}
+
+/// Orphans are counted at most this often, and only while the connection is full.
+const SCAN_EVERY: Duration = Duration::from_millis(50);
+
+fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
+    ConnectionError::new(why, Some(source.into()))
+}
+
+impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
+    pub(crate) fn new(transport: T, matcher: M, shared: Arc<Shared<Resp>>) -> Self {
+        Conn {
+            transport,
+            matcher,
+            first: VecDeque::new(),
+            writing: None,
+            needs_flush: false,
+            stall: Stall::default(),
+            answered: false,
+            orphan_limit: None,
+            last_scan: None,
+            reported: 0,
+            shared,
+        }
+    }
+}
+
+impl<T, M, Req, Resp> Drop for Conn<T, M, Req, Resp> {
+    fn drop(&mut self) {
+        self.shared.stats.in_flight_changed(self.reported, 0);
+        self.reported = 0;
+    }
+}
+
+impl<T, M, Req, Resp> Conn<T, M, Req, Resp>
+where
+    M: Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Nothing is being written, flushed, or waited for.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.writing.is_none()
+            && self.first.is_empty()
+            && !self.needs_flush
+            && self.matcher.pending() == 0
+    }
+
+    /// A multi-part request is half written: nothing else may go out.
+    pub(crate) fn mid_write(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    pub(crate) fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        self.needs_flush = true;
+        Pin::new(&mut self.transport)
+            .start_send(req)
+            .map_err(|e| fail(Why::Write, e))
+    }
+
+    /// Hands the next part of a multi-part request to the sink, or resolves it after
+    /// its last part.
+    pub(crate) fn write_next_part<WE>(&mut self) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        let Some(writing) = &mut self.writing else {
+            return Ok(());
+        };
+        match writing.rest.next() {
+            Some(part) => self.start_send(part),
+            None => {
+                if let Some(done) = self.writing.take().and_then(|mut w| w.done.take()) {
+                    done.written();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Admits one call and hands its first frame to the sink. Returns whether it wrote.
+    pub(crate) fn write_call<WE>(
+        &mut self,
+        mut call: Envelope<Req, Resp>,
+    ) -> Result<bool, ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        let (id, exempt) = (call.id, call.exempt);
+        let Some((mut frames, waiter)) = call.open() else {
+            return Ok(false);
+        };
+        let unsupported = match &frames {
+            // Nothing to write: in order mode it would take the next caller's reply.
+            Frames::Many(parts) => parts.is_empty(),
+            // A read that waits for no reply reads nothing: there is no such call.
+            Frames::None => !waiter.wants_reply(),
+            Frames::One(_) => false,
+        };
+        if unsupported {
+            let mut err = Error::new(Kind::Unsupported);
+            if let Some(req) = frames.into_any() {
+                err = err.with_request(req);
+            }
+            waiter.fail(err);
+            return Ok(false);
+        }
+        let done = if waiter.wants_reply() {
+            let entry = Entry {
+                waiter,
+                exempt,
+                read_only: matches!(frames, Frames::None),
+            };
+            if let Err((err, entry)) = self.matcher.admit(&mut frames, id, entry) {
+                let err = match frames.into_any() {
+                    Some(req) => err.with_request(req),
+                    None => err,
+                };
+                entry.waiter.fail(err);
+                return Ok(false);
+            }
+            None
+        } else {
+            Some(waiter)
+        };
+        match frames {
+            // A read writes nothing: not counted as sent.
+            Frames::None => return Ok(false),
+            Frames::One(req) => {
+                if let Err(e) = self.start_send(req) {
+                    // Handed over: the connection's end fails it with its cause.
+                    self.writing = Some(Writing {
+                        rest: Vec::new().into_iter(),
+                        done,
+                    });
+                    return Err(e);
+                }
+                if let Some(done) = done {
+                    done.written();
+                }
+            }
+            Frames::Many(parts) => {
+                // Parts go out back to back; `poll_write` finishes them before anything
+                // else, resolving `done` after the last.
+                self.writing = Some(Writing {
+                    rest: parts.into_iter(),
+                    done,
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    /// The connection is full and too many of its slots or ids are held by orphans:
+    /// calls a server ignores while it answers others (so the stall timer never fires),
+    /// whose callers gave up. Checked only while full, at most every `SCAN_EVERY`.
+    pub(crate) fn should_retire(&mut self) -> bool {
+        let Some(limit) = self.orphan_limit else {
+            return false;
+        };
+        if self.matcher.has_room() {
+            return false;
+        }
+        let now = Instant::now();
+        if self.last_scan.is_some_and(|t| now < t + SCAN_EVERY) {
+            return false;
+        }
+        self.last_scan = Some(now);
+        let orphans = self.matcher.orphans();
+        if orphans < limit {
+            return false;
+        }
+        info!(
+            orphans,
+            limit, "too many unanswered calls nobody waits for: retiring the connection"
+        );
+        self.shared.stats.retired(1);
+        true
+    }
+
+    /// Brings `Counters::in_flight` up to date with this connection's waiting calls.
+    pub(crate) fn report_in_flight(&mut self) {
+        let now = self.matcher.pending();
+        self.shared.stats.in_flight_changed(self.reported, now);
+        self.reported = now;
+    }
+
+    /// Fails every call on this connection, which has ended: those written as *may
+    /// have executed* (reads without a request as *not sent*), those queued for it
+    /// first as *not sent*.
+    pub(crate) fn fail(mut self, kind: Kind, cause: &Cause) {
+        let failed = |read_only: bool| {
+            Error::new(kind)
+                .written(!read_only)
+                .with_cause(cause.clone())
+        };
+        if let Some(done) = self.writing.take().and_then(|mut w| w.done.take()) {
+            done.fail(failed(false));
+        }
+        self.matcher
+            .drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
+        for call in self.first.drain(..) {
+            call.fail_unsent(kind, Some(cause));
+        }
+    }
+}

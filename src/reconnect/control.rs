@@ -1,0 +1,148 @@
+//! What handles ask of the task outside the flow of calls: `close`, `shutdown`,
+//! `connect`, `change_host`, `change_backups`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+use tracing::info;
+
+use super::task::{Phase, Reconnect};
+use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
+use crate::mux::Mode;
+use crate::shared::{Control, State};
+use crate::transport::{Connector, Transport};
+
+/// A graceful close under way.
+pub(super) struct Shutdown {
+    deadline: Pin<Box<Sleep>>,
+    /// `shutdown` callers: dropped (which resolves them) when the channel is closed.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// `connect` callers that came meanwhile: the channel reopens for them once closed.
+    reopen: Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    pub(super) fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Close => self.close(),
+            Control::Shutdown(deadline, done) => match &mut self.shutdown {
+                Some(shutdown) => {
+                    if deadline < shutdown.deadline.deadline() {
+                        shutdown.deadline.as_mut().reset(deadline);
+                    }
+                    shutdown.waiters.push(done);
+                }
+                None if matches!(self.phase, Phase::Closed) => drop(done),
+                None => {
+                    self.shutdown = Some(Shutdown {
+                        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                        waiters: vec![done],
+                        reopen: Vec::new(),
+                    });
+                }
+            },
+            Control::Connect(done) => {
+                if let Some(shutdown) = &mut self.shutdown {
+                    // The shutdown finishes first; then the channel reopens.
+                    shutdown.reopen.push(done);
+                    return;
+                }
+                self.reopen(vec![done]);
+            }
+            Control::ChangeBackups(backups) => self.hosts.set_backups(&backups),
+            Control::ChangeHost(host) => {
+                self.hosts.set_current(&host);
+                info!(endpoint = %self.hosts.current, "changing host");
+                match std::mem::replace(&mut self.phase, Phase::Idle) {
+                    // Under `Once` the next call connects (`Idle` starts a pass at once if
+                    // calls are queued).
+                    Phase::Ready { conn, .. } => self.phase = self.retire(conn),
+                    Phase::Handshaking(handshaking) => {
+                        handshaking.abandon();
+                        self.phase = self.start_pass();
+                    }
+                    Phase::Connecting { .. } => self.phase = self.start_pass(),
+                    phase @ (Phase::Closed | Phase::Idle | Phase::BackingOff { .. }) => {
+                        self.phase = phase;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `connect()`: opens the channel (reopens a closed one) and connects if it is not.
+    fn reopen(&mut self, mut waiters: Vec<oneshot::Sender<Result<(), Error>>>) {
+        if waiters.is_empty() {
+            return;
+        }
+        self.engine.shared.set_open();
+        self.engine.reopen_intake();
+        match self.phase {
+            Phase::Ready { .. } => {
+                for done in waiters {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Phase::Connecting { .. } | Phase::Handshaking(_) => {
+                self.connect_waiters.append(&mut waiters);
+            }
+            Phase::Idle | Phase::Closed | Phase::BackingOff { .. } => {
+                self.connect_waiters.append(&mut waiters);
+                self.failures = 0;
+                self.phase = self.start_pass();
+            }
+        }
+    }
+
+    /// Ends a shutdown whose calls are all answered, or whose deadline passed. Returns
+    /// whether it ended one.
+    pub(super) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(shutdown) = &mut self.shutdown else {
+            return false;
+        };
+        let idle = self.engine.queue_is_empty()
+            && self.draining.is_empty()
+            && match &self.phase {
+                Phase::Ready { conn, .. } => conn.is_idle(),
+                Phase::Handshaking(handshaking) => handshaking.is_idle(),
+                _ => true,
+            };
+        if !idle && shutdown.deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.close();
+        true
+    }
+
+    /// Fails everything and stops: `close()`, or a shutdown that ended. `connect()`
+    /// calls that waited for the shutdown reopen the channel after.
+    pub(super) fn close(&mut self) {
+        let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
+        self.engine.shared.set_closed();
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Ready { conn, .. } => conn.fail(Kind::Closed, &cause),
+            Phase::Handshaking(handshaking) => handshaking.abandon(),
+            _ => {}
+        }
+        for d in self.draining.drain(..) {
+            d.fail(Kind::Closed, &cause);
+        }
+        self.engine.fail_queued(Kind::Closed, Some(&cause));
+        self.tell_waiters(|| Error::new(Kind::Closed));
+        self.set_state(State::Closed);
+        if let Some(shutdown) = self.shutdown.take() {
+            drop(shutdown.waiters);
+            self.reopen(shutdown.reopen);
+        }
+    }
+}

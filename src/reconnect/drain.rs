@@ -1,0 +1,87 @@
+//! Old connections finishing their calls after a host change (or a retirement): they
+//! write nothing new, and fail what is left at their deadline.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+
+use super::task::{ConnOf, Phase, Reconnect};
+use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
+use crate::mux::{Conn, Lane, Matcher, Mode};
+use crate::transport::{Connector, Transport};
+
+pub(super) struct Draining<T, Mt, Req, Resp> {
+    conn: Conn<T, Mt, Req, Resp>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T, Mt, Req, Resp> Draining<T, Mt, Req, Resp>
+where
+    Mt: Matcher<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    pub(super) fn new(conn: Conn<T, Mt, Req, Resp>, timeout: Duration) -> Self {
+        Draining {
+            conn,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    pub(super) fn fail(self, kind: Kind, cause: &Cause) {
+        self.conn.fail(kind, cause);
+    }
+}
+
+impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Moves the current connection aside to finish its calls (as `change_host` does):
+    /// new calls go to a fresh connection, made at once when calls wait.
+    pub(super) fn retire(
+        &mut self,
+        conn: ConnOf<T, M, Req, Resp>,
+    ) -> Phase<T, M::Matcher, Req, Resp> {
+        self.draining
+            .push(Draining::new(conn, self.opts.drain_timeout));
+        if self.engine.queue_is_empty() {
+            self.after_loss()
+        } else {
+            self.start_pass()
+        }
+    }
+
+    /// Polls the old connections; removes those that finished or failed.
+    pub(super) fn poll_draining(&mut self, cx: &mut Context<'_>) {
+        let mut i = 0;
+        while i < self.draining.len() {
+            let d = &mut self.draining[i];
+            let end = match self.engine.poll_conn(cx, &mut d.conn, Lane::Drain) {
+                Poll::Ready(Ok(_)) => Some(None),
+                Poll::Ready(Err(why)) => Some(Some(why)),
+                Poll::Pending if d.deadline.as_mut().poll(cx).is_ready() => Some(Some(
+                    ConnectionError::new(ConnectionErrorKind::Closed, None),
+                )),
+                Poll::Pending => None,
+            };
+            match end {
+                None => i += 1,
+                Some(why) => {
+                    let d = self.draining.swap_remove(i);
+                    if let Some(why) = why {
+                        let cause: Cause = Arc::new(why);
+                        d.fail(Kind::Connection, &cause);
+                    }
+                }
+            }
+        }
+    }
+}

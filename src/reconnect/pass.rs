@@ -1,0 +1,254 @@
+//! A connect pass: the current host, then each configured one, until one connects and
+//! its handshake makes it ready; backoff when every host failed, or when a connection
+//! died before it answered anything.
+
+use std::sync::Arc;
+
+use tower::BoxError;
+use tracing::{debug, info, warn};
+
+use super::endpoint::Endpoint;
+use super::error::{ConnectError, HostError};
+use super::handshake::Handshaking;
+use super::options::Policy;
+use super::ping::Ping;
+use super::task::{ConnOf, Phase, Reconnect};
+use crate::error::{Cause, ConnectionError, Error, Kind};
+use crate::mux::{Matcher, Mode};
+use crate::shared::State;
+use crate::transport::{Connector, Transport};
+
+/// Redirects followed in one pass at most: a loop of redirects is a failure.
+pub(super) const MAX_REDIRECTS: u8 = 8;
+
+pub(super) struct Pass {
+    pub(super) hosts: Vec<Endpoint>,
+    pub(super) next: usize,
+    pub(super) failures: Vec<(Endpoint, BoxError)>,
+    pub(super) redirects: u8,
+}
+
+type PhaseOf<M, T, Req, Resp> = Phase<T, <M as Mode<Req, Resp>>::Matcher, Req, Resp>;
+
+impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    pub(super) fn start_pass(&mut self) -> PhaseOf<M, T, Req, Resp> {
+        let mut hosts = self.hosts.pass();
+        if std::mem::take(&mut self.demote_current) {
+            hosts.rotate_left(1);
+        }
+        let pass = Pass {
+            hosts,
+            next: 0,
+            failures: Vec::new(),
+            redirects: 0,
+        };
+        self.next_host(pass)
+    }
+
+    /// Tries the pass's next host, or ends the pass.
+    pub(super) fn next_host(&mut self, mut pass: Pass) -> PhaseOf<M, T, Req, Resp> {
+        let Some(endpoint) = pass.hosts.get(pass.next).cloned() else {
+            return self.pass_failed(pass);
+        };
+        pass.next += 1;
+        debug!(%endpoint, "connecting");
+        self.set_state(State::Connecting);
+        let mut connector = self.connector.clone();
+        let timeout = self.opts.connect_timeout;
+        let target = endpoint.clone();
+        let attempt = async move {
+            let connect = async move {
+                std::future::poll_fn(|cx| connector.poll_ready(cx))
+                    .await
+                    .map_err(Into::into)?;
+                connector.call(target).await.map_err(Into::into)
+            };
+            match timeout {
+                Some(t) => tokio::time::timeout(t, connect)
+                    .await
+                    .unwrap_or_else(|_| Err(HostError::Timeout("connect").into())),
+                None => connect.await,
+            }
+        };
+        Phase::Connecting {
+            pass,
+            endpoint,
+            attempt: Box::pin(attempt),
+        }
+    }
+
+    pub(super) fn host_failed(
+        &mut self,
+        mut pass: Pass,
+        endpoint: Endpoint,
+        err: BoxError,
+    ) -> PhaseOf<M, T, Req, Resp> {
+        warn!(%endpoint, error = %err, "host failed");
+        pass.failures.push((endpoint, err));
+        self.next_host(pass)
+    }
+
+    /// A handshake on `from` named another host: it is tried next in this pass (the
+    /// rest of the pass stays as it was, so a target that fails is reported as such and
+    /// the other hosts still get their turn).
+    pub(super) fn redirect(
+        &mut self,
+        mut pass: Pass,
+        from: Endpoint,
+        to: Endpoint,
+    ) -> PhaseOf<M, T, Req, Resp> {
+        info!(%from, %to, "handshake redirects");
+        if pass.redirects >= MAX_REDIRECTS {
+            return self.host_failed(pass, from, "too many redirects".into());
+        }
+        pass.redirects += 1;
+        pass.failures
+            .push((from, HostError::Redirected(to.clone()).into()));
+        let rest = pass.next;
+        if let Some(later) = pass.hosts[rest..].iter().position(|h| *h == to) {
+            pass.hosts.remove(rest + later);
+        }
+        pass.hosts.insert(rest, to);
+        self.next_host(pass)
+    }
+
+    /// Every host failed: queued calls fail as *not sent*, then back off.
+    fn pass_failed(&mut self, pass: Pass) -> PhaseOf<M, T, Req, Resp> {
+        let err = ConnectError::new(pass.failures);
+        warn!(error = %err, "connect pass failed");
+        let cause: Cause = Arc::new(err);
+        self.engine.fail_queued(Kind::Connect, Some(&cause));
+        *self
+            .engine
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
+        self.tell_waiters(|| Error::new(Kind::Connect).with_cause(cause.clone()));
+        self.last_error = Some(cause);
+        self.back_off(true)
+    }
+
+    /// Tells `connect()` callers how the pass ended.
+    pub(super) fn tell_waiters(&mut self, err: impl Fn() -> Error) {
+        for waiter in self.connect_waiters.drain(..) {
+            let _ = waiter.send(Err(err()));
+        }
+    }
+
+    pub(super) fn back_off(&mut self, fail_fast: bool) -> PhaseOf<M, T, Req, Resp> {
+        self.failures += 1;
+        match self.opts.backoff.delay(self.failures, self.jitter.unit()) {
+            Some(delay) => {
+                debug!(?delay, failures = self.failures, "backing off");
+                self.set_state(State::BackingOff);
+                Phase::BackingOff {
+                    sleep: Box::pin(tokio::time::sleep(delay)),
+                    fail_fast,
+                }
+            }
+            None => {
+                info!(failures = self.failures, "giving up until the next call");
+                self.failures = 0;
+                self.set_state(State::Idle);
+                Phase::Idle
+            }
+        }
+    }
+
+    /// A transport is open: the handshake runs on it, or it is ready.
+    pub(super) fn connected(
+        &mut self,
+        pass: Pass,
+        endpoint: Endpoint,
+        transport: T,
+    ) -> PhaseOf<M, T, Req, Resp> {
+        let conn = self
+            .engine
+            .conn(transport, self.mode.matcher(self.opts.max_in_flight));
+        match self.opts.handshake.clone() {
+            Some(hook) => {
+                self.set_state(State::Handshaking);
+                Phase::Handshaking(Box::new(Handshaking::start(
+                    &hook,
+                    &self.engine.shared,
+                    self.opts.queue,
+                    self.opts.handshake_timeout,
+                    pass,
+                    endpoint,
+                    conn,
+                )))
+            }
+            None => self.ready(endpoint, conn),
+        }
+    }
+
+    pub(super) fn ready(
+        &mut self,
+        endpoint: Endpoint,
+        conn: ConnOf<T, M, Req, Resp>,
+    ) -> PhaseOf<M, T, Req, Resp> {
+        info!(%endpoint, "connected");
+        if self.connected_before {
+            self.engine.shared.stats.reconnects(1);
+        }
+        self.connected_before = true;
+        self.hosts.promote(endpoint);
+        self.last_error = None;
+        for waiter in self.connect_waiters.drain(..) {
+            let _ = waiter.send(Ok(()));
+        }
+        self.set_state(State::Ready);
+        let ping = self
+            .opts
+            .idle_ping
+            .as_ref()
+            .map(|(every, _)| Ping::new(*every));
+        let mut conn = conn;
+        conn.orphan_limit = self.opts.orphans.limit(conn.matcher.capacity());
+        let age = self
+            .opts
+            .max_connection_age
+            .map(|age| Box::pin(tokio::time::sleep(age)));
+        Phase::Ready { conn, ping, age }
+    }
+
+    /// The connection in use ended.
+    pub(super) fn lost(
+        &mut self,
+        conn: ConnOf<T, M, Req, Resp>,
+        why: ConnectionError,
+    ) -> PhaseOf<M, T, Req, Resp> {
+        warn!(error = %why, "connection lost");
+        let answered = conn.answered;
+        let cause: Cause = Arc::new(why);
+        conn.fail(Kind::Connection, &cause);
+        if !answered {
+            // A host that accepts and then dies without answering a call (at once, or
+            // after one unsolicited frame) would make a hot loop: back off, and try
+            // the backups first next time.
+            self.last_error = Some(cause);
+            self.demote_current = true;
+            return self.back_off(false);
+        }
+        self.failures = 0;
+        self.after_loss()
+    }
+
+    /// Reconnects at once under `Persistent` (unless every handle is gone), else waits
+    /// for the next call.
+    pub(super) fn after_loss(&mut self) -> PhaseOf<M, T, Req, Resp> {
+        if self.opts.policy == Policy::Persistent && !self.engine.intake_done() {
+            return self.start_pass();
+        }
+        self.set_state(State::Idle);
+        Phase::Idle
+    }
+}

@@ -1,0 +1,74 @@
+//! The idle ping: a user-given request sent when a connection has been idle for a
+//! while, so a dead peer is found (by the stall timer, or the write failing) before a
+//! user call is.
+
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::task::{ConnOf, Reconnect};
+use crate::error::Error;
+use crate::mux::{Envelope, Frames, Mode, Waiter};
+use crate::transport::{Connector, Transport};
+
+pub(super) struct Ping<Resp> {
+    timer: Pin<Box<Sleep>>,
+    every: Duration,
+    /// Traffic counters at the last tick: unchanged means idle.
+    seen: (u64, u64),
+    waiting: Option<oneshot::Receiver<Result<Resp, Error>>>,
+}
+
+impl<Resp> Ping<Resp> {
+    pub(super) fn new(every: Duration) -> Self {
+        Ping {
+            timer: Box::pin(tokio::time::sleep(every)),
+            every,
+            seen: (0, 0),
+            waiting: None,
+        }
+    }
+}
+
+impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Queues the idle ping on `conn` when nothing was sent or received for a whole
+    /// period.
+    pub(super) fn poll_ping(
+        &mut self,
+        cx: &mut Context<'_>,
+        ping: &mut Ping<Resp>,
+        conn: &mut ConnOf<T, M, Req, Resp>,
+    ) {
+        while ping.timer.as_mut().poll(cx).is_ready() {
+            ping.timer
+                .as_mut()
+                .reset(crate::config::deadline(Instant::now(), ping.every));
+            let stats = self.engine.shared.stats.snapshot();
+            let seen = (stats.sent, stats.received);
+            let answered = ping.waiting.as_mut().is_none_or(|rx| {
+                !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            });
+            if seen == ping.seen && answered {
+                if let Some((_, make)) = &self.opts.idle_ping {
+                    debug!("idle: sending ping");
+                    let (tx, rx) = oneshot::channel();
+                    let call = Envelope::new(Frames::One(make()), Waiter::One(Some(tx)));
+                    conn.first.push_back(call);
+                    ping.waiting = Some(rx);
+                }
+            }
+            ping.seen = seen;
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The connection task of a reconnecting channel: one task that outlives each transport.
+//!
+//! ```text
+//!            call queued / connect()            transport          handshake Ready
+//!   Idle ──────────────────────────▶ Connecting ─────────▶ Handshaking ─────────▶ Ready
+//!    ▲                                │  ▲  host failed:      │ failed: next host    │
+//!    │ once: wait for a call          │  └── next host ◀──────┘                      │
+//!    │                                │ every host failed                            │
+//!    └────────── BackingOff ◀─────────┘ (queued calls fail as not sent)              │
+//!                 (calls fail fast)   ◀── connection lost before any reply ──────────┤
+//!                                         connection lost after replies: reconnect ──┘
+//! ```
+//!
+//! Calls not yet written stay in the intake across a reconnect; calls written on a lost
+//! connection fail as *may have executed*. The rest of the task lives beside this file,
+//! one concern each: the connect pass (`pass.rs`), the handshake (`handshake.rs`),
+//! `close` / `shutdown` / runtime changes (`control.rs`), old connections draining
+//! (`drain.rs`) and the idle ping (`ping.rs`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+use tracing::info;
+
+use super::backoff::Jitter;
+use super::control::Shutdown;
+use super::drain::Draining;
+use super::endpoint::{Endpoint, Hosts};
+use super::handshake::Handshaking;
+use super::options::Options;
+use super::pass::Pass;
+use super::ping::Ping;
+use crate::error::{Cause, Error, Kind};
+use crate::mux::{Conn, Ended, Engine, Lane, Mode};
+use crate::shared::{Control, State};
+use crate::transport::{Connector, Transport};
+
+pub(super) type Attempt<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+pub(super) type ConnOf<T, M, Req, Resp> = Conn<T, <M as Mode<Req, Resp>>::Matcher, Req, Resp>;
+
+pub(super) enum Phase<T, Mt, Req, Resp> {
+    /// Not connected; waiting for a call or `connect()`.
+    Idle,
+    Connecting {
+        pass: Pass,
+        endpoint: Endpoint,
+        attempt: Attempt<T>,
+    },
+    Handshaking(Box<Handshaking<T, Mt, Req, Resp>>),
+    Ready {
+        conn: Conn<T, Mt, Req, Resp>,
+        ping: Option<Ping<Resp>>,
+        /// When the connection reaches its maximum age and is retired.
+        age: Option<Pin<Box<Sleep>>>,
+    },
+    BackingOff {
+        sleep: Pin<Box<Sleep>>,
+        /// After a failed pass, calls fail fast until the next attempt. After a
+        /// connection lost before any reply (a crash-looping host), queued calls wait
+        /// for the next pass instead: no pass has failed them yet.
+        fail_fast: bool,
+    },
+    /// Closed by the user; `connect()` reopens.
+    Closed,
+}
+
+/// The connection task of a reconnecting channel.
+pub(crate) struct Reconnect<K, M, T, Req, Resp>
+where
+    M: Mode<Req, Resp>,
+{
+    pub(super) engine: Engine<Req, Resp>,
+    pub(super) connector: K,
+    pub(super) mode: M,
+    pub(super) opts: Options<Req, Resp>,
+    pub(super) hosts: Hosts,
+    pub(super) control: mpsc::UnboundedReceiver<Control>,
+    pub(super) phase: Phase<T, M::Matcher, Req, Resp>,
+    pub(super) draining: Vec<Draining<T, M::Matcher, Req, Resp>>,
+    /// Failed passes in a row.
+    pub(super) failures: u32,
+    pub(super) jitter: Jitter,
+    /// Why the last pass failed: the cause of calls that fail fast while backing off.
+    pub(super) last_error: Option<Cause>,
+    pub(super) shutdown: Option<Shutdown>,
+    pub(super) connected_before: bool,
+    /// `connect()` callers waiting for the current pass.
+    pub(super) connect_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// The current host accepted and then died without a reply: the next pass tries it
+    /// last, so a crash-looping host does not shut out its backups.
+    pub(super) demote_current: bool,
+}
+
+// No field is pinned structurally: futures and timers are boxed, transports `Unpin`.
+impl<K, M: Mode<Req, Resp>, T, Req, Resp> Unpin for Reconnect<K, M, T, Req, Resp> {}
+
+impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    pub(crate) fn new(
+        engine: Engine<Req, Resp>,
+        connector: K,
+        mode: M,
+        opts: Options<Req, Resp>,
+        hosts: Hosts,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> Self {
+        let jitter = opts.backoff.jitter(|| {
+            Instant::now().elapsed().as_nanos() as u64
+                ^ (std::ptr::addr_of!(hosts) as u64).rotate_left(17)
+                ^ std::process::id() as u64
+        });
+        let mut this = Reconnect {
+            engine,
+            connector,
+            mode,
+            opts,
+            hosts,
+            control,
+            phase: Phase::Idle,
+            draining: Vec::new(),
+            failures: 0,
+            jitter,
+            last_error: None,
+            shutdown: None,
+            connected_before: false,
+            connect_waiters: Vec::new(),
+            demote_current: false,
+        };
+        this.engine.shared.set_state(State::Idle);
+        if this.opts.eager {
+            this.phase = this.start_pass();
+        }
+        this
+    }
+
+    pub(super) fn set_state(&self, state: State) {
+        self.engine.shared.set_state(state);
+    }
+
+    /// Fails calls that arrive while there is no connection to try.
+    fn fail_arrivals(&mut self, cx: &mut Context<'_>, kind: Kind) {
+        while let Poll::Ready(true) = self.engine.poll_wanted(cx) {
+            self.engine.fail_queued(kind, self.last_error.as_ref());
+        }
+    }
+
+    /// One step of the current phase: `Ok(next)` to go on at once, `Err(())` to wait.
+    #[allow(clippy::result_unit_err)]
+    fn step(&mut self, cx: &mut Context<'_>) -> Result<Phase<T, M::Matcher, Req, Resp>, ()> {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Idle => match self.engine.poll_wanted(cx) {
+                Poll::Ready(true) => Ok(self.start_pass()),
+                Poll::Ready(false) | Poll::Pending => {
+                    self.phase = Phase::Idle;
+                    Err(())
+                }
+            },
+            Phase::Closed => {
+                self.fail_arrivals(cx, Kind::Closed);
+                self.phase = Phase::Closed;
+                Err(())
+            }
+            Phase::BackingOff {
+                mut sleep,
+                fail_fast,
+            } => {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    if !fail_fast && !self.engine.queue_is_empty() {
+                        return Ok(self.start_pass());
+                    }
+                    return Ok(self.after_loss());
+                }
+                if fail_fast {
+                    self.fail_arrivals(cx, Kind::Connect);
+                }
+                self.phase = Phase::BackingOff { sleep, fail_fast };
+                Err(())
+            }
+            Phase::Connecting {
+                pass,
+                endpoint,
+                mut attempt,
+            } => match attempt.as_mut().poll(cx) {
+                Poll::Ready(Ok(transport)) => Ok(self.connected(pass, endpoint, transport)),
+                Poll::Ready(Err(err)) => Ok(self.host_failed(pass, endpoint, err)),
+                Poll::Pending => {
+                    self.phase = Phase::Connecting {
+                        pass,
+                        endpoint,
+                        attempt,
+                    };
+                    Err(())
+                }
+            },
+            Phase::Handshaking(handshaking) => self.step_handshake(cx, handshaking),
+            Phase::Ready {
+                mut conn,
+                mut ping,
+                mut age,
+            } => {
+                if let Some(ping) = &mut ping {
+                    self.poll_ping(cx, ping, &mut conn);
+                }
+                if age.as_mut().is_some_and(|a| a.as_mut().poll(cx).is_ready()) {
+                    info!("connection reached its maximum age: retiring it");
+                    self.engine.shared.stats.retired(1);
+                    return Ok(self.retire(conn));
+                }
+                match self.engine.poll_conn(cx, &mut conn, Lane::User) {
+                    Poll::Pending => {
+                        self.phase = Phase::Ready { conn, ping, age };
+                        Err(())
+                    }
+                    // Every handle is gone and every call answered.
+                    Poll::Ready(Ok(Ended::Done)) => {
+                        self.set_state(State::Closed);
+                        self.phase = Phase::Idle;
+                        Err(())
+                    }
+                    Poll::Ready(Ok(Ended::Retire)) => Ok(self.retire(conn)),
+                    Poll::Ready(Err(why)) => Ok(self.lost(conn, why)),
+                }
+            }
+        }
+    }
+}
+
+impl<K, M, T, Req, Resp> Future for Reconnect<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // Bounded: a pass over many failing hosts yields now and then.
+        for _ in 0..64 {
+            while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
+                this.on_control(control);
+            }
+            this.poll_shutdown(cx);
+            this.poll_draining(cx);
+            match this.step(cx) {
+                Ok(next) => this.phase = next,
+                Err(()) => {
+                    // The step may have answered the last call a shutdown waited for:
+                    // it ends now, not at the next unrelated wake-up.
+                    if this.poll_shutdown(cx) {
+                        continue;
+                    }
+                    let finished = matches!(this.phase, Phase::Idle | Phase::Closed)
+                        && this.engine.intake_done()
+                        && this.draining.is_empty();
+                    if finished {
+                        this.set_state(State::Closed);
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
