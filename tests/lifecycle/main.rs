@@ -36,11 +36,14 @@ use support::memory::{Io, Net};
 
 /// What every connection of a [`serve`] network read, in connection order.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<(String, Vec<String>)>>>);
+pub struct Log(Arc<Mutex<Vec<Connection>>>);
+
+/// A connection's endpoint and the bodies it read.
+pub type Connection = (String, Vec<String>);
 
 impl Log {
     /// The bodies each connection read, with its endpoint.
-    pub fn connections(&self) -> Vec<(String, Vec<String>)> {
+    pub fn connections(&self) -> Vec<Connection> {
         self.0.lock().unwrap().clone()
     }
 
