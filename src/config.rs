@@ -136,14 +136,21 @@ impl Config {
         self
     }
 
-    /// How long the oldest waiting call may go unanswered before the connection is
-    /// declared dead (default 30 s; `None` turns it off). In order mode the clock of a
-    /// call starts when the call ahead of it is answered. Calls made with an exemption
-    /// (blocking commands) do not count.
+    /// How long a connection may stay silent while calls wait for their replies before
+    /// it is declared dead (default 30 s; `None` turns it off).
+    ///
+    /// It measures silence, not transfer: the clock runs only while a call that counts
+    /// waits, and every sign of progress restarts it: a byte read or written (over a
+    /// [`Metered`](crate::Metered) IO, as [`TcpConnector`](crate::TcpConnector) frames),
+    /// a frame read, a flush completed. A large reply over a slow link, or a multi-frame
+    /// reply whose frames keep coming, never stalls. Over a transport of your own
+    /// without `Metered`, only frames and completed flushes count. Calls made with an
+    /// exemption ([`Call::no_stall_timeout`](crate::Call::no_stall_timeout): blocking
+    /// commands) do not count, nor, in order mode, the calls queued behind one.
     ///
     /// When it fires, the connection closes and every call waiting on it fails as
-    /// *may have executed*. It also bounds how long a server that ignores a request can
-    /// hold its session id.
+    /// *may have executed*. A server that ignores some calls while it answers others is
+    /// not silent: [`max_orphans`](Self::max_orphans) covers that case.
     pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.stall_timeout = timeout;
         self

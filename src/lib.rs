@@ -147,16 +147,27 @@
 //! ([`Error::is_not_sent`]) and give their request back ([`Error::take_request`]) when
 //! the channel is over a fixed transport, is closed, or its next connect pass fails. A
 //! reply the protocol marks as an error fails its own call only ([`Protocol::check`]).
-//! See `docs/architecture.md` in the repository for the whole picture.
+//!
+//! When the channel cannot know, it says *may have executed*: a call whose reply was
+//! being delivered when user code panicked, or whose connection task vanished, is never
+//! reported *not sent*, so [`RetryNotSent`] cannot run it twice. Multi-frame replies
+//! are bounded ([`Config::max_reply_frames`], [`Config::stream_buffer`]); going over
+//! fails that call only ([`Kind::Limit`]). The stall timer measures silence, not
+//! transfer ([`Config::stall_timeout`]). See `docs/architecture.md` in the repository
+//! for the whole picture.
 //!
 //! # Layout
 //!
-//! * `mux`: the engine: the connection task over one transport, the matchers
-//!   ([`Order`], [`Session`]), the call envelope, the stall timer, [`MuxLayer`].
-//! * `reconnect`: endpoints, connect passes, the handshake lane, [`Backoff`], the
-//!   reconnecting task, [`ReconnectLayer`].
+//! * `mux`: the engine: the intake and the poll loop (`engine`), one connection and what
+//!   is tied to it (`conn`), the matchers ([`Order`], [`Session`]), the call envelope
+//!   and reply limits (`call`), the stall timer (`stall`).
+//! * `reconnect`: the reconnecting task (`task`), connect passes and [`Backoff`]
+//!   (`pass`), the handshake and its lane, `close`/`shutdown`/host changes (`control`),
+//!   draining connections, the idle ping, endpoints.
 //! * `channel`: the [`Channel`] handle, its [`Builder`], call shapes ([`Call`]),
-//!   futures, `Service` and `Load`.
+//!   futures, `Service` and `Load`, and the layers that build it ([`MuxLayer`],
+//!   [`ReconnectLayer`]).
+//! * `meter`: [`Metered`], an IO whose bytes count as progress.
 //! * `transport`: what a channel runs over: a [`Transport`] of frames, and a
 //!   [`Connector`] that makes one for an [`Endpoint`].
 //! * `connect`: [`TcpConnector`], TCP framed with a codec.
