@@ -33,6 +33,7 @@ pub struct Config {
     pub(crate) overload: Option<Overload>,
     pub(crate) limits: ReplyLimits,
     pub(crate) orphans: Orphans,
+    pub(crate) orphan_age: Option<Duration>,
 }
 
 /// When a reconnecting channel retires a connection whose waiting calls are orphans.
@@ -116,6 +117,7 @@ impl Default for Config {
                 stream: 1024,
             },
             orphans: Orphans::Quarter,
+            orphan_age: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -240,6 +242,17 @@ impl Config {
     /// [`Channel::change_host`]: crate::Channel::change_host
     pub fn max_orphans(mut self, limit: Option<usize>) -> Self {
         self.orphans = limit.map_or(Orphans::Off, Orphans::Limit);
+        self
+    }
+
+    /// The other half of the orphan rule ([`max_orphans`](Self::max_orphans)): a
+    /// reconnecting channel also retires a connection whose oldest orphan has waited
+    /// this long (default 60 s; `None` turns it off), full or not. In order mode an
+    /// orphan that is never answered holds every reply behind it; in session mode it
+    /// holds an id for good. The age is measured to within a quarter of itself, with no
+    /// clock read per call.
+    pub fn orphan_age(mut self, age: Option<Duration>) -> Self {
+        self.orphan_age = age;
         self
     }
 }

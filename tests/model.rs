@@ -232,8 +232,9 @@ impl Harness {
             .max_in_flight(setup.max_in_flight)
             .queue(setup.queue)
             .stall_timeout(None)
-            // The model keeps one connection at a time: no retiring a full one.
-            .max_orphans(None);
+            // The model keeps one connection at a time: no retiring one for its orphans.
+            .max_orphans(None)
+            .orphan_age(None);
         let builder = Channel::builder()
             .host("model:1")
             .config(config)

@@ -88,6 +88,7 @@ where
                 max_in_flight: 0,
                 eager: false,
                 orphans: crate::config::Orphans::Quarter,
+                orphan_age: None,
                 max_connection_age: None,
             },
             nodelay: true,
@@ -351,6 +352,7 @@ where
         self.opts.queue = self.config.queue;
         self.opts.max_in_flight = self.config.max_in_flight;
         self.opts.orphans = self.config.orphans;
+        self.opts.orphan_age = self.config.orphan_age;
         Ok(ReconnectLayer::new(hosts, self.config, self.opts, mode))
     }
 }

@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_sink::Sink;
-use tokio::time::{Duration, Instant};
+use std::task::Context;
+
+use tokio::time::{Duration, Instant, Sleep};
 use tower::BoxError;
 use tracing::info;
 
@@ -30,12 +32,14 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     /// A reply reached a call on this connection: the host answered (a frame read, or
     /// a push, does not count).
     pub(crate) answered: bool,
-    /// Retire the connection once this many waiting calls are orphans (their caller is
-    /// gone and the server has not answered): set by a reconnecting channel, which can
-    /// move its calls to a fresh connection.
-    pub(crate) orphan_limit: Option<usize>,
-    /// When the orphans were last counted (a scan, so at most every `SCAN_EVERY`).
+    /// When to retire the connection for its orphans (calls whose caller is gone and
+    /// that the server has not answered): set by a reconnecting channel, which can move
+    /// its calls to a fresh connection. Off on a fixed transport.
+    retire: Option<Retire>,
+    /// When the orphans were last counted because the connection was full.
     last_scan: Option<Instant>,
+    /// The orphan-age clock: bumped every `Retire::tick`, stamped on each entry.
+    tick: u32,
     /// The waiting calls this connection last counted into `Counters::in_flight`.
     reported: usize,
     shared: Arc<Shared<Resp>>,
@@ -57,8 +61,29 @@ impl<Req, Resp> Drop for Writing<Req, Resp> {
     }
 }
 
-/// Orphans are counted at most this often, and only while the connection is full.
+/// Orphans are counted at most this often because the connection is full.
 const SCAN_EVERY: Duration = Duration::from_millis(50);
+
+/// The orphan rules of one connection.
+pub(crate) struct Retire {
+    /// Orphans that make a full connection retire.
+    limit: Option<usize>,
+    /// How old the oldest orphan may grow, in ticks, and the tick timer.
+    age: Option<(u32, Duration, Pin<Box<Sleep>>)>,
+}
+
+impl Retire {
+    /// Ticks per age: the age is known to within a quarter of itself.
+    const TICKS: u32 = 4;
+
+    pub(crate) fn new(limit: Option<usize>, age: Option<Duration>) -> Option<Self> {
+        let age = age.map(|age| {
+            let tick = (age / Self::TICKS).max(Duration::from_millis(1));
+            (Self::TICKS, tick, Box::pin(tokio::time::sleep(tick)))
+        });
+        (limit.is_some() || age.is_some()).then_some(Retire { limit, age })
+    }
+}
 
 fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
     ConnectionError::new(why, Some(source.into()))
@@ -74,8 +99,9 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             needs_flush: false,
             stall: Stall::default(),
             answered: false,
-            orphan_limit: None,
+            retire: None,
             last_scan: None,
+            tick: 0,
             reported: 0,
             shared,
         }
@@ -171,6 +197,7 @@ where
         let done = if waiter.wants_reply() {
             let entry = Entry {
                 waiter,
+                since: self.tick,
                 exempt,
                 read_only: matches!(frames, Frames::None),
             };
@@ -214,28 +241,55 @@ where
         Ok(true)
     }
 
-    /// The connection is full and too many of its slots or ids are held by orphans:
+    /// Sets the orphan rules (a reconnecting channel, once the connection is ready).
+    pub(crate) fn retire_when(&mut self, rules: Option<Retire>) {
+        self.retire = rules;
+    }
+
+    /// Should the connection be retired for its orphans? Either it is full (in-flight
+    /// limit, or no free id) and at least `limit` of its waiting calls are orphans:
     /// calls a server ignores while it answers others (so the stall timer never fires),
-    /// whose callers gave up. Checked only while full, at most every `SCAN_EVERY`.
-    pub(crate) fn should_retire(&mut self) -> bool {
-        let Some(limit) = self.orphan_limit else {
+    /// whose callers gave up; or its oldest orphan is older than the age. The orphans
+    /// are counted by a scan, only when one of the two could be true: while full, at
+    /// most every `SCAN_EVERY`; and at each tick of the age clock.
+    pub(crate) fn should_retire(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(retire) = &mut self.retire else {
             return false;
         };
-        if self.matcher.has_room() {
+        let mut scan = false;
+        if let Some((_, every, timer)) = &mut retire.age {
+            if timer.as_mut().poll(cx).is_ready() {
+                self.tick = self.tick.wrapping_add(1);
+                timer.as_mut().reset(Instant::now() + *every);
+                scan = true;
+            }
+        }
+        let full = retire.limit.is_some() && !self.matcher.has_room();
+        if full {
+            let now = Instant::now();
+            if self.last_scan.is_none_or(|t| now >= t + SCAN_EVERY) {
+                self.last_scan = Some(now);
+                scan = true;
+            }
+        }
+        if !scan {
             return false;
         }
-        let now = Instant::now();
-        if self.last_scan.is_some_and(|t| now < t + SCAN_EVERY) {
-            return false;
-        }
-        self.last_scan = Some(now);
-        let orphans = self.matcher.orphans();
-        if orphans < limit {
+        let (orphans, oldest) = self.matcher.orphans();
+        let too_many = full && retire.limit.is_some_and(|limit| orphans >= limit);
+        // Written during tick `oldest`: at least `tick - oldest - 1` whole ticks old.
+        let too_old = match (&retire.age, oldest) {
+            (Some((ticks, ..)), Some(oldest)) => {
+                self.tick.wrapping_sub(oldest).saturating_sub(1) >= *ticks
+            }
+            _ => false,
+        };
+        if !(too_many || too_old) {
             return false;
         }
         info!(
             orphans,
-            limit, "too many unanswered calls nobody waits for: retiring the connection"
+            too_many, too_old, "unanswered calls nobody waits for: retiring the connection"
         );
         self.shared.stats.retired(1);
         true

@@ -236,7 +236,7 @@ where
                     .map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(Ended::Done));
             }
-            if matches!(lane, Lane::User) && conn.should_retire() {
+            if matches!(lane, Lane::User) && conn.should_retire(cx) {
                 return Poll::Ready(Ok(Ended::Retire));
             }
             if read == 0 && !wrote {

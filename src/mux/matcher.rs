@@ -8,6 +8,9 @@ use crate::error::Error;
 #[derive(Debug)]
 pub(crate) struct Entry<Resp> {
     pub(crate) waiter: Waiter<Resp>,
+    /// The connection's orphan tick when it was written: a coarse clock, read by the
+    /// orphan-age rule only (see `Conn::should_retire`).
+    pub(crate) since: u32,
     /// Exempt from the stall timeout.
     pub(crate) exempt: bool,
     /// A read without a request: failing it never says "may have executed".
@@ -56,11 +59,23 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     /// How many calls can wait at once: the in-flight limit, or the id range if smaller.
     fn capacity(&self) -> usize;
 
-    /// Waiting calls whose caller is gone (a scan: called rarely).
-    fn orphans(&self) -> usize;
+    /// Waiting calls whose caller is gone, and the oldest one's tick (a scan: called
+    /// rarely).
+    fn orphans(&self) -> (usize, Option<u32>);
 
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
+}
+
+/// Counts the orphans among `entries`, with the oldest one's tick.
+pub(crate) fn count_orphans<'a, Resp: 'a>(
+    entries: impl Iterator<Item = &'a Entry<Resp>>,
+) -> (usize, Option<u32>) {
+    entries
+        .filter(|e| e.waiter.is_gone())
+        .fold((0, None), |(n, oldest), e| {
+            (n + 1, Some(oldest.map_or(e.since, |o: u32| o.min(e.since))))
+        })
 }
 
 /// The fate of calls still waiting when their matcher is dropped without being drained

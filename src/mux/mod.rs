@@ -18,7 +18,7 @@ mod stall;
 mod worker;
 
 pub(crate) use self::call::{Collect, Envelope, Frames, StreamShared, StreamTx, Until, Waiter};
-pub(crate) use self::conn::Conn;
+pub(crate) use self::conn::{Conn, Retire};
 pub(crate) use self::engine::{Ended, Engine, Lane};
 pub use self::order::Order;
 pub use self::session::Session;

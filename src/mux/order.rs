@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::call::Frames;
-use super::matcher::{Entry, Matcher, Route, abandoned};
+use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans};
 use crate::error::{Error, Kind};
 use crate::protocol::Protocol;
 
@@ -97,8 +97,8 @@ where
         self.max_in_flight
     }
 
-    fn orphans(&self) -> usize {
-        self.queue.iter().filter(|e| e.waiter.is_gone()).count()
+    fn orphans(&self) -> (usize, Option<u32>) {
+        count_orphans(self.queue.iter())
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {

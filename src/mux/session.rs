@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::call::Frames;
 use super::ids::IdTable;
-use super::matcher::{Entry, Matcher, Route, abandoned};
+use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans};
 use crate::error::{Error, Kind};
 use crate::protocol::{SessionId, Sessions};
 
@@ -195,12 +195,8 @@ where
         self.max_in_flight.min(self.live.range())
     }
 
-    fn orphans(&self) -> usize {
-        self.live
-            .values()
-            .chain(self.reads.iter())
-            .filter(|e| e.waiter.is_gone())
-            .count()
+    fn orphans(&self) -> (usize, Option<u32>) {
+        count_orphans(self.live.values().chain(self.reads.iter()))
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {

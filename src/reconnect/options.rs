@@ -34,6 +34,7 @@ pub(crate) struct Options<Req, Resp> {
     /// Connect as soon as the task starts, not on the first call.
     pub(crate) eager: bool,
     pub(crate) orphans: crate::config::Orphans,
+    pub(crate) orphan_age: Option<Duration>,
     pub(crate) max_connection_age: Option<Duration>,
 }
 
@@ -52,6 +53,7 @@ impl<Req, Resp> Clone for Options<Req, Resp> {
             max_in_flight: self.max_in_flight,
             eager: self.eager,
             orphans: self.orphans,
+            orphan_age: self.orphan_age,
             max_connection_age: self.max_connection_age,
         }
     }

@@ -14,7 +14,7 @@ use super::options::Policy;
 use super::ping::Ping;
 use super::task::{ConnOf, Phase, Reconnect};
 use crate::error::{Cause, ConnectionError, Error, Kind};
-use crate::mux::{Matcher, Mode};
+use crate::mux::{Matcher, Mode, Retire};
 use crate::shared::State;
 use crate::transport::{Connector, Transport};
 
@@ -212,7 +212,8 @@ where
             .as_ref()
             .map(|(every, _)| Ping::new(*every));
         let mut conn = conn;
-        conn.orphan_limit = self.opts.orphans.limit(conn.matcher.capacity());
+        let limit = self.opts.orphans.limit(conn.matcher.capacity());
+        conn.retire_when(Retire::new(limit, self.opts.orphan_age));
         let age = self
             .opts
             .max_connection_age

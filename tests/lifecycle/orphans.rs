@@ -94,3 +94,47 @@ async fn connections_are_retired_at_their_maximum_age() {
     assert!((3..=4).contains(&c.retired), "{c:?}");
     assert_eq!(log.connections().len() as u64, c.retired + 1);
 }
+
+/// The age half of the rule: an orphan that is never answered (its caller gave up after
+/// 100 ms) retires its connection once it is older than `orphan_age`, even though the
+/// connection is far from full; the calls after it go to a fresh connection.
+#[tokio::test(start_paused = true)]
+async fn an_old_orphan_retires_its_connection() {
+    let (net, log) = serve();
+    let age = Duration::from_secs(8);
+    let ch = net.channel(
+        Mode::Session,
+        Channel::builder()
+            .host("a:1")
+            .config(Config::default().orphan_age(Some(age))),
+    );
+    let mut svc = ServiceBuilder::new().timeout(ms(100)).service(ch.clone());
+    let gave_up = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Msg::new("mute"))
+        .await;
+    assert!(gave_up.is_err(), "nobody answers it");
+    let started = Instant::now();
+    while ch.counters().retired == 0 {
+        assert!(started.elapsed() < age * 2, "still not retired");
+        let reply = joined(spawn_request(&ch, "ping")).await.expect("answered");
+        assert_eq!(reply.text(), "ping");
+        tokio::time::sleep(ms(250)).await;
+    }
+    let waited = started.elapsed();
+    assert!(waited >= age - ms(100), "retired after {waited:?}");
+    assert_eq!(
+        joined(spawn_request(&ch, "after"))
+            .await
+            .expect("fresh")
+            .text(),
+        "after"
+    );
+    assert_eq!(log.connections().len(), 2);
+    assert_eq!(
+        log.connections()[1].1.last().map(String::as_str),
+        Some("after")
+    );
+}

@@ -26,7 +26,7 @@ async fn s14_cancelled_calls_keep_their_ids_until_the_reply() {
         let server = TestServer::start(Behaviour::echo().gated(&gate)).await;
         let mode = Session::new(TestProto).ids(1u64..=2);
         let (ch, task) = spawn_with(
-            builder(server.addr()).config(Config::default().max_orphans(None)),
+            builder(server.addr()).config(Config::default().max_orphans(None).orphan_age(None)),
             TcpConnector::new(MsgCodec::default()),
             mode,
         );
