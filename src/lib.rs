@@ -186,6 +186,9 @@ mod reconnect;
 mod retry;
 mod shared;
 mod stats;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod transport;
 
 pub use crate::channel::{
