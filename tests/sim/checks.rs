@@ -1,0 +1,88 @@
+//! The checks run after every scenario: the library's (`socketchannel::testing::checks`)
+//! and the simulation's own (`shutdown_prompt`).
+
+use std::time::Duration;
+
+use socketchannel::testing::checks as lib;
+use socketchannel::testing::{Net, Violation, What};
+
+use super::scenario::Scenario;
+use super::proto::{SimCodec, SimServer};
+use super::run::Ctx;
+
+/// Slack for timers that count whole milliseconds.
+const SLACK: Duration = Duration::from_millis(10);
+
+pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Violation> {
+    let log = net.log();
+    let ledger = &ctx.ledger;
+    let mut out = Vec::new();
+    out.extend(lib::resolved_once(ledger));
+    out.extend(lib::own_reply(ledger));
+    out.extend(lib::not_sent_not_executed(ledger, &log));
+    out.extend(lib::executed_at_most_once(ledger, &log));
+    out.extend(lib::handshake_first(&log));
+    out.extend(lib::stall_means_silence(
+        ledger,
+        &log,
+        &|c| scn.clients[c].stall.map(Duration::from_millis),
+        SLACK,
+    ));
+    let configured = ctx.configured.lock().unwrap().clone();
+    out.extend(lib::pass_names_hosts(ledger, &|c| configured[c].clone()));
+    let kicks = ctx.kicks.lock().unwrap().clone();
+    out.extend(lib::connect_rate(
+        ledger,
+        &log,
+        &|c| (1000 / scn.clients[c].backoff.0.max(1)) as usize + 2,
+        &kicks,
+    ));
+    out.extend(shutdown_prompt(ctx, net));
+    out
+}
+
+/// `shutdown_prompt`: a shutdown ends as soon as nothing it waits for is left: by the
+/// last of its calls' outcomes (or the last byte its servers wrote, or its last
+/// connect), or at its deadline (Contract 8). Clients with a call whose caller gave up
+/// are left out: the reply the shutdown waits for is then in no ledger.
+fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> {
+    let calls = ctx.ledger.calls();
+    let records = net.log().records();
+    let mut out = Vec::new();
+    for &(client, t0, end, deadline) in ctx.shutdowns.lock().unwrap().iter() {
+        if calls
+            .iter()
+            .any(|c| c.client == client && c.cancelled.is_some_and(|at| at <= end))
+        {
+            continue;
+        }
+        let last_call = calls
+            .iter()
+            .filter(|c| c.client == client && c.shape != "shutdown")
+            .flat_map(|c| c.outcomes.iter().map(|(at, _)| *at))
+            .filter(|at| *at <= end)
+            .max()
+            .unwrap_or_default();
+        let last_net = records
+            .iter()
+            .filter(|r| r.client == client && r.at <= end && matches!(r.what, What::Wrote(_) | What::Connect(_)))
+            .map(|r| r.at)
+            .max()
+            .unwrap_or_default();
+        let limit = (t0 + deadline).min(t0.max(last_call).max(last_net)) + SLACK;
+        if end > limit {
+            out.push(Violation::new(
+                "shutdown_prompt",
+                format!(
+                    "client {client}: shutdown({} ms) from {} ms ended at {} ms; its last call resolved at {} ms, its last traffic at {} ms",
+                    deadline.as_millis(),
+                    t0.as_millis(),
+                    end.as_millis(),
+                    last_call.as_millis(),
+                    last_net.as_millis()
+                ),
+            ));
+        }
+    }
+    out
+}
