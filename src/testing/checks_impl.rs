@@ -307,7 +307,10 @@ where
     if load != 0 && !excused {
         out.push(Violation::new(
             "idle_gauges",
-            format!("{name}: Load is {load} when idle (state {state:?})"),
+            format!(
+                "{name}: Load is {load} when idle (state {state:?}, in_flight {})",
+                counters.in_flight
+            ),
         ));
     }
     if *channel.overload().borrow() {

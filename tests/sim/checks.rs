@@ -25,16 +25,25 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(lib::stall_means_silence(
         ledger,
         &log,
-        &|c| scn.clients[c].stall.map(Duration::from_millis),
+        &|c| scn.clients.get(c).and_then(|p| p.stall).map(Duration::from_millis),
         SLACK,
     ));
     let configured = ctx.configured.lock().unwrap().clone();
-    out.extend(lib::pass_names_hosts(ledger, &|c| configured[c].clone()));
+    // The balance (client number `clients.len()`) fails with either channel's pass.
+    let sets = |c: usize| match configured.get(c) {
+        Some(sets) => sets.clone(),
+        None => scn
+            .balance
+            .iter()
+            .flat_map(|pair| pair.iter().flat_map(|i| configured[*i].clone()))
+            .collect(),
+    };
+    out.extend(lib::pass_names_hosts(ledger, &sets));
     let kicks = ctx.kicks.lock().unwrap().clone();
     out.extend(lib::connect_rate(
         ledger,
         &log,
-        &|c| (1000 / scn.clients[c].backoff.0.max(1)) as usize + 2,
+        &|c| scn.clients.get(c).map_or(usize::MAX, |p| (1000 / p.backoff.0.max(1)) as usize + 2),
         &kicks,
     ));
     out.extend(shutdown_prompt(ctx, net));
@@ -43,16 +52,22 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
 
 /// `shutdown_prompt`: a shutdown ends as soon as nothing it waits for is left: by the
 /// last of its calls' outcomes (or the last byte its servers wrote, or its last
-/// connect), or at its deadline (Contract 8). Clients with a call whose caller gave up
-/// are left out: the reply the shutdown waits for is then in no ledger.
+/// connect, or the end of one of its connections), or at its deadline (Contract 8). A
+/// reply to a call whose caller gave up is still a write in the server log.
 fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> {
     let calls = ctx.ledger.calls();
     let records = net.log().records();
     let mut out = Vec::new();
     for &(client, t0, end, deadline) in ctx.shutdowns.lock().unwrap().iter() {
-        if calls
+        // `connect()` during a shutdown reopens the channel and cancels the shutdown's
+        // deadline; the shutdown then ends with the next close. Left out (reported in
+        // issue 14's notes as a question of the contract, not checked here).
+        if ctx
+            .kicks
+            .lock()
+            .unwrap()
             .iter()
-            .any(|c| c.client == client && c.cancelled.is_some_and(|at| at <= end))
+            .any(|&(c, at)| c == client && at >= t0 && at <= end)
         {
             continue;
         }
@@ -65,7 +80,7 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> 
             .unwrap_or_default();
         let last_net = records
             .iter()
-            .filter(|r| r.client == client && r.at <= end && matches!(r.what, What::Wrote(_) | What::Connect(_)))
+            .filter(|r| r.client == client && r.at <= end && matches!(r.what, What::Wrote(_) | What::Connect(_) | What::Closed(_)))
             .map(|r| r.at)
             .max()
             .unwrap_or_default();

@@ -42,6 +42,7 @@ use std::time::Duration;
 
 /// The outcome of one seed: its violations and its event log.
 pub fn run_seed(seed: u64) -> run::Report {
+    quiet_simulated_panics();
     let scn = scenario::generate(seed, &scenario::Weights::CI);
     run::run(&scn)
 }
@@ -49,6 +50,7 @@ pub fn run_seed(seed: u64) -> run::Report {
 /// Runs a seed on its own thread, so a seed that spins without letting virtual time
 /// pass (a busy loop) is reported instead of hanging the suite.
 pub fn run_guarded(seed: u64) -> run::Report {
+    quiet_simulated_panics();
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name(format!("sim-{seed:#x}"))
@@ -66,6 +68,26 @@ pub fn run_guarded(seed: u64) -> run::Report {
             log: Vec::new(),
         },
     }
+}
+
+/// The panics the simulation makes on purpose are expected: keep them out of the
+/// output (any other panic is still printed).
+fn quiet_simulated_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if !msg.starts_with("simulated panic") {
+                default(info);
+            }
+        }));
+    });
 }
 
 pub fn replay_command(seed: u64, test: &str) -> String {

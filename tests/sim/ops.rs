@@ -35,9 +35,11 @@ pub fn apply(
             if let Some(p) = flags.panic {
                 b.push_str(&format!(" p={p}"));
             }
-            let id = ctx.ledger.open(0, nonce, &format!("balance {b}"), false, true);
+            // The balance is a client of its own, numbered after the channels.
+            let client = channels.len();
+            let id = ctx.ledger.open(client, nonce, &format!("balance {b}"), false, true);
             let svc = stack.clone();
-            spawn_call(ctx, 0, id, flags.cancel_after, async move {
+            spawn_call(ctx, client, id, flags.cancel_after, async move {
                 let r = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(Msg::new(b))).await;
                 match r {
                     Ok(Ok(m)) => Outcome::Replies(vec![tag_of(m.text())]),

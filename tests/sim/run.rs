@@ -89,6 +89,9 @@ fn body(nonce: u64, frames: u64, flags: &Flags, extra: &str) -> String {
 async fn hs_request(ctx: &Ctx, client: usize, conn: &Ch, what: &str) -> Result<(), BoxError> {
     let nonce = ctx.nonce();
     let id = ctx.ledger.open(client, nonce, &format!("hs {what}"), true, false);
+    // The crate drops a handshake that timed out or lost its connection: its caller is
+    // then gone, as a cancelled caller is.
+    let _gone = GiveUpOnDrop(ctx.ledger.clone(), id);
     match conn.request(Msg::new(format!("n={nonce} hs r=1 {what}"))).await {
         Ok(m) => {
             ctx.ledger.resolve(id, Outcome::Replies(vec![tag_of(m.text())]));
@@ -101,6 +104,14 @@ async fn hs_request(ctx: &Ctx, client: usize, conn: &Ch, what: &str) -> Result<(
     }
 }
 
+struct GiveUpOnDrop(Ledger, usize);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel(self.1);
+    }
+}
+
 /// A call the handshake queues (polled once) and does not await.
 async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
     let nonce = ctx.nonce();
@@ -109,9 +120,12 @@ async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
     let ledger = ctx.ledger.clone();
     if stream {
         let mut fut = Box::pin(conn.clone().stream_owned(Msg::new(format!("n={nonce} hs r=2")), Replies::Count(2)));
-        let _ = futures::poll!(fut.as_mut());
+        let first = futures::poll!(fut.as_mut());
         tokio::spawn(async move {
-            let s = fut.await;
+            let s = match first {
+                std::task::Poll::Ready(s) => s,
+                std::task::Poll::Pending => fut.await,
+            };
             ledger.resolve(id, drain(s).await);
         });
     } else {
