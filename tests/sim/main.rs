@@ -157,6 +157,12 @@ fn ci_seeds() {
 fn key(v: &socketchannel::testing::Violation) -> String {
     if v.check == "executed_at_most_once" && v.detail.contains("RetryNotSent") {
         "executed_at_most_once (retry)".to_string()
+    } else if v.check == "idle_gauges" {
+        let what = ["in_flight", "Load", "overload"]
+            .into_iter()
+            .find(|w| v.detail.contains(&format!(": {w}")) || v.detail.contains(&format!("the {w}")))
+            .unwrap_or("?");
+        format!("idle_gauges ({what})")
     } else {
         v.check.to_string()
     }

@@ -158,10 +158,12 @@ impl Server for SimServer {
         };
         let mut replies = Vec::new();
         for i in 0..frames {
-            let kind = if err {
-                FrameKind::Error
-            } else if parts && i + 1 < frames {
+            // A part before the last is `More` even in an error reply: the test protocol
+            // has no error part that is not final.
+            let kind = if parts && i + 1 < frames {
                 FrameKind::More
+            } else if err {
+                FrameKind::Error
             } else {
                 FrameKind::Normal
             };
