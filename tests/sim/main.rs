@@ -120,6 +120,11 @@ fn ci_seeds() {
     let mut first_failure = None;
     for (i, seed) in (from..from + n).enumerate() {
         let report = run_guarded(seed);
+        if std::env::var("SIM_ALL").is_ok() {
+            for v in &report.violations {
+                println!("all: {seed:#x} {v}");
+            }
+        }
         let mut names: Vec<String> = report.violations.iter().map(|v| key(v)).collect();
         names.sort();
         names.dedup();
