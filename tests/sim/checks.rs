@@ -6,7 +6,7 @@ use std::time::Duration;
 use socketchannel::testing::checks as lib;
 use socketchannel::testing::{Net, Violation, What};
 
-use super::scenario::Scenario;
+use super::scenario::{Hs, Scenario};
 use super::proto::{SimCodec, SimServer};
 use super::run::Ctx;
 
@@ -43,7 +43,14 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(lib::connect_rate(
         ledger,
         &log,
-        &|c| scn.clients.get(c).map_or(usize::MAX, |p| (1000 / p.backoff.0.max(1)) as usize + 2),
+        &|c| {
+            scn.clients.get(c).map_or(usize::MAX, |p| {
+                let passes = (1000 / p.backoff.0.max(1)) as usize + 2;
+                // A pass follows up to 8 redirects, each a connect to the master.
+                let per_pass = if matches!(p.handshake, Hs::Redirect { .. }) { 9 } else { 1 };
+                passes * per_pass
+            })
+        },
         &kicks,
     ));
     out.extend(shutdown_prompt(ctx, net));
