@@ -188,13 +188,15 @@ pub fn print_failure(seed: u64, report: &run::Report, test: &str) {
 /// Replays `SIM_SEED` (default 0) and prints its whole event log.
 #[test]
 fn replay() {
+    if std::env::var("SIM_SEED").is_err() {
+        println!("replay: set SIM_SEED=0x... to replay a seed with its event log");
+        return;
+    }
     let seed = env_u64("SIM_SEED", 0);
     let report = run_guarded(seed);
-    if std::env::var("SIM_SEED").is_ok() {
-        println!("scenario: {:#?}", scenario::generate(seed, &scenario::Weights::CI));
-        for line in &report.log {
-            println!("{line}");
-        }
+    println!("scenario: {:#?}", scenario::generate(seed, &scenario::Weights::CI));
+    for line in &report.log {
+        println!("{line}");
     }
     if !report.violations.is_empty() {
         print_failure(seed, &report, "replay");
