@@ -22,7 +22,10 @@ pub fn resolved_once(ledger: &Ledger) -> Vec<Violation> {
             (1, _) | (0, Some(_)) => {}
             (0, None) => out.push(Violation::new(
                 "resolved_once",
-                format!("call {} ({}, client {}) never resolved", c.id, c.shape, c.client),
+                format!(
+                    "call {} ({}, client {}) never resolved",
+                    c.id, c.shape, c.client
+                ),
             )),
             (n, _) => out.push(Violation::new(
                 "resolved_once",
@@ -74,7 +77,12 @@ pub fn not_sent_not_executed(ledger: &Ledger, log: &ServerLog) -> Vec<Violation>
             continue;
         }
         for (at, o) in &c.outcomes {
-            if let Outcome::Failed { not_sent: true, text, .. } = o {
+            if let Outcome::Failed {
+                not_sent: true,
+                text,
+                ..
+            } = o
+            {
                 let n = log.executions(c.nonce);
                 if n > 0 {
                     out.push(Violation::new(
@@ -105,10 +113,17 @@ pub fn executed_at_most_once(ledger: &Ledger, log: &ServerLog) -> Vec<Violation>
         }
         let n = log.executions(c.nonce);
         if n > 1 {
-            let how = if c.retried { " through RetryNotSent" } else { "" };
+            let how = if c.retried {
+                " through RetryNotSent"
+            } else {
+                ""
+            };
             out.push(Violation::new(
                 "executed_at_most_once",
-                format!("call {} (n={}, {}) was executed {n} times{how}", c.id, c.nonce, c.shape),
+                format!(
+                    "call {} (n={}, {}) was executed {n} times{how}",
+                    c.id, c.nonce, c.shape
+                ),
             ));
         }
     }
@@ -167,9 +182,15 @@ pub fn stall_means_silence(
     let mut out = Vec::new();
     let mut reported = BTreeSet::new();
     for c in ledger.calls() {
-        let Some(period) = stall(c.client) else { continue };
+        let Some(period) = stall(c.client) else {
+            continue;
+        };
         for (at, o) in &c.outcomes {
-            let Outcome::Failed { connection: Some(ConnectionErrorKind::Stalled), .. } = o else {
+            let Outcome::Failed {
+                connection: Some(ConnectionErrorKind::Stalled),
+                ..
+            } = o
+            else {
                 continue;
             };
             // The connection its request was read on, or else the client's latest.
@@ -216,7 +237,14 @@ pub fn pass_names_hosts(
     let mut reported = BTreeSet::new();
     for c in ledger.calls() {
         for (at, o) in &c.outcomes {
-            let Outcome::Failed { kind: Kind::Connect, pass: Some(pass), .. } = o else { continue };
+            let Outcome::Failed {
+                kind: Kind::Connect,
+                pass: Some(pass),
+                ..
+            } = o
+            else {
+                continue;
+            };
             let named: BTreeSet<&str> = pass.iter().map(String::as_str).collect();
             let sets = configured(c.client);
             let ok = sets
@@ -252,7 +280,11 @@ pub fn connect_rate(
     let answered: BTreeSet<u64> = ledger
         .calls()
         .iter()
-        .flat_map(|c: &CallRecord| c.outcomes.iter().flat_map(|(_, o)| tags(o).into_iter().cloned().collect::<Vec<_>>()))
+        .flat_map(|c: &CallRecord| {
+            c.outcomes
+                .iter()
+                .flat_map(|(_, o)| tags(o).into_iter().cloned().collect::<Vec<_>>())
+        })
         .filter_map(|t| t.conn)
         .collect();
     let mut windows: BTreeMap<(usize, String, u64), usize> = BTreeMap::new();
@@ -299,11 +331,17 @@ where
     if counters.in_flight != 0 {
         out.push(Violation::new(
             "idle_gauges",
-            format!("{name}: in_flight is {} when idle (state {state:?})", counters.in_flight),
+            format!(
+                "{name}: in_flight is {} when idle (state {state:?})",
+                counters.in_flight
+            ),
         ));
     }
     let load = channel.load();
-    let excused = matches!(state, State::BackingOff | State::Connecting | State::Handshaking);
+    let excused = matches!(
+        state,
+        State::BackingOff | State::Connecting | State::Handshaking
+    );
     if load != 0 && !excused {
         out.push(Violation::new(
             "idle_gauges",

@@ -56,7 +56,10 @@ pub enum Outcome {
 impl Outcome {
     /// The outcome of a call that failed with `err`; `tag` reads the reply frame of a
     /// [`Kind::Server`] error from its source.
-    pub fn failed(err: &Error, tag: impl Fn(&(dyn std::error::Error + 'static)) -> Option<ReplyTag>) -> Self {
+    pub fn failed(
+        err: &Error,
+        tag: impl Fn(&(dyn std::error::Error + 'static)) -> Option<ReplyTag>,
+    ) -> Self {
         let pass = err
             .source()
             .and_then(|s| s.downcast_ref::<ConnectError>())
@@ -76,7 +79,10 @@ impl Outcome {
     }
 
     /// The outcome of a tower stack's error: the crate's [`Error`] if it is one.
-    pub fn boxed(err: &BoxError, tag: impl Fn(&(dyn std::error::Error + 'static)) -> Option<ReplyTag>) -> Self {
+    pub fn boxed(
+        err: &BoxError,
+        tag: impl Fn(&(dyn std::error::Error + 'static)) -> Option<ReplyTag>,
+    ) -> Self {
         match err.downcast_ref::<Error>() {
             Some(e) => Outcome::failed(e, tag),
             None => Outcome::Other(err.to_string()),
@@ -138,11 +144,20 @@ impl Ledger {
     }
 
     /// Records a new call; returns its number.
-    pub fn open(&self, client: usize, nonce: u64, shape: &str, handshake: bool, retried: bool) -> usize {
+    pub fn open(
+        &self,
+        client: usize,
+        nonce: u64,
+        shape: &str,
+        handshake: bool,
+        retried: bool,
+    ) -> usize {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let id = calls.len();
-        self.trace
-            .log(format!("call {id}: client {client} n={nonce} {shape}{}", if handshake { " (handshake)" } else { "" }));
+        self.trace.log(format!(
+            "call {id}: client {client} n={nonce} {shape}{}",
+            if handshake { " (handshake)" } else { "" }
+        ));
         calls.push(CallRecord {
             id,
             nonce,

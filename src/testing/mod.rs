@@ -33,7 +33,9 @@ mod net;
 mod rng;
 
 pub use self::ledger::{CallRecord, Ledger, Outcome, ReplyTag};
-pub use self::net::{Behavior, ConnInfo, Described, Net, Record, Served, Server, ServerLog, What};
+pub use self::net::{
+    Behavior, ConnInfo, Connecting, Described, Net, Record, Served, Server, ServerLog, What,
+};
 pub use self::rng::SimRng;
 
 /// The checks over a [`Ledger`] and a [`ServerLog`]; each returns the [`Violation`]s it
@@ -76,7 +78,10 @@ impl Trace {
     /// Appends a line, stamped with the virtual time in milliseconds.
     pub fn log(&self, line: impl AsRef<str>) {
         let line = format!("{:>8} {}", self.now().as_millis(), line.as_ref());
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
     }
 
     /// Every line so far.

@@ -218,6 +218,11 @@ impl<S: Server, CC> fmt::Debug for Net<S, CC> {
 
 type Half = WriteHalf<DuplexStream>;
 
+/// A connect attempt of a [`Net`]'s connector: the client's end of an in-memory
+/// connection, framed with the client codec.
+pub type Connecting<CC> =
+    Pin<Box<dyn Future<Output = io::Result<Framed<DuplexStream, CC>>> + Send>>;
+
 impl<S, CC> Net<S, CC>
 where
     S: Server,
@@ -260,7 +265,11 @@ where
 
     /// Connect attempts so far.
     pub fn connects(&self) -> usize {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner()).connects
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connects
     }
 
     /// Sets how `host` (`"host:port"`) behaves from now on. Open connections keep the
@@ -315,19 +324,22 @@ where
         Endpoint,
         Response = Framed<DuplexStream, CC>,
         Error = io::Error,
-        Future = Pin<Box<dyn Future<Output = io::Result<Framed<DuplexStream, CC>>> + Send>>,
+        Future = Connecting<CC>,
     > + Clone
     + Send
     + 'static {
         let net = self.clone();
         tower::service_fn(move |endpoint: Endpoint| {
             let net = net.clone();
-            Box::pin(async move { net.connect(client, endpoint).await })
-                as Pin<Box<dyn Future<Output = _> + Send>>
+            Box::pin(async move { net.connect(client, endpoint).await }) as Connecting<CC>
         })
     }
 
-    async fn connect(self, client: usize, endpoint: Endpoint) -> io::Result<Framed<DuplexStream, CC>> {
+    async fn connect(
+        self,
+        client: usize,
+        endpoint: Endpoint,
+    ) -> io::Result<Framed<DuplexStream, CC>> {
         let host = endpoint.to_string();
         tokio::time::sleep(self.inner.latency).await;
         let (decision, conn, kill) = {
@@ -344,11 +356,14 @@ where
                     Behavior::Blackhole => (Err("black hole: hangs"), None),
                     Behavior::Flap { up, down } => {
                         let period = (*up + *down).max(Duration::from_millis(1));
-                        let into = now.saturating_duration_since(h.since).as_nanos()
-                            % period.as_nanos();
+                        let into =
+                            now.saturating_duration_since(h.since).as_nanos() % period.as_nanos();
                         if into < up.as_nanos() {
                             let left = Duration::from_nanos((up.as_nanos() - into) as u64);
-                            (Ok((h.behavior.clone(), Some(left))), Some(h.kill.subscribe()))
+                            (
+                                Ok((h.behavior.clone(), Some(left))),
+                                Some(h.kill.subscribe()),
+                            )
                         } else {
                             (Err("refused (flapping)"), None)
                         }
@@ -368,17 +383,22 @@ where
         };
         match decision {
             Err(why) => {
-                self.inner.trace.log(format!("net: client {client} -> {host}: {why}"));
+                self.inner
+                    .trace
+                    .log(format!("net: client {client} -> {host}: {why}"));
                 self.record(&info, What::Connect(Some(why.to_string())));
                 if why.ends_with("hangs") {
                     std::future::pending::<()>().await;
                 }
-                Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("{host} {why}")))
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("{host} {why}"),
+                ))
             }
             Ok((behavior, up_for)) => {
-                self.inner
-                    .trace
-                    .log(format!("net: client {client} -> {host}: conn {conn} accepted"));
+                self.inner.trace.log(format!(
+                    "net: client {client} -> {host}: conn {conn} accepted"
+                ));
                 self.record(&info, What::Connect(None));
                 let (client_end, server_end) = tokio::io::duplex(64 * 1024);
                 let mut kill = kill.expect("a live host has a kill switch");
@@ -397,7 +417,9 @@ where
                         } => "flapped down",
                         why = net.serve(&info2, server_end, behavior) => why,
                     };
-                    net.inner.trace.log(format!("net: conn {} closed: {why}", info.conn));
+                    net.inner
+                        .trace
+                        .log(format!("net: conn {} closed: {why}", info.conn));
                     net.record(&info, What::Closed(why));
                 });
                 Ok(Framed::new(client_end, self.inner.client_codec.clone()))

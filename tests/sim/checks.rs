@@ -6,9 +6,9 @@ use std::time::Duration;
 use socketchannel::testing::checks as lib;
 use socketchannel::testing::{Net, Violation, What};
 
-use super::scenario::{Hs, Scenario};
 use super::proto::{SimCodec, SimServer};
 use super::run::Ctx;
+use super::scenario::{Hs, Scenario};
 
 /// Slack for timers that count whole milliseconds.
 const SLACK: Duration = Duration::from_millis(10);
@@ -25,7 +25,12 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(lib::stall_means_silence(
         ledger,
         &log,
-        &|c| scn.clients.get(c).and_then(|p| p.stall).map(Duration::from_millis),
+        &|c| {
+            scn.clients
+                .get(c)
+                .and_then(|p| p.stall)
+                .map(Duration::from_millis)
+        },
         SLACK,
     ));
     let configured = ctx.configured.lock().unwrap().clone();
@@ -47,7 +52,11 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
             scn.clients.get(c).map_or(usize::MAX, |p| {
                 let passes = (1000 / p.backoff.0.max(1)) as usize + 2;
                 // A pass follows up to 8 redirects, each a connect to the master.
-                let per_pass = if matches!(p.handshake, Hs::Redirect { .. }) { 9 } else { 1 };
+                let per_pass = if matches!(p.handshake, Hs::Redirect { .. }) {
+                    9
+                } else {
+                    1
+                };
                 passes * per_pass
             })
         },
@@ -113,7 +122,11 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> 
             .unwrap_or_default();
         let last_net = records
             .iter()
-            .filter(|r| r.client == client && r.at <= end && matches!(r.what, What::Wrote(_) | What::Connect(_) | What::Closed(_)))
+            .filter(|r| {
+                r.client == client
+                    && r.at <= end
+                    && matches!(r.what, What::Wrote(_) | What::Connect(_) | What::Closed(_))
+            })
             .map(|r| r.at)
             .max()
             .unwrap_or_default();

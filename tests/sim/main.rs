@@ -30,11 +30,11 @@
 mod codec;
 
 mod checks;
-mod scenario;
 mod ops;
 mod proto;
 mod regressions;
 mod run;
+mod scenario;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -125,7 +125,7 @@ fn ci_seeds() {
                 println!("all: {seed:#x} {v}");
             }
         }
-        let mut names: Vec<String> = report.violations.iter().map(|v| key(v)).collect();
+        let mut names: Vec<String> = report.violations.iter().map(key).collect();
         names.sort();
         names.dedup();
         for name in names {
@@ -165,7 +165,9 @@ fn key(v: &socketchannel::testing::Violation) -> String {
     } else if v.check == "idle_gauges" {
         let what = ["in_flight", "Load", "overload"]
             .into_iter()
-            .find(|w| v.detail.contains(&format!(": {w}")) || v.detail.contains(&format!("the {w}")))
+            .find(|w| {
+                v.detail.contains(&format!(": {w}")) || v.detail.contains(&format!("the {w}"))
+            })
             .unwrap_or("?");
         format!("idle_gauges ({what})")
     } else {
@@ -194,7 +196,10 @@ fn replay() {
     }
     let seed = env_u64("SIM_SEED", 0);
     let report = run_guarded(seed);
-    println!("scenario: {:#?}", scenario::generate(seed, &scenario::Weights::CI));
+    println!(
+        "scenario: {:#?}",
+        scenario::generate(seed, &scenario::Weights::CI)
+    );
     for line in &report.log {
         println!("{line}");
     }

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socketchannel::testing::{Behavior, Net, Outcome};
-use tower::{Service, ServiceExt};
 use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
 
-use super::scenario::{Op, Scenario, Shape};
 use super::proto::{Msg, SimCodec, SimServer, tag_of};
 use super::run::{Ch, Ctx, boxed, call, failed, spawn_call};
+use super::scenario::{Op, Scenario, Shape};
 
 /// Virtual time the end of a scenario waits for every call to resolve once the hosts
 /// are healed.
@@ -24,7 +24,11 @@ pub fn apply(
 ) {
     let now = ctx.trace.now();
     match op {
-        Op::Call { client, shape, flags } => call(ctx, &channels[*client], *client, *shape, flags),
+        Op::Call {
+            client,
+            shape,
+            flags,
+        } => call(ctx, &channels[*client], *client, *shape, flags),
         Op::Balance { flags } => {
             let Some(stack) = stack else { return };
             let nonce = ctx.nonce();
@@ -37,10 +41,13 @@ pub fn apply(
             }
             // The balance is a client of its own, numbered after the channels.
             let client = channels.len();
-            let id = ctx.ledger.open(client, nonce, &format!("balance {b}"), false, true);
+            let id = ctx
+                .ledger
+                .open(client, nonce, &format!("balance {b}"), false, true);
             let svc = stack.clone();
             spawn_call(ctx, client, id, flags.cancel_after, async move {
-                let r = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(Msg::new(b))).await;
+                let r =
+                    tokio::time::timeout(Duration::from_secs(20), svc.oneshot(Msg::new(b))).await;
                 match r {
                     Ok(Ok(m)) => Outcome::Replies(vec![tag_of(m.text())]),
                     Ok(Err(e)) => boxed(&e),
@@ -68,7 +75,10 @@ pub fn apply(
             spawn_call(ctx, client, id, None, async move {
                 let t0 = c.trace.now();
                 ch.shutdown(deadline).await;
-                c.shutdowns.lock().unwrap().push((client, t0, c.trace.now(), deadline));
+                c.shutdowns
+                    .lock()
+                    .unwrap()
+                    .push((client, t0, c.trace.now(), deadline));
                 Outcome::Sent
             });
         }
@@ -89,8 +99,12 @@ pub fn apply(
             let trace = ctx.trace.clone();
             let client = *client;
             tokio::spawn(async move {
-                let ready = tokio::time::timeout(hold, std::future::poll_fn(|cx| ch.poll_ready(cx))).await;
-                trace.log(format!("client {client}: poll_ready slot {:?}, dropped later", ready.map(|r| r.is_ok())));
+                let ready =
+                    tokio::time::timeout(hold, std::future::poll_fn(|cx| ch.poll_ready(cx))).await;
+                trace.log(format!(
+                    "client {client}: poll_ready slot {:?}, dropped later",
+                    ready.map(|r| r.is_ok())
+                ));
                 tokio::time::sleep(hold).await;
                 drop(ch);
             });
@@ -134,7 +148,9 @@ pub async fn finish(
     let mut out = Vec::new();
     let calls = ctx.ledger.calls();
     for (i, ch) in channels.iter().enumerate() {
-        let pending = calls.iter().any(|c| c.client == i && c.outcomes.is_empty() && c.cancelled.is_none());
+        let pending = calls
+            .iter()
+            .any(|c| c.client == i && c.outcomes.is_empty() && c.cancelled.is_none());
         if !pending {
             let found = socketchannel::testing::checks::idle_gauges(&format!("client {i}"), ch);
             // A p2c balance keeps the channels it found ready with a slot reserved: their

@@ -171,7 +171,10 @@ impl Server for SimServer {
             replies.push((gap, Msg::with_id(req.id, text).kind(kind)));
         }
         if flag(&body, "x") {
-            replies.push((gap, Msg::with_id(0, format!("extra n={nonce} c={}", conn.conn))));
+            replies.push((
+                gap,
+                Msg::with_id(0, format!("extra n={nonce} c={}", conn.conn)),
+            ));
         }
         Served {
             executed: true,

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use super::scenario::{ClientPlan, Flags, Hs, Scenario, Shape};
-use super::proto::{Msg, SimCodec, SimProto, SimServer, tag_of, tag_of_error};
 use super::checks;
+use super::proto::{Msg, SimCodec, SimProto, SimServer, tag_of, tag_of_error};
+use super::scenario::{ClientPlan, Flags, Hs, Scenario, Shape};
 
 pub type Ch = Channel<Msg, Msg>;
 type Stack = BoxCloneService<Msg, Msg, BoxError>;
@@ -88,13 +88,19 @@ fn body(nonce: u64, frames: u64, flags: &Flags, extra: &str) -> String {
 /// A handshake request the handshake awaits.
 async fn hs_request(ctx: &Ctx, client: usize, conn: &Ch, what: &str) -> Result<(), BoxError> {
     let nonce = ctx.nonce();
-    let id = ctx.ledger.open(client, nonce, &format!("hs {what}"), true, false);
+    let id = ctx
+        .ledger
+        .open(client, nonce, &format!("hs {what}"), true, false);
     // The crate drops a handshake that timed out or lost its connection: its caller is
     // then gone, as a cancelled caller is.
     let _gone = GiveUpOnDrop(ctx.ledger.clone(), id);
-    match conn.request(Msg::new(format!("n={nonce} hs r=1 {what}"))).await {
+    match conn
+        .request(Msg::new(format!("n={nonce} hs r=1 {what}")))
+        .await
+    {
         Ok(m) => {
-            ctx.ledger.resolve(id, Outcome::Replies(vec![tag_of(m.text())]));
+            ctx.ledger
+                .resolve(id, Outcome::Replies(vec![tag_of(m.text())]));
             Ok(())
         }
         Err(e) => {
@@ -115,11 +121,19 @@ impl Drop for GiveUpOnDrop {
 /// A call the handshake queues (polled once) and does not await.
 async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
     let nonce = ctx.nonce();
-    let shape = if stream { "hs leftover stream" } else { "hs leftover send" };
+    let shape = if stream {
+        "hs leftover stream"
+    } else {
+        "hs leftover send"
+    };
     let id = ctx.ledger.open(client, nonce, shape, true, false);
     let ledger = ctx.ledger.clone();
     if stream {
-        let mut fut = Box::pin(conn.clone().stream_owned(Msg::new(format!("n={nonce} hs r=2")), Replies::Count(2)));
+        let conn = conn.clone();
+        let mut fut = Box::pin(async move {
+            conn.stream(Msg::new(format!("n={nonce} hs r=2")), Replies::Count(2))
+                .await
+        });
         let first = futures::poll!(fut.as_mut());
         tokio::spawn(async move {
             let s = match first {
@@ -130,7 +144,8 @@ async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
         });
     } else {
         let conn = conn.clone();
-        let mut fut = Box::pin(async move { conn.send(Msg::new(format!("n={nonce} hs r=0"))).await });
+        let mut fut =
+            Box::pin(async move { conn.send(Msg::new(format!("n={nonce} hs r=0"))).await });
         let first = futures::poll!(fut.as_mut());
         let resolve = move |r: Result<(), Error>| match r {
             Ok(()) => Outcome::Sent,
@@ -142,17 +157,6 @@ async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
                 tokio::spawn(async move { ledger.resolve(id, resolve(fut.await)) });
             }
         }
-    }
-}
-
-/// An owned stream call, so it can be polled once and moved into a task.
-trait StreamOwned {
-    fn stream_owned(self, m: Msg, r: Replies) -> impl std::future::Future<Output = socketchannel::ReplyStream<Msg>> + Send;
-}
-
-impl StreamOwned for Ch {
-    fn stream_owned(self, m: Msg, r: Replies) -> impl std::future::Future<Output = socketchannel::ReplyStream<Msg>> + Send {
-        async move { self.stream(m, r).await }
     }
 }
 
@@ -173,7 +177,13 @@ async fn drain(mut s: socketchannel::ReplyStream<Msg>) -> Outcome {
     Outcome::Replies(tags)
 }
 
-fn build(ctx: &Arc<Ctx>, net: &Net<SimServer, SimCodec>, i: usize, plan: &ClientPlan, seed: u64) -> Ch {
+fn build(
+    ctx: &Arc<Ctx>,
+    net: &Net<SimServer, SimCodec>,
+    i: usize,
+    plan: &ClientPlan,
+    seed: u64,
+) -> Ch {
     let ms = Duration::from_millis;
     let mut config = Config::default()
         .stall_timeout(plan.stall.map(ms))
@@ -184,8 +194,15 @@ fn build(ctx: &Arc<Ctx>, net: &Net<SimServer, SimCodec>, i: usize, plan: &Client
     }
     let mut b = Channel::builder()
         .host(&ctx.hosts[plan.host])
-        .policy(if plan.persistent { Policy::Persistent } else { Policy::Once })
-        .backoff(Backoff::exponential(ms(plan.backoff.0), ms(plan.backoff.1)).jitter_seed(seed ^ (i as u64 + 1)))
+        .policy(if plan.persistent {
+            Policy::Persistent
+        } else {
+            Policy::Once
+        })
+        .backoff(
+            Backoff::exponential(ms(plan.backoff.0), ms(plan.backoff.1))
+                .jitter_seed(seed ^ (i as u64 + 1)),
+        )
         .connect_timeout(ms(plan.connect_timeout))
         .handshake_timeout(ms(plan.handshake_timeout))
         .config(config);
@@ -206,7 +223,9 @@ fn build(ctx: &Arc<Ctx>, net: &Net<SimServer, SimCodec>, i: usize, plan: &Client
             async move {
                 match hs {
                     Hs::PanicOn(k) if attempt == k => panic!("simulated panic in a handshake"),
-                    Hs::FailOn(k) if attempt == k => return Err("simulated handshake failure".into()),
+                    Hs::FailOn(k) if attempt == k => {
+                        return Err("simulated handshake failure".into());
+                    }
                     Hs::Redirect { sentinel, master } if ep.to_string() == ctx.hosts[sentinel] => {
                         hs_request(&ctx, i, &conn, "who").await?;
                         let to: Endpoint = ctx.hosts[master].parse().expect("a host name");
@@ -239,7 +258,13 @@ impl tower::util::rng::Rng for P2cRng {
     }
 }
 
-pub fn spawn_call(ctx: &Arc<Ctx>, _client: usize, id: usize, cancel_after: Option<u64>, fut: impl std::future::Future<Output = Outcome> + Send + 'static) {
+pub fn spawn_call(
+    ctx: &Arc<Ctx>,
+    _client: usize,
+    id: usize,
+    cancel_after: Option<u64>,
+    fut: impl std::future::Future<Output = Outcome> + Send + 'static,
+) {
     let ledger = ctx.ledger.clone();
     let task = tokio::spawn(async move {
         let o = fut.await;
@@ -261,7 +286,10 @@ pub fn spawn_call(ctx: &Arc<Ctx>, _client: usize, id: usize, cancel_after: Optio
 
 pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags) {
     let nonce = ctx.nonce();
-    let label = format!("{shape:?} gap={} err={} panic={:?}", flags.gap, flags.err, flags.panic);
+    let label = format!(
+        "{shape:?} gap={} err={} panic={:?}",
+        flags.gap, flags.err, flags.panic
+    );
     let id = ctx.ledger.open(client, nonce, &label, false, false);
     let ch = ch.clone();
     let cancel = flags.cancel_after;
@@ -276,7 +304,13 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
     match shape {
         Shape::Request => {
             let m = Msg::new(body(nonce, 1, flags, ""));
-            spawn_call(ctx, client, id, cancel, async move { one(ch.request(m).await) })
+            spawn_call(
+                ctx,
+                client,
+                id,
+                cancel,
+                async move { one(ch.request(m).await) },
+            )
         }
         Shape::Exempt => {
             let m = Msg::new(body(nonce, 1, flags, ""));
@@ -286,7 +320,9 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
         }
         Shape::WithId(x) => {
             let m = Msg::new(body(nonce, 1, flags, ""));
-            spawn_call(ctx, client, id, cancel, async move { one(ch.request(Call::new(m).id(x)).await) })
+            spawn_call(ctx, client, id, cancel, async move {
+                one(ch.request(Call::new(m).id(x)).await)
+            })
         }
         Shape::Service => {
             let m = Msg::new(body(nonce, 1, flags, ""));
@@ -304,16 +340,24 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
         }
         Shape::N(n) => {
             let m = Msg::new(body(nonce, n, flags, ""));
-            spawn_call(ctx, client, id, cancel, async move { many(ch.request_n(m, n as usize).await) })
+            spawn_call(ctx, client, id, cancel, async move {
+                many(ch.request_n(m, n as usize).await)
+            })
         }
         Shape::UntilFinal(n) => {
             let m = Msg::new(body(nonce, n, flags, " f"));
-            spawn_call(ctx, client, id, cancel, async move { many(ch.request_until_final(m).await) })
+            spawn_call(ctx, client, id, cancel, async move {
+                many(ch.request_until_final(m).await)
+            })
         }
         Shape::Stream(n, stop) | Shape::StreamFinal(n, stop) => {
             let fin = matches!(shape, Shape::StreamFinal(..));
             let m = Msg::new(body(nonce, n, flags, if fin { " f" } else { "" }));
-            let replies = if fin { Replies::UntilFinal } else { Replies::Count(n as usize) };
+            let replies = if fin {
+                Replies::UntilFinal
+            } else {
+                Replies::Count(n as usize)
+            };
             let ledger = ctx.ledger.clone();
             spawn_call(ctx, client, id, cancel, async move {
                 let mut s = Some(ch.stream(m, replies).await);
@@ -353,14 +397,28 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
             let parts = (0..k)
                 .map(|i| Msg::new(body(nonce, 1, flags, &format!(" pl={i}/{k}"))))
                 .collect();
-            spawn_call(ctx, client, id, cancel, async move { one(ch.request(Call::parts(parts)).await) })
+            spawn_call(ctx, client, id, cancel, async move {
+                one(ch.request(Call::parts(parts)).await)
+            })
         }
         Shape::Read => {
             let m = Msg::new(body(nonce, 1, flags, " x"));
             let reader = ch.clone();
-            spawn_call(ctx, client, id, cancel, async move { one(ch.request(m).await) });
+            spawn_call(
+                ctx,
+                client,
+                id,
+                cancel,
+                async move { one(ch.request(m).await) },
+            );
             let rid = ctx.ledger.open(client, 0, "read", false, false);
-            spawn_call(ctx, client, rid, None, async move { one(reader.read().await) });
+            spawn_call(
+                ctx,
+                client,
+                rid,
+                None,
+                async move { one(reader.read().await) },
+            );
         }
     }
 }
@@ -389,7 +447,12 @@ async fn simulate(scn: &Scenario) -> Report {
         current: Mutex::new(
             scn.clients
                 .iter()
-                .map(|c| (scn.hosts[c.host].clone(), c.backups.iter().map(|b| scn.hosts[*b].clone()).collect()))
+                .map(|c| {
+                    (
+                        scn.hosts[c.host].clone(),
+                        c.backups.iter().map(|b| scn.hosts[*b].clone()).collect(),
+                    )
+                })
                 .collect(),
         ),
         kicks: Mutex::new(Vec::new()),
@@ -410,7 +473,12 @@ async fn simulate(scn: &Scenario) -> Report {
             tower::discover::ServiceList::new(vec![channels[a].clone(), channels[b].clone()]),
             P2cRng(SimRng::new(scn.seed ^ 0xba1a)),
         );
-        BoxCloneService::new(ServiceBuilder::new().retry(RetryNotSent::new(2)).buffer(64).service(balance))
+        BoxCloneService::new(
+            ServiceBuilder::new()
+                .retry(RetryNotSent::new(2))
+                .buffer(64)
+                .service(balance),
+        )
     });
     let epoch = trace.epoch();
     for (at, op) in &scn.ops {

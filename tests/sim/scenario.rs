@@ -81,13 +81,18 @@ pub enum Hs {
     None,
     Auth,
     /// AUTH awaited, then a `send` (or a `stream`) queued and polled once, not awaited.
-    Leftover { stream: bool },
+    Leftover {
+        stream: bool,
+    },
     /// Panics on this attempt (counted from 0).
     PanicOn(u32),
     /// Fails on this attempt.
     FailOn(u32),
     /// On the sentinel (host index): ask, then redirect to the master; elsewhere AUTH.
-    Redirect { sentinel: usize, master: usize },
+    Redirect {
+        sentinel: usize,
+        master: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -135,15 +140,36 @@ pub struct Flags {
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Call { client: usize, shape: Shape, flags: Flags },
-    Balance { flags: Flags },
-    ChangeHost { client: usize, host: usize },
-    ChangeBackups { client: usize, hosts: Vec<usize> },
+    Call {
+        client: usize,
+        shape: Shape,
+        flags: Flags,
+    },
+    Balance {
+        flags: Flags,
+    },
+    ChangeHost {
+        client: usize,
+        host: usize,
+    },
+    ChangeBackups {
+        client: usize,
+        hosts: Vec<usize>,
+    },
     Close(usize),
-    Shutdown { client: usize, deadline: u64 },
+    Shutdown {
+        client: usize,
+        deadline: u64,
+    },
     Connect(usize),
-    ReadyDrop { client: usize, hold: u64 },
-    Set { host: usize, behavior: Behavior },
+    ReadyDrop {
+        client: usize,
+        hold: u64,
+    },
+    Set {
+        host: usize,
+        behavior: Behavior,
+    },
     Kill(usize),
 }
 
@@ -196,7 +222,13 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
     let nhosts = rng.between(w.hosts.0, w.hosts.1) as usize;
     let hosts: Vec<String> = (0..nhosts).map(|i| format!("h{i}:{}", 7000 + i)).collect();
     let initial: Vec<Behavior> = (0..nhosts)
-        .map(|i| if i == 0 { Behavior::Up } else { behavior(&mut rng, w) })
+        .map(|i| {
+            if i == 0 {
+                Behavior::Up
+            } else {
+                behavior(&mut rng, w)
+            }
+        })
         .collect();
     let nclients = rng.between(w.clients.0, w.clients.1) as usize;
     let mut clients = Vec::new();
@@ -227,7 +259,10 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
             backups,
             persistent: rng.chance(w.persistent),
             eager: rng.chance(w.eager),
-            backoff: (*rng.pick(&[20, 50, 100, 200]), *rng.pick(&[500, 2_000, 5_000])),
+            backoff: (
+                *rng.pick(&[20, 50, 100, 200]),
+                *rng.pick(&[500, 2_000, 5_000]),
+            ),
             stall,
             connect_timeout: *rng.pick(&[200, 1_000, 3_000]),
             handshake_timeout: *rng.pick(&[500, 2_000, 5_000]),
@@ -252,7 +287,9 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
                     2 => Shape::N(rng.between(0, 4)),
                     3 => Shape::UntilFinal(rng.between(1, 4)),
                     4 => Shape::Stream(rng.between(1, 4), rng.chance(300).then(|| rng.below(3))),
-                    5 => Shape::StreamFinal(rng.between(1, 4), rng.chance(300).then(|| rng.below(3))),
+                    5 => {
+                        Shape::StreamFinal(rng.between(1, 4), rng.chance(300).then(|| rng.below(3)))
+                    }
                     6 => Shape::Send,
                     7 => Shape::Parts(rng.between(1, 3)),
                     8 => Shape::Read,
@@ -309,7 +346,13 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
         if let Hs::Redirect { master, .. } = c.handshake {
             if rng.chance(700) {
                 let at = rng.below(end);
-                ops.push((at, Op::Set { host: master, behavior: Behavior::Refuse }));
+                ops.push((
+                    at,
+                    Op::Set {
+                        host: master,
+                        behavior: Behavior::Refuse,
+                    },
+                ));
                 ops.push((at, Op::Kill(master)));
             }
         }
