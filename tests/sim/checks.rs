@@ -62,7 +62,7 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
         },
         &kicks,
     ));
-    out.extend(shutdown_prompt(ctx, net));
+    out.extend(shutdown_prompt(ctx, net, scn));
     out
 }
 
@@ -70,11 +70,16 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
 /// last of its calls' outcomes (or the last byte its servers wrote, or its last
 /// connect, or the end of one of its connections), or at its deadline (Contract 8). A
 /// reply to a call whose caller gave up is still a write in the server log.
-fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> {
+fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Violation> {
     let calls = ctx.ledger.calls();
     let records = net.log().records();
     let mut out = Vec::new();
     let shutdowns = ctx.shutdowns.lock().unwrap().clone();
+    // The balance's calls (client number `clients.len()`) go through its channels.
+    let ours = |of: usize, client: usize| {
+        of == client
+            || (of == scn.clients.len() && scn.balance.is_some_and(|p| p.contains(&client)))
+    };
     for &(client, t0, end, deadline) in &shutdowns {
         // A later shutdown replaces the deadline of one still running.
         let due = shutdowns
@@ -83,18 +88,17 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> 
             .map(|s| s.1 + s.3)
             .max()
             .unwrap_or(t0 + deadline);
-        // A call whose caller gave up may still be in flight, its reply never coming
-        // (a silent host): the shutdown rightly waits for it, and no log shows it.
+        // A call whose caller gave up may still be in flight, its reply late or never
+        // coming (a slow or silent host): the shutdown rightly waits for it, and the
+        // ledger shows no outcome for it.
+        // Read by a server: its reply (or the rest of it) may still be on its way.
         let unanswered = |nonce: u64| {
-            records.iter().any(|r| {
-                matches!(&r.what, What::Read(d) if d.nonce == Some(nonce))
-                    && !records.iter().any(|w| {
-                        w.conn == r.conn && w.at >= r.at && matches!(w.what, What::Wrote(_))
-                    })
-            })
+            records
+                .iter()
+                .any(|r| matches!(&r.what, What::Read(d) if d.nonce == Some(nonce)))
         };
         if calls.iter().any(|c| {
-            c.client == client
+            ours(c.client, client)
                 && c.nonce != 0
                 && c.cancelled.is_some_and(|at| at <= end)
                 && unanswered(c.nonce)
@@ -115,7 +119,7 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>) -> Vec<Violation> 
         }
         let last_call = calls
             .iter()
-            .filter(|c| c.client == client && c.shape != "shutdown")
+            .filter(|c| ours(c.client, client) && c.shape != "shutdown")
             .flat_map(|c| c.outcomes.iter().map(|(at, _)| *at))
             .filter(|at| *at <= end)
             .max()
