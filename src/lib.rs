@@ -166,6 +166,9 @@
 //!   the counters, the overload signal.
 //! * `error`, `config`, `stats`, `panic`: [`Error`], [`Config`], [`Counters`], and the
 //!   message of a caught panic.
+//! * `testing` (feature `testing`): an in-memory network of scripted hosts, a server
+//!   log, a ledger of calls and the checks over them, for simulations of whole
+//!   lifecycles (the crate's own is `tests/sim`).
 
 #![deny(unsafe_code)]
 #![warn(
@@ -187,7 +190,6 @@ mod retry;
 mod shared;
 mod stats;
 #[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod transport;
 

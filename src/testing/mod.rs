@@ -22,6 +22,69 @@
 //! * [`SimRng`]: a small seeded random source, so a seed is a whole scenario.
 //! * [`Trace`]: an event log with virtual timestamps; the same seed gives the same log.
 //!
+//! A driver's own codec on a failure path, end to end:
+//!
+//! ```
+//! use std::time::Duration;
+//! use socketchannel::testing::{
+//!     checks, Behavior, ConnInfo, Described, Ledger, Net, Outcome, ReplyTag, Served, Server, Trace,
+//! };
+//! use socketchannel::{Channel, Order, Plain};
+//! use tokio_util::codec::LinesCodec;
+//!
+//! /// A line server: executes each line (a number, the call's nonce) and echoes it.
+//! struct Echo;
+//!
+//! impl Server for Echo {
+//!     type Req = String;
+//!     type Resp = String;
+//!     type Codec = LinesCodec;
+//!     fn codec(&self) -> LinesCodec {
+//!         LinesCodec::new()
+//!     }
+//!     fn describe(&self, req: &String) -> Described {
+//!         Described { nonce: req.parse().ok(), handshake: false, text: req.clone() }
+//!     }
+//!     fn serve(&self, _conn: &ConnInfo, req: String) -> Served<String> {
+//!         Served { executed: true, replies: vec![(Duration::from_millis(10), req)] }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let trace = Trace::new();
+//! let net = Net::new(Echo, LinesCodec::new(), trace.clone());
+//! net.set("db:1", Behavior::CrashAfter(1));
+//! let ch: Channel<String, String> = Channel::builder()
+//!     .host("db:1")
+//!     .connector(net.connector(0), Order::new(Plain))
+//!     .unwrap();
+//!
+//! let ledger = Ledger::new(trace.clone());
+//! for nonce in 1..=2u64 {
+//!     let id = ledger.open(0, nonce, "request", false, false);
+//!     let outcome = match ch.request(nonce.to_string()).await {
+//!         Ok(reply) => Outcome::Replies(vec![ReplyTag {
+//!             nonce: reply.parse().unwrap(),
+//!             conn: None,
+//!             any_caller: false,
+//!         }]),
+//!         Err(e) => Outcome::failed(&e, |_| None),
+//!     };
+//!     ledger.resolve(id, outcome);
+//! }
+//! let log = net.log();
+//! let found: Vec<_> = [
+//!     checks::resolved_once(&ledger),
+//!     checks::own_reply(&ledger),
+//!     checks::not_sent_not_executed(&ledger, &log),
+//!     checks::executed_at_most_once(&ledger, &log),
+//! ]
+//! .concat();
+//! assert!(found.is_empty(), "{found:?}");
+//! # }
+//! ```
+//!
 //! Run everything on a current-thread runtime with paused time
 //! (`tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true)`):
 //! no real I/O is involved, so a scenario of minutes runs in milliseconds and replays
