@@ -194,10 +194,10 @@ struct NetState {
 
 /// An in-memory network of named hosts served by a [`Server`]; clones share it.
 ///
-/// A host that was never [`set`](Net::set) refuses connects. Every connect takes
-/// [`latency`](Net::latency) of virtual time (1 ms by default), so even a client that
-/// reconnects in a hot loop lets time pass; past [`max_connects`](Net::max_connects)
-/// connects never complete (so a hot loop cannot make a test run forever).
+/// A host that was never [`set`](Net::set) refuses connects. Every connect takes a
+/// latency of virtual time (1 ms by default, see [`Net::with`]), so even a client that
+/// reconnects in a hot loop lets time pass; past a cap (5,000 by default) connects never
+/// complete (so a hot loop cannot make a test run forever).
 pub struct Net<S: Server, CC> {
     inner: Arc<Inner<S, CC>>,
 }
