@@ -177,6 +177,9 @@
 //!   the counters, the overload signal.
 //! * `error`, `config`, `stats`, `panic`: [`Error`], [`Config`], [`Counters`], and the
 //!   message of a caught panic.
+//! * `testing` (feature `testing`): an in-memory network of scripted hosts, a server
+//!   log, a ledger of calls and the checks over them, for simulations of whole
+//!   lifecycles (the crate's own is `tests/sim`).
 
 #![deny(unsafe_code)]
 #![warn(
@@ -198,6 +201,8 @@ mod reconnect;
 mod retry;
 mod shared;
 mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod transport;
 
 pub use crate::channel::{

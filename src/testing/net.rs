@@ -1,0 +1,512 @@
+//! An in-memory network of scripted hosts, and the log of what their servers did.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_core::Stream;
+use tokio::io::{AsyncWriteExt, DuplexStream, WriteHalf};
+use tokio::sync::watch;
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead};
+
+use super::Trace;
+use crate::reconnect::Endpoint;
+
+/// How a host behaves, from the moment it is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behavior {
+    /// Accepts, serves every request.
+    Up,
+    /// Refuses connects.
+    Refuse,
+    /// Connects never complete (the client's connect timeout ends them).
+    Blackhole,
+    /// Up for `up`, then refusing (and dropping its connections) for `down`, in turn.
+    Flap {
+        /// How long it stays up.
+        up: Duration,
+        /// How long it stays down.
+        down: Duration,
+    },
+    /// Every reply frame waits this much longer.
+    Slow(Duration),
+    /// Accepts and reads, executes, never writes a byte.
+    Silent,
+    /// Closes the connection after writing this many reply frames.
+    CrashAfter(u32),
+    /// Writes this many reply frames, then half of the next one, then closes.
+    ResetMidFrame(u32),
+    /// Writes reply bytes a few at a time: `bytes` every `every`.
+    Trickle {
+        /// Bytes per write.
+        bytes: usize,
+        /// Time between writes.
+        every: Duration,
+    },
+    /// Writes one frame ([`Server::refusal`]) as soon as it accepts, then closes (Redis'
+    /// `-ERR max number of clients reached`).
+    OneFrame,
+}
+
+/// One connection, as its server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The host it was made to (`"host:port"`).
+    pub host: String,
+    /// Its number, unique in the network, from 1.
+    pub conn: u64,
+    /// The client that made it (the number given to [`Net::connector`]).
+    pub client: usize,
+}
+
+/// What a request is, for the log and the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// The nonce of the call it belongs to, if it has one.
+    pub nonce: Option<u64>,
+    /// Sent by a handshake.
+    pub handshake: bool,
+    /// A short text for the event log.
+    pub text: String,
+}
+
+/// What the server did with one request.
+#[derive(Debug)]
+pub struct Served<Resp> {
+    /// Did it execute anything (the last part of a multi-part request does, the others
+    /// only are read)?
+    pub executed: bool,
+    /// The reply frames, each written after its delay.
+    pub replies: Vec<(Duration, Resp)>,
+}
+
+/// The server side of your protocol: decodes requests with your codec and answers them.
+pub trait Server: Send + Sync + 'static {
+    /// A request as the server decodes it.
+    type Req: Send + 'static;
+    /// A reply frame as the server encodes it.
+    type Resp: Send + 'static;
+    /// The server's codec.
+    type Codec: Decoder<Item = Self::Req, Error: Send>
+        + Encoder<Self::Resp, Error: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static;
+
+    /// The codec for a new connection.
+    fn codec(&self) -> Self::Codec;
+
+    /// What a request is, for the log.
+    fn describe(&self, req: &Self::Req) -> Described;
+
+    /// Serves one request read on `conn`.
+    fn serve(&self, conn: &ConnInfo, req: Self::Req) -> Served<Self::Resp>;
+
+    /// The one frame a [`Behavior::OneFrame`] host writes before closing.
+    fn refusal(&self, conn: &ConnInfo) -> Option<Self::Resp> {
+        let _ = conn;
+        None
+    }
+}
+
+/// What a server did (one entry of the [`ServerLog`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A connect attempt and how it went (`None`: accepted).
+    Connect(Option<String>),
+    /// A request read.
+    Read(Described),
+    /// A request executed.
+    Executed(Described),
+    /// Reply bytes written.
+    Wrote(usize),
+    /// The server closed the connection (or lost it).
+    Closed(&'static str),
+}
+
+/// One entry of the [`ServerLog`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Virtual time since the network was made.
+    pub at: Duration,
+    /// The connection (0 for a refused connect).
+    pub conn: u64,
+    /// Its host.
+    pub host: String,
+    /// The client that connected.
+    pub client: usize,
+    /// What happened.
+    pub what: What,
+}
+
+/// What every server of a [`Net`] did, in order.
+#[derive(Debug, Clone, Default)]
+pub struct ServerLog(Arc<Mutex<Vec<Record>>>);
+
+impl ServerLog {
+    fn push(&self, r: Record) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    }
+
+    /// Every entry so far.
+    pub fn records(&self) -> Vec<Record> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many times the request with this nonce was executed, by any server.
+    pub fn executions(&self, nonce: u64) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| matches!(&r.what, What::Executed(d) if d.nonce == Some(nonce)))
+            .count()
+    }
+}
+
+struct HostState {
+    behavior: Behavior,
+    since: tokio::time::Instant,
+    kill: watch::Sender<u64>,
+}
+
+struct Inner<S: Server, CC> {
+    server: S,
+    client_codec: CC,
+    trace: Trace,
+    log: ServerLog,
+    latency: Duration,
+    max_connects: usize,
+    state: Mutex<NetState>,
+}
+
+struct NetState {
+    hosts: BTreeMap<String, HostState>,
+    next_conn: u64,
+    connects: usize,
+}
+
+/// An in-memory network of named hosts served by a [`Server`]; clones share it.
+///
+/// A host that was never [`set`](Net::set) refuses connects. Every connect takes a
+/// latency of virtual time (1 ms by default, see [`Net::with`]), so even a client that
+/// reconnects in a hot loop lets time pass; past a cap (5,000 by default) connects never
+/// complete (so a hot loop cannot make a test run forever).
+pub struct Net<S: Server, CC> {
+    inner: Arc<Inner<S, CC>>,
+}
+
+impl<S: Server, CC> Clone for Net<S, CC> {
+    fn clone(&self) -> Self {
+        Net {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: Server, CC> fmt::Debug for Net<S, CC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net").finish_non_exhaustive()
+    }
+}
+
+type Half = WriteHalf<DuplexStream>;
+
+/// A connect attempt of a [`Net`]'s connector: the client's end of an in-memory
+/// connection, framed with the client codec.
+pub type Connecting<CC> =
+    Pin<Box<dyn Future<Output = io::Result<Framed<DuplexStream, CC>>> + Send>>;
+
+impl<S, CC> Net<S, CC>
+where
+    S: Server,
+    CC: Clone + Send + Sync + 'static,
+{
+    /// A network served by `server`; clients frame their ends with `client_codec`.
+    pub fn new(server: S, client_codec: CC, trace: Trace) -> Self {
+        Self::with(server, client_codec, trace, Duration::from_millis(1), 5_000)
+    }
+
+    /// [`Net::new`] with its connect latency and its cap on connects.
+    pub fn with(
+        server: S,
+        client_codec: CC,
+        trace: Trace,
+        latency: Duration,
+        max_connects: usize,
+    ) -> Self {
+        Net {
+            inner: Arc::new(Inner {
+                server,
+                client_codec,
+                trace,
+                log: ServerLog::default(),
+                latency,
+                max_connects,
+                state: Mutex::new(NetState {
+                    hosts: BTreeMap::new(),
+                    next_conn: 1,
+                    connects: 0,
+                }),
+            }),
+        }
+    }
+
+    /// The log of what the servers did.
+    pub fn log(&self) -> ServerLog {
+        self.inner.log.clone()
+    }
+
+    /// Connect attempts so far.
+    pub fn connects(&self) -> usize {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connects
+    }
+
+    /// Sets how `host` (`"host:port"`) behaves from now on. Open connections keep the
+    /// behaviour they were accepted with (use [`kill`](Net::kill) to drop them).
+    pub fn set(&self, host: &str, behavior: Behavior) {
+        self.inner.trace.log(format!("net: {host} -> {behavior:?}"));
+        let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        match st.hosts.get_mut(host) {
+            Some(h) => {
+                h.behavior = behavior;
+                h.since = now;
+            }
+            None => {
+                st.hosts.insert(
+                    host.to_string(),
+                    HostState {
+                        behavior,
+                        since: now,
+                        kill: watch::channel(0).0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops every open connection to `host` (its clients read end of stream).
+    pub fn kill(&self, host: &str) {
+        self.inner.trace.log(format!("net: kill {host}"));
+        let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = st.hosts.get(host) {
+            h.kill.send_modify(|g| *g += 1);
+        }
+    }
+
+    fn record(&self, info: &ConnInfo, what: What) {
+        self.inner.log.push(Record {
+            at: self.inner.trace.now(),
+            conn: info.conn,
+            host: info.host.clone(),
+            client: info.client,
+            what,
+        });
+    }
+
+    /// The connector for client number `client`: a `tower::Service<Endpoint>` that
+    /// opens an in-memory connection framed with the client codec.
+    pub fn connector(
+        &self,
+        client: usize,
+    ) -> impl tower::Service<
+        Endpoint,
+        Response = Framed<DuplexStream, CC>,
+        Error = io::Error,
+        Future = Connecting<CC>,
+    > + Clone
+    + Send
+    + 'static {
+        let net = self.clone();
+        tower::service_fn(move |endpoint: Endpoint| {
+            let net = net.clone();
+            Box::pin(async move { net.connect(client, endpoint).await }) as Connecting<CC>
+        })
+    }
+
+    async fn connect(
+        self,
+        client: usize,
+        endpoint: Endpoint,
+    ) -> io::Result<Framed<DuplexStream, CC>> {
+        let host = endpoint.to_string();
+        tokio::time::sleep(self.inner.latency).await;
+        let (decision, conn, kill) = {
+            let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.connects += 1;
+            let capped = st.connects > self.inner.max_connects;
+            let conn = st.next_conn;
+            let now = tokio::time::Instant::now();
+            let (decision, kill) = match st.hosts.get(&host) {
+                _ if capped => (Err("connect cap reached: hangs"), None),
+                None => (Err("no such host"), None),
+                Some(h) => match &h.behavior {
+                    Behavior::Refuse => (Err("refused"), None),
+                    Behavior::Blackhole => (Err("black hole: hangs"), None),
+                    Behavior::Flap { up, down } => {
+                        let period = (*up + *down).max(Duration::from_millis(1));
+                        let into =
+                            now.saturating_duration_since(h.since).as_nanos() % period.as_nanos();
+                        if into < up.as_nanos() {
+                            let left = Duration::from_nanos((up.as_nanos() - into) as u64);
+                            (
+                                Ok((h.behavior.clone(), Some(left))),
+                                Some(h.kill.subscribe()),
+                            )
+                        } else {
+                            (Err("refused (flapping)"), None)
+                        }
+                    }
+                    b => (Ok((b.clone(), None)), Some(h.kill.subscribe())),
+                },
+            };
+            if decision.is_ok() {
+                st.next_conn += 1;
+            }
+            (decision, conn, kill)
+        };
+        let info = ConnInfo {
+            host: host.clone(),
+            conn: if decision.is_ok() { conn } else { 0 },
+            client,
+        };
+        match decision {
+            Err(why) => {
+                self.inner
+                    .trace
+                    .log(format!("net: client {client} -> {host}: {why}"));
+                self.record(&info, What::Connect(Some(why.to_string())));
+                if why.ends_with("hangs") {
+                    std::future::pending::<()>().await;
+                }
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("{host} {why}"),
+                ))
+            }
+            Ok((behavior, up_for)) => {
+                self.inner.trace.log(format!(
+                    "net: client {client} -> {host}: conn {conn} accepted"
+                ));
+                self.record(&info, What::Connect(None));
+                let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+                let mut kill = kill.expect("a live host has a kill switch");
+                kill.mark_unchanged();
+                let net = self.clone();
+                tokio::spawn(async move {
+                    let info2 = info.clone();
+                    let why = tokio::select! {
+                        biased;
+                        _ = kill.changed() => "killed",
+                        _ = async {
+                            match up_for {
+                                Some(d) => tokio::time::sleep(d).await,
+                                None => std::future::pending().await,
+                            }
+                        } => "flapped down",
+                        why = net.serve(&info2, server_end, behavior) => why,
+                    };
+                    net.inner
+                        .trace
+                        .log(format!("net: conn {} closed: {why}", info.conn));
+                    net.record(&info, What::Closed(why));
+                });
+                Ok(Framed::new(client_end, self.inner.client_codec.clone()))
+            }
+        }
+    }
+
+    async fn write(&self, info: &ConnInfo, wr: &mut Half, bytes: &[u8]) -> io::Result<()> {
+        wr.write_all(bytes).await?;
+        self.record(info, What::Wrote(bytes.len()));
+        Ok(())
+    }
+
+    /// Serves one connection with `behavior`; returns why it ended.
+    async fn serve(&self, info: &ConnInfo, io: DuplexStream, behavior: Behavior) -> &'static str {
+        let server = &self.inner.server;
+        let mut codec = server.codec();
+        let (rd, mut wr) = tokio::io::split(io);
+        if behavior == Behavior::OneFrame {
+            if let Some(frame) = server.refusal(info) {
+                let mut buf = BytesMut::new();
+                if codec.encode(frame, &mut buf).is_err() {
+                    return "refusal did not encode";
+                }
+                let _ = self.write(info, &mut wr, &buf).await;
+            }
+            return "one frame sent";
+        }
+        let mut reader = FramedRead::new(rd, codec.clone());
+        let mut frames = 0u32;
+        loop {
+            let req = std::future::poll_fn(|cx| Pin::new(&mut reader).poll_next(cx)).await;
+            let req = match req {
+                Some(Ok(req)) => req,
+                Some(Err(e)) => {
+                    drop(e);
+                    return "undecodable request";
+                }
+                None => return "client closed",
+            };
+            let d = server.describe(&req);
+            self.inner
+                .trace
+                .log(format!("srv: conn {} read {}", info.conn, d.text));
+            self.record(info, What::Read(d.clone()));
+            let served = server.serve(info, req);
+            if served.executed {
+                self.record(info, What::Executed(d));
+            }
+            if behavior == Behavior::Silent {
+                continue;
+            }
+            for (delay, frame) in served.replies {
+                let extra = match behavior {
+                    Behavior::Slow(d) => d,
+                    _ => Duration::ZERO,
+                };
+                if !(delay + extra).is_zero() {
+                    tokio::time::sleep(delay + extra).await;
+                }
+                let mut buf = BytesMut::new();
+                if codec.encode(frame, &mut buf).is_err() {
+                    return "reply did not encode";
+                }
+                match behavior {
+                    Behavior::CrashAfter(n) if frames >= n => return "crashed",
+                    Behavior::ResetMidFrame(n) if frames >= n => {
+                        let half = buf.len() / 2;
+                        let _ = self.write(info, &mut wr, &buf[..half]).await;
+                        return "reset mid-frame";
+                    }
+                    Behavior::Trickle { bytes, every } => {
+                        for chunk in buf.chunks(bytes.max(1)) {
+                            tokio::time::sleep(every).await;
+                            if self.write(info, &mut wr, chunk).await.is_err() {
+                                return "client gone";
+                            }
+                        }
+                    }
+                    _ => {
+                        if self.write(info, &mut wr, &buf).await.is_err() {
+                            return "client gone";
+                        }
+                    }
+                }
+                frames += 1;
+            }
+        }
+    }
+}

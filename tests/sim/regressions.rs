@@ -1,0 +1,78 @@
+//! Named regression cases: the first seed (under `Weights::CI`) that found each defect
+//! of issue 15. Each fails while its defect is in the code.
+
+use super::{print_failure, run_guarded};
+
+/// Runs `seed` and fails if `check` fires (other checks are printed, not failed on:
+/// `ci_seeds` covers them).
+pub fn assert_clean(seed: u64, check: &str, test: &str) {
+    let report = run_guarded(seed);
+    if report.violations.iter().any(|v| v.check == check) {
+        print_failure(seed, &report, "replay");
+        eprintln!(
+            "this case alone: cargo test --features testing --test sim -- --nocapture {test}"
+        );
+        panic!("seed {seed:#x}: {check} fired");
+    }
+    if !report.violations.is_empty() {
+        eprintln!("seed {seed:#x}: {check} holds; other checks fired:");
+        for v in &report.violations {
+            eprintln!("  {v}");
+        }
+    }
+}
+
+/// Defect 1: a handshake that awaits AUTH and leaves a call queued but unawaited, on a
+/// lazy connect: the user call that triggered the connect went before the leftover.
+#[test]
+fn defect_01_handshake_leftovers_seed_0x1() {
+    assert_clean(
+        0x1,
+        "handshake_first",
+        "defect_01_handshake_leftovers_seed_0x1",
+    );
+}
+
+/// Defect 2: a panic in `Protocol::check` fails a written call *not sent*, so
+/// `RetryNotSent` over a p2c balance of two channels has the request executed twice.
+#[test]
+fn defect_02_check_panic_retried_seed_0xea() {
+    assert_clean(
+        0xea,
+        "executed_at_most_once",
+        "defect_02_check_panic_retried_seed_0xea",
+    );
+}
+
+/// Defect 3: the stall timer measures transfer, not silence: a multi-frame reply whose
+/// frames keep coming (one every 700 ms, stall timeout 1 s) fails as `Stalled`.
+#[test]
+fn defect_03_stall_during_a_reply_seed_0x6() {
+    assert_clean(
+        0x6,
+        "stall_means_silence",
+        "defect_03_stall_during_a_reply_seed_0x6",
+    );
+}
+
+/// Defect 8: a host that sends one frame and closes (max clients) counts as "answered":
+/// a hot reconnect loop under `Policy::Persistent`.
+#[test]
+fn defect_08_one_frame_host_hot_loop_seed_0x6f() {
+    assert_clean(
+        0x6f,
+        "connect_rate",
+        "defect_08_one_frame_host_hot_loop_seed_0x6f",
+    );
+}
+
+/// Defect 12: a redirect makes the master the current host and drops the sentinel
+/// from later passes: once the master is down, passes name the master alone.
+#[test]
+fn defect_12_redirect_drops_the_sentinel_seed_0x13() {
+    assert_clean(
+        0x13,
+        "pass_names_hosts",
+        "defect_12_redirect_drops_the_sentinel_seed_0x13",
+    );
+}

@@ -1,0 +1,497 @@
+//! Running a scenario: a current-thread runtime with paused time, the in-memory
+//! network, the channels, the schedule, then the checks.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socketchannel::testing::{Ledger, Net, Outcome, SimRng, Trace, Violation};
+use socketchannel::{
+    Backoff, BoxError, Call, Channel, Config, Endpoint, Error, Handshake, Order, Policy, Replies,
+    RetryNotSent, Session,
+};
+use tokio::task::JoinHandle;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use super::checks;
+use super::proto::{Msg, SimCodec, SimProto, SimServer, tag_of, tag_of_error};
+use super::scenario::{ClientPlan, Flags, Hs, Scenario, Shape};
+
+pub type Ch = Channel<Msg, Msg>;
+type Stack = BoxCloneService<Msg, Msg, BoxError>;
+
+/// What a run gives the checks.
+pub struct Report {
+    pub violations: Vec<Violation>,
+    pub log: Vec<String>,
+}
+
+/// Shared by the schedule, the callers and the handshakes.
+pub struct Ctx {
+    pub trace: Trace,
+    pub ledger: Ledger,
+    nonce: AtomicU64,
+    pub hosts: Vec<String>,
+    /// Per client, every set of hosts it was configured with.
+    pub configured: Mutex<Vec<Vec<BTreeSet<String>>>>,
+    /// Per client, its configured host and backups now.
+    current: Mutex<Vec<(String, Vec<String>)>>,
+    /// Operations that start a connect pass at once: (client, when).
+    pub kicks: Mutex<Vec<(usize, Duration)>>,
+    /// Shutdowns: (client, started, ended, deadline).
+    pub shutdowns: Mutex<Vec<(usize, Duration, Duration, Duration)>>,
+    pub tasks: Mutex<Vec<(usize, JoinHandle<()>)>>,
+}
+
+impl Ctx {
+    pub fn nonce(&self) -> u64 {
+        self.nonce.fetch_add(1, SeqCst)
+    }
+
+    pub fn reconfigure(&self, client: usize, host: Option<String>, backups: Option<Vec<String>>) {
+        let mut cur = self.current.lock().unwrap();
+        if let Some(h) = host {
+            cur[client].0 = h;
+        }
+        if let Some(b) = backups {
+            cur[client].1 = b;
+        }
+        let set: BTreeSet<String> = std::iter::once(cur[client].0.clone())
+            .chain(cur[client].1.iter().cloned())
+            .collect();
+        self.configured.lock().unwrap()[client].push(set);
+    }
+}
+
+pub fn failed(e: &Error) -> Outcome {
+    Outcome::failed(e, tag_of_error)
+}
+
+pub fn boxed(e: &BoxError) -> Outcome {
+    Outcome::boxed(e, tag_of_error)
+}
+
+fn body(nonce: u64, frames: u64, flags: &Flags, extra: &str) -> String {
+    let mut b = format!("n={nonce} r={frames} gap={}", flags.gap);
+    if flags.err {
+        b.push_str(" err");
+    }
+    if let Some(p) = flags.panic {
+        b.push_str(&format!(" p={p}"));
+    }
+    b.push_str(extra);
+    b
+}
+
+/// A handshake request the handshake awaits.
+async fn hs_request(ctx: &Ctx, client: usize, conn: &Ch, what: &str) -> Result<(), BoxError> {
+    let nonce = ctx.nonce();
+    let id = ctx
+        .ledger
+        .open(client, nonce, &format!("hs {what}"), true, false);
+    // The crate drops a handshake that timed out or lost its connection: its caller is
+    // then gone, as a cancelled caller is.
+    let _gone = GiveUpOnDrop(ctx.ledger.clone(), id);
+    match conn
+        .request(Msg::new(format!("n={nonce} hs r=1 {what}")))
+        .await
+    {
+        Ok(m) => {
+            ctx.ledger
+                .resolve(id, Outcome::Replies(vec![tag_of(m.text())]));
+            Ok(())
+        }
+        Err(e) => {
+            ctx.ledger.resolve(id, failed(&e));
+            Err(e.into())
+        }
+    }
+}
+
+struct GiveUpOnDrop(Ledger, usize);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel(self.1);
+    }
+}
+
+/// A call the handshake queues (polled once) and does not await.
+async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
+    let nonce = ctx.nonce();
+    let shape = if stream {
+        "hs leftover stream"
+    } else {
+        "hs leftover send"
+    };
+    let id = ctx.ledger.open(client, nonce, shape, true, false);
+    let ledger = ctx.ledger.clone();
+    if stream {
+        let conn = conn.clone();
+        let mut fut = Box::pin(async move {
+            conn.stream(Msg::new(format!("n={nonce} hs r=2")), Replies::Count(2))
+                .await
+        });
+        let first = futures::poll!(fut.as_mut());
+        tokio::spawn(async move {
+            let s = match first {
+                std::task::Poll::Ready(s) => s,
+                std::task::Poll::Pending => fut.await,
+            };
+            ledger.resolve(id, drain(s).await);
+        });
+    } else {
+        let conn = conn.clone();
+        let mut fut =
+            Box::pin(async move { conn.send(Msg::new(format!("n={nonce} hs r=0"))).await });
+        let first = futures::poll!(fut.as_mut());
+        let resolve = move |r: Result<(), Error>| match r {
+            Ok(()) => Outcome::Sent,
+            Err(e) => failed(&e),
+        };
+        match first {
+            std::task::Poll::Ready(r) => ledger.resolve(id, resolve(r)),
+            std::task::Poll::Pending => {
+                tokio::spawn(async move { ledger.resolve(id, resolve(fut.await)) });
+            }
+        }
+    }
+}
+
+async fn drain(mut s: socketchannel::ReplyStream<Msg>) -> Outcome {
+    let mut tags = Vec::new();
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(m) => tags.push(tag_of(m.text())),
+            Err(e) => {
+                let mut o = failed(&e);
+                if let Outcome::Failed { before, .. } = &mut o {
+                    *before = tags;
+                }
+                return o;
+            }
+        }
+    }
+    Outcome::Replies(tags)
+}
+
+fn build(
+    ctx: &Arc<Ctx>,
+    net: &Net<SimServer, SimCodec>,
+    i: usize,
+    plan: &ClientPlan,
+    seed: u64,
+) -> Ch {
+    let ms = Duration::from_millis;
+    let mut config = Config::default()
+        .stall_timeout(plan.stall.map(ms))
+        .max_in_flight(plan.max_in_flight)
+        .queue(plan.queue);
+    if plan.overload {
+        config = config.overload(64, |m: &Msg| m.body.len());
+    }
+    let mut b = Channel::builder()
+        .host(&ctx.hosts[plan.host])
+        .policy(if plan.persistent {
+            Policy::Persistent
+        } else {
+            Policy::Once
+        })
+        .backoff(
+            Backoff::exponential(ms(plan.backoff.0), ms(plan.backoff.1))
+                .jitter_seed(seed ^ (i as u64 + 1)),
+        )
+        .connect_timeout(ms(plan.connect_timeout))
+        .handshake_timeout(ms(plan.handshake_timeout))
+        .config(config);
+    for bk in &plan.backups {
+        b = b.backup(&ctx.hosts[*bk]);
+    }
+    if plan.eager {
+        b = b.eager();
+    }
+    if !matches!(plan.handshake, Hs::None) {
+        let ctx = ctx.clone();
+        let hs = plan.handshake.clone();
+        let attempts = Arc::new(AtomicU32::new(0));
+        b = b.handshake(move |conn: Ch, ep: Endpoint| {
+            let ctx = ctx.clone();
+            let hs = hs.clone();
+            let attempt = attempts.fetch_add(1, SeqCst);
+            async move {
+                match hs {
+                    Hs::PanicOn(k) if attempt == k => panic!("simulated panic in a handshake"),
+                    Hs::FailOn(k) if attempt == k => {
+                        return Err("simulated handshake failure".into());
+                    }
+                    Hs::Redirect { sentinel, master } if ep.to_string() == ctx.hosts[sentinel] => {
+                        hs_request(&ctx, i, &conn, "who").await?;
+                        let to: Endpoint = ctx.hosts[master].parse().expect("a host name");
+                        return Ok(Handshake::Redirect(to));
+                    }
+                    _ => {}
+                }
+                hs_request(&ctx, i, &conn, "auth").await?;
+                if let Hs::Leftover { stream } = hs {
+                    leftover(&ctx, i, &conn, stream).await;
+                }
+                Ok(Handshake::Ready)
+            }
+        });
+    }
+    let connector = net.connector(i);
+    if plan.session {
+        b.connector(connector, Session::new(SimProto))
+    } else {
+        b.connector(connector, Order::new(SimProto))
+    }
+    .expect("valid hosts")
+}
+
+struct P2cRng(SimRng);
+
+impl tower::util::rng::Rng for P2cRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+}
+
+pub fn spawn_call(
+    ctx: &Arc<Ctx>,
+    _client: usize,
+    id: usize,
+    cancel_after: Option<u64>,
+    fut: impl std::future::Future<Output = Outcome> + Send + 'static,
+) {
+    let ledger = ctx.ledger.clone();
+    let task = tokio::spawn(async move {
+        let o = fut.await;
+        ledger.resolve(id, o);
+    });
+    if let Some(after) = cancel_after {
+        let ledger = ctx.ledger.clone();
+        let abort = task.abort_handle();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            if !ledger.is_done(id) {
+                abort.abort();
+                ledger.cancel(id);
+            }
+        });
+    }
+    ctx.tasks.lock().unwrap().push((id, task));
+}
+
+pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags) {
+    let nonce = ctx.nonce();
+    let label = format!(
+        "{shape:?} gap={} err={} panic={:?}",
+        flags.gap, flags.err, flags.panic
+    );
+    let id = ctx.ledger.open(client, nonce, &label, false, false);
+    let ch = ch.clone();
+    let cancel = flags.cancel_after;
+    let one = |r: Result<Msg, Error>| match r {
+        Ok(m) => Outcome::Replies(vec![tag_of(m.text())]),
+        Err(e) => failed(&e),
+    };
+    let many = |r: Result<Vec<Msg>, Error>| match r {
+        Ok(v) => Outcome::Replies(v.iter().map(|m| tag_of(m.text())).collect()),
+        Err(e) => failed(&e),
+    };
+    match shape {
+        Shape::Request => {
+            let m = Msg::new(body(nonce, 1, flags, ""));
+            spawn_call(
+                ctx,
+                client,
+                id,
+                cancel,
+                async move { one(ch.request(m).await) },
+            )
+        }
+        Shape::Exempt => {
+            let m = Msg::new(body(nonce, 1, flags, ""));
+            spawn_call(ctx, client, id, cancel, async move {
+                one(ch.request(Call::new(m).no_stall_timeout()).await)
+            })
+        }
+        Shape::WithId(x) => {
+            let m = Msg::new(body(nonce, 1, flags, ""));
+            spawn_call(ctx, client, id, cancel, async move {
+                one(ch.request(Call::new(m).id(x)).await)
+            })
+        }
+        Shape::Service => {
+            let m = Msg::new(body(nonce, 1, flags, ""));
+            let mut ch = ch;
+            spawn_call(ctx, client, id, cancel, async move {
+                let r = match ch.ready().await {
+                    Ok(svc) => svc.call(m).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(m) => Outcome::Replies(vec![tag_of(m.text())]),
+                    Err(e) => boxed(&e),
+                }
+            })
+        }
+        Shape::N(n) => {
+            let m = Msg::new(body(nonce, n, flags, ""));
+            spawn_call(ctx, client, id, cancel, async move {
+                many(ch.request_n(m, n as usize).await)
+            })
+        }
+        Shape::UntilFinal(n) => {
+            let m = Msg::new(body(nonce, n, flags, " f"));
+            spawn_call(ctx, client, id, cancel, async move {
+                many(ch.request_until_final(m).await)
+            })
+        }
+        Shape::Stream(n, stop) | Shape::StreamFinal(n, stop) => {
+            let fin = matches!(shape, Shape::StreamFinal(..));
+            let m = Msg::new(body(nonce, n, flags, if fin { " f" } else { "" }));
+            let replies = if fin {
+                Replies::UntilFinal
+            } else {
+                Replies::Count(n as usize)
+            };
+            let ledger = ctx.ledger.clone();
+            spawn_call(ctx, client, id, cancel, async move {
+                let mut s = Some(ch.stream(m, replies).await);
+                let mut tags = Vec::new();
+                loop {
+                    if stop.is_some_and(|k| tags.len() as u64 >= k) {
+                        s = None;
+                        ledger.cancel(id);
+                        // Give up for good: this task never resolves the call.
+                        std::future::pending::<()>().await;
+                    }
+                    let Some(stream) = s.as_mut() else { continue };
+                    match stream.next().await {
+                        Some(Ok(m)) => tags.push(tag_of(m.text())),
+                        Some(Err(e)) => {
+                            let mut o = failed(&e);
+                            if let Outcome::Failed { before, .. } = &mut o {
+                                *before = tags;
+                            }
+                            return o;
+                        }
+                        None => return Outcome::Replies(tags),
+                    }
+                }
+            })
+        }
+        Shape::Send => {
+            let m = Msg::new(body(nonce, 0, flags, ""));
+            spawn_call(ctx, client, id, cancel, async move {
+                match ch.send(m).await {
+                    Ok(()) => Outcome::Sent,
+                    Err(e) => failed(&e),
+                }
+            })
+        }
+        Shape::Parts(k) => {
+            let parts = (0..k)
+                .map(|i| Msg::new(body(nonce, 1, flags, &format!(" pl={i}/{k}"))))
+                .collect();
+            spawn_call(ctx, client, id, cancel, async move {
+                one(ch.request(Call::parts(parts)).await)
+            })
+        }
+        Shape::Read => {
+            let m = Msg::new(body(nonce, 1, flags, " x"));
+            let reader = ch.clone();
+            spawn_call(
+                ctx,
+                client,
+                id,
+                cancel,
+                async move { one(ch.request(m).await) },
+            );
+            let rid = ctx.ledger.open(client, 0, "read", false, false);
+            spawn_call(
+                ctx,
+                client,
+                rid,
+                None,
+                async move { one(reader.read().await) },
+            );
+        }
+    }
+}
+
+pub fn run(scn: &Scenario) -> Report {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(simulate(scn))
+}
+
+async fn simulate(scn: &Scenario) -> Report {
+    let trace = Trace::new();
+    let net = Net::new(SimServer, SimCodec::default(), trace.clone());
+    for (h, b) in scn.hosts.iter().zip(&scn.initial) {
+        net.set(h, b.clone());
+    }
+    let ctx = Arc::new(Ctx {
+        trace: trace.clone(),
+        ledger: Ledger::new(trace.clone()),
+        nonce: AtomicU64::new(1),
+        hosts: scn.hosts.clone(),
+        configured: Mutex::new(vec![Vec::new(); scn.clients.len()]),
+        current: Mutex::new(
+            scn.clients
+                .iter()
+                .map(|c| {
+                    (
+                        scn.hosts[c.host].clone(),
+                        c.backups.iter().map(|b| scn.hosts[*b].clone()).collect(),
+                    )
+                })
+                .collect(),
+        ),
+        kicks: Mutex::new(Vec::new()),
+        shutdowns: Mutex::new(Vec::new()),
+        tasks: Mutex::new(Vec::new()),
+    });
+    let channels: Vec<Ch> = scn
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, plan)| {
+            ctx.reconfigure(i, None, None);
+            build(&ctx, &net, i, plan, scn.seed)
+        })
+        .collect();
+    let stack: Option<Stack> = scn.balance.map(|[a, b]| {
+        let balance = tower::balance::p2c::Balance::from_rng(
+            tower::discover::ServiceList::new(vec![channels[a].clone(), channels[b].clone()]),
+            P2cRng(SimRng::new(scn.seed ^ 0xba1a)),
+        );
+        BoxCloneService::new(
+            ServiceBuilder::new()
+                .retry(RetryNotSent::new(2))
+                .buffer(64)
+                .service(balance),
+        )
+    });
+    let epoch = trace.epoch();
+    for (at, op) in &scn.ops {
+        tokio::time::sleep_until(epoch + Duration::from_millis(*at)).await;
+        trace.log(format!("op: {op:?}"));
+        super::ops::apply(&ctx, &net, &channels, stack.as_ref(), op);
+    }
+    tokio::time::sleep_until(epoch + Duration::from_millis(scn.end)).await;
+    let mut violations = super::ops::finish(&ctx, &net, scn, &channels).await;
+    violations.extend(checks::all(&ctx, &net, scn));
+    // Whatever is still running is dropped with the runtime.
+    Report {
+        violations,
+        log: trace.lines(),
+    }
+}

@@ -1,0 +1,371 @@
+//! The generator: a seed becomes a whole scenario (hosts and their behaviours over
+//! time, channels and their settings, a schedule of operations at virtual times).
+//!
+//! Every draw comes from one `SimRng` seeded with the seed, in a fixed order, so a seed
+//! is a scenario. `Weights::CI` are the weights CI runs (and the regression seeds were
+//! found with): change them and the seeds mean other scenarios.
+
+use socketchannel::testing::{Behavior, SimRng};
+use std::time::Duration;
+
+/// How often each feature appears, in per-mille or as relative weights.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// Hosts in a scenario (at least 2).
+    pub hosts: (u64, u64),
+    /// Channels (clients).
+    pub clients: (u64, u64),
+    /// Session mode, else order mode.
+    pub session: u32,
+    /// `Policy::Persistent`, else `Once`.
+    pub persistent: u32,
+    pub eager: u32,
+    /// A handshake: none, AUTH, AUTH then a leftover `send`, AUTH then a leftover
+    /// `stream`, a handshake that panics on an attempt, one that fails on an attempt.
+    pub handshake: [u32; 6],
+    /// A sentinel that redirects the client to a master.
+    pub sentinel: u32,
+    /// Stall timeout: 1 s, 2 s, off.
+    pub stall: [u32; 3],
+    pub overload: u32,
+    /// A RetryNotSent over p2c balance of two channels.
+    pub balance: u32,
+    /// Operations in the schedule.
+    pub ops: (u64, u64),
+    /// Operation kinds: call, balance call, change_host, change_backups, close,
+    /// shutdown, connect, poll_ready dropped, host behaviour change, kill.
+    pub op: [u32; 10],
+    /// Call shapes: request, Service::call, request_n, until final, stream, stream
+    /// until final, send, parts, read (session), caller id (session), exempt.
+    pub shape: [u32; 11],
+    /// Gap between reply frames: 0, 100, 400, 700, 1500 ms.
+    pub gap: [u32; 5],
+    pub error_reply: u32,
+    /// A panic marked in the call: check, is_final, session, decode, encode.
+    pub panic: u32,
+    pub cancel: u32,
+    /// Host behaviours: up, refuse, black hole, flap, slow, silent, crash after, reset
+    /// mid-frame, trickle, one frame.
+    pub behavior: [u32; 10],
+    /// Scenario length, in ms.
+    pub length: (u64, u64),
+}
+
+impl Weights {
+    /// The weights CI uses.
+    pub const CI: Weights = Weights {
+        hosts: (2, 4),
+        clients: (1, 3),
+        session: 400,
+        persistent: 500,
+        eager: 200,
+        handshake: [30, 25, 15, 10, 10, 10],
+        sentinel: 150,
+        stall: [35, 25, 40],
+        overload: 500,
+        balance: 250,
+        ops: (10, 40),
+        op: [50, 10, 4, 3, 2, 3, 3, 4, 10, 3],
+        shape: [20, 8, 8, 8, 8, 6, 6, 6, 6, 4, 3],
+        gap: [40, 20, 20, 10, 10],
+        error_reply: 60,
+        panic: 40,
+        cancel: 120,
+        behavior: [40, 8, 5, 6, 8, 5, 6, 5, 5, 6],
+        length: (5_000, 30_000),
+    };
+}
+
+#[derive(Debug, Clone)]
+pub enum Hs {
+    None,
+    Auth,
+    /// AUTH awaited, then a `send` (or a `stream`) queued and polled once, not awaited.
+    Leftover {
+        stream: bool,
+    },
+    /// Panics on this attempt (counted from 0).
+    PanicOn(u32),
+    /// Fails on this attempt.
+    FailOn(u32),
+    /// On the sentinel (host index): ask, then redirect to the master; elsewhere AUTH.
+    Redirect {
+        sentinel: usize,
+        master: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    pub session: bool,
+    pub host: usize,
+    pub backups: Vec<usize>,
+    pub persistent: bool,
+    pub eager: bool,
+    pub backoff: (u64, u64),
+    pub stall: Option<u64>,
+    pub connect_timeout: u64,
+    pub handshake_timeout: u64,
+    pub handshake: Hs,
+    pub overload: bool,
+    pub max_in_flight: usize,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Request,
+    Service,
+    N(u64),
+    UntilFinal(u64),
+    /// k frames; the consumer drops the stream after that many if given.
+    Stream(u64, Option<u64>),
+    StreamFinal(u64, Option<u64>),
+    Send,
+    Parts(u64),
+    /// A request answered with an extra id-less frame, and a read for it (session).
+    Read,
+    WithId(u64),
+    Exempt,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub gap: u64,
+    pub err: bool,
+    pub panic: Option<&'static str>,
+    /// The caller gives up this long after making the call.
+    pub cancel_after: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Call {
+        client: usize,
+        shape: Shape,
+        flags: Flags,
+    },
+    Balance {
+        flags: Flags,
+    },
+    ChangeHost {
+        client: usize,
+        host: usize,
+    },
+    ChangeBackups {
+        client: usize,
+        hosts: Vec<usize>,
+    },
+    Close(usize),
+    Shutdown {
+        client: usize,
+        deadline: u64,
+    },
+    Connect(usize),
+    ReadyDrop {
+        client: usize,
+        hold: u64,
+    },
+    Set {
+        host: usize,
+        behavior: Behavior,
+    },
+    Kill(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub hosts: Vec<String>,
+    pub initial: Vec<Behavior>,
+    pub clients: Vec<ClientPlan>,
+    pub balance: Option<[usize; 2]>,
+    pub ops: Vec<(u64, Op)>,
+    pub end: u64,
+}
+
+fn behavior(rng: &mut SimRng, w: &Weights) -> Behavior {
+    let ms = Duration::from_millis;
+    match rng.weighted(&w.behavior) {
+        0 => Behavior::Up,
+        1 => Behavior::Refuse,
+        2 => Behavior::Blackhole,
+        3 => Behavior::Flap {
+            up: ms(rng.between(100, 3_000)),
+            down: ms(rng.between(100, 2_000)),
+        },
+        4 => Behavior::Slow(ms(*rng.pick(&[50, 300, 1_200]))),
+        5 => Behavior::Silent,
+        6 => Behavior::CrashAfter(rng.between(0, 3) as u32),
+        7 => Behavior::ResetMidFrame(rng.between(0, 3) as u32),
+        8 => Behavior::Trickle {
+            bytes: rng.between(1, 8) as usize,
+            every: ms(*rng.pick(&[10, 100, 300])),
+        },
+        _ => Behavior::OneFrame,
+    }
+}
+
+fn flags(rng: &mut SimRng, w: &Weights) -> Flags {
+    Flags {
+        gap: [0, 100, 400, 700, 1_500][rng.weighted(&w.gap)],
+        err: rng.chance(w.error_reply),
+        panic: rng
+            .chance(w.panic)
+            .then(|| *rng.pick(&["check", "final", "session", "decode", "encode"])),
+        cancel_after: rng.chance(w.cancel).then(|| rng.between(0, 2_000)),
+    }
+}
+
+pub fn generate(seed: u64, w: &Weights) -> Scenario {
+    let mut rng = SimRng::new(seed);
+    let nhosts = rng.between(w.hosts.0, w.hosts.1) as usize;
+    let hosts: Vec<String> = (0..nhosts).map(|i| format!("h{i}:{}", 7000 + i)).collect();
+    let initial: Vec<Behavior> = (0..nhosts)
+        .map(|i| {
+            if i == 0 {
+                Behavior::Up
+            } else {
+                behavior(&mut rng, w)
+            }
+        })
+        .collect();
+    let nclients = rng.between(w.clients.0, w.clients.1) as usize;
+    let mut clients = Vec::new();
+    for _ in 0..nclients {
+        let host = rng.below(nhosts as u64) as usize;
+        let backups: Vec<usize> = (0..rng.below(3))
+            .map(|_| rng.below(nhosts as u64) as usize)
+            .collect();
+        let mut handshake = match rng.weighted(&w.handshake) {
+            0 => Hs::None,
+            1 => Hs::Auth,
+            2 => Hs::Leftover { stream: false },
+            3 => Hs::Leftover { stream: true },
+            4 => Hs::PanicOn(rng.below(3) as u32),
+            _ => Hs::FailOn(rng.below(3) as u32),
+        };
+        if rng.chance(w.sentinel) {
+            let master = (host + 1 + rng.below(nhosts as u64 - 1) as usize) % nhosts;
+            handshake = Hs::Redirect {
+                sentinel: host,
+                master,
+            };
+        }
+        let stall = [Some(1_000), Some(2_000), None][rng.weighted(&w.stall)];
+        clients.push(ClientPlan {
+            session: rng.chance(w.session),
+            host,
+            backups,
+            persistent: rng.chance(w.persistent),
+            eager: rng.chance(w.eager),
+            backoff: (
+                *rng.pick(&[20, 50, 100, 200]),
+                *rng.pick(&[500, 2_000, 5_000]),
+            ),
+            stall,
+            connect_timeout: *rng.pick(&[200, 1_000, 3_000]),
+            handshake_timeout: *rng.pick(&[500, 2_000, 5_000]),
+            handshake,
+            overload: rng.chance(w.overload),
+            max_in_flight: *rng.pick(&[2, 16, 1024]),
+            queue: *rng.pick(&[4, 64, 1024]),
+        });
+    }
+    let balance = (nclients >= 2 && rng.chance(w.balance)).then_some([0, 1]);
+    let end = rng.between(w.length.0, w.length.1);
+    let mut ops = Vec::new();
+    for _ in 0..rng.between(w.ops.0, w.ops.1) {
+        let at = rng.below(end);
+        let client = rng.below(nclients as u64) as usize;
+        let session = clients[client].session;
+        let op = match rng.weighted(&w.op) {
+            0 => {
+                let mut shape = match rng.weighted(&w.shape) {
+                    0 => Shape::Request,
+                    1 => Shape::Service,
+                    2 => Shape::N(rng.between(0, 4)),
+                    3 => Shape::UntilFinal(rng.between(1, 4)),
+                    4 => Shape::Stream(rng.between(1, 4), rng.chance(300).then(|| rng.below(3))),
+                    5 => {
+                        Shape::StreamFinal(rng.between(1, 4), rng.chance(300).then(|| rng.below(3)))
+                    }
+                    6 => Shape::Send,
+                    7 => Shape::Parts(rng.between(1, 3)),
+                    8 => Shape::Read,
+                    9 => Shape::WithId(rng.between(1, 40)),
+                    _ => Shape::Exempt,
+                };
+                if !session && matches!(shape, Shape::Read | Shape::WithId(_)) {
+                    shape = Shape::Request;
+                }
+                Op::Call {
+                    client,
+                    shape,
+                    flags: flags(&mut rng, w),
+                }
+            }
+            1 if balance.is_some() => Op::Balance {
+                flags: flags(&mut rng, w),
+            },
+            1 => Op::Call {
+                client,
+                shape: Shape::Request,
+                flags: flags(&mut rng, w),
+            },
+            2 => Op::ChangeHost {
+                client,
+                host: rng.below(nhosts as u64) as usize,
+            },
+            3 => Op::ChangeBackups {
+                client,
+                hosts: (0..rng.below(3))
+                    .map(|_| rng.below(nhosts as u64) as usize)
+                    .collect(),
+            },
+            4 => Op::Close(client),
+            5 => Op::Shutdown {
+                client,
+                deadline: *rng.pick(&[100, 1_000, 5_000]),
+            },
+            6 => Op::Connect(client),
+            7 => Op::ReadyDrop {
+                client,
+                hold: rng.between(0, 3_000),
+            },
+            8 => Op::Set {
+                host: rng.below(nhosts as u64) as usize,
+                behavior: behavior(&mut rng, w),
+            },
+            _ => Op::Kill(rng.below(nhosts as u64) as usize),
+        };
+        ops.push((at, op));
+    }
+    // A redirect's master dies at some point (the case a sentinel exists for).
+    for c in &clients {
+        if let Hs::Redirect { master, .. } = c.handshake {
+            if rng.chance(700) {
+                let at = rng.below(end);
+                ops.push((
+                    at,
+                    Op::Set {
+                        host: master,
+                        behavior: Behavior::Refuse,
+                    },
+                ));
+                ops.push((at, Op::Kill(master)));
+            }
+        }
+    }
+    // Stable sort: ops at the same time keep their order of generation.
+    ops.sort_by_key(|(at, _)| *at);
+    Scenario {
+        seed,
+        hosts,
+        initial,
+        clients,
+        balance,
+        ops,
+        end,
+    }
+}
