@@ -213,6 +213,18 @@ impl<Resp> Waiter<Resp> {
         }
     }
 
+    /// Like [`is_gone`](Self::is_gone), but when the caller is still there, arranges
+    /// for the task to be woken when it leaves (for a shutdown, which ends once nobody
+    /// waits). A stream's reader cannot be watched that way: it is only checked.
+    pub(crate) fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        match self {
+            Waiter::Sent(_) => false,
+            Waiter::One(tx) => tx.as_mut().is_none_or(|tx| tx.poll_closed(cx).is_ready()),
+            Waiter::Collect(c) => c.tx.as_mut().is_none_or(|tx| tx.poll_closed(cx).is_ready()),
+            Waiter::Stream(s) => s.failed || s.tx.is_closed(),
+        }
+    }
+
     /// Does the call wait for any reply frame?
     pub(crate) fn wants_reply(&self) -> bool {
         match self {
@@ -372,6 +384,11 @@ impl<Req, Resp> Envelope<Req, Resp> {
     /// Is the caller gone (never for a call already resolved)?
     pub(crate) fn is_gone(&self) -> bool {
         self.waiter.as_ref().is_none_or(Waiter::is_gone)
+    }
+
+    /// [`Waiter::poll_gone`] of its waiter.
+    pub(crate) fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.waiter.as_mut().is_none_or(|w| w.poll_gone(cx))
     }
 
     /// Takes the frames and the waiter out, to write the call: dropping what is left

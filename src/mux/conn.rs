@@ -129,6 +129,14 @@ where
             && self.matcher.pending() == 0
     }
 
+    /// Nothing is being written or flushed, and no waiting call has a caller (every
+    /// one is an orphan): a shutdown need not wait for it. Otherwise the task is woken
+    /// when the last caller leaves. A scan: for shutdowns only.
+    pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
+        let callers = self.matcher.poll_nobody_waits(cx);
+        callers && self.writing.is_none() && self.first.is_empty() && !self.needs_flush
+    }
+
     /// A multi-part request is half written: nothing else may go out.
     pub(crate) fn mid_write(&self) -> bool {
         self.writing.is_some()

@@ -116,6 +116,21 @@ where
         self.held.is_empty() && self.intake.is_empty()
     }
 
+    /// Nothing queued has a caller waiting for it (for a shutdown, which ends when
+    /// nothing it waits for is left): the queued calls are taken in order and those
+    /// whose caller is gone are dropped unwritten.
+    /// Where callers remain, the task is woken when they leave.
+    pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
+        while let Ok(mut call) = self.intake.try_recv() {
+            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.held.push_back(call);
+        }
+        let before = self.held.len();
+        self.held.retain_mut(|call| !call.poll_gone(cx));
+        self.shared.stats.skipped((before - self.held.len()) as u64);
+        self.held.is_empty()
+    }
+
     /// Stops taking new calls; those already queued are still served, and an empty
     /// intake then ends the lane (a slot reserved by `poll_ready` does not hold it).
     pub(crate) fn close_intake(&mut self) {

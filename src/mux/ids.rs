@@ -136,6 +136,14 @@ impl<V> IdTable<V> {
             .chain(self.spill.values())
     }
 
+    /// Every value, mutably, in no particular order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.ring
+            .iter_mut()
+            .filter_map(|slot| slot.as_mut().map(|(_, value)| value))
+            .chain(self.spill.values_mut())
+    }
+
     /// Removes every value; the table is empty (and keeps its ring) after.
     pub(crate) fn drain(&mut self, mut each: impl FnMut(V)) {
         self.ring

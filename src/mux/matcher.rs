@@ -63,6 +63,10 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     /// rarely).
     fn orphans(&self) -> (usize, Option<u32>);
 
+    /// Has every waiting call lost its caller? Where one has not, the task is woken
+    /// when it leaves (see [`Waiter::poll_gone`]). A scan: for shutdowns only.
+    fn poll_nobody_waits(&mut self, cx: &mut std::task::Context<'_>) -> bool;
+
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
 }

@@ -101,6 +101,17 @@ where
         count_orphans(self.queue.iter())
     }
 
+    fn poll_nobody_waits(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        // Every entry is polled (a count, not a short-circuiting `all`), so each live
+        // caller will wake the task when it leaves.
+        self.queue
+            .iter_mut()
+            .map(|e| e.waiter.poll_gone(cx))
+            .filter(|gone| !gone)
+            .count()
+            == 0
+    }
+
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
         self.queue.drain(..).for_each(each);
     }

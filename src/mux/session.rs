@@ -199,6 +199,18 @@ where
         count_orphans(self.live.values().chain(self.reads.iter()))
     }
 
+    fn poll_nobody_waits(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        // Every entry is polled (a count, not a short-circuiting `all`), so each live
+        // caller will wake the task when it leaves.
+        self.live
+            .values_mut()
+            .chain(self.reads.iter_mut())
+            .map(|e| e.waiter.poll_gone(cx))
+            .filter(|gone| !gone)
+            .count()
+            == 0
+    }
+
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
         self.watched = 0;
         self.live.drain(&mut *each);

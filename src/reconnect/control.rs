@@ -110,13 +110,24 @@ where
         let Some(shutdown) = &mut self.shutdown else {
             return false;
         };
-        let idle = self.engine.queue_is_empty()
-            && self.draining.is_empty()
-            && match &self.phase {
-                Phase::Ready { conn, .. } => conn.is_idle(),
-                Phase::Handshaking(handshaking) => handshaking.is_idle(),
-                _ => true,
-            };
+        // Nothing it waits for is left: no call queued or written has a caller (those
+        // whose caller left, and slots reserved but unused, do not hold it).
+        // Every part is polled (not short-circuited), so each caller left will wake the
+        // task when it goes.
+        let queued = self.engine.poll_nobody_waits(cx);
+        let draining = self
+            .draining
+            .iter_mut()
+            .map(|d| d.poll_nobody_waits(cx))
+            .filter(|idle| !idle)
+            .count()
+            == 0;
+        let current = match &mut self.phase {
+            Phase::Ready { conn, .. } => conn.poll_nobody_waits(cx),
+            Phase::Handshaking(handshaking) => handshaking.poll_nobody_waits(cx),
+            _ => true,
+        };
+        let idle = queued && draining && current;
         if !idle && shutdown.deadline.as_mut().poll(cx).is_pending() {
             return false;
         }

@@ -31,6 +31,11 @@ where
         }
     }
 
+    /// No call on it has a caller waiting (else the task is woken when one leaves).
+    pub(super) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
+        self.conn.poll_nobody_waits(cx)
+    }
+
     pub(super) fn fail(self, kind: Kind, cause: &Cause) {
         self.conn.fail(kind, cause);
     }

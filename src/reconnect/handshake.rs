@@ -82,9 +82,10 @@ where
         }
     }
 
-    /// Nothing is being written or waited for on the connection.
-    pub(super) fn is_idle(&self) -> bool {
-        self.conn.is_idle()
+    /// No call on the connection has a caller waiting (the handshake's own included;
+    /// else the task is woken when one leaves).
+    pub(super) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
+        self.conn.poll_nobody_waits(cx)
     }
 
     /// Gives the connection up: what the handshake had in flight on it fails.

@@ -160,12 +160,22 @@ pub fn handshake_first(log: &ServerLog) -> Vec<Violation> {
 }
 
 /// The connection of `client` open at `at`: the last one it made before then.
-fn conn_at(records: &[Record], client: usize, at: Duration) -> Option<u64> {
-    records
+/// The client's one open connection at `at`, if it had exactly one.
+fn only_conn_at(records: &[Record], client: usize, at: Duration) -> Option<u64> {
+    let closed_before = |conn: u64| {
+        records
+            .iter()
+            .any(|r| r.conn == conn && r.at < at && matches!(r.what, What::Closed(_)))
+    };
+    let mut open = records
         .iter()
         .filter(|r| r.client == client && r.at <= at && r.what == What::Connect(None))
         .map(|r| r.conn)
-        .next_back()
+        .filter(|&conn| !closed_before(conn));
+    match (open.next(), open.next()) {
+        (Some(conn), None) => Some(conn),
+        _ => None,
+    }
 }
 
 /// `stall_means_silence`: no call failed `Stalled` while the server had written bytes
@@ -179,6 +189,31 @@ pub fn stall_means_silence(
     slack: Duration,
 ) -> Vec<Violation> {
     let records = log.records();
+    let read_on = |nonce: u64| {
+        records
+            .iter()
+            .find(|r| matches!(&r.what, What::Read(d) if nonce != 0 && d.nonce == Some(nonce)))
+            .map(|r| r.conn)
+    };
+    let stalled = |o: &Outcome| {
+        matches!(
+            o,
+            Outcome::Failed {
+                connection: Some(ConnectionErrorKind::Stalled),
+                ..
+            }
+        )
+    };
+    // The connection each stall ended, by (client, instant), from the calls a server
+    // read: every call a stall fails fails with its connection, at the same instant.
+    let mut ended = std::collections::BTreeMap::new();
+    for c in ledger.calls() {
+        for (at, o) in &c.outcomes {
+            if let (true, Some(conn)) = (stalled(o), read_on(c.nonce)) {
+                ended.insert((c.client, *at), conn);
+            }
+        }
+    }
     let mut out = Vec::new();
     let mut reported = BTreeSet::new();
     for c in ledger.calls() {
@@ -186,19 +221,16 @@ pub fn stall_means_silence(
             continue;
         };
         for (at, o) in &c.outcomes {
-            let Outcome::Failed {
-                connection: Some(ConnectionErrorKind::Stalled),
-                ..
-            } = o
-            else {
+            if !stalled(o) {
                 continue;
-            };
-            // The connection its request was read on, or else the client's latest.
-            let conn = records
-                .iter()
-                .find(|r| matches!(&r.what, What::Read(d) if c.nonce != 0 && d.nonce == Some(c.nonce)))
-                .map(|r| r.conn)
-                .or_else(|| conn_at(&records, c.client, *at));
+            }
+            // The connection its request was read on; else the one a call read by a
+            // server failed with at that instant; else the client's only connection
+            // then. A call no server read, on a client with a connection draining
+            // beside the current one, cannot be placed: it is left out.
+            let conn = read_on(c.nonce)
+                .or_else(|| ended.get(&(c.client, *at)).copied())
+                .or_else(|| only_conn_at(&records, c.client, *at));
             let Some(conn) = conn else { continue };
             let last_write = records
                 .iter()

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead};
 
 use super::Trace;
+use crate::meter::Metered;
 use crate::reconnect::Endpoint;
 
 /// How a host behaves, from the moment it is set.
@@ -221,7 +222,7 @@ type Half = WriteHalf<DuplexStream>;
 /// A connect attempt of a [`Net`]'s connector: the client's end of an in-memory
 /// connection, framed with the client codec.
 pub type Connecting<CC> =
-    Pin<Box<dyn Future<Output = io::Result<Framed<DuplexStream, CC>>> + Send>>;
+    Pin<Box<dyn Future<Output = io::Result<Framed<Metered<DuplexStream>, CC>>> + Send>>;
 
 impl<S, CC> Net<S, CC>
 where
@@ -322,7 +323,7 @@ where
         client: usize,
     ) -> impl tower::Service<
         Endpoint,
-        Response = Framed<DuplexStream, CC>,
+        Response = Framed<Metered<DuplexStream>, CC>,
         Error = io::Error,
         Future = Connecting<CC>,
     > + Clone
@@ -339,7 +340,7 @@ where
         self,
         client: usize,
         endpoint: Endpoint,
-    ) -> io::Result<Framed<DuplexStream, CC>> {
+    ) -> io::Result<Framed<Metered<DuplexStream>, CC>> {
         let host = endpoint.to_string();
         tokio::time::sleep(self.inner.latency).await;
         let (decision, conn, kill) = {
@@ -422,7 +423,10 @@ where
                         .log(format!("net: conn {} closed: {why}", info.conn));
                     net.record(&info, What::Closed(why));
                 });
-                Ok(Framed::new(client_end, self.inner.client_codec.clone()))
+                Ok(Framed::new(
+                    Metered::new(client_end),
+                    self.inner.client_codec.clone(),
+                ))
             }
         }
     }

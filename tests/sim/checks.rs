@@ -67,7 +67,7 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
 }
 
 /// `shutdown_prompt`: a shutdown ends as soon as nothing it waits for is left: by the
-/// last of its calls' outcomes (or the last byte its servers wrote, or its last
+/// last of its calls' outcomes or cancellations (or the last byte its servers wrote, or its last
 /// connect, or the end of one of its connections), or at its deadline (Contract 8). A
 /// reply to a call whose caller gave up is still a write in the server log.
 fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Violation> {
@@ -120,7 +120,8 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
         let last_call = calls
             .iter()
             .filter(|c| ours(c.client, client) && c.shape != "shutdown")
-            .flat_map(|c| c.outcomes.iter().map(|(at, _)| *at))
+            // A caller leaving ends its call too: the shutdown no longer waits for it.
+            .flat_map(|c| c.outcomes.iter().map(|(at, _)| *at).chain(c.cancelled))
             .filter(|at| *at <= end)
             .max()
             .unwrap_or_default();
