@@ -391,9 +391,19 @@ impl<Req, Resp> Envelope<Req, Resp> {
         self.waiter.as_mut().is_none_or(|w| w.poll_gone(cx))
     }
 
-    /// Takes the frames and the waiter out, to write the call: dropping what is left
-    /// does nothing.
-    pub(crate) fn open(&mut self) -> Option<(Frames<Req>, Waiter<Resp>)> {
+    /// Opens the call to write it: its frames and its waiter (`None` when it was
+    /// resolved already), without running its `Drop` (nothing is left to fail).
+    #[inline(always)]
+    pub(crate) fn into_parts(self) -> (Frames<Req>, Option<Waiter<Resp>>) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        // What stays behind owns nothing (`Frames::None`, `None`, plain numbers), so not
+        // dropping it leaks nothing.
+        let frames = std::mem::replace(&mut this.frames, Frames::None);
+        (frames, this.waiter.take())
+    }
+
+    /// Takes the frames and the waiter out: dropping what is left does nothing.
+    fn open(&mut self) -> Option<(Frames<Req>, Waiter<Resp>)> {
         let waiter = self.waiter.take()?;
         Some((std::mem::replace(&mut self.frames, Frames::None), waiter))
     }

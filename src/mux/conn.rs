@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_sink::Sink;
 use std::task::Context;
 
-use tokio::time::{Duration, Instant, Sleep};
+use tokio::time::{Duration, Instant};
 use tower::BoxError;
 use tracing::info;
 
@@ -68,8 +68,9 @@ const SCAN_EVERY: Duration = Duration::from_millis(50);
 pub(crate) struct Retire {
     /// Orphans that make a full connection retire.
     limit: Option<usize>,
-    /// How old the oldest orphan may grow, in ticks, and the tick timer.
-    age: Option<(u32, Duration, Pin<Box<Sleep>>)>,
+    /// How old the oldest orphan may grow: the length of a tick, and when the next one
+    /// starts (set at the first check).
+    age: Option<(Duration, Option<Instant>)>,
 }
 
 impl Retire {
@@ -77,10 +78,7 @@ impl Retire {
     const TICKS: u32 = 4;
 
     pub(crate) fn new(limit: Option<usize>, age: Option<Duration>) -> Option<Self> {
-        let age = age.map(|age| {
-            let tick = (age / Self::TICKS).max(Duration::from_millis(1));
-            (Self::TICKS, tick, Box::pin(tokio::time::sleep(tick)))
-        });
+        let age = age.map(|age| ((age / Self::TICKS).max(Duration::from_millis(1)), None));
         (limit.is_some() || age.is_some()).then_some(Retire { limit, age })
     }
 }
@@ -175,16 +173,17 @@ where
     }
 
     /// Admits one call and hands its first frame to the sink. Returns whether it wrote.
+    #[inline(always)]
     pub(crate) fn write_call<WE>(
         &mut self,
-        mut call: Envelope<Req, Resp>,
+        call: Envelope<Req, Resp>,
     ) -> Result<bool, ConnectionError>
     where
         T: Sink<Req, Error = WE> + Unpin,
         WE: Into<BoxError>,
     {
         let (id, exempt) = (call.id, call.exempt);
-        let Some((mut frames, waiter)) = call.open() else {
+        let (mut frames, Some(waiter)) = call.into_parts() else {
             return Ok(false);
         };
         let unsupported = match &frames {
@@ -257,28 +256,33 @@ where
     /// Should the connection be retired for its orphans? Either it is full (in-flight
     /// limit, or no free id) and at least `limit` of its waiting calls are orphans:
     /// calls a server ignores while it answers others (so the stall timer never fires),
-    /// whose callers gave up; or its oldest orphan is older than the age. The orphans
-    /// are counted by a scan, only when one of the two could be true: while full, at
-    /// most every `SCAN_EVERY`; and at each tick of the age clock.
-    pub(crate) fn should_retire(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(retire) = &mut self.retire else {
+    /// whose callers gave up; or its oldest orphan is older than the age.
+    ///
+    /// `now` is the clock the engine read because something moved in this pass (`None`
+    /// when nothing did: then nothing changed that could make either rule true, bar the
+    /// time, and a connection where nothing moves is the stall timer's). The age clock
+    /// ticks on it, so no timer is polled per pass. The orphans are counted by a scan,
+    /// only when a rule could be true: while full, at most every `SCAN_EVERY`; and at
+    /// each tick.
+    pub(crate) fn should_retire(&mut self, now: Option<Instant>) -> bool {
+        let (Some(retire), Some(now)) = (&mut self.retire, now) else {
             return false;
         };
         let mut scan = false;
-        if let Some((_, every, timer)) = &mut retire.age {
-            if timer.as_mut().poll(cx).is_ready() {
-                self.tick = self.tick.wrapping_add(1);
-                timer.as_mut().reset(Instant::now() + *every);
-                scan = true;
+        if let Some((every, next)) = &mut retire.age {
+            match next {
+                Some(at) if now < *at => {}
+                _ => {
+                    self.tick = self.tick.wrapping_add(1);
+                    *next = Some(now + *every);
+                    scan = true;
+                }
             }
         }
         let full = retire.limit.is_some() && !self.matcher.has_room();
-        if full {
-            let now = Instant::now();
-            if self.last_scan.is_none_or(|t| now >= t + SCAN_EVERY) {
-                self.last_scan = Some(now);
-                scan = true;
-            }
+        if full && self.last_scan.is_none_or(|t| now >= t + SCAN_EVERY) {
+            self.last_scan = Some(now);
+            scan = true;
         }
         if !scan {
             return false;
@@ -287,8 +291,8 @@ where
         let too_many = full && retire.limit.is_some_and(|limit| orphans >= limit);
         // Written during tick `oldest`: at least `tick - oldest - 1` whole ticks old.
         let too_old = match (&retire.age, oldest) {
-            (Some((ticks, ..)), Some(oldest)) => {
-                self.tick.wrapping_sub(oldest).saturating_sub(1) >= *ticks
+            (Some(_), Some(oldest)) => {
+                self.tick.wrapping_sub(oldest).saturating_sub(1) >= Retire::TICKS
             }
             _ => false,
         };

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tower::BoxError;
 use tracing::trace;
 
@@ -144,6 +145,7 @@ where
     }
 
     /// Takes one call from the intake, taking it off the overload weight.
+    #[inline(always)]
     fn take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<Req, Resp>>> {
         let polled = if self.closing {
             match self.intake.try_recv() {
@@ -185,6 +187,7 @@ where
         }
     }
 
+    #[inline(always)]
     fn poll_call(
         &mut self,
         cx: &mut Context<'_>,
@@ -238,11 +241,12 @@ where
                 }
             }
             conn.report_in_flight();
-            let moved = self.count_bytes(bytes);
+            let bytes_moved = self.count_bytes(bytes);
+            // One clock read per pass in which anything moved, for both timers' rules.
+            let moved = (read > 0 || wrote || flushed || bytes_moved).then(Instant::now);
             if let Some(limit) = self.stall {
                 let watched = conn.matcher.watched();
-                conn.stall
-                    .poll(cx, limit, watched, read > 0 || flushed || moved)?;
+                conn.stall.poll(cx, limit, watched, moved)?;
             }
 
             let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
@@ -251,7 +255,7 @@ where
                     .map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(Ended::Done));
             }
-            if matches!(lane, Lane::User) && conn.should_retire(cx) {
+            if matches!(lane, Lane::User) && conn.should_retire(moved) {
                 return Poll::Ready(Ok(Ended::Retire));
             }
             if read == 0 && !wrote {

@@ -27,20 +27,22 @@ pub(crate) struct Stall {
 }
 
 impl Stall {
-    /// Called once per engine iteration: `watched` says whether the clock runs,
-    /// `progress` whether anything moved in that iteration.
+    /// Called once per engine iteration: `watched` says whether the clock runs; `moved`
+    /// is the time, read once by the engine, when anything moved in that iteration.
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
         limit: Duration,
         watched: bool,
-        progress: bool,
+        moved: Option<Instant>,
     ) -> Result<(), ConnectionError> {
         if !watched {
             self.quiet_since = None;
             return Ok(());
         }
-        if progress || self.quiet_since.is_none() {
+        if let Some(now) = moved {
+            self.quiet_since = Some(now);
+        } else if self.quiet_since.is_none() {
             self.quiet_since = Some(Instant::now());
         }
         let timer = self
