@@ -1,5 +1,7 @@
 //! Named regression cases: the first seed (under `Weights::CI`) that found each defect
-//! of issue 15. Each fails while its defect is in the code.
+//! of issue 15 on the code before its fixes (defects 1, 2, 3, 8 and 12, found after 2,
+//! 235, 7, 112 and 20 seeds), and the seeds that found the defects the simulation turned
+//! up after them. Each fails while its defect is in the code.
 
 use super::{print_failure, run_guarded};
 
@@ -74,5 +76,28 @@ fn defect_12_redirect_drops_the_sentinel_seed_0x13() {
         0x13,
         "pass_names_hosts",
         "defect_12_redirect_drops_the_sentinel_seed_0x13",
+    );
+}
+
+/// Found by the simulation after the fixes: a shutdown waited for a hanging connect
+/// although the only queued call's caller had gone (it was held to learn that a
+/// connection was wanted).
+#[test]
+fn shutdown_held_by_a_call_whose_caller_left_seed_0xc0() {
+    assert_clean(
+        0xc0,
+        "shutdown_prompt",
+        "shutdown_held_by_a_call_whose_caller_left_seed_0xc0",
+    );
+}
+
+/// Found by the simulation after the fixes: when the last caller a shutdown waited for
+/// left, nothing woke the task until an unrelated timer (a connect timeout).
+#[test]
+fn shutdown_not_woken_when_its_last_caller_leaves_seed_0x3b4() {
+    assert_clean(
+        0x3b4,
+        "shutdown_prompt",
+        "shutdown_not_woken_when_its_last_caller_leaves_seed_0x3b4",
     );
 }
