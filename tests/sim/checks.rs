@@ -63,6 +63,52 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
         &kicks,
     ));
     out.extend(shutdown_prompt(ctx, net, scn));
+    out.extend(limit_only_when_over(ctx, scn));
+    out
+}
+
+/// `limit_only_when_over`: a call fails `Kind::Limit` only when its reply could go over
+/// a limit its channel has: more frames than `max_reply_frames`, or a stream with a
+/// `stream_buffer` (its reader may fall behind).
+fn limit_only_when_over(ctx: &Ctx, scn: &Scenario) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for c in ctx.ledger.calls() {
+        let Some(plan) = scn.clients.get(c.client) else {
+            continue;
+        };
+        for (at, o) in &c.outcomes {
+            let socketchannel::testing::Outcome::Failed { kind, .. } = o else {
+                continue;
+            };
+            if *kind != socketchannel::Kind::Limit {
+                continue;
+            }
+            // The frames the shape asks for: "N(3)", "UntilFinal(3)", "Stream(3, ..)",
+            // "hs leftover stream(2)".
+            let frames: Option<usize> = c
+                .shape
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split(|ch: char| !ch.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok());
+            let over_frames = plan
+                .reply_frames
+                .is_some_and(|limit| frames.is_some_and(|n| n > limit));
+            let stream = c.shape.to_lowercase().contains("stream");
+            if !(over_frames || (stream && plan.stream_buffer.is_some())) {
+                out.push(Violation::new(
+                    "limit_only_when_over",
+                    format!(
+                        "call {} ({}) failed Limit at {} ms; its channel's limits: frames {:?}, stream buffer {:?}",
+                        c.id,
+                        c.shape,
+                        at.as_millis(),
+                        plan.reply_frames,
+                        plan.stream_buffer
+                    ),
+                ));
+            }
+        }
+    }
     out
 }
 

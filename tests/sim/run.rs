@@ -122,7 +122,8 @@ impl Drop for GiveUpOnDrop {
 async fn leftover(ctx: &Arc<Ctx>, client: usize, conn: &Ch, stream: bool) {
     let nonce = ctx.nonce();
     let shape = if stream {
-        "hs leftover stream"
+        // Two frames, as its request asks (`r=2`).
+        "hs leftover stream(2)"
     } else {
         "hs leftover send"
     };
@@ -192,6 +193,18 @@ fn build(
     if plan.overload {
         config = config.overload(64, |m: &Msg| m.body.len());
     }
+    if let Some(n) = plan.reply_frames {
+        config = config.max_reply_frames(n);
+    }
+    if let Some(n) = plan.stream_buffer {
+        config = config.stream_buffer(n);
+    }
+    if let Some(n) = plan.max_orphans {
+        config = config.max_orphans(Some(n));
+    }
+    if let Some(age) = plan.orphan_age {
+        config = config.orphan_age(Some(ms(age)));
+    }
     let mut b = Channel::builder()
         .host(&ctx.hosts[plan.host])
         .policy(if plan.persistent {
@@ -205,6 +218,7 @@ fn build(
         )
         .connect_timeout(ms(plan.connect_timeout))
         .handshake_timeout(ms(plan.handshake_timeout))
+        .max_connection_age(plan.max_age.map(ms))
         .config(config);
     for bk in &plan.backups {
         b = b.backup(&ctx.hosts[*bk]);

@@ -49,6 +49,24 @@ pub struct Weights {
     pub behavior: [u32; 10],
     /// Scenario length, in ms.
     pub length: (u64, u64),
+    /// Features added after the proof seeds, drawn from their own stream (see
+    /// [`Later`]) so that every earlier seed keeps its scenario.
+    pub later: Later,
+}
+
+/// The generator's weights for features added after issue 14's proof: reply limits
+/// (`max_reply_frames`, `stream_buffer`), the orphan rules (`max_orphans`,
+/// `orphan_age`) and `max_connection_age`, each per mille of clients. They are drawn
+/// from a random stream of their own (the seed mixed with a constant), so adding one
+/// never changes the scenario an earlier seed stands for; a feature added later gets a
+/// field here and draws from that stream too.
+#[derive(Debug, Clone, Copy)]
+pub struct Later {
+    pub reply_frames: u32,
+    pub stream_buffer: u32,
+    pub max_orphans: u32,
+    pub orphan_age: u32,
+    pub max_age: u32,
 }
 
 impl Weights {
@@ -73,6 +91,13 @@ impl Weights {
         cancel: 120,
         behavior: [40, 8, 5, 6, 8, 5, 6, 5, 5, 6],
         length: (5_000, 30_000),
+        later: Later {
+            reply_frames: 100,
+            stream_buffer: 100,
+            max_orphans: 100,
+            orphan_age: 200,
+            max_age: 150,
+        },
     };
 }
 
@@ -110,6 +135,16 @@ pub struct ClientPlan {
     pub overload: bool,
     pub max_in_flight: usize,
     pub queue: usize,
+    /// `Config::max_reply_frames`, when set.
+    pub reply_frames: Option<usize>,
+    /// `Config::stream_buffer`, when set.
+    pub stream_buffer: Option<usize>,
+    /// `Config::max_orphans`, when set.
+    pub max_orphans: Option<usize>,
+    /// `Config::orphan_age` in ms, when set.
+    pub orphan_age: Option<u64>,
+    /// `Builder::max_connection_age` in ms, when set.
+    pub max_age: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +305,25 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
             overload: rng.chance(w.overload),
             max_in_flight: *rng.pick(&[2, 16, 1024]),
             queue: *rng.pick(&[4, 64, 1024]),
+            reply_frames: None,
+            stream_buffer: None,
+            max_orphans: None,
+            orphan_age: None,
+            max_age: None,
         });
+    }
+    let mut later = SimRng::new(seed ^ 0x6c61_7465_7220_6665);
+    let l = w.later;
+    for c in &mut clients {
+        c.reply_frames = later
+            .chance(l.reply_frames)
+            .then(|| *later.pick(&[1, 2, 3]));
+        c.stream_buffer = later.chance(l.stream_buffer).then(|| *later.pick(&[1, 2]));
+        c.max_orphans = later.chance(l.max_orphans).then_some(1);
+        c.orphan_age = later
+            .chance(l.orphan_age)
+            .then(|| *later.pick(&[500, 2_000]));
+        c.max_age = later.chance(l.max_age).then(|| *later.pick(&[700, 3_000]));
     }
     let balance = (nclients >= 2 && rng.chance(w.balance)).then_some([0, 1]);
     let end = rng.between(w.length.0, w.length.1);
