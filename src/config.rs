@@ -46,8 +46,13 @@ pub(crate) enum Orphans {
 }
 
 impl Orphans {
-    pub(crate) fn limit(self, capacity: usize) -> Option<usize> {
+    /// The limit for a connection that holds `capacity` calls at once. By default only
+    /// where a server can ignore a call and answer later ones (session mode): in order
+    /// mode an orphan is only ever a slow reply, and retiring would only multiply the
+    /// load on a slow server.
+    pub(crate) fn limit(self, capacity: usize, ignorable: bool) -> Option<usize> {
         match self {
+            Orphans::Quarter if !ignorable => None,
             Orphans::Quarter => Some((capacity / 4).max(1)),
             Orphans::Limit(n) => Some(n.max(1)),
             Orphans::Off => None,
@@ -235,9 +240,11 @@ impl Config {
     /// go to a fresh connection, the old one finishes what it can within the drain
     /// timeout, and its ids die with it.
     ///
-    /// `None` turns it off. The default is a quarter of what can wait at once: the
-    /// in-flight limit, or the session id range when that is smaller. A channel over a
-    /// fixed transport has nothing to retire to and ignores it.
+    /// `None` turns it off. The default is a quarter of what can wait at once (the
+    /// in-flight limit, or the session id range when that is smaller) in session mode,
+    /// and off in order mode, where a server cannot skip a call without breaking the
+    /// order, so an orphan is only a slow reply (a limit set here applies to both). A
+    /// channel over a fixed transport has nothing to retire to and ignores it.
     ///
     /// [`Channel::change_host`]: crate::Channel::change_host
     pub fn max_orphans(mut self, limit: Option<usize>) -> Self {

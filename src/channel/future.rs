@@ -102,6 +102,12 @@ impl<Resp> ReplyStream<Resp> {
         match std::task::ready!(self.rx.poll_recv(cx)) {
             Some(item) => {
                 self.shared.buffered.fetch_sub(1, Ordering::AcqRel);
+                if item.is_err() {
+                    // An error ends the stream: the rest of the reply is read and
+                    // dropped by the connection, not kept for a reader who is done.
+                    self.ended = true;
+                    self.rx.close();
+                }
                 Poll::Ready(Some(item))
             }
             None => {
@@ -113,6 +119,12 @@ impl<Resp> ReplyStream<Resp> {
                 }
             }
         }
+    }
+}
+
+impl<Resp> Drop for ReplyStream<Resp> {
+    fn drop(&mut self) {
+        self.shared.left();
     }
 }
 

@@ -143,6 +143,23 @@ pub(crate) struct StreamShared {
     /// The reply is complete (or failed with an error sent): the end of the channel is
     /// not a silent drop.
     pub(crate) finished: AtomicBool,
+    /// A connection task that waits for the reader to leave (a shutdown): woken when
+    /// the [`ReplyStream`](crate::ReplyStream) is dropped.
+    pub(crate) leaving: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl StreamShared {
+    /// The reader is gone: wake the task that waits for that.
+    pub(crate) fn left(&self) {
+        let waker = self
+            .leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 /// The waiter of a call whose frames go to a [`ReplyStream`](crate::ReplyStream).
@@ -215,13 +232,17 @@ impl<Resp> Waiter<Resp> {
 
     /// Like [`is_gone`](Self::is_gone), but when the caller is still there, arranges
     /// for the task to be woken when it leaves (for a shutdown, which ends once nobody
-    /// waits). A stream's reader cannot be watched that way: it is only checked.
+    /// waits).
     pub(crate) fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         match self {
             Waiter::Sent(_) => false,
             Waiter::One(tx) => tx.as_mut().is_none_or(|tx| tx.poll_closed(cx).is_ready()),
             Waiter::Collect(c) => c.tx.as_mut().is_none_or(|tx| tx.poll_closed(cx).is_ready()),
-            Waiter::Stream(s) => s.failed || s.tx.is_closed(),
+            Waiter::Stream(s) => {
+                *s.shared.leaving.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(cx.waker().clone());
+                s.failed || s.tx.is_closed()
+            }
         }
     }
 

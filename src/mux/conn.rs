@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_sink::Sink;
 use std::task::Context;
 
-use tokio::time::{Duration, Instant};
+use tokio::time::{Duration, Instant, Sleep};
 use tower::BoxError;
 use tracing::info;
 
@@ -68,9 +68,19 @@ const SCAN_EVERY: Duration = Duration::from_millis(50);
 pub(crate) struct Retire {
     /// Orphans that make a full connection retire.
     limit: Option<usize>,
-    /// How old the oldest orphan may grow: the length of a tick, and when the next one
-    /// starts (set at the first check).
-    age: Option<(Duration, Option<Instant>)>,
+    /// How old the oldest orphan may grow.
+    age: Option<AgeClock>,
+}
+
+/// The orphan-age clock of a connection.
+struct AgeClock {
+    /// The length of a tick.
+    every: Duration,
+    /// When the next tick starts (set at the first check).
+    next: Option<Instant>,
+    /// Brings the ticks where nothing moves and no stall timer watches (an exempt
+    /// orphan at the head in order mode holds every call behind it).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Retire {
@@ -78,7 +88,11 @@ impl Retire {
     const TICKS: u32 = 4;
 
     pub(crate) fn new(limit: Option<usize>, age: Option<Duration>) -> Option<Self> {
-        let age = age.map(|age| ((age / Self::TICKS).max(Duration::from_millis(1)), None));
+        let age = age.map(|age| AgeClock {
+            every: (age / Self::TICKS).max(Duration::from_millis(1)),
+            next: None,
+            timer: None,
+        });
         (limit.is_some() || age.is_some()).then_some(Retire { limit, age })
     }
 }
@@ -258,24 +272,58 @@ where
     /// calls a server ignores while it answers others (so the stall timer never fires),
     /// whose callers gave up; or its oldest orphan is older than the age.
     ///
-    /// `now` is the clock the engine read because something moved in this pass (`None`
-    /// when nothing did: then nothing changed that could make either rule true, bar the
-    /// time, and a connection where nothing moves is the stall timer's). The age clock
-    /// ticks on it, so no timer is polled per pass. The orphans are counted by a scan,
-    /// only when a rule could be true: while full, at most every `SCAN_EVERY`; and at
-    /// each tick.
-    pub(crate) fn should_retire(&mut self, now: Option<Instant>) -> bool {
-        let (Some(retire), Some(now)) = (&mut self.retire, now) else {
+    /// `now` is the clock the engine read because something moved in this pass. The
+    /// age clock ticks on it, so no timer is polled per pass on a busy connection. When
+    /// nothing moved and `unwatched` (no stall timer watches the waiting calls: they
+    /// are exempt, or there is none), a timer brings the ticks instead; when nothing
+    /// moved and the stall timer watches, a silent connection is the stall timer's. The
+    /// orphans are counted by a scan, only when a rule could be true: while full, at
+    /// most every `SCAN_EVERY`; and at each tick.
+    pub(crate) fn should_retire(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Option<Instant>,
+        unwatched: bool,
+    ) -> bool {
+        let Some(retire) = &mut self.retire else {
             return false;
         };
+        let now = match (now, &mut retire.age) {
+            (Some(now), _) => now,
+            (
+                None,
+                Some(AgeClock {
+                    every, next, timer, ..
+                }),
+            ) if unwatched && self.matcher.pending() > 0 => {
+                let at = next.unwrap_or_else(|| Instant::now() + *every);
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    *next = Some(at);
+                    return false;
+                }
+                Instant::now()
+            }
+            (None, _) => return false,
+        };
         let mut scan = false;
-        if let Some((every, next)) = &mut retire.age {
+        if let Some(AgeClock { every, next, timer }) = &mut retire.age {
             match next {
                 Some(at) if now < *at => {}
                 _ => {
                     self.tick = self.tick.wrapping_add(1);
-                    *next = Some(now + *every);
+                    let at = now + *every;
+                    *next = Some(at);
                     scan = true;
+                    // A timer that brought this tick is re-armed for the next one, or
+                    // nothing would wake a quiet connection again.
+                    if let Some(timer) = timer {
+                        timer.as_mut().reset(at);
+                        let _ = timer.as_mut().poll(cx);
+                    }
                 }
             }
         }

@@ -241,12 +241,19 @@ where
                 }
             }
             conn.report_in_flight();
-            let bytes_moved = self.count_bytes(bytes);
+            let (bytes_read, bytes_written) = self.count_bytes(bytes);
             // One clock read per pass in which anything moved, for both timers' rules.
-            let moved = (read > 0 || wrote || flushed || bytes_moved).then(Instant::now);
+            let moved =
+                (read > 0 || wrote || flushed || bytes_read || bytes_written).then(Instant::now);
+            // The server's word restarts the stall clock: a frame or a byte read. So does
+            // a write still being taken in (a large request over a slow link), but not
+            // one that went out whole at once: a heartbeat to a server that reads and
+            // never answers is no sign of life (Contract 6).
+            let heard = read > 0 || bytes_read || (bytes_written && conn.needs_flush);
+            let watched = conn.matcher.watched();
             if let Some(limit) = self.stall {
-                let watched = conn.matcher.watched();
-                conn.stall.poll(cx, limit, watched, moved)?;
+                conn.stall
+                    .poll(cx, limit, watched, heard.then_some(moved).flatten())?;
             }
 
             let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
@@ -255,7 +262,10 @@ where
                     .map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(Ended::Done));
             }
-            if matches!(lane, Lane::User) && conn.should_retire(moved) {
+            // With no stall timer watching the waiting calls (exempt, or none set), the
+            // orphan rule keeps its own clock.
+            let unwatched = self.stall.is_none() || !watched;
+            if matches!(lane, Lane::User) && conn.should_retire(cx, moved, unwatched) {
                 return Poll::Ready(Ok(Ended::Retire));
             }
             if read == 0 && !wrote {
@@ -278,18 +288,17 @@ where
     }
 
     /// Adds the bytes the transport moved since `before` to the counters; whether any
-    /// moved.
-    fn count_bytes(&self, before: (u64, u64)) -> bool {
+    /// were read, and whether any were written.
+    fn count_bytes(&self, before: (u64, u64)) -> (bool, bool) {
         let after = crate::meter::mark();
         let (read, written) = (
             after.0.wrapping_sub(before.0),
             after.1.wrapping_sub(before.1),
         );
-        if read == 0 && written == 0 {
-            return false;
+        if read != 0 || written != 0 {
+            self.shared.stats.bytes(read, written);
         }
-        self.shared.stats.bytes(read, written);
-        true
+        (read != 0, written != 0)
     }
 
     /// Reads and routes ready frames. Returns how many it read.

@@ -59,6 +59,9 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     /// How many calls can wait at once: the in-flight limit, or the id range if smaller.
     fn capacity(&self) -> usize;
 
+    /// Can a server leave one call unanswered and answer later ones (session mode)?
+    fn ignores_calls(&self) -> bool;
+
     /// Waiting calls whose caller is gone, and the oldest one's tick (a scan: called
     /// rarely).
     fn orphans(&self) -> (usize, Option<u32>);

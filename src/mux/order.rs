@@ -97,6 +97,10 @@ where
         self.max_in_flight
     }
 
+    fn ignores_calls(&self) -> bool {
+        false
+    }
+
     fn orphans(&self) -> (usize, Option<u32>) {
         count_orphans(self.queue.iter())
     }

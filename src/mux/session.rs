@@ -195,6 +195,10 @@ where
         self.max_in_flight.min(self.live.range())
     }
 
+    fn ignores_calls(&self) -> bool {
+        true
+    }
+
     fn orphans(&self) -> (usize, Option<u32>) {
         count_orphans(self.live.values().chain(self.reads.iter()))
     }

@@ -1,11 +1,13 @@
 //! The stall timer: how long a connection may stay silent while calls wait.
 //!
 //! The clock runs only while a call that counts waits for its reply
-//! ([`Matcher::watched`](super::Matcher::watched)), and every sign of progress
-//! restarts it: a byte read or written (over a [`Metered`](crate::Metered) IO, as the
-//! crate's own connectors use), a frame read, a flush completed. So a large reply over a
-//! slow link, or a multi-frame reply whose frames keep coming, never stalls; a server
-//! that says nothing while calls wait does. The timer is re-armed lazily: progress only
+//! ([`Matcher::watched`](super::Matcher::watched)), and the server's signs of life
+//! restart it: a frame read, a byte read (over a [`Metered`](crate::Metered) IO, as the
+//! crate's own connectors use), and bytes of a request the transport is still taking in
+//! (a write that did not go out whole at once). So a large reply or request over a slow
+//! link, or a multi-frame reply whose frames keep coming, never stalls; a server that
+//! says nothing while calls wait does, even while we keep writing small requests or
+//! heartbeats to it, and so does one that stopped reading them. The timer is re-armed lazily: progress only
 //! stores an [`Instant`], and the timer, when it fires early, moves to the new deadline.
 
 use std::pin::Pin;
@@ -27,20 +29,21 @@ pub(crate) struct Stall {
 }
 
 impl Stall {
-    /// Called once per engine iteration: `watched` says whether the clock runs; `moved`
-    /// is the time, read once by the engine, when anything moved in that iteration.
+    /// Called once per engine iteration: `watched` says whether the clock runs; `heard`
+    /// is the time (read once by the engine) when the iteration saw progress that
+    /// restarts the clock.
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
         limit: Duration,
         watched: bool,
-        moved: Option<Instant>,
+        heard: Option<Instant>,
     ) -> Result<(), ConnectionError> {
         if !watched {
             self.quiet_since = None;
             return Ok(());
         }
-        if let Some(now) = moved {
+        if let Some(now) = heard {
             self.quiet_since = Some(now);
         } else if self.quiet_since.is_none() {
             self.quiet_since = Some(Instant::now());

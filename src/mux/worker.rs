@@ -119,7 +119,12 @@ where
             }
         }
         if let Some(deadline) = &mut this.deadline {
-            if deadline.as_mut().poll(cx).is_ready() {
+            // A shutdown ends as soon as no call it holds has a caller left (calls whose
+            // caller left, and slots reserved but unused, do not hold it); while callers
+            // remain, the task is woken when they leave.
+            let queued = this.engine.poll_nobody_waits(cx);
+            let nobody = conn.poll_nobody_waits(cx) && queued;
+            if nobody || deadline.as_mut().poll(cx).is_ready() {
                 let why = ConnectionError::new(ConnectionErrorKind::Closed, None);
                 this.end(Kind::Closed, why);
                 return this.engine.poll_fail_late(cx);

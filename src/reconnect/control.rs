@@ -34,7 +34,7 @@ where
 {
     pub(super) fn on_control(&mut self, control: Control) {
         match control {
-            Control::Close => self.close(),
+            Control::Close => self.close(false),
             Control::Shutdown(deadline, done) => match &mut self.shutdown {
                 Some(shutdown) => {
                     if deadline < shutdown.deadline.deadline() {
@@ -72,9 +72,11 @@ where
                         self.phase = self.start_pass();
                     }
                     Phase::Connecting { .. } => self.phase = self.start_pass(),
-                    phase @ (Phase::Closed | Phase::Idle | Phase::BackingOff { .. }) => {
-                        self.phase = phase;
-                    }
+                    // New calls go to the new host now, not after a backoff that the old
+                    // host's failures earned: at once under `Persistent`, with the next
+                    // call under `Once`.
+                    Phase::BackingOff { .. } => self.phase = self.after_loss(),
+                    phase @ (Phase::Closed | Phase::Idle) => self.phase = phase,
                 }
             }
         }
@@ -131,13 +133,14 @@ where
         if !idle && shutdown.deadline.as_mut().poll(cx).is_pending() {
             return false;
         }
-        self.close();
+        self.close(true);
         true
     }
 
-    /// Fails everything and stops: `close()`, or a shutdown that ended. `connect()`
-    /// calls that waited for the shutdown reopen the channel after.
-    pub(super) fn close(&mut self) {
+    /// Fails everything and stops: `close()` (`reopen` false: the `connect()` calls
+    /// that waited for a shutdown fail, closed, and later calls fail fast), or a
+    /// shutdown that ended (`reopen` true: those calls reopen the channel after).
+    pub(super) fn close(&mut self, reopen: bool) {
         let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
         self.engine.shared.set_closed();
         match std::mem::replace(&mut self.phase, Phase::Closed) {
@@ -153,7 +156,13 @@ where
         self.set_state(State::Closed);
         if let Some(shutdown) = self.shutdown.take() {
             drop(shutdown.waiters);
-            self.reopen(shutdown.reopen);
+            if reopen {
+                self.reopen(shutdown.reopen);
+            } else {
+                for done in shutdown.reopen {
+                    let _ = done.send(Err(Error::new(Kind::Closed)));
+                }
+            }
         }
     }
 }

@@ -212,7 +212,13 @@ where
             .as_ref()
             .map(|(every, _)| Ping::new(*every));
         let mut conn = conn;
-        let limit = self.opts.orphans.limit(conn.matcher.capacity());
+        // Only a reply to a user call counts as the host answering: a host that answers
+        // the handshake and then closes is a crash loop too.
+        conn.answered = false;
+        let limit = self
+            .opts
+            .orphans
+            .limit(conn.matcher.capacity(), conn.matcher.ignores_calls());
         conn.retire_when(Retire::new(limit, self.opts.orphan_age));
         let age = self
             .opts

@@ -12,7 +12,8 @@
 //! * `shutdown`: a shutdown ends with its last call; `connect` during one;
 //! * `hosts`: the crash-loop backoff counts only answers; redirects keep hosts;
 //! * `limits`: multi-frame replies and slow stream readers are bounded;
-//! * `orphans`: a connection full of calls nobody waits for is retired; maximum age.
+//! * `orphans`: a connection full of calls nobody waits for is retired; maximum age;
+//! * `review`: the reproductions of the skeptical review of these fixes.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -22,6 +23,7 @@ mod handshake;
 mod hosts;
 mod limits;
 mod orphans;
+mod review;
 mod shutdown;
 mod stall;
 
