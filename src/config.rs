@@ -147,13 +147,15 @@ impl Config {
     /// it is declared dead (default 30 s; `None` turns it off).
     ///
     /// It measures silence, not transfer: the clock runs only while a call that counts
-    /// waits, and every sign of progress restarts it: a byte read or written (over a
-    /// [`Metered`](crate::Metered) IO, as [`TcpConnector`](crate::TcpConnector) frames),
-    /// a frame read, a flush completed. A large reply over a slow link, or a multi-frame
-    /// reply whose frames keep coming, never stalls. Over a transport of your own
-    /// without `Metered`, only frames and completed flushes count. Calls made with an
-    /// exemption ([`Call::no_stall_timeout`](crate::Call::no_stall_timeout): blocking
-    /// commands) do not count, nor, in order mode, the calls queued behind one.
+    /// waits, and the server's signs of life restart it: a frame read, a byte read
+    /// (over a [`Metered`](crate::Metered) IO, as [`TcpConnector`](crate::TcpConnector)
+    /// frames), and bytes of a request the transport is still taking in (a large write
+    /// over a slow link). A large reply or request over a slow link, or a multi-frame
+    /// reply whose frames keep coming, never stalls; small requests or heartbeats that
+    /// go out whole do not keep a server that never answers alive. Over a transport of
+    /// your own without `Metered`, only frames read count. Calls made with an exemption
+    /// ([`Call::no_stall_timeout`](crate::Call::no_stall_timeout): blocking commands) do
+    /// not count, nor, in order mode, the calls queued behind one.
     ///
     /// When it fires, the connection closes and every call waiting on it fails as
     /// *may have executed*. A server that ignores some calls while it answers others is
