@@ -1,18 +1,15 @@
 //! The crash-loop backoff counts only answers; a redirect keeps the configured hosts.
 
 use std::error::Error as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::SinkExt;
-use socketchannel::{Backoff, Channel, Endpoint, Handshake, Kind, Order, Policy};
-use tower::Service;
+use socketchannel::{Backoff, Channel, Endpoint, Handshake, Kind};
 
 use crate::support::channel::{Mode, connect_error, msg};
-use crate::support::codec::{Msg, TestProto};
+use crate::support::codec::Msg;
 use crate::support::memory::{Io, Net};
-use crate::{ms, serve};
+use crate::{connects_in_two_seconds, ms, serve};
 
 /// Defect 8: a host that sends one frame and closes (Redis' "max number of clients
 /// reached") is backed off: a frame read is not an answer. It used to reconnect at once,
@@ -24,33 +21,9 @@ async fn d08_a_host_that_sends_one_frame_and_closes_is_backed_off() {
             .send(Msg::new("-ERR max number of clients reached"))
             .await;
     });
-    // Past 200 connects the connector hangs: a hot loop ends there instead of never
-    // letting the paused clock move.
-    let connects = Arc::new(AtomicUsize::new(0));
-    let count = connects.clone();
-    let inner = net.connector();
-    let connector = tower::service_fn(move |ep: Endpoint| {
-        let mut inner = inner.clone();
-        let n = count.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n >= 200 {
-                std::future::pending::<()>().await;
-            }
-            inner.call(ep).await
-        }
-    });
-    let ch = Channel::builder()
-        .host("a:1")
-        .policy(Policy::Persistent)
-        .backoff(Backoff::exponential(ms(100), Duration::from_secs(1)).jitter_seed(1))
-        .eager()
-        .connector(connector, Order::new(TestProto))
-        .expect("valid");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let n = connects.load(Ordering::SeqCst);
+    let n = connects_in_two_seconds(&net, Channel::builder()).await;
     // 100 ms, then up to 200, 400, 800 ms: a handful of attempts in 2 s.
     assert!(n <= 12, "{n} connects in 2 s");
-    drop(ch);
 }
 
 /// Defect 12: `.host(sentinel)` with a handshake that redirects to the master. After

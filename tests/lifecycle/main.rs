@@ -63,6 +63,45 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// How many connects a `Persistent` channel to `a:1` on `net` makes in 2 s of virtual
+/// time, backing off from 100 ms up to 1 s (so a handful if the backoff holds). Past 200
+/// connects the connector hangs: a hot loop ends there instead of never letting the
+/// paused clock move.
+pub async fn connects_in_two_seconds(
+    net: &Net,
+    builder: socketchannel::Builder<Msg, Msg>,
+) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Service;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let count = connects.clone();
+    let inner = net.connector();
+    let connector = tower::service_fn(move |ep: Endpoint| {
+        let mut inner = inner.clone();
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n >= 200 {
+                std::future::pending::<()>().await;
+            }
+            inner.call(ep).await
+        }
+    });
+    let backoff = socketchannel::Backoff::exponential(ms(100), Duration::from_secs(1));
+    let ch = builder
+        .host("a:1")
+        .policy(socketchannel::Policy::Persistent)
+        .backoff(backoff.jitter_seed(1))
+        .eager()
+        .connector(
+            connector,
+            socketchannel::Order::new(support::codec::TestProto),
+        )
+        .expect("valid");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(ch);
+    connects.load(Ordering::SeqCst)
+}
+
 /// A network whose servers answer in order, one request at a time, and log what they
 /// read. A body says how to answer it:
 ///

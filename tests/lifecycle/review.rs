@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, Call, Channel, Config, Endpoint, Handshake, Order, Policy, Replies};
+use socketchannel::{Backoff, Call, Channel, Config, Endpoint, Handshake, Order, Replies};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::support::channel::{Mode, msg, spawn_request};
 use crate::support::codec::{Msg, MsgCodec, TestProto};
 use crate::support::memory::{Io, Net};
-use crate::{ms, serve};
+use crate::{connects_in_two_seconds, ms, serve};
 
 #[tokio::test(start_paused = true)]
 async fn r1_exempt_orphan_never_retires() {
@@ -180,35 +180,14 @@ async fn r4_stream_reader_leaving_does_not_end_shutdown() {
 #[tokio::test(start_paused = true)]
 async fn r5_handshake_answered_then_close_hot_loop() {
     let (net, _log) = serve();
-    let connects = Arc::new(AtomicUsize::new(0));
-    let count = connects.clone();
-    let inner = net.connector();
-    let connector = tower::service_fn(move |ep: Endpoint| {
-        let mut inner = inner.clone();
-        let n = count.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n >= 200 {
-                std::future::pending::<()>().await;
-            }
-            inner.call(ep).await
-        }
-    });
-    let ch = Channel::builder()
-        .host("a:1")
-        .policy(Policy::Persistent)
-        .backoff(Backoff::exponential(ms(100), Duration::from_secs(1)).jitter_seed(1))
-        .eager()
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
+    let builder =
+        Channel::builder().handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
             conn.request(msg("bye")).await?;
             Ok(Handshake::Ready)
-        })
-        .connector(connector, Order::new(TestProto))
-        .expect("valid");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let n = connects.load(Ordering::SeqCst);
+        });
+    let n = connects_in_two_seconds(&net, builder).await;
     eprintln!("R5 {n} connects in 2 s");
     assert!(n <= 12, "{n} connects in 2 s");
-    drop(ch);
 }
 
 /// R6: order mode, a slow but answering server, callers with a timeout: retire storm.
@@ -271,35 +250,14 @@ async fn r5b_handshake_answered_then_close_later() {
         }
         tokio::time::sleep(ms(10)).await;
     });
-    let connects = Arc::new(AtomicUsize::new(0));
-    let count = connects.clone();
-    let inner = net.connector();
-    let connector = tower::service_fn(move |ep: Endpoint| {
-        let mut inner = inner.clone();
-        let n = count.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n >= 500 {
-                std::future::pending::<()>().await;
-            }
-            inner.call(ep).await
-        }
-    });
-    let ch = Channel::builder()
-        .host("a:1")
-        .policy(Policy::Persistent)
-        .backoff(Backoff::exponential(ms(100), Duration::from_secs(1)).jitter_seed(1))
-        .eager()
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
+    let builder =
+        Channel::builder().handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
             conn.request(msg("auth")).await?;
             Ok(Handshake::Ready)
-        })
-        .connector(connector, Order::new(TestProto))
-        .expect("valid");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let n = connects.load(Ordering::SeqCst);
+        });
+    let n = connects_in_two_seconds(&net, builder).await;
     eprintln!("R5b {n} connects in 2 s (backoff 100 ms..1 s)");
     assert!(n <= 12, "{n} connects in 2 s");
-    drop(ch);
 }
 
 /// R7: "an error ends it too": after a Limit error the stream does not end until the
