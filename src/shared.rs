@@ -116,6 +116,17 @@ impl<Resp> Shared<Resp> {
         }
     }
 
+    /// The connection task is gone: every call it had queued was failed with it, so
+    /// nothing weighs on the signal any more (their envelopes' `Drop` cannot reach
+    /// here to take their weight off one by one).
+    pub(crate) fn clear_queued(&self) {
+        let Some(overload) = &self.overload else {
+            return;
+        };
+        self.queued.store(0, Ordering::Release);
+        self.update_overload(overload);
+    }
+
     /// Re-decides the signal under the watch's lock, from the current weight: on above
     /// the high-water mark, off at half of it (hysteresis, so it does not flap).
     fn update_overload(&self, overload: &Overload) {

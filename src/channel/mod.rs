@@ -88,6 +88,7 @@ impl Connection {
             task: Box::pin(task),
             on_end: Box::new(move || {
                 shared.set_closed();
+                shared.clear_queued();
                 shared.set_state(State::Closed);
             }),
         }

@@ -151,6 +151,20 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
         }) {
             continue;
         }
+        // A balance call may have been queued on this channel, its caller waiting:
+        // the shutdown rightly waits for it, and when it fails *not sent* at the
+        // deadline `RetryNotSent` sends it to the other channel, so the ledger shows
+        // its outcome later, not here. Which channel held it is not recorded: left out.
+        let balance = scn.clients.len();
+        if calls.iter().any(|c| {
+            c.client == balance
+                && ours(c.client, client)
+                && c.created <= end
+                && c.cancelled.is_none_or(|at| at > t0)
+                && !c.outcomes.iter().any(|(at, _)| *at <= t0)
+        }) {
+            continue;
+        }
         // `connect()` during a shutdown reopens the channel and cancels the shutdown's
         // deadline; the shutdown then ends with the next close. Left out (reported in
         // issue 14's notes as a question of the contract, not checked here).

@@ -101,3 +101,15 @@ fn shutdown_not_woken_when_its_last_caller_leaves_seed_0x3b4() {
         "shutdown_not_woken_when_its_last_caller_leaves_seed_0x3b4",
     );
 }
+
+/// Found by 50,000 seeds after the fixes: when the connection task panicked (in a
+/// codec), its queued calls failed *not sent* with their envelopes, but their overload
+/// weight was never taken off, so the signal stayed on for good.
+#[test]
+fn overload_stuck_after_a_panicking_task_seed_0xc12() {
+    assert_clean(
+        0xc12,
+        "idle_gauges",
+        "overload_stuck_after_a_panicking_task_seed_0xc12",
+    );
+}
