@@ -3,16 +3,16 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-
-use futures_sink::Sink;
 use std::task::Context;
 
-use tokio::time::{Duration, Instant, Sleep};
+use futures_sink::Sink;
+
+use tokio::time::Instant;
 use tower::BoxError;
-use tracing::info;
 
 use super::call::{Envelope, Frames, Waiter};
 use super::matcher::{Entry, Matcher};
+use super::retire::Retire;
 use super::stall::Stall;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
 use crate::shared::Shared;
@@ -36,10 +36,6 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     /// that the server has not answered): set by a reconnecting channel, which can move
     /// its calls to a fresh connection. Off on a fixed transport.
     retire: Option<Retire>,
-    /// When the orphans were last counted because the connection was full.
-    last_scan: Option<Instant>,
-    /// The orphan-age clock: bumped every `Retire::tick`, stamped on each entry.
-    tick: u32,
     /// The waiting calls this connection last counted into `Counters::in_flight`.
     reported: usize,
     shared: Arc<Shared<Resp>>,
@@ -61,42 +57,6 @@ impl<Req, Resp> Drop for Writing<Req, Resp> {
     }
 }
 
-/// Orphans are counted at most this often because the connection is full.
-const SCAN_EVERY: Duration = Duration::from_millis(50);
-
-/// The orphan rules of one connection.
-pub(crate) struct Retire {
-    /// Orphans that make a full connection retire.
-    limit: Option<usize>,
-    /// How old the oldest orphan may grow.
-    age: Option<AgeClock>,
-}
-
-/// The orphan-age clock of a connection.
-struct AgeClock {
-    /// The length of a tick.
-    every: Duration,
-    /// When the next tick starts (set at the first check).
-    next: Option<Instant>,
-    /// Brings the ticks where nothing moves and no stall timer watches (an exempt
-    /// orphan at the head in order mode holds every call behind it).
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl Retire {
-    /// Ticks per age: the age is known to within a quarter of itself.
-    const TICKS: u32 = 4;
-
-    pub(crate) fn new(limit: Option<usize>, age: Option<Duration>) -> Option<Self> {
-        let age = age.map(|age| AgeClock {
-            every: (age / Self::TICKS).max(Duration::from_millis(1)),
-            next: None,
-            timer: None,
-        });
-        (limit.is_some() || age.is_some()).then_some(Retire { limit, age })
-    }
-}
-
 fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
     ConnectionError::new(why, Some(source.into()))
 }
@@ -112,8 +72,6 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             stall: Stall::default(),
             answered: false,
             retire: None,
-            last_scan: None,
-            tick: 0,
             reported: 0,
             shared,
         }
@@ -218,7 +176,7 @@ where
         let done = if waiter.wants_reply() {
             let entry = Entry {
                 waiter,
-                since: self.tick,
+                since: self.retire.as_ref().map_or(0, Retire::tick),
                 exempt,
                 read_only: matches!(frames, Frames::None),
             };
@@ -267,18 +225,9 @@ where
         self.retire = rules;
     }
 
-    /// Should the connection be retired for its orphans? Either it is full (in-flight
-    /// limit, or no free id) and at least `limit` of its waiting calls are orphans:
-    /// calls a server ignores while it answers others (so the stall timer never fires),
-    /// whose callers gave up; or its oldest orphan is older than the age.
-    ///
-    /// `now` is the clock the engine read because something moved in this pass. The
-    /// age clock ticks on it, so no timer is polled per pass on a busy connection. When
-    /// nothing moved and `unwatched` (no stall timer watches the waiting calls: they
-    /// are exempt, or there is none), a timer brings the ticks instead; when nothing
-    /// moved and the stall timer watches, a silent connection is the stall timer's. The
-    /// orphans are counted by a scan, only when a rule could be true: while full, at
-    /// most every `SCAN_EVERY`; and at each tick.
+    /// Should the connection be retired for its orphans (see `retire.rs`)? `now`: the
+    /// clock read of this pass, if anything moved; `unwatched`: no stall timer watches
+    /// the waiting calls.
     pub(crate) fn should_retire(
         &mut self,
         cx: &mut Context<'_>,
@@ -288,71 +237,11 @@ where
         let Some(retire) = &mut self.retire else {
             return false;
         };
-        let now = match (now, &mut retire.age) {
-            (Some(now), _) => now,
-            (
-                None,
-                Some(AgeClock {
-                    every, next, timer, ..
-                }),
-            ) if unwatched && self.matcher.pending() > 0 => {
-                let at = next.unwrap_or_else(|| Instant::now() + *every);
-                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                if timer.deadline() != at {
-                    timer.as_mut().reset(at);
-                }
-                if timer.as_mut().poll(cx).is_pending() {
-                    *next = Some(at);
-                    return false;
-                }
-                Instant::now()
-            }
-            (None, _) => return false,
-        };
-        let mut scan = false;
-        if let Some(AgeClock { every, next, timer }) = &mut retire.age {
-            match next {
-                Some(at) if now < *at => {}
-                _ => {
-                    self.tick = self.tick.wrapping_add(1);
-                    let at = now + *every;
-                    *next = Some(at);
-                    scan = true;
-                    // A timer that brought this tick is re-armed for the next one, or
-                    // nothing would wake a quiet connection again.
-                    if let Some(timer) = timer {
-                        timer.as_mut().reset(at);
-                        let _ = timer.as_mut().poll(cx);
-                    }
-                }
-            }
+        let retiring = retire.poll(cx, &self.matcher, now, unwatched);
+        if retiring {
+            self.shared.stats.retired(1);
         }
-        let full = retire.limit.is_some() && !self.matcher.has_room();
-        if full && self.last_scan.is_none_or(|t| now >= t + SCAN_EVERY) {
-            self.last_scan = Some(now);
-            scan = true;
-        }
-        if !scan {
-            return false;
-        }
-        let (orphans, oldest) = self.matcher.orphans();
-        let too_many = full && retire.limit.is_some_and(|limit| orphans >= limit);
-        // Written during tick `oldest`: at least `tick - oldest - 1` whole ticks old.
-        let too_old = match (&retire.age, oldest) {
-            (Some(_), Some(oldest)) => {
-                self.tick.wrapping_sub(oldest).saturating_sub(1) >= Retire::TICKS
-            }
-            _ => false,
-        };
-        if !(too_many || too_old) {
-            return false;
-        }
-        info!(
-            orphans,
-            too_many, too_old, "unanswered calls nobody waits for: retiring the connection"
-        );
-        self.shared.stats.retired(1);
-        true
+        retiring
     }
 
     /// Brings `Counters::in_flight` up to date with this connection's waiting calls.

@@ -139,11 +139,6 @@ where
         self.closing = true;
     }
 
-    /// Takes calls again (a channel reopened after a shutdown).
-    pub(crate) fn reopen_intake(&mut self) {
-        self.closing = false;
-    }
-
     /// Takes one call from the intake, taking it off the overload weight.
     #[inline(always)]
     fn take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<Req, Resp>>> {

@@ -13,14 +13,16 @@ mod engine;
 mod ids;
 mod matcher;
 mod order;
+mod retire;
 mod session;
 mod stall;
 mod worker;
 
 pub(crate) use self::call::{Collect, Envelope, Frames, StreamShared, StreamTx, Until, Waiter};
-pub(crate) use self::conn::{Conn, Retire};
+pub(crate) use self::conn::Conn;
 pub(crate) use self::engine::{Ended, Engine, Lane};
 pub use self::order::Order;
+pub(crate) use self::retire::Retire;
 pub use self::session::Session;
 pub(crate) use self::worker::Worker;
 

@@ -88,7 +88,6 @@ where
             return;
         }
         self.engine.shared.set_open();
-        self.engine.reopen_intake();
         match self.phase {
             Phase::Ready { .. } => {
                 for done in waiters {

@@ -46,6 +46,8 @@ async fn r1_exempt_orphan_never_retires() {
     let late = tokio::time::timeout(Duration::from_secs(5), ch.request(msg("later"))).await;
     eprintln!("R1 a new call 120 s later: {late:?}");
     assert!(c.retired >= 1, "orphan 120 s old never retired");
+    let later = late.expect("a new call is answered on the fresh connection");
+    assert_eq!(later.expect("answered").text(), "later");
 }
 
 /// R2: a fixed-transport shutdown is held by an orphan (caller gone, server ignores it).
