@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::{Frame, Packed, PubSub, Redis, RespCodec, cmd, start_server, text};
-use socketchannel::{Backoff, BoxError, Call, Channel, Handshake, Policy};
+use socketchannel::{Backoff, BoxError, Call, Channel, Handshake, Reconnect};
 use tokio::task::JoinSet;
 
 const PASSWORD: &str = "example-password";
@@ -80,7 +80,7 @@ async fn main() -> Result<(), BoxError> {
     println!("\n5. Pub/sub: a watcher channel whose handshake (re)subscribes");
     let watcher: Channel<Frame, Frame> = Channel::builder()
         .host(&addr)
-        .policy(Policy::Persistent)
+        .reconnect(Reconnect::Persistent)
         .backoff(backoff())
         .eager()
         .handshake(|conn, _endpoint| async move {

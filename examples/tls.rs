@@ -5,7 +5,7 @@
 //! It generates a self-signed certificate with rcgen, starts an in-process TLS line
 //! server on 127.0.0.1, pipelines concurrent requests over one TLS connection, then
 //! shows that a certificate which does not match the expected server name fails the
-//! connect (`Kind::Connect`) instead of sending anything. Nothing outside this process
+//! connect (`Kind::ConnectFailed`) instead of sending anything. Nothing outside this process
 //! is needed. Run it with `cargo run --example tls`.
 
 #[path = "common/mod.rs"]

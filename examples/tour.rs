@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use socketchannel::{
-    Backoff, BoxError, Channel, Handshake, Plain, Policy, Protocol, Session, Sessions, State,
+    Backoff, BoxError, Channel, Handshake, Plain, Protocol, Reconnect, Session, Sessions, State,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -34,7 +34,7 @@ async fn main() -> Result<(), BoxError> {
     let channel: Channel<String, String> = Channel::builder()
         .host(&primary_addr.to_string())
         .backup(&backup_addr.to_string())
-        .policy(Policy::Persistent)
+        .reconnect(Reconnect::Persistent)
         .backoff(Backoff::exponential(
             Duration::from_millis(100),
             Duration::from_secs(1),

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, BoxError, Channel, Plain, Policy, RetryNotSent, State};
+use socketchannel::{Backoff, BoxError, Channel, Plain, Reconnect, RetryNotSent, State};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::codec::{Framed, LinesCodec};
@@ -46,7 +46,7 @@ async fn main() -> Result<(), BoxError> {
     let backend = |addr: SocketAddr| {
         Channel::<String, String>::builder()
             .host(&addr.to_string())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_millis(50),
                 Duration::from_millis(200),

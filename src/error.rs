@@ -42,11 +42,14 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Kind {
-    /// The connection failed: I/O error, end of stream, undecodable frame, desync or stall
-    /// timeout. The source is a [`ConnectionError`].
-    Connection,
-    /// No connection could be made (every host was tried).
-    Connect,
+    /// A connection the call was queued on or written to was lost: an I/O error, end of
+    /// stream, an undecodable frame, a desync or the stall timeout. The source is a
+    /// [`ConnectionError`] ([`Error::connection_error`]).
+    ConnectionLost,
+    /// No connection could be made: every host of the connect pass failed, or the
+    /// channel is backing off after such a pass. The source is a
+    /// [`ConnectError`](crate::ConnectError) naming each host ([`Error::connect_error`]).
+    ConnectFailed,
     /// The channel is closed: by [`close`](crate::Channel::close), by a shutdown, or
     /// because its connection task is gone.
     Closed,
@@ -128,9 +131,14 @@ impl Error {
         self.inner.kind == Kind::Closed
     }
 
-    /// The connection failed (see [`ConnectionError`] behind `source()`).
-    pub fn is_connection(&self) -> bool {
-        self.inner.kind == Kind::Connection
+    /// The connection was lost (see [`Error::connection_error`]).
+    pub fn is_connection_lost(&self) -> bool {
+        self.inner.kind == Kind::ConnectionLost
+    }
+
+    /// No connection could be made (see [`Error::connect_error`]).
+    pub fn is_connect_failed(&self) -> bool {
+        self.inner.kind == Kind::ConnectFailed
     }
 
     /// The server answered with an error reply.
@@ -138,8 +146,14 @@ impl Error {
         self.inner.kind == Kind::Server
     }
 
-    /// The lost connection's cause, when the kind is [`Kind::Connection`].
+    /// The lost connection's cause, when the kind is [`Kind::ConnectionLost`].
     pub fn connection_error(&self) -> Option<&ConnectionError> {
+        self.inner.cause.as_deref()?.downcast_ref()
+    }
+
+    /// The failed connect pass, with every host's failure, when the kind is
+    /// [`Kind::ConnectFailed`].
+    pub fn connect_error(&self) -> Option<&crate::ConnectError> {
         self.inner.cause.as_deref()?.downcast_ref()
     }
 
@@ -188,8 +202,8 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.inner.kind {
-            Kind::Connection => "connection lost",
-            Kind::Connect => "could not connect",
+            Kind::ConnectionLost => "connection lost",
+            Kind::ConnectFailed => "could not connect",
             Kind::Closed => "channel closed",
             Kind::Server => "server replied with an error",
             Kind::IdInUse => "session id already in use",
@@ -337,7 +351,7 @@ mod tests {
 
     #[test]
     fn take_request_gives_back_the_right_type_once() {
-        let mut err = Error::new(Kind::Connection).with_request(Box::new(7u32));
+        let mut err = Error::new(Kind::ConnectionLost).with_request(Box::new(7u32));
         assert!(err.is_not_sent());
         assert_eq!(err.take_request::<String>(), None);
         assert_eq!(err.take_request::<u32>(), Some(7));
@@ -347,7 +361,7 @@ mod tests {
     #[test]
     fn display_names_cause() {
         let cause = ConnectionError::new(ConnectionErrorKind::Eof, None);
-        let err = Error::new(Kind::Connection)
+        let err = Error::new(Kind::ConnectionLost)
             .written(true)
             .with_cause(Arc::new(cause));
         assert_eq!(

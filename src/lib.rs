@@ -106,20 +106,20 @@
 //! first call (concurrent callers share one attempt), to a host or its backups, with a
 //! handshake on every new connection before any user request ([`Handshake`]: AUTH,
 //! SELECT, reading a greeting, a redirect to the primary), and reconnects when the
-//! connection is lost: at once under [`Policy::Persistent`], on the next call under
-//! [`Policy::Once`]. Failed connect passes (and a connection lost before it answered
+//! connection is lost: at once under [`Reconnect::Persistent`], on the next call under
+//! [`Reconnect::Once`]. Failed connect passes (and a connection lost before it answered
 //! anything) wait out a [`Backoff`]. Calls not yet written survive a reconnect.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use socketchannel::{Backoff, Channel, Handshake, Plain, Policy};
+//! use socketchannel::{Backoff, Channel, Handshake, Plain, Reconnect};
 //! use tokio_util::codec::LinesCodec;
 //!
 //! # fn demo() -> Result<(), socketchannel::InvalidEndpoint> {
 //! let channel: Channel<String, String> = Channel::builder()
 //!     .host("10.0.0.1:7000")
 //!     .backup("10.0.0.2:7000")
-//!     .policy(Policy::Persistent)
+//!     .reconnect(Reconnect::Persistent)
 //!     .backoff(Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)))
 //!     .handshake(|conn, _endpoint| async move {
 //!         conn.request("AUTH secret".to_string()).await?;
@@ -215,7 +215,9 @@ pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitE
 pub use crate::meter::Metered;
 pub use crate::mux::{Mode, Order, Session};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
-pub use crate::reconnect::{Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Policy};
+pub use crate::reconnect::{
+    Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Reconnect,
+};
 pub use crate::retry::RetryNotSent;
 pub use crate::shared::State;
 pub use crate::stats::Counters;

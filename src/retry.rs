@@ -86,9 +86,10 @@ mod tests {
     async fn retries_not_sent_only_and_only_so_often() {
         let mut policy = RetryNotSent::new(1);
         let mut req = ();
-        let mut sent: Result<(), BoxError> = Err(Error::new(Kind::Connection).written(true).into());
+        let mut sent: Result<(), BoxError> =
+            Err(Error::new(Kind::ConnectionLost).written(true).into());
         assert!(policy.retry(&mut req, &mut sent).is_none());
-        let mut not_sent: Result<(), BoxError> = Err(Error::new(Kind::Connect).into());
+        let mut not_sent: Result<(), BoxError> = Err(Error::new(Kind::ConnectFailed).into());
         assert!(policy.retry(&mut req, &mut not_sent).is_some());
         assert!(policy.retry(&mut req, &mut not_sent).is_none());
         let mut ok: Result<(), BoxError> = Ok(());

@@ -450,7 +450,7 @@ async fn connect_timeout_zero_fails_calls_not_sent() {
         let err = timeout(SHORT, ch.request(msg("r")))
             .await
             .expect_err("cannot connect");
-        assert_eq!(err.kind(), Kind::Connect);
+        assert_eq!(err.kind(), Kind::ConnectFailed);
         assert!(err.is_not_sent());
         assert!(err.to_string().contains("timed out"), "{err}");
     })
@@ -473,7 +473,7 @@ async fn handshake_timeout_zero_fails_calls_not_sent() {
         let err = timeout(SHORT, ch.request(msg("r")))
             .await
             .expect_err("no handshake");
-        assert_eq!(err.kind(), Kind::Connect);
+        assert_eq!(err.kind(), Kind::ConnectFailed);
         assert!(err.is_not_sent());
     })
     .await;
@@ -697,7 +697,7 @@ async fn encode_error_on_a_fixed_transport() {
         let err = timeout(SHORT, ch.request(msg("unencodable")))
             .await
             .expect_err("cannot be encoded");
-        assert_eq!(err.kind(), Kind::Connection, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
         assert_eq!(
             err.connection_error().map(|c| c.kind()),
             Some(ConnectionErrorKind::Write)
@@ -709,7 +709,7 @@ async fn encode_error_on_a_fixed_transport() {
 
         let err = joined(waiting).await.expect_err("its connection ended");
         assert!(err.may_have_executed(), "{err}");
-        assert_eq!(err.kind(), Kind::Connection);
+        assert_eq!(err.kind(), Kind::ConnectionLost);
 
         let mut err = timeout(SHORT, ch.request(msg("after")))
             .await
@@ -739,7 +739,7 @@ async fn encode_error_on_a_reconnecting_channel() {
         let err = timeout(SHORT, ch.request(msg("unencodable")))
             .await
             .expect_err("cannot be encoded");
-        assert_eq!(err.kind(), Kind::Connection, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
         assert!(mentions(&err, "BadCodec cannot encode"), "{err}");
         all_answered(&ch, 2).await;
         assert_eq!(ch.counters().reconnects, 1);

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, Channel, Plain, Policy, State};
+use socketchannel::{Backoff, Channel, Plain, Reconnect, State};
 use tokio::net::TcpListener;
 use tokio_util::codec::{Framed, LinesCodec};
 use tower::balance::p2c::Balance;
@@ -51,7 +51,7 @@ fn dead_addr() -> SocketAddr {
 fn channel(addr: SocketAddr) -> Lines {
     Channel::builder()
         .host(&addr.to_string())
-        .policy(Policy::Persistent)
+        .reconnect(Reconnect::Persistent)
         // Long enough that the dead backend stays backing off for the whole test.
         .backoff(Backoff::exponential(
             Duration::from_secs(30),

@@ -1,7 +1,7 @@
 //! Seeded chaos (reliability catalogue, scenario 31): 64 callers send requests carrying
 //! unique nonces to an echo server through the fault-injecting proxy, while a driver
 //! cuts, resets, stalls, delays, slices, crash-loops and refuses at random. The channel
-//! reconnects (`Policy::Persistent`, short backoff, short stall timeout).
+//! reconnects (`Reconnect::Persistent`, short backoff, short stall timeout).
 //!
 //! What must hold, whatever the faults:
 //!
@@ -38,7 +38,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 
 use socketchannel::{
-    Backoff, Channel, Config, ConnectionErrorKind, Error, Kind, Order, Policy, Session, State,
+    Backoff, Channel, Config, ConnectionErrorKind, Error, Kind, Order, Reconnect, Session, State,
     TcpConnector,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -421,7 +421,7 @@ async fn run(order: bool, s: Settings) {
 
     let builder = Channel::builder()
         .host(&proxy.addr().to_string())
-        .policy(Policy::Persistent)
+        .reconnect(Reconnect::Persistent)
         .backoff(Backoff::exponential(
             Duration::from_millis(5),
             Duration::from_millis(50),
@@ -523,12 +523,12 @@ async fn run(order: bool, s: Settings) {
                 );
                 assert_eq!(
                     *kind,
-                    Kind::Connect,
+                    Kind::ConnectFailed,
                     "seed {seed:#x}: not sent for another reason"
                 );
             }
             Outcome::MayHaveExecuted(kind, why) => {
-                assert_eq!(*kind, Kind::Connection, "seed {seed:#x}: {nonce:#x}");
+                assert_eq!(*kind, Kind::ConnectionLost, "seed {seed:#x}: {nonce:#x}");
                 assert_ne!(
                     *why,
                     Some(ConnectionErrorKind::Desync),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, BoxError, Channel, Endpoint, Kind, Policy, State};
+use socketchannel::{Backoff, BoxError, Channel, Endpoint, Kind, Reconnect, State};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::balance::p2c::Balance;
@@ -338,7 +338,7 @@ async fn retry_not_sent_until_the_host_is_up() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Once)
+            .reconnect(Reconnect::Once)
             .backoff(Backoff::exponential(
                 Duration::from_millis(100),
                 Duration::from_millis(100),
@@ -386,7 +386,7 @@ async fn retry_leaves_may_have_executed_errors_alone() {
     .expect_err("the server closed without answering");
     let err = channel_error(&err).unwrap_or_else(|| panic!("not a channel error: {err}"));
     assert!(err.may_have_executed(), "{err}");
-    assert_eq!(err.kind(), Kind::Connection);
+    assert_eq!(err.kind(), Kind::ConnectionLost);
     assert_eq!(retries.load(Ordering::SeqCst), 0);
     assert_eq!(
         net.executed().len(),
@@ -486,7 +486,7 @@ async fn full_stack_over_a_channel() {
 /// spares rustc a higher-ranked `Send` proof about the stack's future when it is spawned.
 type Stack = BoxCloneService<Msg, Msg, BoxError>;
 
-/// One channel per host (session mode; `Policy::Once`, backoff 50 to 500 ms).
+/// One channel per host (session mode; `Reconnect::Once`, backoff 50 to 500 ms).
 fn channels(net: &Net) -> Vec<Ch> {
     ["a:1", "b:2"]
         .iter()
@@ -495,7 +495,7 @@ fn channels(net: &Net) -> Vec<Ch> {
                 Mode::Session,
                 Channel::builder()
                     .host(host)
-                    .policy(Policy::Once)
+                    .reconnect(Reconnect::Once)
                     .backoff(Backoff::exponential(
                         Duration::from_millis(50),
                         Duration::from_millis(500),

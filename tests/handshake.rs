@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, BoxError, Channel, Endpoint, Handshake, Kind, Policy, State};
+use socketchannel::{Backoff, BoxError, Channel, Endpoint, Handshake, Kind, Reconnect, State};
 use tokio::time::Instant;
 
 use support::channel::{Ch, Mode, connect_error, joined, msg, spawn_request, wait_state};
@@ -282,7 +282,7 @@ async fn failed_handshake_tries_the_next_host() {
     assert_eq!(texts(&log[1].1), ["auth secret", "x"]);
 }
 
-/// Every host refuses the password: the calls fail `Kind::Connect`, not sent, and the
+/// Every host refuses the password: the calls fail `Kind::ConnectFailed`, not sent, and the
 /// `ConnectError` says the handshake failed and why.
 #[tokio::test(start_paused = true)]
 async fn failed_handshake_on_every_host_names_the_cause() {
@@ -299,7 +299,7 @@ async fn failed_handshake_on_every_host_names_the_cause() {
     let err = within(10, "all refuse", ch.request(msg("x")))
         .await
         .expect_err("refused");
-    assert_eq!(err.kind(), Kind::Connect, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
     assert!(err.is_not_sent());
     let connect = connect_error(&err);
     let text = connect.to_string();
@@ -363,7 +363,7 @@ async fn redirect_loop_fails_the_pass() {
     let err = within(10, "redirect loop", ch.request(msg("x")))
         .await
         .expect_err("loop");
-    assert_eq!(err.kind(), Kind::Connect, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
     assert!(err.is_not_sent());
     assert!(
         net.connects() <= 20,
@@ -530,17 +530,17 @@ async fn disconnect_during_handshake_on_the_only_host_backs_off() {
     let err = within(10, "hang-up", ch.request(msg("x")))
         .await
         .expect_err("hung up");
-    assert_eq!(err.kind(), Kind::Connect, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
     assert!(err.is_not_sent());
     assert_eq!(*ch.state().borrow(), State::BackingOff);
     let err = within(1, "fail fast", ch.request(msg("y")))
         .await
         .expect_err("backing off");
-    assert_eq!(err.kind(), Kind::Connect, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
     assert_eq!((net.connects(), runs.load(Ordering::SeqCst)), (1, 1));
 }
 
-/// A wrong password under `Policy::Persistent` and exponential backoff (1 s to 10 s):
+/// A wrong password under `Reconnect::Persistent` and exponential backoff (1 s to 10 s):
 /// over 60 s the handshake runs a bounded number of times, at least 1 s apart: no hot
 /// loop.
 #[tokio::test(start_paused = true)]
@@ -553,7 +553,7 @@ async fn wrong_credentials_back_off() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_secs(1),
                 Duration::from_secs(10),
@@ -570,7 +570,7 @@ async fn wrong_credentials_back_off() {
     let err = within(10, "connect", ch.connect())
         .await
         .expect_err("wrong password");
-    assert_eq!(err.kind(), Kind::Connect, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
     tokio::time::sleep_until(start + Duration::from_secs(60)).await;
     let attempts = attempts.lock().unwrap().clone();
     let n = attempts.len();

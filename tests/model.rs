@@ -23,8 +23,8 @@
 //! * a request the server answered reaches its caller (unless the caller gave up first);
 //! * when a connection dies (closed by the server, or a desync), every request the
 //!   server had read on it and not answered fails *may have executed*
-//!   (`Kind::Connection`); requests it never read are not failed by that: they go out
-//!   on the next connection, or fail *not sent* (`Kind::Connect`) when a connect pass
+//!   (`Kind::ConnectionLost`); requests it never read are not failed by that: they go out
+//!   on the next connection, or fail *not sent* (`Kind::ConnectFailed`) when a connect pass
 //!   fails (and only then);
 //! * a caller that gave up gets nothing, and a request whose caller gave up before it was
 //!   written is never written; no request is ever written twice;
@@ -52,7 +52,8 @@ use std::time::Duration;
 use futures::{FutureExt, SinkExt, StreamExt};
 use proptest::prelude::*;
 use socketchannel::{
-    Backoff, BoxError, Channel, ConnectionErrorKind, Endpoint, Error, Kind, Order, Policy, Session,
+    Backoff, BoxError, Channel, ConnectionErrorKind, Endpoint, Error, Kind, Order, Reconnect,
+    Session,
 };
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -238,7 +239,7 @@ impl Harness {
         let builder = Channel::builder()
             .host("model:1")
             .config(config)
-            .policy(Policy::Once)
+            .reconnect(Reconnect::Once)
             .backoff(Backoff::exponential(
                 Duration::from_millis(100),
                 Duration::from_millis(100),
@@ -648,7 +649,7 @@ impl Harness {
                         "{body} never reached the server, yet failed MX: {text}"
                     ));
                 };
-                if *kind != Kind::Connection || !self.dead.contains(&conn) {
+                if *kind != Kind::ConnectionLost || !self.dead.contains(&conn) {
                     self.fail(format!(
                         "{body} failed MX ({kind:?}, {why:?}) on connection {conn}, which is \
                          not dead: {text}"
@@ -669,7 +670,7 @@ impl Harness {
                         "{body} reached the server, yet failed not sent: {text}"
                     ));
                 }
-                if *kind != Kind::Connect || self.refused.load(Ordering::SeqCst) == 0 {
+                if *kind != Kind::ConnectFailed || self.refused.load(Ordering::SeqCst) == 0 {
                     self.fail(format!(
                         "{body} failed not sent ({kind:?}) with no connect refused: {text}"
                     ));

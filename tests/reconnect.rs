@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, Channel, Config, ConnectError, Endpoint, Error, Kind, Policy, State};
+use socketchannel::{
+    Backoff, Channel, Config, ConnectError, Endpoint, Error, Kind, Reconnect, State,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -60,7 +62,7 @@ async fn silent(_endpoint: Endpoint, mut io: Io) {
 }
 
 fn assert_connect_not_sent(err: &Error) {
-    assert_eq!(err.kind(), Kind::Connect, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
     assert!(err.is_not_sent(), "{err}");
 }
 
@@ -228,7 +230,7 @@ async fn single_flight_one_connect_serves_a_thousand_callers() {
 }
 
 /// When the one shared attempt fails, every one of the 1,000 callers learns it: they all
-/// fail as *not sent* with `Kind::Connect`, and nobody starts a second attempt.
+/// fail as *not sent* with `Kind::ConnectFailed`, and nobody starts a second attempt.
 #[tokio::test(start_paused = true)]
 async fn single_flight_failure_fails_every_caller_not_sent() {
     let net = Net::new(echo);
@@ -277,7 +279,7 @@ async fn failover_tries_backups_in_order_and_keeps_the_one_that_worked() {
     assert_eq!(reply.text(), "x");
     assert_eq!(net.tried(), ["a:1", "b:2", "c:3"]);
 
-    // The server closes after `bye`; the connection answered, so (Policy::Once) the
+    // The server closes after `bye`; the connection answered, so (Reconnect::Once) the
     // channel goes idle and reconnects on the next call.
     within(10, "bye", ch.request(msg("bye")))
         .await
@@ -300,7 +302,7 @@ async fn failover_tries_backups_in_order_and_keeps_the_one_that_worked() {
     assert_eq!(ch.counters().reconnects, 1);
 }
 
-/// Every host down: the error is `Kind::Connect`, not sent, and its source is a
+/// Every host down: the error is `Kind::ConnectFailed`, not sent, and its source is a
 /// `ConnectError` that names each host and its failure, in order.
 #[tokio::test(start_paused = true)]
 async fn all_hosts_down_error_names_each_host() {
@@ -338,7 +340,7 @@ async fn all_hosts_down_error_names_each_host() {
 // Policies and backoff
 // ---------------------------------------------------------------------------------------
 
-/// `Policy::Once`: after a failed pass, no more attempts until a call arrives.
+/// `Reconnect::Once`: after a failed pass, no more attempts until a call arrives.
 #[tokio::test(start_paused = true)]
 async fn policy_once_waits_for_a_call_after_a_failed_pass() {
     let net = Net::new(echo);
@@ -347,7 +349,7 @@ async fn policy_once_waits_for_a_call_after_a_failed_pass() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Once)
+            .reconnect(Reconnect::Once)
             .backoff(Backoff::exponential(
                 Duration::from_secs(1),
                 Duration::from_secs(8),
@@ -362,7 +364,7 @@ async fn policy_once_waits_for_a_call_after_a_failed_pass() {
     assert_eq!(
         net.connects(),
         1,
-        "Policy::Once kept connecting with no call waiting"
+        "Reconnect::Once kept connecting with no call waiting"
     );
     assert_eq!(*ch.state().borrow(), State::Idle);
 
@@ -374,7 +376,7 @@ async fn policy_once_waits_for_a_call_after_a_failed_pass() {
     assert_eq!(net.connects(), 2);
 }
 
-/// `Policy::Persistent`: keeps trying in the background; the backoff (1 s to 8 s) bounds
+/// `Reconnect::Persistent`: keeps trying in the background; the backoff (1 s to 8 s) bounds
 /// the number of attempts in a window, and it connects by itself once the host is up.
 #[tokio::test(start_paused = true)]
 async fn policy_persistent_keeps_trying_within_the_backoff() {
@@ -384,7 +386,7 @@ async fn policy_persistent_keeps_trying_within_the_backoff() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_secs(1),
                 Duration::from_secs(8),
@@ -419,7 +421,7 @@ async fn policy_persistent_keeps_trying_within_the_backoff() {
     );
 }
 
-/// While backing off, calls fail fast (`Kind::Connect`, not sent, with the pass's error
+/// While backing off, calls fail fast (`Kind::ConnectFailed`, not sent, with the pass's error
 /// as their source) without a new connect attempt, and `poll_ready` stays ready.
 #[tokio::test(start_paused = true)]
 async fn calls_during_backoff_fail_fast_without_connecting() {
@@ -533,7 +535,7 @@ async fn server_restart_mid_load_fails_in_flight_and_replays_queued() {
     for h in holds {
         let err = joined(h).await.expect_err("in flight at the kill");
         assert!(err.may_have_executed(), "{err}");
-        assert_eq!(err.kind(), Kind::Connection, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
     }
     for (i, h) in queued.into_iter().enumerate() {
         let reply = joined(h)
@@ -888,7 +890,7 @@ async fn idle_ping_is_sent_when_idle() {
 }
 
 /// A silent server: the idle ping goes unanswered, the stall timeout declares the peer
-/// dead, and (Policy::Persistent) the channel reconnects by itself.
+/// dead, and (Reconnect::Persistent) the channel reconnects by itself.
 #[tokio::test(start_paused = true)]
 async fn idle_ping_and_stall_timeout_detect_a_dead_peer() {
     let net = Net::new(silent);
@@ -896,7 +898,7 @@ async fn idle_ping_and_stall_timeout_detect_a_dead_peer() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_secs(1),
                 Duration::from_secs(1),
@@ -937,14 +939,14 @@ async fn shutdown_while_connecting_serves_the_queued_calls() {
     }
 }
 
-/// `change_host` under `Policy::Once`: "The new connection is made on the next call, or
-/// at once under Policy::Persistent" (Channel::change_host's documentation).
+/// `change_host` under `Reconnect::Once`: "The new connection is made on the next call, or
+/// at once under Reconnect::Persistent" (Channel::change_host's documentation).
 #[tokio::test(start_paused = true)]
 async fn change_host_under_policy_once_connects_on_the_next_call() {
     let net = Net::new(echo);
     let ch = net.channel(
         Mode::Order,
-        Channel::builder().host("a:1").policy(Policy::Once),
+        Channel::builder().host("a:1").reconnect(Reconnect::Once),
     );
     ch.request(msg("x")).await.expect("a:1");
     ch.change_host("b:2").expect("valid host");
@@ -952,7 +954,7 @@ async fn change_host_under_policy_once_connects_on_the_next_call() {
     assert_eq!(
         net.count("b:2"),
         0,
-        "Policy::Once connected to the new host with no call"
+        "Reconnect::Once connected to the new host with no call"
     );
     assert_eq!(ch.request(msg("y")).await.expect("b:2").text(), "y");
     assert_eq!(net.tried(), ["a:1", "b:2"]);
@@ -967,7 +969,7 @@ async fn crash_looping_host_is_retried_with_backoff() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_secs(1),
                 Duration::from_secs(8),
@@ -984,7 +986,7 @@ async fn crash_looping_host_is_retried_with_backoff() {
     );
 }
 
-/// `Policy::Persistent` with the host down: once every handle is gone, the connection
+/// `Reconnect::Persistent` with the host down: once every handle is gone, the connection
 /// task stops trying (no task left connecting forever for nobody).
 #[tokio::test(start_paused = true)]
 async fn persistent_channel_stops_when_every_handle_is_dropped() {
@@ -994,7 +996,7 @@ async fn persistent_channel_stops_when_every_handle_is_dropped() {
         Mode::Order,
         Channel::builder()
             .host("a:1")
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_secs(1),
                 Duration::from_secs(2),

@@ -21,7 +21,7 @@ use common::redis::{
     Frame, Packed, PubSub, Redis, RedisError, Resp3Frame, RespCodec, cmd, connect, info_field, int,
     start_server, text,
 };
-use socketchannel::{Backoff, Call, Channel, ConnectError, Error, Handshake, Kind, Policy};
+use socketchannel::{Backoff, Call, Channel, ConnectError, Error, Handshake, Kind, Reconnect};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::codec::Encoder;
@@ -309,7 +309,7 @@ async fn an_empty_command_fails_and_takes_no_other_reply() {
         let err = within(CALL, "empty", channel.request(cmd(Vec::<&str>::new())))
             .await
             .expect_err("refused");
-        assert_eq!(err.kind(), Kind::Connection, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
         // The channel reconnects, and each reply still goes to its own call.
         let (get, ping) = tokio::join!(
             channel.request(cmd(["GET", "k"])),
@@ -441,7 +441,10 @@ async fn handshake_authenticates_and_selects_on_every_connection() {
                 Err(e) => {
                     tries += 1;
                     assert!(tries < 5, "still failing after {tries} tries: {e}");
-                    assert!(matches!(e.kind(), Kind::Connection | Kind::Connect), "{e}");
+                    assert!(
+                        matches!(e.kind(), Kind::ConnectionLost | Kind::ConnectFailed),
+                        "{e}"
+                    );
                 }
             }
         }
@@ -484,7 +487,7 @@ async fn wrong_password_fails_clearly_and_backs_off() {
         let err = within(CALL, "PING", channel.request(cmd(["PING"])))
             .await
             .expect_err("a wrong password cannot connect");
-        assert_eq!(err.kind(), Kind::Connect, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
         assert!(err.is_not_sent());
         let source = err.source().expect("a source");
         let failures: Vec<_> = source
@@ -511,7 +514,7 @@ async fn wrong_password_fails_clearly_and_backs_off() {
             let err = within(CALL, "PING", channel.request(cmd(["PING"])))
                 .await
                 .expect_err("still the wrong password");
-            assert_eq!(err.kind(), Kind::Connect, "{err}");
+            assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
             assert!(err.is_not_sent());
             calls += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -608,10 +611,10 @@ async fn restart_mid_load_fails_only_calls_in_flight() {
                                 assert!(started < at, "a call made after recovery failed: {e}");
                             }
                             if e.may_have_executed() {
-                                assert_eq!(e.kind(), Kind::Connection, "{e}");
+                                assert_eq!(e.kind(), Kind::ConnectionLost, "{e}");
                                 tally.lost.fetch_add(1, Ordering::Relaxed);
                             } else {
-                                assert_eq!(e.kind(), Kind::Connect, "{e}");
+                                assert_eq!(e.kind(), Kind::ConnectFailed, "{e}");
                                 tally.unsent.fetch_add(1, Ordering::Relaxed);
                             }
                             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -641,7 +644,7 @@ async fn restart_mid_load_fails_only_calls_in_flight() {
             .await
             .expect("task")
             .expect_err("the server died under the BLPOP");
-        assert_eq!(err.kind(), Kind::Connection, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
         assert!(err.may_have_executed());
         tokio::time::sleep(Duration::from_millis(200)).await;
         server.restart().await.expect("restart redis-server");
@@ -704,7 +707,10 @@ async fn fails_over_to_a_backup() {
                 Err(e) => {
                     tries += 1;
                     assert!(tries < 5, "still failing after {tries} tries: {e}");
-                    assert!(matches!(e.kind(), Kind::Connection | Kind::Connect), "{e}");
+                    assert!(
+                        matches!(e.kind(), Kind::ConnectionLost | Kind::ConnectFailed),
+                        "{e}"
+                    );
                 }
             }
         };
@@ -795,7 +801,10 @@ async fn publish(publisher: &Channel<Frame, Frame>, channel: &str, payload: &str
             match publisher.request(cmd(["PUBLISH", channel, payload])).await {
                 Ok(reply) if int(&reply) == Some(1) => return,
                 Ok(reply) => assert_eq!(int(&reply), Some(0), "{reply:?}"),
-                Err(e) => assert!(matches!(e.kind(), Kind::Connection | Kind::Connect), "{e}"),
+                Err(e) => assert!(
+                    matches!(e.kind(), Kind::ConnectionLost | Kind::ConnectFailed),
+                    "{e}"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -809,7 +818,7 @@ async fn watch(resp3: bool) {
     // The watcher: a dedicated channel; its handshake (re)subscribes on every connection.
     let watcher: Channel<Frame, Frame> = Channel::builder()
         .host(&server.addr())
-        .policy(Policy::Persistent)
+        .reconnect(Reconnect::Persistent)
         .backoff(fast_backoff())
         .eager()
         .handshake({

@@ -568,7 +568,7 @@ async fn stall_case(mode: Mode) {
             .await
             .expect_err("a silent server must stall the call");
         let waited = start.elapsed();
-        assert!(err.is_connection(), "{err:?}");
+        assert!(err.is_connection_lost(), "{err:?}");
         assert_eq!(
             err.connection_error().map(|c| c.kind()),
             Some(ConnectionErrorKind::Stalled)

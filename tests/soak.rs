@@ -278,10 +278,13 @@ fn record(tally: &Tally, body: &str, got: Result<Msg, socketchannel::Error>) {
             eprintln!("WRONG REPLY: {body:?} got {:?}", reply.text());
             tally.wrong.fetch_add(1, Ordering::Relaxed)
         }
-        Err(e) if e.kind() == Kind::Connection && e.may_have_executed() => {
+        Err(e) if e.kind() == Kind::ConnectionLost && e.may_have_executed() => {
             tally.lost.fetch_add(1, Ordering::Relaxed)
         }
-        Err(e) if e.is_not_sent() && matches!(e.kind(), Kind::Connect | Kind::Connection) => {
+        Err(e)
+            if e.is_not_sent()
+                && matches!(e.kind(), Kind::ConnectFailed | Kind::ConnectionLost) =>
+        {
             tally.not_sent.fetch_add(1, Ordering::Relaxed)
         }
         Err(e) => {
@@ -311,7 +314,7 @@ async fn one(ch: &Ch, mode: Mode, i: u64, tally: &Tally) {
             Ok(got) => {
                 // An ignored request can only end early with its connection.
                 match got {
-                    Err(e) if e.kind() == Kind::Connection => {
+                    Err(e) if e.kind() == Kind::ConnectionLost => {
                         tally.ignored.fetch_add(1, Ordering::Relaxed)
                     }
                     other => {

@@ -98,7 +98,7 @@ async fn wrong_server_name_fails_with_kind_connect() {
         let channel = channel(server.addr, connector);
 
         let mut err = channel.request("SET k v".to_string()).await.unwrap_err();
-        assert_eq!(err.kind(), Kind::Connect, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
         assert!(err.is_not_sent(), "{err}");
         assert_eq!(err.take_request::<String>().as_deref(), Some("SET k v"));
         let connect = std::error::Error::source(&err)
@@ -129,7 +129,7 @@ async fn untrusted_certificate_fails_with_kind_connect() {
         );
 
         let err = channel.request("WHO".to_string()).await.unwrap_err();
-        assert_eq!(err.kind(), Kind::Connect, "{err}");
+        assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
         assert!(err.is_not_sent());
     })
     .await;

@@ -35,7 +35,7 @@ use tokio_util::codec::{Framed, LinesCodec};
 ///
 /// A failure (connection refused, a certificate that does not verify) is this host's
 /// failure in the channel's connect pass: the next host is tried, and when every host
-/// has failed, waiting calls fail with `Kind::Connect`.
+/// has failed, waiting calls fail with `Kind::ConnectFailed`.
 #[derive(Clone)]
 pub struct TlsConnector {
     tls: RustlsConnector,

@@ -15,7 +15,7 @@ use crate::mux::{Mode, Order, Session};
 use crate::panic::CatchPanic;
 use crate::protocol::{Protocol, Sessions};
 use crate::reconnect::{
-    Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Policy,
+    Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Reconnect,
 };
 use crate::transport::Connector;
 
@@ -58,7 +58,7 @@ impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
             .field("port", &self.port)
             .field("backups", &self.backups)
             .field("config", &self.config)
-            .field("policy", &self.opts.policy)
+            .field("reconnect", &self.opts.reconnect)
             .field("backoff", &self.opts.backoff)
             .finish_non_exhaustive()
     }
@@ -77,7 +77,7 @@ where
             backups: Ok(Vec::new()),
             config: Config::default(),
             opts: Options {
-                policy: Policy::Once,
+                reconnect: Reconnect::Once,
                 backoff: Backoff::default(),
                 connect_timeout: Some(Duration::from_secs(5)),
                 handshake_timeout: Some(Duration::from_secs(5)),
@@ -140,9 +140,10 @@ where
         self
     }
 
-    /// What to do when every host fails (default [`Policy::Once`]).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.opts.policy = policy;
+    /// When to reconnect after a failed pass or a lost connection (default
+    /// [`Reconnect::Once`]).
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.opts.reconnect = reconnect;
         self
     }
 

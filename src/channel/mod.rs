@@ -373,7 +373,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Kind::Connect`] (with the [`ConnectError`](crate::ConnectError) naming each host)
+    /// [`Kind::ConnectFailed`] (with the [`ConnectError`](crate::ConnectError) naming each host)
     /// when the pass failed; [`Kind::Closed`] for a fixed-transport channel that is closed.
     ///
     /// From the handshake's own handle it resolves at once: the connection the
@@ -394,7 +394,7 @@ where
     /// Sends new calls to another host (`"host:port"`, or a bare host that keeps the
     /// current port). Calls written on the old connection finish on it, within the
     /// drain timeout. The new connection is made on the next call, or at once under
-    /// [`Policy::Persistent`](crate::Policy::Persistent).
+    /// [`Reconnect::Persistent`](crate::Reconnect::Persistent).
     ///
     /// # Errors
     ///

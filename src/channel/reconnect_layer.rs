@@ -7,7 +7,7 @@ use tower::Layer;
 use super::{Channel, Connection};
 use crate::config::Config;
 use crate::mux::Mode;
-use crate::reconnect::{Hosts, Options, Reconnect};
+use crate::reconnect::{Hosts, Options, Task};
 use crate::transport::Connector;
 
 /// A [`tower::Layer`] that turns a [`Connector`] (a `tower::Service<Endpoint>` returning
@@ -66,7 +66,7 @@ where
         K: Connector<Req, Resp>,
     {
         let (channel, engine, control) = Channel::plumbing(&self.config);
-        let worker = Reconnect::new(
+        let worker = Task::new(
             engine,
             connector,
             self.mode.clone(),

@@ -143,7 +143,7 @@ where
                 this.engine.poll_fail_late(cx)
             }
             Poll::Ready(Err(why)) => {
-                this.end(Kind::Connection, why);
+                this.end(Kind::ConnectionLost, why);
                 this.engine.poll_fail_late(cx)
             }
         }

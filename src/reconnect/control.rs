@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 use tracing::info;
 
-use super::task::{Phase, Reconnect};
+use super::task::{Phase, Task};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::mux::Mode;
 use crate::shared::{Control, State};
@@ -24,7 +24,7 @@ pub(super) struct Shutdown {
     reopen: Vec<oneshot::Sender<Result<(), Error>>>,
 }
 
-impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
-use super::task::{ConnOf, Phase, Reconnect};
+use super::task::{ConnOf, Phase, Task};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
 use crate::mux::{Conn, Lane, Matcher, Mode};
 use crate::transport::{Connector, Transport};
@@ -41,7 +41,7 @@ where
     }
 }
 
-impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,
@@ -83,7 +83,7 @@ where
                     let d = self.draining.swap_remove(i);
                     if let Some(why) = why {
                         let cause: Cause = Arc::new(why);
-                        d.fail(Kind::Connection, &cause);
+                        d.fail(Kind::ConnectionLost, &cause);
                     }
                 }
             }

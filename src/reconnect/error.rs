@@ -8,8 +8,13 @@ use super::Endpoint;
 
 /// Every host of a connect pass failed; the error names each host and its failure.
 ///
-/// Calls that were waiting for the pass fail with [`Kind::Connect`](crate::Kind::Connect)
-/// and this as their source.
+/// Calls that were waiting for the pass fail with
+/// [`Kind::ConnectFailed`](crate::Kind::ConnectFailed) and this as their source
+/// ([`Error::connect_error`](crate::Error::connect_error)). Its own
+/// [`source`](std::error::Error::source) is the last host's failure (for a refused or
+/// timed-out TCP connect, an [`std::io::Error`]), so error reporters that walk the chain
+/// (anyhow, tracing, tonic's `Status::from_error`) reach it; [`failures`](Self::failures)
+/// lists every host's.
 #[derive(Debug)]
 pub struct ConnectError {
     failures: Vec<(Endpoint, BoxError)>,
@@ -39,7 +44,13 @@ impl fmt::Display for ConnectError {
     }
 }
 
-impl std::error::Error for ConnectError {}
+impl std::error::Error for ConnectError {
+    /// The last host's failure.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let (_, last) = self.failures.last()?;
+        Some(&**last)
+    }
+}
 
 /// Why one host failed during a connect pass.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use tower::BoxError;
 use super::Endpoint;
 use super::error::HostError;
 use super::pass::Pass;
-use super::task::{Phase, Reconnect};
+use super::task::{Phase, Task};
 use crate::channel::Channel;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
 use crate::mux::{Conn, Envelope, Lane, Matcher, Mode};
@@ -102,12 +102,12 @@ where
     Resp: Send + 'static,
 {
     let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
-    conn.fail(Kind::Connection, &cause);
+    conn.fail(Kind::ConnectionLost, &cause);
 }
 
 type PhaseOf<M, T, Req, Resp> = Phase<T, <M as Mode<Req, Resp>>::Matcher, Req, Resp>;
 
-impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,
@@ -142,7 +142,7 @@ where
                     conn,
                     ..
                 } = *hs;
-                conn.fail(Kind::Connection, &cause);
+                conn.fail(Kind::ConnectionLost, &cause);
                 return Ok(self.host_failed(pass, endpoint, cause.to_string().into()));
             }
             if h.timer

@@ -28,8 +28,8 @@ pub use self::backoff::Backoff;
 pub use self::endpoint::{Endpoint, InvalidEndpoint};
 pub use self::error::ConnectError;
 pub use self::handshake::Handshake;
-pub use self::options::Policy;
+pub use self::options::Reconnect;
 
 pub(crate) use self::endpoint::{HostSpec, Hosts};
 pub(crate) use self::options::Options;
-pub(crate) use self::task::Reconnect;
+pub(crate) use self::task::Task;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use super::backoff::Backoff;
 use super::handshake::Hook;
 
-/// What to do when a connect pass fails.
+/// When a reconnecting channel connects again: after a failed pass, and after a lost
+/// connection. (Named so it does not collide with [`tower::retry::Policy`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Policy {
+pub enum Reconnect {
     /// One pass over the hosts when a call needs a connection; if every host fails, the
     /// waiting calls fail as *not sent*, and the next pass waits for the backoff and for
     /// the next call (skynet's `request`).
@@ -22,7 +23,7 @@ pub enum Policy {
 
 /// How a reconnecting channel connects.
 pub(crate) struct Options<Req, Resp> {
-    pub(crate) policy: Policy,
+    pub(crate) reconnect: Reconnect,
     pub(crate) backoff: Backoff,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) handshake_timeout: Option<Duration>,
@@ -42,7 +43,7 @@ pub(crate) struct Options<Req, Resp> {
 impl<Req, Resp> Clone for Options<Req, Resp> {
     fn clone(&self) -> Self {
         Options {
-            policy: self.policy,
+            reconnect: self.reconnect,
             backoff: self.backoff.clone(),
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,

@@ -10,9 +10,9 @@ use tracing::{debug, info, warn};
 use super::endpoint::Endpoint;
 use super::error::{ConnectError, HostError};
 use super::handshake::Handshaking;
-use super::options::Policy;
+use super::options::Reconnect;
 use super::ping::Ping;
-use super::task::{ConnOf, Phase, Reconnect};
+use super::task::{ConnOf, Phase, Task};
 use crate::error::{Cause, ConnectionError, Error, Kind};
 use crate::mux::{Matcher, Mode, Retire};
 use crate::shared::State;
@@ -30,7 +30,7 @@ pub(super) struct Pass {
 
 type PhaseOf<M, T, Req, Resp> = Phase<T, <M as Mode<Req, Resp>>::Matcher, Req, Resp>;
 
-impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,
@@ -73,7 +73,7 @@ where
             match timeout {
                 Some(t) => tokio::time::timeout(t, connect)
                     .await
-                    .unwrap_or_else(|_| Err(HostError::Timeout("connect").into())),
+                    .unwrap_or_else(|_| Err(connect_timed_out())),
                 None => connect.await,
             }
         };
@@ -124,14 +124,14 @@ where
         let err = ConnectError::new(pass.failures);
         warn!(error = %err, "connect pass failed");
         let cause: Cause = Arc::new(err);
-        self.engine.fail_queued(Kind::Connect, Some(&cause));
+        self.engine.fail_queued(Kind::ConnectFailed, Some(&cause));
         *self
             .engine
             .shared
             .last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
-        self.tell_waiters(|| Error::new(Kind::Connect).with_cause(cause.clone()));
+        self.tell_waiters(|| Error::new(Kind::ConnectFailed).with_cause(cause.clone()));
         self.last_error = Some(cause);
         self.back_off(true)
     }
@@ -236,7 +236,7 @@ where
         warn!(error = %why, "connection lost");
         let answered = conn.answered;
         let cause: Cause = Arc::new(why);
-        conn.fail(Kind::Connection, &cause);
+        conn.fail(Kind::ConnectionLost, &cause);
         if !answered {
             // A host that accepts and then dies without answering a call (at once, or
             // after one unsolicited frame) would make a hot loop: back off, and try
@@ -252,10 +252,16 @@ where
     /// Reconnects at once under `Persistent` (unless every handle is gone), else waits
     /// for the next call.
     pub(super) fn after_loss(&mut self) -> PhaseOf<M, T, Req, Resp> {
-        if self.opts.policy == Policy::Persistent && !self.engine.intake_done() {
+        if self.opts.reconnect == Reconnect::Persistent && !self.engine.intake_done() {
             return self.start_pass();
         }
         self.set_state(State::Idle);
         Phase::Idle
     }
+}
+
+/// A connect attempt that outlived the connect timeout, as the `io::Error` a socket's own
+/// timeout would be, so reporters that look for one in the chain find it.
+fn connect_timed_out() -> tower::BoxError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into()
 }

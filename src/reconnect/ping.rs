@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::task::{ConnOf, Reconnect};
+use super::task::{ConnOf, Task};
 use crate::error::Error;
 use crate::mux::{Envelope, Frames, Mode, Waiter};
 use crate::transport::{Connector, Transport};
@@ -34,7 +34,7 @@ impl<Resp> Ping<Resp> {
     }
 }
 
-impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,

@@ -70,7 +70,7 @@ pub(super) enum Phase<T, Mt, Req, Resp> {
 }
 
 /// The connection task of a reconnecting channel.
-pub(crate) struct Reconnect<K, M, T, Req, Resp>
+pub(crate) struct Task<K, M, T, Req, Resp>
 where
     M: Mode<Req, Resp>,
 {
@@ -97,9 +97,9 @@ where
 }
 
 // No field is pinned structurally: futures and timers are boxed, transports `Unpin`.
-impl<K, M: Mode<Req, Resp>, T, Req, Resp> Unpin for Reconnect<K, M, T, Req, Resp> {}
+impl<K, M: Mode<Req, Resp>, T, Req, Resp> Unpin for Task<K, M, T, Req, Resp> {}
 
-impl<K, M, T, Req, Resp> Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,
@@ -120,7 +120,7 @@ where
                 ^ (std::ptr::addr_of!(hosts) as u64).rotate_left(17)
                 ^ std::process::id() as u64
         });
-        let mut this = Reconnect {
+        let mut this = Task {
             engine,
             connector,
             mode,
@@ -182,7 +182,7 @@ where
                     return Ok(self.after_loss());
                 }
                 if fail_fast {
-                    self.fail_arrivals(cx, Kind::Connect);
+                    self.fail_arrivals(cx, Kind::ConnectFailed);
                 }
                 self.phase = Phase::BackingOff { sleep, fail_fast };
                 Err(())
@@ -236,7 +236,7 @@ where
     }
 }
 
-impl<K, M, T, Req, Resp> Future for Reconnect<K, M, T, Req, Resp>
+impl<K, M, T, Req, Resp> Future for Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
     T: Transport<Req, Resp>,

@@ -270,7 +270,7 @@ pub fn pass_names_hosts(
     for c in ledger.calls() {
         for (at, o) in &c.outcomes {
             let Outcome::Failed {
-                kind: Kind::Connect,
+                kind: Kind::ConnectFailed,
                 pass: Some(pass),
                 ..
             } = o

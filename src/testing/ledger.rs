@@ -37,7 +37,7 @@ pub enum Outcome {
         kind: Kind,
         /// [`Error::is_not_sent`].
         not_sent: bool,
-        /// What ended the connection, for [`Kind::Connection`].
+        /// What ended the connection, for [`Kind::ConnectionLost`].
         connection: Option<ConnectionErrorKind>,
         /// The hosts a failed connect pass names ([`ConnectError::failures`]).
         pass: Option<Vec<String>>,

@@ -150,7 +150,7 @@ async fn fire_and_forget_whose_write_fails_keeps_its_cause() {
     let writes = Arc::new(AtomicUsize::new(0));
     let ch = Channel::new(FailingWrites(writes.clone()), Order::new(TestProto));
     let err = ch.send(msg("note")).await.expect_err("the write failed");
-    assert_eq!(err.kind(), Kind::Connection, "{err}");
+    assert_eq!(err.kind(), Kind::ConnectionLost, "{err}");
     assert!(err.may_have_executed());
     let cause = err.connection_error().expect("the connection's end");
     assert_eq!(cause.kind(), ConnectionErrorKind::Write);

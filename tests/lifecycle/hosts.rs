@@ -66,7 +66,7 @@ async fn d12_a_redirect_keeps_the_host_that_redirected() {
     net.kill("m2:1");
     tokio::time::sleep(ms(10)).await;
     let err = ch.request(msg("three")).await.expect_err("m2 refuses");
-    assert_eq!(err.kind(), Kind::Connect);
+    assert_eq!(err.kind(), Kind::ConnectFailed);
     let failures: Vec<String> = connect_error(&err)
         .failures()
         .map(|(ep, e)| format!("{ep}: {e}"))

@@ -89,7 +89,7 @@ pub async fn connects_in_two_seconds(
     let backoff = socketchannel::Backoff::exponential(ms(100), Duration::from_secs(1));
     let ch = builder
         .host("a:1")
-        .policy(socketchannel::Policy::Persistent)
+        .reconnect(socketchannel::Reconnect::Persistent)
         .backoff(backoff.jitter_seed(1))
         .eager()
         .connector(

@@ -33,7 +33,7 @@ async fn connection_loss_with_calls_in_flight_and_queued(
 
     for (i, (outcome, req)) in outcomes.into_iter().zip(&reqs).enumerate() {
         let mut err = into_channel_error(outcome.expect_err("the connection was lost"));
-        assert_eq!(err.kind(), Kind::Connection, "call {i}: {err:?}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "call {i}: {err:?}");
         assert_eq!(why(&err), expected, "call {i}: {err:?}");
         if i < 2 {
             assert!(err.may_have_executed(), "written call {i}: {err:?}");
@@ -102,7 +102,7 @@ async fn decode_error_fails_in_flight_calls_as_read_error() {
             .enumerate()
         {
             let err = into_channel_error(outcome.expect_err("garbage kills the connection"));
-            assert_eq!(err.kind(), Kind::Connection, "call {i}: {err:?}");
+            assert_eq!(err.kind(), Kind::ConnectionLost, "call {i}: {err:?}");
             assert!(err.may_have_executed(), "call {i}: {err:?}");
             assert_eq!(why(&err), ConnectionErrorKind::Read, "call {i}: {err:?}");
         }

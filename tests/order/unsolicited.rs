@@ -101,7 +101,7 @@ async fn unsolicited_frame_is_a_desync() {
 
         assert_eq!(a.await.expect("a").text(), "a");
         let mut err = into_channel_error(b.await.expect_err("the desync ends the connection"));
-        assert_eq!(err.kind(), Kind::Connection, "{err:?}");
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
         assert_eq!(why(&err), ConnectionErrorKind::Desync, "{err:?}");
         assert!(err.is_not_sent(), "b was queued, never written: {err:?}");
         assert_eq!(err.take_request::<Msg>(), Some(Msg::new("b")));

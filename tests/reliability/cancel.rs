@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use socketchannel::{Config, ConnectionErrorKind, Order, Policy};
+use socketchannel::{Config, ConnectionErrorKind, Order, Reconnect};
 use tower::load::Load;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -220,7 +220,7 @@ async fn s30_small_soak_with_cancels_and_ignored_requests() {
         let proxy = Proxy::start(server.addr(), seed).await;
         proxy.set(Dir::Down, Fault::Jitter(ms(0), ms(2)));
         let bld = builder(proxy.addr())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .config(Config::default().stall_timeout(Some(ms(200))));
         let (ch, task) = spawn(Md::Session, bld);
         let tally = Arc::new(Mutex::new(HashMap::<&'static str, usize>::new()));

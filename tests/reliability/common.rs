@@ -38,7 +38,7 @@ pub(crate) fn whole<F: Future>(f: F) -> impl Future<Output = F::Output> {
 }
 
 /// A reconnecting channel's builder for `host`: backoff 10 to 50 ms, connect and
-/// handshake timeouts 2 s, `Policy::Once`.
+/// handshake timeouts 2 s, `Reconnect::Once`.
 pub(crate) fn builder(host: SocketAddr) -> Builder<Msg, Msg> {
     Channel::builder()
         .host(&host.to_string())
@@ -135,7 +135,7 @@ pub(crate) fn why(err: &Error) -> Option<ConnectionErrorKind> {
 /// `err` is a lost connection, *may have executed*, caused by one of `causes`.
 #[track_caller]
 pub(crate) fn assert_mx(err: &Error, causes: &[ConnectionErrorKind]) {
-    assert_eq!(err.kind(), Kind::Connection, "{err:?}");
+    assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
     assert!(
         err.may_have_executed() && !err.is_not_sent(),
         "expected may-have-executed: {err:?}"

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use socketchannel::{Backoff, Config, ConnectionErrorKind, Kind, Order, Policy, State};
+use socketchannel::{Backoff, Config, ConnectionErrorKind, Kind, Order, Reconnect, State};
 use tokio::time::Instant;
 
 use crate::common::{
@@ -43,7 +43,7 @@ async fn s01_fin_with_three_in_flight_and_two_queued_fixed_transport() {
                 assert_mx(&err, &[Eof]);
                 assert_eq!(err.take_request::<Msg>(), None);
             } else {
-                assert_ns(&err, Kind::Connection);
+                assert_ns(&err, Kind::ConnectionLost);
                 assert_eq!(why(&err), Some(Eof));
                 assert_eq!(err.take_request::<Msg>().as_ref(), Some(req));
             }
@@ -158,7 +158,7 @@ async fn s02_reset_and_cut_mid_frame_session() {
 
 /// Scenario 3: An idle connection closed (FIN), then reset (RST), by the other side: each
 /// death is seen at once (one move to `Idle`), nothing reconnects while idle
-/// (`Policy::Once`), and the next call reconnects once and succeeds.
+/// (`Reconnect::Once`), and the next call reconnects once and succeeds.
 ///
 /// One thread: the state recorder is woken by each change and runs before anything the
 /// change leads to, so it sees every state. On two threads it could wait in a preempted
@@ -213,14 +213,14 @@ async fn s03_idle_death_is_detected_and_the_next_call_reconnects() {
 
 /// Scenario 3: A reply read in the same poll as the connection's end (the server answers
 /// and closes at once) still counts: `counters().received` includes it, and since the
-/// connection did answer, the channel (`Policy::Persistent`) reconnects at once rather than
+/// connection did answer, the channel (`Reconnect::Persistent`) reconnects at once rather than
 /// backing off as from a host that dies without a word.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s03_reply_read_with_the_connection_end_still_counts() {
     whole(async {
         let server = TestServer::start(Behaviour::echo().close_after(1)).await;
         let bld = builder(server.addr())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_secs(2),
                 Duration::from_secs(4),
@@ -252,7 +252,7 @@ async fn s03_reply_read_with_the_connection_end_still_counts() {
 
 /// Scenario 4: The address goes down (listener closed, connections killed) with 4 calls in
 /// flight and 3 queued, then comes back: only what was written fails *may have executed*;
-/// the queued calls fail *not sent* (`Kind::Connect`, the pass failed) and never reach the
+/// the queued calls fail *not sent* (`Kind::ConnectFailed`, the pass failed) and never reach the
 /// server; calls while down fail fast; after the restart calls succeed within a few backoff
 /// steps, on one new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +262,7 @@ async fn s04_restart_at_the_same_address() {
         let server = TestServer::start(Behaviour::echo().gated(&gate)).await;
         let proxy = Proxy::start(server.addr(), 4).await;
         let b = builder(proxy.addr())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(ms(20), ms(100)))
             .config(Config::default().max_in_flight(4));
         let (ch, task) = spawn(Md::Order, b);
@@ -285,7 +285,7 @@ async fn s04_restart_at_the_same_address() {
             if written.contains(&format!("r{i}")) {
                 assert_mx(&err, &[Eof, Read]);
             } else {
-                assert_ns(&err, Kind::Connect);
+                assert_ns(&err, Kind::ConnectFailed);
             }
         }
         // While down, calls fail fast.
@@ -293,7 +293,7 @@ async fn s04_restart_at_the_same_address() {
         let err = timeout(STEP, ch.request(msg("while down")))
             .await
             .expect_err("down");
-        assert_ns(&err, Kind::Connect);
+        assert_ns(&err, Kind::ConnectFailed);
         assert!(t.elapsed() < ms(1000), "failed fast: {:?}", t.elapsed());
 
         gate.open();
@@ -309,7 +309,7 @@ async fn s04_restart_at_the_same_address() {
                     assert_eq!(reply.text(), "after");
                     break;
                 }
-                Err(err) => assert_ns(&err, Kind::Connect),
+                Err(err) => assert_ns(&err, Kind::ConnectFailed),
             }
             tokio::time::sleep(ms(5)).await;
         }

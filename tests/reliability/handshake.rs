@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::join_all;
-use socketchannel::{Backoff, Config, ConnectionErrorKind, Handshake, Kind, Policy};
+use socketchannel::{Backoff, Config, ConnectionErrorKind, Handshake, Kind, Reconnect};
 use tokio::time::Instant;
 
 use crate::common::{STEP, assert_mx, assert_ns, builder, finish, ms, spawn, whole};
@@ -19,7 +19,7 @@ use ConnectionErrorKind::{Eof, Read};
 
 /// Scenario 7: The server rejects the handshake (a wrong password): the queued calls fail
 /// promptly, *not sent*, with the handshake's failure as the cause; no user request is ever
-/// written; and under `Policy::Persistent` the retries are paced by the backoff (no hot
+/// written; and under `Reconnect::Persistent` the retries are paced by the backoff (no hot
 /// loop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s07_rejected_handshake_fails_queued_calls_without_a_hot_loop() {
@@ -46,7 +46,7 @@ async fn s07_rejected_handshake_fails_queued_calls_without_a_hot_loop() {
         assert!(t.elapsed() < ms(1000), "prompt: {:?}", t.elapsed());
         for outcome in outcomes {
             let err = outcome.expect_err("the handshake failed");
-            assert_ns(&err, Kind::Connect);
+            assert_ns(&err, Kind::ConnectFailed);
             let text = connect_error(&err).to_string();
             assert!(
                 text.contains("handshake failed") && text.contains("wrong password"),
@@ -57,7 +57,7 @@ async fn s07_rejected_handshake_fails_queued_calls_without_a_hot_loop() {
         let err = timeout(STEP, ch.request(msg("soon")))
             .await
             .expect_err("backing off");
-        assert_ns(&err, Kind::Connect);
+        assert_ns(&err, Kind::ConnectFailed);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(
             server.stats().bodies().iter().all(|b| b.starts_with("err")),
@@ -69,7 +69,7 @@ async fn s07_rejected_handshake_fails_queued_calls_without_a_hot_loop() {
         // Persistent: over 1.2 s with a 100-400 ms backoff, a bounded number of tries.
         let server = TestServer::start(Behaviour::echo()).await;
         let bld = builder(server.addr())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(ms(100), ms(400)))
             .eager()
             .handshake(|conn: Ch, _| async move {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::io;
 use std::time::Duration;
 
-use socketchannel::{Backoff, ConnectionErrorKind, Handshake, Kind, Order, Policy, State};
+use socketchannel::{Backoff, ConnectionErrorKind, Handshake, Kind, Order, Reconnect, State};
 use tokio::time::Instant;
 
 use crate::common::{
@@ -23,7 +23,7 @@ use ConnectionErrorKind::{Eof, Read};
 
 /// Scenario 5: Primary and first backup refuse connections: the backups are tried in order and
 /// the call succeeds on the second backup. With every host refusing, the call fails
-/// *not sent* (`Kind::Connect`) quickly, and the error names each host with its own
+/// *not sent* (`Kind::ConnectFailed`) quickly, and the error names each host with its own
 /// failure, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_refused_primary_fails_over_to_backups_in_order() {
@@ -63,7 +63,7 @@ async fn s05_refused_primary_fails_over_to_backups_in_order() {
             .await
             .expect_err("every host refuses");
         assert!(t.elapsed() < ms(1000), "took {:?}", t.elapsed());
-        assert_ns(&err, Kind::Connect);
+        assert_ns(&err, Kind::ConnectFailed);
         let failures: Vec<(String, io::ErrorKind)> = connect_error(&err)
             .failures()
             .map(|(e, why)| {
@@ -113,7 +113,7 @@ async fn s06_blackholed_connect_times_out_and_the_backup_is_tried() {
             .await
             .expect_err("blackholed");
         assert!(t.elapsed() >= ms(190), "gave up early: {:?}", t.elapsed());
-        assert_ns(&err, Kind::Connect);
+        assert_ns(&err, Kind::ConnectFailed);
         assert!(
             connect_error(&err)
                 .to_string()
@@ -185,7 +185,7 @@ async fn s25_a_thousand_callers_share_one_connect_attempt() {
             .map(|i| spawn_request(&ch, format!("d{i}")))
             .collect();
         for call in calls {
-            assert_ns(&joined(call).await.expect_err("dead"), Kind::Connect);
+            assert_ns(&joined(call).await.expect_err("dead"), Kind::ConnectFailed);
         }
         assert_eq!(attempts.count(), 1);
         finish(ch, task, &[], &[]).await;
@@ -195,7 +195,7 @@ async fn s25_a_thousand_callers_share_one_connect_attempt() {
 
 /// Scenario 26: Backoff over real time (the delay function's bounds and growth are property
 /// tests in `src/reconnect/backoff.rs`): against a refusing host under
-/// `Policy::Persistent`, with 20 to 160 ms of backoff, attempts are at least the minimum
+/// `Reconnect::Persistent`, with 20 to 160 ms of backoff, attempts are at least the minimum
 /// apart, at most the maximum (plus scheduling slack), jittered, and bounded in number;
 /// `max_attempts(3)` stops after three passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +204,7 @@ async fn s26_backoff_paces_attempts_with_jitter_and_stops_at_max_attempts() {
         let dead = refused_addr().await;
         let (rec, attempts) = Recording::new();
         let bld = builder(dead)
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(ms(20), ms(160)))
             .eager();
         let (ch, task) = spawn_with(bld, rec, Order::new(TestProto));
@@ -223,7 +223,7 @@ async fn s26_backoff_paces_attempts_with_jitter_and_stops_at_max_attempts() {
 
         let (rec, attempts) = Recording::new();
         let bld = builder(dead)
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(ms(10), ms(20)).max_attempts(3))
             .eager();
         let (ch, task) = spawn_with(bld, rec, Order::new(TestProto));
@@ -258,7 +258,7 @@ async fn s33_crash_looping_host_backs_off_and_fails_over() {
                         served = true;
                         break;
                     }
-                    Err(err) => assert!(err.kind() == Kind::Connection || err.is_not_sent()),
+                    Err(err) => assert!(err.kind() == Kind::ConnectionLost || err.is_not_sent()),
                 }
                 tokio::time::sleep(ms(10)).await;
             }

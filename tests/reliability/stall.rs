@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use socketchannel::{Config, ConnectionErrorKind, Policy};
+use socketchannel::{Config, ConnectionErrorKind, Reconnect};
 use tokio::time::Instant;
 
 use crate::common::{STEP, assert_mx, builder, finish, ms, spawn, whole};
@@ -19,13 +19,13 @@ use ConnectionErrorKind::Stalled;
 
 /// 13, 22. The server goes silent (the proxy holds its replies, the connection stays
 /// up): the stall timeout closes the connection within its bound, the calls in flight
-/// fail *may have executed* (`Stalled`), and (`Policy::Persistent`) the channel
+/// fail *may have executed* (`Stalled`), and (`Reconnect::Persistent`) the channel
 /// reconnects; once the path heals calls succeed.
 async fn stall_case(md: Md) {
     let server = TestServer::start(Behaviour::echo()).await;
     let proxy = Proxy::start(server.addr(), 13).await;
     let bld = builder(proxy.addr())
-        .policy(Policy::Persistent)
+        .reconnect(Reconnect::Persistent)
         .config(Config::default().stall_timeout(Some(ms(300))));
     let (ch, task) = spawn(md, bld);
     assert_eq!(
@@ -79,7 +79,7 @@ async fn s22_idle_ping_finds_a_silent_peer() {
         let server = TestServer::start(Behaviour::echo()).await;
         let proxy = Proxy::start(server.addr(), 22).await;
         let bld = builder(proxy.addr())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .idle_ping(ms(100), || msg("ping"))
             .config(Config::default().stall_timeout(Some(ms(300))))
             .eager();
@@ -115,7 +115,7 @@ async fn s23_latency_below_the_timeout_causes_no_reconnect() {
         let proxy = Proxy::start(server.addr(), 23).await;
         proxy.set_both(Fault::Jitter(ms(20), ms(60)));
         let bld = builder(proxy.addr())
-            .policy(Policy::Persistent)
+            .reconnect(Reconnect::Persistent)
             .idle_ping(ms(100), || msg("ping"))
             .config(Config::default().stall_timeout(Some(ms(1000))));
         let (ch, task) = spawn(Md::Order, bld);

@@ -58,7 +58,7 @@ fn defect_03_stall_during_a_reply_seed_0x6() {
 }
 
 /// Defect 8: a host that sends one frame and closes (max clients) counts as "answered":
-/// a hot reconnect loop under `Policy::Persistent`.
+/// a hot reconnect loop under `Reconnect::Persistent`.
 #[test]
 fn defect_08_one_frame_host_hot_loop_seed_0x6f() {
     assert_clean(

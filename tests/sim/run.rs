@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use socketchannel::testing::{Ledger, Net, Outcome, SimRng, Trace, Violation};
 use socketchannel::{
-    Backoff, BoxError, Call, Channel, Config, Endpoint, Error, Handshake, Order, Policy, Replies,
-    RetryNotSent, Session,
+    Backoff, BoxError, Call, Channel, Config, Endpoint, Error, Handshake, Order, Reconnect,
+    Replies, RetryNotSent, Session,
 };
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
@@ -207,10 +207,10 @@ fn build(
     }
     let mut b = Channel::builder()
         .host(&ctx.hosts[plan.host])
-        .policy(if plan.persistent {
-            Policy::Persistent
+        .reconnect(if plan.persistent {
+            Reconnect::Persistent
         } else {
-            Policy::Once
+            Reconnect::Once
         })
         .backoff(
             Backoff::exponential(ms(plan.backoff.0), ms(plan.backoff.1))

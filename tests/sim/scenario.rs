@@ -17,7 +17,7 @@ pub struct Weights {
     pub clients: (u64, u64),
     /// Session mode, else order mode.
     pub session: u32,
-    /// `Policy::Persistent`, else `Once`.
+    /// `Reconnect::Persistent`, else `Once`.
     pub persistent: u32,
     pub eager: u32,
     /// A handshake: none, AUTH, AUTH then a leftover `send`, AUTH then a leftover

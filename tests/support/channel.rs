@@ -108,7 +108,7 @@ pub fn into_channel_error(err: BoxError) -> Error {
     }
 }
 
-/// The `ConnectError` behind a `Kind::Connect` error; panics if there is none.
+/// The `ConnectError` behind a `Kind::ConnectFailed` error; panics if there is none.
 pub fn connect_error(err: &Error) -> &ConnectError {
     err.source()
         .and_then(|s| s.downcast_ref::<ConnectError>())
