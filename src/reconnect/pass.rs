@@ -145,7 +145,11 @@ where
 
     pub(super) fn back_off(&mut self, fail_fast: bool) -> PhaseOf<M, T, Req, Resp> {
         self.failures += 1;
-        match self.opts.backoff.delay(self.failures, self.jitter.unit()) {
+        match self
+            .opts
+            .backoff
+            .next_delay(self.failures, &mut self.backoff)
+        {
             Some(delay) => {
                 debug!(?delay, failures = self.failures, "backing off");
                 self.set_state(State::BackingOff);

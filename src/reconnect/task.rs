@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tracing::info;
 
-use super::backoff::Jitter;
+use super::backoff::BackoffState;
 use super::control::Shutdown;
 use super::drain::Draining;
 use super::endpoint::{Endpoint, Hosts};
@@ -82,9 +82,11 @@ where
     pub(super) control: mpsc::UnboundedReceiver<Control>,
     pub(super) phase: Phase<T, M::Matcher, Req, Resp>,
     pub(super) draining: Vec<Draining<T, M::Matcher, Req, Resp>>,
-    /// Failed passes in a row.
+    /// Failed passes in a row; back to 0 after a success (the next failure starts the
+    /// backoff's schedule over).
     pub(super) failures: u32,
-    pub(super) jitter: Jitter,
+    /// The backoff's jitter and current run of waits: this channel's own.
+    pub(super) backoff: BackoffState,
     /// Why the last pass failed: the cause of calls that fail fast while backing off.
     pub(super) last_error: Option<Cause>,
     pub(super) shutdown: Option<Shutdown>,
@@ -115,7 +117,7 @@ where
         hosts: Hosts,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
-        let jitter = opts.backoff.jitter(|| {
+        let backoff = opts.backoff.state(|| {
             Instant::now().elapsed().as_nanos() as u64
                 ^ (std::ptr::addr_of!(hosts) as u64).rotate_left(17)
                 ^ std::process::id() as u64
@@ -130,7 +132,7 @@ where
             phase: Phase::Idle,
             draining: Vec::new(),
             failures: 0,
-            jitter,
+            backoff,
             last_error: None,
             shutdown: None,
             connected_before: false,
