@@ -71,6 +71,43 @@ pub trait Sessions<Req, Resp>: Protocol<Req, Resp> {
     /// Reads the id a reply answers; `None` for a frame that carries none (a greeting:
     /// it goes to the oldest read without a request, or is dropped and counted).
     fn session(&self, resp: &Resp) -> Option<Self::Id>;
+
+    /// Takes the id back out of a reply, for protocols whose id is part of the payload
+    /// (a text protocol's `"7 "` prefix).
+    ///
+    /// Called once per frame that [`session`](Sessions::session) matched to a waiting
+    /// call, before [`Protocol::is_final`] and [`Protocol::check`], so they and the
+    /// caller see the reply without its id. Every frame of a multi-frame reply goes
+    /// through it. Push frames and frames that carry no id are passed on as they are.
+    ///
+    /// The default returns the reply unchanged, and costs nothing.
+    ///
+    /// ```
+    /// use socketchannel::{Protocol, Sessions};
+    ///
+    /// /// Lines that start with their session id: "7 hello".
+    /// struct Tagged;
+    /// impl Protocol<String, String> for Tagged {}
+    /// impl Sessions<String, String> for Tagged {
+    ///     type Id = u32;
+    ///     fn stamp(&self, req: &mut String, id: u32) {
+    ///         *req = format!("{id} {req}");
+    ///     }
+    ///     fn session(&self, resp: &String) -> Option<u32> {
+    ///         resp.split_once(' ')?.0.parse().ok()
+    ///     }
+    ///     fn unstamp(&self, mut resp: String) -> String {
+    ///         resp.drain(..resp.find(' ').map_or(0, |i| i + 1));
+    ///         resp
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(Tagged.unstamp("7 hello".to_string()), "hello");
+    /// ```
+    #[inline]
+    fn unstamp(&self, resp: Resp) -> Resp {
+        resp
+    }
 }
 
 /// An integer type that can be a session id.

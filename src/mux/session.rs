@@ -164,10 +164,10 @@ where
                 warn!("reply without a session id and no read waiting; dropped");
                 return Route::Unknown;
             };
-            if read.waiter.deliver(frame, &self.sessions) {
-                if let Some(read) = self.reads.pop_front() {
-                    self.removed(&read);
-                }
+            if read.waiter.deliver(frame, &self.sessions)
+                && let Some(read) = self.reads.pop_front()
+            {
+                self.removed(&read);
             }
             return Route::Delivered;
         };
@@ -175,10 +175,13 @@ where
             warn!(id, "reply for a session id that is not waiting; dropped");
             return Route::Unknown;
         };
-        if entry.waiter.deliver(frame, &self.sessions) {
-            if let Some(entry) = self.live.remove(id) {
-                self.removed(&entry);
-            }
+        // Matched by its id: the id can go (`Sessions::unstamp`, a no-op by default)
+        // before `is_final`, `check` and the caller see the frame.
+        let frame = self.sessions.unstamp(frame);
+        if entry.waiter.deliver(frame, &self.sessions)
+            && let Some(entry) = self.live.remove(id)
+        {
+            self.removed(&entry);
         }
         Route::Delivered
     }
