@@ -30,7 +30,7 @@ async fn main() -> Result<(), BoxError> {
         server.pid().unwrap_or_default()
     );
     let channel: Channel<Packet, Packet> = Channel::builder()
-        .host(&server.addr())
+        .host(server.addr())
         .session(BinaryCodec::default(), Binary)?;
 
     let version = channel.request(Packet::version()).await?;

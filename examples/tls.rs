@@ -25,7 +25,7 @@ async fn main() -> Result<(), BoxError> {
     // The certificate names `localhost` and `127.0.0.1`; the endpoint's host is checked.
     let connector = tls::TlsConnector::new(cert.client_config()?);
     let channel: Channel<String, String> = Channel::builder()
-        .host(&server.addr.to_string())
+        .host(server.addr.to_string())
         .connector(connector.clone(), Order::new(Plain))?;
 
     println!("WHO -> {}", channel.request("WHO".to_string()).await?);
@@ -53,7 +53,7 @@ async fn main() -> Result<(), BoxError> {
     // so the connect pass fails and the call fails as "not sent".
     let wrong = connector.server_name("db.example.com")?;
     let mistrusting: Channel<String, String> = Channel::builder()
-        .host(&server.addr.to_string())
+        .host(server.addr.to_string())
         .connector(wrong, Order::new(Plain))?;
     match mistrusting.request("WHO".to_string()).await {
         Ok(reply) => return Err(format!("a wrong server name was accepted: {reply}").into()),

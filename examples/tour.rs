@@ -32,8 +32,8 @@ async fn main() -> Result<(), BoxError> {
     let (primary_addr, backup_addr) = (primary.addr, backup.addr);
 
     let channel: Channel<String, String> = Channel::builder()
-        .host(&primary_addr.to_string())
-        .backup(&backup_addr.to_string())
+        .host(primary_addr.to_string())
+        .backup(backup_addr.to_string())
         .reconnect(Reconnect::Persistent)
         .backoff(Backoff::exponential(
             Duration::from_millis(100),

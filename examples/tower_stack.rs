@@ -45,7 +45,7 @@ async fn main() -> Result<(), BoxError> {
     // it rejoins when it comes back.
     let backend = |addr: SocketAddr| {
         Channel::<String, String>::builder()
-            .host(&addr.to_string())
+            .host(addr.to_string())
             .reconnect(Reconnect::Persistent)
             .backoff(Backoff::exponential(
                 Duration::from_millis(50),

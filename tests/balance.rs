@@ -50,7 +50,7 @@ fn dead_addr() -> SocketAddr {
 
 fn channel(addr: SocketAddr) -> Lines {
     Channel::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .reconnect(Reconnect::Persistent)
         // Long enough that the dead backend stays backing off for the whole test.
         .backoff(Backoff::exponential(

@@ -420,7 +420,7 @@ async fn run(order: bool, s: Settings) {
     let proxy = Arc::new(Proxy::start(server.addr, seed).await);
 
     let builder = Channel::builder()
-        .host(&proxy.addr().to_string())
+        .host(proxy.addr().to_string())
         .reconnect(Reconnect::Persistent)
         .backoff(Backoff::exponential(
             Duration::from_millis(5),

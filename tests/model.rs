@@ -371,12 +371,12 @@ impl Harness {
                 "request n{nonce} written twice: first {prev:?}, now on {conn}"
             ));
         }
-        if let Some(when) = call.abandoned {
-            if when < step || call.cancelled {
-                self.fail(format!(
-                    "request n{nonce} written at step {step}, after its caller gave up at step {when}"
-                ));
-            }
+        if let Some(when) = call.abandoned
+            && (when < step || call.cancelled)
+        {
+            self.fail(format!(
+                "request n{nonce} written at step {step}, after its caller gave up at step {when}"
+            ));
         }
         if self.mode == Mode::Session {
             let live = &self.server.as_ref().expect("a connection").unanswered;
@@ -584,10 +584,10 @@ impl Harness {
             let body = call.body();
             if call.abandoned.is_some() && call.seen.is_none() {
                 // Gave up (aborted, or its timeout already seen): nothing may arrive.
-                if let Some(got) = got {
-                    if !matches!(got, Outcome::TimedOut) {
-                        self.fail(format!("{body} gave up, yet got {got:?}"));
-                    }
+                if let Some(got) = got
+                    && !matches!(got, Outcome::TimedOut)
+                {
+                    self.fail(format!("{body} gave up, yet got {got:?}"));
                 }
                 continue;
             }
@@ -700,12 +700,12 @@ impl Harness {
                 "{body} was answered (error {error}), its caller got nothing"
             ));
         }
-        if let Some((conn, _, _)) = call.received {
-            if self.dead.contains(&conn) {
-                self.fail(format!(
-                    "{body}'s connection {conn} died, its caller got nothing"
-                ));
-            }
+        if let Some((conn, _, _)) = call.received
+            && self.dead.contains(&conn)
+        {
+            self.fail(format!(
+                "{body}'s connection {conn} died, its caller got nothing"
+            ));
         }
         if let Flavour::Tokio(ms) = call.flavour {
             // The timer wheel counts whole milliseconds: allow one more.

@@ -191,7 +191,7 @@ impl TcpServer {
 
 fn tcp_channel(addr: SocketAddr, config: Config) -> Ch {
     Channel::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .config(config)
         .order(MsgCodec::default(), TestProto)
         .expect("valid host")
@@ -566,7 +566,7 @@ async fn change_host_during_load() {
         .collect();
     until(10, "3 holds at s1", || s1.holds() == 3).await;
 
-    ch.change_host(&s2.addr.to_string()).expect("valid host");
+    ch.change_host(s2.addr.to_string()).expect("valid host");
     let later: Vec<_> = (0..10)
         .map(|i| spawn_request(&ch, format!("n{i}")))
         .collect();
@@ -601,7 +601,7 @@ async fn change_host_during_load() {
 async fn buffer_survives_a_failed_connect() {
     let addr = refused_addr().await;
     let ch = Channel::<Msg, Msg>::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .backoff(Backoff::exponential(
             Duration::from_millis(20),
             Duration::from_millis(50),

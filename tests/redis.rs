@@ -326,7 +326,7 @@ async fn packed_commands_get_their_own_replies() {
     within(TEST, "test", async {
         let server = redis(&[]).await;
         let channel: Channel<Packed, Frame> = Channel::builder()
-            .host(&server.addr())
+            .host(server.addr())
             .order(RespCodec::resp2(), Redis::commands())
             .expect("valid host");
         let pack = |args: &[&str]| Packed::new(&cmd(args)).expect("a command");
@@ -398,7 +398,7 @@ async fn handshake_authenticates_and_selects_on_every_connection() {
         let server = redis(&["--requirepass", PASSWORD]).await;
         let handshakes = Arc::new(AtomicU32::new(0));
         let channel: Channel<Frame, Frame> = Channel::builder()
-            .host(&server.addr())
+            .host(server.addr())
             .backoff(fast_backoff())
             .handshake({
                 let handshakes = handshakes.clone();
@@ -466,7 +466,7 @@ async fn wrong_password_fails_clearly_and_backs_off() {
         let server = redis(&["--requirepass", "right"]).await;
         let attempts = Arc::new(AtomicU32::new(0));
         let channel: Channel<Frame, Frame> = Channel::builder()
-            .host(&server.addr())
+            .host(server.addr())
             .backoff(Backoff::exponential(
                 Duration::from_millis(200),
                 Duration::from_secs(1),
@@ -686,15 +686,15 @@ async fn fails_over_to_a_backup() {
         let down = format!("127.0.0.1:{}", free_port().expect("a free port"));
         let channel: Channel<Frame, Frame> = Channel::builder()
             .host(&down)
-            .backup(&backup.addr())
+            .backup(backup.addr())
             .order(RespCodec::resp2(), Redis::commands())
             .expect("valid hosts");
         assert_eq!(port_of(&channel).await.expect("backup"), backup.port());
 
         // The primary dies under a connected channel: it moves to the backup.
         let channel: Channel<Frame, Frame> = Channel::builder()
-            .host(&primary.addr())
-            .backup(&backup.addr())
+            .host(primary.addr())
+            .backup(backup.addr())
             .backoff(fast_backoff())
             .order(RespCodec::resp2(), Redis::commands())
             .expect("valid hosts");
@@ -743,7 +743,7 @@ async fn change_host_sends_new_calls_to_the_new_instance() {
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        channel.change_host(&b.addr()).expect("valid host");
+        channel.change_host(b.addr()).expect("valid host");
         ok(&channel, ["SET", "after", "2"]).await;
         assert_eq!(port_of(&channel).await.expect("new host"), b.port());
 
@@ -817,7 +817,7 @@ async fn watch(resp3: bool) {
     let handshakes = Arc::new(AtomicU32::new(0));
     // The watcher: a dedicated channel; its handshake (re)subscribes on every connection.
     let watcher: Channel<Frame, Frame> = Channel::builder()
-        .host(&server.addr())
+        .host(server.addr())
         .reconnect(Reconnect::Persistent)
         .backoff(fast_backoff())
         .eager()

@@ -103,13 +103,13 @@ fn command_server(io: DuplexStream) -> Violations {
             let num = |i: usize| words[i].parse::<usize>().expect("a number");
             let reply = |body: String| Msg::with_id(req.id, body);
             let mut out = Vec::new();
-            if words[0] != "part" {
-                if let Some((c, i, n, _)) = open.take() {
-                    found.lock().unwrap().push(format!(
-                        "{:?} came between part {i} and {n} of {c}",
-                        req.text()
-                    ));
-                }
+            if words[0] != "part"
+                && let Some((c, i, n, _)) = open.take()
+            {
+                found.lock().unwrap().push(format!(
+                    "{:?} came between part {i} and {n} of {c}",
+                    req.text()
+                ));
             }
             match words[0] {
                 "echo" => out.push(reply(words[1].to_string())),

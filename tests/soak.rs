@@ -445,7 +445,7 @@ fn soak(mode: Mode, n: u64) -> Figures {
             Mode::Order => Config::default(),
             Mode::Session => Config::default().stall_timeout(Some(STALL)),
         };
-        let builder = Channel::builder().host(&addr.to_string()).config(config);
+        let builder = Channel::builder().host(addr.to_string()).config(config);
         let ch: Ch = match mode {
             Mode::Order => builder.order(MsgCodec::default(), TestProto),
             Mode::Session => builder.session(MsgCodec::default(), TestProto),

@@ -13,7 +13,7 @@ type Lines = Channel<String, String>;
 
 fn channel(addr: std::net::SocketAddr, connector: tls::TlsConnector) -> Lines {
     Channel::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .connect_timeout(Duration::from_secs(5))
         .connector(connector, Order::new(Plain))
         .unwrap()

@@ -37,7 +37,7 @@ pub type Redis = Channel<Frame, Frame>;
 /// error reply (`-ERR ...`) fails its own call only.
 pub fn connect(addr: SocketAddr) -> Result<Redis, InvalidEndpoint> {
     Channel::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .connect_timeout(Duration::from_secs(2))
         .order(RespCodec::resp2(), super::redis::Redis::commands())
 }

@@ -142,16 +142,16 @@ impl Server {
 
         let deadline = Instant::now() + STARTUP;
         loop {
-            if let Some(child) = &mut self.child {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    return Err(io::Error::other(format!(
-                        "{} on port {} exited at start ({status}); its log ends:\n{}",
-                        self.program,
-                        self.port,
-                        self.log_tail()
-                    )));
-                }
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "{} on port {} exited at start ({status}); its log ends:\n{}",
+                    self.program,
+                    self.port,
+                    self.log_tail()
+                )));
             }
             let probe = tokio::time::timeout(Duration::from_secs(1), (self.probe)(self.port));
             if probe.await.unwrap_or(false) {

@@ -306,14 +306,12 @@ impl<Resp> Waiter<Resp> {
                         c.error.get_or_insert_with(|| Error::server(e));
                     }
                 }
-                if last {
-                    if let Some(tx) = c.tx.take() {
-                        let outcome = match c.error.take() {
-                            Some(e) => Err(e),
-                            None => Ok(std::mem::take(&mut c.parts)),
-                        };
-                        let _ = tx.send(outcome);
-                    }
+                if last && let Some(tx) = c.tx.take() {
+                    let outcome = match c.error.take() {
+                        Some(e) => Err(e),
+                        None => Ok(std::mem::take(&mut c.parts)),
+                    };
+                    let _ = tx.send(outcome);
                 }
                 last
             }

@@ -228,12 +228,12 @@ where
             // while this one is in the write syscall (tens of µs on loopback: it runs
             // the receiver's side of TCP too), instead of after it.
             let mut flushed = false;
-            if conn.needs_flush {
-                if let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx) {
-                    res.map_err(|e| fail(Why::Write, e))?;
-                    conn.needs_flush = false;
-                    flushed = true;
-                }
+            if conn.needs_flush
+                && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
+            {
+                res.map_err(|e| fail(Why::Write, e))?;
+                conn.needs_flush = false;
+                flushed = true;
             }
             conn.report_in_flight();
             let (bytes_read, bytes_written) = self.count_bytes(bytes);

@@ -83,10 +83,10 @@ impl<V> IdTable<V> {
     pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut V> {
         if !self.ring.is_empty() {
             let slot = self.slot(id);
-            if let Some((k, value)) = &mut self.ring[slot] {
-                if *k == id {
-                    return Some(value);
-                }
+            if let Some((k, value)) = &mut self.ring[slot]
+                && *k == id
+            {
+                return Some(value);
             }
         }
         self.spill.get_mut(&id)

@@ -99,18 +99,18 @@ impl Retire {
             (None, _) => return false,
         };
         let mut scan = false;
-        if let Some(AgeClock { every, next, timer }) = &mut self.age {
-            if next.is_none_or(|at| now >= at) {
-                self.tick = self.tick.wrapping_add(1);
-                let at = now + *every;
-                *next = Some(at);
-                scan = true;
-                // A timer that brought this tick is re-armed for the next one, or
-                // nothing would wake a quiet connection again.
-                if let Some(timer) = timer {
-                    timer.as_mut().reset(at);
-                    let _ = timer.as_mut().poll(cx);
-                }
+        if let Some(AgeClock { every, next, timer }) = &mut self.age
+            && next.is_none_or(|at| now >= at)
+        {
+            self.tick = self.tick.wrapping_add(1);
+            let at = now + *every;
+            *next = Some(at);
+            scan = true;
+            // A timer that brought this tick is re-armed for the next one, or
+            // nothing would wake a quiet connection again.
+            if let Some(timer) = timer {
+                timer.as_mut().reset(at);
+                let _ = timer.as_mut().poll(cx);
             }
         }
         let full = self.limit.is_some() && !matcher.has_room();

@@ -59,14 +59,15 @@ where
             let answered = ping.waiting.as_mut().is_none_or(|rx| {
                 !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
             });
-            if seen == ping.seen && answered {
-                if let Some((_, make)) = &self.opts.idle_ping {
-                    debug!("idle: sending ping");
-                    let (tx, rx) = oneshot::channel();
-                    let call = Envelope::new(Frames::One(make()), Waiter::One(Some(tx)));
-                    conn.first.push_back(call);
-                    ping.waiting = Some(rx);
-                }
+            if seen == ping.seen
+                && answered
+                && let Some((_, make)) = &self.opts.idle_ping
+            {
+                debug!("idle: sending ping");
+                let (tx, rx) = oneshot::channel();
+                let call = Envelope::new(Frames::One(make()), Waiter::One(Some(tx)));
+                conn.first.push_back(call);
+                ping.waiting = Some(rx);
             }
             ping.seen = seen;
         }

@@ -140,9 +140,10 @@ pub fn handshake_first(log: &ServerLog) -> Vec<Violation> {
         if let What::Read(d) = &r.what {
             if !d.handshake {
                 user_seen.entry(r.conn).or_insert_with(|| d.text.clone());
-            } else if let Some(user) = user_seen.get(&r.conn) {
-                if reported.insert(r.conn) {
-                    out.push(Violation::new(
+            } else if let Some(user) = user_seen.get(&r.conn)
+                && reported.insert(r.conn)
+            {
+                out.push(Violation::new(
                         "handshake_first",
                         format!(
                             "conn {} ({}): handshake frame [{}] read at {} ms after user frame [{user}]",
@@ -152,7 +153,6 @@ pub fn handshake_first(log: &ServerLog) -> Vec<Violation> {
                             r.at.as_millis()
                         ),
                     ));
-                }
             }
         }
     }
@@ -237,9 +237,11 @@ pub fn stall_means_silence(
                 .filter(|r| r.conn == conn && r.at <= *at && matches!(r.what, What::Wrote(_)))
                 .map(|r| r.at)
                 .next_back();
-            if let Some(w) = last_write {
-                if *at < w + period.saturating_sub(slack) && reported.insert(conn) {
-                    out.push(Violation::new(
+            if let Some(w) = last_write
+                && *at < w + period.saturating_sub(slack)
+                && reported.insert(conn)
+            {
+                out.push(Violation::new(
                         "stall_means_silence",
                         format!(
                             "call {} ({}) failed Stalled at {} ms, but conn {conn} was written to at {} ms (stall timeout {} ms)",
@@ -250,7 +252,6 @@ pub fn stall_means_silence(
                             period.as_millis()
                         ),
                     ));
-                }
             }
         }
     }

@@ -29,7 +29,7 @@ async fn orphans_retire_a_connection_a_busy_server_keeps_full() {
         let mut seen = 0u64;
         while let Some(Ok(req)) = io.next().await {
             seen += 1;
-            if seen % 10 != 0 && io.send(req).await.is_err() {
+            if !seen.is_multiple_of(10) && io.send(req).await.is_err() {
                 return;
             }
         }

@@ -209,10 +209,10 @@ async fn r6_run(rules: bool) -> (u64, usize, usize, Duration) {
         let ok = ok.clone();
         tasks.push(tokio::spawn(async move {
             for j in 0..40 {
-                if let Ok(s) = svc.ready().await {
-                    if s.call(msg(format!("slow 100 {i}-{j}"))).await.is_ok() {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
+                if let Ok(s) = svc.ready().await
+                    && s.call(msg(format!("slow 100 {i}-{j}"))).await.is_ok()
+                {
+                    ok.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }));

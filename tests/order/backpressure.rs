@@ -110,7 +110,7 @@ async fn builder_channel_call_after_close_on_a_reserved_slot_fails_fast() {
     bounded(async {
         let server = TestServer::start(Behaviour::echo()).await;
         let ch: Chan = Channel::builder()
-            .host(&server.addr().to_string())
+            .host(server.addr().to_string())
             .order(MsgCodec::default(), TestProto)
             .expect("builder");
         let hello = Msg::new("hello");

@@ -120,10 +120,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &res {
-            if *n > 0 {
-                self.counts.writes.fetch_add(1, Ordering::SeqCst);
-            }
+        if let Poll::Ready(Ok(n)) = &res
+            && *n > 0
+        {
+            self.counts.writes.fetch_add(1, Ordering::SeqCst);
         }
         res
     }

@@ -41,7 +41,7 @@ pub(crate) fn whole<F: Future>(f: F) -> impl Future<Output = F::Output> {
 /// handshake timeouts 2 s, `Reconnect::Once`.
 pub(crate) fn builder(host: SocketAddr) -> Builder<Msg, Msg> {
     Channel::builder()
-        .host(&host.to_string())
+        .host(host.to_string())
         .backoff(Backoff::exponential(ms(10), ms(50)))
         .connect_timeout(Duration::from_secs(2))
         .handshake_timeout(Duration::from_secs(2))

@@ -93,7 +93,7 @@ async fn s08_unanswered_handshake_times_out_and_the_next_host_serves() {
         let silent = TestServer::start(Behaviour::silent()).await;
         let good = TestServer::start(Behaviour::echo()).await;
         let bld = builder(silent.addr())
-            .backup(&good.addr().to_string())
+            .backup(good.addr().to_string())
             .handshake_timeout(ms(300))
             .handshake(|conn: Ch, _| async move {
                 conn.request(msg("auth")).await?;
@@ -194,7 +194,7 @@ async fn s10_close_between_handshake_and_first_request_replays_it_once() {
         // A second address for the same server: the backup.
         let proxy = Proxy::start(server.addr(), 10).await;
         let bld = builder(server.addr())
-            .backup(&proxy.addr().to_string())
+            .backup(proxy.addr().to_string())
             .handshake(|conn: Ch, _| async move {
                 conn.request(msg("auth")).await?;
                 tokio::time::sleep(ms(200)).await;

@@ -32,8 +32,8 @@ async fn s05_refused_primary_fails_over_to_backups_in_order() {
         let (a, b) = (refused_addr().await, refused_addr().await);
         let (rec, attempts) = Recording::new();
         let bld = builder(a)
-            .backup(&b.to_string())
-            .backup(&server.addr().to_string());
+            .backup(b.to_string())
+            .backup(server.addr().to_string());
         let (ch, task) = spawn_with(bld, rec, Order::new(TestProto));
         assert_eq!(
             timeout(STEP, ch.request(msg("hi"))).await.unwrap().text(),
@@ -53,11 +53,7 @@ async fn s05_refused_primary_fails_over_to_backups_in_order() {
 
         // Every host refuses.
         let (rec, attempts) = Recording::new();
-        let (ch, task) = spawn_with(
-            builder(a).backup(&b.to_string()),
-            rec,
-            Order::new(TestProto),
-        );
+        let (ch, task) = spawn_with(builder(a).backup(b.to_string()), rec, Order::new(TestProto));
         let t = Instant::now();
         let err = timeout(STEP, ch.request(msg("nobody")))
             .await
@@ -92,7 +88,7 @@ async fn s06_blackholed_connect_times_out_and_the_backup_is_tried() {
         let hole = Blackhole::start().await;
         let (rec, attempts) = Recording::new();
         let bld = builder(hole.addr())
-            .backup(&server.addr().to_string())
+            .backup(server.addr().to_string())
             .connect_timeout(ms(300));
         let (ch, task) = spawn_with(bld, rec, Order::new(TestProto));
         let t = Instant::now();
@@ -246,7 +242,7 @@ async fn s33_crash_looping_host_backs_off_and_fails_over() {
             let crashing = Proxy::start(server.addr(), 33).await;
             crashing.set_accept(accept);
             let bld = builder(crashing.addr())
-                .backup(&server.addr().to_string())
+                .backup(server.addr().to_string())
                 .backoff(Backoff::exponential(ms(50), ms(200)));
             let (ch, task) = spawn(Md::Order, bld);
             let t = Instant::now();
@@ -286,7 +282,7 @@ async fn s33_crash_looping_host_with_a_handshake_fails_over() {
         let crashing = Proxy::start(server.addr(), 33).await;
         crashing.set_accept(Accept::Close);
         let bld = builder(crashing.addr())
-            .backup(&server.addr().to_string())
+            .backup(server.addr().to_string())
             .handshake(|conn: Ch, _| async move {
                 conn.request(msg("auth")).await?;
                 Ok(Handshake::Ready)

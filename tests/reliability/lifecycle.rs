@@ -177,7 +177,7 @@ async fn s32_change_host_drains_the_old_connection() {
             .map(|i| spawn_request(&ch, format!("old{i}")))
             .collect();
         eventually(STEP, "5 at the old host", || old.stats().frames() == 5).await;
-        ch.change_host(&new.addr().to_string()).unwrap();
+        ch.change_host(new.addr().to_string()).unwrap();
         for i in 0..5 {
             let body = format!("new{i}");
             assert_eq!(
@@ -213,7 +213,7 @@ async fn s32_drain_deadline_fails_what_the_old_host_never_answers() {
             .collect();
         eventually(STEP, "3 at the old host", || old.stats().frames() == 3).await;
         let t = Instant::now();
-        ch.change_host(&new.addr().to_string()).unwrap();
+        ch.change_host(new.addr().to_string()).unwrap();
         for call in stuck {
             let err = joined(call).await.expect_err("never answered");
             assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
@@ -237,7 +237,7 @@ async fn s32_close_during_a_drain_does_not_hang() {
             .map(|i| spawn_request(&ch, format!("c{i}")))
             .collect();
         eventually(STEP, "3 at the old host", || old.stats().frames() == 3).await;
-        ch.change_host(&new.addr().to_string()).unwrap();
+        ch.change_host(new.addr().to_string()).unwrap();
         let fresh = spawn_request(&ch, "fresh");
         ch.close();
         for call in stuck {

@@ -139,13 +139,13 @@ impl Server for SimServer {
 
     fn serve(&self, conn: &ConnInfo, req: Msg) -> Served<Msg> {
         let body = req.text().to_string();
-        if let Some((i, m)) = token(&body, "pl").and_then(|p| p.split_once('/')) {
-            if i.parse::<u64>().ok().map(|i| i + 1) != m.parse().ok() {
-                return Served {
-                    executed: false,
-                    replies: Vec::new(),
-                };
-            }
+        if let Some((i, m)) = token(&body, "pl").and_then(|p| p.split_once('/'))
+            && i.parse::<u64>().ok().map(|i| i + 1) != m.parse().ok()
+        {
+            return Served {
+                executed: false,
+                replies: Vec::new(),
+            };
         }
         let nonce = num(&body, "n").unwrap_or(0);
         let frames = num(&body, "r").unwrap_or(1);

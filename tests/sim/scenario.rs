@@ -396,18 +396,18 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
     }
     // A redirect's master dies at some point (the case a sentinel exists for).
     for c in &clients {
-        if let Hs::Redirect { master, .. } = c.handshake {
-            if rng.chance(700) {
-                let at = rng.below(end);
-                ops.push((
-                    at,
-                    Op::Set {
-                        host: master,
-                        behavior: Behavior::Refuse,
-                    },
-                ));
-                ops.push((at, Op::Kill(master)));
-            }
+        if let Hs::Redirect { master, .. } = c.handshake
+            && rng.chance(700)
+        {
+            let at = rng.below(end);
+            ops.push((
+                at,
+                Op::Set {
+                    host: master,
+                    behavior: Behavior::Refuse,
+                },
+            ));
+            ops.push((at, Op::Kill(master)));
         }
     }
     // Stable sort: ops at the same time keep their order of generation.

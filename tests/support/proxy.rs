@@ -594,14 +594,14 @@ async fn pipe(
                 if matches!(current, Fault::Slice | Fault::Chunks(_)) {
                     tokio::task::yield_now().await;
                 }
-                if let Fault::Cut(limit) | Fault::Reset(limit) = current {
-                    if since >= limit {
-                        return Some(if matches!(current, Fault::Cut(_)) {
-                            End::Fin
-                        } else {
-                            End::Reset
-                        });
-                    }
+                if let Fault::Cut(limit) | Fault::Reset(limit) = current
+                    && since >= limit
+                {
+                    return Some(if matches!(current, Fault::Cut(_)) {
+                        End::Fin
+                    } else {
+                        End::Reset
+                    });
                 }
             }
         }
