@@ -22,6 +22,8 @@
 //! backpressure, cancellation, push frames, the stall timeout, failure semantics) is
 //! shared.
 //!
+//! Writing a codec: see [`guide`]. A call takes one frame, unless it says how many.
+//!
 //! Either way, one connection task per channel does the codec's work for every call,
 //! while the callers run on all the runtime's workers. If encoding a request is costly,
 //! encode it on the caller's side (the request type is then the encoded bytes, and the
@@ -77,6 +79,11 @@
 //!     fn session(&self, resp: &String) -> Option<u32> {
 //!         resp.split_once(' ')?.0.parse().ok()
 //!     }
+//!     // Takes "7 " off a matched reply, so the caller sees "HELLO".
+//!     fn unstamp(&self, mut resp: String) -> String {
+//!         resp.drain(..resp.find(' ').map_or(0, |i| i + 1));
+//!         resp
+//!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -93,8 +100,8 @@
 //!
 //! let channel = Channel::new(Framed::new(client, LinesCodec::new()), Session::new(Tagged));
 //! let (a, b) = tokio::join!(channel.request("hello".to_string()), channel.request("world".to_string()));
-//! assert!(a?.ends_with("HELLO"));
-//! assert!(b?.ends_with("WORLD"));
+//! assert_eq!(a?, "HELLO");
+//! assert_eq!(b?, "WORLD");
 //! # Ok(())
 //! # }
 //! ```
@@ -132,12 +139,71 @@
 //!
 //! # A tower citizen
 //!
-//! `Channel` is a [`tower::Service`] whose `poll_ready` waits only for real backpressure
-//! (a full queue) or a running connect pass, and a [`tower::load::Load`], so
-//! `ServiceBuilder` layers (timeout, retry, concurrency limit, buffer, `p2c` balance)
-//! work as they should. Retry only what [`Error::is_not_sent`] says never reached the
-//! server: [`RetryNotSent`] does. [`MuxLayer`] and [`ReconnectLayer`] offer the pieces
-//! as layers.
+//! `Channel` is a [`tower::Service`] of one request, one reply, whose `poll_ready` waits
+//! only for real backpressure (a full queue) or a running connect pass, and a
+//! [`tower::load::Load`], so `ServiceBuilder` layers (timeout, retry, concurrency limit,
+//! buffer, `p2c` balance) work as they should. Every other call shape (several reply
+//! frames, a stream, fire-and-forget, multi-part, caller ids) goes through
+//! [`Channel::calls`], a `Service<Call<Req>>` whose response is a [`Reply`]. Retry only
+//! what [`Error::is_not_sent`] says never reached the server: [`RetryNotSent`] does
+//! (over either service, with a retry budget if you give it one), and retries a
+//! [`Call::idempotent`] after a lost connection too. [`MuxLayer`] and
+//! [`ReconnectLayer`] offer the pieces as layers.
+//!
+//! # What to do with an error
+//!
+//! Every call fails with one [`Error`] (boxed as a [`BoxError`] by the services: downcast
+//! it). Two questions decide what a caller does: was it sent ([`Error::is_not_sent`]),
+//! and what kind it is ([`Error::kind`]). A gateway in front of the channel maps them
+//! so:
+//!
+//! | Outcome | [`Kind`] | Sent? | Retry? | HTTP | gRPC |
+//! |---|---|---|---|---|---|
+//! | No host could be connected (or the channel is backing off) | `ConnectFailed` | not sent | yes, after a delay or on another channel | 503 | `UNAVAILABLE` |
+//! | Queued when its connection was lost, and the next pass failed | `ConnectFailed` | not sent | yes | 503 | `UNAVAILABLE` |
+//! | Written, then the connection was lost (I/O error, EOF, undecodable frame, desync) | `ConnectionLost` | may have executed | only if idempotent | 502 | `UNKNOWN` |
+//! | Written, then the server fell silent ([`ConnectionErrorKind::Stalled`]) | `ConnectionLost` | may have executed | only if idempotent | 504 | `DEADLINE_EXCEEDED` |
+//! | The channel is closed (`close`, a shutdown, a task that is gone) before it was written | `Closed` | not sent | on another channel only | 503 | `UNAVAILABLE` |
+//! | Written, then closed (a shutdown's deadline passed, the task vanished) | `Closed` | may have executed | only if idempotent | 502 | `UNKNOWN` |
+//! | The server answered with an error reply ([`Protocol::check`]) | `Server` | answered | no: it is the answer | by the reply (a missing key 404, a bad argument 400), else 502 | by the reply, else `INTERNAL` |
+//! | The reply outgrew a limit ([`Config::max_reply_frames`]) | `Limit` | may have executed | no | 502 | `INTERNAL` |
+//! | `Service::call` without `poll_ready`, intake full | `Overloaded` | not sent | yes, after a delay | 503 | `UNAVAILABLE` |
+//! | A caller-supplied session id still in use | `IdInUse` | not sent | no: a caller's bug | 500 | `INTERNAL` |
+//! | A call the channel cannot make (an id in order mode, no parts) | `Unsupported` | not sent | no: a caller's bug | 500 | `INTERNAL` |
+//! | tower's `timeout` elapsed (not a channel error) | — | unknown: may have executed | only if idempotent | 504 | `DEADLINE_EXCEEDED` |
+//!
+//! *May have executed* never maps to a code that tells clients to retry (503,
+//! `UNAVAILABLE`): the server may have run it, and a second `INCR` is a wrong answer.
+//! [`RetryNotSent`] follows the "Retry?" column. In code:
+//!
+//! ```
+//! use socketchannel::{BoxError, Error, Kind};
+//!
+//! /// The HTTP status and gRPC code for a call's error.
+//! fn status(err: &BoxError) -> (u16, &'static str) {
+//!     let Some(err) = err.downcast_ref::<Error>() else {
+//!         // tower's timeout, or another layer's error: the call may have executed.
+//!         return (504, "DEADLINE_EXCEEDED");
+//!     };
+//!     let stalled = err
+//!         .connection_error()
+//!         .is_some_and(|c| c.kind() == socketchannel::ConnectionErrorKind::Stalled);
+//!     match err.kind() {
+//!         Kind::IdInUse | Kind::Unsupported => (500, "INTERNAL"),
+//!         Kind::Server | Kind::Limit => (502, "INTERNAL"),
+//!         _ if err.is_not_sent() => (503, "UNAVAILABLE"),
+//!         _ if stalled => (504, "DEADLINE_EXCEEDED"),
+//!         _ => (502, "UNKNOWN"),
+//!     }
+//! }
+//! # let not_sent: BoxError = "x".into();
+//! # assert_eq!(status(&not_sent), (504, "DEADLINE_EXCEEDED"));
+//! ```
+//!
+//! The source chain says why: [`Error::connection_error`] for a lost connection,
+//! [`Error::connect_error`] (every host's failure; its `source()` is the last host's,
+//! an `io::Error` for a refused or timed-out connect) for a failed pass, the protocol's
+//! own error for a `Server` reply.
 //!
 //! # Failure semantics
 //!
@@ -181,6 +247,7 @@
 //!   log, a ledger of calls and the checks over them, for simulations of whole
 //!   lifecycles (the crate's own is `tests/sim`).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(
     missing_docs,
@@ -191,8 +258,10 @@
 
 mod channel;
 mod config;
+#[cfg(feature = "tcp")]
 mod connect;
 mod error;
+pub mod guide;
 mod meter;
 mod mux;
 mod panic;
@@ -206,17 +275,18 @@ pub mod testing;
 mod transport;
 
 pub use crate::channel::{
-    Builder, Call, Channel, Connection, IntoCall, MuxLayer, ReconnectLayer, Replies, ReplyStream,
-    ResponseFuture,
+    Builder, Call, Calls, Channel, Connection, IntoCall, MuxLayer, ReconnectLayer, Replies, Reply,
+    ReplyFuture, ReplyStream, ResponseFuture,
 };
 pub use crate::config::Config;
+#[cfg(feature = "tcp")]
 pub use crate::connect::TcpConnector;
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
 pub use crate::meter::Metered;
 pub use crate::mux::{Mode, Order, Session};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
 pub use crate::reconnect::{
-    Backoff, ConnectError, Endpoint, Handshake, InvalidEndpoint, Reconnect,
+    Backoff, ConnectError, Endpoint, Handshake, IntoHost, InvalidEndpoint, Reconnect,
 };
 pub use crate::retry::RetryNotSent;
 pub use crate::shared::State;

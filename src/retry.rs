@@ -1,10 +1,14 @@
 //! A retry policy that never executes a request twice.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower::BoxError;
+use tower::retry::Policy;
+use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::error::Error;
+use crate::channel::Call;
+use crate::error::{Error, Kind};
 
 /// A [`tower::retry::Policy`] that retries a call only when it failed *not sent*
 /// ([`Error::is_not_sent`]): the request never reached the server, so trying again
@@ -12,19 +16,34 @@ use crate::error::Error;
 ///
 /// A call that failed *may have executed* is not retried: the server may have run it
 /// before the connection died, and a second `INCR`, payment or `RPUSH` would be a wrong
-/// result, not a recovery. Make such requests idempotent, or decide per request, before
-/// retrying them.
+/// result, not a recovery. A [`Call`] marked [`idempotent`](Call::idempotent) (a read)
+/// is retried after a lost connection too.
+///
+/// It is a policy for plain requests (`Req: Clone`, over `Service<Req>`) and for
+/// [`Call`]s (any `Req`, over `Service<Call<Req>>`), with the error type either
+/// [`BoxError`] (the channel's services) or [`Error`] (a service that maps its errors
+/// back). For a `Call` it keeps no copy of the request: a call that failed *not sent*
+/// carries its request in the error ([`Error::take_request`]), and the retry takes it
+/// from there; only an idempotent call keeps a copy, since after a write the error has
+/// none.
+///
+/// With a [`budget`](Self::budget), retries are paced by tower's [`TpsBudget`]: a dead
+/// cluster gets a bounded share of extra calls, not `attempts` times every call.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use std::time::Duration;
-/// use socketchannel::RetryNotSent;
+/// use socketchannel::{Call, Reply, RetryNotSent};
+/// use tower::retry::budget::TpsBudget;
 /// use tower::ServiceBuilder;
 ///
 /// # fn stack<S>(channel: S) -> impl Sized
-/// # where S: tower::Service<String, Error = socketchannel::BoxError> + Clone {
+/// # where S: tower::Service<Call<String>, Response = Reply<String>, Error = socketchannel::BoxError> + Clone {
+/// // At most 10% extra calls over any 10 s, and at least 10 retries a second.
+/// let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.1));
 /// ServiceBuilder::new()
 ///     .timeout(Duration::from_millis(200))
-///     .retry(RetryNotSent::new(3).delay(Duration::from_millis(10)))
+///     .retry(RetryNotSent::new(3).delay(Duration::from_millis(10)).budget(budget))
 ///     .concurrency_limit(1024)
 ///     .service(channel)
 /// # }
@@ -33,6 +52,7 @@ use crate::error::Error;
 pub struct RetryNotSent {
     attempts: usize,
     delay: Duration,
+    budget: Option<Arc<TpsBudget>>,
 }
 
 impl RetryNotSent {
@@ -41,6 +61,7 @@ impl RetryNotSent {
         RetryNotSent {
             attempts,
             delay: Duration::ZERO,
+            budget: None,
         }
     }
 
@@ -50,9 +71,81 @@ impl RetryNotSent {
         self.delay = delay;
         self
     }
+
+    /// Retries only while `budget` allows: each success deposits, each retry
+    /// withdraws. Share one budget (an `Arc`) between the services it should bound.
+    pub fn budget(mut self, budget: Arc<TpsBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Counts one outcome; true when a retry follows it. `err` is `None` for a success.
+    fn decide(&mut self, err: Option<&Error>, idempotent: bool) -> bool {
+        match err {
+            None => {
+                self.succeeded();
+                false
+            }
+            Some(err) => self.retryable(err, idempotent) && self.spend(),
+        }
+    }
+
+    fn succeeded(&self) {
+        if let Some(budget) = &self.budget {
+            budget.deposit();
+        }
+    }
+
+    /// May this failure be retried, attempts left aside from the budget?
+    fn retryable(&self, err: &Error, idempotent: bool) -> bool {
+        let by_kind = match err.kind() {
+            // The call itself is wrong, or the server answered: a retry changes nothing.
+            Kind::Unsupported | Kind::Server | Kind::Limit => false,
+            _ if err.is_not_sent() => true,
+            // Written, and its connection (or task) went away before the reply.
+            Kind::ConnectionLost | Kind::Closed => idempotent,
+            _ => false,
+        };
+        by_kind && self.attempts > 0
+    }
+
+    /// Takes one attempt, and a withdrawal from the budget; false when it is spent.
+    fn spend(&mut self) -> bool {
+        if self.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+            return false;
+        }
+        self.attempts -= 1;
+        true
+    }
+
+    fn wait(&self) -> tokio::time::Sleep {
+        tokio::time::sleep(self.delay)
+    }
+
+    /// A call's retry: decided, and (for a copy kept without its frames) refilled from
+    /// the error first: without its request the call cannot be retried at all, and
+    /// then spends nothing.
+    fn retry_call<Req: 'static>(
+        &mut self,
+        call: &mut Call<Req>,
+        err: Option<&mut Error>,
+    ) -> Option<tokio::time::Sleep> {
+        let idempotent = call.is_idempotent();
+        let Some(err) = err else {
+            self.succeeded();
+            return None;
+        };
+        let retry = self.retryable(err, idempotent) && call.refill(err) && self.spend();
+        retry.then(|| self.wait())
+    }
 }
 
-impl<Req: Clone, Resp> tower::retry::Policy<Req, Resp, BoxError> for RetryNotSent {
+/// The channel's [`Error`] behind a boxed one.
+fn channel_error(err: &mut BoxError) -> Option<&mut Error> {
+    err.downcast_mut::<Error>()
+}
+
+impl<Req: Clone, Resp> Policy<Req, Resp, BoxError> for RetryNotSent {
     type Future = tokio::time::Sleep;
 
     fn retry(
@@ -60,15 +153,11 @@ impl<Req: Clone, Resp> tower::retry::Policy<Req, Resp, BoxError> for RetryNotSen
         _req: &mut Req,
         result: &mut Result<Resp, BoxError>,
     ) -> Option<Self::Future> {
-        let Err(err) = result else {
-            return None;
+        let err = match result {
+            Ok(_) => None,
+            Err(err) => Some(channel_error(err)?),
         };
-        let not_sent = err.downcast_ref::<Error>().is_some_and(Error::is_not_sent);
-        if !not_sent || self.attempts == 0 {
-            return None;
-        }
-        self.attempts -= 1;
-        Some(tokio::time::sleep(self.delay))
+        self.decide(err.as_deref(), false).then(|| self.wait())
     }
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
@@ -76,23 +165,127 @@ impl<Req: Clone, Resp> tower::retry::Policy<Req, Resp, BoxError> for RetryNotSen
     }
 }
 
+impl<Req: Clone, Resp> Policy<Req, Resp, Error> for RetryNotSent {
+    type Future = tokio::time::Sleep;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Resp, Error>) -> Option<Self::Future> {
+        let err = result.as_ref().err();
+        self.decide(err, false).then(|| self.wait())
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+impl<Req: Send + 'static, Resp> Policy<Call<Req>, Resp, BoxError> for RetryNotSent {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        call: &mut Call<Req>,
+        result: &mut Result<Resp, BoxError>,
+    ) -> Option<Self::Future> {
+        let err = match result {
+            Ok(_) => None,
+            Err(err) => Some(channel_error(err)?),
+        };
+        self.retry_call(call, err)
+    }
+
+    /// A copy without the frames (they come back from a *not sent* error), or a full one
+    /// for an [idempotent](Call::idempotent) call.
+    fn clone_request(&mut self, call: &Call<Req>) -> Option<Call<Req>> {
+        Some(call.retry_copy())
+    }
+}
+
+impl<Req: Send + 'static, Resp> Policy<Call<Req>, Resp, Error> for RetryNotSent {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        call: &mut Call<Req>,
+        result: &mut Result<Resp, Error>,
+    ) -> Option<Self::Future> {
+        self.retry_call(call, result.as_mut().err())
+    }
+
+    fn clone_request(&mut self, call: &Call<Req>) -> Option<Call<Req>> {
+        Some(call.retry_copy())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Kind;
-    use tower::retry::Policy;
+
+    fn boxed(err: Error) -> Result<(), BoxError> {
+        Err(err.into())
+    }
 
     #[tokio::test]
     async fn retries_not_sent_only_and_only_so_often() {
         let mut policy = RetryNotSent::new(1);
         let mut req = ();
-        let mut sent: Result<(), BoxError> =
-            Err(Error::new(Kind::ConnectionLost).written(true).into());
+        let mut sent = boxed(Error::new(Kind::ConnectionLost).written(true));
         assert!(policy.retry(&mut req, &mut sent).is_none());
-        let mut not_sent: Result<(), BoxError> = Err(Error::new(Kind::ConnectFailed).into());
+        let mut not_sent = boxed(Error::new(Kind::ConnectFailed));
         assert!(policy.retry(&mut req, &mut not_sent).is_some());
         assert!(policy.retry(&mut req, &mut not_sent).is_none());
         let mut ok: Result<(), BoxError> = Ok(());
         assert!(policy.retry(&mut req, &mut ok).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_call_is_refilled_from_its_not_sent_error() {
+        let mut policy = RetryNotSent::new(2);
+        let call = Call::new(String::from("SET k v"));
+        let mut copy = Policy::<_, (), BoxError>::clone_request(&mut policy, &call).unwrap();
+        assert!(copy.hollow, "a copy without the frames");
+        let mut not_sent =
+            boxed(Error::new(Kind::ConnectFailed).with_request(Box::new(String::from("SET k v"))));
+        assert!(policy.retry(&mut copy, &mut not_sent).is_some());
+        assert!(!copy.hollow);
+        assert!(matches!(&copy.frames, crate::mux::Frames::One(r) if r == "SET k v"));
+        // Not sent, but with no request to hand back: no retry.
+        let mut copy = Policy::<_, (), BoxError>::clone_request(&mut policy, &call).unwrap();
+        let mut empty = boxed(Error::new(Kind::ConnectFailed));
+        assert!(policy.retry(&mut copy, &mut empty).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_call_is_retried_after_a_lost_connection() {
+        let mut policy = RetryNotSent::new(1);
+        let call = Call::new(String::from("GET k")).idempotent();
+        let mut copy = Policy::<_, (), Error>::clone_request(&mut policy, &call).unwrap();
+        assert!(!copy.hollow, "an idempotent call keeps its frames");
+        let mut lost: Result<(), Error> = Err(Error::new(Kind::ConnectionLost).written(true));
+        assert!(policy.retry(&mut copy, &mut lost).is_some());
+        let mut server: Result<(), Error> = Err(Error::server("ERR".into()));
+        let mut policy = RetryNotSent::new(1);
+        assert!(
+            policy.retry(&mut copy, &mut server).is_none(),
+            "an error reply is an answer"
+        );
+        let plain = Call::new(String::from("INCR k"));
+        let mut copy = Policy::<_, (), Error>::clone_request(&mut policy, &plain).unwrap();
+        let mut lost: Result<(), Error> = Err(Error::new(Kind::ConnectionLost).written(true));
+        assert!(policy.retry(&mut copy, &mut lost).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_budget_bounds_retries() {
+        // No reserve and no deposits: 0 retries a second, none allowed.
+        let budget = Arc::new(TpsBudget::new(Duration::from_secs(1), 0, 0.0));
+        let mut policy = RetryNotSent::new(10).budget(budget.clone());
+        let mut not_sent = boxed(Error::new(Kind::ConnectFailed));
+        assert!(policy.retry(&mut (), &mut not_sent).is_none());
+        // Deposits from successes buy retries.
+        let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 0, 1.0));
+        let mut policy = RetryNotSent::new(10).budget(budget);
+        let mut ok: Result<(), BoxError> = Ok(());
+        assert!(policy.retry(&mut (), &mut ok).is_none());
+        assert!(policy.retry(&mut (), &mut not_sent).is_some());
     }
 }

@@ -65,6 +65,12 @@ pub(crate) struct Shared<Resp> {
     pub(crate) overloaded: watch::Sender<bool>,
     /// How large a multi-frame reply may grow.
     pub(crate) limits: ReplyLimits,
+    /// The connection task, when the channel was made outside a runtime: spawned by the
+    /// first call made inside one (`channel/start.rs`).
+    pub(crate) unstarted: AtomicBool,
+    pub(crate) deferred: Mutex<Option<crate::channel::Connection>>,
+    /// Why the task is gone, when it went without ending (its runtime shut down).
+    pub(crate) gone: Mutex<Option<Cause>>,
 }
 
 impl<Resp> Shared<Resp> {
@@ -86,6 +92,9 @@ impl<Resp> Shared<Resp> {
             queued: AtomicUsize::new(0),
             overloaded: watch::Sender::new(false),
             limits,
+            unstarted: AtomicBool::new(false),
+            deferred: Mutex::new(None),
+            gone: Mutex::new(None),
         }
     }
 

@@ -5,17 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::codec::{Decoder, Encoder};
 use tower::BoxError;
 
 use super::{Channel, Connection, ReconnectLayer};
 use crate::config::Config;
-use crate::connect::TcpConnector;
-use crate::mux::{Mode, Order, Session};
+use crate::mux::Mode;
 use crate::panic::CatchPanic;
-use crate::protocol::{Protocol, Sessions};
 use crate::reconnect::{
-    Backoff, Endpoint, Handshake, HostSpec, Hosts, InvalidEndpoint, Options, Reconnect,
+    Backoff, Endpoint, Handshake, HostSpec, Hosts, IntoHost, InvalidEndpoint, Options, Reconnect,
 };
 use crate::transport::Connector;
 
@@ -47,8 +44,10 @@ pub struct Builder<Req, Resp> {
     backups: Result<Vec<HostSpec>, InvalidEndpoint>,
     config: Config,
     opts: Options<Req, Resp>,
-    nodelay: bool,
-    keepalive: bool,
+    #[cfg(feature = "tcp")]
+    pub(super) nodelay: bool,
+    #[cfg(feature = "tcp")]
+    pub(super) keepalive: bool,
 }
 
 impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
@@ -91,7 +90,9 @@ where
                 orphan_age: None,
                 max_connection_age: None,
             },
+            #[cfg(feature = "tcp")]
             nodelay: true,
+            #[cfg(feature = "tcp")]
             keepalive: true,
         }
     }
@@ -102,10 +103,11 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    /// The host: `"host:port"`, `"[v6]:port"`, or a bare host with [`port`](Self::port).
-    /// An unparsable one makes the final step fail with [`InvalidEndpoint`].
-    pub fn host(mut self, host: &str) -> Self {
-        self.host = HostSpec::parse(host).map(Some);
+    /// The host: `"host:port"`, `"[v6]:port"`, a bare host with [`port`](Self::port), a
+    /// `SocketAddr`, a `(host, port)` pair or an [`Endpoint`] ([`IntoHost`]). An
+    /// unparsable one makes the final step fail with [`InvalidEndpoint`].
+    pub fn host(mut self, host: impl IntoHost) -> Self {
+        self.host = HostSpec::from(&host).map(Some);
         self
     }
 
@@ -118,25 +120,13 @@ where
     /// Adds a backup host, tried in order after the current host fails. Without a port
     /// it takes the current host's. Duplicates are skipped. A backup that connects
     /// becomes the current host.
-    pub fn backup(mut self, host: &str) -> Self {
+    pub fn backup(mut self, host: impl IntoHost) -> Self {
         if let Ok(backups) = &mut self.backups {
-            match HostSpec::parse(host) {
+            match HostSpec::from(&host) {
                 Ok(spec) => backups.push(spec),
                 Err(e) => self.backups = Err(e),
             }
         }
-        self
-    }
-
-    /// Sets `TCP_NODELAY` (default on). Only for the built-in TCP connector.
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.nodelay = on;
-        self
-    }
-
-    /// Sets `SO_KEEPALIVE` (default on). Only for the built-in TCP connector.
-    pub fn keepalive(mut self, on: bool) -> Self {
-        self.keepalive = on;
         self
     }
 
@@ -243,52 +233,6 @@ where
         self
     }
 
-    /// Builds an order-mode channel over TCP framed with `codec`.
-    ///
-    /// # Errors
-    ///
-    /// No host, or a host or backup that does not parse.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn order<C, P>(self, codec: C, protocol: P) -> Result<Channel<Req, Resp>, InvalidEndpoint>
-    where
-        C: Encoder<Req> + Decoder<Item = Resp> + Clone + Send + 'static,
-        <C as Encoder<Req>>::Error: Into<BoxError>,
-        <C as Decoder>::Error: Into<BoxError>,
-        P: Protocol<Req, Resp> + Clone,
-    {
-        let connector = self.tcp(codec);
-        self.connector(connector, Order::new(protocol))
-    }
-
-    /// Builds a session-mode channel over TCP framed with `codec`.
-    ///
-    /// # Errors
-    ///
-    /// No host, or a host or backup that does not parse.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn session<C, S>(self, codec: C, sessions: S) -> Result<Channel<Req, Resp>, InvalidEndpoint>
-    where
-        C: Encoder<Req> + Decoder<Item = Resp> + Clone + Send + 'static,
-        <C as Encoder<Req>>::Error: Into<BoxError>,
-        <C as Decoder>::Error: Into<BoxError>,
-        S: Sessions<Req, Resp> + Clone,
-    {
-        let connector = self.tcp(codec);
-        self.connector(connector, Session::new(sessions))
-    }
-
-    fn tcp<C: Clone>(&self, codec: C) -> TcpConnector<C> {
-        TcpConnector::new(codec)
-            .nodelay(self.nodelay)
-            .keepalive(self.keepalive)
-    }
-
     /// Builds a channel over any [`Connector`] (a `tower::Service` from [`Endpoint`] to a
     /// [`Transport`](crate::Transport): a Unix socket, TLS, an in-memory pipe) and mode,
     /// with its connection task spawned.
@@ -297,9 +241,14 @@ where
     ///
     /// No host, or a host or backup that does not parse.
     ///
-    /// # Panics
+    /// # Runtime
     ///
-    /// Outside a tokio runtime.
+    /// The connection task is spawned on the current tokio runtime; made outside one
+    /// (a `static`), on the runtime of the first call. A call made outside any runtime
+    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
+    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
+    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
+    /// at once, saying so. Keep one channel per runtime.
     pub fn connector<K, M>(
         self,
         connector: K,
@@ -310,8 +259,7 @@ where
         M: Mode<Req, Resp> + Clone,
     {
         let (channel, connection) = self.pair(connector, mode)?;
-        tokio::spawn(connection);
-        Ok(channel)
+        Ok(channel.start(connection))
     }
 
     /// Like [`connector`](Self::connector), but hands back the connection task for the

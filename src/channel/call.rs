@@ -1,26 +1,63 @@
 //! The shapes a call can take beyond "one request, one reply".
 
+use std::fmt;
+
+use super::reply::Shape;
 use crate::mux::{Frames, Until};
 use crate::protocol::SessionId;
 
-/// A call with options: a multi-part request, a read without a request, a caller-supplied
-/// session id, an exemption from the stall timeout.
+/// A call with options: what it writes (one frame, several, or nothing), how its reply
+/// comes back (one frame, several, a stream, none), a caller-supplied session id, an
+/// exemption from the stall timeout, and whether it may be retried after it was written.
 ///
-/// Every [`Channel`](crate::Channel) method that takes a request takes a `Call` too.
+/// Every [`Channel`](crate::Channel) method that takes a request takes a `Call` too; the
+/// method decides the reply's shape. Through `tower`, `Channel` is a
+/// `Service<Call<Req>>` whose response is a [`Reply`](crate::Reply) of the shape the
+/// call asked for, so `ServiceBuilder` layers wrap every shape.
 ///
 /// ```
-/// use socketchannel::Call;
+/// use socketchannel::{Call, Replies};
 ///
 /// let blocking = Call::new("BLPOP jobs 0").no_stall_timeout();
 /// let greeting: Call<&str> = Call::read();
 /// let split = Call::parts(vec!["part 1", "part 2"]);
 /// let mine = Call::new("ping").id(7u16);
+/// let pipeline = Call::new("GET a\r\nGET b").replies(Replies::Count(2));
+/// let listing = Call::new("LIST").stream(Replies::UntilFinal);
+/// let quit = Call::new("QUIT").no_reply();
+/// let read = Call::new("GET a").idempotent();
 /// ```
-#[derive(Debug)]
 pub struct Call<Req> {
     pub(crate) frames: Frames<Req>,
     pub(crate) id: Option<u64>,
     pub(crate) exempt: bool,
+    pub(crate) shape: Shape,
+    /// Set by [`Call::idempotent`]: copies the frames, so a retry has them even after
+    /// they were written.
+    copy: Option<CopyFrames<Req>>,
+    /// A copy made for a retry without the frames ([`Call::retry_copy`]): they must be
+    /// put back ([`Call::refill`]) before it is sent.
+    pub(crate) hollow: bool,
+}
+
+type CopyFrames<Req> = fn(&Frames<Req>) -> Frames<Req>;
+
+impl<Req> fmt::Debug for Call<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let frames = match &self.frames {
+            Frames::None if self.hollow => "hollow",
+            Frames::None => "none",
+            Frames::One(_) => "one",
+            Frames::Many(_) => "parts",
+        };
+        f.debug_struct("Call")
+            .field("frames", &frames)
+            .field("id", &self.id)
+            .field("exempt", &self.exempt)
+            .field("shape", &self.shape)
+            .field("idempotent", &self.copy.is_some())
+            .finish()
+    }
 }
 
 impl<Req> Call<Req> {
@@ -29,6 +66,9 @@ impl<Req> Call<Req> {
             frames,
             id: None,
             exempt: false,
+            shape: Shape::One,
+            copy: None,
+            hollow: false,
         }
     }
 
@@ -65,6 +105,99 @@ impl<Req> Call<Req> {
     pub fn no_stall_timeout(mut self) -> Self {
         self.exempt = true;
         self
+    }
+
+    /// Through `Service<Call<Req>>`: the reply is several frames, collected into
+    /// [`Reply::Many`](crate::Reply::Many) (as [`Channel::request_n`] and
+    /// [`Channel::request_until_final`] do).
+    ///
+    /// [`Channel::request_n`]: crate::Channel::request_n
+    /// [`Channel::request_until_final`]: crate::Channel::request_until_final
+    pub fn replies(mut self, replies: Replies) -> Self {
+        self.shape = Shape::Collect(replies.into());
+        self
+    }
+
+    /// Through `Service<Call<Req>>`: the reply frames come one by one, through the
+    /// [`ReplyStream`](crate::ReplyStream) of [`Reply::Stream`](crate::Reply::Stream)
+    /// (as [`Channel::stream`](crate::Channel::stream) does).
+    ///
+    /// The service's future resolves with the first frame in hand (or with the call's
+    /// error, so a retry layer sees a call that failed *not sent*); the stream then
+    /// yields that frame and the rest.
+    pub fn stream(mut self, replies: Replies) -> Self {
+        self.shape = Shape::Stream(replies.into());
+        self
+    }
+
+    /// Through `Service<Call<Req>>`: fire-and-forget, a request the server never
+    /// answers; resolves with [`Reply::Sent`](crate::Reply::Sent) once written (as
+    /// [`Channel::send`](crate::Channel::send) does).
+    pub fn no_reply(mut self) -> Self {
+        self.shape = Shape::Send;
+        self
+    }
+
+    /// Marks the call as safe to run twice (a read): [`RetryNotSent`](crate::RetryNotSent)
+    /// retries it after it failed *may have executed* too (its connection was lost while
+    /// it was written), not only after *not sent*. It keeps a copy of the frames for that.
+    pub fn idempotent(mut self) -> Self
+    where
+        Req: Clone,
+    {
+        self.copy = Some(copy_frames::<Req>);
+        self
+    }
+
+    /// Is the call marked [`idempotent`](Self::idempotent)?
+    pub fn is_idempotent(&self) -> bool {
+        self.copy.is_some()
+    }
+
+    /// A copy to retry with: a full one for an idempotent call, otherwise one without
+    /// the frames, which [`refill`](Self::refill) completes from a *not sent* error.
+    pub(crate) fn retry_copy(&self) -> Self {
+        let (frames, hollow) = match self.copy {
+            Some(copy) => (copy(&self.frames), false),
+            None => (Frames::None, !matches!(self.frames, Frames::None)),
+        };
+        Call {
+            frames,
+            id: self.id,
+            exempt: self.exempt,
+            shape: self.shape,
+            copy: self.copy,
+            hollow,
+        }
+    }
+
+    /// Puts back the frames of a hollow copy; false when there were none to put back.
+    pub(crate) fn refill(&mut self, err: &mut crate::Error) -> bool
+    where
+        Req: 'static,
+    {
+        if !self.hollow {
+            return true;
+        }
+        // A hollow copy was made from one frame or several; the error gives back what
+        // the call was given as.
+        if let Some(req) = err.take_request::<Req>() {
+            self.frames = Frames::One(req);
+        } else if let Some(parts) = err.take_request::<Vec<Req>>() {
+            self.frames = Frames::Many(parts);
+        } else {
+            return false;
+        }
+        self.hollow = false;
+        true
+    }
+}
+
+fn copy_frames<Req: Clone>(frames: &Frames<Req>) -> Frames<Req> {
+    match frames {
+        Frames::None => Frames::None,
+        Frames::One(req) => Frames::One(req.clone()),
+        Frames::Many(parts) => Frames::Many(parts.clone()),
     }
 }
 

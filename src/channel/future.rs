@@ -76,6 +76,8 @@ pub struct ReplyStream<Resp> {
     shared: Arc<StreamShared>,
     /// The end was seen (and reported when it was not a clean one).
     ended: bool,
+    /// The first frame, taken early by a [`ReplyFuture`](super::ReplyFuture).
+    held: Option<Resp>,
 }
 
 impl<Resp> ReplyStream<Resp> {
@@ -87,7 +89,21 @@ impl<Resp> ReplyStream<Resp> {
             rx,
             shared,
             ended: false,
+            held: None,
         }
+    }
+
+    /// Waits for the first frame and holds it, or for the end; the error of a reply
+    /// that failed before its first frame (the call's error, for a retry layer).
+    pub(crate) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(match std::task::ready!(self.poll_item(cx)) {
+            Some(Ok(frame)) => {
+                self.held = Some(frame);
+                Ok(())
+            }
+            Some(Err(err)) => Err(err),
+            None => Ok(()),
+        })
     }
 
     /// The next frame, or `None` after the last one.
@@ -96,6 +112,9 @@ impl<Resp> ReplyStream<Resp> {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Resp, Error>>> {
+        if let Some(frame) = self.held.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         if self.ended {
             return Poll::Ready(None);
         }
@@ -121,6 +140,9 @@ impl<Resp> ReplyStream<Resp> {
         }
     }
 }
+
+// The held frame is never pinned: the stream moves it out by value.
+impl<Resp> Unpin for ReplyStream<Resp> {}
 
 impl<Resp> Drop for ReplyStream<Resp> {
     fn drop(&mut self) {

@@ -5,7 +5,11 @@ mod call;
 mod future;
 mod mux_layer;
 mod reconnect_layer;
+mod reply;
 mod service;
+mod start;
+#[cfg(feature = "tcp")]
+mod tcp;
 
 use std::fmt;
 use std::future::Future;
@@ -16,17 +20,21 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::ReusableBoxFuture;
+use tracing::Instrument;
 
 pub use self::builder::Builder;
 pub use self::call::{Call, IntoCall, Replies};
 pub use self::future::{ReplyStream, ResponseFuture};
 pub use self::mux_layer::MuxLayer;
 pub use self::reconnect_layer::ReconnectLayer;
+use self::reply::Shape;
+pub use self::reply::{Reply, ReplyFuture};
+pub use self::service::Calls;
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::mux::{Collect, Engine, Envelope, Mode, StreamShared, StreamTx, Until, Waiter, Worker};
-use crate::reconnect::{HostSpec, InvalidEndpoint};
+use crate::mux::{Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::reconnect::{HostSpec, IntoHost, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
 use crate::transport::Transport;
@@ -75,8 +83,9 @@ pub struct Channel<Req, Resp> {
 pub struct Connection {
     task: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Marks the channel closed: when the task panics (in a user's codec, say), and when
-    /// it is dropped (ended, or aborted).
-    on_end: Box<dyn Fn() + Send>,
+    /// it is dropped (ended, or aborted); `true` when it is dropped before it ended.
+    on_end: Box<dyn Fn(bool) + Send>,
+    ended: bool,
 }
 
 impl Connection {
@@ -86,11 +95,15 @@ impl Connection {
     ) -> Self {
         Connection {
             task: Box::pin(task),
-            on_end: Box::new(move || {
+            on_end: Box::new(move |unfinished| {
+                if unfinished {
+                    shared.set_gone();
+                }
                 shared.set_closed();
                 shared.clear_queued();
                 shared.set_state(State::Closed);
             }),
+            ended: false,
         }
     }
 }
@@ -104,13 +117,18 @@ impl Future for Connection {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let task = self.task.as_mut();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.poll(cx))) {
-            Ok(poll) => poll,
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => {
+                self.ended = true;
+                Poll::Ready(())
+            }
             Err(panic) => {
                 tracing::error!(
                     panic = %crate::panic::message(&*panic),
                     "connection task panicked; channel closed"
                 );
-                (self.on_end)();
+                self.ended = true;
+                (self.on_end)(false);
                 Poll::Ready(())
             }
         }
@@ -119,7 +137,7 @@ impl Future for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        (self.on_end)();
+        (self.on_end)(!self.ended);
     }
 }
 
@@ -138,9 +156,14 @@ where
     /// spawned on the current tokio runtime. No reconnect: when the transport ends, the
     /// channel is closed.
     ///
-    /// # Panics
+    /// # Runtime
     ///
-    /// Outside a tokio runtime.
+    /// The connection task is spawned on the current tokio runtime; made outside one
+    /// (a `static`), on the runtime of the first call. A call made outside any runtime
+    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
+    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
+    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
+    /// at once, saying so. Keep one channel per runtime.
     pub fn new<T, M>(transport: T, mode: M) -> Self
     where
         T: Transport<Req, Resp>,
@@ -151,17 +174,21 @@ where
 
     /// [`Channel::new`] with limits and timers of one's own.
     ///
-    /// # Panics
+    /// # Runtime
     ///
-    /// Outside a tokio runtime.
+    /// The connection task is spawned on the current tokio runtime; made outside one
+    /// (a `static`), on the runtime of the first call. A call made outside any runtime
+    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
+    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
+    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
+    /// at once, saying so. Keep one channel per runtime.
     pub fn with_config<T, M>(transport: T, mode: M, config: Config) -> Self
     where
         T: Transport<Req, Resp>,
         M: Mode<Req, Resp>,
     {
         let (channel, connection) = Self::pair(transport, mode, config);
-        tokio::spawn(connection);
-        channel
+        channel.start(connection)
     }
 
     /// A channel and its connection task, which the caller runs (spawns, or polls
@@ -219,8 +246,12 @@ where
     }
 
     /// This handle takes no more calls: the channel is closed, or (the handshake's
-    /// handle) the handshake has returned.
+    /// handle) the handshake has returned, or its task has not started and there is no
+    /// runtime to start it on. Starts a task kept for the first call (`start.rs`).
     pub(crate) fn refuses(&self) -> bool {
+        if !self.shared.ensure_started() {
+            return true;
+        }
         if self.lane {
             self.tx.is_closed()
         } else {
@@ -233,10 +264,13 @@ where
         envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
     }
 
-    /// The cause of a refusal: set for the handshake's handle, whose lane closed.
+    /// The cause of a refusal: for the handshake's handle, that its lane closed; for
+    /// others, no runtime to start on, or a task dropped before it ended.
     pub(crate) fn refusal(&self) -> Option<crate::error::Cause> {
-        self.lane
-            .then(|| Arc::new(crate::error::HandshakeOver) as crate::error::Cause)
+        if self.lane {
+            return Some(Arc::new(crate::error::HandshakeOver));
+        }
+        self.shared.why_refused()
     }
 
     /// What a call weighs on the overload signal while queued: handshake calls nothing.
@@ -248,14 +282,15 @@ where
         }
     }
 
-    async fn one<T>(
-        &self,
-        call: Call<Req>,
-        waiter: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Waiter<Resp>,
-    ) -> Result<T, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(call, waiter(tx)).await;
-        future::outcome(rx.await)
+    /// Queues a call in the given shape (the method's, whatever the call says) and
+    /// waits for its outcome, in a span of its own.
+    async fn exchange(&self, mut call: Call<Req>, shape: Shape) -> Result<Reply<Resp>, Error> {
+        call.shape = shape;
+        let span = call_span(&call);
+        let (waiter, pending) = shape.open(&self.shared.limits);
+        self.enqueue(call, waiter).instrument(span.clone()).await;
+        let mut reply = ReplyFuture::new(pending, span);
+        std::future::poll_fn(|cx| reply.poll_reply(cx)).await
     }
 
     /// Sends a request and waits for its reply.
@@ -264,7 +299,10 @@ where
     ///
     /// See [`Error`]: whether the request was sent, and why the call failed.
     pub async fn request(&self, call: impl IntoCall<Req>) -> Result<Resp, Error> {
-        self.one(call.into_call(), |tx| Waiter::One(Some(tx))).await
+        match self.exchange(call.into_call(), Shape::One).await? {
+            Reply::One(frame) => Ok(frame),
+            _ => unreachable!("a one-frame call has a one-frame reply"),
+        }
     }
 
     /// Sends a request and waits for exactly `n` reply frames (a pipeline of `n`
@@ -280,9 +318,10 @@ where
     }
 
     async fn collect(&self, call: Call<Req>, until: Until) -> Result<Vec<Resp>, Error> {
-        let limits = self.shared.limits.clone();
-        self.one(call, |tx| Collect::waiter(tx, until, limits))
-            .await
+        match self.exchange(call, Shape::Collect(until)).await? {
+            Reply::Many(frames) => Ok(frames),
+            _ => unreachable!("a collecting call has a collected reply"),
+        }
     }
 
     /// Sends a request and yields its reply frames one by one as they arrive.
@@ -294,17 +333,16 @@ where
     /// A reader that leaves more than [`Config::stream_buffer`] frames unread fails its
     /// stream with [`Kind::Limit`]; the connection reads on for every other caller.
     pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(StreamShared::default());
-        let waiter = StreamTx::waiter(
-            tx,
-            shared.clone(),
-            replies.into(),
-            self.shared.limits.clone(),
-        );
+        let mut call = call.into_call();
+        call.shape = Shape::Stream(replies.into());
+        let span = call_span(&call);
+        let (waiter, pending) = call.shape.open(&self.shared.limits);
         // A failure to queue is delivered through the stream itself.
-        self.enqueue(call.into_call(), waiter).await;
-        ReplyStream::new(rx, shared)
+        self.enqueue(call, waiter).instrument(span).await;
+        match pending {
+            reply::Pending::Stream(Some(stream)) => stream,
+            _ => unreachable!("a streamed call has a stream"),
+        }
     }
 
     /// Fire-and-forget: writes a request the server never answers. Resolves once the
@@ -313,7 +351,10 @@ where
     /// In session mode the request is written as given: no session id is stamped.
     /// [`Call::read`] has nothing to send: it fails with [`Kind::Unsupported`].
     pub async fn send(&self, call: impl IntoCall<Req>) -> Result<(), Error> {
-        self.one(call.into_call(), Waiter::Sent).await
+        match self.exchange(call.into_call(), Shape::Send).await? {
+            Reply::Sent => Ok(()),
+            _ => unreachable!("a fire-and-forget call has no reply"),
+        }
     }
 
     /// Waits for the next reply without writing anything ([`Call::read`]).
@@ -345,6 +386,7 @@ where
     /// Closes the channel now: every queued and waiting call fails with
     /// [`Kind::Closed`], and later calls fail at once.
     pub fn close(&self) {
+        self.shared.ensure_started();
         self.shared.set_closed();
         let _ = self.shared.control.send(Control::Close);
     }
@@ -358,7 +400,12 @@ where
     /// *not sent*). A [`connect`](Self::connect) made meanwhile waits for the shutdown
     /// to finish, then reopens the channel.
     pub async fn shutdown(&self, deadline: Duration) {
+        let started = self.shared.ensure_started();
         self.shared.set_closed();
+        if !started {
+            // Nothing runs, so nothing is queued or waiting.
+            return;
+        }
         let at = crate::config::deadline(tokio::time::Instant::now(), deadline);
         let (tx, rx) = oneshot::channel();
         if self.shared.control.send(Control::Shutdown(at, tx)).is_ok() {
@@ -382,6 +429,9 @@ where
         if self.lane {
             return Ok(());
         }
+        if !self.shared.ensure_started() {
+            return Err(self.refused());
+        }
         // The reconnect task reopens the channel when it takes this; a fixed-transport
         // channel that has ended stays closed.
         let (tx, rx) = oneshot::channel();
@@ -391,16 +441,16 @@ where
         future::outcome(rx.await)
     }
 
-    /// Sends new calls to another host (`"host:port"`, or a bare host that keeps the
-    /// current port). Calls written on the old connection finish on it, within the
+    /// Sends new calls to another host (`"host:port"`, a bare host that keeps the
+    /// current port, or any other form of [`IntoHost`]). Calls written on the old connection finish on it, within the
     /// drain timeout. The new connection is made on the next call, or at once under
     /// [`Reconnect::Persistent`](crate::Reconnect::Persistent).
     ///
     /// # Errors
     ///
     /// A host that does not parse. Nothing changes then.
-    pub fn change_host(&self, host: &str) -> Result<(), InvalidEndpoint> {
-        let host = HostSpec::parse(host)?;
+    pub fn change_host(&self, host: impl IntoHost) -> Result<(), InvalidEndpoint> {
+        let host = HostSpec::from(&host)?;
         let _ = self.shared.control.send(Control::ChangeHost(host));
         Ok(())
     }
@@ -414,11 +464,11 @@ where
     pub fn change_backups<I, S>(&self, backups: I) -> Result<(), InvalidEndpoint>
     where
         I: IntoIterator<Item = S>,
-        S: AsRef<str>,
+        S: IntoHost,
     {
         let backups = backups
             .into_iter()
-            .map(|b| HostSpec::parse(b.as_ref()))
+            .map(|b| HostSpec::from(&b))
             .collect::<Result<Vec<_>, _>>()?;
         let _ = self.shared.control.send(Control::ChangeBackups(backups));
         Ok(())
@@ -496,4 +546,9 @@ impl<Req, Resp> fmt::Debug for Channel<Req, Resp> {
 
 fn closed() -> Error {
     Error::new(Kind::Closed)
+}
+
+/// The span of one call, on every path (methods and `Service`): DEBUG, named by shape.
+pub(crate) fn call_span<Req>(call: &Call<Req>) -> tracing::Span {
+    tracing::debug_span!("call", shape = call.shape.name())
 }

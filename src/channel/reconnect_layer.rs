@@ -90,7 +90,6 @@ where
 
     fn layer(&self, connector: K) -> Channel<Req, Resp> {
         let (channel, connection) = self.pair(connector);
-        tokio::spawn(connection);
-        channel
+        channel.start(connection)
     }
 }

@@ -8,7 +8,7 @@ use tower::BoxError;
 use tower::load::Load;
 
 use super::future::ResponseFuture;
-use super::{Channel, closed};
+use super::{Call, Channel, Reply, ReplyFuture, call_span, closed};
 use crate::error::{Error, Kind};
 use crate::mux::{Envelope, Frames, Waiter};
 use crate::shared::State;
@@ -66,7 +66,7 @@ where
     }
 
     /// The error of a call this handle refuses (see `refuses`).
-    fn refused(&self) -> Error {
+    pub(super) fn refused(&self) -> Error {
         match self.refusal() {
             Some(cause) => closed().with_cause(cause),
             None => closed(),
@@ -127,6 +127,139 @@ where
     fn call(&mut self, req: Req) -> ResponseFuture<Resp> {
         let (tx, rx) = oneshot::channel();
         let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
+        let span = if self.submit(envelope) {
+            tracing::debug_span!("call", shape = "one")
+        } else {
+            tracing::Span::none()
+        };
+        ResponseFuture::waiting(rx, span)
+    }
+}
+
+/// A [`Channel`] as a `Service<Call<Req>>`: every call shape through tower.
+///
+/// The [`Call`] says what it writes and how its reply comes back, and the response is
+/// the [`Reply`] of that shape. It is the channel itself (a clone of the handle, made
+/// by [`Channel::calls`]), so `poll_ready`, its backpressure and [`Load`] are the
+/// channel's. (A type of its own, rather than a second `Service` impl on `Channel`, so
+/// that `channel.ready()` stays unambiguous.)
+///
+/// ```
+/// use socketchannel::{Call, Channel, Order, Plain, Replies};
+/// use tokio_util::codec::{Framed, LinesCodec};
+/// use tower::ServiceExt;
+/// # use futures::{SinkExt, StreamExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), socketchannel::BoxError> {
+/// # let (client, server) = tokio::io::duplex(1024);
+/// # tokio::spawn(async move {
+/// #     let mut server = Framed::new(server, LinesCodec::new());
+/// #     while let Some(Ok(line)) = server.next().await {
+/// #         for word in line.split(' ') {
+/// #             server.send(word.to_uppercase()).await.unwrap();
+/// #         }
+/// #     }
+/// # });
+/// // A server that answers a line with one line per word.
+/// let channel = Channel::new(Framed::new(client, LinesCodec::new()), Order::new(Plain));
+/// let call = Call::new("two words".to_string()).replies(Replies::Count(2));
+/// let reply = channel.calls().oneshot(call).await?;
+/// assert_eq!(reply.into_many().unwrap(), ["TWO", "WORDS"]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Calls<Req, Resp> {
+    channel: Channel<Req, Resp>,
+}
+
+impl<Req, Resp> Channel<Req, Resp> {
+    /// This channel as a `Service<Call<Req>>`, for every call shape through tower.
+    /// Never allocates.
+    pub fn calls(&self) -> Calls<Req, Resp> {
+        Calls {
+            channel: self.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> Calls<Req, Resp> {
+    /// The channel these calls go to.
+    pub fn channel(&self) -> &Channel<Req, Resp> {
+        &self.channel
+    }
+}
+
+impl<Req, Resp> From<Channel<Req, Resp>> for Calls<Req, Resp> {
+    fn from(channel: Channel<Req, Resp>) -> Self {
+        Calls { channel }
+    }
+}
+
+impl<Req, Resp> Clone for Calls<Req, Resp> {
+    fn clone(&self) -> Self {
+        self.channel.calls()
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for Calls<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Calls").field(&self.channel).finish()
+    }
+}
+
+impl<Req, Resp> tower::Service<Call<Req>> for Calls<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Reply<Resp>;
+    type Error = BoxError;
+    type Future = ReplyFuture<Resp>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.channel.poll_reserve(cx).map_err(BoxError::from)
+    }
+
+    /// Queues the call; like `Service<Req>::call`, it never panics.
+    ///
+    /// A copy a retry policy made without the frames and never filled
+    /// ([`RetryNotSent`](crate::RetryNotSent) fills its own) fails
+    /// [`Kind::Unsupported`], *not sent*: sent as it is, it would read another call's
+    /// reply.
+    fn call(&mut self, call: Call<Req>) -> ReplyFuture<Resp> {
+        let span = call_span(&call);
+        let hollow = call.hollow;
+        let (waiter, pending) = call.shape.open(&self.channel.shared.limits);
+        let mut envelope = Envelope::new(call.frames, waiter);
+        envelope.id = call.id;
+        envelope.exempt = call.exempt;
+        if hollow {
+            envelope.fail_unsent(Kind::Unsupported, None);
+        } else {
+            self.channel.submit(envelope);
+        }
+        ReplyFuture::new(pending, span)
+    }
+}
+
+impl<Req, Resp> Load for Calls<Req, Resp> {
+    type Metric = usize;
+
+    /// The channel's load.
+    fn load(&self) -> usize {
+        self.channel.load()
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Hands a call to the intake with the slot `poll_ready` reserved, or one taken now
+    /// if there is room; otherwise fails it *not sent*. True when it was queued.
+    fn submit(&mut self, mut envelope: Envelope<Req, Resp>) -> bool {
         let permit = match self.permit.take() {
             Some(permit) => permit,
             None => match self.sender().try_reserve_owned() {
@@ -137,20 +270,18 @@ where
                         mpsc::error::TrySendError::Full(_) => (Kind::Overloaded, None),
                     };
                     envelope.fail_unsent(kind, cause.as_ref());
-                    return ResponseFuture::waiting(rx, tracing::Span::none());
+                    return false;
                 }
             },
         };
         if self.refuses() {
             // The task may be gone (it panicked): a send now could wait forever.
             envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
-            return ResponseFuture::waiting(rx, tracing::Span::none());
+            return false;
         }
-        let span = tracing::debug_span!("request");
-        let mut envelope = envelope;
         envelope.weight = self.weigh(&envelope);
         self.spare = Some(permit.send(envelope));
-        ResponseFuture::waiting(rx, span)
+        true
     }
 }
 

@@ -115,6 +115,84 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Anything a host can be given as, to [`Builder::host`](crate::Builder::host),
+/// [`Builder::backup`](crate::Builder::backup) and
+/// [`Channel::change_host`](crate::Channel::change_host):
+///
+/// * text: `"host:port"`, `"[v6]:port"`, or a bare host that takes a default port
+///   (`&str`, `String`);
+/// * a [`SocketAddr`](std::net::SocketAddr), or an `(IpAddr, u16)` (or `Ipv4Addr`,
+///   `Ipv6Addr`);
+/// * a `(host, port)` pair (`(&str, u16)`, `(String, u16)`), the host a name or an
+///   address (an IPv6 one without brackets);
+/// * an [`Endpoint`].
+///
+/// ```
+/// use std::net::{Ipv6Addr, SocketAddr};
+/// use socketchannel::Channel;
+///
+/// let addr: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+/// let b: socketchannel::Builder<String, String> = Channel::builder()
+///     .host(addr)
+///     .backup(("redis-2.internal", 6379))
+///     .backup((Ipv6Addr::LOCALHOST, 6380))
+///     .backup(String::from("redis-3.internal:6379"));
+/// ```
+pub trait IntoHost: sealed::Sealed {}
+
+pub(crate) mod sealed {
+    use std::borrow::Cow;
+
+    /// How a host is written, for the parser every form goes through.
+    pub trait Sealed {
+        #[doc(hidden)]
+        fn host_text(&self) -> Cow<'_, str>;
+    }
+}
+
+use std::borrow::Cow;
+
+/// `host:port`, bracketing an IPv6 address.
+fn joined(host: &str, port: u16) -> Cow<'static, str> {
+    if host.contains(':') && !host.starts_with('[') {
+        Cow::Owned(format!("[{host}]:{port}"))
+    } else {
+        Cow::Owned(format!("{host}:{port}"))
+    }
+}
+
+macro_rules! into_host {
+    ($($t:ty => |$v:ident| $text:expr;)*) => {$(
+        impl sealed::Sealed for $t {
+            fn host_text(&self) -> Cow<'_, str> {
+                let $v = self;
+                $text
+            }
+        }
+        impl IntoHost for $t {}
+    )*};
+}
+
+into_host! {
+    str => |s| Cow::Borrowed(s);
+    String => |s| Cow::Borrowed(s.as_str());
+    std::net::SocketAddr => |a| Cow::Owned(a.to_string());
+    (std::net::IpAddr, u16) => |a| Cow::Owned(std::net::SocketAddr::from(*a).to_string());
+    (std::net::Ipv4Addr, u16) => |a| Cow::Owned(std::net::SocketAddr::from(*a).to_string());
+    (std::net::Ipv6Addr, u16) => |a| Cow::Owned(std::net::SocketAddr::from(*a).to_string());
+    (&str, u16) => |p| joined(p.0, p.1);
+    (String, u16) => |p| joined(&p.0, p.1);
+    Endpoint => |e| joined(e.host(), e.port());
+}
+
+impl<T: sealed::Sealed + ?Sized> sealed::Sealed for &T {
+    fn host_text(&self) -> Cow<'_, str> {
+        (**self).host_text()
+    }
+}
+
+impl<T: IntoHost + ?Sized> IntoHost for &T {}
+
 /// A host as a user wrote it: the port may be left to a default (the current host's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HostSpec {
@@ -123,6 +201,11 @@ pub(crate) struct HostSpec {
 }
 
 impl HostSpec {
+    /// Any form of a host ([`IntoHost`]), through the one parser.
+    pub(crate) fn from(host: &impl IntoHost) -> Result<Self, InvalidEndpoint> {
+        HostSpec::parse(&sealed::Sealed::host_text(host))
+    }
+
     pub(crate) fn parse(input: &str) -> Result<Self, InvalidEndpoint> {
         let bad = |why| InvalidEndpoint {
             input: input.to_string(),
@@ -225,6 +308,37 @@ impl Hosts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+    #[test]
+    fn every_form_of_a_host_parses_to_the_same_endpoint() {
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let forms: Vec<(HostSpec, &str)> = vec![
+            (HostSpec::from(&"::1").unwrap(), "no port"),
+            (HostSpec::from(&"[::1]:7").unwrap(), "[::1]:7"),
+            (HostSpec::from(&String::from("[::1]:7")).unwrap(), "[::1]:7"),
+            (HostSpec::from(&SocketAddr::new(v6, 7)).unwrap(), "[::1]:7"),
+            (HostSpec::from(&(v6, 7)).unwrap(), "[::1]:7"),
+            (HostSpec::from(&("::1", 7)).unwrap(), "[::1]:7"),
+            (
+                HostSpec::from(&(String::from("::1"), 7)).unwrap(),
+                "[::1]:7",
+            ),
+            (HostSpec::from(&Endpoint::new("::1", 7)).unwrap(), "[::1]:7"),
+            (HostSpec::from(&&&"[::1]:7").unwrap(), "[::1]:7"),
+            (
+                HostSpec::from(&("db.internal", 6379)).unwrap(),
+                "db.internal:6379",
+            ),
+        ];
+        for (spec, want) in forms {
+            match spec.port() {
+                None => assert_eq!(want, "no port"),
+                Some(_) => assert_eq!(spec.endpoint(0).to_string(), want),
+            }
+        }
+        assert!(HostSpec::from(&("", 7)).is_err());
+    }
 
     #[test]
     fn parses_the_forms_skynet_accepts() {

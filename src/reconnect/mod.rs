@@ -25,7 +25,7 @@ mod ping;
 mod task;
 
 pub use self::backoff::Backoff;
-pub use self::endpoint::{Endpoint, InvalidEndpoint};
+pub use self::endpoint::{Endpoint, IntoHost, InvalidEndpoint};
 pub use self::error::ConnectError;
 pub use self::handshake::Handshake;
 pub use self::options::Reconnect;

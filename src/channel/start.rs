@@ -1,0 +1,97 @@
+//! Where a channel's connection task runs: spawned at once on the current tokio
+//! runtime, or, for a channel made outside one (a `static`, a `LazyLock`, a builder run
+//! before the runtime starts), on the runtime of its first call.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{Channel, Connection};
+use crate::error::Cause;
+use crate::shared::Shared;
+
+impl<Req, Resp> Channel<Req, Resp> {
+    /// Spawns the connection task on the current runtime, or keeps it for the first
+    /// call made inside one.
+    pub(crate) fn start(self, connection: Connection) -> Self {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(connection);
+            }
+            Err(_) => {
+                *lock(&self.shared.deferred) = Some(connection);
+                self.shared.unstarted.store(true, Ordering::Release);
+            }
+        }
+        self
+    }
+}
+
+impl<Resp> Shared<Resp> {
+    /// Spawns a kept connection task on the current runtime; false when there is none
+    /// to spawn it on (the call is then refused with [`NoRuntime`]).
+    pub(crate) fn ensure_started(&self) -> bool {
+        if !self.unstarted.load(Ordering::Acquire) {
+            return true;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if let Some(connection) = lock(&self.deferred).take() {
+            runtime.spawn(connection);
+        }
+        self.unstarted.store(false, Ordering::Release);
+        true
+    }
+
+    /// Why calls are refused beyond the channel being closed: no runtime to start on,
+    /// or the task was dropped before it ended.
+    pub(crate) fn why_refused(&self) -> Option<Cause> {
+        if self.unstarted.load(Ordering::Acquire) {
+            return Some(Arc::new(NoRuntime));
+        }
+        lock(&self.gone).clone()
+    }
+
+    /// The connection task was dropped before it ended.
+    pub(crate) fn set_gone(&self) {
+        *lock(&self.gone) = Some(Arc::new(TaskDropped));
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cause of a call made outside a tokio runtime on a channel whose connection task
+/// has not started yet.
+#[derive(Debug)]
+pub(crate) struct NoRuntime;
+
+impl fmt::Display for NoRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "no tokio runtime to start the channel's connection task on: \
+             make the first call from within one",
+        )
+    }
+}
+
+impl std::error::Error for NoRuntime {}
+
+/// The cause of calls on a channel whose connection task was dropped before it ended:
+/// its runtime shut down (a channel kept in a `static` outlives a `#[tokio::test]`'s
+/// runtime), or the task was aborted.
+#[derive(Debug)]
+pub(crate) struct TaskDropped;
+
+impl fmt::Display for TaskDropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the channel's connection task was dropped before it ended: its runtime \
+             shut down, or it was aborted (make a channel per runtime)",
+        )
+    }
+}
+
+impl std::error::Error for TaskDropped {}

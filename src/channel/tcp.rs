@@ -1,0 +1,85 @@
+//! The builder's TCP half (feature `tcp`): the built-in connector's socket options, and
+//! the final steps that frame a TCP stream with a codec.
+
+use tokio_util::codec::{Decoder, Encoder};
+use tower::BoxError;
+
+use super::{Builder, Channel};
+use crate::connect::TcpConnector;
+use crate::mux::{Order, Session};
+use crate::protocol::{Protocol, Sessions};
+use crate::reconnect::InvalidEndpoint;
+
+impl<Req, Resp> Builder<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Sets `TCP_NODELAY` (default on). Only for the built-in TCP connector.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Sets `SO_KEEPALIVE` (default on). Only for the built-in TCP connector.
+    pub fn keepalive(mut self, on: bool) -> Self {
+        self.keepalive = on;
+        self
+    }
+
+    /// Builds an order-mode channel over TCP framed with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// No host, or a host or backup that does not parse.
+    ///
+    /// # Runtime
+    ///
+    /// The connection task is spawned on the current tokio runtime; made outside one
+    /// (a `static`), on the runtime of the first call. A call made outside any runtime
+    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
+    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
+    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
+    /// at once, saying so. Keep one channel per runtime.
+    pub fn order<C, P>(self, codec: C, protocol: P) -> Result<Channel<Req, Resp>, InvalidEndpoint>
+    where
+        C: Encoder<Req> + Decoder<Item = Resp> + Clone + Send + 'static,
+        <C as Encoder<Req>>::Error: Into<BoxError>,
+        <C as Decoder>::Error: Into<BoxError>,
+        P: Protocol<Req, Resp> + Clone,
+    {
+        let connector = self.tcp(codec);
+        self.connector(connector, Order::new(protocol))
+    }
+
+    /// Builds a session-mode channel over TCP framed with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// No host, or a host or backup that does not parse.
+    ///
+    /// # Runtime
+    ///
+    /// The connection task is spawned on the current tokio runtime; made outside one
+    /// (a `static`), on the runtime of the first call. A call made outside any runtime
+    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
+    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
+    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
+    /// at once, saying so. Keep one channel per runtime.
+    pub fn session<C, S>(self, codec: C, sessions: S) -> Result<Channel<Req, Resp>, InvalidEndpoint>
+    where
+        C: Encoder<Req> + Decoder<Item = Resp> + Clone + Send + 'static,
+        <C as Encoder<Req>>::Error: Into<BoxError>,
+        <C as Decoder>::Error: Into<BoxError>,
+        S: Sessions<Req, Resp> + Clone,
+    {
+        let connector = self.tcp(codec);
+        self.connector(connector, Session::new(sessions))
+    }
+
+    fn tcp<C: Clone>(&self, codec: C) -> TcpConnector<C> {
+        TcpConnector::new(codec)
+            .nodelay(self.nodelay)
+            .keepalive(self.keepalive)
+    }
+}
