@@ -5,8 +5,10 @@
 //! mid-frame, trickling bytes, sending one frame and closing, a sentinel that
 //! redirects), one to three reconnecting channels in order or session mode (with or
 //! without a handshake that awaits some calls and leaves others unawaited, or panics),
-//! sometimes a `RetryNotSent` over a p2c balance of two of them, and a schedule of
-//! operations at virtual times: every call shape, cancels at random points, panics in
+//! sometimes a `RetryNotSent` over a p2c balance of two of them (on plain requests, or
+//! on `Call`s over `Channel::calls()`), and a schedule of operations at virtual times:
+//! every call shape, through the methods or through `Service<Call>`, cancels at random
+//! points, panics in
 //! user code (codec, `check`, `is_final`, `session`, handshake), `poll_ready` slots taken
 //! and dropped, `change_host`, `change_backups`, `close`, `shutdown`, `connect`. It runs
 //! (`run`, `ops`) on a current-thread runtime with paused time over the in-memory network

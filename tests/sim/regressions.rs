@@ -1,7 +1,8 @@
 //! Named regression cases: the first seed (under `Weights::CI`) that found each defect
 //! of issue 15 on the code before its fixes (defects 1, 2, 3, 8 and 12, found after 2,
 //! 235, 7, 112 and 20 seeds), and the seeds that found the defects the simulation turned
-//! up after them. Each fails while its defect is in the code.
+//! up after them, and guards of later features (each shown to fail with its feature
+//! broken). Each fails while its defect is in the code.
 
 use super::{print_failure, run_guarded};
 
@@ -112,4 +113,13 @@ fn overload_stuck_after_a_panicking_task_seed_0xc12() {
         "idle_gauges",
         "overload_stuck_after_a_panicking_task_seed_0xc12",
     );
+}
+
+/// `RetryNotSent` over `Calls` (#16): a retried `Call` is a copy without its frames,
+/// refilled from the *not sent* error. With the refill skipped and the empty copy sent
+/// as it is (a read), the balance's calls took the next calls' replies on this seed
+/// (found after 9 seeds).
+#[test]
+fn calls_retry_refills_its_copy_seed_0x8() {
+    assert_clean(0x8, "own_reply", "calls_retry_refills_its_copy_seed_0x8");
 }

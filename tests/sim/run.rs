@@ -9,7 +9,7 @@ use std::time::Duration;
 use socketchannel::testing::{Ledger, Net, Outcome, SimRng, Trace, Violation};
 use socketchannel::{
     Backoff, BoxError, Call, Channel, Config, Endpoint, Error, Handshake, Order, Reconnect,
-    Replies, RetryNotSent, Session,
+    Replies, Reply, ReplyStream, RetryNotSent, Session,
 };
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
@@ -298,13 +298,111 @@ pub fn spawn_call(
     ctx.tasks.lock().unwrap().push((id, task));
 }
 
+/// Reads a reply stream to its end, or (`stop`) drops it after that many frames and
+/// gives the call up.
+async fn consume(
+    stream: ReplyStream<Msg>,
+    stop: Option<u64>,
+    ledger: &Ledger,
+    id: usize,
+) -> Outcome {
+    let mut s = Some(stream);
+    let mut tags = Vec::new();
+    loop {
+        if stop.is_some_and(|k| tags.len() as u64 >= k) {
+            s = None;
+            ledger.cancel(id);
+            // Give up for good: this task never resolves the call.
+            std::future::pending::<()>().await;
+        }
+        let Some(stream) = s.as_mut() else { continue };
+        match stream.next().await {
+            Some(Ok(m)) => tags.push(tag_of(m.text())),
+            Some(Err(e)) => {
+                let mut o = failed(&e);
+                if let Outcome::Failed { before, .. } = &mut o {
+                    *before = tags;
+                }
+                return o;
+            }
+            None => return Outcome::Replies(tags),
+        }
+    }
+}
+
+/// A call of any shape through `Channel::calls()`, the `Service<Call>`.
+fn call_via_calls(
+    ctx: &Arc<Ctx>,
+    ch: &Ch,
+    client: usize,
+    id: usize,
+    nonce: u64,
+    shape: Shape,
+    flags: &Flags,
+) {
+    let msg = |frames: u64, extra: &str| Msg::new(body(nonce, frames, flags, extra));
+    let mut stop = None;
+    let call = match shape {
+        Shape::Request | Shape::Service => Call::new(msg(1, "")),
+        Shape::Exempt => Call::new(msg(1, "")).no_stall_timeout(),
+        Shape::WithId(x) => Call::new(msg(1, "")).id(x),
+        Shape::N(n) => Call::new(msg(n, "")).replies(Replies::Count(n as usize)),
+        Shape::UntilFinal(n) => Call::new(msg(n, " f")).replies(Replies::UntilFinal),
+        Shape::Stream(n, k) => {
+            stop = k;
+            Call::new(msg(n, "")).stream(Replies::Count(n as usize))
+        }
+        Shape::StreamFinal(n, k) => {
+            stop = k;
+            Call::new(msg(n, " f")).stream(Replies::UntilFinal)
+        }
+        Shape::Send => Call::new(msg(0, "")).no_reply(),
+        Shape::Parts(k) => Call::parts((0..k).map(|i| msg(1, &format!(" pl={i}/{k}"))).collect()),
+        Shape::Read => {
+            let rid = ctx.ledger.open(client, 0, "read via calls", false, false);
+            let reader = ch.calls();
+            spawn_call(ctx, client, rid, None, async move {
+                outcome_of(reader.oneshot(Call::read()).await, None, None).await
+            });
+            Call::new(msg(1, " x"))
+        }
+    };
+    let svc = ch.calls();
+    let ledger = ctx.ledger.clone();
+    spawn_call(ctx, client, id, flags.cancel_after, async move {
+        outcome_of(svc.oneshot(call).await, stop, Some((&ledger, id))).await
+    });
+}
+
+/// The outcome of a `Service<Call>` call, whatever its shape.
+async fn outcome_of(
+    r: Result<Reply<Msg>, BoxError>,
+    stop: Option<u64>,
+    ledger: Option<(&Ledger, usize)>,
+) -> Outcome {
+    match r {
+        Ok(Reply::One(m)) => Outcome::Replies(vec![tag_of(m.text())]),
+        Ok(Reply::Many(v)) => Outcome::Replies(v.iter().map(|m| tag_of(m.text())).collect()),
+        Ok(Reply::Sent) => Outcome::Sent,
+        Ok(Reply::Stream(stream)) => match ledger {
+            Some((ledger, id)) => consume(stream, stop, ledger, id).await,
+            None => Outcome::Other("a stream for a read".into()),
+        },
+        Err(e) => boxed(&e),
+    }
+}
+
 pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags) {
     let nonce = ctx.nonce();
+    let via = if flags.via_calls { " via calls" } else { "" };
     let label = format!(
-        "{shape:?} gap={} err={} panic={:?}",
+        "{shape:?}{via} gap={} err={} panic={:?}",
         flags.gap, flags.err, flags.panic
     );
     let id = ctx.ledger.open(client, nonce, &label, false, false);
+    if flags.via_calls {
+        return call_via_calls(ctx, ch, client, id, nonce, shape, flags);
+    }
     let ch = ch.clone();
     let cancel = flags.cancel_after;
     let one = |r: Result<Msg, Error>| match r {
@@ -374,28 +472,8 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
             };
             let ledger = ctx.ledger.clone();
             spawn_call(ctx, client, id, cancel, async move {
-                let mut s = Some(ch.stream(m, replies).await);
-                let mut tags = Vec::new();
-                loop {
-                    if stop.is_some_and(|k| tags.len() as u64 >= k) {
-                        s = None;
-                        ledger.cancel(id);
-                        // Give up for good: this task never resolves the call.
-                        std::future::pending::<()>().await;
-                    }
-                    let Some(stream) = s.as_mut() else { continue };
-                    match stream.next().await {
-                        Some(Ok(m)) => tags.push(tag_of(m.text())),
-                        Some(Err(e)) => {
-                            let mut o = failed(&e);
-                            if let Outcome::Failed { before, .. } = &mut o {
-                                *before = tags;
-                            }
-                            return o;
-                        }
-                        None => return Outcome::Replies(tags),
-                    }
-                }
+                let stream = ch.stream(m, replies).await;
+                consume(stream, stop, &ledger, id).await
             })
         }
         Shape::Send => {
@@ -483,9 +561,26 @@ async fn simulate(scn: &Scenario) -> Report {
         })
         .collect();
     let stack: Option<Stack> = scn.balance.map(|[a, b]| {
+        let rng = P2cRng(SimRng::new(scn.seed ^ 0xba1a));
+        if scn.calls_balance {
+            // RetryNotSent on `Call`s: a retried call is refilled from its error.
+            let members = vec![channels[a].calls(), channels[b].calls()];
+            let balance = tower::balance::p2c::Balance::from_rng(
+                tower::discover::ServiceList::new(members),
+                rng,
+            );
+            return BoxCloneService::new(
+                ServiceBuilder::new()
+                    .map_request(Call::new)
+                    .map_response(|r: Reply<Msg>| r.into_one().expect("a one-frame reply"))
+                    .retry(RetryNotSent::new(2))
+                    .buffer(64)
+                    .service(balance),
+            );
+        }
         let balance = tower::balance::p2c::Balance::from_rng(
             tower::discover::ServiceList::new(vec![channels[a].clone(), channels[b].clone()]),
-            P2cRng(SimRng::new(scn.seed ^ 0xba1a)),
+            rng,
         );
         BoxCloneService::new(
             ServiceBuilder::new()

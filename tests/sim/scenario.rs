@@ -67,6 +67,11 @@ pub struct Later {
     pub max_orphans: u32,
     pub orphan_age: u32,
     pub max_age: u32,
+    /// A call goes through `Channel::calls()` (`Service<Call>`) instead of a method.
+    pub via_calls: u32,
+    /// The balance's `RetryNotSent` works on `Call`s (refilled from their errors)
+    /// over `Calls` services, instead of on plain requests.
+    pub calls_balance: u32,
 }
 
 impl Weights {
@@ -97,6 +102,8 @@ impl Weights {
             max_orphans: 100,
             orphan_age: 200,
             max_age: 150,
+            via_calls: 300,
+            calls_balance: 500,
         },
     };
 }
@@ -171,6 +178,8 @@ pub struct Flags {
     pub panic: Option<&'static str>,
     /// The caller gives up this long after making the call.
     pub cancel_after: Option<u64>,
+    /// Through `Channel::calls()`, not a method (drawn from the later stream).
+    pub via_calls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +224,8 @@ pub struct Scenario {
     pub initial: Vec<Behavior>,
     pub clients: Vec<ClientPlan>,
     pub balance: Option<[usize; 2]>,
+    /// The balance retries `Call`s over `Calls` services.
+    pub calls_balance: bool,
     pub ops: Vec<(u64, Op)>,
     pub end: u64,
 }
@@ -249,6 +260,7 @@ fn flags(rng: &mut SimRng, w: &Weights) -> Flags {
             .chance(w.panic)
             .then(|| *rng.pick(&["check", "final", "session", "decode", "encode"])),
         cancel_after: rng.chance(w.cancel).then(|| rng.between(0, 2_000)),
+        via_calls: false,
     }
 }
 
@@ -412,12 +424,20 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
     }
     // Stable sort: ops at the same time keep their order of generation.
     ops.sort_by_key(|(at, _)| *at);
+    // Later features, from the later stream: the main stream's scenario stays as it was.
+    for (_, op) in &mut ops {
+        if let Op::Call { flags, .. } = op {
+            flags.via_calls = later.chance(l.via_calls);
+        }
+    }
+    let calls_balance = later.chance(l.calls_balance);
     Scenario {
         seed,
         hosts,
         initial,
         clients,
         balance,
+        calls_balance,
         ops,
         end,
     }
