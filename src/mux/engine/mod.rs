@@ -5,28 +5,26 @@
 //! and route up to `READ_BATCH` ready frames, flush once, and run the stall timer.
 //! Reading never waits for writing, so a peer that only reads after it has written
 //! cannot deadlock us. The connection's own state is in `conn.rs`, the timer in
-//! `stall.rs`.
+//! `stall.rs`. This file holds the engine and its intake; `drive.rs` the poll loop,
+//! `write.rs` and `read.rs` its two directions.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_core::Stream;
-use futures_sink::Sink;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tower::BoxError;
-use tracing::trace;
+
+mod drive;
+mod read;
+mod write;
 
 use super::call::Envelope;
 use super::conn::Conn;
-use super::matcher::{Matcher, Route};
 use crate::config::Config;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Kind};
 use crate::shared::Shared;
-use crate::transport::Transport;
 
 /// Poll iterations before the connection task yields to the scheduler.
 const BUDGET: usize = 16;
@@ -202,196 +200,6 @@ where
             Lane::Handshake(rx) => rx.poll_recv(cx),
             Lane::Drain => Poll::Ready(None),
         }
-    }
-
-    /// Drives `conn`, writing calls from `lane`, until it fails, until the lane is
-    /// finished and nothing waits (then the transport is flushed and closed:
-    /// [`Ended::Done`]), or until it should be retired ([`Ended::Retire`]).
-    pub(crate) fn poll_conn<T, M>(
-        &mut self,
-        cx: &mut Context<'_>,
-        conn: &mut Conn<T, M, Req, Resp>,
-        mut lane: Lane<'_, Req, Resp>,
-    ) -> Poll<Result<Ended, ConnectionError>>
-    where
-        T: Transport<Req, Resp>,
-        M: Matcher<Req, Resp>,
-    {
-        for _ in 0..BUDGET {
-            let bytes = crate::meter::mark();
-            // Writes first: a read without a request queued before a greeting arrived
-            // must hold its FIFO slot when the greeting is routed.
-            let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane)?;
-            // Any frame read may free a slot or an id: then go round again to write.
-            let read = self.poll_read(cx, conn)?;
-            // Flush after routing: the callers the replies woke start on other workers
-            // while this one is in the write syscall (tens of µs on loopback: it runs
-            // the receiver's side of TCP too), instead of after it.
-            let mut flushed = false;
-            if conn.needs_flush
-                && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
-            {
-                res.map_err(|e| fail(Why::Write, e))?;
-                conn.needs_flush = false;
-                flushed = true;
-            }
-            conn.report_in_flight();
-            let (bytes_read, bytes_written) = self.count_bytes(bytes);
-            // One clock read per pass in which anything moved, for both timers' rules.
-            let moved =
-                (read > 0 || wrote || flushed || bytes_read || bytes_written).then(Instant::now);
-            // The server's word restarts the stall clock: a frame or a byte read. So does
-            // a write still being taken in (a large request over a slow link), but not
-            // one that went out whole at once: a heartbeat to a server that reads and
-            // never answers is no sign of life (Contract 6).
-            let heard = read > 0 || bytes_read || (bytes_written && conn.needs_flush);
-            let watched = conn.matcher.watched();
-            if let Some(limit) = self.stall {
-                conn.stall
-                    .poll(cx, limit, watched, heard.then_some(moved).flatten())?;
-            }
-
-            let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
-            if lane_done && lane_ends_conn && conn.is_idle() {
-                ready!(Pin::new(&mut conn.transport).poll_close(cx))
-                    .map_err(|e| fail(Why::Write, e))?;
-                return Poll::Ready(Ok(Ended::Done));
-            }
-            // With no stall timer watching the waiting calls (exempt, or none set), the
-            // orphan rule keeps its own clock.
-            let unwatched = self.stall.is_none() || !watched;
-            if matches!(lane, Lane::User) && conn.should_retire(cx, moved, unwatched) {
-                return Poll::Ready(Ok(Ended::Retire));
-            }
-            if read == 0 && !wrote {
-                return Poll::Pending;
-            }
-            // The callers these replies woke are about to send their next calls: let
-            // them run first (a self-wake puts this task behind them), then write all
-            // of those calls in one batch. Without this, on a multi-threaded runtime the
-            // first caller's call wakes this task into the worker's LIFO slot, ahead of
-            // the other callers, and each write carries a call or two. One reply woke
-            // one caller, whose call wakes this task anyway: no need to yield.
-            if read >= 2 && matches!(lane, Lane::User) {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-        }
-        // Out of budget with work left: let other tasks run, then come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// Adds the bytes the transport moved since `before` to the counters; whether any
-    /// were read, and whether any were written.
-    fn count_bytes(&self, before: (u64, u64)) -> (bool, bool) {
-        let after = crate::meter::mark();
-        let (read, written) = (
-            after.0.wrapping_sub(before.0),
-            after.1.wrapping_sub(before.1),
-        );
-        if read != 0 || written != 0 {
-            self.shared.stats.bytes(read, written);
-        }
-        (read != 0, written != 0)
-    }
-
-    /// Reads and routes ready frames. Returns how many it read.
-    fn poll_read<T, M, RE>(
-        &mut self,
-        cx: &mut Context<'_>,
-        conn: &mut Conn<T, M, Req, Resp>,
-    ) -> Result<usize, ConnectionError>
-    where
-        T: Stream<Item = Result<Resp, RE>> + Unpin,
-        M: Matcher<Req, Resp>,
-        RE: Into<BoxError>,
-    {
-        let mut n = 0;
-        while n < READ_BATCH {
-            let frame = match Pin::new(&mut conn.transport).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => frame,
-                Poll::Ready(Some(Err(e))) => return Err(fail(Why::Read, e)),
-                Poll::Ready(None) => return Err(ConnectionError::new(Why::Eof, None)),
-                Poll::Pending => break,
-            };
-            n += 1;
-            self.shared.stats.received(1);
-            match conn.matcher.route(frame) {
-                Route::Delivered => conn.answered = true,
-                Route::Push(frame) => self.push(frame),
-                Route::Unknown => self.shared.stats.unknown(1),
-                Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
-            }
-        }
-        Ok(n)
-    }
-
-    fn push(&mut self, frame: Resp) {
-        match self.pushes.try_send(frame) {
-            Ok(()) => self.shared.stats.pushes(1),
-            Err(_) => {
-                trace!("push receiver full or gone; push frame dropped");
-                self.shared.stats.push_overflow(1);
-            }
-        }
-    }
-
-    /// Writes calls, those tied to `conn` first and then `lane`'s, while there is room.
-    /// Returns whether it did anything, and whether the lane is finished.
-    fn poll_write<T, M, WE>(
-        &mut self,
-        cx: &mut Context<'_>,
-        conn: &mut Conn<T, M, Req, Resp>,
-        lane: &mut Lane<'_, Req, Resp>,
-    ) -> Result<(bool, bool), ConnectionError>
-    where
-        T: Sink<Req, Error = WE> + Unpin,
-        M: Matcher<Req, Resp>,
-        WE: Into<BoxError>,
-    {
-        let mut sent = 0u64;
-        let mut progress = false;
-        let mut lane_done = false;
-        for _ in 0..BATCH {
-            if !conn.mid_write() && !conn.matcher.has_room() {
-                break;
-            }
-            match Pin::new(&mut conn.transport).poll_ready(cx) {
-                Poll::Ready(res) => res.map_err(|e| fail(Why::Write, e))?,
-                Poll::Pending => break,
-            }
-            if conn.mid_write() {
-                progress = true;
-                conn.write_next_part()?;
-                continue;
-            }
-            let call = match conn.first.pop_front() {
-                Some(call) => call,
-                None => match self.poll_call(cx, lane) {
-                    Poll::Ready(Some(call)) => call,
-                    Poll::Ready(None) => {
-                        lane_done = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                },
-            };
-            progress = true;
-            if call.is_gone() {
-                // Cancelled before it was written: never written (and dropping it
-                // tells nobody: its caller is gone).
-                self.shared.stats.skipped(1);
-                continue;
-            }
-            if conn.write_call(call)? {
-                sent += 1;
-            }
-        }
-        if sent > 0 {
-            self.shared.stats.sent(sent);
-        }
-        Ok((progress, lane_done))
     }
 
     /// Fails every queued call as *not sent*, handing each its request back, and stops

@@ -1,0 +1,111 @@
+//! One poll of a connection: write, read and route, flush, then the timers' rules, in
+//! turn and within a budget; and when to yield.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::time::Instant;
+
+use super::{BUDGET, Ended, Engine, Lane, fail};
+use crate::error::{ConnectionError, ConnectionErrorKind as Why};
+use crate::mux::conn::Conn;
+use crate::mux::matcher::Matcher;
+use crate::transport::Transport;
+
+impl<Req, Resp> Engine<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Drives `conn`, writing calls from `lane`, until it fails, until the lane is
+    /// finished and nothing waits (then the transport is flushed and closed:
+    /// [`Ended::Done`]), or until it should be retired ([`Ended::Retire`]).
+    pub(crate) fn poll_conn<T, M>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, M, Req, Resp>,
+        mut lane: Lane<'_, Req, Resp>,
+    ) -> Poll<Result<Ended, ConnectionError>>
+    where
+        T: Transport<Req, Resp>,
+        M: Matcher<Req, Resp>,
+    {
+        for _ in 0..BUDGET {
+            let bytes = crate::meter::mark();
+            // Writes first: a read without a request queued before a greeting arrived
+            // must hold its FIFO slot when the greeting is routed.
+            let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane)?;
+            // Any frame read may free a slot or an id: then go round again to write.
+            let read = self.poll_read(cx, conn)?;
+            // Flush after routing: the callers the replies woke start on other workers
+            // while this one is in the write syscall (tens of µs on loopback: it runs
+            // the receiver's side of TCP too), instead of after it.
+            let mut flushed = false;
+            if conn.needs_flush
+                && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
+            {
+                res.map_err(|e| fail(Why::Write, e))?;
+                conn.needs_flush = false;
+                flushed = true;
+            }
+            conn.report_in_flight();
+            let (bytes_read, bytes_written) = self.count_bytes(bytes);
+            // One clock read per pass in which anything moved, for both timers' rules.
+            let moved =
+                (read > 0 || wrote || flushed || bytes_read || bytes_written).then(Instant::now);
+            // The server's word restarts the stall clock: a frame or a byte read. So does
+            // a write still being taken in (a large request over a slow link), but not
+            // one that went out whole at once: a heartbeat to a server that reads and
+            // never answers is no sign of life (Contract 6).
+            let heard = read > 0 || bytes_read || (bytes_written && conn.needs_flush);
+            let watched = conn.matcher.watched();
+            if let Some(limit) = self.stall {
+                conn.stall
+                    .poll(cx, limit, watched, heard.then_some(moved).flatten())?;
+            }
+
+            let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
+            if lane_done && lane_ends_conn && conn.is_idle() {
+                ready!(Pin::new(&mut conn.transport).poll_close(cx))
+                    .map_err(|e| fail(Why::Write, e))?;
+                return Poll::Ready(Ok(Ended::Done));
+            }
+            // With no stall timer watching the waiting calls (exempt, or none set), the
+            // orphan rule keeps its own clock.
+            let unwatched = self.stall.is_none() || !watched;
+            if matches!(lane, Lane::User) && conn.should_retire(cx, moved, unwatched) {
+                return Poll::Ready(Ok(Ended::Retire));
+            }
+            if read == 0 && !wrote {
+                return Poll::Pending;
+            }
+            // The callers these replies woke are about to send their next calls: let
+            // them run first (a self-wake puts this task behind them), then write all
+            // of those calls in one batch. Without this, on a multi-threaded runtime the
+            // first caller's call wakes this task into the worker's LIFO slot, ahead of
+            // the other callers, and each write carries a call or two. One reply woke
+            // one caller, whose call wakes this task anyway: no need to yield.
+            if read >= 2 && matches!(lane, Lane::User) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        // Out of budget with work left: let other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Adds the bytes the transport moved since `before` to the counters; whether any
+    /// were read, and whether any were written.
+    fn count_bytes(&self, before: (u64, u64)) -> (bool, bool) {
+        let after = crate::meter::mark();
+        let (read, written) = (
+            after.0.wrapping_sub(before.0),
+            after.1.wrapping_sub(before.1),
+        );
+        if read != 0 || written != 0 {
+            self.shared.stats.bytes(read, written);
+        }
+        (read != 0, written != 0)
+    }
+}

@@ -1,0 +1,61 @@
+//! Reading a connection: ready frames, routed by the matcher to their callers, the push
+//! receiver, or (order mode, nothing waiting) the end of the connection.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tower::BoxError;
+use tracing::trace;
+
+use super::{Engine, READ_BATCH, fail};
+use crate::error::{ConnectionError, ConnectionErrorKind as Why};
+use crate::mux::conn::Conn;
+use crate::mux::matcher::{Matcher, Route};
+
+impl<Req, Resp> Engine<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Reads and routes ready frames. Returns how many it read.
+    pub(super) fn poll_read<T, M, RE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, M, Req, Resp>,
+    ) -> Result<usize, ConnectionError>
+    where
+        T: Stream<Item = Result<Resp, RE>> + Unpin,
+        M: Matcher<Req, Resp>,
+        RE: Into<BoxError>,
+    {
+        let mut n = 0;
+        while n < READ_BATCH {
+            let frame = match Pin::new(&mut conn.transport).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return Err(fail(Why::Read, e)),
+                Poll::Ready(None) => return Err(ConnectionError::new(Why::Eof, None)),
+                Poll::Pending => break,
+            };
+            n += 1;
+            self.shared.stats.received(1);
+            match conn.matcher.route(frame) {
+                Route::Delivered => conn.answered = true,
+                Route::Push(frame) => self.push(frame),
+                Route::Unknown => self.shared.stats.unknown(1),
+                Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
+            }
+        }
+        Ok(n)
+    }
+
+    fn push(&mut self, frame: Resp) {
+        match self.pushes.try_send(frame) {
+            Ok(()) => self.shared.stats.pushes(1),
+            Err(_) => {
+                trace!("push receiver full or gone; push frame dropped");
+                self.shared.stats.push_overflow(1);
+            }
+        }
+    }
+}

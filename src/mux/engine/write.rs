@@ -1,0 +1,76 @@
+//! Writing a connection: the calls tied to it first, then its lane's, while the sink
+//! and the matcher have room; calls whose caller is gone are dropped unwritten.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_sink::Sink;
+use tower::BoxError;
+
+use super::{BATCH, Engine, Lane, fail};
+use crate::error::{ConnectionError, ConnectionErrorKind as Why};
+use crate::mux::conn::Conn;
+use crate::mux::matcher::Matcher;
+
+impl<Req, Resp> Engine<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Writes calls, those tied to `conn` first and then `lane`'s, while there is room.
+    /// Returns whether it did anything, and whether the lane is finished.
+    pub(super) fn poll_write<T, M, WE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, M, Req, Resp>,
+        lane: &mut Lane<'_, Req, Resp>,
+    ) -> Result<(bool, bool), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        M: Matcher<Req, Resp>,
+        WE: Into<BoxError>,
+    {
+        let mut sent = 0u64;
+        let mut progress = false;
+        let mut lane_done = false;
+        for _ in 0..BATCH {
+            if !conn.mid_write() && !conn.matcher.has_room() {
+                break;
+            }
+            match Pin::new(&mut conn.transport).poll_ready(cx) {
+                Poll::Ready(res) => res.map_err(|e| fail(Why::Write, e))?,
+                Poll::Pending => break,
+            }
+            if conn.mid_write() {
+                progress = true;
+                conn.write_next_part()?;
+                continue;
+            }
+            let call = match conn.first.pop_front() {
+                Some(call) => call,
+                None => match self.poll_call(cx, lane) {
+                    Poll::Ready(Some(call)) => call,
+                    Poll::Ready(None) => {
+                        lane_done = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                },
+            };
+            progress = true;
+            if call.is_gone() {
+                // Cancelled before it was written: never written (and dropping it
+                // tells nobody: its caller is gone).
+                self.shared.stats.skipped(1);
+                continue;
+            }
+            if conn.write_call(call)? {
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            self.shared.stats.sent(sent);
+        }
+        Ok((progress, lane_done))
+    }
+}
