@@ -102,6 +102,15 @@ impl Error {
         self
     }
 
+    /// Hands a request (back) to the error, for [`take_request`](Error::take_request).
+    pub(crate) fn put_request(&mut self, request: Box<dyn Any + Send>) {
+        *self
+            .inner
+            .request
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = Some(request);
+    }
+
     /// An error reply from the server, as [`Protocol::check`](crate::Protocol::check) made it.
     pub(crate) fn server(cause: BoxError) -> Self {
         Error::new(Kind::Server)

@@ -19,6 +19,13 @@ use crate::error::{Error, Kind};
 /// result, not a recovery. A [`Call`] marked [`idempotent`](Call::idempotent) (a read)
 /// is retried after a lost connection too.
 ///
+/// Never retried: errors of the call itself or answers (`Unsupported`, `IdInUse`,
+/// `Server`, `Limit`); `Closed` (a closed channel stays closed; over several channels,
+/// send the call to another yourself); and a [`Call::read`], which waits for the next
+/// frame of its own connection and would take another call's reply on a new one. tower's
+/// `Retry` ends with the error of a retry's `poll_ready` when that fails: the caller then
+/// gets that error. An idempotent call's error is its last attempt's.
+///
 /// It is a policy for plain requests (`Req: Clone`, over `Service<Req>`) and for
 /// [`Call`]s (any `Req`, over `Service<Call<Req>>`), with the error type either
 /// [`BoxError`] (the channel's services) or [`Error`] (a service that maps its errors
@@ -100,10 +107,14 @@ impl RetryNotSent {
     fn retryable(&self, err: &Error, idempotent: bool) -> bool {
         let by_kind = match err.kind() {
             // The call itself is wrong, or the server answered: a retry changes nothing.
-            Kind::Unsupported | Kind::Server | Kind::Limit => false,
+            Kind::Unsupported | Kind::IdInUse | Kind::Server | Kind::Limit => false,
+            // A closed channel stays closed: the retry's `poll_ready` would fail and its
+            // error (no request, *not sent* even for a written call) replace this one.
+            // On another channel it may go through: that is the caller's choice.
+            Kind::Closed => false,
             _ if err.is_not_sent() => true,
-            // Written, and its connection (or task) went away before the reply.
-            Kind::ConnectionLost | Kind::Closed => idempotent,
+            // Written, and its connection went away before the reply.
+            Kind::ConnectionLost => idempotent,
             _ => false,
         };
         by_kind && self.attempts > 0
@@ -125,7 +136,7 @@ impl RetryNotSent {
     /// A call's retry: decided, and (for a copy kept without its frames) refilled from
     /// the error first: without its request the call cannot be retried at all, and
     /// then spends nothing.
-    fn retry_call<Req: 'static>(
+    fn retry_call<Req: Send + 'static>(
         &mut self,
         call: &mut Call<Req>,
         err: Option<&mut Error>,
@@ -135,8 +146,17 @@ impl RetryNotSent {
             self.succeeded();
             return None;
         };
-        let retry = self.retryable(err, idempotent) && call.refill(err) && self.spend();
-        retry.then(|| self.wait())
+        // A read waits for the next frame of its connection: on another connection it
+        // would take whatever comes next there, another call's reply.
+        if call.is_read() || !self.retryable(err, idempotent) || !call.refill(err) {
+            return None;
+        }
+        if !self.spend() {
+            // Out of budget: the caller still gets its request back from the error.
+            call.unfill(err);
+            return None;
+        }
+        Some(self.wait())
     }
 }
 

@@ -171,6 +171,27 @@ impl<Req> Call<Req> {
         }
     }
 
+    /// A read: it writes nothing (and is no hollow copy).
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(self.frames, Frames::None) && !self.hollow
+    }
+
+    /// Undoes a [`refill`](Self::refill) whose retry did not happen: the error hands
+    /// the request back again.
+    pub(crate) fn unfill(&mut self, err: &mut crate::Error)
+    where
+        Req: Send + 'static,
+    {
+        if self.copy.is_some() {
+            return;
+        }
+        let frames = std::mem::replace(&mut self.frames, Frames::None);
+        if let Some(req) = frames.into_any() {
+            err.put_request(req);
+            self.hollow = true;
+        }
+    }
+
     /// Puts back the frames of a hollow copy; false when there were none to put back.
     pub(crate) fn refill(&mut self, err: &mut crate::Error) -> bool
     where
