@@ -1,6 +1,7 @@
 //! Limits and timers of the multiplexing engine.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub struct Config {
     pub(crate) limits: ReplyLimits,
     pub(crate) orphans: Orphans,
     pub(crate) orphan_age: Option<Duration>,
+    pub(crate) name: Option<Cow<'static, str>>,
 }
 
 /// When a reconnecting channel retires a connection whose waiting calls are orphans.
@@ -123,6 +125,7 @@ impl Default for Config {
             },
             orphans: Orphans::Quarter,
             orphan_age: Some(Duration::from_secs(60)),
+            name: None,
         }
     }
 }
@@ -262,6 +265,26 @@ impl Config {
     /// clock read per call.
     pub fn orphan_age(mut self, age: Option<Duration>) -> Self {
         self.orphan_age = age;
+        self
+    }
+
+    /// The channel's name in its telemetry (default: none): the `channel` field of its
+    /// connection task's `socketchannel` span and, with the `metrics` feature, the
+    /// `channel` label of its metrics (see the crate docs' "Observability"). This is where
+    /// a channel over a transport of one's own ([`Channel::with_config`],
+    /// [`MuxLayer::config`]) gets its name; a builder channel takes it from
+    /// [`Builder::name`], which wins over this.
+    ///
+    /// ```
+    /// # use socketchannel::Config;
+    /// let config = Config::default().name("sessions-db");
+    /// ```
+    ///
+    /// [`Channel::with_config`]: crate::Channel::with_config
+    /// [`MuxLayer::config`]: crate::MuxLayer::config
+    /// [`Builder::name`]: crate::Builder::name
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
         self
     }
 }

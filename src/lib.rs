@@ -162,9 +162,10 @@
 //! | No host could be connected (or the channel is backing off) | `ConnectFailed` | not sent | yes, after a delay or on another channel | 503 | `UNAVAILABLE` |
 //! | Queued when its connection was lost, and the next pass failed | `ConnectFailed` | not sent | yes | 503 | `UNAVAILABLE` |
 //! | Written, then the connection was lost (I/O error, EOF, undecodable frame, desync) | `ConnectionLost` | may have executed | only if idempotent | 502 | `UNKNOWN` |
+//! | Queued on a fixed transport that ended; a [`Call::read`] waiting when its connection was lost | `ConnectionLost` | not sent | a queued call on another channel; a read never (it would take another call's reply) | 503 | `UNAVAILABLE` |
 //! | Written, then the server fell silent ([`ConnectionErrorKind::Stalled`]) | `ConnectionLost` | may have executed | only if idempotent | 504 | `DEADLINE_EXCEEDED` |
-//! | The channel is closed (`close`, a shutdown, a task that is gone) before it was written | `Closed` | not sent | on another channel only | 503 | `UNAVAILABLE` |
-//! | Written, then closed (a shutdown's deadline passed, the task vanished) | `Closed` | may have executed | only if idempotent | 502 | `UNKNOWN` |
+//! | The channel is closed (`close`, a shutdown, a task that is gone) before it was written | `Closed` | not sent | on another channel only (a closed channel stays closed) | 503 | `UNAVAILABLE` |
+//! | Written, then closed (`close`, a shutdown's deadline passed, the task vanished) | `Closed` | may have executed | no (on another channel, if idempotent) | 502 | `UNKNOWN` |
 //! | The server answered with an error reply ([`Protocol::check`]) | `Server` | answered | no: it is the answer | by the reply (a missing key 404, a bad argument 400), else 502 | by the reply, else `INTERNAL` |
 //! | The reply outgrew a limit ([`Config::max_reply_frames`]) | `Limit` | may have executed | no | 502 | `INTERNAL` |
 //! | `Service::call` without `poll_ready`, intake full | `Overloaded` | not sent | yes, after a delay | 503 | `UNAVAILABLE` |
@@ -174,7 +175,8 @@
 //!
 //! *May have executed* never maps to a code that tells clients to retry (503,
 //! `UNAVAILABLE`): the server may have run it, and a second `INCR` is a wrong answer.
-//! [`RetryNotSent`] follows the "Retry?" column. In code:
+//! [`RetryNotSent`] follows the "Retry?" column, retrying on the service it wraps (so it
+//! leaves "on another channel" to you). In code:
 //!
 //! ```
 //! use socketchannel::{BoxError, Error, Kind};
@@ -196,8 +198,8 @@
 //!         _ => (502, "UNKNOWN"),
 //!     }
 //! }
-//! # let not_sent: BoxError = "x".into();
-//! # assert_eq!(status(&not_sent), (504, "DEADLINE_EXCEEDED"));
+//! # let elapsed: BoxError = "deadline has elapsed".into();
+//! # assert_eq!(status(&elapsed), (504, "DEADLINE_EXCEEDED"));
 //! ```
 //!
 //! The source chain says why: [`Error::connection_error`] for a lost connection,
@@ -222,6 +224,50 @@
 //! transfer ([`Config::stall_timeout`]). See `docs/architecture.md` in the repository
 //! for the whole picture.
 //!
+//! # Observability
+//!
+//! Tracing, through [`tracing`]:
+//!
+//! * **`call`**, a DEBUG span with the field `shape` (`one`, `many`, `stream`, `send`):
+//!   one per call on every path (the methods, `Service<Req>`, [`Calls`]), entered while
+//!   the call is queued and whenever its future is polled. A failed call says why in a
+//!   DEBUG event in it.
+//! * **`socketchannel`**, an INFO span with the fields `channel`, the channel's name
+//!   ([`Builder::name`], [`Config::name`]; absent without one), and `host`, the host a
+//!   builder channel is built with. Made once per channel, as a root span; the
+//!   connection task runs in it (entered on every poll), handshakes included.
+//! * **A state change** ([`State`]) is one event in that span with the field `state`,
+//!   only when the state changes: INFO for `Ready` (`connected`, with the `endpoint`),
+//!   `BackingOff` (`backing off`, with the `delay` and the `failures` in a row) and
+//!   `Closed` (`state changed`); DEBUG for `Connecting` (`connecting`, with the
+//!   `endpoint`: every attempt of a pass says so, the first with `state`),
+//!   `Handshaking` and `Idle` (`state changed`), INFO for `Idle` when a limited backoff
+//!   gives up (`giving up until the next call`). A channel's first state is no change: a
+//!   channel over a transport of one's own starts `Ready` without an event.
+//! * **`session id stamped`**, a DEBUG event with the field `id`, for each session-mode
+//!   call as it is written: on the connection task, so in its span, not the call's.
+//!   With DEBUG off it costs a level check.
+//! * WARN for a host that failed, a failed connect pass, a lost connection, the overload
+//!   signal and replies nobody waits for; ERROR for a connection task that panicked.
+//!
+//! Metrics, with the feature `metrics`, through the
+//! [`metrics`](https://docs.rs/metrics) facade. Every metric has the label `channel`:
+//! the channel's name, else the host a builder channel is built with, else `""`.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `socketchannel_calls_total` | counter | `channel` | calls made, on every path |
+//! | `socketchannel_outcomes_total` | counter | `channel`, `outcome`, `sent` | calls resolved: `outcome` is `ok`, or the [`Kind`] in snake case (`connection_lost`, `server`, ...) with `sent` = `not_sent` or `may_have_executed` ([`Error::is_not_sent`]); or `cancelled` (no `sent`) when the caller dropped its future or stream first |
+//! | `socketchannel_in_flight` | gauge | `channel` | calls written and waiting for their reply ([`Counters::in_flight`]) |
+//! | `socketchannel_reconnects_total` | counter | `channel` | connections made after the first ([`Counters::reconnects`]) |
+//! | `socketchannel_call_duration_seconds` | histogram | `channel` | from the call being made to its outcome reaching the caller (every outcome but `cancelled`) |
+//!
+//! A call's outcome is what its future resolves to; a stream's is its first item (or
+//! its end, when it has none). Once no call is pending, `calls_total` is the sum of
+//! `outcomes_total`. Handles are registered once, when the channel is built, with the
+//! recorder in force then (the thread's local one, else the global one): **install the
+//! recorder before building the channel.** A channel built before records nothing.
+//!
 //! # Layout
 //!
 //! * `mux`: the engine: the intake and the poll loop (`engine`), one connection and what
@@ -234,9 +280,13 @@
 //!   futures, `Service` and `Load`, and the layers that build it ([`MuxLayer`],
 //!   [`ReconnectLayer`]).
 //! * `meter`: [`Metered`], an IO whose bytes count as progress.
+//! * `metrics` (feature `metrics`): a channel's metric handles, and the timing of a call
+//!   on the caller's side.
 //! * `transport`: what a channel runs over: a [`Transport`] of frames, and a
 //!   [`Connector`] that makes one for an [`Endpoint`].
-//! * `connect`: [`TcpConnector`], TCP framed with a codec.
+//! * `connect`: [`TcpConnector`] (TCP, happy eyeballs), `UnixConnector` (Unix
+//!   sockets) and [`SocketConnector`] (either, by the endpoint: the builder's), each
+//!   framed with a codec.
 //! * `protocol`: what the engine must know of a protocol ([`Protocol`], [`Sessions`]).
 //! * `retry`: [`RetryNotSent`], the retry policy for calls that never reached the server.
 //! * `shared`: what the handle and the task share: the closed flag, the [`State`] watch,
@@ -263,6 +313,8 @@ mod connect;
 mod error;
 pub mod guide;
 mod meter;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod mux;
 mod panic;
 mod protocol;
@@ -275,12 +327,15 @@ pub mod testing;
 mod transport;
 
 pub use crate::channel::{
-    Builder, Call, Calls, Channel, Connection, IntoCall, MuxLayer, ReconnectLayer, Replies, Reply,
-    ReplyFuture, ReplyStream, ResponseFuture,
+    Builder, Call, Calls, Channel, Connection, IntoCall, MuxLayer, NoRuntime, ReconnectLayer,
+    Replies, Reply, ReplyFuture, ReplyStream, ResponseFuture, TaskDropped,
 };
 pub use crate::config::Config;
+#[cfg(all(unix, feature = "tcp"))]
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "tcp"))))]
+pub use crate::connect::UnixConnector;
 #[cfg(feature = "tcp")]
-pub use crate::connect::TcpConnector;
+pub use crate::connect::{SocketConnector, SocketStream, TcpConnector};
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
 pub use crate::meter::Metered;
 pub use crate::mux::{Mode, Order, Session};

@@ -49,6 +49,10 @@ pub(crate) enum Control {
 
 pub(crate) struct Shared<Resp> {
     pub(crate) stats: Stats,
+    /// The connection task's span (`socketchannel`, INFO), made once with the channel:
+    /// the task runs in it, and the state events name it as their parent wherever the
+    /// state is set from.
+    pub(crate) span: tracing::Span,
     /// Set once the channel takes no more calls: closed, or its task ended.
     closed: AtomicBool,
     /// `state`, mirrored so `poll_ready` and `load` read one atomic instead of a lock.
@@ -65,35 +69,43 @@ pub(crate) struct Shared<Resp> {
     pub(crate) overloaded: watch::Sender<bool>,
     /// How large a multi-frame reply may grow.
     pub(crate) limits: ReplyLimits,
-    /// The connection task, when the channel was made outside a runtime: spawned by the
-    /// first call made inside one (`channel/start.rs`).
+    /// The channel was made outside a runtime and its task has not started: the first
+    /// call made inside one spawns it (`channel/start.rs`; the handles hold the task).
     pub(crate) unstarted: AtomicBool,
-    pub(crate) deferred: Mutex<Option<crate::channel::Connection>>,
     /// Why the task is gone, when it went without ending (its runtime shut down).
     pub(crate) gone: Mutex<Option<Cause>>,
 }
 
 impl<Resp> Shared<Resp> {
+    /// What a channel's handles and task share, starting in `state` (a starting state
+    /// is no change: no event says it).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         control: mpsc::UnboundedSender<Control>,
         pushes: mpsc::Receiver<Resp>,
         overload: Option<Overload>,
         limits: ReplyLimits,
+        state: State,
+        span: tracing::Span,
+        #[cfg(feature = "metrics")] metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Shared {
-            stats: Stats::default(),
+            stats: Stats::new(
+                #[cfg(feature = "metrics")]
+                metrics,
+            ),
+            span,
             closed: AtomicBool::new(false),
-            current: AtomicU8::new(State::Idle as u8),
+            current: AtomicU8::new(state as u8),
             control,
             pushes: Mutex::new(Some(pushes)),
-            state: watch::Sender::new(State::Idle),
+            state: watch::Sender::new(state),
             last_error: Mutex::new(None),
             overload,
             queued: AtomicUsize::new(0),
             overloaded: watch::Sender::new(false),
             limits,
             unstarted: AtomicBool::new(false),
-            deferred: Mutex::new(None),
             gone: Mutex::new(None),
         }
     }
@@ -183,12 +195,36 @@ impl<Resp> Shared<Resp> {
         self.current.load(Ordering::Acquire) == State::BackingOff as u8
     }
 
+    /// Sets the state; when it changed, says so in an event of the task's span (INFO for
+    /// `Ready`, `BackingOff` and `Closed`, DEBUG for the others).
     pub(crate) fn set_state(&self, state: State) {
+        if !self.set_state_quietly(state) {
+            return;
+        }
+        match state {
+            State::Ready | State::BackingOff | State::Closed => {
+                tracing::info!(parent: &self.span, ?state, "state changed");
+            }
+            State::Connecting | State::Handshaking | State::Idle => {
+                tracing::debug!(parent: &self.span, ?state, "state changed");
+            }
+        }
+    }
+
+    /// Sets the state without an event, for a caller whose own event says it (with more
+    /// to say: the endpoint, the delay). True when it changed.
+    pub(crate) fn set_state_quietly(&self, state: State) -> bool {
         self.current.store(state as u8, Ordering::Release);
         self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;
             changed
-        });
+        })
+    }
+
+    /// A call is made: counted and timed until its outcome reaches the caller.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn timing(&self) -> crate::metrics::Timing {
+        self.stats.metrics.start()
     }
 }

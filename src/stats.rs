@@ -3,8 +3,12 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Live counters, written by the connection task, read by anyone.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
+    /// The channel's metric handles (feature `metrics`): the in-flight gauge and the
+    /// reconnect counter follow the counters here; the callers' side records the rest.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
     sent: AtomicU64,
     received: AtomicU64,
     in_flight: AtomicU64,
@@ -60,6 +64,26 @@ macro_rules! bump {
 }
 
 impl Stats {
+    pub(crate) fn new(
+        #[cfg(feature = "metrics")] metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Stats {
+            #[cfg(feature = "metrics")]
+            metrics,
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            push_overflow: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+        }
+    }
+
     bump!(
         sent,
         received,
@@ -67,17 +91,26 @@ impl Stats {
         pushes,
         push_overflow,
         skipped,
-        reconnects,
         retired
     );
+
+    pub(crate) fn reconnects(&self, n: u64) {
+        self.reconnects.fetch_add(n, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.reconnects.increment(n);
+    }
 
     /// Each connection reports the change of its own count, so the gauge is the sum
     /// over a connection and those draining beside it.
     pub(crate) fn in_flight_changed(&self, from: usize, to: usize) {
         if to > from {
             self.in_flight.fetch_add((to - from) as u64, Relaxed);
+            #[cfg(feature = "metrics")]
+            self.metrics.in_flight.increment((to - from) as f64);
         } else if from > to {
             self.in_flight.fetch_sub((from - to) as u64, Relaxed);
+            #[cfg(feature = "metrics")]
+            self.metrics.in_flight.decrement((from - to) as f64);
         }
     }
 

@@ -66,6 +66,64 @@ where
 /// attempt's future runs in that task, so it is `Send`. A failed or timed-out attempt
 /// moves on to the next host. When every host of a pass has failed, the calls waiting
 /// for it fail with a [`ConnectError`](crate::ConnectError) that lists each host's error.
+/// The builder's [`connect_timeout`](crate::Builder::connect_timeout) bounds each call
+/// of it, whatever it does inside.
+///
+/// # Bringing your own
+///
+/// Any way of opening a byte stream becomes a connector by mapping an [`Endpoint`] to
+/// it and framing the stream with a codec (wrapped in [`Metered`](crate::Metered), so
+/// its bytes count as progress for the stall timer):
+///
+/// * **hyper-util's `HttpConnector`** is a `Service<Uri>` giving a `TokioIo<TcpStream>`:
+///   call it with `format!("http://{endpoint}").parse::<Uri>()?` (its own resolver,
+///   happy eyeballs and socket options apply) and frame `io.into_inner()`.
+/// * **A SOCKS proxy** (e.g. `tokio-socks`): connect to the proxy and ask it for
+///   `(endpoint.host(), endpoint.port())`, so the proxy resolves the name; frame the
+///   stream it gives back.
+/// * **TLS, or anything layered**: call the built-in connector (or your own) for the
+///   TCP stream, then do the layer's handshake on it before framing (the crate's
+///   examples have a rustls one).
+/// * **Around the built-in one**: count, log or gate connects, rewrite the endpoint, or
+///   pick a different connector per endpoint (the builder's default,
+///   [`SocketConnector`](crate::SocketConnector), picks TCP or a Unix socket).
+///
+/// `tower::service_fn` over a closure is the shortest way to write one; the closure
+/// must be `Clone` (capture `Arc`s and connectors, which are).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use socketchannel::{Channel, Endpoint, Metered, Order, Plain, TcpConnector};
+/// use tokio_util::codec::{Framed, LinesCodec};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Around the built-in connector: count the connects.
+/// let connects = Arc::new(AtomicU64::new(0));
+/// let tcp = TcpConnector::new(LinesCodec::new());
+/// let counted = connects.clone();
+/// let counting = tower::service_fn(move |endpoint: Endpoint| {
+///     counted.fetch_add(1, Ordering::Relaxed);
+///     tcp.clone().oneshot(endpoint)
+/// });
+/// let channel: Channel<String, String> = Channel::builder()
+///     .host("127.0.0.1:7000")
+///     .connector(counting, Order::new(Plain))?;
+///
+/// // A stream of one's own (a proxy's, a tunnel's; here plain TCP), metered and framed.
+/// let own = tower::service_fn(|endpoint: Endpoint| async move {
+///     let stream = tokio::net::TcpStream::connect((endpoint.host(), endpoint.port())).await?;
+///     Ok::<_, std::io::Error>(Framed::new(Metered::new(stream), LinesCodec::new()))
+/// });
+/// let other: Channel<String, String> = Channel::builder()
+///     .host("127.0.0.1:7001")
+///     .connector(own, Order::new(Plain))?;
+/// # drop((channel, other));
+/// # Ok(())
+/// # }
+/// ```
 pub trait Connector<Req, Resp>:
     Service<Endpoint, Response = Self::Transport, Error: Into<BoxError>, Future: Send>
     + Clone

@@ -51,6 +51,8 @@ fn a_channel_built_outside_a_runtime_starts_on_its_first_call() {
     assert_eq!(err.kind(), Kind::Closed);
     assert!(err.is_not_sent());
     assert!(chain(&err).contains("no tokio runtime"), "{}", chain(&err));
+    let cause = std::error::Error::source(&err).expect("a cause");
+    assert!(cause.is::<socketchannel::NoRuntime>(), "{cause:?}");
     assert!(
         !ch.is_closed(),
         "a refusal for want of a runtime closes nothing"
@@ -113,6 +115,32 @@ fn a_static_channel_that_outlives_its_runtime_fails_fast_and_says_why() {
             chain(&err).contains("dropped before it ended"),
             "{}",
             chain(&err)
+        );
+        let cause = std::error::Error::source(&err).expect("a cause");
+        assert!(cause.is::<socketchannel::TaskDropped>(), "{cause:?}");
+    });
+}
+
+/// A channel made outside a runtime and dropped before any call: its task, and the
+/// transport in it, go with it (the peer sees the end of the stream).
+#[test]
+fn a_channel_dropped_before_it_started_drops_its_transport() {
+    let (client, server) = tokio::io::duplex(1024);
+    let ch = Channel::new(
+        tokio_util::codec::Framed::new(client, support::codec::MsgCodec::default()),
+        socketchannel::Order::new(support::codec::TestProto),
+    );
+    let clone = ch.clone();
+    drop(ch);
+    drop(clone);
+    let rt = runtime();
+    rt.block_on(async move {
+        let mut server =
+            tokio_util::codec::Framed::new(server, support::codec::MsgCodec::default());
+        let end = tokio::time::timeout(Duration::from_millis(500), server.next()).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "the client's end was never dropped: {end:?}"
         );
     });
 }

@@ -1,8 +1,10 @@
 //! This crate's channels, in order mode and in session mode: the engine over an
 //! existing transport (`engine-*` rows), and the full reconnecting `Channel` made by its
-//! builder (`channel-*` rows), also behind tower's `Timeout` (`channel-order+timeout`).
+//! builder (`channel-*` rows), also behind tower's `Timeout` (`channel-order+timeout`)
+//! and recording its metrics (`channel-order+metrics`).
 //!
-//! Built with the `engine` feature (on by default; see `Cargo.toml`).
+//! Built with the `engine` feature (on by default; see `Cargo.toml`); the metrics row
+//! with the `metrics` feature (on by default too).
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +40,68 @@ pub fn channel_order_timeout(addr: SocketAddr) -> Timeout<Channel<Frame, Frame>>
     ServiceBuilder::new()
         .timeout(Duration::from_secs(5))
         .service(channel_order(addr))
+}
+
+/// `channel_order` with its metrics recorded by metrics-exporter-prometheus's recorder,
+/// as `PrometheusBuilder::new().install_recorder()` would make it, but set as this
+/// thread's local recorder while the channel is built (its handles are registered then,
+/// once) instead of as the global one: no other row's channel ever records, and each run
+/// of the row gets a fresh recorder. Its upkeep (what `install` would spawn: draining the
+/// latency samples into the summary) runs on the cell's runtime, so its CPU counts; the
+/// cell's runtime ending stops it.
+///
+/// The upkeep runs every 100 ms rather than the exporter's default 5 s, for one reason:
+/// the first drain into an empty summary (metrics-exporter-prometheus 0.18,
+/// `RollingSummary::add`) keeps only the samples newer than the first one it reads, and
+/// it reads the newest first, so every other sample of that drain makes a summary of its
+/// own (an allocation) and is dropped. A long-running process pays that once; a 2.5 s
+/// cell with a fresh recorder would pay it for a second's worth of calls inside the
+/// measured window. Every 100 ms, it falls in the warm-up.
+#[cfg(feature = "metrics")]
+pub fn channel_order_metrics(addr: SocketAddr) -> (Channel<Frame, Frame>, Recorded) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let channel = metrics::with_local_recorder(&recorder, || channel_order(addr));
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    (channel, Recorded { handle })
+}
+
+/// The recorder of a `channel-order+metrics` channel, to check that it recorded.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+pub struct Recorded {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+#[cfg(feature = "metrics")]
+impl Recorded {
+    /// Fails unless the call latency histogram has samples (and as many calls resolved).
+    pub fn check(&self) -> Result<u64, tower::BoxError> {
+        self.handle.run_upkeep();
+        let text = self.handle.render();
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        let samples = value("socketchannel_call_duration_seconds_count");
+        let calls = value("socketchannel_calls_total");
+        if samples == 0 || samples > calls {
+            return Err(format!(
+                "channel-order+metrics: {samples} latency samples for {calls} calls:\n{text}"
+            )
+            .into());
+        }
+        Ok(samples)
+    }
 }
 
 /// The full channel in session mode.

@@ -14,13 +14,14 @@
 //! - `server`: the echo server, run as a child process of this same binary.
 //! - `hand`: the hand-written baselines, one per mode.
 //! - `tokio_tower`: the peer, tokio-tower's clients behind tower's `Buffer`.
-//! - `engine`: this crate's engine and channel, also behind `Timeout` (feature `engine`).
+//! - `engine`: this crate's engine and channel, also behind `Timeout` (feature `engine`),
+//!   and recording metrics to a Prometheus recorder (feature `metrics`).
 //! - `redis`: the Redis section, `channel-redis` and `channel-redis-frame` against
 //!   redis-rs (feature `redis`).
 //! - `variant`: the list of clients and how each is built.
 //! - `load`: the experiments: closed-loop load, and heap per in-flight request.
 //! - `runtime`: a fresh runtime per experiment, with a scoped tracing subscriber for the
-//!   `+tracing` row.
+//!   `+tracing` and `+tracing-debug` rows.
 //! - `measure`: counting allocator, counting socket, CPU time, latency histogram.
 //! - `report`: medians, ratios, table and JSON.
 
@@ -69,7 +70,9 @@ usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--du
   --quick          short cells (0.3 s each), under a minute in all
   --json           one JSON object per row on stdout instead of the table
   --runs N         repeat the whole matrix N times, report medians (default 1)
-  --filter SUBSTR  only variants whose name contains SUBSTR
+  --filter SUBSTR  only variants whose name contains SUBSTR; several, comma-separated,
+                   for any of them; =NAME for that variant alone
+                   (e.g. --filter =channel-order,=channel-order+metrics)
   --callers N      only the cells with N callers (1, 16 or 256), e.g. to profile one
   --duration SECS  measured time per cell (default 2, or 0.3 with --quick)
   --no-redis       skip the Redis section (skipped anyway without redis-server)";
@@ -215,12 +218,7 @@ fn bench(options: &Options) -> Result<(), BoxError> {
             .iter()
             .copied()
             .filter(|v| v.group() == group)
-            .filter(|v| {
-                options
-                    .filter
-                    .as_ref()
-                    .is_none_or(|f| v.name().contains(f.as_str()))
-            })
+            .filter(|v| options.filter.as_ref().is_none_or(|f| selects(f, v.name())))
             .collect()
     };
     let (matrix, safety, redis) = (
@@ -239,6 +237,15 @@ fn bench(options: &Options) -> Result<(), BoxError> {
         printed = !rows.is_empty();
     }
     redis_section(options, &redis, printed)
+}
+
+/// Does `--filter FILTER` select the variant `name`? Any of its comma-separated items
+/// does: `=NAME` by equality, any other by being part of the name.
+fn selects(filter: &str, name: &str) -> bool {
+    filter.split(',').any(|item| match item.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(item),
+    })
 }
 
 /// Prints rows as a table whose ratio columns are headed `rps/BASELINE` and
@@ -308,12 +315,9 @@ fn echo(
     safety: &[Variant],
 ) -> Result<Vec<Sample>, BoxError> {
     let servers = Servers::start()?;
-    let runtime = |variant: Variant| {
-        if variant.traced() {
-            CellRuntime::traced()
-        } else {
-            CellRuntime::plain()
-        }
+    let runtime = |variant: Variant| match variant.traced() {
+        Some(level) => CellRuntime::traced(level),
+        None => CellRuntime::plain(),
     };
 
     let mut samples = Vec::new();

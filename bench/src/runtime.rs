@@ -1,10 +1,12 @@
 //! The runtime each experiment runs on: a fresh multi-threaded tokio runtime, so no task
-//! of one client outlives its cell. For `channel-order+tracing`, the runtime also carries
-//! a tracing subscriber, installed on its threads only and gone with it.
+//! of one client outlives its cell. For `channel-order+tracing` and
+//! `channel-order+tracing-debug`, the runtime also carries a tracing subscriber,
+//! installed on its threads only and gone with it.
 //!
-//! The subscriber is `tracing_subscriber::fmt` at INFO level writing to `std::io::sink`:
-//! the row measures what the crate's instrumentation costs once someone listens (level
-//! checks, spans and events that pass them, formatting), not terminal output. It is set as
+//! The subscriber is `tracing_subscriber::fmt` at INFO (or DEBUG) level writing to
+//! `std::io::sink`: the row measures what the crate's instrumentation costs once someone
+//! listens (level checks, spans and events that pass them, formatting), not terminal
+//! output. It is set as
 //! the thread default (`tracing::dispatcher::set_default`) on every thread of the runtime
 //! and on the thread blocked in `block_on`, rather than as the global default, so it
 //! does not outlive its cell: the rows after it (and the next run's rows) run as they
@@ -41,12 +43,12 @@ impl CellRuntime {
         })
     }
 
-    /// A runtime whose threads all have an INFO-level `fmt` subscriber writing to
+    /// A runtime whose threads all have a `fmt` subscriber at `level` writing to
     /// `std::io::sink` as their default.
-    pub fn traced() -> io::Result<Self> {
+    pub fn traced(level: LevelFilter) -> io::Result<Self> {
         let subscriber = Dispatch::new(
             tracing_subscriber::fmt()
-                .with_max_level(LevelFilter::INFO)
+                .with_max_level(level)
                 .with_writer(io::sink)
                 .finish(),
         );

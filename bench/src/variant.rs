@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 use tower::BoxError;
+use tracing::level_filters::LevelFilter;
 
 use crate::load::{self, Client, Load};
 use crate::server::ServerMode;
@@ -95,6 +96,12 @@ pub enum Variant {
     /// `channel-order` with an INFO-level tracing subscriber installed.
     #[cfg(feature = "engine")]
     ChannelOrderTracing,
+    /// `channel-order` with a DEBUG-level tracing subscriber installed.
+    #[cfg(feature = "engine")]
+    ChannelOrderTracingDebug,
+    /// `channel-order` recording its metrics to metrics-exporter-prometheus's recorder.
+    #[cfg(feature = "metrics")]
+    ChannelOrderMetrics,
     /// The full `Channel` in order mode with the RESP2 codec of `examples/common`, each
     /// command packed on its caller's task (`Channel<Packed, Frame>`).
     #[cfg(feature = "redis")]
@@ -121,6 +128,10 @@ impl Variant {
         Variant::ChannelOrderTimeout,
         #[cfg(feature = "engine")]
         Variant::ChannelOrderTracing,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrderTracingDebug,
+        #[cfg(feature = "metrics")]
+        Variant::ChannelOrderMetrics,
         Variant::HandSession,
         Variant::TokioTowerSession,
         #[cfg(feature = "engine")]
@@ -154,6 +165,10 @@ impl Variant {
             Variant::ChannelOrderTimeout => "channel-order+timeout",
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTracing => "channel-order+tracing",
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTracingDebug => "channel-order+tracing-debug",
+            #[cfg(feature = "metrics")]
+            Variant::ChannelOrderMetrics => "channel-order+metrics",
             #[cfg(feature = "redis")]
             Variant::ChannelRedis => "channel-redis",
             #[cfg(feature = "redis")]
@@ -167,21 +182,27 @@ impl Variant {
     pub fn group(self) -> Group {
         match self {
             #[cfg(feature = "engine")]
-            Variant::ChannelOrderTimeout | Variant::ChannelOrderTracing => Group::Safety,
+            Variant::ChannelOrderTimeout
+            | Variant::ChannelOrderTracing
+            | Variant::ChannelOrderTracingDebug => Group::Safety,
+            #[cfg(feature = "metrics")]
+            Variant::ChannelOrderMetrics => Group::Safety,
             #[cfg(feature = "redis")]
             Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => Group::Redis,
             _ => Group::Matrix,
         }
     }
 
-    /// Whether this variant runs with a tracing subscriber installed (see
+    /// The level of the tracing subscriber this variant runs with, if any (see
     /// [`CellRuntime::traced`](crate::runtime::CellRuntime::traced)).
-    pub fn traced(self) -> bool {
-        #[cfg(feature = "engine")]
-        if self == Variant::ChannelOrderTracing {
-            return true;
+    pub fn traced(self) -> Option<LevelFilter> {
+        match self {
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTracing => Some(LevelFilter::INFO),
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderTracingDebug => Some(LevelFilter::DEBUG),
+            _ => None,
         }
-        false
     }
 
     /// How this variant matches replies.
@@ -193,7 +214,10 @@ impl Variant {
             Variant::EngineOrder
             | Variant::ChannelOrder
             | Variant::ChannelOrderTimeout
-            | Variant::ChannelOrderTracing => Mode::Order,
+            | Variant::ChannelOrderTracing
+            | Variant::ChannelOrderTracingDebug => Mode::Order,
+            #[cfg(feature = "metrics")]
+            Variant::ChannelOrderMetrics => Mode::Order,
             #[cfg(feature = "engine")]
             Variant::EngineSession | Variant::ChannelSession => Mode::Session,
             #[cfg(feature = "redis")]
@@ -244,8 +268,16 @@ impl Variant {
             }
             // The subscriber is the runtime's (`CellRuntime::traced`); the client is plain.
             #[cfg(feature = "engine")]
-            Variant::ChannelOrderTracing => {
+            Variant::ChannelOrderTracing | Variant::ChannelOrderTracingDebug => {
                 experiment.run(crate::engine::channel_order(addr)).await
+            }
+            // The recorder is this channel's alone, and checked for the latencies after.
+            #[cfg(feature = "metrics")]
+            Variant::ChannelOrderMetrics => {
+                let (channel, recorded) = crate::engine::channel_order_metrics(addr);
+                let output = experiment.run(channel).await?;
+                recorded.check()?;
+                Ok(output)
             }
             #[cfg(feature = "redis")]
             Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => {

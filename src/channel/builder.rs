@@ -1,5 +1,6 @@
 //! Building a reconnecting channel, the way skynet's `sc.channel { ... }` does.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub struct Builder<Req, Resp> {
     port: Option<u16>,
     backups: Result<Vec<HostSpec>, InvalidEndpoint>,
     config: Config,
+    name: Option<Cow<'static, str>>,
     opts: Options<Req, Resp>,
     #[cfg(feature = "tcp")]
     pub(super) nodelay: bool,
@@ -56,6 +58,7 @@ impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("backups", &self.backups)
+            .field("name", &self.name)
             .field("config", &self.config)
             .field("reconnect", &self.opts.reconnect)
             .field("backoff", &self.opts.backoff)
@@ -75,6 +78,7 @@ where
             port: None,
             backups: Ok(Vec::new()),
             config: Config::default(),
+            name: None,
             opts: Options {
                 reconnect: Reconnect::Once,
                 backoff: Backoff::default(),
@@ -104,8 +108,9 @@ where
     Resp: Send + 'static,
 {
     /// The host: `"host:port"`, `"[v6]:port"`, a bare host with [`port`](Self::port), a
-    /// `SocketAddr`, a `(host, port)` pair or an [`Endpoint`] ([`IntoHost`]). An
-    /// unparsable one makes the final step fail with [`InvalidEndpoint`].
+    /// `SocketAddr`, a `(host, port)` pair, a Unix socket (`"unix:/run/redis.sock"`, a
+    /// `Path`: no port) or an [`Endpoint`] ([`IntoHost`]). An unparsable one makes the
+    /// final step fail with [`InvalidEndpoint`].
     pub fn host(mut self, host: impl IntoHost) -> Self {
         self.host = HostSpec::from(&host).map(Some);
         self
@@ -221,6 +226,16 @@ where
         self
     }
 
+    /// The channel's name in its telemetry (default: none): the `channel` field of its
+    /// connection task's `socketchannel` span (beside `host`, the host it is built with)
+    /// and, with the `metrics` feature, the `channel` label of its metrics, which
+    /// without a name is the host. See the crate docs' "Observability". It wins over a
+    /// name in the [`config`](Self::config) ([`Config::name`]).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Connects as soon as the channel is built instead of on the first call.
     pub fn eager(mut self) -> Self {
         self.opts.eager = true;
@@ -291,17 +306,15 @@ where
         M: Mode<Req, Resp> + Clone,
     {
         let host = self.host?.ok_or_else(InvalidEndpoint::no_host)?;
-        let current = match (host.port(), self.port) {
-            (Some(_), _) => host.endpoint(0),
-            (None, Some(port)) => host.endpoint(port),
-            (None, None) => return Err(InvalidEndpoint::no_port(&host)),
-        };
-        let mut hosts = Hosts::new(current);
-        hosts.set_backups(&self.backups?);
+        // A Unix socket needs no port; a TCP host without one takes `port`.
+        let hosts = Hosts::configure(&host, self.port, &self.backups?)?;
         self.opts.queue = self.config.queue;
         self.opts.max_in_flight = self.config.max_in_flight;
         self.opts.orphans = self.config.orphans;
         self.opts.orphan_age = self.config.orphan_age;
+        if let Some(name) = self.name {
+            self.config.name = Some(name);
+        }
         Ok(ReconnectLayer::new(hosts, self.config, self.opts, mode))
     }
 }

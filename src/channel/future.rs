@@ -38,11 +38,23 @@ fn vanished() -> Error {
 pub struct ResponseFuture<Resp> {
     rx: oneshot::Receiver<Result<Resp, Error>>,
     span: Span,
+    /// The call's metrics, until its outcome is taken.
+    #[cfg(feature = "metrics")]
+    timing: Option<crate::metrics::Timing>,
 }
 
 impl<Resp> ResponseFuture<Resp> {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Result<Resp, Error>>, span: Span) -> Self {
-        ResponseFuture { rx, span }
+    pub(crate) fn waiting(
+        rx: oneshot::Receiver<Result<Resp, Error>>,
+        span: Span,
+        #[cfg(feature = "metrics")] timing: crate::metrics::Timing,
+    ) -> Self {
+        ResponseFuture {
+            rx,
+            span,
+            #[cfg(feature = "metrics")]
+            timing: Some(timing),
+        }
     }
 }
 
@@ -53,6 +65,8 @@ impl<Resp> Future for ResponseFuture<Resp> {
         let this = &mut *self;
         let _entered = this.span.enter();
         let outcome = outcome(std::task::ready!(Pin::new(&mut this.rx).poll(cx)));
+        #[cfg(feature = "metrics")]
+        crate::metrics::finish(&mut this.timing, &outcome);
         if let Err(err) = &outcome {
             tracing::debug!(error = %err, "request failed");
         }
@@ -78,6 +92,9 @@ pub struct ReplyStream<Resp> {
     ended: bool,
     /// The first frame, taken early by a [`ReplyFuture`](super::ReplyFuture).
     held: Option<Resp>,
+    /// The call's metrics, until its first item (or its end) is taken.
+    #[cfg(feature = "metrics")]
+    timing: Option<crate::metrics::Timing>,
 }
 
 impl<Resp> ReplyStream<Resp> {
@@ -90,7 +107,15 @@ impl<Resp> ReplyStream<Resp> {
             shared,
             ended: false,
             held: None,
+            #[cfg(feature = "metrics")]
+            timing: None,
         }
+    }
+
+    /// Times the call this stream is the reply of, until its first item or its end.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn time(&mut self, timing: crate::metrics::Timing) {
+        self.timing = Some(timing);
     }
 
     /// Waits for the first frame and holds it, or for the end; the error of a reply
@@ -112,6 +137,19 @@ impl<Resp> ReplyStream<Resp> {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Resp, Error>>> {
+        let item = std::task::ready!(self.poll_next_item(cx));
+        // The first item (or the end) is the call's outcome.
+        #[cfg(feature = "metrics")]
+        if let Some(timing) = self.timing.take() {
+            timing.finish(match &item {
+                Some(Err(err)) => Err(err),
+                Some(Ok(_)) | None => Ok(()),
+            });
+        }
+        Poll::Ready(item)
+    }
+
+    fn poll_next_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Resp, Error>>> {
         if let Some(frame) = self.held.take() {
             return Poll::Ready(Some(Ok(frame)));
         }

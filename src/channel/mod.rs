@@ -30,11 +30,12 @@ pub use self::reconnect_layer::ReconnectLayer;
 use self::reply::Shape;
 pub use self::reply::{Reply, ReplyFuture};
 pub use self::service::Calls;
+pub use self::start::{NoRuntime, TaskDropped};
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
 use crate::mux::{Engine, Envelope, Mode, Until, Waiter, Worker};
-use crate::reconnect::{HostSpec, IntoHost, InvalidEndpoint};
+use crate::reconnect::{Endpoint, HostSpec, IntoHost, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
 use crate::transport::Transport;
@@ -73,6 +74,10 @@ pub struct Channel<Req, Resp> {
     /// Waits for a running connect pass to end; allocated the first time it is needed.
     connect_wait: Option<ReusableBoxFuture<'static, ()>>,
     waiting_connect: bool,
+    /// The connection task of a channel made outside a runtime, until a call spawns it
+    /// (`start.rs`). Held by the handles, not by `shared` (which the task holds): a
+    /// channel dropped before it started drops its task, and its transport, with it.
+    deferred: Option<Arc<start::Deferred>>,
 }
 
 /// A channel's connection task, for callers who run it themselves
@@ -82,6 +87,8 @@ pub struct Channel<Req, Resp> {
 #[must_use = "the channel does nothing unless its connection task runs"]
 pub struct Connection {
     task: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The channel's `socketchannel` span, entered on every poll.
+    span: tracing::Span,
     /// Marks the channel closed: when the task panics (in a user's codec, say), and when
     /// it is dropped (ended, or aborted); `true` when it is dropped before it ended.
     on_end: Box<dyn Fn(bool) + Send>,
@@ -95,6 +102,7 @@ impl Connection {
     ) -> Self {
         Connection {
             task: Box::pin(task),
+            span: shared.span.clone(),
             on_end: Box::new(move |unfinished| {
                 if unfinished {
                     shared.set_gone();
@@ -115,11 +123,13 @@ impl Future for Connection {
     /// is closed, and every call waiting on it fails with [`Kind::Closed`] as its reply
     /// sender is dropped.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let task = self.task.as_mut();
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let task = this.task.as_mut();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(())) => {
-                self.ended = true;
+                this.ended = true;
                 Poll::Ready(())
             }
             Err(panic) => {
@@ -127,8 +137,8 @@ impl Future for Connection {
                     panic = %crate::panic::message(&*panic),
                     "connection task panicked; channel closed"
                 );
-                self.ended = true;
-                (self.on_end)(false);
+                this.ended = true;
+                (this.on_end)(false);
                 Poll::Ready(())
             }
         }
@@ -137,6 +147,7 @@ impl Future for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        let _entered = self.span.enter();
         (self.on_end)(!self.ended);
     }
 }
@@ -198,8 +209,8 @@ where
         T: Transport<Req, Resp>,
         M: Mode<Req, Resp>,
     {
-        let (channel, engine, control) = Channel::plumbing(&config);
-        channel.shared.set_state(State::Ready);
+        // Connected from the start: `Ready` is its first state, not a change.
+        let (channel, engine, control) = Channel::plumbing(&config, State::Ready, None);
         let conn = engine.conn(transport, mode.matcher(config.max_in_flight));
         let connection =
             Connection::new(Worker::new(engine, conn, control), channel.shared.clone());
@@ -207,18 +218,28 @@ where
     }
 
     /// What every channel is made of: the handle, and the engine and control receiver
-    /// its connection task drives.
+    /// its connection task drives, starting in `state`. `host`: the host a reconnecting
+    /// channel is built with, for its telemetry.
     pub(crate) fn plumbing(
         config: &Config,
+        state: State,
+        host: Option<&Endpoint>,
     ) -> (Self, Engine<Req, Resp>, mpsc::UnboundedReceiver<Control>) {
         let (tx, intake) = mpsc::channel(config.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
         let (push_tx, pushes) = mpsc::channel(config.push_capacity);
+        let name = config.name.as_deref();
         let shared = Arc::new(Shared::new(
             control_tx,
             pushes,
             config.overload.clone(),
             config.limits.clone(),
+            state,
+            task_span(name, host),
+            #[cfg(feature = "metrics")]
+            Arc::new(crate::metrics::Metrics::register(metrics_label(
+                config, host,
+            ))),
         ));
         let engine = Engine::new(intake, push_tx, shared.clone(), config);
         (Channel::from_parts(tx, shared), engine, control)
@@ -249,7 +270,7 @@ where
     /// handle) the handshake has returned, or its task has not started and there is no
     /// runtime to start it on. Starts a task kept for the first call (`start.rs`).
     pub(crate) fn refuses(&self) -> bool {
-        if !self.shared.ensure_started() {
+        if !self.ensure_started() {
             return true;
         }
         if self.lane {
@@ -285,11 +306,15 @@ where
     /// Queues a call in the given shape (the method's, whatever the call says) and
     /// waits for its outcome, in a span of its own.
     async fn exchange(&self, mut call: Call<Req>, shape: Shape) -> Result<Reply<Resp>, Error> {
+        #[cfg(feature = "metrics")]
+        let timing = self.shared.timing();
         call.shape = shape;
         let span = call_span(&call);
         let (waiter, pending) = shape.open(&self.shared.limits);
         self.enqueue(call, waiter).instrument(span.clone()).await;
         let mut reply = ReplyFuture::new(pending, span);
+        #[cfg(feature = "metrics")]
+        reply.time(timing);
         std::future::poll_fn(|cx| reply.poll_reply(cx)).await
     }
 
@@ -333,6 +358,8 @@ where
     /// A reader that leaves more than [`Config::stream_buffer`] frames unread fails its
     /// stream with [`Kind::Limit`]; the connection reads on for every other caller.
     pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
+        #[cfg(feature = "metrics")]
+        let timing = self.shared.timing();
         let mut call = call.into_call();
         call.shape = Shape::Stream(replies.into());
         let span = call_span(&call);
@@ -340,7 +367,12 @@ where
         // A failure to queue is delivered through the stream itself.
         self.enqueue(call, waiter).instrument(span).await;
         match pending {
-            reply::Pending::Stream(Some(stream)) => stream,
+            #[allow(unused_mut)]
+            reply::Pending::Stream(Some(mut stream)) => {
+                #[cfg(feature = "metrics")]
+                stream.time(timing);
+                stream
+            }
             _ => unreachable!("a streamed call has a stream"),
         }
     }
@@ -386,7 +418,7 @@ where
     /// Closes the channel now: every queued and waiting call fails with
     /// [`Kind::Closed`], and later calls fail at once.
     pub fn close(&self) {
-        self.shared.ensure_started();
+        self.ensure_started();
         self.shared.set_closed();
         let _ = self.shared.control.send(Control::Close);
     }
@@ -400,7 +432,7 @@ where
     /// *not sent*). A [`connect`](Self::connect) made meanwhile waits for the shutdown
     /// to finish, then reopens the channel.
     pub async fn shutdown(&self, deadline: Duration) {
-        let started = self.shared.ensure_started();
+        let started = self.ensure_started();
         self.shared.set_closed();
         if !started {
             // Nothing runs, so nothing is queued or waiting.
@@ -429,7 +461,7 @@ where
         if self.lane {
             return Ok(());
         }
-        if !self.shared.ensure_started() {
+        if !self.ensure_started() {
             return Err(self.refused());
         }
         // The reconnect task reopens the channel when it takes this; a fixed-transport
@@ -512,6 +544,7 @@ impl<Req, Resp> Channel<Req, Resp> {
             reserving: false,
             connect_wait: None,
             waiting_connect: false,
+            deferred: None,
         }
     }
 
@@ -531,6 +564,7 @@ impl<Req, Resp> Clone for Channel<Req, Resp> {
     fn clone(&self) -> Self {
         let mut handle = Channel::from_parts(self.tx.clone(), self.shared.clone());
         handle.lane = self.lane;
+        handle.deferred = self.deferred.clone();
         handle
     }
 }
@@ -551,4 +585,27 @@ fn closed() -> Error {
 /// The span of one call, on every path (methods and `Service`): DEBUG, named by shape.
 pub(crate) fn call_span<Req>(call: &Call<Req>) -> tracing::Span {
     tracing::debug_span!("call", shape = call.shape.name())
+}
+
+/// The connection task's span: INFO, `socketchannel`, with the channel's name and the
+/// host a reconnecting channel is built with. A root: the task is no part of whatever
+/// the code that built the channel was doing.
+fn task_span(name: Option<&str>, host: Option<&Endpoint>) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "socketchannel",
+        channel = name.map(tracing::field::display),
+        host = host.map(tracing::field::display),
+    )
+}
+
+/// The `channel` label of a channel's metrics: its name, else the host it is built
+/// with, else empty.
+#[cfg(feature = "metrics")]
+fn metrics_label(config: &Config, host: Option<&Endpoint>) -> String {
+    match (&config.name, host) {
+        (Some(name), _) => name.to_string(),
+        (None, Some(host)) => host.to_string(),
+        (None, None) => String::new(),
+    }
 }

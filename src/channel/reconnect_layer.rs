@@ -8,6 +8,7 @@ use super::{Channel, Connection};
 use crate::config::Config;
 use crate::mux::Mode;
 use crate::reconnect::{Hosts, Options, Task};
+use crate::shared::State;
 use crate::transport::Connector;
 
 /// A [`tower::Layer`] that turns a [`Connector`] (a `tower::Service<Endpoint>` returning
@@ -65,15 +66,19 @@ where
     where
         K: Connector<Req, Resp>,
     {
-        let (channel, engine, control) = Channel::plumbing(&self.config);
-        let worker = Task::new(
-            engine,
-            connector,
-            self.mode.clone(),
-            self.opts.clone(),
-            self.hosts.clone(),
-            control,
-        );
+        let (channel, engine, control) =
+            Channel::plumbing(&self.config, State::Idle, Some(&self.hosts.current));
+        // In the task's span: an eager channel starts connecting here.
+        let worker = channel.shared.span.in_scope(|| {
+            Task::new(
+                engine,
+                connector,
+                self.mode.clone(),
+                self.opts.clone(),
+                self.hosts.clone(),
+                control,
+            )
+        });
         let connection = Connection::new(worker, channel.shared.clone());
         (channel, connection)
     }

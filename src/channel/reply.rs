@@ -134,11 +134,29 @@ impl<Resp> Reply<Resp> {
 pub struct ReplyFuture<Resp> {
     pending: Pending<Resp>,
     span: Span,
+    /// The call's metrics, until its outcome is taken (a stream's are the stream's).
+    #[cfg(feature = "metrics")]
+    timing: Option<crate::metrics::Timing>,
 }
 
 impl<Resp> ReplyFuture<Resp> {
     pub(crate) fn new(pending: Pending<Resp>, span: Span) -> Self {
-        ReplyFuture { pending, span }
+        ReplyFuture {
+            pending,
+            span,
+            #[cfg(feature = "metrics")]
+            timing: None,
+        }
+    }
+
+    /// Times the call until its outcome reaches the caller: this future's, or for a
+    /// stream, its first item.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn time(&mut self, timing: crate::metrics::Timing) {
+        match &mut self.pending {
+            Pending::Stream(Some(stream)) => stream.time(timing),
+            _ => self.timing = Some(timing),
+        }
     }
 }
 
@@ -160,6 +178,8 @@ impl<Resp> ReplyFuture<Resp> {
                     .map(|()| Reply::Stream(stream.take().expect("checked above")))
             }
         };
+        #[cfg(feature = "metrics")]
+        crate::metrics::finish(&mut self.timing, &outcome);
         if let Err(err) = &outcome {
             tracing::debug!(error = %err, "call failed");
         }

@@ -125,14 +125,18 @@ where
     /// Queues the request. Without a preceding successful `poll_ready` it takes room if
     /// there is some and otherwise fails as *not sent*; it never panics.
     fn call(&mut self, req: Req) -> ResponseFuture<Resp> {
+        #[cfg(feature = "metrics")]
+        let timing = self.shared.timing();
+        let span = tracing::debug_span!("call", shape = "one");
         let (tx, rx) = oneshot::channel();
         let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
-        let span = if self.submit(envelope) {
-            tracing::debug_span!("call", shape = "one")
-        } else {
-            tracing::Span::none()
-        };
-        ResponseFuture::waiting(rx, span)
+        self.submit(envelope);
+        ResponseFuture::waiting(
+            rx,
+            span,
+            #[cfg(feature = "metrics")]
+            timing,
+        )
     }
 }
 
@@ -228,6 +232,8 @@ where
     /// [`Kind::Unsupported`], *not sent*: sent as it is, it would read another call's
     /// reply.
     fn call(&mut self, call: Call<Req>) -> ReplyFuture<Resp> {
+        #[cfg(feature = "metrics")]
+        let timing = self.channel.shared.timing();
         let span = call_span(&call);
         let hollow = call.hollow;
         let (waiter, pending) = call.shape.open(&self.channel.shared.limits);
@@ -239,7 +245,11 @@ where
         } else {
             self.channel.submit(envelope);
         }
-        ReplyFuture::new(pending, span)
+        #[allow(unused_mut)]
+        let mut reply = ReplyFuture::new(pending, span);
+        #[cfg(feature = "metrics")]
+        reply.time(timing);
+        reply
     }
 }
 
@@ -258,8 +268,8 @@ where
     Resp: Send + 'static,
 {
     /// Hands a call to the intake with the slot `poll_ready` reserved, or one taken now
-    /// if there is room; otherwise fails it *not sent*. True when it was queued.
-    fn submit(&mut self, mut envelope: Envelope<Req, Resp>) -> bool {
+    /// if there is room; otherwise fails it *not sent*.
+    fn submit(&mut self, mut envelope: Envelope<Req, Resp>) {
         let permit = match self.permit.take() {
             Some(permit) => permit,
             None => match self.sender().try_reserve_owned() {
@@ -270,18 +280,17 @@ where
                         mpsc::error::TrySendError::Full(_) => (Kind::Overloaded, None),
                     };
                     envelope.fail_unsent(kind, cause.as_ref());
-                    return false;
+                    return;
                 }
             },
         };
         if self.refuses() {
             // The task may be gone (it panicked): a send now could wait forever.
             envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
-            return false;
+            return;
         }
         envelope.weight = self.weigh(&envelope);
         self.spare = Some(permit.send(envelope));
-        true
     }
 }
 

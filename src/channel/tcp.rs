@@ -1,11 +1,11 @@
-//! The builder's TCP half (feature `tcp`): the built-in connector's socket options, and
-//! the final steps that frame a TCP stream with a codec.
+//! The builder's socket half (feature `tcp`): the built-in connector's socket options,
+//! and the final steps that frame a TCP stream (or a Unix socket's) with a codec.
 
 use tokio_util::codec::{Decoder, Encoder};
 use tower::BoxError;
 
 use super::{Builder, Channel};
-use crate::connect::TcpConnector;
+use crate::connect::{SocketConnector, TcpConnector};
 use crate::mux::{Order, Session};
 use crate::protocol::{Protocol, Sessions};
 use crate::reconnect::InvalidEndpoint;
@@ -27,7 +27,8 @@ where
         self
     }
 
-    /// Builds an order-mode channel over TCP framed with `codec`.
+    /// Builds an order-mode channel over TCP (or a Unix socket, for a `"unix:PATH"`
+    /// host or backup: [`SocketConnector`]) framed with `codec`.
     ///
     /// # Errors
     ///
@@ -52,7 +53,8 @@ where
         self.connector(connector, Order::new(protocol))
     }
 
-    /// Builds a session-mode channel over TCP framed with `codec`.
+    /// Builds a session-mode channel over TCP (or a Unix socket, for a `"unix:PATH"`
+    /// host or backup: [`SocketConnector`]) framed with `codec`.
     ///
     /// # Errors
     ///
@@ -77,9 +79,11 @@ where
         self.connector(connector, Session::new(sessions))
     }
 
-    fn tcp<C: Clone>(&self, codec: C) -> TcpConnector<C> {
-        TcpConnector::new(codec)
-            .nodelay(self.nodelay)
-            .keepalive(self.keepalive)
+    fn tcp<C: Clone>(&self, codec: C) -> SocketConnector<C> {
+        SocketConnector::new(
+            TcpConnector::new(codec)
+                .nodelay(self.nodelay)
+                .keepalive(self.keepalive),
+        )
     }
 }

@@ -144,6 +144,8 @@ where
                 .map_err(|entry| (Error::new(Kind::IdInUse), entry))?,
         };
         self.watched += watched;
+        // On the connection task, in its span; nothing is formatted unless DEBUG is on.
+        tracing::debug!(id, "session id stamped");
         let wire = S::Id::from_u64(id);
         match frames {
             Frames::None => {}

@@ -58,8 +58,9 @@ where
             return self.pass_failed(pass);
         };
         pass.next += 1;
-        debug!(%endpoint, "connecting");
-        self.set_state(State::Connecting);
+        // Every attempt says so; the first of a pass is the change to `Connecting`.
+        let state = self.set_state_quietly(State::Connecting);
+        debug!(%endpoint, state, "connecting");
         let mut connector = self.connector.clone();
         let timeout = self.opts.connect_timeout;
         let target = endpoint.clone();
@@ -151,17 +152,20 @@ where
             .next_delay(self.failures, &mut self.backoff)
         {
             Some(delay) => {
-                debug!(?delay, failures = self.failures, "backing off");
-                self.set_state(State::BackingOff);
+                let state = self.set_state_quietly(State::BackingOff);
+                info!(?delay, failures = self.failures, state, "backing off");
                 Phase::BackingOff {
                     sleep: Box::pin(tokio::time::sleep(delay)),
                     fail_fast,
                 }
             }
             None => {
-                info!(failures = self.failures, "giving up until the next call");
+                let state = self.set_state_quietly(State::Idle);
+                info!(
+                    failures = self.failures,
+                    state, "giving up until the next call"
+                );
                 self.failures = 0;
-                self.set_state(State::Idle);
                 Phase::Idle
             }
         }
@@ -199,7 +203,6 @@ where
         endpoint: Endpoint,
         conn: ConnOf<T, M, Req, Resp>,
     ) -> PhaseOf<M, T, Req, Resp> {
-        info!(%endpoint, "connected");
         if self.connected_before {
             self.engine.shared.stats.reconnects(1);
         }
@@ -209,7 +212,8 @@ where
         for waiter in self.connect_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
         }
-        self.set_state(State::Ready);
+        let state = self.set_state_quietly(State::Ready);
+        info!(endpoint = %self.hosts.current, state, "connected");
         let ping = self
             .opts
             .idle_ping

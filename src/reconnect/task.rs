@@ -150,6 +150,18 @@ where
         self.engine.shared.set_state(state);
     }
 
+    /// Sets the state for an event of the caller's own, which says the change: the
+    /// state as that event's `state` field when it changed, else `None` (no field).
+    pub(super) fn set_state_quietly(
+        &self,
+        state: State,
+    ) -> Option<tracing::field::DebugValue<State>> {
+        self.engine
+            .shared
+            .set_state_quietly(state)
+            .then(|| tracing::field::debug(state))
+    }
+
     /// Fails calls that arrive while there is no connection to try.
     fn fail_arrivals(&mut self, cx: &mut Context<'_>, kind: Kind) {
         while let Poll::Ready(true) = self.engine.poll_wanted(cx) {

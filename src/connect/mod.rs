@@ -1,0 +1,18 @@
+//! The built-in connectors (feature `tcp`): TCP ([`TcpConnector`], happy eyeballs over
+//! the addresses a name resolves to), Unix domain sockets (`UnixConnector`, on Unix),
+//! and the builder's default, which takes either by the endpoint ([`SocketConnector`]).
+//! Each frames its stream, [`Metered`](crate::Metered), with the user's codec.
+
+mod socket;
+mod tcp;
+#[cfg(unix)]
+mod unix;
+
+pub use self::socket::{SocketConnector, SocketStream};
+pub use self::tcp::TcpConnector;
+#[cfg(unix)]
+pub use self::unix::UnixConnector;
+
+/// The default read and write buffer capacity of a connection's `Framed`, as
+/// tokio-util's own default.
+const BUFFER: usize = 8 * 1024;

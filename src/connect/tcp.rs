@@ -1,0 +1,396 @@
+//! TCP, framed with the user's codec; happy eyeballs (RFC 8305) over the addresses a
+//! name resolves to.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream, lookup_host};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+use super::BUFFER;
+use crate::meter::Metered;
+use crate::reconnect::Endpoint;
+
+/// RFC 8305's recommended "Connection Attempt Delay".
+const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+/// Opens a TCP connection to an [`Endpoint`] and frames it with a codec. The
+/// [`Builder`](crate::Builder)'s default connector uses it for TCP endpoints.
+///
+/// The host is resolved at every call. When it resolves to several addresses they are
+/// raced as RFC 8305 ("happy eyeballs", section 5) says: the addresses are ordered with
+/// their families interleaved (the family the resolver put first, which under the
+/// default address selection policy is IPv6, then the other, alternating), the first
+/// attempt starts, and each next one starts when the one before it has not connected
+/// within [`happy_eyeballs_delay`](Self::happy_eyeballs_delay) (250 ms), or at once
+/// when an attempt fails. The attempts started keep racing; the first to connect wins
+/// and the others are dropped. So an address that never answers (a blackholed one)
+/// costs 250 ms, not the whole connect timeout. There is no timeout per address: the
+/// builder's [`connect_timeout`](crate::Builder::connect_timeout) bounds the whole
+/// connect. When every attempt fails, the error is the last failure.
+///
+/// The stream is [`Metered`], so every byte it moves counts as progress for the stall
+/// timer and in the counters. Any [`Connector`](crate::Connector) can stand in its
+/// place (see there: TLS, a proxy, an in-memory pipe for tests). A Unix endpoint
+/// (`"unix:PATH"`) fails here with [`io::ErrorKind::InvalidInput`]: use
+/// [`SocketConnector`](crate::SocketConnector) for both.
+#[derive(Debug, Clone)]
+pub struct TcpConnector<C> {
+    pub(super) codec: C,
+    nodelay: bool,
+    keepalive: bool,
+    pub(super) buffer: usize,
+    delay: Duration,
+}
+
+impl<C: Clone> TcpConnector<C> {
+    /// A connector framing with `codec`, with `TCP_NODELAY` and keepalive on.
+    pub fn new(codec: C) -> Self {
+        TcpConnector {
+            codec,
+            nodelay: true,
+            keepalive: true,
+            buffer: BUFFER,
+            delay: HAPPY_EYEBALLS_DELAY,
+        }
+    }
+
+    /// The initial capacity of the read and write buffers of each connection's
+    /// `Framed` (default 8 KiB; they grow for larger frames).
+    pub fn buffer_capacity(mut self, bytes: usize) -> Self {
+        self.buffer = bytes;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on each connection (default on: requests are batched by the
+    /// channel already, so Nagle's algorithm only adds latency).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Sets `SO_KEEPALIVE` on each connection (default on).
+    pub fn keepalive(mut self, on: bool) -> Self {
+        self.keepalive = on;
+        self
+    }
+
+    /// How long an attempt to one address may go unanswered before the attempt to the
+    /// next address starts beside it (default 250 ms, RFC 8305's recommendation).
+    /// `Duration::ZERO` starts every address at once.
+    pub fn happy_eyeballs_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    async fn connect(self, endpoint: Endpoint) -> io::Result<Framed<Metered<TcpStream>, C>> {
+        let stream = self.sockets().stream(&endpoint).await?;
+        Ok(Framed::with_capacity(
+            Metered::new(stream),
+            self.codec,
+            self.buffer,
+        ))
+    }
+
+    /// How it opens sockets, without the codec (so a connect need not hold it).
+    pub(super) fn sockets(&self) -> Sockets {
+        Sockets {
+            nodelay: self.nodelay,
+            keepalive: self.keepalive,
+            delay: self.delay,
+        }
+    }
+}
+
+/// A [`TcpConnector`]'s socket options and happy eyeballs delay.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sockets {
+    nodelay: bool,
+    keepalive: bool,
+    delay: Duration,
+}
+
+impl Sockets {
+    /// A connected stream to `endpoint`: resolved, then its addresses raced.
+    pub(super) async fn stream(self, endpoint: &Endpoint) -> io::Result<TcpStream> {
+        if endpoint.unix_path().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{endpoint} is a Unix socket, not a TCP host"),
+            ));
+        }
+        let addrs = lookup_host((endpoint.host(), endpoint.port())).await?;
+        self.race(addrs).await
+    }
+
+    /// Happy eyeballs over `addrs`, as given (in the resolver's order).
+    pub(crate) async fn race(
+        self,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+    ) -> io::Result<TcpStream> {
+        let Sockets {
+            nodelay,
+            keepalive,
+            delay,
+        } = self;
+        race(interleave(addrs), delay, move |addr| async move {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_keepalive(keepalive)?;
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(nodelay)?;
+            Ok(stream)
+        })
+        .await
+    }
+}
+
+/// RFC 8305 section 4: the addresses with their families interleaved, starting with the
+/// family of the first one, each family in its own order.
+fn interleave(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let addrs: Vec<SocketAddr> = addrs.into_iter().collect();
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let v6_first = first.is_ipv6();
+    let (mut preferred, mut other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.iter().partition(|a| a.is_ipv6() == v6_first);
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut p, mut o) = (preferred.drain(..), other.drain(..));
+    loop {
+        match (p.next(), o.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Starts `connect` for each address in turn, the next when the latest has not
+/// finished within `delay` or at once when an attempt fails; the attempts started keep
+/// racing, the first success wins and the others are dropped. All failed: the last
+/// failure.
+async fn race<F, Fut, T>(addrs: Vec<SocketAddr>, delay: Duration, mut connect: F) -> io::Result<T>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: Future<Output = io::Result<T>>,
+{
+    let mut waiting = addrs.into_iter().peekable();
+    let mut running: Vec<Pin<Box<Fut>>> = Vec::new();
+    let mut last: Option<io::Error> = None;
+    let stagger = tokio::time::sleep(delay);
+    tokio::pin!(stagger);
+    std::future::poll_fn(move |cx: &mut Context<'_>| {
+        loop {
+            let mut failed = false;
+            let mut i = 0;
+            while i < running.len() {
+                match running[i].as_mut().poll(cx) {
+                    Poll::Ready(Ok(stream)) => return Poll::Ready(Ok(stream)),
+                    Poll::Ready(Err(e)) => {
+                        last = Some(e);
+                        failed = true;
+                        drop(running.swap_remove(i));
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            let next_due = waiting.peek().is_some()
+                && (failed || running.is_empty() || stagger.as_mut().poll(cx).is_ready());
+            if next_due {
+                let addr = waiting.next().expect("peeked");
+                running.push(Box::pin(connect(addr)));
+                stagger.as_mut().reset(Instant::now() + delay);
+                continue;
+            }
+            if running.is_empty() {
+                return Poll::Ready(Err(last.take().unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")
+                })));
+            }
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+impl<C> tower::Service<Endpoint> for TcpConnector<C>
+where
+    C: Clone + Send + 'static,
+{
+    type Response = Framed<Metered<TcpStream>, C>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Framed<Metered<TcpStream>, C>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
+        Box::pin(self.clone().connect(endpoint))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn families_interleave_starting_with_the_first() {
+        let got =
+            interleave(["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"].map(addr));
+        let want = ["[::1]:1", "10.0.0.1:1", "[::2]:1", "10.0.0.2:1", "[::3]:1"].map(addr);
+        assert_eq!(got, want);
+        let got = interleave(["10.0.0.1:1", "10.0.0.2:1", "[::1]:1"].map(addr));
+        assert_eq!(got, ["10.0.0.1:1", "[::1]:1", "10.0.0.2:1"].map(addr));
+        assert!(interleave([]).is_empty());
+    }
+
+    /// What each fake attempt does: fail or connect after a time, or never answer.
+    #[derive(Clone, Copy)]
+    enum Fate {
+        Connects(u64),
+        Fails(u64),
+        Never,
+    }
+
+    /// Races fake attempts, one per fate (address port = index), under paused time:
+    /// what won (or the error's text), when each attempt started and when the race
+    /// ended, in ms from the start, and how many attempts were dropped unfinished.
+    async fn run(fates: &[Fate]) -> (Result<u16, String>, Vec<(u16, u64)>, u64, usize) {
+        let start = Instant::now();
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let live = Arc::new(());
+        let addrs = (0..fates.len())
+            .map(|i| SocketAddr::from(([10, 0, 0, 1], i as u16)))
+            .collect();
+        let fates = fates.to_vec();
+        let log = started.clone();
+        let guard = live.clone();
+        // Bounded: a race that never ends (attempts run one after another, the first
+        // never answering) fails here instead of hanging.
+        let race = race(addrs, Duration::from_millis(250), move |a| {
+            let ms = start.elapsed().as_millis() as u64;
+            log.lock().unwrap().push((a.port(), ms));
+            let fate = fates[a.port() as usize];
+            let alive = guard.clone();
+            async move {
+                let _alive = alive;
+                match fate {
+                    Fate::Connects(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok(a.port())
+                    }
+                    Fate::Fails(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Err(io::Error::other(format!("attempt {} failed", a.port())))
+                    }
+                    Fate::Never => std::future::pending().await,
+                }
+            }
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), race)
+            .await
+            .expect("the race ends")
+            .map_err(|e| e.to_string());
+        let ended = start.elapsed().as_millis() as u64;
+        let started = started.lock().unwrap().clone();
+        // Every attempt's future is gone once the race is: none left running.
+        let leftover = Arc::strong_count(&live) - 1;
+        (out, started, ended, leftover)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blackholed_first_address_costs_the_delay_not_the_timeout() {
+        use Fate::*;
+        let (out, started, ended, leftover) = run(&[Never, Connects(10)]).await;
+        assert_eq!(out, Ok(1));
+        assert_eq!(started, [(0, 0), (1, 250)]);
+        assert_eq!(ended, 260);
+        assert_eq!(leftover, 0, "the losing attempt is dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_keep_racing_and_the_first_to_connect_wins() {
+        use Fate::*;
+        // The first answers at 400 ms: after the second started (at 250, to answer at
+        // 550), before the third was due (at 500). The first wins.
+        let (out, started, ended, _) = run(&[Connects(400), Connects(300), Connects(10)]).await;
+        assert_eq!(out, Ok(0));
+        assert_eq!(started, [(0, 0), (1, 250)]);
+        assert_eq!(ended, 400);
+        // The third, started at 500, wins over two slow ones.
+        let (out, started, ended, leftover) =
+            run(&[Connects(900), Connects(900), Connects(10)]).await;
+        assert_eq!(out, Ok(2));
+        assert_eq!(started, [(0, 0), (1, 250), (2, 500)]);
+        assert_eq!(ended, 510);
+        assert_eq!(leftover, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_starts_the_next_address_at_once() {
+        use Fate::*;
+        let (out, started, ended, _) = run(&[Fails(5), Fails(20), Connects(10)]).await;
+        assert_eq!(out, Ok(2));
+        assert_eq!(started, [(0, 0), (1, 5), (2, 25)]);
+        assert_eq!(ended, 35);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_failed_is_the_last_failure() {
+        use Fate::*;
+        // The first fails last (at 600), after the second (250 + 10) and third.
+        let (out, _, ended, _) = run(&[Fails(600), Fails(10), Fails(20)]).await;
+        assert_eq!(out, Err("attempt 0 failed".to_string()));
+        assert_eq!(ended, 600);
+        let (out, _, _, _) = run(&[]).await;
+        assert_eq!(out, Err("host resolved to no address".to_string()));
+    }
+
+    /// On real sockets: the first address never answers (TEST-NET-1, RFC 5737: either
+    /// blackholed, or unreachable at once on a box with no route; either way the next
+    /// address is tried within the delay), the second is a live listener.
+    #[tokio::test]
+    async fn a_live_address_behind_a_blackholed_one_connects_within_the_delay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        let tcp = TcpConnector::new(());
+        let start = std::time::Instant::now();
+        let stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            tcp.sockets().race([addr("192.0.2.1:9"), live]),
+        )
+        .await
+        .expect("connected within 3 s, not after the blackholed address's OS timeout")
+        .expect("connected");
+        let took = start.elapsed();
+        assert_eq!(stream.peer_addr().unwrap(), live);
+        assert!(took < Duration::from_millis(1000), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn every_address_refused_names_the_last_failure() {
+        // Two ports nobody listens on: bound, then closed.
+        let mut refused = Vec::new();
+        for _ in 0..2 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            refused.push(l.local_addr().unwrap());
+        }
+        let tcp = TcpConnector::new(());
+        let err = tcp.sockets().race(refused).await.expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}
