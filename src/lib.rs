@@ -268,6 +268,17 @@
 //! recorder in force then (the thread's local one, else the global one): **install the
 //! recorder before building the channel.** A channel built before records nothing.
 //!
+//! # Public dependencies
+//!
+//! Types of these crates appear in this crate's signatures; use the same major
+//! versions: [`tower`] 0.5 (`Service`, `Layer`, `load::Load`, `retry::Policy`,
+//! [`BoxError`] and [`TpsBudget`], both re-exported here), `tokio` 1 (the runtime,
+//! `sync::watch::Receiver` from [`Channel::state`], `sync::mpsc::Receiver` from
+//! [`Channel::pushes`]), `tokio-util` 0.7 (`codec::{Encoder, Decoder, Framed}`) and
+//! `futures-core` / `futures-sink` 0.3 (the `Stream` and `Sink` a [`Transport`] is).
+//! Features: `tcp` (default: the TCP and Unix connectors and the builder's `order` and
+//! `session`), `metrics` (see above), `testing` (the simulation's building blocks).
+//!
 //! # Layout
 //!
 //! * `mux`: the engine: the intake and the poll loop (`engine`), one connection and what
@@ -349,6 +360,8 @@ pub use crate::stats::Counters;
 pub use crate::transport::{Connector, Transport};
 
 pub use tower::BoxError;
+/// tower's retry budget, for [`RetryNotSent::budget`].
+pub use tower::retry::budget::TpsBudget;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
