@@ -266,7 +266,7 @@ async fn a_call_whose_request_is_not_clone_is_retried_from_its_error() {
     );
 }
 
-/// Without the retry layer's help a hollow copy is never sent as a read.
+/// Without the retry layer's help a hollow copy is never sent as a read, on any path.
 #[tokio::test]
 async fn a_copy_without_its_frames_is_refused_not_sent_as_a_read() {
     let mut ch = once_channel().calls();
@@ -280,6 +280,18 @@ async fn a_copy_without_its_frames_is_refused_not_sent_as_a_read() {
     let err = channel_error(&err).expect("a channel error");
     assert_eq!(err.kind(), Kind::Unsupported);
     assert!(err.is_not_sent());
+    // The methods refuse one too.
+    let copy = tower::retry::Policy::<Call<Once>, Reply<Msg>, BoxError>::clone_request(
+        &mut policy,
+        &Call::new(Once(msg("y"))),
+    )
+    .unwrap();
+    let err = ch.channel().request(copy).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::Unsupported);
+    assert!(err.is_not_sent());
+    // And the channel still answers its own calls.
+    let reply = ch.channel().request(Once(msg("z"))).await.unwrap();
+    assert_eq!(reply.text(), "z");
 }
 
 /// An idempotent call whose connection was lost after it was written is retried (and

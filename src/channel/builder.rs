@@ -256,14 +256,8 @@ where
     ///
     /// No host, or a host or backup that does not parse.
     ///
-    /// # Runtime
-    ///
-    /// The connection task is spawned on the current tokio runtime; made outside one
-    /// (a `static`), on the runtime of the first call. A call made outside any runtime
-    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
-    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
-    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
-    /// at once, saying so. Keep one channel per runtime.
+    /// The connection task runs on a tokio runtime, as [`Channel`'s runtime
+    /// section](crate::Channel#runtime) says: this one, or the first call's.
     pub fn connector<K, M>(
         self,
         connector: K,

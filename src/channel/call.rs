@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::reply::Shape;
-use crate::mux::{Frames, Until};
+use crate::mux::{Envelope, Frames, Until, Waiter};
 use crate::protocol::SessionId;
 
 /// A call with options: what it writes (one frame, several, or nothing), how its reply
@@ -190,6 +190,23 @@ impl<Req> Call<Req> {
             err.put_request(req);
             self.hollow = true;
         }
+    }
+
+    /// The call as the intake carries it, its outcome going to `waiter`. A hollow copy
+    /// (never refilled) is failed *not sent*, [`Kind::Unsupported`](crate::Kind::Unsupported),
+    /// on every path: sent as it is, it would be a read and take another call's reply.
+    pub(crate) fn into_envelope<Resp>(self, waiter: Waiter<Resp>) -> Option<Envelope<Req, Resp>>
+    where
+        Req: Send + 'static,
+    {
+        let mut envelope = Envelope::new(self.frames, waiter);
+        envelope.id = self.id;
+        envelope.exempt = self.exempt;
+        if self.hollow {
+            envelope.fail_unsent(crate::error::Kind::Unsupported, None);
+            return None;
+        }
+        Some(envelope)
     }
 
     /// Puts back the frames of a hollow copy; false when there were none to put back.

@@ -49,6 +49,17 @@ type Reserve<Req, Resp> =
 /// Every clone talks to the same connection task. Cloning never allocates. `Channel` is a
 /// [`tower::Service`] (one request, one reply) and has a method for every other call shape.
 ///
+/// # Runtime
+///
+/// The connection task is spawned on the current tokio runtime when the channel is
+/// made; made outside one (a `static`, a `LazyLock`), on the runtime of its first call.
+/// A call made outside any runtime before then fails [`Kind::Closed`], *not sent*, with
+/// the cause [`NoRuntime`] (nothing is closed). The task lives as long as its runtime:
+/// a channel that outlives it (a `static` shared by `#[tokio::test]`s, each with a
+/// runtime of its own) is closed, and its calls fail at once with the cause
+/// [`TaskDropped`]. On a current-thread runtime the task runs only while that runtime
+/// is driven. Keep one channel per runtime.
+///
 /// # Cancel safety
 ///
 /// Dropping a call's future never shifts another caller's reply: a call not yet written
@@ -167,14 +178,8 @@ where
     /// spawned on the current tokio runtime. No reconnect: when the transport ends, the
     /// channel is closed.
     ///
-    /// # Runtime
-    ///
-    /// The connection task is spawned on the current tokio runtime; made outside one
-    /// (a `static`), on the runtime of the first call. A call made outside any runtime
-    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
-    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
-    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
-    /// at once, saying so. Keep one channel per runtime.
+    /// The connection task runs on a tokio runtime, as [`Channel`'s runtime
+    /// section](crate::Channel#runtime) says: this one, or the first call's.
     pub fn new<T, M>(transport: T, mode: M) -> Self
     where
         T: Transport<Req, Resp>,
@@ -185,14 +190,8 @@ where
 
     /// [`Channel::new`] with limits and timers of one's own.
     ///
-    /// # Runtime
-    ///
-    /// The connection task is spawned on the current tokio runtime; made outside one
-    /// (a `static`), on the runtime of the first call. A call made outside any runtime
-    /// before then fails [`Kind::Closed`](crate::Kind::Closed), *not sent*. The task
-    /// lives as long as its runtime: a channel that outlives it (a `static` shared by
-    /// `#[tokio::test]`s, each with a runtime of its own) is closed, and its calls fail
-    /// at once, saying so. Keep one channel per runtime.
+    /// The connection task runs on a tokio runtime, as [`Channel`'s runtime
+    /// section](crate::Channel#runtime) says: this one, or the first call's.
     pub fn with_config<T, M>(transport: T, mode: M, config: Config) -> Self
     where
         T: Transport<Req, Resp>,
@@ -248,9 +247,9 @@ where
     /// Queues a call, waiting for room in the intake; a call that cannot be queued is
     /// failed through its waiter.
     async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) {
-        let mut envelope = Envelope::new(call.frames, waiter);
-        envelope.id = call.id;
-        envelope.exempt = call.exempt;
+        let Some(mut envelope) = call.into_envelope(waiter) else {
+            return;
+        };
         if self.refuses() {
             self.refuse(envelope);
             return;

@@ -235,14 +235,8 @@ where
         #[cfg(feature = "metrics")]
         let timing = self.channel.shared.timing();
         let span = call_span(&call);
-        let hollow = call.hollow;
         let (waiter, pending) = call.shape.open(&self.channel.shared.limits);
-        let mut envelope = Envelope::new(call.frames, waiter);
-        envelope.id = call.id;
-        envelope.exempt = call.exempt;
-        if hollow {
-            envelope.fail_unsent(Kind::Unsupported, None);
-        } else {
+        if let Some(envelope) = call.into_envelope(waiter) {
             self.channel.submit(envelope);
         }
         #[allow(unused_mut)]
