@@ -3,10 +3,13 @@
 //!
 //! It starts its own `memcached` on a free 127.0.0.1 port and kills it when done, then
 //! shows: 10,000 concurrent get/set callers on one connection, a miss and an error
-//! status that fail only their own calls, and a multi-packet reply (`STAT`).
+//! status that fail only their own calls, and a multi-packet reply (`STAT`). Then the
+//! text protocol on the same server, in order mode (pipelining): a value holding
+//! `"\r\nEND\r\n"`, a multi-key `get`, a `noreply` set sent fire-and-forget.
 //!
-//! The codec and the `Sessions` are in `examples/common/memcached.rs`, shared with
-//! `tests/memcached.rs`.
+//! The codecs are in `examples/common/memcached.rs` (binary, with the `Sessions`) and
+//! `examples/common/memcached_text.rs` (text), shared with `tests/memcached.rs` and
+//! `tests/memcached_text.rs`.
 //!
 //! Run it with `cargo run --example memcached` (`memcached` must be on `PATH`).
 
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::memcached::{Binary, BinaryCodec, Packet, start_server};
+use common::memcached_text::{Reply as TextReply, Request, Text, TextCodec};
 use socketchannel::{BoxError, Call, Channel};
 use tokio::task::JoinSet;
 
@@ -117,6 +121,23 @@ async fn main() -> Result<(), BoxError> {
         stat("cmd_get"),
         stat("cmd_set")
     );
+
+    println!("\n5. The text protocol on the same server, in order mode");
+    let text: Channel<Request, TextReply> = Channel::builder()
+        .host(server.addr())
+        .order(TextCodec::default(), Text)?;
+    text.request(Request::set("tricky", 0, "a\r\nEND\r\nb")?)
+        .await?;
+    // Fire-and-forget: memcached sends nothing back for `noreply`.
+    text.send(Request::set("quiet", 0, "shh")?.noreply())
+        .await?;
+    let reply = text
+        .request(Request::get(["tricky", "missing", "quiet"])?)
+        .await?;
+    println!("   get tricky missing quiet -> {reply:?}");
+    if let Err(e) = text.request(Request::incr("tricky", 1)?).await {
+        println!("   incr tricky (not a number) -> {e}");
+    }
 
     println!("\ndone; stopping memcached");
     Ok(())

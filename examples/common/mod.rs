@@ -10,8 +10,9 @@
 //!   id (session mode), and `memcached` started through [`process`].
 //! * [`gateway`]: an axum HTTP service in front of Redis, over [`redis`].
 //! * [`http`]: a minimal HTTP/1.1 client, to drive the gateway.
-//! * [`tls`]: a TLS connector for a channel, a self-signed test certificate and an
-//!   in-process TLS line server.
+//! * [`tls`]: a test CA issuing server and client certificates (valid, expired, for
+//!   any names) and an in-process TLS line server; the client is the crate's
+//!   `TlsConnector`.
 //!
 //! Each user takes only part of it, hence the `dead_code` allowance.
 
@@ -20,6 +21,7 @@
 pub mod gateway;
 pub mod http;
 pub mod memcached;
+pub mod memcached_text;
 pub mod process;
 pub mod redis;
 pub mod tls;
