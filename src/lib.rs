@@ -276,8 +276,13 @@
 //! `sync::watch::Receiver` from [`Channel::state`], `sync::mpsc::Receiver` from
 //! [`Channel::pushes`]), `tokio-util` 0.7 (`codec::{Encoder, Decoder, Framed}`) and
 //! `futures-core` / `futures-sink` 0.3 (the `Stream` and `Sink` a [`Transport`] is).
+//! With the feature `rustls`: rustls 0.23 (`ClientConfig`, `RootCertStore`, `ServerName`,
+//! re-exported as `socketchannel::rustls`) and tokio-rustls 0.26 (`client::TlsStream`,
+//! inside the transport `TlsConnector` makes).
 //! Features: `tcp` (default: the TCP and Unix connectors and the builder's `order` and
-//! `session`), `metrics` (see above), `testing` (the simulation's building blocks).
+//! `session`), `rustls` (`TlsConnector`: TLS over the TCP connector through rustls, SNI
+//! from each endpoint's host, the user's roots and client certificates; implies `tcp`),
+//! `metrics` (see above), `testing` (the simulation's building blocks).
 //!
 //! # Layout
 //!
@@ -296,8 +301,8 @@
 //! * `transport`: what a channel runs over: a [`Transport`] of frames, and a
 //!   [`Connector`] that makes one for an [`Endpoint`].
 //! * `connect`: [`TcpConnector`] (TCP, happy eyeballs), `UnixConnector` (Unix
-//!   sockets) and [`SocketConnector`] (either, by the endpoint: the builder's), each
-//!   framed with a codec.
+//!   sockets), [`SocketConnector`] (either, by the endpoint: the builder's) and
+//!   `TlsConnector` (feature `rustls`: TLS over TCP), each framed with a codec.
 //! * `protocol`: what the engine must know of a protocol ([`Protocol`], [`Sessions`]).
 //! * `retry`: [`RetryNotSent`], the retry policy for calls that never reached the server.
 //! * `shared`: what the handle and the task share: the closed flag, the [`State`] watch,
@@ -342,6 +347,9 @@ pub use crate::channel::{
     Replies, Reply, ReplyFuture, ReplyStream, ResponseFuture, TaskDropped,
 };
 pub use crate::config::Config;
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub use crate::connect::TlsConnector;
 #[cfg(all(unix, feature = "tcp"))]
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "tcp"))))]
 pub use crate::connect::UnixConnector;
@@ -359,6 +367,12 @@ pub use crate::shared::State;
 pub use crate::stats::Counters;
 pub use crate::transport::{Connector, Transport};
 
+/// The rustls that [`TlsConnector`] uses (0.23): its
+/// [`ClientConfig`](rustls::ClientConfig) and [`RootCertStore`](rustls::RootCertStore)
+/// without a dependency of one's own.
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub use tokio_rustls::rustls;
 pub use tower::BoxError;
 /// tower's retry budget, for [`RetryNotSent::budget`].
 pub use tower::retry::budget::TpsBudget;

@@ -82,8 +82,8 @@ where
 ///   `(endpoint.host(), endpoint.port())`, so the proxy resolves the name; frame the
 ///   stream it gives back.
 /// * **TLS, or anything layered**: call the built-in connector (or your own) for the
-///   TCP stream, then do the layer's handshake on it before framing (the crate's
-///   examples have a rustls one).
+///   TCP stream, then do the layer's handshake on it before framing (for TLS over
+///   rustls, the feature `rustls` has one: `TlsConnector`).
 /// * **Around the built-in one**: count, log or gate connects, rewrite the endpoint, or
 ///   pick a different connector per endpoint (the builder's default,
 ///   [`SocketConnector`](crate::SocketConnector), picks TCP or a Unix socket).

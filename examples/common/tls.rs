@@ -1,145 +1,181 @@
-//! TLS for a channel, shared by `examples/tls.rs` and `tests/tls.rs`.
+//! TLS test material, shared by `examples/tls.rs` and `tests/tls.rs` (the client side is
+//! the crate's own `TlsConnector`, feature `rustls`):
 //!
-//! * [`TlsConnector`]: a `tower::Service<Endpoint>` that opens TCP, runs the rustls
-//!   client handshake and frames the TLS stream with `LinesCodec`: what
-//!   `Channel::builder().connector(..)` takes in place of the built-in TCP connector.
-//! * [`TestCert`]: a self-signed certificate made with rcgen for `localhost` and
-//!   `127.0.0.1`, and the rustls client and server configurations around it.
+//! * [`TestCa`]: a private CA made with rcgen (ECDSA P-256, `ring`), issuing server
+//!   and client certificates for any names, valid or long expired: DER for rustls, PEM
+//!   files for `redis-server`.
 //! * [`TlsLineServer`]: an in-process TLS server (a `TcpListener` and a
 //!   `tokio_rustls::TlsAcceptor`) speaking a line protocol: `GET k`, `SET k v`,
-//!   `ECHO x`, `WHO`.
+//!   `ECHO x`, `WHO`, and `SNI` (the server name the client sent, `-` for none).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{BoxError, Endpoint};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{TlsAcceptor, TlsConnector as RustlsConnector};
+use socketchannel::BoxError;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_util::codec::{Framed, LinesCodec};
 
-/// Opens TCP to an endpoint, runs the TLS handshake, and frames the stream with
-/// `LinesCodec`. The server name checked against the certificate is the endpoint's host
-/// unless [`server_name`](Self::server_name) sets one.
-///
-/// A failure (connection refused, a certificate that does not verify) is this host's
-/// failure in the channel's connect pass: the next host is tried, and when every host
-/// has failed, waiting calls fail with `Kind::ConnectFailed`.
-#[derive(Clone)]
-pub struct TlsConnector {
-    tls: RustlsConnector,
-    server_name: Option<ServerName<'static>>,
+/// A certificate authority of the test's own.
+pub struct TestCa {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
 }
 
-impl TlsConnector {
-    /// A connector with this client configuration (its trusted roots, its ALPN, ...).
-    pub fn new(config: Arc<ClientConfig>) -> Self {
-        TlsConnector {
-            tls: RustlsConnector::from(config),
-            server_name: None,
+impl TestCa {
+    /// A new CA whose common name is `name`.
+    pub fn new(name: &str) -> Result<Self, BoxError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?.der().clone();
+        Ok(TestCa {
+            cert,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A root store trusting this CA only.
+    pub fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.cert.clone())
+            .expect("a CA certificate rcgen made");
+        roots
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", &self.cert)
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses), valid from 1975 to
+    /// 4096.
+    pub fn server(&self, names: &[&str]) -> Result<Leaf, BoxError> {
+        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, false)
+    }
+
+    /// A server certificate for `names` that expired on 2021-01-01.
+    pub fn expired_server(&self, names: &[&str]) -> Result<Leaf, BoxError> {
+        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, true)
+    }
+
+    /// A client certificate whose common name is `name`.
+    pub fn client(&self, name: &str) -> Result<Leaf, BoxError> {
+        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth, false)
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        expired: bool,
+    ) -> Result<Leaf, BoxError> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+        params.extended_key_usages = vec![usage];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
-    }
-
-    /// Checks the certificate against `name` instead of the endpoint's host (connect by
-    /// IP address to a server whose certificate names a host).
-    ///
-    /// # Errors
-    ///
-    /// `name` is neither a DNS name nor an IP address.
-    pub fn server_name(mut self, name: &str) -> Result<Self, BoxError> {
-        self.server_name = Some(ServerName::try_from(name.to_string())?);
-        Ok(self)
-    }
-
-    async fn connect(
-        self,
-        endpoint: Endpoint,
-    ) -> io::Result<Framed<TlsStream<TcpStream>, LinesCodec>> {
-        let name = match self.server_name {
-            Some(name) => name,
-            None => ServerName::try_from(endpoint.host().to_string())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-        };
-        let tcp = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
-        tcp.set_nodelay(true)?;
-        // A certificate that does not verify is an `InvalidData` io::Error naming why.
-        let tls = self.tls.connect(name, tcp).await?;
-        Ok(Framed::new(tls, LinesCodec::new()))
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Leaf {
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        })
     }
 }
 
-impl tower::Service<Endpoint> for TlsConnector {
-    type Response = Framed<TlsStream<TcpStream>, LinesCodec>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
-        Box::pin(self.clone().connect(endpoint))
-    }
-}
-
-/// A self-signed certificate for `localhost` and `127.0.0.1`, and its key.
-pub struct TestCert {
+/// A certificate the [`TestCa`] issued, and its key.
+pub struct Leaf {
     cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
 }
 
-impl TestCert {
-    /// Generates one (an ECDSA P-256 key, made with rcgen on the `ring` backend).
-    pub fn generate() -> Result<Self, BoxError> {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let certified = rcgen::generate_simple_self_signed(names)?;
-        Ok(TestCert {
-            cert: certified.cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
-        })
+impl Leaf {
+    /// The chain to present: the certificate alone (the peer has the CA).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert.clone()]
     }
 
-    /// The server side: presents this certificate.
+    /// The private key.
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// Writes `NAME.crt` and `NAME.key` (PEM) into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> io::Result<(PathBuf, PathBuf)> {
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, pem("CERTIFICATE", &self.cert))?;
+        std::fs::write(&key, pem("PRIVATE KEY", self.key.secret_pkcs8_der()))?;
+        Ok((cert, key))
+    }
+
+    /// The server side of an in-process server presenting this certificate.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, BoxError> {
-        let key = PrivateKeyDer::Pkcs8(self.key.clone_key());
-        let config = ServerConfig::builder_with_provider(provider())
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(vec![self.cert.clone()], key)?;
-        Ok(Arc::new(config))
-    }
-
-    /// The client side: trusts this certificate (and nothing else).
-    pub fn client_config(&self) -> Result<Arc<ClientConfig>, BoxError> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert.clone())?;
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_single_cert(self.chain(), self.key())?;
         Ok(Arc::new(config))
     }
 }
 
-/// The `ring` provider, named explicitly: no process-wide default needs installing, and
-/// no other provider (aws-lc-rs, with its C build) is compiled.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// `der` as PEM, under `label` (rcgen's own PEM output is a feature this build leaves
+/// out).
+fn pem(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            text.push(if i <= chunk.len() {
+                B64[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// An in-process TLS line server on 127.0.0.1: `GET k` (the value, or `NIL`),
-/// `SET k v` (`OK`), `ECHO x` (`x`), `WHO` (the server's name). Stops on drop.
+/// `SET k v` (`OK`), `ECHO x` (`x`), `WHO` (the server's name), `SNI` (the server name
+/// the client sent, `-` for none). Stops on drop.
 pub struct TlsLineServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -165,9 +201,10 @@ impl TlsLineServer {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
                     let mut lines = Framed::new(tls, LinesCodec::new());
                     while let Some(Ok(line)) = lines.next().await {
-                        let reply = answer(name, &store, &line);
+                        let reply = answer(name, &sni, &store, &line);
                         if lines.send(reply).await.is_err() {
                             break;
                         }
@@ -185,7 +222,7 @@ impl Drop for TlsLineServer {
     }
 }
 
-fn answer(name: &str, store: &Mutex<HashMap<String, String>>, line: &str) -> String {
+fn answer(name: &str, sni: &str, store: &Mutex<HashMap<String, String>>, line: &str) -> String {
     let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
     let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
     match cmd {
@@ -199,6 +236,7 @@ fn answer(name: &str, store: &Mutex<HashMap<String, String>>, line: &str) -> Str
         },
         "ECHO" => arg.to_string(),
         "WHO" => name.to_string(),
+        "SNI" => sni.to_string(),
         _ => "ERR unknown command".to_string(),
     }
 }

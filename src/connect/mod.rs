@@ -1,15 +1,20 @@
 //! The built-in connectors (feature `tcp`): TCP ([`TcpConnector`], happy eyeballs over
 //! the addresses a name resolves to), Unix domain sockets (`UnixConnector`, on Unix),
-//! and the builder's default, which takes either by the endpoint ([`SocketConnector`]).
-//! Each frames its stream, [`Metered`](crate::Metered), with the user's codec.
+//! and the builder's default, which takes either by the endpoint ([`SocketConnector`]);
+//! with the feature `rustls`, TLS over the TCP one (`TlsConnector`). Each frames its
+//! stream, [`Metered`](crate::Metered), with the user's codec.
 
 mod socket;
 mod tcp;
+#[cfg(feature = "rustls")]
+mod tls;
 #[cfg(unix)]
 mod unix;
 
 pub use self::socket::{SocketConnector, SocketStream};
 pub use self::tcp::TcpConnector;
+#[cfg(feature = "rustls")]
+pub use self::tls::TlsConnector;
 #[cfg(unix)]
 pub use self::unix::UnixConnector;
 

@@ -143,7 +143,9 @@ where
                     ..
                 } = *hs;
                 conn.fail(Kind::ConnectionLost, &cause);
-                return Ok(self.host_failed(pass, endpoint, cause.to_string().into()));
+                // The error itself, not its text: its chain (a TLS alert, an io::Error) is
+                // what tells the user why this host failed.
+                return Ok(self.host_failed(pass, endpoint, Box::new(cause.clone())));
             }
             if h.timer
                 .as_mut()
