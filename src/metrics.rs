@@ -7,28 +7,34 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `socketchannel_calls_total` | counter | `channel` | calls made, on every path (the methods, both `Service`s) |
+//! | `socketchannel_calls_total` | counter | `channel` | calls made, on every path (the methods, both `Service`s), counted as the connection task takes each from its queue, or as a handle refuses one |
 //! | `socketchannel_outcomes_total` | counter | `channel`, `outcome`, `sent` | calls resolved: `outcome` is `ok`, or the [`Kind`] in snake case (`connection_lost`, `connect_failed`, `closed`, `server`, `id_in_use`, `unsupported`, `overloaded`, `limit`) with `sent` = `not_sent` or `may_have_executed` ([`Error::is_not_sent`]); `cancelled` (no `sent`) for a call whose future or stream was dropped before its outcome |
 //! | `socketchannel_in_flight` | gauge | `channel` | calls written and waiting for their reply ([`Counters::in_flight`](crate::Counters::in_flight)) |
 //! | `socketchannel_reconnects_total` | counter | `channel` | connections made after the first ([`Counters::reconnects`](crate::Counters::reconnects)) |
-//! | `socketchannel_call_duration_seconds` | histogram | `channel` | from the call being made to its outcome reaching the caller, for every outcome but `cancelled` |
+//! | `socketchannel_call_duration_seconds` | histogram | `channel` | from the call being made to its outcome reaching the caller, for every outcome but `cancelled`, for one call in eight on each thread ([`Config::latency_sampling`](crate::Config::latency_sampling): 1 times every call) |
 //!
 //! A call's outcome is what its future resolves to; for a stream
 //! ([`Channel::stream`](crate::Channel::stream), or a streamed [`Call`](crate::Call)),
 //! its first item, or its end when it has none. So once no call is pending,
-//! `calls_total` is the sum of `outcomes_total`.
+//! `calls_total` is the sum of `outcomes_total` (but for calls lost with a task whose
+//! runtime shut down: those count only as an outcome, `closed`).
 //!
 //! The handles are registered once per channel, when it is built, with the recorder in
 //! force then on that thread (a local one, else the global one): install the recorder
 //! before building channels. A channel built before any is installed records nothing,
-//! ever (its handles are no-ops), though per call it still reads the clock twice and
-//! counts a reference to its handles. The hot path does no lookup: one outcome counter
-//! per kind is registered up front.
+//! ever (its handles are no-ops), though per timed call it still reads the clock twice,
+//! and per call counts a reference to its handles. The hot path does no lookup: one
+//! outcome counter per kind is registered up front.
 //!
-//! Outcomes and latency are recorded on the caller's side, as the call's future
-//! resolves; calls in flight and reconnects where [`Stats`](crate::stats) counts them,
-//! on the connection task.
+//! Where each is recorded is chosen for the hot path: calls on the connection task,
+//! which takes them one thread at a time (no contended counter on the callers'
+//! threads); outcomes and latency on the caller's side, as the call's future resolves;
+//! calls in flight and reconnects where [`Stats`](crate::stats) counts them, on the
+//! connection task. Latency is sampled because a sample is the costliest thing a
+//! recorder is handed: metrics-exporter-prometheus queues every one and folds it into
+//! a summary on upkeep.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 // The clock read twice per call: quanta's (the TSC where it is invariant, as metrics-util
@@ -86,11 +92,13 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     pub(crate) reconnects: Counter,
     duration: Histogram,
+    /// One call in this many is timed.
+    sampling: u32,
 }
 
 impl Metrics {
     /// Registers a channel's handles with the recorder in force, labelled `channel`.
-    pub(crate) fn register(channel: impl Into<SharedString>) -> Self {
+    pub(crate) fn register(channel: impl Into<SharedString>, sampling: u32) -> Self {
         let channel: SharedString = channel.into();
         describe();
         // quanta calibrates its clock on first use: here, not in a call.
@@ -114,18 +122,41 @@ impl Metrics {
             in_flight: gauge!(IN_FLIGHT, "channel" => channel.clone()),
             reconnects: counter!(RECONNECTS, "channel" => channel.clone()),
             duration: histogram!(DURATION, "channel" => channel),
+            sampling: sampling.max(1),
         }
     }
 
-    /// A call is made: counted now, timed until [`Timing::finish`].
-    pub(crate) fn start(self: &Arc<Self>) -> Timing {
+    /// A call is counted: the connection task took it, or its handle refused it.
+    #[inline]
+    pub(crate) fn call(&self) {
         self.calls.increment(1);
+    }
+
+    /// A call is made: timed (one in [`SAMPLE`]) until [`Timing::finish`].
+    pub(crate) fn start(self: &Arc<Self>) -> Timing {
         Timing {
             metrics: self.clone(),
-            started: Instant::now(),
+            started: sampled(self.sampling).then(Instant::now),
             done: false,
         }
     }
+}
+
+/// Calls timed by default: one in this many on each thread ([`Config::latency_sampling`]).
+///
+/// [`Config::latency_sampling`]: crate::Config::latency_sampling
+pub(crate) const SAMPLING: u32 = 8;
+
+/// Whether this thread's next call is one in `n` to be timed.
+#[inline]
+fn sampled(n: u32) -> bool {
+    thread_local!(static CALLS: Cell<u32> = const { Cell::new(0) });
+    n == 1
+        || CALLS.with(|calls| {
+            let made = calls.get().wrapping_add(1);
+            calls.set(made);
+            made % n == 0
+        })
 }
 
 /// The help text and units, for exporters that show them (given again for every channel:
@@ -150,7 +181,7 @@ fn describe() {
 #[derive(Debug)]
 pub(crate) struct Timing {
     metrics: Arc<Metrics>,
-    started: Instant,
+    started: Option<Instant>,
     done: bool,
 }
 
@@ -166,8 +197,9 @@ impl Timing {
                 m.failed[kind_index(err.kind())][sent].increment(1);
             }
         }
-        m.duration
-            .record(Instant::now().duration_since(self.started));
+        if let Some(started) = self.started {
+            m.duration.record(Instant::now().duration_since(started));
+        }
     }
 }
 

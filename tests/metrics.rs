@@ -188,7 +188,9 @@ async fn until_nothing_in_flight(channel: &Channel<String, String>) {
 #[tokio::test]
 async fn every_call_is_counted_with_its_outcome_and_latency() {
     let rec = Captured::default();
-    let channel = metrics::with_local_recorder(&rec, || words_channel(Config::default().name("m")));
+    let channel = metrics::with_local_recorder(&rec, || {
+        words_channel(Config::default().name("m").latency_sampling(1))
+    });
 
     // Ok, on every path.
     assert_eq!(channel.request(s("a")).await.unwrap(), "A");
@@ -264,6 +266,23 @@ async fn every_call_is_counted_with_its_outcome_and_latency() {
     let (now, highest) = rec.gauge("socketchannel_in_flight{channel=m}");
     assert_eq!(now, 0.0);
     assert!(highest >= 1.0, "the gauge never rose: {highest}");
+}
+
+/// By default one call in eight on a thread is timed; every call is counted.
+#[tokio::test(flavor = "current_thread")]
+async fn by_default_one_call_in_eight_is_timed_and_every_one_counted() {
+    let rec = Captured::default();
+    let channel = metrics::with_local_recorder(&rec, || words_channel(Config::default().name("d")));
+    for _ in 0..80 {
+        assert_eq!(channel.request(s("a")).await.unwrap(), "A");
+    }
+    assert_eq!(rec.counter("socketchannel_calls_total{channel=d}"), 80);
+    assert_eq!(
+        rec.counter("socketchannel_outcomes_total{channel=d,outcome=ok}"),
+        80
+    );
+    let samples = rec.samples("socketchannel_call_duration_seconds{channel=d}");
+    assert_eq!(samples.len(), 10, "{samples:?}");
 }
 
 #[tokio::test]

@@ -236,9 +236,10 @@ where
             state,
             task_span(name, host),
             #[cfg(feature = "metrics")]
-            Arc::new(crate::metrics::Metrics::register(metrics_label(
-                config, host,
-            ))),
+            Arc::new(crate::metrics::Metrics::register(
+                metrics_label(config, host),
+                config.latency_sampling,
+            )),
         ));
         let engine = Engine::new(intake, push_tx, shared.clone(), config);
         (Channel::from_parts(tx, shared), engine, control)
@@ -248,6 +249,7 @@ where
     /// failed through its waiter.
     async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) {
         let Some(mut envelope) = call.into_envelope(waiter) else {
+            self.shared.refused();
             return;
         };
         if self.refuses() {
@@ -281,6 +283,7 @@ where
 
     /// Fails a call this handle cannot take, *not sent*, saying why.
     fn refuse(&self, envelope: Envelope<Req, Resp>) {
+        self.shared.refused();
         envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
     }
 

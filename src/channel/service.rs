@@ -236,8 +236,9 @@ where
         let timing = self.channel.shared.timing();
         let span = call_span(&call);
         let (waiter, pending) = call.shape.open(&self.channel.shared.limits);
-        if let Some(envelope) = call.into_envelope(waiter) {
-            self.channel.submit(envelope);
+        match call.into_envelope(waiter) {
+            Some(envelope) => self.channel.submit(envelope),
+            None => self.channel.shared.refused(),
         }
         #[allow(unused_mut)]
         let mut reply = ReplyFuture::new(pending, span);
@@ -273,6 +274,7 @@ where
                         mpsc::error::TrySendError::Closed(_) => (Kind::Closed, self.refusal()),
                         mpsc::error::TrySendError::Full(_) => (Kind::Overloaded, None),
                     };
+                    self.shared.refused();
                     envelope.fail_unsent(kind, cause.as_ref());
                     return;
                 }
@@ -280,6 +282,7 @@ where
         };
         if self.refuses() {
             // The task may be gone (it panicked): a send now could wait forever.
+            self.shared.refused();
             envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
             return;
         }

@@ -121,7 +121,7 @@ where
     /// Where callers remain, the task is woken when they leave.
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
         while let Ok(mut call) = self.intake.try_recv() {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.took(&mut call.weight);
             self.held.push_back(call);
         }
         let before = self.held.len();
@@ -152,7 +152,7 @@ where
         };
         match ready!(polled) {
             Some(mut call) => {
-                self.shared.unqueue(std::mem::take(&mut call.weight));
+                self.shared.took(&mut call.weight);
                 Poll::Ready(Some(call))
             }
             None => {
@@ -197,7 +197,13 @@ where
                 self.take(cx)
             }
             // Handshake calls are never weighed for the overload signal.
-            Lane::Handshake(rx) => rx.poll_recv(cx),
+            Lane::Handshake(rx) => {
+                let call = ready!(rx.poll_recv(cx));
+                if call.is_some() {
+                    self.shared.took(&mut 0);
+                }
+                Poll::Ready(call)
+            }
             Lane::Drain => Poll::Ready(None),
         }
     }
@@ -214,7 +220,7 @@ where
     /// closed and *not sent*, until no handle can send any more.
     pub(crate) fn poll_fail_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while let Some(mut call) = ready!(self.intake.poll_recv(cx)) {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.took(&mut call.weight);
             call.fail_unsent(Kind::Closed, None);
         }
         Poll::Ready(())
@@ -227,7 +233,7 @@ where
             call.fail_unsent(kind, cause);
         }
         while let Ok(mut call) = self.intake.try_recv() {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.took(&mut call.weight);
             call.fail_unsent(kind, cause);
         }
     }
