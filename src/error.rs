@@ -3,10 +3,12 @@
 //! Every call fails with one [`Error`]. Two questions matter to a caller and each has its
 //! own answer:
 //!
-//! * **Did the request reach the server?** [`Error::is_not_sent`] is true when the request
-//!   was never handed to the transport: it is safe to retry, and
-//!   [`Error::take_request`] gives it back. [`Error::may_have_executed`] is true when it was
-//!   written (or answered with an error reply): retrying may execute it twice.
+//! * **Can the server have executed it?** [`Error::is_not_sent`] is true when it cannot:
+//!   the request was never handed to the transport (then [`Error::take_request`] gives
+//!   it back), or the server answered that it did not run it
+//!   ([`Verdict`](crate::Verdict); the written request is gone). It is safe to retry.
+//!   [`Error::may_have_executed`] is true otherwise: written (or answered with an error
+//!   reply), so retrying may execute it twice.
 //! * **Why did it fail?** [`Error::kind`], with the underlying cause behind
 //!   [`std::error::Error::source`] (for a lost connection, a [`ConnectionError`]).
 //!
@@ -123,9 +125,12 @@ impl Error {
         self.inner.kind
     }
 
-    /// The request was never handed to the transport: retrying it cannot execute it twice.
+    /// The server cannot have executed the call: retrying it cannot execute it twice.
     ///
-    /// [`take_request`](Error::take_request) gives it back.
+    /// Either the request was never handed to the transport, and
+    /// [`take_request`](Error::take_request) gives it back; or it was written and the
+    /// server answered that it did not run it ([`Verdict`](crate::Verdict)), and there is
+    /// no request to give back (a `Server` error).
     pub fn is_not_sent(&self) -> bool {
         !self.inner.written
     }

@@ -167,6 +167,8 @@
 //! | The channel is closed (`close`, a shutdown, a task that is gone) before it was written | `Closed` | not sent | on another channel only (a closed channel stays closed) | 503 | `UNAVAILABLE` |
 //! | Written, then closed (`close`, a shutdown's deadline passed, the task vanished) | `Closed` | may have executed | no (on another channel, if idempotent) | 502 | `UNKNOWN` |
 //! | The server answered with an error reply ([`Protocol::check`]) | `Server` | answered | no: it is the answer | by the reply (a missing key 404, a bad argument 400), else 502 | by the reply, else `INTERNAL` |
+//! | The server answered that the call did not run ([`Verdict::NotRun`]: Redis `LOADING`) | `Server` | not sent | yes, from a copy (the written request is not in the error) | 503 | `UNAVAILABLE` |
+//! | The server answered that it is the wrong one ([`Verdict::WrongServer`]: Redis `READONLY` on a demoted master); the channel leaves it | `Server` | not sent | yes, from a copy: the channel reconnects after a backoff, that host last | 503 | `UNAVAILABLE` |
 //! | The reply outgrew a limit ([`Config::max_reply_frames`]) | `Limit` | may have executed | no | 502 | `INTERNAL` |
 //! | `Service::call` without `poll_ready`, intake full | `Overloaded` | not sent | yes, after a delay | 503 | `UNAVAILABLE` |
 //! | A caller-supplied session id still in use | `IdInUse` | not sent | no: a caller's bug | 500 | `INTERNAL` |
@@ -192,6 +194,8 @@
 //!         .is_some_and(|c| c.kind() == socketchannel::ConnectionErrorKind::Stalled);
 //!     match err.kind() {
 //!         Kind::IdInUse | Kind::Unsupported => (500, "INTERNAL"),
+//!         // The server's word that it did not run the call.
+//!         Kind::Server if err.is_not_sent() => (503, "UNAVAILABLE"),
 //!         Kind::Server | Kind::Limit => (502, "INTERNAL"),
 //!         _ if err.is_not_sent() => (503, "UNAVAILABLE"),
 //!         _ if stalled => (504, "DEADLINE_EXCEEDED"),
@@ -358,7 +362,7 @@ pub use crate::connect::{SocketConnector, SocketStream, TcpConnector};
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
 pub use crate::meter::Metered;
 pub use crate::mux::{Mode, Order, Session};
-pub use crate::protocol::{Plain, Protocol, SessionId, Sessions};
+pub use crate::protocol::{Plain, Protocol, SessionId, Sessions, Verdict};
 pub use crate::reconnect::{
     Backoff, ConnectError, Endpoint, Handshake, IntoHost, InvalidEndpoint, Reconnect,
 };

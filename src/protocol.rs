@@ -36,6 +36,81 @@ pub trait Protocol<Req, Resp>: Send + Sync + 'static {
     fn check(&self, resp: Resp) -> Result<Resp, BoxError> {
         Ok(resp)
     }
+
+    /// What the server says with this frame beyond the reply it is: that the call did
+    /// not run, that this connection is the wrong one, or that the server wants this
+    /// connection drained. The default, [`Verdict::Reply`], leaves it all to
+    /// [`check`](Self::check).
+    ///
+    /// Called once per frame read, before matching (a [`Drain`](Verdict::Drain) frame
+    /// is nobody's reply) and after [`is_push`](Self::is_push), on the connection task:
+    /// it must be cheap. A panic in it is a panic on the connection task, as in
+    /// `check`: the calls waiting on that connection fail *may have executed*.
+    ///
+    /// ```
+    /// use socketchannel::{Protocol, Verdict};
+    /// # struct Resp { error: Option<String> }
+    /// struct Redis;
+    ///
+    /// impl<Req> Protocol<Req, Resp> for Redis {
+    ///     fn verdict(&self, resp: &Resp) -> Verdict {
+    ///         match resp.error.as_deref() {
+    ///             // Nothing ran: this node is loading its data set.
+    ///             Some(e) if e.starts_with("LOADING") => Verdict::NotRun,
+    ///             // Nothing ran, and this node is no longer the master.
+    ///             Some(e) if e.starts_with("READONLY") => Verdict::WrongServer,
+    ///             _ => Verdict::Reply,
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn verdict(&self, _resp: &Resp) -> Verdict {
+        Verdict::Reply
+    }
+}
+
+/// What a frame says beyond the reply it is ([`Protocol::verdict`]).
+///
+/// | verdict | the call it answers | the connection |
+/// |---|---|---|
+/// | `Reply` | [`check`](Protocol::check) decides | kept |
+/// | `NotRun` | fails [`Kind::Server`](crate::Kind::Server), *not sent* | kept |
+/// | `WrongServer` | fails [`Kind::Server`](crate::Kind::Server), *not sent* | left: a new one is opened through the handshake, as after a failed attempt (backoff, that host tried last) |
+/// | `Drain` | none: not a reply | writes nothing new; its written calls finish, queued calls go to a new connection |
+///
+/// A *not sent* call was not executed, on the server's word, so
+/// [`RetryNotSent`](crate::RetryNotSent) retries it when it has the request in hand.
+/// Only a call whose whole reply says so is *not sent*: a multi-frame reply
+/// ([`Channel::request_n`](crate::Channel::request_n), until final, a stream) with one
+/// `NotRun` frame among ordinary ones fails *may have executed*, as the other frames'
+/// commands ran.
+///
+/// Without a reconnect (a channel over a transport of one's own) there is no other
+/// connection to go to: `WrongServer` fails its call as `NotRun` does and the
+/// connection is kept; `Drain` fails the queued calls *not sent* and closes the
+/// channel once the written ones finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// An ordinary reply, or part of one.
+    Reply,
+    /// An error reply that promises the call did not run (Redis `LOADING`,
+    /// `MASTERDOWN`, `TRYAGAIN`).
+    NotRun,
+    /// The call did not run, and this connection is no longer the right one: a demoted
+    /// node (Redis `READONLY` on a master turned replica), a "not primary" reply. Not a
+    /// per-key redirect such as Redis `MOVED`, which says nothing of the connection.
+    WrongServer,
+    /// Not a reply: the server asks that this connection take no new calls (HTTP/2
+    /// `GOAWAY`, Finagle Mux's `Tdrain`).
+    Drain,
+}
+
+impl Verdict {
+    /// The call did not run: `NotRun` or `WrongServer`.
+    pub(crate) fn not_run(self) -> bool {
+        matches!(self, Verdict::NotRun | Verdict::WrongServer)
+    }
 }
 
 /// A protocol with one-frame replies, no pushes and no error replies.

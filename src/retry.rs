@@ -19,8 +19,13 @@ use crate::error::{Error, Kind};
 /// result, not a recovery. A [`Call`] marked [`idempotent`](Call::idempotent) (a read)
 /// is retried after a lost connection too.
 ///
+/// A `Server` error is an answer, and not retried, unless the server said the call did
+/// not run ([`Verdict`](crate::Verdict): Redis `LOADING`, `READONLY`); such a call was
+/// written, so its error holds no request: it is retried from a copy (`Req: Clone`, or
+/// an idempotent `Call`), and a `Call` without one is not.
+///
 /// Never retried: errors of the call itself or answers (`Unsupported`, `IdInUse`,
-/// `Server`, `Limit`); `Closed` (a closed channel stays closed; over several channels,
+/// `Server` but as above, `Limit`); `Closed` (a closed channel stays closed; over several channels,
 /// send the call to another yourself); and a [`Call::read`], which waits for the next
 /// frame of its own connection and would take another call's reply on a new one. tower's
 /// `Retry` ends with the error of a retry's `poll_ready` when that fails: the caller then
@@ -106,6 +111,9 @@ impl RetryNotSent {
     /// May this failure be retried, attempts left aside from the budget?
     fn retryable(&self, err: &Error, idempotent: bool) -> bool {
         let by_kind = match err.kind() {
+            // The server answered that the call did not run (`Verdict::NotRun`,
+            // `WrongServer`): again, perhaps elsewhere, it may.
+            Kind::Server if err.is_not_sent() => true,
             // The call itself is wrong, or the server answered: a retry changes nothing.
             Kind::Unsupported | Kind::IdInUse | Kind::Server | Kind::Limit => false,
             // A closed channel stays closed: the retry's `poll_ready` would fail and its

@@ -21,7 +21,7 @@ use redis_protocol::error::{RedisProtocolError, RedisProtocolErrorKind};
 use redis_protocol::resp2::types::BytesFrame as Resp2Frame;
 use redis_protocol::resp3::encode::complete::extend_encode;
 pub use redis_protocol::resp3::types::{BytesFrame as Frame, Resp3Frame};
-use socketchannel::{BoxError, Channel, Order, Protocol};
+use socketchannel::{BoxError, Channel, Order, Protocol, Verdict};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
@@ -304,6 +304,24 @@ impl<Req> Protocol<Req, Frame> for Redis {
                 .and_then(Resp3Frame::as_str)
                 .is_some_and(|kind| PUBSUB_KINDS.contains(&kind)),
             _ => false,
+        }
+    }
+
+    /// The errors that promise nothing ran: `LOADING` (the data set is being loaded),
+    /// `MASTERDOWN` (a replica that serves no stale data), `TRYAGAIN`; and `READONLY`,
+    /// which says more: this node is a replica now (a demoted master), so the channel
+    /// leaves it. Not `MOVED`/`ASK`: those are per key.
+    fn verdict(&self, frame: &Frame) -> Verdict {
+        let error = match frame {
+            Frame::SimpleError { data, .. } => data.as_bytes(),
+            Frame::BlobError { data, .. } => &data[..],
+            _ => return Verdict::Reply,
+        };
+        let code = error.split(|&b| b == b' ').next().unwrap_or_default();
+        match code {
+            b"READONLY" => Verdict::WrongServer,
+            b"LOADING" | b"MASTERDOWN" | b"TRYAGAIN" => Verdict::NotRun,
+            _ => Verdict::Reply,
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ReplyLimits;
 use crate::error::{Cause, Error, Kind, LimitError};
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, Verdict};
 
 /// The frames a call writes.
 #[derive(Debug)]
@@ -120,6 +120,8 @@ pub(crate) struct Collect<Resp> {
     parts: Vec<Resp>,
     until: Until,
     error: Option<Error>,
+    /// Every frame so far said its command did not run ([`Verdict::not_run`]).
+    not_run: bool,
     budget: Budget,
 }
 
@@ -130,6 +132,7 @@ impl<Resp> Collect<Resp> {
             parts: Vec::new(),
             until,
             error: None,
+            not_run: true,
             budget: Budget::new(limits),
         }))
     }
@@ -171,6 +174,8 @@ pub(crate) struct StreamTx<Resp> {
     budget: Budget,
     /// The reader fell behind or the reply outgrew a limit: the rest is discarded.
     failed: bool,
+    /// A frame was delivered: the next one is not the reply's first.
+    seen: bool,
 }
 
 impl<Resp> StreamTx<Resp> {
@@ -186,6 +191,7 @@ impl<Resp> StreamTx<Resp> {
             until,
             budget: Budget::new(limits),
             failed: false,
+            seen: false,
         }))
     }
 
@@ -274,14 +280,19 @@ impl<Resp> Waiter<Resp> {
 
     /// Hands one reply frame to the caller. Returns true when the reply is complete and
     /// the slot can be freed.
-    pub(crate) fn deliver<Req, P: Protocol<Req, Resp>>(&mut self, frame: Resp, proto: &P) -> bool
+    pub(crate) fn deliver<Req, P: Protocol<Req, Resp>>(
+        &mut self,
+        frame: Resp,
+        proto: &P,
+        verdict: Verdict,
+    ) -> bool
     where
         Resp: 'static,
     {
         match self {
             Waiter::One(tx) => {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(proto.check(frame).map_err(Error::server));
+                    let _ = tx.send(judge(proto, frame, verdict));
                 }
                 true
             }
@@ -298,17 +309,19 @@ impl<Resp> Waiter<Resp> {
                     }
                     return last;
                 }
-                match proto.check(frame) {
+                c.not_run &= verdict.not_run();
+                match judge(proto, frame, verdict) {
                     Ok(frame) => c.parts.push(frame),
                     // The first error reply fails the call; the rest of its frames are
                     // still read so the stream stays in step.
                     Err(e) => {
-                        c.error.get_or_insert_with(|| Error::server(e));
+                        c.error.get_or_insert(e);
                     }
                 }
                 if last && let Some(tx) = c.tx.take() {
+                    // Not sent only if no frame of the reply says a command ran.
                     let outcome = match c.error.take() {
-                        Some(e) => Err(e),
+                        Some(e) => Err(e.written(!c.not_run)),
                         None => Ok(std::mem::take(&mut c.parts)),
                     };
                     let _ = tx.send(outcome);
@@ -331,7 +344,11 @@ impl<Resp> Waiter<Resp> {
                     s.finish(Some(Err(err)));
                     return last;
                 }
-                let item = proto.check(frame).map_err(Error::server);
+                // Not sent only for a reply of one frame that says so.
+                let lone = !s.seen && last;
+                s.seen = true;
+                let item = judge(proto, frame, verdict)
+                    .map_err(|e| if lone { e } else { e.written(true) });
                 if last {
                     s.finish(Some(item));
                 } else {
@@ -365,6 +382,25 @@ impl<Resp> Waiter<Resp> {
             }
         }
     }
+}
+
+/// A reply frame's outcome for its caller: [`Protocol::check`]'s, unless the server
+/// said the call did not run, which fails it *not sent* (with `check`'s error as the
+/// cause, when it gives one).
+fn judge<Req, Resp, P: Protocol<Req, Resp>>(
+    proto: &P,
+    frame: Resp,
+    verdict: Verdict,
+) -> Result<Resp, Error> {
+    let checked = proto.check(frame).map_err(Error::server);
+    if !verdict.not_run() {
+        return checked;
+    }
+    let err = match checked {
+        Err(err) => err,
+        Ok(_) => Error::server("the server said the call did not run".into()),
+    };
+    Err(err.written(false))
 }
 
 /// A call in the intake.

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::call::{Envelope, Frames, Waiter};
+use super::engine::Ended;
 use super::matcher::{Entry, Matcher};
 use super::retire::Retire;
 use super::stall::Stall;
@@ -32,6 +33,12 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     /// A reply reached a call on this connection: the host answered (a frame read, or
     /// a push, does not count).
     pub(crate) answered: bool,
+    /// The server said to leave this connection ([`Verdict::WrongServer`],
+    /// [`Verdict::Drain`]), seen by the read and acted on by the task that owns it.
+    ///
+    /// [`Verdict::WrongServer`]: crate::Verdict::WrongServer
+    /// [`Verdict::Drain`]: crate::Verdict::Drain
+    pub(crate) leave: Option<Ended>,
     /// When to retire the connection for its orphans (calls whose caller is gone and
     /// that the server has not answered): set by a reconnecting channel, which can move
     /// its calls to a fresh connection. Off on a fixed transport.
@@ -71,6 +78,7 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             needs_flush: false,
             stall: Stall::default(),
             answered: false,
+            leave: None,
             retire: None,
             reported: 0,
             shared,

@@ -28,6 +28,22 @@ pub(crate) enum Route<Resp> {
     Unknown,
     /// Order mode: no call waits at all. The stream is out of step.
     Desync,
+    /// Given to its call, which did not run, on the server's word that this connection
+    /// is the wrong one ([`Verdict::WrongServer`](crate::Verdict::WrongServer)).
+    WrongServer,
+    /// Not a reply: the server asks that this connection be drained
+    /// ([`Verdict::Drain`](crate::Verdict::Drain)).
+    Drain,
+}
+
+impl<Resp> Route<Resp> {
+    /// A frame given to its call, with what its verdict says of the connection.
+    pub(crate) fn delivered(verdict: crate::Verdict) -> Self {
+        match verdict {
+            crate::Verdict::WrongServer => Route::WrongServer,
+            _ => Route::Delivered,
+        }
+    }
 }
 
 /// Matches reply frames to waiting calls: by FIFO position ([`Order`](super::Order)) or

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use super::call::Frames;
 use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans};
 use crate::error::{Error, Kind};
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, Verdict};
 
 /// Order mode (pipelining): requests are written in order and the server answers in the
 /// same order.
@@ -75,13 +75,17 @@ where
         if self.protocol.is_push(&frame) {
             return Route::Push(frame);
         }
+        let verdict = self.protocol.verdict(&frame);
+        if verdict == Verdict::Drain {
+            return Route::Drain;
+        }
         let Some(head) = self.queue.front_mut() else {
             return Route::Desync;
         };
-        if head.waiter.deliver(frame, &self.protocol) {
+        if head.waiter.deliver(frame, &self.protocol, verdict) {
             self.queue.pop_front();
         }
-        Route::Delivered
+        Route::delivered(verdict)
     }
 
     fn pending(&self) -> usize {

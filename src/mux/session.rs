@@ -9,7 +9,7 @@ use super::call::Frames;
 use super::ids::IdTable;
 use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans};
 use crate::error::{Error, Kind};
-use crate::protocol::{SessionId, Sessions};
+use crate::protocol::{SessionId, Sessions, Verdict};
 
 /// Session mode (multiplexing): the channel stamps a session id into each request and
 /// matches replies by the id they carry, in any order.
@@ -161,17 +161,21 @@ where
         if self.sessions.is_push(&frame) {
             return Route::Push(frame);
         }
+        let verdict = self.sessions.verdict(&frame);
+        if verdict == Verdict::Drain {
+            return Route::Drain;
+        }
         let Some(id) = self.sessions.session(&frame).map(SessionId::into_u64) else {
             let Some(read) = self.reads.front_mut() else {
                 warn!("reply without a session id and no read waiting; dropped");
                 return Route::Unknown;
             };
-            if read.waiter.deliver(frame, &self.sessions)
+            if read.waiter.deliver(frame, &self.sessions, verdict)
                 && let Some(read) = self.reads.pop_front()
             {
                 self.removed(&read);
             }
-            return Route::Delivered;
+            return Route::delivered(verdict);
         };
         let Some(entry) = self.live.get_mut(id) else {
             warn!(id, "reply for a session id that is not waiting; dropped");
@@ -180,12 +184,12 @@ where
         // Matched by its id: the id can go (`Sessions::unstamp`, a no-op by default)
         // before `is_final`, `check` and the caller see the frame.
         let frame = self.sessions.unstamp(frame);
-        if entry.waiter.deliver(frame, &self.sessions)
+        if entry.waiter.deliver(frame, &self.sessions, verdict)
             && let Some(entry) = self.live.remove(id)
         {
             self.removed(&entry);
         }
-        Route::Delivered
+        Route::delivered(verdict)
     }
 
     fn pending(&self) -> usize {

@@ -10,7 +10,7 @@ use tokio::time::Sleep;
 use tracing::debug;
 
 use super::conn::Conn;
-use super::engine::{Engine, Lane};
+use super::engine::{Ended, Engine, Lane};
 use super::matcher::Matcher;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Error, Kind};
 use crate::shared::{Control, State};
@@ -132,6 +132,20 @@ where
         }
         match this.engine.poll_conn(cx, conn, Lane::User) {
             Poll::Pending => Poll::Pending,
+            // No other connection to go to: the call that said so failed *not sent*.
+            Poll::Ready(Ok(Ended::WrongServer)) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            // The queued calls fail *not sent*, and the channel closes once the written
+            // ones finish (the intake is done: the connection ends when it is idle).
+            Poll::Ready(Ok(Ended::Drain)) => {
+                debug!("the server asked to drain the connection; closing the channel");
+                this.engine.shared.set_closed();
+                this.engine.fail_queued_and_close(Kind::Closed, None);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             // No connector to retire to: `orphan_limit` is never set here.
             Poll::Ready(Ok(_)) => {
                 debug!("all handles dropped and every call answered; connection closed");

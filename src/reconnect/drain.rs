@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Sleep;
+use tracing::warn;
 
 use super::task::{ConnOf, Phase, Task};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
@@ -64,6 +65,23 @@ where
         }
     }
 
+    /// The server said this connection is the wrong one
+    /// ([`Verdict::WrongServer`](crate::Verdict::WrongServer)): its written calls drain,
+    /// and the next connection is made as after a failed attempt: after a backoff, with
+    /// that host tried last, so a node that keeps saying so is no hot loop.
+    pub(super) fn wrong_server(
+        &mut self,
+        conn: ConnOf<T, M, Req, Resp>,
+    ) -> Phase<T, M::Matcher, Req, Resp> {
+        warn!("the server said this connection is the wrong one: leaving it");
+        self.engine.shared.stats.retired(1);
+        self.draining
+            .push(Draining::new(conn, self.opts.drain_timeout));
+        self.last_error = Some(Arc::new(WrongServer));
+        self.demote_current = true;
+        self.back_off(false)
+    }
+
     /// Polls the old connections; removes those that finished or failed.
     pub(super) fn poll_draining(&mut self, cx: &mut Context<'_>) {
         let mut i = 0;
@@ -90,3 +108,17 @@ where
         }
     }
 }
+
+/// Why a channel left a connection on the server's word
+/// ([`Verdict::WrongServer`](crate::Verdict::WrongServer)): the cause a backoff
+/// reports.
+#[derive(Debug)]
+pub(super) struct WrongServer;
+
+impl std::fmt::Display for WrongServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server said this connection is the wrong one")
+    }
+}
+
+impl std::error::Error for WrongServer {}

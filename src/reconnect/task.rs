@@ -243,6 +243,12 @@ where
                         Err(())
                     }
                     Poll::Ready(Ok(Ended::Retire)) => Ok(self.retire(conn)),
+                    Poll::Ready(Ok(Ended::Drain)) => {
+                        info!("the server asked to drain the connection: retiring it");
+                        self.engine.shared.stats.retired(1);
+                        Ok(self.retire(conn))
+                    }
+                    Poll::Ready(Ok(Ended::WrongServer)) => Ok(self.wrong_server(conn)),
                     Poll::Ready(Err(why)) => Ok(self.lost(conn, why)),
                 }
             }

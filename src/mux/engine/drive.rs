@@ -70,6 +70,13 @@ where
                     .map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(Ended::Done));
             }
+            // The server's word to leave is acted on in the users' lane: a handshake
+            // finishes first (its own calls got their verdicts), a drain goes on.
+            if matches!(lane, Lane::User)
+                && let Some(leave) = conn.leave.take()
+            {
+                return Poll::Ready(Ok(leave));
+            }
             // With no stall timer watching the waiting calls (exempt, or none set), the
             // orphan rule keeps its own clock.
             let unwatched = self.stall.is_none() || !watched;

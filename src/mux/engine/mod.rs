@@ -61,6 +61,13 @@ pub(crate) enum Ended {
     /// Too many orphans hold its slots ([`Conn::should_retire`]): new calls should go to
     /// a fresh connection while this one drains.
     Retire,
+    /// The server asked that it be drained ([`Verdict::Drain`](crate::Verdict::Drain)):
+    /// as `Retire`.
+    Drain,
+    /// The server said it is the wrong one
+    /// ([`Verdict::WrongServer`](crate::Verdict::WrongServer)): it drains, and the next
+    /// connection is made as after a failed attempt.
+    WrongServer,
 }
 
 /// Where a connection takes the calls it writes (after those tied to it).

@@ -8,7 +8,7 @@ use futures_core::Stream;
 use tower::BoxError;
 use tracing::trace;
 
-use super::{Engine, READ_BATCH, fail};
+use super::{Ended, Engine, READ_BATCH, fail};
 use crate::error::{ConnectionError, ConnectionErrorKind as Why};
 use crate::mux::conn::Conn;
 use crate::mux::matcher::{Matcher, Route};
@@ -44,6 +44,14 @@ where
                 Route::Push(frame) => self.push(frame),
                 Route::Unknown => self.shared.stats.unknown(1),
                 Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
+                Route::WrongServer => {
+                    conn.answered = true;
+                    conn.leave = Some(Ended::WrongServer);
+                }
+                // Wrong server wins: it also says to back off from this host.
+                Route::Drain => {
+                    conn.leave.get_or_insert(Ended::Drain);
+                }
             }
         }
         Ok(n)

@@ -1,0 +1,449 @@
+//! The server's word on a reply ([`Verdict`]): a reply that says the call did not run
+//! fails it *not sent*; one that says the connection is the wrong one also makes the
+//! channel leave it, back off and try that host last; a drain notice moves new calls
+//! to a new connection and loses none.
+//!
+//! The in-process servers speak lines: each word of a request line is answered with a
+//! line, its upper case, except `loading` (`LOADING`: did not run), `readonly`
+//! (`READONLY`: wrong server), `err` (`ERR`: an ordinary error reply) and a word
+//! starting `flaky`, which is `LOADING` the first time the server sees it. The Redis
+//! test demotes a real master with `REPLICAOF` under load.
+
+#[path = "../examples/common/mod.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use socketchannel::{
+    Backoff, BoxError, Call, Channel, Endpoint, Error, Handshake, Kind, Order, Protocol, Replies,
+    RetryNotSent, State, Verdict,
+};
+use tokio::io::DuplexStream;
+use tokio_util::codec::{Framed, LinesCodec};
+use tower::{ServiceBuilder, ServiceExt};
+
+use common::process::within;
+
+const TEST: Duration = Duration::from_secs(40);
+
+/// The line protocol's verdicts and error replies.
+#[derive(Clone, Copy)]
+struct Words;
+
+impl Protocol<String, String> for Words {
+    fn verdict(&self, resp: &String) -> Verdict {
+        match resp.split(' ').next() {
+            Some("LOADING") => Verdict::NotRun,
+            Some("READONLY") => Verdict::WrongServer,
+            Some("DRAIN") => Verdict::Drain,
+            _ => Verdict::Reply,
+        }
+    }
+
+    fn check(&self, resp: String) -> Result<String, BoxError> {
+        match resp.split(' ').next() {
+            Some("LOADING" | "READONLY" | "ERR") => Err(resp.into()),
+            _ => Ok(resp),
+        }
+    }
+}
+
+/// How one in-process server answers.
+#[derive(Clone, Default)]
+struct Script {
+    /// Answers every word `READONLY`.
+    readonly: bool,
+    /// Sends `DRAIN` after the script's connections read this many lines in all (then
+    /// answers them all).
+    drain_after: Option<usize>,
+    /// The `flaky` words seen, shared by the server's connections.
+    seen: Arc<Mutex<HashSet<String>>>,
+    /// Lines read, by every connection of this script.
+    lines: Arc<AtomicUsize>,
+}
+
+async fn serve(io: DuplexStream, script: Script) {
+    let mut io = Framed::new(io, LinesCodec::new());
+    while let Some(Ok(line)) = io.next().await {
+        let read = script.lines.fetch_add(1, Ordering::SeqCst) + 1;
+        if script.drain_after == Some(read) && io.send("DRAIN".to_string()).await.is_err() {
+            return;
+        }
+        for word in line.split(' ') {
+            let answer = match word {
+                _ if script.readonly => "READONLY You can't write against a replica".to_string(),
+                "loading" => "LOADING the data set".to_string(),
+                "readonly" => "READONLY".to_string(),
+                "err" => "ERR bad".to_string(),
+                w if w.starts_with("flaky") => {
+                    if script.seen.lock().unwrap().insert(w.to_string()) {
+                        "LOADING once".to_string()
+                    } else {
+                        w.to_uppercase()
+                    }
+                }
+                w => w.to_uppercase(),
+            };
+            if io.send(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A channel over one in-process connection (no reconnect).
+fn fixed(script: Script) -> Channel<String, String> {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    tokio::spawn(serve(server, script));
+    Channel::new(Framed::new(client, LinesCodec::new()), Order::new(Words))
+}
+
+/// A reconnecting channel whose every connection is an in-process server: the script
+/// of the endpoint's port (`scripts[port - 1]`), each connect counted by port.
+fn reconnecting(
+    scripts: Vec<Script>,
+    backups: &[&str],
+    connects: Arc<Mutex<Vec<u16>>>,
+) -> Channel<String, String> {
+    let connector = tower::service_fn(move |endpoint: Endpoint| {
+        let script = scripts[usize::from(endpoint.port()) - 1].clone();
+        connects.lock().unwrap().push(endpoint.port());
+        async move {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve(server, script));
+            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
+        }
+    });
+    let mut builder = Channel::builder()
+        .host("127.0.0.1:1")
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ));
+    for backup in backups {
+        builder = builder.backup(*backup);
+    }
+    builder
+        .connector(connector, Order::new(Words))
+        .expect("valid hosts")
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+fn outcome(err: &Error) -> (Kind, bool) {
+    (err.kind(), err.is_not_sent())
+}
+
+#[tokio::test]
+async fn a_reply_that_says_nothing_ran_fails_its_call_not_sent_and_the_connection_stays() {
+    let channel = fixed(Script::default());
+    let mut err = channel.request(s("loading")).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, true));
+    assert!(err.to_string().contains("not sent"), "{err}");
+    // Written: the encoder took the request, so there is none to give back.
+    assert_eq!(err.take_request::<String>(), None);
+    // check's error is the cause.
+    let cause = std::error::Error::source(&err).map(|e| e.to_string());
+    assert_eq!(cause.as_deref(), Some("LOADING the data set"));
+    // An ordinary error reply may have executed.
+    let err = channel.request(s("err")).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, false));
+
+    // A multi-frame reply is not sent only if every frame says so.
+    let err = channel
+        .request_n(s("loading loading"), 2)
+        .await
+        .unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, true));
+    let err = channel.request_n(s("a loading"), 2).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, false));
+    let err = channel.request_n(s("loading a"), 2).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, false));
+    // A stream's lone frame, and a stream's first of two.
+    let mut lone = channel.stream(s("loading"), Replies::Count(1)).await;
+    let err = lone.next().await.unwrap().unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, true));
+    let mut two = channel.stream(s("loading a"), Replies::Count(2)).await;
+    let err = two.next().await.unwrap().unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, false));
+    // (An error ends a stream; the rest of its reply is read and dropped.)
+    drop(two);
+    // Through the tower service of every shape, too.
+    let reply = channel.calls().oneshot(Call::new(s("loading"))).await;
+    let err = reply.err().unwrap();
+    let err = err.downcast_ref::<Error>().unwrap();
+    assert_eq!(outcome(err), (Kind::Server, true));
+
+    // The connection stayed: no reconnect on a fixed transport anyway, and no desync.
+    assert_eq!(channel.request(s("a")).await.unwrap(), "A");
+    assert_eq!(channel.counters().unknown, 0);
+}
+
+#[tokio::test]
+async fn retry_not_sent_retries_a_call_the_server_did_not_run_when_it_has_a_copy() {
+    let script = Script::default();
+    let channel = fixed(script.clone());
+    // `Req: Clone`: the policy keeps a copy, and the retry runs it.
+    let svc = ServiceBuilder::new()
+        .retry(RetryNotSent::new(3))
+        .service(channel.clone());
+    assert_eq!(svc.oneshot(s("flaky1")).await.unwrap(), "FLAKY1");
+    assert_eq!(script.lines.load(Ordering::SeqCst), 2, "written twice");
+
+    // A `Call` keeps no copy (the error holds no request once written): not retried.
+    let calls = ServiceBuilder::new()
+        .retry(RetryNotSent::new(3))
+        .service(channel.calls());
+    let err = calls
+        .clone()
+        .oneshot(Call::new(s("flaky2")))
+        .await
+        .unwrap_err();
+    let err = err.downcast_ref::<Error>().unwrap();
+    assert_eq!(outcome(err), (Kind::Server, true));
+    assert_eq!(script.lines.load(Ordering::SeqCst), 3);
+    // An idempotent one keeps a copy: retried.
+    let reply = calls
+        .oneshot(Call::new(s("flaky3")).idempotent())
+        .await
+        .unwrap();
+    assert_eq!(reply.into_one().unwrap(), "FLAKY3");
+    assert_eq!(script.lines.load(Ordering::SeqCst), 5);
+
+    // An ordinary error reply is the answer: never retried.
+    let svc = ServiceBuilder::new()
+        .retry(RetryNotSent::new(3))
+        .service(channel.clone());
+    assert!(svc.oneshot(s("err")).await.is_err());
+    assert_eq!(script.lines.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn a_drain_on_a_fixed_transport_finishes_the_written_calls_then_closes() {
+    let channel = fixed(Script {
+        drain_after: Some(1),
+        ..Script::default()
+    });
+    // The server reads `a b`, says DRAIN, then answers both: the written call finishes.
+    assert_eq!(channel.request_n(s("a b"), 2).await.unwrap(), ["A", "B"]);
+    let err = channel.request(s("c")).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Closed, true));
+    let mut state = channel.state();
+    within(
+        Duration::from_secs(5),
+        "closed",
+        state.wait_for(|s| *s == State::Closed),
+    )
+    .await
+    .unwrap();
+    // A drain notice is nobody's reply: no desync, nothing unknown.
+    assert_eq!(channel.counters().unknown, 0);
+}
+
+#[tokio::test]
+async fn a_drain_under_load_moves_new_calls_to_a_new_connection_and_loses_none() {
+    within(TEST, "test", async {
+        let connects = Arc::new(Mutex::new(Vec::new()));
+        let script = Script {
+            drain_after: Some(100),
+            ..Script::default()
+        };
+        let channel = reconnecting(vec![script], &[], connects.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8 {
+            let channel = channel.clone();
+            tasks.spawn(async move {
+                for i in 0..100 {
+                    let word = format!("t{t}x{i}");
+                    let reply = channel.request(word.clone()).await.expect("no call fails");
+                    assert_eq!(reply, word.to_uppercase(), "its own reply");
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        // Drained connections are not counted as each connection's own `received`.
+        assert_eq!(connects.lock().unwrap().len(), 2, "one new connection");
+        let counters = channel.counters();
+        assert_eq!(counters.retired, 1);
+        assert_eq!(counters.unknown, 0);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wrong_server_is_left_for_the_backup_and_a_retry_lands_there() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let readonly = Script {
+        readonly: true,
+        ..Script::default()
+    };
+    let channel = reconnecting(
+        vec![readonly.clone(), Script::default()],
+        &["127.0.0.1:2"],
+        connects.clone(),
+    );
+    // The first call meets the demoted host: not run, not sent.
+    let err = channel.request(s("a")).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, true));
+    // The channel left it; after the backoff, the backup is tried first.
+    let svc = ServiceBuilder::new()
+        .retry(RetryNotSent::new(2))
+        .service(channel.clone());
+    assert_eq!(svc.oneshot(s("b")).await.unwrap(), "B");
+    assert_eq!(*connects.lock().unwrap(), [1, 2]);
+    assert_eq!(channel.counters().retired, 1);
+    for _ in 0..20 {
+        assert_eq!(channel.request(s("c")).await.unwrap(), "C");
+    }
+    assert_eq!(connects.lock().unwrap().len(), 2, "stays on the backup");
+}
+
+/// A node that answers every call `READONLY`, and no other host: each verdict is a
+/// failed attempt, so connects follow the backoff (100 ms doubling to 2 s), not the
+/// call rate.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_keeps_saying_wrong_server_is_no_hot_loop() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let readonly = Script {
+        readonly: true,
+        ..Script::default()
+    };
+    let channel = reconnecting(vec![readonly.clone()], &[], connects.clone());
+    let start = tokio::time::Instant::now();
+    let mut calls = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let err = channel.request(s("a")).await.unwrap_err();
+        assert!(err.is_not_sent(), "{err}");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let connects = connects.lock().unwrap().len();
+    // Delays of 100 ms doubling to 2 s, jittered: some 10 to 20 connections in 10 s.
+    // Were the verdict not a failed attempt, every call would reconnect at once.
+    assert!(connects <= 25, "{connects} connects for {calls} calls");
+    assert!(calls >= connects, "{connects} connects for {calls} calls");
+}
+
+mod redis {
+    use super::*;
+    use common::redis::{Frame, Redis, RespCodec, cmd, start_server, text};
+
+    async fn role(channel: &Channel<Frame, Frame>) -> Result<String, BoxError> {
+        let reply = channel.request(cmd(["ROLE"])).await?;
+        match reply {
+            Frame::Array { data, .. } => Ok(data.first().and_then(text).unwrap_or_default()),
+            other => Err(format!("ROLE answered {other:?}").into()),
+        }
+    }
+
+    /// A master demoted under load (`REPLICAOF`): its writes answer `READONLY`, the
+    /// channel leaves it, its handshake (checking `ROLE`) refuses it, and the backup,
+    /// the master now, takes the calls; the retried writes land there, each caller's own.
+    #[tokio::test]
+    async fn a_demoted_master_is_left_for_the_new_one_under_load() {
+        within(TEST, "test", async {
+            let a = start_server(&[]).await.expect("redis-server");
+            let b = start_server(&[]).await.expect("redis-server");
+            let channel: Channel<Frame, Frame> = Channel::builder()
+                .host(a.addr())
+                .backup(b.addr())
+                .backoff(Backoff::exponential(
+                    Duration::from_millis(20),
+                    Duration::from_millis(200),
+                ))
+                .handshake(|conn, endpoint| async move {
+                    match role(&conn).await?.as_str() {
+                        "master" => Ok(Handshake::Ready),
+                        other => Err(format!("{endpoint} is a {other}, not the master").into()),
+                    }
+                })
+                .order(RespCodec::resp2(), Redis::commands())
+                .expect("valid hosts");
+            let admin: Channel<Frame, Frame> = Channel::builder()
+                .host(a.addr())
+                .order(RespCodec::resp2(), Redis::commands())
+                .expect("valid host");
+
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in 0..8 {
+                let svc = ServiceBuilder::new()
+                    .retry(RetryNotSent::new(20))
+                    .service(channel.clone());
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    let key = format!("k{t}");
+                    let mut last = 0;
+                    for i in 1..=100_000u32 {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let value = i.to_string();
+                        let reply = svc
+                            .clone()
+                            .oneshot(cmd(["SET", key.as_str(), value.as_str()]))
+                            .await;
+                        match reply {
+                            Ok(reply) => {
+                                assert_eq!(text(&reply).as_deref(), Some("OK"));
+                                last = i;
+                            }
+                            // Only a call the server may have run fails otherwise.
+                            Err(e) => {
+                                let e = e.downcast_ref::<Error>().expect("a channel error");
+                                assert!(e.may_have_executed(), "a not-sent call failed: {e}");
+                            }
+                        }
+                    }
+                    (key, last)
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(channel.counters().reconnects, 0);
+            // Demote A: it becomes B's replica and answers writes READONLY.
+            let demoted = std::time::Instant::now();
+            let port = b.port().to_string();
+            let reply = admin
+                .request(cmd(["REPLICAOF", "127.0.0.1", port.as_str()]))
+                .await
+                .unwrap();
+            assert_eq!(text(&reply).as_deref(), Some("OK"));
+            // Writes resume on B.
+            let mut landed = None;
+            for _ in 0..400 {
+                if channel.counters().reconnects >= 1
+                    && role(&channel).await.ok().as_deref() == Some("master")
+                {
+                    landed = Some(demoted.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let landed = landed.expect("the channel moved to the master");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.store(true, Ordering::SeqCst);
+            let on_b: Channel<Frame, Frame> = Channel::builder()
+                .host(b.addr())
+                .order(RespCodec::resp2(), Redis::commands())
+                .expect("valid host");
+            while let Some(done) = tasks.join_next().await {
+                let (key, last) = done.unwrap();
+                assert!(last > 0);
+                // Each caller's last acknowledged write is on the new master.
+                let got = on_b.request(cmd(["GET", key.as_str()])).await.unwrap();
+                assert_eq!(text(&got), Some(last.to_string()), "{key}");
+            }
+            eprintln!("demoted master left; writes on the new one after {landed:?}");
+            assert!(channel.counters().retired >= 1);
+        })
+        .await;
+    }
+}
