@@ -292,8 +292,8 @@ impl Config {
         self
     }
 
-    /// Which calls the latency histogram times (feature `metrics`): one call in `n` on
-    /// each thread (default 8; 1 times every call; 0 is taken as 1). Every call is still
+    /// Which calls the latency histogram times (feature `metrics`): one call in `n`,
+    /// drawn at random (default 8; 1 times every call; 0 is taken as 1). Every call is still
     /// counted with its outcome; only `socketchannel_call_duration_seconds` is sampled.
     ///
     /// Timing a call reads the clock twice and hands the recorder a sample, which with

@@ -7,17 +7,16 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `socketchannel_calls_total` | counter | `channel` | calls made, on every path (the methods, both `Service`s), counted as the connection task takes each from its queue, or as a handle refuses one |
+//! | `socketchannel_calls_total` | counter | `channel` | calls made, on every path (the methods, both `Service`s) |
 //! | `socketchannel_outcomes_total` | counter | `channel`, `outcome`, `sent` | calls resolved: `outcome` is `ok`, or the [`Kind`] in snake case (`connection_lost`, `connect_failed`, `closed`, `server`, `id_in_use`, `unsupported`, `overloaded`, `limit`) with `sent` = `not_sent` or `may_have_executed` ([`Error::is_not_sent`]); `cancelled` (no `sent`) for a call whose future or stream was dropped before its outcome |
 //! | `socketchannel_in_flight` | gauge | `channel` | calls written and waiting for their reply ([`Counters::in_flight`](crate::Counters::in_flight)) |
 //! | `socketchannel_reconnects_total` | counter | `channel` | connections made after the first ([`Counters::reconnects`](crate::Counters::reconnects)) |
-//! | `socketchannel_call_duration_seconds` | histogram | `channel` | from the call being made to its outcome reaching the caller, for every outcome but `cancelled`, for one call in eight on each thread ([`Config::latency_sampling`](crate::Config::latency_sampling): 1 times every call) |
+//! | `socketchannel_call_duration_seconds` | histogram | `channel` | from the call being made to its outcome reaching the caller, for every outcome but `cancelled`, for one call in eight, drawn at random ([`Config::latency_sampling`](crate::Config::latency_sampling): 1 times every call) |
 //!
 //! A call's outcome is what its future resolves to; for a stream
 //! ([`Channel::stream`](crate::Channel::stream), or a streamed [`Call`](crate::Call)),
 //! its first item, or its end when it has none. So once no call is pending,
-//! `calls_total` is the sum of `outcomes_total` (but for calls lost with a task whose
-//! runtime shut down: those count only as an outcome, `closed`).
+//! `calls_total` is the sum of `outcomes_total`.
 //!
 //! The handles are registered once per channel, when it is built, with the recorder in
 //! force then on that thread (a local one, else the global one): install the recorder
@@ -26,11 +25,9 @@
 //! and per call counts a reference to its handles. The hot path does no lookup: one
 //! outcome counter per kind is registered up front.
 //!
-//! Where each is recorded is chosen for the hot path: calls on the connection task,
-//! which takes them one thread at a time (no contended counter on the callers'
-//! threads); outcomes and latency on the caller's side, as the call's future resolves;
-//! calls in flight and reconnects where [`Stats`](crate::stats) counts them, on the
-//! connection task. Latency is sampled because a sample is the costliest thing a
+//! Calls, outcomes and latency are recorded on the caller's side, as the call is made
+//! and as its future resolves; calls in flight and reconnects where
+//! [`Stats`](crate::stats) counts them, on the connection task. Latency is sampled because a sample is the costliest thing a
 //! recorder is handed: metrics-exporter-prometheus queues every one and folds it into
 //! a summary on upkeep.
 
@@ -126,14 +123,10 @@ impl Metrics {
         }
     }
 
-    /// A call is counted: the connection task took it, or its handle refused it.
-    #[inline]
-    pub(crate) fn call(&self) {
-        self.calls.increment(1);
-    }
-
-    /// A call is made: timed (one in [`SAMPLE`]) until [`Timing::finish`].
+    /// A call is made: counted now, and timed (one in [`SAMPLING`] by default) until
+    /// [`Timing::finish`].
     pub(crate) fn start(self: &Arc<Self>) -> Timing {
+        self.calls.increment(1);
         Timing {
             metrics: self.clone(),
             started: sampled(self.sampling).then(Instant::now),
@@ -147,15 +140,20 @@ impl Metrics {
 /// [`Config::latency_sampling`]: crate::Config::latency_sampling
 pub(crate) const SAMPLING: u32 = 8;
 
-/// Whether this thread's next call is one in `n` to be timed.
+/// Whether to time this call: a draw of one in `n`, from a per-thread xorshift (a
+/// counter would alias with call patterns: a thread alternating two channels with `n`
+/// even would time only one of them).
 #[inline]
 fn sampled(n: u32) -> bool {
-    thread_local!(static CALLS: Cell<u32> = const { Cell::new(0) });
+    thread_local!(static STATE: Cell<u32> = const { Cell::new(0x9E37_79B9) });
     n == 1
-        || CALLS.with(|calls| {
-            let made = calls.get().wrapping_add(1);
-            calls.set(made);
-            made % n == 0
+        || STATE.with(|state| {
+            let mut x = state.get();
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            state.set(x);
+            x % n == 0
         })
 }
 

@@ -123,23 +123,6 @@ impl<Resp> Shared<Resp> {
         weight
     }
 
-    /// The connection task took a call from a queue: counted (feature `metrics`), and
-    /// its weight off the overload signal.
-    #[inline]
-    pub(crate) fn took(&self, weight: &mut usize) {
-        #[cfg(feature = "metrics")]
-        self.stats.metrics.call();
-        self.unqueue(std::mem::take(weight));
-    }
-
-    /// A handle refused a call before queueing it: counted as made (feature `metrics`),
-    /// as the task counts those it takes.
-    #[inline]
-    pub(crate) fn refused(&self) {
-        #[cfg(feature = "metrics")]
-        self.stats.metrics.call();
-    }
-
     /// A call left the queue (written, or failed unsent).
     pub(crate) fn unqueue(&self, weight: usize) {
         let Some(overload) = &self.overload else {

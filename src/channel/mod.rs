@@ -249,7 +249,6 @@ where
     /// failed through its waiter.
     async fn enqueue(&self, call: Call<Req>, waiter: Waiter<Resp>) {
         let Some(mut envelope) = call.into_envelope(waiter) else {
-            self.shared.refused();
             return;
         };
         if self.refuses() {
@@ -283,7 +282,6 @@ where
 
     /// Fails a call this handle cannot take, *not sent*, saying why.
     fn refuse(&self, envelope: Envelope<Req, Resp>) {
-        self.shared.refused();
         envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
     }
 

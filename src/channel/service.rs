@@ -236,9 +236,8 @@ where
         let timing = self.channel.shared.timing();
         let span = call_span(&call);
         let (waiter, pending) = call.shape.open(&self.channel.shared.limits);
-        match call.into_envelope(waiter) {
-            Some(envelope) => self.channel.submit(envelope),
-            None => self.channel.shared.refused(),
+        if let Some(envelope) = call.into_envelope(waiter) {
+            self.channel.submit(envelope);
         }
         #[allow(unused_mut)]
         let mut reply = ReplyFuture::new(pending, span);
@@ -274,7 +273,6 @@ where
                         mpsc::error::TrySendError::Closed(_) => (Kind::Closed, self.refusal()),
                         mpsc::error::TrySendError::Full(_) => (Kind::Overloaded, None),
                     };
-                    self.shared.refused();
                     envelope.fail_unsent(kind, cause.as_ref());
                     return;
                 }
@@ -282,7 +280,6 @@ where
         };
         if self.refuses() {
             // The task may be gone (it panicked): a send now could wait forever.
-            self.shared.refused();
             envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
             return;
         }

@@ -128,7 +128,7 @@ where
     /// Where callers remain, the task is woken when they leave.
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
         while let Ok(mut call) = self.intake.try_recv() {
-            self.shared.took(&mut call.weight);
+            self.shared.unqueue(std::mem::take(&mut call.weight));
             self.held.push_back(call);
         }
         let before = self.held.len();
@@ -159,7 +159,7 @@ where
         };
         match ready!(polled) {
             Some(mut call) => {
-                self.shared.took(&mut call.weight);
+                self.shared.unqueue(std::mem::take(&mut call.weight));
                 Poll::Ready(Some(call))
             }
             None => {
@@ -204,13 +204,7 @@ where
                 self.take(cx)
             }
             // Handshake calls are never weighed for the overload signal.
-            Lane::Handshake(rx) => {
-                let call = ready!(rx.poll_recv(cx));
-                if call.is_some() {
-                    self.shared.took(&mut 0);
-                }
-                Poll::Ready(call)
-            }
+            Lane::Handshake(rx) => rx.poll_recv(cx),
             Lane::Drain => Poll::Ready(None),
         }
     }
@@ -227,7 +221,7 @@ where
     /// closed and *not sent*, until no handle can send any more.
     pub(crate) fn poll_fail_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while let Some(mut call) = ready!(self.intake.poll_recv(cx)) {
-            self.shared.took(&mut call.weight);
+            self.shared.unqueue(std::mem::take(&mut call.weight));
             call.fail_unsent(Kind::Closed, None);
         }
         Poll::Ready(())
@@ -240,7 +234,7 @@ where
             call.fail_unsent(kind, cause);
         }
         while let Ok(mut call) = self.intake.try_recv() {
-            self.shared.took(&mut call.weight);
+            self.shared.unqueue(std::mem::take(&mut call.weight));
             call.fail_unsent(kind, cause);
         }
     }
