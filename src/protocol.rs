@@ -85,6 +85,12 @@ pub trait Protocol<Req, Resp>: Send + Sync + 'static {
 /// `NotRun` frame among ordinary ones fails *may have executed*, as the other frames'
 /// commands ran.
 ///
+/// A `Drain` frame is nobody's reply, even one that carries a session id; a
+/// `WrongServer` frame for no waiting call (an unknown id) is dropped like any such
+/// frame, and says nothing of the connection. A connection that answered nothing and
+/// says `WrongServer` or `Drain` (at once, or then closes) counts as a failed attempt:
+/// backed off from, so a node that keeps saying so is no hot loop.
+///
 /// Without a reconnect (a channel over a transport of one's own) there is no other
 /// connection to go to: `WrongServer` fails its call as `NotRun` does and the
 /// connection is kept; `Drain` fails the queued calls *not sent* and closes the

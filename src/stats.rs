@@ -44,8 +44,10 @@ pub struct Counters {
     /// Connections made after the first one.
     pub reconnects: u64,
     /// Connections retired because too many of their calls were orphans
-    /// ([`Config::max_orphans`](crate::Config::max_orphans)) or they reached their
-    /// maximum age ([`Builder::max_connection_age`](crate::Builder::max_connection_age)).
+    /// ([`Config::max_orphans`](crate::Config::max_orphans)), they reached their
+    /// maximum age ([`Builder::max_connection_age`](crate::Builder::max_connection_age)),
+    /// or the server asked for a drain or said it is the wrong one
+    /// ([`Verdict`](crate::Verdict)).
     pub retired: u64,
     /// Bytes read from the transport's IO, when it is [`Metered`](crate::Metered) (the
     /// crate's own connectors' is).

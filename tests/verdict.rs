@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use socketchannel::{
-    Backoff, BoxError, Call, Channel, Endpoint, Error, Handshake, Kind, Order, Protocol, Replies,
-    RetryNotSent, State, Verdict,
+    Backoff, BoxError, Call, Channel, Endpoint, Error, Handshake, Kind, Order, Protocol, Reconnect,
+    Replies, RetryNotSent, State, Verdict,
 };
 use tokio::io::DuplexStream;
 use tokio_util::codec::{Framed, LinesCodec};
@@ -64,11 +64,26 @@ struct Script {
     seen: Arc<Mutex<HashSet<String>>>,
     /// Lines read, by every connection of this script.
     lines: Arc<AtomicUsize>,
+    /// The first this many connections send `DRAIN` as soon as they are accepted.
+    drain_on_accept: usize,
+    /// Closes the connection after its first `READONLY`.
+    close_after_readonly: bool,
+    /// The lines each connection read, by connection.
+    log: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 async fn serve(io: DuplexStream, script: Script) {
     let mut io = Framed::new(io, LinesCodec::new());
+    let conn = {
+        let mut log = script.log.lock().unwrap();
+        log.push(Vec::new());
+        log.len() - 1
+    };
+    if conn < script.drain_on_accept && io.send("DRAIN".to_string()).await.is_err() {
+        return;
+    }
     while let Some(Ok(line)) = io.next().await {
+        script.log.lock().unwrap()[conn].push(line.clone());
         let read = script.lines.fetch_add(1, Ordering::SeqCst) + 1;
         if script.drain_after == Some(read) && io.send("DRAIN".to_string()).await.is_err() {
             return;
@@ -88,7 +103,8 @@ async fn serve(io: DuplexStream, script: Script) {
                 }
                 w => w.to_uppercase(),
             };
-            if io.send(answer).await.is_err() {
+            let readonly = answer.starts_with("READONLY");
+            if io.send(answer).await.is_err() || (readonly && script.close_after_readonly) {
                 return;
             }
         }
@@ -109,6 +125,16 @@ fn reconnecting(
     backups: &[&str],
     connects: Arc<Mutex<Vec<u16>>>,
 ) -> Channel<String, String> {
+    reconnecting_with(scripts, backups, connects, false)
+}
+
+/// As [`reconnecting`], with a handshake that sends `hello` and waits for its reply.
+fn reconnecting_with(
+    scripts: Vec<Script>,
+    backups: &[&str],
+    connects: Arc<Mutex<Vec<u16>>>,
+    handshake: bool,
+) -> Channel<String, String> {
     let connector = tower::service_fn(move |endpoint: Endpoint| {
         let script = scripts[usize::from(endpoint.port()) - 1].clone();
         connects.lock().unwrap().push(endpoint.port());
@@ -126,6 +152,12 @@ fn reconnecting(
         ));
     for backup in backups {
         builder = builder.backup(*backup);
+    }
+    if handshake {
+        builder = builder.handshake(|conn, _| async move {
+            conn.request(s("hello")).await?;
+            Ok(Handshake::Ready)
+        });
     }
     builder
         .connector(connector, Order::new(Words))
@@ -330,6 +362,112 @@ async fn a_node_that_keeps_saying_wrong_server_is_no_hot_loop() {
     // Were the verdict not a failed attempt, every call would reconnect at once.
     assert!(connects <= 25, "{connects} connects for {calls} calls");
     assert!(calls >= connects, "{connects} connects for {calls} calls");
+}
+
+/// `READONLY` and then the end of the connection (a node that closes its connections
+/// as it steps down) is still a failed attempt: backed off, not a reconnect per call.
+#[tokio::test(start_paused = true)]
+async fn wrong_server_then_a_close_is_still_backed_off() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let script = Script {
+        readonly: true,
+        close_after_readonly: true,
+        ..Script::default()
+    };
+    let channel = reconnecting(vec![script], &[], connects.clone());
+    let start = tokio::time::Instant::now();
+    let mut calls = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let _ = channel.request(s("a")).await;
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let connects = connects.lock().unwrap().len();
+    assert!(connects <= 25, "{connects} connects for {calls} calls");
+}
+
+/// A drain notice read during the handshake: the handshake finishes, and no user call
+/// is written on that connection: they go to the next one.
+#[tokio::test(start_paused = true)]
+async fn a_drain_read_by_the_handshake_keeps_user_calls_off_that_connection() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let script = Script {
+        drain_on_accept: 1,
+        ..Script::default()
+    };
+    let log = script.log.clone();
+    let channel = reconnecting_with(vec![script], &[], connects, true);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let channel = channel.clone();
+        calls.spawn(async move { channel.request(format!("u{i}")).await });
+    }
+    while let Some(done) = calls.join_next().await {
+        assert!(done.unwrap().is_ok());
+    }
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log[0],
+        ["hello"],
+        "the drained connection took only the handshake"
+    );
+    assert_eq!(log[1].len(), 6, "{:?}", log[1]);
+}
+
+/// A server that drains every connection as it accepts it, before it answers anything:
+/// each is a failed attempt, backed off, not a storm of connections, even on a channel
+/// that keeps itself connected (`Reconnect::Persistent`).
+#[tokio::test(start_paused = true)]
+async fn a_server_that_drains_every_connection_at_once_is_backed_off() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let script = Script {
+        drain_on_accept: usize::MAX,
+        ..Script::default()
+    };
+    let counted = connects.clone();
+    let connector = tower::service_fn(move |_: Endpoint| {
+        let script = script.clone();
+        counted.lock().unwrap().push(1);
+        async move {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve(server, script));
+            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
+        }
+    });
+    let channel: Channel<String, String> = Channel::builder()
+        .host("127.0.0.1:1")
+        .reconnect(Reconnect::Persistent)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .connector(connector, Order::new(Words))
+        .expect("valid host");
+    channel.connect().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let connects = connects.lock().unwrap().len();
+    assert!((2..=25).contains(&connects), "{connects} connects in 10 s");
+}
+
+/// `change_host` while backing off from a wrong server: the host asked for is tried
+/// first, not last.
+#[tokio::test(start_paused = true)]
+async fn change_host_after_a_wrong_server_tries_the_new_host_first() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let readonly = Script {
+        readonly: true,
+        ..Script::default()
+    };
+    let channel = reconnecting(
+        vec![readonly.clone(), Script::default(), readonly],
+        &["127.0.0.1:3"],
+        connects.clone(),
+    );
+    let err = channel.request(s("a")).await.unwrap_err();
+    assert_eq!(outcome(&err), (Kind::Server, true));
+    channel.change_host("127.0.0.1:2").unwrap();
+    assert_eq!(channel.request(s("b")).await.unwrap(), "B");
+    assert_eq!(*connects.lock().unwrap(), [1, 2]);
 }
 
 mod redis {

@@ -113,7 +113,12 @@ where
                 }
                 // Without a connector there is nothing to reconnect or redirect.
                 Control::Connect(done) => {
-                    let _ = done.send(Ok(()));
+                    let outcome = if this.engine.shared.is_closed() {
+                        Err(Error::new(Kind::Closed))
+                    } else {
+                        Ok(())
+                    };
+                    let _ = done.send(outcome);
                 }
                 Control::ChangeHost(_) | Control::ChangeBackups(_) => {}
             }

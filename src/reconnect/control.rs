@@ -62,6 +62,8 @@ where
             Control::ChangeBackups(backups) => self.hosts.set_backups(&backups),
             Control::ChangeHost(host) => {
                 self.hosts.set_current(&host);
+                // The host asked for is tried first, whatever the last one did.
+                self.demote_current = false;
                 info!(endpoint = %self.hosts.current, "changing host");
                 match std::mem::replace(&mut self.phase, Phase::Idle) {
                     // Under `Once` the next call connects (`Idle` starts a pass at once if

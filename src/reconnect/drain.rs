@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Sleep;
-use tracing::warn;
 
 use super::task::{ConnOf, Phase, Task};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
@@ -65,20 +64,26 @@ where
         }
     }
 
-    /// The server said this connection is the wrong one
-    /// ([`Verdict::WrongServer`](crate::Verdict::WrongServer)): its written calls drain,
-    /// and the next connection is made as after a failed attempt: after a backoff, with
-    /// that host tried last, so a node that keeps saying so is no hot loop.
-    pub(super) fn wrong_server(
+    /// Leaves a connection on the server's word, as after a failed attempt: its written
+    /// calls drain, and the next connection is made after a backoff (a run of them
+    /// restarts if the host had answered), with that host tried last when it said it is
+    /// the wrong one ([`Verdict::WrongServer`](crate::Verdict::WrongServer)), so a node
+    /// that keeps saying so (or keeps draining at once) is no hot loop.
+    pub(super) fn leave(
         &mut self,
         conn: ConnOf<T, M, Req, Resp>,
+        wrong_server: bool,
     ) -> Phase<T, M::Matcher, Req, Resp> {
-        warn!("the server said this connection is the wrong one: leaving it");
         self.engine.shared.stats.retired(1);
+        if conn.answered {
+            self.failures = 0;
+        }
         self.draining
             .push(Draining::new(conn, self.opts.drain_timeout));
-        self.last_error = Some(Arc::new(WrongServer));
-        self.demote_current = true;
+        if wrong_server {
+            self.last_error = Some(Arc::new(WrongServer));
+            self.demote_current = true;
+        }
         self.back_off(false)
     }
 

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::backoff::BackoffState;
 use super::control::Shutdown;
@@ -243,12 +243,21 @@ where
                         Err(())
                     }
                     Poll::Ready(Ok(Ended::Retire)) => Ok(self.retire(conn)),
+                    // A connection drained before it answered anything is a failed
+                    // attempt, as one that closed would be: no storm of new ones.
+                    Poll::Ready(Ok(Ended::Drain)) if !conn.answered => {
+                        info!("the server asked to drain a connection that answered nothing");
+                        Ok(self.leave(conn, false))
+                    }
                     Poll::Ready(Ok(Ended::Drain)) => {
                         info!("the server asked to drain the connection: retiring it");
                         self.engine.shared.stats.retired(1);
                         Ok(self.retire(conn))
                     }
-                    Poll::Ready(Ok(Ended::WrongServer)) => Ok(self.wrong_server(conn)),
+                    Poll::Ready(Ok(Ended::WrongServer)) => {
+                        warn!("the server said this connection is the wrong one: leaving it");
+                        Ok(self.leave(conn, true))
+                    }
                     Poll::Ready(Err(why)) => Ok(self.lost(conn, why)),
                 }
             }

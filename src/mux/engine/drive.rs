@@ -31,6 +31,11 @@ where
         M: Matcher<Req, Resp>,
     {
         for _ in 0..BUDGET {
+            // The server's word to leave (read by the handshake, or in the last pass)
+            // comes before any write: that connection takes no new call.
+            if let Some(leave) = self.leaving(conn, &lane) {
+                return Poll::Ready(Ok(leave));
+            }
             let bytes = crate::meter::mark();
             // Writes first: a read without a request queued before a greeting arrived
             // must hold its FIFO slot when the greeting is routed.
@@ -70,11 +75,7 @@ where
                     .map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(Ended::Done));
             }
-            // The server's word to leave is acted on in the users' lane: a handshake
-            // finishes first (its own calls got their verdicts), a drain goes on.
-            if matches!(lane, Lane::User)
-                && let Some(leave) = conn.leave.take()
-            {
+            if let Some(leave) = self.leaving(conn, &lane) {
                 return Poll::Ready(Ok(leave));
             }
             // With no stall timer watching the waiting calls (exempt, or none set), the
@@ -100,6 +101,19 @@ where
         // Out of budget with work left: let other tasks run, then come back.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// The server's word to leave `conn`, acted on in the users' lane only: a
+    /// handshake finishes first (its own calls got their verdicts), a drain goes on.
+    fn leaving<T, M>(
+        &self,
+        conn: &mut Conn<T, M, Req, Resp>,
+        lane: &Lane<'_, Req, Resp>,
+    ) -> Option<Ended> {
+        match lane {
+            Lane::User => conn.leave.take(),
+            Lane::Handshake(_) | Lane::Drain => None,
+        }
     }
 
     /// Adds the bytes the transport moved since `before` to the counters; whether any

@@ -44,10 +44,10 @@ where
                 Route::Push(frame) => self.push(frame),
                 Route::Unknown => self.shared.stats.unknown(1),
                 Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
-                Route::WrongServer => {
-                    conn.answered = true;
-                    conn.leave = Some(Ended::WrongServer);
-                }
+                // Its call is answered, but the host is not: a connection that only
+                // ever says so (or says so and closes) is a failed attempt, backed
+                // off from, wherever it ends.
+                Route::WrongServer => conn.leave = Some(Ended::WrongServer),
                 // Wrong server wins: it also says to back off from this host.
                 Route::Drain => {
                     conn.leave.get_or_insert(Ended::Drain);
