@@ -24,4 +24,5 @@ pub mod memcached;
 pub mod memcached_text;
 pub mod process;
 pub mod redis;
+pub mod sentinel;
 pub mod tls;
