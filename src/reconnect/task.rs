@@ -258,6 +258,16 @@ where
                         warn!("the server said this connection is the wrong one: leaving it");
                         Ok(self.leave(conn, true))
                     }
+                    // The server said it is the wrong one and the connection ended in
+                    // the same read, before that was acted on: still a failed attempt
+                    // (backoff, that host tried last), whatever it answered before.
+                    Poll::Ready(Err(why)) if matches!(conn.leave, Some(Ended::WrongServer)) => {
+                        if conn.answered {
+                            self.failures = 0;
+                        }
+                        conn.answered = false;
+                        Ok(self.lost(conn, why))
+                    }
                     Poll::Ready(Err(why)) => Ok(self.lost(conn, why)),
                 }
             }

@@ -5,7 +5,8 @@
 //!
 //! * [`Net`]: an in-memory network of named hosts, each with a [`Behavior`] (up,
 //!   refusing, a black hole, flapping, slow, silent, crashing after some frames,
-//!   resetting mid-frame, trickling bytes, sending one frame and closing). Its
+//!   resetting mid-frame, trickling bytes, sending one frame and closing), and
+//!   optionally a drain notice after some frames ([`Net::drain_after`]). Its
 //!   [`connector`](Net::connector) is a [`Connector`](crate::Connector) for
 //!   [`Builder::connector`](crate::Builder::connector). The far end of every
 //!   connection is served by your [`Server`]: it decodes requests with your codec,

@@ -114,6 +114,13 @@ pub trait Server: Send + Sync + 'static {
         let _ = conn;
         None
     }
+
+    /// The frame a host set to drain ([`Net::drain_after`]) writes to ask the client to
+    /// drain `conn` (HTTP/2's `GOAWAY`); `None`: it writes none.
+    fn drain_notice(&self, conn: &ConnInfo) -> Option<Self::Resp> {
+        let _ = conn;
+        None
+    }
 }
 
 /// What a server did (one entry of the [`ServerLog`]).
@@ -127,6 +134,9 @@ pub enum What {
     Executed(Described),
     /// Reply bytes written.
     Wrote(usize),
+    /// The server's drain notice written ([`Net::drain_after`]), after its bytes'
+    /// `Wrote`.
+    DrainNotice,
     /// The server closed the connection (or lost it).
     Closed(&'static str),
 }
@@ -189,6 +199,9 @@ struct Inner<S: Server, CC> {
 
 struct NetState {
     hosts: BTreeMap<String, HostState>,
+    /// The hosts whose new connections write a drain notice, after this many reply
+    /// frames ([`Net::drain_after`]).
+    drains: BTreeMap<String, u32>,
     next_conn: u64,
     connects: usize,
 }
@@ -252,6 +265,7 @@ where
                 max_connects,
                 state: Mutex::new(NetState {
                     hosts: BTreeMap::new(),
+                    drains: BTreeMap::new(),
                     next_conn: 1,
                     connects: 0,
                 }),
@@ -294,6 +308,24 @@ where
                     },
                 );
             }
+        }
+    }
+
+    /// Makes every new connection to `host` write the server's
+    /// [`drain_notice`](Server::drain_notice) once it has written `after` reply frames
+    /// (`Some(0)`: as soon as it accepts), then go on reading and answering as its
+    /// behaviour says; `None`: no notice. Open connections keep the option they were
+    /// accepted with. A [`Behavior::OneFrame`] or [`Behavior::Silent`] host writes none.
+    pub fn drain_after(&self, host: &str, after: Option<u32>) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let before = match after {
+            Some(n) => st.drains.insert(host.to_string(), n),
+            None => st.drains.remove(host),
+        };
+        if before != after {
+            self.inner
+                .trace
+                .log(format!("net: {host} drains after {after:?} frame(s)"));
         }
     }
 
@@ -343,9 +375,10 @@ where
     ) -> io::Result<Framed<Metered<DuplexStream>, CC>> {
         let host = endpoint.to_string();
         tokio::time::sleep(self.inner.latency).await;
-        let (decision, conn, kill) = {
+        let (decision, conn, kill, drain) = {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             st.connects += 1;
+            let drain = st.drains.get(&host).copied();
             let capped = st.connects > self.inner.max_connects;
             let conn = st.next_conn;
             let now = tokio::time::Instant::now();
@@ -375,7 +408,7 @@ where
             if decision.is_ok() {
                 st.next_conn += 1;
             }
-            (decision, conn, kill)
+            (decision, conn, kill, drain)
         };
         let info = ConnInfo {
             host: host.clone(),
@@ -416,7 +449,7 @@ where
                                 None => std::future::pending().await,
                             }
                         } => "flapped down",
-                        why = net.serve(&info2, server_end, behavior) => why,
+                        why = net.serve(&info2, server_end, behavior, drain) => why,
                     };
                     net.inner
                         .trace
@@ -437,8 +470,34 @@ where
         Ok(())
     }
 
-    /// Serves one connection with `behavior`; returns why it ended.
-    async fn serve(&self, info: &ConnInfo, io: DuplexStream, behavior: Behavior) -> &'static str {
+    /// Writes the server's drain notice, if it has one. False when the client is gone.
+    async fn notice(&self, info: &ConnInfo, wr: &mut Half, codec: &mut S::Codec) -> bool {
+        let Some(frame) = self.inner.server.drain_notice(info) else {
+            return true;
+        };
+        let mut buf = BytesMut::new();
+        if codec.encode(frame, &mut buf).is_err() {
+            return true;
+        }
+        self.inner
+            .trace
+            .log(format!("srv: conn {} drain notice", info.conn));
+        if self.write(info, wr, &buf).await.is_err() {
+            return false;
+        }
+        self.record(info, What::DrainNotice);
+        true
+    }
+
+    /// Serves one connection with `behavior` (and a drain notice after `drain` reply
+    /// frames); returns why it ended.
+    async fn serve(
+        &self,
+        info: &ConnInfo,
+        io: DuplexStream,
+        behavior: Behavior,
+        drain: Option<u32>,
+    ) -> &'static str {
         let server = &self.inner.server;
         let mut codec = server.codec();
         let (rd, mut wr) = tokio::io::split(io);
@@ -454,6 +513,11 @@ where
         }
         let mut reader = FramedRead::new(rd, codec.clone());
         let mut frames = 0u32;
+        // A silent host writes nothing, a drain notice neither.
+        let drain = drain.filter(|_| behavior != Behavior::Silent);
+        if drain == Some(0) && !self.notice(info, &mut wr, &mut codec).await {
+            return "client gone";
+        }
         loop {
             let req = std::future::poll_fn(|cx| Pin::new(&mut reader).poll_next(cx)).await;
             let req = match req {
@@ -510,6 +574,9 @@ where
                     }
                 }
                 frames += 1;
+                if drain == Some(frames) && !self.notice(info, &mut wr, &mut codec).await {
+                    return "client gone";
+                }
             }
         }
     }

@@ -1,14 +1,21 @@
 //! The checks run after every scenario: the library's (`socketchannel::testing::checks`)
-//! and the simulation's own (`shutdown_prompt`).
+//! and the simulation's own (`shutdown_prompt`, `limit_only_when_over`, and for the
+//! server's word, issue 18: `drain_writes_nothing_new`, `drain_loses_nothing`,
+//! `closed_only_when_closed`, `wrong_server_backs_off`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use socketchannel::testing::checks as lib;
-use socketchannel::testing::{Net, Violation, What};
+use socketchannel::testing::{Net, Outcome, Record, Violation, What};
+use socketchannel::{ConnectionErrorKind, Kind};
 
-use super::proto::{SimCodec, SimServer};
+use super::proto::{SimCodec, SimServer, Wire};
 use super::run::Ctx;
-use super::scenario::{Hs, Scenario};
+use super::scenario::{Hs, Op, Scenario};
+
+/// The channels' drain timeout (`Builder::drain_timeout`, left at its default).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Slack for timers that count whole milliseconds.
 const SLACK: Duration = Duration::from_millis(10);
@@ -64,6 +71,370 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     ));
     out.extend(shutdown_prompt(ctx, net, scn));
     out.extend(limit_only_when_over(ctx, scn));
+    out.extend(drain_writes_nothing_new(ctx));
+    out.extend(drain_loses_nothing(ctx, net, scn));
+    out.extend(closed_only_when_closed(ctx, scn));
+    out.extend(wrong_server_backs_off(ctx, net, scn));
+    out
+}
+
+fn ms(at: u64) -> Duration {
+    Duration::from_millis(at)
+}
+
+/// The client of each connection a server accepted: conn -> (client, host, accepted at).
+fn accepted(records: &[Record]) -> BTreeMap<u64, (usize, String, Duration)> {
+    records
+        .iter()
+        .filter(|r| r.what == What::Connect(None))
+        .map(|r| (r.conn, (r.client, r.host.clone(), r.at)))
+        .collect()
+}
+
+/// The ops that act on `client`'s hosts or connection: `change_host`, `change_backups`,
+/// `connect()`, `close`, `shutdown`.
+fn reconfigures(op: &Op, client: usize) -> bool {
+    match op {
+        Op::ChangeHost { client: c, .. } | Op::ChangeBackups { client: c, .. } => *c == client,
+        Op::Connect(c) | Op::Close(c) => *c == client,
+        Op::Shutdown { client: c, .. } => *c == client,
+        _ => false,
+    }
+}
+
+/// The default `Config::orphan_age`.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
+/// When `client`'s current connection, accepted at `accepted`, may have been retired
+/// (moved aside to drain) at the earliest, by a rule other than the server's word: its
+/// maximum age, a `change_host`, or the orphan rules (once a call through the client
+/// was given up: at once by the orphan limit, on by default in session mode; after the
+/// orphan age otherwise); `None` if never.
+fn retired_by_rule(
+    ctx: &Ctx,
+    scn: &Scenario,
+    client: usize,
+    accepted: Duration,
+) -> Option<Duration> {
+    let plan = &scn.clients[client];
+    let through = |of: usize| {
+        of == client
+            || (of == scn.clients.len() && scn.balance.is_some_and(|p| p.contains(&client)))
+    };
+    // A caller that gave up, or a balance call whose timeout dropped it.
+    let gave_up = ctx
+        .ledger
+        .calls()
+        .iter()
+        .filter(|c| through(c.client))
+        .flat_map(|c| {
+            let other = c
+                .outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Other(_)))
+                .map(|(at, _)| *at);
+            c.cancelled.into_iter().chain(other).collect::<Vec<_>>()
+        })
+        .filter(|at| *at >= accepted)
+        .min();
+    let orphans = gave_up.map(|at| {
+        if plan.session || plan.max_orphans.is_some() {
+            at
+        } else {
+            at + plan.orphan_age.map_or(ORPHAN_AGE, ms)
+        }
+    });
+    let age = plan.max_age.map(|a| accepted + ms(a));
+    let moved = scn
+        .ops
+        .iter()
+        .filter(|(at, op)| {
+            ms(*at) >= accepted && matches!(op, Op::ChangeHost { client: c, .. } if *c == client)
+        })
+        .map(|(at, _)| ms(*at))
+        .next();
+    age.into_iter().chain(moved).chain(orphans).min()
+}
+
+/// `drain_writes_nothing_new` (`Verdict::Drain`): once a connection's task read the
+/// server's drain notice, it writes no frame of a call it had not begun to write (a
+/// handshake's calls aside: the handshake finishes first). From the client codec's
+/// journal, in the order the connection task encoded and decoded.
+fn drain_writes_nothing_new(ctx: &Ctx) -> Vec<Violation> {
+    let mut begun: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    let mut drained: BTreeMap<u64, (u64, Duration)> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for e in ctx.wire.events() {
+        match e.what {
+            Wire::DrainRead { conn } => {
+                drained.entry(e.codec).or_insert((conn, e.at));
+            }
+            Wire::Encoded { nonce, handshake } => match drained.get(&e.codec) {
+                None => {
+                    begun.entry(e.codec).or_default().insert(nonce);
+                }
+                Some(&(conn, read_at)) => {
+                    let started = begun.get(&e.codec).is_some_and(|b| b.contains(&nonce));
+                    if !handshake && !started && reported.insert(e.codec) {
+                        out.push(Violation::new(
+                            "drain_writes_nothing_new",
+                            format!(
+                                "conn {conn}: the client read its drain notice at {} ms, then wrote the call n={nonce} on it at {} ms",
+                                read_at.as_millis(),
+                                e.at.as_millis()
+                            ),
+                        ));
+                    }
+                }
+            },
+            Wire::WrongServerRead { .. } => {}
+        }
+    }
+    out
+}
+
+/// `drain_loses_nothing` (`Verdict::Drain`): a reconnecting channel loses no written
+/// call to a drain notice: a call a drained connection executed fails for its deadline
+/// (`ConnectionLost`, `Closed`) only once the drain timeout has passed since the
+/// connection was first moved aside (by the notice the client read, its maximum age, a
+/// `change_host`, or the wrong server's word). The calls it had queued are guarded by
+/// `closed_only_when_closed`.
+fn drain_loses_nothing(
+    ctx: &Ctx,
+    net: &Net<SimServer, SimCodec>,
+    scn: &Scenario,
+) -> Vec<Violation> {
+    let records = net.log().records();
+    let conns = accepted(&records);
+    // conn -> when the client first read a drain notice on it, and the server's word
+    // that it is the wrong one.
+    let mut drain_read: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut ws_read: BTreeMap<u64, Duration> = BTreeMap::new();
+    for e in ctx.wire.events() {
+        match e.what {
+            Wire::DrainRead { conn } => {
+                drain_read.entry(conn).or_insert(e.at);
+            }
+            Wire::WrongServerRead { conn } => {
+                ws_read.entry(conn).or_insert(e.at);
+            }
+            Wire::Encoded { .. } => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for c in ctx.ledger.calls() {
+        if c.nonce == 0 || c.handshake {
+            continue;
+        }
+        for (at, o) in &c.outcomes {
+            let Outcome::Failed {
+                kind: Kind::ConnectionLost,
+                connection: Some(ConnectionErrorKind::Closed),
+                ..
+            } = o
+            else {
+                continue;
+            };
+            let on = records.iter().find_map(|r| match &r.what {
+                What::Executed(d) if d.nonce == Some(c.nonce) => Some(r.conn),
+                _ => None,
+            });
+            let Some(conn) = on else { continue };
+            let (Some(&read), Some((client, _, accepted))) =
+                (drain_read.get(&conn), conns.get(&conn))
+            else {
+                continue;
+            };
+            let aside = [
+                Some(read),
+                ws_read.get(&conn).copied(),
+                retired_by_rule(ctx, scn, *client, *accepted),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(read);
+            if *at + SLACK < aside + DRAIN_TIMEOUT && reported.insert(conn) {
+                out.push(Violation::new(
+                    "drain_loses_nothing",
+                    format!(
+                        "call {} (n={}, {}) executed on conn {conn} failed at {} ms ({}): its client read the drain notice at {} ms, the drain timeout is {} ms",
+                        c.id,
+                        c.nonce,
+                        c.shape,
+                        at.as_millis(),
+                        o.brief(),
+                        read.as_millis(),
+                        DRAIN_TIMEOUT.as_millis()
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `closed_only_when_closed`: a call fails `Kind::Closed` only once its channel was
+/// closed: by `close` or `shutdown` (an op), by the end of the scenario, or because its
+/// connection task panicked (a call on it marked a panic). A reconnecting channel asked
+/// to drain moves its queued calls to a fresh connection: it fails none (`Verdict::Drain`).
+fn closed_only_when_closed(ctx: &Ctx, scn: &Scenario) -> Vec<Violation> {
+    let calls = ctx.ledger.calls();
+    let closing = ctx.closing.lock().unwrap().unwrap_or(Duration::MAX);
+    let balance = scn.clients.len();
+    // The channels a call of `client` may have gone through.
+    let members = |client: usize| -> Vec<usize> {
+        if client == balance {
+            scn.balance.map(|p| p.to_vec()).unwrap_or_default()
+        } else {
+            vec![client]
+        }
+    };
+    let closed_by = |channel: usize, at: Duration| {
+        at >= closing
+            || scn.ops.iter().any(|(when, op)| {
+                ms(*when) <= at
+                    && matches!(op, Op::Close(c) | Op::Shutdown { client: c, .. } if *c == channel)
+            })
+    };
+    // A call through the channel made by then marked a panic (the connection task's).
+    let panicked = |channel: usize, at: Duration| {
+        calls.iter().any(|c| {
+            c.created <= at
+                && members(c.client).contains(&channel)
+                && (c.shape.contains("panic=Some") || c.shape.contains(" p="))
+        })
+    };
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for c in &calls {
+        for (at, o) in &c.outcomes {
+            let Outcome::Failed {
+                kind: Kind::Closed, ..
+            } = o
+            else {
+                continue;
+            };
+            let excused = members(c.client)
+                .into_iter()
+                .any(|ch| closed_by(ch, *at) || panicked(ch, *at));
+            if !excused && reported.insert(c.client) {
+                out.push(Violation::new(
+                    "closed_only_when_closed",
+                    format!(
+                        "call {} ({}, client {}) failed Closed at {} ms ({}), its channel not closed",
+                        c.id,
+                        c.shape,
+                        c.client,
+                        at.as_millis(),
+                        o.brief()
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `wrong_server_backs_off` (`Verdict::WrongServer`): when a client's current
+/// connection reads the server's word that it is the wrong one, the client's next
+/// connect attempt waits out at least the backoff's minimum (a failed attempt, no hot
+/// loop), and goes to another host if the client has one (that host is tried last).
+/// Left out: a connection that may have been moved aside already (a drain notice, its
+/// age, orphans, a connect pass since it was made), and ops that reconfigure the client
+/// meanwhile.
+fn wrong_server_backs_off(
+    ctx: &Ctx,
+    net: &Net<SimServer, SimCodec>,
+    scn: &Scenario,
+) -> Vec<Violation> {
+    let records = net.log().records();
+    let conns = accepted(&records);
+    let mut drained = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for e in ctx.wire.events() {
+        let conn = match e.what {
+            Wire::DrainRead { conn } => {
+                drained.insert(conn);
+                continue;
+            }
+            Wire::WrongServerRead { conn } => conn,
+            Wire::Encoded { .. } => continue,
+        };
+        if !seen.insert(conn) || drained.contains(&conn) {
+            continue;
+        }
+        let Some((client, host, accepted)) = conns.get(&conn) else {
+            continue;
+        };
+        let (client, t) = (*client, e.at);
+        if retired_by_rule(ctx, scn, client, *accepted).is_some_and(|r| r <= t) {
+            continue;
+        }
+        let next = records
+            .iter()
+            .find(|r| r.client == client && r.at > *accepted && matches!(r.what, What::Connect(_)));
+        // None yet, or a pass since this connection was made: it was no longer the
+        // current one.
+        let Some(next) = next.filter(|r| r.at > t) else {
+            continue;
+        };
+        if scn
+            .ops
+            .iter()
+            .any(|(at, op)| ms(*at) >= *accepted && ms(*at) <= next.at && reconfigures(op, client))
+        {
+            continue;
+        }
+        let plan = &scn.clients[client];
+        let min = ms(plan.backoff.0);
+        if next.at + SLACK < t + min {
+            if reported.insert(client) {
+                out.push(Violation::new(
+                    "wrong_server_backs_off",
+                    format!(
+                        "client {client}: conn {conn} ({host}) said wrong server at {} ms; the next connect, to {}, came at {} ms (backoff at least {} ms)",
+                        t.as_millis(),
+                        next.host,
+                        next.at.as_millis(),
+                        min.as_millis()
+                    ),
+                ));
+            }
+            continue;
+        }
+        // The client's configured hosts then (none reconfigured since the connection
+        // was made); its next pass tries them, `host` (the current one) last.
+        let (mut first, mut backups) = (plan.host, plan.backups.clone());
+        for (at, op) in &scn.ops {
+            if ms(*at) > t {
+                break;
+            }
+            match op {
+                Op::ChangeHost { client: c, host } if *c == client => first = *host,
+                Op::ChangeBackups { client: c, hosts } if *c == client => backups = hosts.clone(),
+                _ => {}
+            }
+        }
+        let hosts: BTreeSet<&str> = std::iter::once(first)
+            .chain(backups)
+            .map(|h| scn.hosts[h].as_str())
+            .collect();
+        if hosts.iter().any(|h| h != host) && next.host == *host && reported.insert(client) {
+            out.push(Violation::new(
+                "wrong_server_backs_off",
+                format!(
+                    "client {client}: conn {conn} ({host}) said wrong server at {} ms; the next connect went to {host} again at {} ms, not to another of {hosts:?}",
+                    t.as_millis(),
+                    next.at.as_millis()
+                ),
+            ));
+        }
+    }
     out
 }
 
@@ -149,6 +520,25 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
                 && c.cancelled.is_some_and(|at| at <= end)
                 && unanswered(c.nonce)
         }) {
+            continue;
+        }
+        // A fire-and-forget call whose caller gave up stays queued until it is written
+        // (the crate never skips one): while each connection drains before it takes a
+        // user call (a host that drains after its handshake), the shutdown rightly
+        // waits for it, to its deadline.
+        let drained = records.iter().any(|r| {
+            r.client == client && r.at >= t0 && r.at <= end && r.what == What::DrainNotice
+        });
+        if drained
+            && calls.iter().any(|c| {
+                ours(c.client, client)
+                    && c.shape.starts_with("Send")
+                    && c.cancelled.is_some_and(|at| at <= end)
+                    && !records.iter().any(|r| {
+                        r.at <= end && matches!(&r.what, What::Read(d) if d.nonce == Some(c.nonce))
+                    })
+            })
+        {
             continue;
         }
         // A balance call may have been queued on this channel, its caller waiting:

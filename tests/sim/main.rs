@@ -6,11 +6,13 @@
 //! redirects), one to three reconnecting channels in order or session mode (with or
 //! without a handshake that awaits some calls and leaves others unawaited, or panics),
 //! sometimes a `RetryNotSent` over a p2c balance of two of them (on plain requests, or
-//! on `Call`s over `Channel::calls()`), and a schedule of operations at virtual times:
-//! every call shape, through the methods or through `Service<Call>`, cancels at random
-//! points, panics in
-//! user code (codec, `check`, `is_final`, `session`, handshake), `poll_ready` slots taken
-//! and dropped, `change_host`, `change_backups`, `close`, `shutdown`, `connect`. It runs
+//! on `Call`s over `Channel::calls()`), the server's word on some replies
+//! (`Protocol::verdict`: did not run, wrong server, perhaps only once, perhaps only on
+//! some frames) and hosts that send a drain notice after some frames, and a schedule
+//! of operations at virtual times: every call shape, through the methods or through
+//! `Service<Call>`, cancels at random points, panics in user code (codec, `check`,
+//! `is_final`, `session`, `verdict`, handshake), `poll_ready` slots taken and dropped,
+//! `change_host`, `change_backups`, `close`, `shutdown`, `connect`, drains. It runs
 //! (`run`, `ops`) on a current-thread runtime with paused time over the in-memory network
 //! of `socketchannel::testing`, then heals every host, waits for every call, and runs the
 //! checks (`checks`): each named, each one of the Contracts of `docs/design.md`.
@@ -35,9 +37,11 @@
 //! The checks, each named in its violations: `resolved_once`, `own_reply`,
 //! `not_sent_not_executed`, `executed_at_most_once`, `handshake_first`,
 //! `stall_means_silence`, `pass_names_hosts`, `connect_rate`, `idle_gauges` (in
-//! `socketchannel::testing::checks`), `shutdown_prompt` (in `checks`), and
-//! `no_busy_loop` (a seed that runs 60 s of real time). Every later feature adds itself
-//! to the generator (`scenario`, `run`, `ops`) and to the checks.
+//! `socketchannel::testing::checks`), `shutdown_prompt`, `limit_only_when_over`,
+//! `drain_writes_nothing_new`, `drain_loses_nothing`, `closed_only_when_closed`,
+//! `wrong_server_backs_off` (in `checks`), and `no_busy_loop` (a seed that runs 60 s
+//! of real time). Every later feature adds itself to the generator (`scenario`, `run`,
+//! `ops`) and to the checks.
 //!
 //! Not checked yet: buffer sizes (the next issue adds the counters to read them from).
 

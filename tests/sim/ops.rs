@@ -39,6 +39,9 @@ pub fn apply(
             if let Some(p) = flags.panic {
                 b.push_str(&format!(" p={p}"));
             }
+            if let Some(said) = flags.said {
+                b.push_str(&said.tokens());
+            }
             // The balance is a client of its own, numbered after the channels.
             let client = channels.len();
             let id = ctx
@@ -111,6 +114,7 @@ pub fn apply(
         }
         Op::Set { host, behavior } => net.set(&ctx.hosts[*host], behavior.clone()),
         Op::Kill(host) => net.kill(&ctx.hosts[*host]),
+        Op::Drain { host, after } => net.drain_after(&ctx.hosts[*host], *after),
     }
     let _ = Shape::Request;
 }
@@ -141,6 +145,7 @@ pub async fn finish(
     ctx.trace.log("end: heal every host");
     for h in &ctx.hosts {
         net.set(h, Behavior::Up);
+        net.drain_after(h, None);
         net.kill(h);
     }
     wait_done(ctx, SETTLE).await;
@@ -162,6 +167,7 @@ pub async fn finish(
         }
     }
     ctx.trace.log("end: close every channel");
+    *ctx.closing.lock().unwrap() = Some(ctx.trace.now());
     for ch in channels {
         ch.close();
     }

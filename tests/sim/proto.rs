@@ -7,16 +7,30 @@
 //! (0: no answer); `f` the frames are parts until a final one; `gap=<ms>` before each
 //! frame; `err` error replies; `pl=<i>/<m>` part i of an m-part request (only the last
 //! is executed and answered); `x` also send a frame without a session id (for a read);
-//! `p=<check|final|session|decode|encode>` make the client panic there.
+//! `p=<check|final|session|decode|encode|verdict>` make the client panic there.
+//! The server's word ([`Verdict`]): `nr` every frame of the reply says the request did
+//! not run (`LOADING`, [`Verdict::NotRun`]) and the server does not execute it; `ws`
+//! likewise with `READONLY` ([`Verdict::WrongServer`]); with either, `once` only the
+//! first time the server (any host) sees the nonce (a retry runs), and `mixed` the first
+//! frame is an ordinary one, so the request *is* executed (its other frames say it did
+//! not run). A request with no reply (`r=0`) has nowhere to say so: it is executed.
 //!
 //! Reply body: `n=<nonce> i=<frame> c=<conn>` and `P:<where>` when the request asked
-//! for a panic; `refused c=<conn>` for a one-frame host; `extra n=<nonce> c=<conn>`.
+//! for a panic, after `LOADING ` or `READONLY ` when it says it did not run;
+//! `refused c=<conn>` for a one-frame host; `extra n=<nonce> c=<conn>`; the drain notice
+//! of a draining host (`Net::drain_after`, [`Verdict::Drain`]) is `DRAIN c=<conn>`,
+//! without a session id.
+//!
+//! The client's codec keeps a [`Wire`] journal of what each connection wrote and when it
+//! read a drain notice, for `drain_writes_nothing_new`.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use socketchannel::testing::{ConnInfo, Described, ReplyTag, Served, Server};
-use socketchannel::{BoxError, Protocol, Sessions};
+use socketchannel::{BoxError, Protocol, Sessions, Verdict};
 use tokio_util::codec::{Decoder, Encoder};
 
 pub use super::codec::{Kind as FrameKind, Msg, MsgCodec, ServerSaid, TestProto};
@@ -73,6 +87,21 @@ impl Protocol<Msg, Msg> for SimProto {
         }
         TestProto.check(resp)
     }
+    fn verdict(&self, resp: &Msg) -> Verdict {
+        if marked(resp, "verdict") {
+            panic!("simulated panic in verdict");
+        }
+        let text = resp.text();
+        if text.starts_with("LOADING ") {
+            Verdict::NotRun
+        } else if text.starts_with("READONLY ") {
+            Verdict::WrongServer
+        } else if text.starts_with("DRAIN ") {
+            Verdict::Drain
+        } else {
+            Verdict::Reply
+        }
+    }
 }
 
 impl Sessions<Msg, Msg> for SimProto {
@@ -88,9 +117,93 @@ impl Sessions<Msg, Msg> for SimProto {
     }
 }
 
-/// The client's codec: the test codec, panicking on marked frames.
-#[derive(Debug, Clone, Default)]
-pub struct SimCodec(MsgCodec);
+/// What a client connection's codec did, in the order the connection task did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// Encoded a frame (written it into the transport's buffer).
+    Encoded { nonce: u64, handshake: bool },
+    /// Decoded a drain notice (`conn` is the server's number for the connection): the
+    /// connection task routes it next.
+    DrainRead { conn: u64 },
+    /// Decoded a frame that says the server is the wrong one (`READONLY`).
+    WrongServerRead { conn: u64 },
+}
+
+/// One [`Wire`] event: the codec (one per connection: the network clones the codec for
+/// each), the virtual time, the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireEvent {
+    pub codec: u64,
+    pub at: Duration,
+    pub what: Wire,
+}
+
+/// Every client codec's [`Wire`] events, in order; clones share it.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    epoch: tokio::time::Instant,
+    inner: Arc<Mutex<(u64, Vec<WireEvent>)>>,
+}
+
+impl Journal {
+    /// A journal whose times count from `epoch` (the trace's).
+    pub fn new(epoch: tokio::time::Instant) -> Self {
+        Journal {
+            epoch,
+            inner: Arc::default(),
+        }
+    }
+
+    fn next_codec(&self) -> u64 {
+        let mut j = self.inner.lock().unwrap();
+        j.0 += 1;
+        j.0
+    }
+
+    fn push(&self, codec: u64, what: Wire) {
+        let at = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        self.inner
+            .lock()
+            .unwrap()
+            .1
+            .push(WireEvent { codec, at, what });
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<WireEvent> {
+        self.inner.lock().unwrap().1.clone()
+    }
+}
+
+/// The client's codec: the test codec, panicking on marked frames, keeping a journal.
+#[derive(Debug)]
+pub struct SimCodec {
+    codec: MsgCodec,
+    /// This codec's number in the journal (each clone has its own).
+    id: u64,
+    journal: Journal,
+}
+
+impl SimCodec {
+    pub fn new(journal: Journal) -> Self {
+        SimCodec {
+            codec: MsgCodec::default(),
+            id: 0,
+            journal,
+        }
+    }
+}
+
+/// A clone is a new connection's codec: a number of its own, the same journal.
+impl Clone for SimCodec {
+    fn clone(&self) -> Self {
+        SimCodec {
+            codec: self.codec.clone(),
+            id: self.journal.next_codec(),
+            journal: self.journal.clone(),
+        }
+    }
+}
 
 impl Encoder<Msg> for SimCodec {
     type Error = std::io::Error;
@@ -98,7 +211,12 @@ impl Encoder<Msg> for SimCodec {
         if token(msg.text(), "p") == Some("encode") {
             panic!("simulated panic in encode");
         }
-        self.0.encode(msg, dst)
+        let event = Wire::Encoded {
+            nonce: num(msg.text(), "n").unwrap_or(0),
+            handshake: flag(msg.text(), "hs"),
+        };
+        self.journal.push(self.id, event);
+        self.codec.encode(msg, dst)
     }
 }
 
@@ -106,7 +224,15 @@ impl Decoder for SimCodec {
     type Item = Msg;
     type Error = std::io::Error;
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Msg>, Self::Error> {
-        let msg = self.0.decode(src)?;
+        let msg = self.codec.decode(src)?;
+        if let Some(m) = &msg {
+            let conn = num(m.text(), "c").unwrap_or(0);
+            if m.text().starts_with("DRAIN ") {
+                self.journal.push(self.id, Wire::DrainRead { conn });
+            } else if m.text().starts_with("READONLY ") {
+                self.journal.push(self.id, Wire::WrongServerRead { conn });
+            }
+        }
         if msg.as_ref().is_some_and(|m| marked(m, "decode")) {
             panic!("simulated panic in decode");
         }
@@ -115,9 +241,11 @@ impl Decoder for SimCodec {
 }
 
 /// The server: executes every request (the last part of a multi-part one) and answers
-/// as its body says.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SimServer;
+/// as its body says; its clones share the nonces it has seen (for `once`).
+#[derive(Debug, Clone, Default)]
+pub struct SimServer {
+    seen: Arc<Mutex<BTreeSet<u64>>>,
+}
 
 impl Server for SimServer {
     type Req = Msg;
@@ -156,18 +284,36 @@ impl Server for SimServer {
             Some(p) if p != "encode" => format!(" P:{p}"),
             _ => String::new(),
         };
+        // The server's word that it did not run the request (with `once`, only the
+        // first time it sees it); with `mixed`, not on the first frame.
+        let said = if flag(&body, "nr") {
+            Some("LOADING ")
+        } else if flag(&body, "ws") {
+            Some("READONLY ")
+        } else {
+            None
+        };
+        let said = said
+            .filter(|_| frames > 0)
+            .filter(|_| !flag(&body, "once") || self.seen.lock().unwrap().insert(nonce));
+        let mixed = flag(&body, "mixed");
         let mut replies = Vec::new();
         for i in 0..frames {
+            let says = said.filter(|_| !(mixed && i == 0));
             // A part before the last is `More` even in an error reply: the test protocol
             // has no error part that is not final.
             let kind = if parts && i + 1 < frames {
                 FrameKind::More
-            } else if err {
+            } else if err || says.is_some() {
                 FrameKind::Error
             } else {
                 FrameKind::Normal
             };
-            let text = format!("n={nonce} i={i} c={}{mark}", conn.conn);
+            let text = format!(
+                "{}n={nonce} i={i} c={}{mark}",
+                says.unwrap_or(""),
+                conn.conn
+            );
             replies.push((gap, Msg::with_id(req.id, text).kind(kind)));
         }
         if flag(&body, "x") {
@@ -177,12 +323,17 @@ impl Server for SimServer {
             ));
         }
         Served {
-            executed: true,
+            // Not run only when every frame of its reply says so.
+            executed: said.is_none() || mixed,
             replies,
         }
     }
 
     fn refusal(&self, conn: &ConnInfo) -> Option<Msg> {
         Some(Msg::with_id(0, format!("refused c={} max clients", conn.conn)).kind(FrameKind::Error))
+    }
+
+    fn drain_notice(&self, conn: &ConnInfo) -> Option<Msg> {
+        Some(Msg::with_id(0, format!("DRAIN c={}", conn.conn)))
     }
 }

@@ -123,3 +123,55 @@ fn overload_stuck_after_a_panicking_task_seed_0xc12() {
 fn calls_retry_refills_its_copy_seed_0x8() {
     assert_clean(0x8, "own_reply", "calls_retry_refills_its_copy_seed_0x8");
 }
+
+/// The server's word (#18): a host that sends its drain notice as it accepts. The
+/// notice, read during the handshake, was acted on only after the next write, so the
+/// queued user calls were still written on the drained connection (found after 11
+/// seeds on the feature as it landed, 37c6929; fixed in 69be240).
+#[test]
+fn drain_read_by_the_handshake_writes_nothing_new_seed_0xa() {
+    assert_clean(
+        0xa,
+        "drain_writes_nothing_new",
+        "drain_read_by_the_handshake_writes_nothing_new_seed_0xa",
+    );
+}
+
+/// The server's word (#18): a host that drains every connection before it answers a
+/// call made a `Persistent` channel reconnect at once, a storm of a connect a
+/// millisecond (found after 665 seeds on 37c6929; fixed in 69be240: a failed attempt).
+#[test]
+fn drain_before_any_reply_is_no_reconnect_storm_seed_0x298() {
+    assert_clean(
+        0x298,
+        "connect_rate",
+        "drain_before_any_reply_is_no_reconnect_storm_seed_0x298",
+    );
+}
+
+/// The server's word (#18): `READONLY` and then the connection reset in the same read:
+/// the connection counted as answered (by the `READONLY` itself), so the channel
+/// reconnected to that host at once (found after 2,220 seeds on 37c6929; fixed in
+/// 69be240).
+#[test]
+fn wrong_server_then_reset_backs_off_seed_0x8ab() {
+    assert_clean(
+        0x8ab,
+        "wrong_server_backs_off",
+        "wrong_server_then_reset_backs_off_seed_0x8ab",
+    );
+}
+
+/// The server's word (#18): as above, on a connection that had answered other calls
+/// before its `READONLY` (the first frame of a reply, the rest `READONLY`) and was reset
+/// in the same read: the loss took the path of a connection that answered, reconnecting
+/// to that host at once (found at seed 20,368 on 6227dd1; fixed in the connection
+/// task: a loss after the wrong server's word is a failed attempt).
+#[test]
+fn wrong_server_after_replies_then_reset_backs_off_seed_0x4f90() {
+    assert_clean(
+        0x4f90,
+        "wrong_server_backs_off",
+        "wrong_server_after_replies_then_reset_backs_off_seed_0x4f90",
+    );
+}

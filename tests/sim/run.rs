@@ -16,7 +16,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::checks;
-use super::proto::{Msg, SimCodec, SimProto, SimServer, tag_of, tag_of_error};
+use super::proto::{Journal, Msg, SimCodec, SimProto, SimServer, tag_of, tag_of_error};
 use super::scenario::{ClientPlan, Flags, Hs, Scenario, Shape};
 
 pub type Ch = Channel<Msg, Msg>;
@@ -43,6 +43,10 @@ pub struct Ctx {
     /// Shutdowns: (client, started, ended, deadline).
     pub shutdowns: Mutex<Vec<(usize, Duration, Duration, Duration)>>,
     pub tasks: Mutex<Vec<(usize, JoinHandle<()>)>>,
+    /// What the clients' connections wrote, and when they read a drain notice.
+    pub wire: Journal,
+    /// When the end of the scenario closed every channel.
+    pub closing: Mutex<Option<Duration>>,
 }
 
 impl Ctx {
@@ -80,6 +84,9 @@ fn body(nonce: u64, frames: u64, flags: &Flags, extra: &str) -> String {
     }
     if let Some(p) = flags.panic {
         b.push_str(&format!(" p={p}"));
+    }
+    if let Some(said) = flags.said {
+        b.push_str(&said.tokens());
     }
     b.push_str(extra);
     b
@@ -526,9 +533,17 @@ pub fn run(scn: &Scenario) -> Report {
 
 async fn simulate(scn: &Scenario) -> Report {
     let trace = Trace::new();
-    let net = Net::new(SimServer, SimCodec::default(), trace.clone());
+    let wire = Journal::new(trace.epoch());
+    let net = Net::new(
+        SimServer::default(),
+        SimCodec::new(wire.clone()),
+        trace.clone(),
+    );
     for (h, b) in scn.hosts.iter().zip(&scn.initial) {
         net.set(h, b.clone());
+    }
+    for (h, d) in scn.hosts.iter().zip(&scn.drains) {
+        net.drain_after(h, *d);
     }
     let ctx = Arc::new(Ctx {
         trace: trace.clone(),
@@ -550,6 +565,8 @@ async fn simulate(scn: &Scenario) -> Report {
         kicks: Mutex::new(Vec::new()),
         shutdowns: Mutex::new(Vec::new()),
         tasks: Mutex::new(Vec::new()),
+        wire,
+        closing: Mutex::new(None),
     });
     let channels: Vec<Ch> = scn
         .clients
