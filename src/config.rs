@@ -35,6 +35,7 @@ pub struct Config {
     pub(crate) limits: ReplyLimits,
     pub(crate) orphans: Orphans,
     pub(crate) orphan_age: Option<Duration>,
+    pub(crate) call_timeout: Option<Duration>,
     pub(crate) name: Option<Cow<'static, str>>,
     #[cfg(feature = "metrics")]
     pub(crate) latency_sampling: u32,
@@ -127,6 +128,7 @@ impl Default for Config {
             },
             orphans: Orphans::Quarter,
             orphan_age: Some(Duration::from_secs(60)),
+            call_timeout: None,
             name: None,
             #[cfg(feature = "metrics")]
             latency_sampling: crate::metrics::SAMPLING,
@@ -147,6 +149,27 @@ impl Config {
     /// as 1.
     pub fn queue(mut self, n: usize) -> Self {
         self.queue = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// The deadline of every call that has none of its own
+    /// ([`Call::deadline`](crate::Call::deadline)), counted from when it is made (default
+    /// `None`: no deadline). Kept by the connection task, with one timer for all calls.
+    ///
+    /// A call still queued at its deadline fails [`Kind::Timeout`](crate::Kind::Timeout)
+    /// *not sent*, and is never written, whether the channel is connecting, backing off
+    /// or waiting for room; a written one fails *may have executed*, and its slot (or
+    /// session id) stays taken until its reply comes, or its connection ends. Unlike
+    /// `tower::timeout`, it costs no timer per call and its error says whether the call
+    /// was sent. While deadlines are in use the task takes queued calls out of the
+    /// intake to time them, up to [`queue`](Self::queue) more, so twice that many can
+    /// wait.
+    ///
+    /// A retry ([`RetryNotSent`](crate::RetryNotSent)) of a call that got this
+    /// default gets it afresh; give the [`Call`](crate::Call) its own deadline to bound
+    /// every attempt together.
+    pub fn call_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.call_timeout = timeout.into();
         self
     }
 

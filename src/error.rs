@@ -75,6 +75,12 @@ pub enum Kind {
     /// [`Config::max_reply_bytes`]: crate::Config::max_reply_bytes
     /// [`Config::stream_buffer`]: crate::Config::stream_buffer
     Limit,
+    /// The call's deadline passed ([`Call::deadline`](crate::Call::deadline),
+    /// [`Config::call_timeout`](crate::Config::call_timeout)). Queued, it was never
+    /// written (*not sent*); written, it *may have executed*, and its slot or id stays
+    /// taken until its reply comes or its connection ends. Never retried by
+    /// [`RetryNotSent`](crate::RetryNotSent): its time is up.
+    Timeout,
 }
 
 impl Error {
@@ -224,6 +230,7 @@ impl fmt::Display for Error {
             Kind::Unsupported => "call not supported by this channel",
             Kind::Overloaded => "intake full (call without poll_ready)",
             Kind::Limit => "reply over the channel's limit",
+            Kind::Timeout => "deadline passed",
         };
         let sent = if self.inner.written {
             "request may have executed"

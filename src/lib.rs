@@ -147,7 +147,12 @@
 //! [`Channel::calls`], a `Service<Call<Req>>` whose response is a [`Reply`]. Retry only
 //! what [`Error::is_not_sent`] says never reached the server: [`RetryNotSent`] does
 //! (over either service, with a retry budget if you give it one), and retries a
-//! [`Call::idempotent`] after a lost connection too. [`MuxLayer`] and
+//! [`Call::idempotent`] after a lost connection too. For a time limit, prefer the
+//! channel's own deadlines ([`Call::deadline`], [`Call::timeout`], a default in
+//! [`Config::call_timeout`] or [`Builder::call_timeout`]) to tower's `timeout`: the
+//! engine keeps them all in one heap with one timer, a call whose deadline passes while
+//! queued is never written, and the [`Kind::Timeout`] error says whether it was sent.
+//! [`MuxLayer`] and
 //! [`ReconnectLayer`] offer the pieces as layers.
 //!
 //! # What to do with an error
@@ -173,6 +178,8 @@
 //! | `Service::call` without `poll_ready`, intake full | `Overloaded` | not sent | yes, after a delay | 503 | `UNAVAILABLE` |
 //! | A caller-supplied session id still in use | `IdInUse` | not sent | no: a caller's bug | 500 | `INTERNAL` |
 //! | A call the channel cannot make (an id in order mode, no parts) | `Unsupported` | not sent | no: a caller's bug | 500 | `INTERNAL` |
+//! | Its deadline passed while it was queued ([`Call::deadline`], [`Config::call_timeout`]): never written | `Timeout` | not sent | no: its time is up (a retry keeps the deadline) | 504 | `DEADLINE_EXCEEDED` |
+//! | Its deadline passed after it was written (its slot or id stays taken until the reply) | `Timeout` | may have executed | no | 504 | `DEADLINE_EXCEEDED` |
 //! | tower's `timeout` elapsed (not a channel error) | — | unknown: may have executed | only if idempotent | 504 | `DEADLINE_EXCEEDED` |
 //!
 //! *May have executed* never maps to a code that tells clients to retry (503,
@@ -194,6 +201,8 @@
 //!         .is_some_and(|c| c.kind() == socketchannel::ConnectionErrorKind::Stalled);
 //!     match err.kind() {
 //!         Kind::IdInUse | Kind::Unsupported => (500, "INTERNAL"),
+//!         // Its deadline, sent or not: a retry would start past it.
+//!         Kind::Timeout => (504, "DEADLINE_EXCEEDED"),
 //!         // The server's word that it did not run the call.
 //!         Kind::Server if err.is_not_sent() => (503, "UNAVAILABLE"),
 //!         Kind::Server | Kind::Limit => (502, "INTERNAL"),

@@ -8,7 +8,7 @@
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | `socketchannel_calls_total` | counter | `channel` | calls made, on every path (the methods, both `Service`s) |
-//! | `socketchannel_outcomes_total` | counter | `channel`, `outcome`, `sent` | calls resolved: `outcome` is `ok`, or the [`Kind`] in snake case (`connection_lost`, `connect_failed`, `closed`, `server`, `id_in_use`, `unsupported`, `overloaded`, `limit`) with `sent` = `not_sent` or `may_have_executed` ([`Error::is_not_sent`]); `cancelled` (no `sent`) for a call whose future or stream was dropped before its outcome |
+//! | `socketchannel_outcomes_total` | counter | `channel`, `outcome`, `sent` | calls resolved: `outcome` is `ok`, or the [`Kind`] in snake case (`connection_lost`, `connect_failed`, `closed`, `server`, `id_in_use`, `unsupported`, `overloaded`, `limit`, `timeout`) with `sent` = `not_sent` or `may_have_executed` ([`Error::is_not_sent`]); `cancelled` (no `sent`) for a call whose future or stream was dropped before its outcome |
 //! | `socketchannel_in_flight` | gauge | `channel` | calls written and waiting for their reply ([`Counters::in_flight`](crate::Counters::in_flight)) |
 //! | `socketchannel_reconnects_total` | counter | `channel` | connections made after the first ([`Counters::reconnects`](crate::Counters::reconnects)) |
 //! | `socketchannel_call_duration_seconds` | histogram | `channel` | from the call being made to its outcome reaching the caller, for every outcome but `cancelled`, for one call in eight, drawn at random ([`Config::latency_sampling`](crate::Config::latency_sampling): 1 times every call) |
@@ -52,7 +52,7 @@ const RECONNECTS: &str = "socketchannel_reconnects_total";
 const DURATION: &str = "socketchannel_call_duration_seconds";
 
 /// Every [`Kind`], in the order of [`kind_index`], with its label.
-const KINDS: [(Kind, &str); 8] = [
+const KINDS: [(Kind, &str); 9] = [
     (Kind::ConnectionLost, "connection_lost"),
     (Kind::ConnectFailed, "connect_failed"),
     (Kind::Closed, "closed"),
@@ -61,6 +61,7 @@ const KINDS: [(Kind, &str); 8] = [
     (Kind::Unsupported, "unsupported"),
     (Kind::Overloaded, "overloaded"),
     (Kind::Limit, "limit"),
+    (Kind::Timeout, "timeout"),
 ];
 
 /// Where a kind's counters are in [`Metrics::failed`] (exhaustive: a new kind must be
@@ -75,6 +76,7 @@ fn kind_index(kind: Kind) -> usize {
         Kind::Unsupported => 5,
         Kind::Overloaded => 6,
         Kind::Limit => 7,
+        Kind::Timeout => 8,
     }
 }
 

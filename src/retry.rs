@@ -120,6 +120,8 @@ impl RetryNotSent {
             // error (no request, *not sent* even for a written call) replace this one.
             // On another channel it may go through: that is the caller's choice.
             Kind::Closed => false,
+            // Its deadline passed: a retry would start after it, and it keeps it.
+            Kind::Timeout => false,
             _ if err.is_not_sent() => true,
             // Written, and its connection went away before the reply.
             Kind::ConnectionLost => idempotent,
@@ -280,6 +282,29 @@ mod tests {
         let mut copy = Policy::<_, (), BoxError>::clone_request(&mut policy, &call).unwrap();
         let mut empty = boxed(Error::new(Kind::ConnectFailed));
         assert!(policy.retry(&mut copy, &mut empty).is_none());
+    }
+
+    /// A retry keeps the call's deadline (the whole budget, not one per attempt), and a
+    /// timeout is never retried, though it was not sent.
+    #[tokio::test]
+    async fn a_retry_keeps_the_deadline_and_a_timeout_is_never_retried() {
+        let mut policy = RetryNotSent::new(2);
+        let at = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
+        for call in [
+            Call::new(String::from("GET k")).deadline(at),
+            Call::new(String::from("GET k")).deadline(at).idempotent(),
+        ] {
+            let mut copy = Policy::<_, (), BoxError>::clone_request(&mut policy, &call).unwrap();
+            assert_eq!(copy.deadline, Some(at));
+            let mut not_sent = boxed(
+                Error::new(Kind::ConnectFailed).with_request(Box::new(String::from("GET k"))),
+            );
+            assert!(policy.retry(&mut copy, &mut not_sent).is_some());
+            assert_eq!(copy.deadline, Some(at), "refilled, with its deadline");
+        }
+        let mut req = ();
+        let mut timed_out = boxed(Error::new(Kind::Timeout));
+        assert!(policy.retry(&mut req, &mut timed_out).is_none());
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ pub(crate) enum Control {
     ChangeHost(HostSpec),
     /// Replace the backups, from the next connect pass on.
     ChangeBackups(Vec<HostSpec>),
+    /// The first call with a deadline was made: from now on the task times the calls
+    /// queued in its intake too (`mux/deadline.rs`).
+    Deadlines,
 }
 
 pub(crate) struct Shared<Resp> {
@@ -69,6 +72,11 @@ pub(crate) struct Shared<Resp> {
     pub(crate) overloaded: watch::Sender<bool>,
     /// How large a multi-frame reply may grow.
     pub(crate) limits: ReplyLimits,
+    /// The deadline a call without one of its own is given, from when it is made
+    /// ([`Config::call_timeout`](crate::Config::call_timeout)).
+    pub(crate) call_timeout: Option<std::time::Duration>,
+    /// A call with a deadline was made (and the task told: [`Control::Deadlines`]).
+    pub(crate) deadlines: AtomicBool,
     /// The channel was made outside a runtime and its task has not started: the first
     /// call made inside one spawns it (`channel/start.rs`; the handles hold the task).
     pub(crate) unstarted: AtomicBool,
@@ -85,6 +93,7 @@ impl<Resp> Shared<Resp> {
         pushes: mpsc::Receiver<Resp>,
         overload: Option<Overload>,
         limits: ReplyLimits,
+        call_timeout: Option<std::time::Duration>,
         state: State,
         span: tracing::Span,
         #[cfg(feature = "metrics")] metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -105,8 +114,18 @@ impl<Resp> Shared<Resp> {
             queued: AtomicUsize::new(0),
             overloaded: watch::Sender::new(false),
             limits,
+            call_timeout,
+            deadlines: AtomicBool::new(false),
             unstarted: AtomicBool::new(false),
             gone: Mutex::new(None),
+        }
+    }
+
+    /// A call with a deadline is being made: the first one tells the task.
+    #[inline]
+    pub(crate) fn deadline_used(&self) {
+        if !self.deadlines.load(Ordering::Relaxed) && !self.deadlines.swap(true, Ordering::AcqRel) {
+            let _ = self.control.send(Control::Deadlines);
         }
     }
 

@@ -250,7 +250,7 @@ async fn every_call_is_counted_with_its_outcome_and_latency() {
     let registered = rec.counters.lock().unwrap().len();
     assert_eq!(
         registered,
-        1 + 1 + 1 + 8 * 2 + 1,
+        1 + 1 + 1 + 9 * 2 + 1,
         "calls, ok, cancelled, kinds, reconnects"
     );
     assert_eq!(rec.counter("socketchannel_reconnects_total{channel=m}"), 0);

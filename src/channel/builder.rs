@@ -45,6 +45,7 @@ pub struct Builder<Req, Resp> {
     backups: Result<Vec<HostSpec>, InvalidEndpoint>,
     config: Config,
     name: Option<Cow<'static, str>>,
+    call_timeout: Option<Option<Duration>>,
     opts: Options<Req, Resp>,
     #[cfg(feature = "tcp")]
     pub(super) nodelay: bool,
@@ -59,6 +60,7 @@ impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
             .field("port", &self.port)
             .field("backups", &self.backups)
             .field("name", &self.name)
+            .field("call_timeout", &self.call_timeout)
             .field("config", &self.config)
             .field("reconnect", &self.opts.reconnect)
             .field("backoff", &self.opts.backoff)
@@ -79,6 +81,7 @@ where
             backups: Ok(Vec::new()),
             config: Config::default(),
             name: None,
+            call_timeout: None,
             opts: Options {
                 reconnect: Reconnect::Once,
                 backoff: Backoff::default(),
@@ -236,6 +239,14 @@ where
         self
     }
 
+    /// The deadline of every call that has none of its own, from when it is made
+    /// (default `None`); see [`Config::call_timeout`]. It wins over the one in the
+    /// [`config`](Self::config).
+    pub fn call_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.call_timeout = Some(timeout.into());
+        self
+    }
+
     /// Connects as soon as the channel is built instead of on the first call.
     pub fn eager(mut self) -> Self {
         self.opts.eager = true;
@@ -306,6 +317,9 @@ where
         self.opts.max_in_flight = self.config.max_in_flight;
         self.opts.orphans = self.config.orphans;
         self.opts.orphan_age = self.config.orphan_age;
+        if let Some(timeout) = self.call_timeout {
+            self.config.call_timeout = timeout;
+        }
         if let Some(name) = self.name {
             self.config.name = Some(name);
         }

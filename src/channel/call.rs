@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use tokio::time::Instant;
+
 use super::reply::Shape;
 use crate::mux::{Envelope, Frames, Until, Waiter};
 use crate::protocol::SessionId;
@@ -32,6 +34,7 @@ pub struct Call<Req> {
     pub(crate) id: Option<u64>,
     pub(crate) exempt: bool,
     pub(crate) shape: Shape,
+    pub(crate) deadline: Option<Instant>,
     /// Set by [`Call::idempotent`]: copies the frames, so a retry has them even after
     /// they were written.
     copy: Option<CopyFrames<Req>>,
@@ -55,6 +58,7 @@ impl<Req> fmt::Debug for Call<Req> {
             .field("id", &self.id)
             .field("exempt", &self.exempt)
             .field("shape", &self.shape)
+            .field("deadline", &self.deadline)
             .field("idempotent", &self.copy.is_some())
             .finish()
     }
@@ -67,6 +71,7 @@ impl<Req> Call<Req> {
             id: None,
             exempt: false,
             shape: Shape::One,
+            deadline: None,
             copy: None,
             hollow: false,
         }
@@ -105,6 +110,28 @@ impl<Req> Call<Req> {
     pub fn no_stall_timeout(mut self) -> Self {
         self.exempt = true;
         self
+    }
+
+    /// Fails the call with [`Kind::Timeout`](crate::Kind::Timeout) if it is not answered
+    /// by `at`: still queued then, it is never written (*not sent*, at any phase of the
+    /// channel: connecting, backing off, waiting for room); written, it fails *may have
+    /// executed*, its slot or session id taken until its reply comes. It replaces the
+    /// channel's [`Config::call_timeout`](crate::Config::call_timeout). A copy a retry
+    /// makes keeps it, so it bounds every attempt together (and
+    /// [`RetryNotSent`](crate::RetryNotSent) never retries a timeout).
+    ///
+    /// The connection task keeps every deadline in one heap with one timer, so a
+    /// deadline costs far less than a `tower::timeout` per call, and its error says
+    /// whether the call was sent. A `std::time::Instant` converts.
+    pub fn deadline(mut self, at: impl Into<Instant>) -> Self {
+        self.deadline = Some(at.into());
+        self
+    }
+
+    /// [`deadline`](Self::deadline) `timeout` from now: the time is counted from when
+    /// this is called, not from when the call is sent.
+    pub fn timeout(self, timeout: std::time::Duration) -> Self {
+        self.deadline(crate::config::deadline(Instant::now(), timeout))
     }
 
     /// Through `Service<Call<Req>>`: the reply is several frames, collected into
@@ -166,6 +193,7 @@ impl<Req> Call<Req> {
             id: self.id,
             exempt: self.exempt,
             shape: self.shape,
+            deadline: self.deadline,
             copy: self.copy,
             hollow,
         }
@@ -202,6 +230,7 @@ impl<Req> Call<Req> {
         let mut envelope = Envelope::new(self.frames, waiter);
         envelope.id = self.id;
         envelope.exempt = self.exempt;
+        envelope.deadline = self.deadline;
         if self.hollow {
             envelope.fail_unsent(crate::error::Kind::Unsupported, None);
             return None;

@@ -233,6 +233,7 @@ where
             pushes,
             config.overload.clone(),
             config.limits.clone(),
+            config.call_timeout,
             state,
             task_span(name, host),
             #[cfg(feature = "metrics")]
@@ -255,7 +256,20 @@ where
             self.refuse(envelope);
             return;
         }
-        match self.tx.reserve().await {
+        self.stamp_deadline(&mut envelope);
+        // A call with a deadline waits for room no longer than that (the timer is only
+        // armed when there is no room at once).
+        let reserve = match envelope.deadline {
+            None => self.tx.reserve().await,
+            Some(at) => match tokio::time::timeout_at(at, self.tx.reserve()).await {
+                Ok(reserved) => reserved,
+                Err(_) => {
+                    envelope.fail_unsent(Kind::Timeout, None);
+                    return;
+                }
+            },
+        };
+        match reserve {
             // Closed while we waited (the task may even be gone): do not send.
             Ok(_) if self.refuses() => self.refuse(envelope),
             Ok(permit) => {
@@ -263,6 +277,22 @@ where
                 permit.send(envelope);
             }
             Err(_) => self.refuse(envelope),
+        }
+    }
+
+    /// Gives a call without a deadline the channel's default, counted from now.
+    #[inline]
+    pub(crate) fn stamp_deadline(&self, envelope: &mut Envelope<Req, Resp>) {
+        if envelope.deadline.is_none()
+            && let Some(timeout) = self.shared.call_timeout
+        {
+            envelope.deadline = Some(crate::config::deadline(
+                tokio::time::Instant::now(),
+                timeout,
+            ));
+        }
+        if envelope.deadline.is_some() {
+            self.shared.deadline_used();
         }
     }
 

@@ -264,6 +264,7 @@ where
     /// Hands a call to the intake with the slot `poll_ready` reserved, or one taken now
     /// if there is room; otherwise fails it *not sent*.
     fn submit(&mut self, mut envelope: Envelope<Req, Resp>) {
+        self.stamp_deadline(&mut envelope);
         let permit = match self.permit.take() {
             Some(permit) => permit,
             None => match self.sender().try_reserve_owned() {

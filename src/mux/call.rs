@@ -360,6 +360,33 @@ impl<Resp> Waiter<Resp> {
         }
     }
 
+    /// Fails a written call at its deadline, in place: the waiter is left gone (an
+    /// orphan), so the rest of its reply, when it comes, is read and dropped. A call
+    /// whose outcome was sent already, or whose caller left, is left alone.
+    pub(crate) fn expire(&mut self, err: Error) {
+        match self {
+            Waiter::One(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(err));
+                }
+            }
+            Waiter::Collect(c) => {
+                c.parts = Vec::new();
+                if let Some(tx) = c.tx.take() {
+                    let _ = tx.send(Err(err));
+                }
+            }
+            Waiter::Stream(s) => {
+                if !s.failed {
+                    s.failed = true;
+                    s.finish(Some(Err(err)));
+                }
+            }
+            // Resolved once written: never waits for a reply.
+            Waiter::Sent(_) => {}
+        }
+    }
+
     /// Fails the call.
     pub(crate) fn fail(self, err: Error) {
         match self {
@@ -417,6 +444,10 @@ pub(crate) struct Envelope<Req, Resp> {
     pub(crate) exempt: bool,
     /// What it counts for the overload signal while queued (0 when that is off).
     pub(crate) weight: usize,
+    /// When it fails [`Kind::Timeout`] if it has not been answered (see `deadline.rs`).
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    /// Its sequence number while the connection task holds it in its queue.
+    pub(crate) seq: u64,
     /// Boxes the request for an error that hands it back: `Drop` cannot ask
     /// `Req: Send + 'static`, so the constructor, which can, leaves this here.
     boxed: fn(Frames<Req>) -> Option<Box<dyn Any + Send>>,
@@ -430,6 +461,8 @@ impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
             id: None,
             exempt: false,
             weight: 0,
+            deadline: None,
+            seq: 0,
             boxed: Frames::into_any,
         }
     }
@@ -499,8 +532,9 @@ mod tests {
 
     #[test]
     fn bookkeeping_of_a_waiting_call_stays_small() {
-        // One waiting call costs an `Entry` in its matcher: a waiter plus a few words.
+        // One waiting call costs an `Entry` in its matcher: a waiter plus a few words
+        // (its sequence number, for its deadline, is one of them).
         assert!(std::mem::size_of::<Waiter<[u8; 64]>>() <= 16);
-        assert!(std::mem::size_of::<super::super::matcher::Entry<[u8; 64]>>() <= 24);
+        assert!(std::mem::size_of::<super::super::matcher::Entry<[u8; 64]>>() <= 32);
     }
 }

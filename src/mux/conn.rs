@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::call::{Envelope, Frames, Waiter};
+use super::deadline::{Deadlines, Due};
 use super::engine::Ended;
 use super::matcher::{Entry, Matcher};
 use super::retire::Retire;
@@ -152,17 +153,24 @@ where
         }
     }
 
-    /// Admits one call and hands its first frame to the sink. Returns whether it wrote.
+    /// Admits one call and hands its first frame to the sink, entering its deadline.
+    /// Returns whether it wrote. A call whose deadline has passed is not written: it
+    /// fails [`Kind::Timeout`], *not sent*.
     #[inline(always)]
     pub(crate) fn write_call<WE>(
         &mut self,
         call: Envelope<Req, Resp>,
+        deadlines: &mut Deadlines,
     ) -> Result<bool, ConnectionError>
     where
         T: Sink<Req, Error = WE> + Unpin,
         WE: Into<BoxError>,
     {
-        let (id, exempt) = (call.id, call.exempt);
+        let (id, exempt, deadline) = (call.id, call.exempt, call.deadline);
+        if deadline.is_some_and(|at| deadlines.passed(at)) {
+            call.fail_unsent(Kind::Timeout, None);
+            return Ok(false);
+        }
         let (mut frames, Some(waiter)) = call.into_parts() else {
             return Ok(false);
         };
@@ -182,19 +190,33 @@ where
             return Ok(false);
         }
         let done = if waiter.wants_reply() {
+            let seq = deadlines.seq();
             let entry = Entry {
                 waiter,
+                seq,
                 since: self.retire.as_ref().map_or(0, Retire::tick),
                 exempt,
                 read_only: matches!(frames, Frames::None),
             };
-            if let Err((err, entry)) = self.matcher.admit(&mut frames, id, entry) {
-                let err = match frames.into_any() {
-                    Some(req) => err.with_request(req),
-                    None => err,
-                };
-                entry.waiter.fail(err);
-                return Ok(false);
+            match self.matcher.admit(&mut frames, id, entry) {
+                Ok(id) => {
+                    if let Some(at) = deadline {
+                        deadlines.push(Due {
+                            at,
+                            seq,
+                            id,
+                            written: true,
+                        });
+                    }
+                }
+                Err((err, entry)) => {
+                    let err = match frames.into_any() {
+                        Some(req) => err.with_request(req),
+                        None => err,
+                    };
+                    entry.waiter.fail(err);
+                    return Ok(false);
+                }
             }
             None
         } else {
@@ -226,6 +248,23 @@ where
             }
         }
         Ok(true)
+    }
+
+    /// The written call `due` names, if it still waits for its reply and its caller is
+    /// there; `expire`: fail it at its deadline (*may have executed*, a read *not sent*),
+    /// leaving it an orphan that holds its slot or id until its reply comes.
+    pub(crate) fn expire(&mut self, due: &Due, expire: bool) -> bool {
+        let Some(entry) = self.matcher.find(due.seq, due.id) else {
+            return false;
+        };
+        if entry.waiter.is_gone() {
+            return false;
+        }
+        if expire {
+            let err = Error::new(Kind::Timeout).written(!entry.read_only);
+            entry.waiter.expire(err);
+        }
+        true
     }
 
     /// Sets the orphan rules (a reconnecting channel, once the connection is ready).

@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn a_slot_is_an_id_and_an_entry() {
         use super::super::matcher::Entry;
-        assert_eq!(size_of::<Option<(u64, Entry<u64>)>>(), 32);
+        assert_eq!(size_of::<Option<(u64, Entry<u64>)>>(), 40);
     }
 
     #[test]

@@ -8,6 +8,9 @@ use crate::error::Error;
 #[derive(Debug)]
 pub(crate) struct Entry<Resp> {
     pub(crate) waiter: Waiter<Resp>,
+    /// Its sequence number, increasing in the order calls are written: where its
+    /// deadline finds it (see `deadline.rs`).
+    pub(crate) seq: u64,
     /// The connection's orphan tick when it was written: a coarse clock, read by the
     /// orphan-age rule only (see `Conn::should_retire`).
     pub(crate) since: u32,
@@ -53,13 +56,17 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     fn has_room(&self) -> bool;
 
     /// Gives the call its place and stamps its frames (session id). On success the entry
-    /// waits for its reply; on failure it is handed back with the error for its caller.
+    /// waits for its reply, under the session id returned (none in order mode, nor for a
+    /// read); on failure it is handed back with the error for its caller.
     fn admit(
         &mut self,
         frames: &mut Frames<Req>,
         id: Option<u64>,
         entry: Entry<Resp>,
-    ) -> Result<(), (Error, Entry<Resp>)>;
+    ) -> Result<Option<u64>, (Error, Entry<Resp>)>;
+
+    /// The waiting call admitted as `seq` under session id `id`, if it still waits.
+    fn find(&mut self, seq: u64, id: Option<u64>) -> Option<&mut Entry<Resp>>;
 
     /// Routes one reply frame.
     fn route(&mut self, frame: Resp) -> Route<Resp>;
@@ -88,6 +95,15 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
 
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
+}
+
+/// The entry numbered `seq` in a queue of entries in the order they were admitted.
+pub(crate) fn find_in<Resp>(
+    queue: &mut std::collections::VecDeque<Entry<Resp>>,
+    seq: u64,
+) -> Option<&mut Entry<Resp>> {
+    let at = queue.binary_search_by_key(&seq, |e| e.seq).ok()?;
+    queue.get_mut(at)
 }
 
 /// Counts the orphans among `entries`, with the oldest one's tick.

@@ -9,6 +9,7 @@
 
 mod call;
 mod conn;
+mod deadline;
 mod engine;
 mod ids;
 mod matcher;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::call::Frames;
-use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans};
+use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans, find_in};
 use crate::error::{Error, Kind};
 use crate::protocol::{Protocol, Verdict};
 
@@ -63,12 +63,16 @@ where
         _frames: &mut Frames<Req>,
         id: Option<u64>,
         entry: Entry<Resp>,
-    ) -> Result<(), (Error, Entry<Resp>)> {
+    ) -> Result<Option<u64>, (Error, Entry<Resp>)> {
         if id.is_some() {
             return Err((Error::new(Kind::Unsupported), entry));
         }
         self.queue.push_back(entry);
-        Ok(())
+        Ok(None)
+    }
+
+    fn find(&mut self, seq: u64, _id: Option<u64>) -> Option<&mut Entry<Resp>> {
+        find_in(&mut self.queue, seq)
     }
 
     fn route(&mut self, frame: Resp) -> Route<Resp> {

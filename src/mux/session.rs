@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::call::Frames;
 use super::ids::IdTable;
-use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans};
+use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans, find_in};
 use crate::error::{Error, Kind};
 use crate::protocol::{SessionId, Sessions, Verdict};
 
@@ -122,12 +122,12 @@ where
         frames: &mut Frames<Req>,
         id: Option<u64>,
         entry: Entry<Resp>,
-    ) -> Result<(), (Error, Entry<Resp>)> {
+    ) -> Result<Option<u64>, (Error, Entry<Resp>)> {
         let watched = usize::from(!entry.exempt);
         if matches!(frames, Frames::None) && id.is_none() {
             self.reads.push_back(entry);
             self.watched += watched;
-            return Ok(());
+            return Ok(None);
         }
         let id = match id {
             Some(id) if id > S::Id::MAX => return Err((Error::new(Kind::Unsupported), entry)),
@@ -154,7 +154,14 @@ where
                 .iter_mut()
                 .for_each(|req| self.sessions.stamp(req, wire)),
         }
-        Ok(())
+        Ok(Some(id))
+    }
+
+    fn find(&mut self, seq: u64, id: Option<u64>) -> Option<&mut Entry<Resp>> {
+        match id {
+            None => find_in(&mut self.reads, seq),
+            Some(id) => self.live.get_mut(id).filter(|e| e.seq == seq),
+        }
     }
 
     fn route(&mut self, frame: Resp) -> Route<Resp> {

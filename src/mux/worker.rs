@@ -120,6 +120,7 @@ where
                     };
                     let _ = done.send(outcome);
                 }
+                Control::Deadlines => this.engine.deadlines.used = true,
                 Control::ChangeHost(_) | Control::ChangeBackups(_) => {}
             }
         }
@@ -135,8 +136,19 @@ where
                 return this.engine.poll_fail_late(cx);
             }
         }
+        this.engine
+            .poll_deadlines(cx, |due, expire| conn.expire(due, expire));
         match this.engine.poll_conn(cx, conn, Lane::User) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Calls written or queued in this poll: the timer is set for them.
+                if this
+                    .engine
+                    .poll_deadlines(cx, |due, expire| conn.expire(due, expire))
+                {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
             // No other connection to go to: the call that said so failed *not sent*.
             Poll::Ready(Ok(Ended::WrongServer)) => {
                 cx.waker().wake_by_ref();

@@ -60,6 +60,7 @@ where
                 self.reopen(vec![done]);
             }
             Control::ChangeBackups(backups) => self.hosts.set_backups(&backups),
+            Control::Deadlines => self.engine.deadlines.used = true,
             Control::ChangeHost(host) => {
                 self.hosts.set_current(&host);
                 // The host asked for is tried first, whatever the last one did.

@@ -31,6 +31,10 @@ where
         }
     }
 
+    pub(super) fn conn_mut(&mut self) -> &mut Conn<T, Mt, Req, Resp> {
+        &mut self.conn
+    }
+
     /// No call on it has a caller waiting (else the task is woken when one leaves).
     pub(super) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
         self.conn.poll_nobody_waits(cx)

@@ -61,6 +61,11 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    /// The connection the handshake runs on.
+    pub(super) fn conn_mut(&mut self) -> &mut Conn<T, Mt, Req, Resp> {
+        &mut self.conn
+    }
+
     pub(super) fn start(
         hook: &Hook<Req, Resp>,
         shared: &Arc<Shared<Resp>>,

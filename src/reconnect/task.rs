@@ -275,6 +275,48 @@ where
     }
 }
 
+impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
+where
+    K: Connector<Req, Resp, Transport = T>,
+    T: Transport<Req, Resp>,
+    M: Mode<Req, Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Times the queued calls while there is no connection to write them to, and fails
+    /// those whose deadline passed (`mux/deadline.rs`), until none is left to fail;
+    /// true when it failed one.
+    fn watch_deadlines(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut failed = false;
+        loop {
+            if !matches!(self.phase, Phase::Ready { .. }) {
+                self.engine.absorb(cx);
+            }
+            if !self.poll_deadlines(cx) {
+                return failed;
+            }
+            failed = true;
+        }
+    }
+
+    /// Fails the calls whose deadline passed, finding a written one on the current
+    /// connection or on one that drains; true when it failed one.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> bool {
+        let (phase, draining) = (&mut self.phase, &mut self.draining);
+        self.engine.poll_deadlines(cx, |due, expire| {
+            let current = match phase {
+                Phase::Ready { conn, .. } => Some(conn),
+                Phase::Handshaking(handshaking) => Some(handshaking.conn_mut()),
+                _ => None,
+            };
+            current.is_some_and(|conn| conn.expire(due, expire))
+                || draining
+                    .iter_mut()
+                    .any(|d| d.conn_mut().expire(due, expire))
+        })
+    }
+}
+
 impl<K, M, T, Req, Resp> Future for Task<K, M, T, Req, Resp>
 where
     K: Connector<Req, Resp, Transport = T>,
@@ -294,9 +336,15 @@ where
             }
             this.poll_shutdown(cx);
             this.poll_draining(cx);
+            this.watch_deadlines(cx);
             match this.step(cx) {
                 Ok(next) => this.phase = next,
                 Err(()) => {
+                    // The step may have entered deadlines (calls written, queued):
+                    // the timer is set for them before the task waits.
+                    if this.watch_deadlines(cx) {
+                        continue;
+                    }
                     // The step may have answered the last call a shutdown waited for:
                     // it ends now, not at the next unrelated wake-up.
                     if this.poll_shutdown(cx) {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketchannel::{BoxError, Channel, ConnectionErrorKind, Error, InvalidEndpoint, Kind};
+use socketchannel::{BoxError, Call, Channel, ConnectionErrorKind, Error, InvalidEndpoint, Kind};
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
@@ -60,19 +60,16 @@ impl KvService {
         KvService { channel }
     }
 
-    /// One backend call within the gRPC deadline, if the client set one.
+    /// One backend call within the gRPC deadline, if the client set one: it becomes the
+    /// call's own deadline ([`Call::timeout`]), which the channel keeps. A call still
+    /// queued when it passes fails *not sent* and is never written; a written one fails
+    /// *may have executed*; both are `DEADLINE_EXCEEDED`.
     async fn call(&self, metadata: &MetadataMap, req: Frame) -> Result<Frame, Status> {
-        let call = self.channel.request(req);
-        // TODO(deadlines): this becomes `Call::timeout(deadline)` when the engine gets
-        // per-call deadlines: the channel then fails a call whose deadline passed while
-        // it was queued as *not sent*, where this timeout cannot tell (it maps every
-        // elapse to DEADLINE_EXCEEDED, the table's "may have executed" row for tower's
-        // `timeout`).
-        let reply = match grpc_timeout(metadata) {
-            Some(deadline) => tokio::time::timeout(deadline, call).await.map_err(status)?,
-            None => call.await,
+        let call = match grpc_timeout(metadata) {
+            Some(timeout) => Call::new(req).timeout(timeout),
+            None => Call::new(req),
         };
-        reply.map_err(status)
+        self.channel.request(call).await.map_err(status)
     }
 }
 
@@ -124,8 +121,9 @@ fn unexpected(reply: &Frame) -> Status {
 /// error"). `UNAVAILABLE` (which gRPC clients and proxies may retry) only when the call
 /// was not sent.
 ///
-/// `err` is a [`socketchannel::Error`], a [`Status`] some layer already chose (kept),
-/// or another layer's error: a timeout (`tokio`'s or tower's), as the table says
+/// `err` is a [`socketchannel::Error`] (its deadline passed, [`Kind::Timeout`]:
+/// `DEADLINE_EXCEEDED`), a [`Status`] some layer already chose (kept), or another
+/// layer's error: a timeout (`tokio`'s or tower's), as the table says
 /// `DEADLINE_EXCEEDED` since the call may have executed.
 pub fn code(err: &(dyn StdError + 'static)) -> Code {
     if let Some(status) = err.downcast_ref::<Status>() {
@@ -140,6 +138,9 @@ pub fn code(err: &(dyn StdError + 'static)) -> Code {
         .is_some_and(|c| c.kind() == ConnectionErrorKind::Stalled);
     match err.kind() {
         Kind::IdInUse | Kind::Unsupported => Code::Internal,
+        // The call's deadline (the client's `grpc-timeout`), sent or not: a retry by the
+        // client would start past it.
+        Kind::Timeout => Code::DeadlineExceeded,
         // The server's word that it did not run the call.
         Kind::Server if err.is_not_sent() => Code::Unavailable,
         // By the reply: a request the backend calls wrong is the client's.

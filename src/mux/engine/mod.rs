@@ -22,6 +22,7 @@ mod write;
 
 use super::call::Envelope;
 use super::conn::Conn;
+use super::deadline::{Deadlines, Due};
 use crate::config::Config;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Kind};
 use crate::shared::Shared;
@@ -51,6 +52,10 @@ pub(crate) struct Engine<Req, Resp> {
     pushes: mpsc::Sender<Resp>,
     pub(crate) shared: Arc<Shared<Resp>>,
     stall: Option<Duration>,
+    /// The deadlines of the calls queued in `held` and written (`deadline.rs`).
+    pub(crate) deadlines: Deadlines,
+    /// How many calls `held` takes out of the intake to time them: the intake's size.
+    hold_at_most: usize,
 }
 
 /// How a connection's drive ended well.
@@ -80,6 +85,11 @@ pub(crate) enum Lane<'a, Req, Resp> {
     Drain,
 }
 
+/// Where the call numbered `seq` is in `held`, which is in the order of their numbers.
+fn held_at<Req, Resp>(held: &VecDeque<Envelope<Req, Resp>>, seq: u64) -> Option<usize> {
+    held.binary_search_by_key(&seq, |call| call.seq).ok()
+}
+
 fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
     ConnectionError::new(why, Some(source.into()))
 }
@@ -103,6 +113,8 @@ where
             pushes,
             shared,
             stall: config.stall_timeout,
+            deadlines: Deadlines::default(),
+            hold_at_most: config.queue,
         }
     }
 
@@ -129,7 +141,7 @@ where
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
         while let Ok(mut call) = self.intake.try_recv() {
             self.shared.unqueue(std::mem::take(&mut call.weight));
-            self.held.push_back(call);
+            self.hold(call);
         }
         let before = self.held.len();
         self.held.retain_mut(|call| !call.poll_gone(cx));
@@ -180,10 +192,91 @@ where
         }
         match ready!(self.take(cx)) {
             Some(call) => {
-                self.held.push_back(call);
+                self.hold(call);
                 Poll::Ready(true)
             }
             None => Poll::Ready(false),
+        }
+    }
+
+    /// Queues a call taken from the intake in `held`, in order, entering its deadline.
+    fn hold(&mut self, mut call: Envelope<Req, Resp>) {
+        let seq = self.deadlines.seq();
+        call.seq = seq;
+        if let Some(at) = call.deadline {
+            self.deadlines.push(Due {
+                at,
+                seq,
+                id: None,
+                written: false,
+            });
+        }
+        self.held.push_back(call);
+    }
+
+    /// Takes calls out of the intake into `held` (up to the intake's size), so their
+    /// deadlines are timed while they cannot be written: there is no connection, or it
+    /// has no room. Only once some call had a deadline; a no-op for a shutdown, which
+    /// takes every queued call itself.
+    pub(crate) fn absorb(&mut self, cx: &mut Context<'_>) {
+        if !self.deadlines.used || self.closing {
+            return;
+        }
+        while self.held.len() < self.hold_at_most {
+            match self.take(cx) {
+                Poll::Ready(Some(call)) => self.hold(call),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+    }
+
+    /// Fails the calls whose deadline has passed: those queued here *not sent*
+    /// (never to be written), the written ones through `written`, which finds each in
+    /// its connection (false: it is not waiting any more) and fails it when told to.
+    /// Then sets the timer for the next deadline. Call it after anything that may enter
+    /// a deadline, before the task waits. Calls whose outcome is known leave their
+    /// entries behind; they are swept here too. True when it failed a call.
+    pub(crate) fn poll_deadlines(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut written: impl FnMut(&Due, bool) -> bool,
+    ) -> bool {
+        if self.deadlines.is_empty() {
+            return false;
+        }
+        if self.deadlines.wants_sweep() {
+            let held = &self.held;
+            self.deadlines.sweep(|due| {
+                if due.written {
+                    written(due, false)
+                } else {
+                    held_at(held, due.seq).is_some_and(|at| !held[at].is_gone())
+                }
+            });
+        }
+        let mut failed = false;
+        loop {
+            let now = tokio::time::Instant::now();
+            let mut popped = false;
+            while let Some(due) = self.deadlines.pop_due(now) {
+                popped = true;
+                if due.written {
+                    failed |= written(&due, true);
+                } else if let Some(at) = held_at(&self.held, due.seq)
+                    && let Some(call) = self.held.remove(at)
+                {
+                    failed |= !call.is_gone();
+                    call.fail_unsent(Kind::Timeout, None);
+                }
+            }
+            if !self.deadlines.poll_timer(cx) {
+                return failed;
+            }
+            if !popped {
+                // The timer fired before the clock reached its deadline: come back.
+                cx.waker().wake_by_ref();
+                return failed;
+            }
         }
     }
 

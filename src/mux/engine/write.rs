@@ -33,13 +33,20 @@ where
         let mut sent = 0u64;
         let mut progress = false;
         let mut lane_done = false;
+        // Calls wait in the intake for room: time them (`Engine::absorb`).
+        let mut blocked = false;
+        self.deadlines.new_pass();
         for _ in 0..BATCH {
             if !conn.mid_write() && !conn.matcher.has_room() {
+                blocked = true;
                 break;
             }
             match Pin::new(&mut conn.transport).poll_ready(cx) {
                 Poll::Ready(res) => res.map_err(|e| fail(Why::Write, e))?,
-                Poll::Pending => break,
+                Poll::Pending => {
+                    blocked = true;
+                    break;
+                }
             }
             if conn.mid_write() {
                 progress = true;
@@ -64,9 +71,12 @@ where
                 self.shared.stats.skipped(1);
                 continue;
             }
-            if conn.write_call(call)? {
+            if conn.write_call(call, &mut self.deadlines)? {
                 sent += 1;
             }
+        }
+        if blocked && matches!(lane, Lane::User) {
+            self.absorb(cx);
         }
         if sent > 0 {
             self.shared.stats.sent(sent);

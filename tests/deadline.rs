@@ -1,0 +1,335 @@
+//! Call deadlines inside the engine (`Call::deadline`, `Call::timeout`,
+//! `Config::call_timeout` / `Builder::call_timeout`): a queued call fails
+//! `Kind::Timeout` *not sent* at its deadline and is never written, at any phase
+//! (connecting to a black hole, waiting for room); a written one fails *may have
+//! executed* and keeps its slot or id until its reply; deadlines resolve in deadline
+//! order whatever order they were given in; `RetryNotSent` never retries a timeout, and
+//! a retried call keeps its deadline. All in virtual time, to the millisecond.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use socketchannel::{Call, Channel, Config, Endpoint, Kind, RetryNotSent};
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use support::channel::{Ch, Mode, joined, msg, spawn_request};
+use support::memory::{Io, Net};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// What a server read, in order.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// An echo server that records what it reads and answers each request `delay` later
+/// (in order).
+fn echo_after(delay: Duration, seen: &Seen) -> Net {
+    let seen = seen.clone();
+    Net::new(move |_ep: Endpoint, mut io: Io| {
+        let seen = seen.clone();
+        async move {
+            while let Some(Ok(req)) = io.next().await {
+                seen.lock().unwrap().push(req.text().to_string());
+                tokio::time::sleep(delay).await;
+                if io.send(req).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+fn channel(net: &Net, mode: Mode, config: Config) -> Ch {
+    net.channel(mode, Channel::builder().host("a:1").config(config))
+}
+
+/// Within a millisecond of `at`, and not before it.
+#[track_caller]
+fn at_deadline(ended: Instant, at: Instant) {
+    assert!(
+        ended >= at && ended <= at + ms(1),
+        "resolved {:?} after its deadline",
+        ended
+            .checked_duration_since(at)
+            .map_or_else(|| format!("-{:?}", at - ended), |d| format!("{d:?}"))
+    );
+}
+
+/// The case: a connect that never completes (5 s connect timeout); queued calls
+/// fail at their deadlines, *not sent*, with their requests, long before the connect
+/// gives up, and none is ever written.
+#[tokio::test(start_paused = true)]
+async fn queued_calls_fail_at_their_deadline_during_a_blackholed_connect() {
+    for mode in [Mode::Order, Mode::Session] {
+        let seen = Seen::default();
+        let net = echo_after(Duration::ZERO, &seen);
+        net.hang("a:1");
+        let ch = net.channel(
+            mode,
+            Channel::builder()
+                .host("a:1")
+                .connect_timeout(Duration::from_secs(5)),
+        );
+        let start = Instant::now();
+        let calls: Vec<_> = [300u64, 100, 200]
+            .iter()
+            .map(|&d| {
+                let call = Call::new(msg(format!("d{d}"))).deadline(start + ms(d));
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    let out = ch.request(call).await;
+                    (out, Instant::now())
+                })
+            })
+            .collect();
+        for (call, d) in calls.into_iter().zip([300u64, 100, 200]) {
+            let (out, ended) = joined(call).await;
+            let mut err = out.expect_err("timed out");
+            assert_eq!(err.kind(), Kind::Timeout, "{mode:?}: {err}");
+            assert!(
+                err.is_not_sent(),
+                "{mode:?}: queued calls were never written"
+            );
+            let req = err
+                .take_request::<support::codec::Msg>()
+                .expect("handed back");
+            assert_eq!(req.text(), format!("d{d}"));
+            at_deadline(ended, start + ms(d));
+        }
+        assert!(seen.lock().unwrap().is_empty(), "nothing was written");
+    }
+}
+
+/// Deadlines given in reverse order resolve in deadline order, to the millisecond.
+#[tokio::test(start_paused = true)]
+async fn deadlines_in_reverse_order_resolve_in_deadline_order() {
+    let seen = Seen::default();
+    let net = echo_after(Duration::ZERO, &seen);
+    net.hang("a:1");
+    let ch = channel(&net, Mode::Order, Config::default());
+    let start = Instant::now();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let calls: Vec<_> = (1..=20u64)
+        .rev()
+        .map(|i| {
+            let call = Call::new(msg(format!("{i}"))).deadline(start + ms(10 * i));
+            let (ch, order) = (ch.clone(), order.clone());
+            tokio::spawn(async move {
+                let err = ch.request(call).await.expect_err("timed out");
+                assert_eq!(err.kind(), Kind::Timeout);
+                at_deadline(Instant::now(), start + ms(10 * i));
+                order.lock().unwrap().push(i);
+            })
+        })
+        .collect();
+    for call in calls {
+        joined(call).await;
+    }
+    assert_eq!(*order.lock().unwrap(), (1..=20).collect::<Vec<_>>());
+}
+
+/// A written call fails *may have executed* at its deadline; its slot stays taken
+/// until its reply comes: with one call in flight, the next is written only after the
+/// late reply, which is read and dropped (no desync), and it gets its own reply.
+#[tokio::test(start_paused = true)]
+async fn a_written_call_times_out_may_have_executed_and_keeps_its_slot() {
+    for mode in [Mode::Order, Mode::Session] {
+        let seen = Seen::default();
+        let net = echo_after(ms(500), &seen);
+        let ch = channel(&net, mode, Config::default().max_in_flight(1));
+        let start = Instant::now();
+        let slow = spawn_request(&ch, Call::new(msg("slow")).timeout(ms(100)));
+        tokio::time::sleep(ms(1)).await;
+        let next = spawn_request(&ch, "next");
+        let err = joined(slow).await.expect_err("timed out");
+        assert_eq!(err.kind(), Kind::Timeout, "{mode:?}");
+        assert!(!err.is_not_sent(), "{mode:?}: it was written");
+        at_deadline(Instant::now(), start + ms(100));
+        // The slot is still taken: `next` is not written before the late reply.
+        tokio::time::sleep(ms(300)).await;
+        assert_eq!(*seen.lock().unwrap(), ["slow"], "{mode:?}");
+        let reply = joined(next).await.expect("answered after the late reply");
+        assert_eq!(reply.text(), "next", "{mode:?}: its own reply");
+        assert_eq!(*seen.lock().unwrap(), ["slow", "next"]);
+        assert!(
+            Instant::now() >= start + ms(1000),
+            "{mode:?}: written after 500 ms"
+        );
+    }
+}
+
+/// Waiting for room on a connection (in-flight limit reached): the calls queued behind
+/// fail at their deadlines, *not sent*, and are never written, while the first waits.
+#[tokio::test(start_paused = true)]
+async fn calls_waiting_for_room_fail_at_their_deadline_unwritten() {
+    let seen = Seen::default();
+    let net = echo_after(ms(1000), &seen);
+    let ch = channel(&net, Mode::Order, Config::default().max_in_flight(1));
+    let first = spawn_request(&ch, "first");
+    tokio::time::sleep(ms(10)).await;
+    let start = Instant::now();
+    let behind: Vec<_> = (1..=3u64)
+        .map(|i| {
+            let call = Call::new(msg(format!("b{i}"))).deadline(start + ms(100 * i));
+            let ch = ch.clone();
+            tokio::spawn(async move { (ch.request(call).await, Instant::now()) })
+        })
+        .collect();
+    for (i, call) in (1..=3u64).zip(behind) {
+        let (out, ended) = joined(call).await;
+        let err = out.expect_err("timed out");
+        assert_eq!(err.kind(), Kind::Timeout);
+        assert!(err.is_not_sent(), "never written");
+        at_deadline(ended, start + ms(100 * i));
+    }
+    assert_eq!(joined(first).await.expect("answered").text(), "first");
+    tokio::time::sleep(ms(100)).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["first"],
+        "the timed-out calls never went out"
+    );
+}
+
+/// The intake itself full (`queue(1)`): a caller waiting to queue its call gives up at
+/// its deadline, *not sent*.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_for_intake_room_gives_up_at_its_deadline() {
+    let seen = Seen::default();
+    let net = echo_after(Duration::ZERO, &seen);
+    net.hang("a:1");
+    let ch = channel(&net, Mode::Order, Config::default().queue(1));
+    // Deadlines in use: the task holds up to `queue` calls besides the intake's.
+    let start = Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let call = Call::new(msg(format!("{i}"))).deadline(start + ms(200 + i));
+            let ch = ch.clone();
+            tokio::spawn(async move { (ch.request(call).await, Instant::now()) })
+        })
+        .collect();
+    for (i, call) in (0..4u64).zip(calls) {
+        let (out, ended) = joined(call).await;
+        let err = out.expect_err("timed out");
+        assert_eq!(err.kind(), Kind::Timeout, "call {i}");
+        assert!(err.is_not_sent());
+        at_deadline(ended, start + ms(200 + i));
+    }
+}
+
+/// The channel's default applies to every call without a deadline of its own, through
+/// the methods and through `Service<Req>`; a call's own deadline replaces it.
+#[tokio::test(start_paused = true)]
+async fn the_channel_default_applies_and_a_calls_own_wins() {
+    let seen = Seen::default();
+    let net = echo_after(Duration::ZERO, &seen);
+    net.hang("a:1");
+    let ch = net.channel(
+        Mode::Session,
+        Channel::builder().host("a:1").call_timeout(ms(250)),
+    );
+    let start = Instant::now();
+    let by_method = spawn_request(&ch, "m");
+    let own = spawn_request(&ch, Call::new(msg("own")).timeout(ms(50)));
+    let mut svc = ch.clone();
+    let by_service = tokio::spawn(async move {
+        let out = svc.ready().await.expect("ready").call(msg("s")).await;
+        (out, Instant::now())
+    });
+    let err = joined(own).await.expect_err("timed out");
+    assert_eq!(err.kind(), Kind::Timeout);
+    at_deadline(Instant::now(), start + ms(50));
+    let err = joined(by_method).await.expect_err("timed out");
+    assert_eq!(err.kind(), Kind::Timeout);
+    at_deadline(Instant::now(), start + ms(250));
+    let (out, ended) = joined(by_service).await;
+    let err = support::channel::into_channel_error(out.expect_err("timed out"));
+    assert_eq!(err.kind(), Kind::Timeout);
+    at_deadline(ended, start + ms(250));
+}
+
+/// Calls answered before their deadline are untouched, and a long run of them leaves
+/// no growing bookkeeping behind (the sweep): the channel still times out a late one
+/// precisely.
+#[tokio::test(start_paused = true)]
+async fn answered_calls_are_untouched_and_leave_nothing_behind() {
+    let seen = Seen::default();
+    let net = echo_after(Duration::ZERO, &seen);
+    let ch = channel(&net, Mode::Session, Config::default());
+    for round in 0..50 {
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                spawn_request(
+                    &ch,
+                    Call::new(msg(format!("{round}.{i}"))).timeout(ms(60_000)),
+                )
+            })
+            .collect();
+        for call in calls {
+            joined(call).await.expect("answered in time");
+        }
+    }
+    net.hang("a:1");
+    net.kill("a:1");
+    support::channel::wait_state(&ch, socketchannel::State::Idle).await;
+    let start = Instant::now();
+    let late = spawn_request(&ch, Call::new(msg("late")).timeout(ms(30)));
+    let err = joined(late).await.expect_err("timed out");
+    assert_eq!(err.kind(), Kind::Timeout);
+    at_deadline(Instant::now(), start + ms(30));
+}
+
+/// `RetryNotSent` never retries a timeout: a call that timed out queued (*not sent*)
+/// is not sent again.
+#[tokio::test(start_paused = true)]
+async fn retry_never_retries_a_timeout() {
+    let seen = Seen::default();
+    let net = echo_after(Duration::ZERO, &seen);
+    net.hang("a:1");
+    let ch = channel(&net, Mode::Order, Config::default());
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(RetryNotSent::new(10)))
+        .map_request(move |call: Call<support::codec::Msg>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            call
+        })
+        .service(ch.calls());
+    let start = Instant::now();
+    let call = Call::new(msg("x")).deadline(start + ms(400));
+    let out = svc.ready().await.expect("ready").call(call).await;
+    let err = support::channel::into_channel_error(out.expect_err("timed out"));
+    assert_eq!(err.kind(), Kind::Timeout, "{err}");
+    assert!(err.is_not_sent());
+    at_deadline(Instant::now(), start + ms(400));
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not retried"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// Over a transport of one's own (no reconnect), deadlines work the same: a silent
+/// server, a written call fails *may have executed* at its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_fixed_transport_times_out_written_calls() {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let framed = tokio_util::codec::Framed::new(client, support::codec::MsgCodec::default());
+    let ch: Ch = Channel::new(framed, socketchannel::Order::new(support::codec::TestProto));
+    let _server = server;
+    let start = Instant::now();
+    let err = ch
+        .request(Call::new(msg("x")).timeout(ms(75)))
+        .await
+        .expect_err("timed out");
+    assert_eq!(err.kind(), Kind::Timeout);
+    assert!(!err.is_not_sent());
+    at_deadline(Instant::now(), start + ms(75));
+}
