@@ -102,6 +102,10 @@ pub(crate) fn find_in<Resp>(
     queue: &mut std::collections::VecDeque<Entry<Resp>>,
     seq: u64,
 ) -> Option<&mut Entry<Resp>> {
+    // Most lookups are of calls answered already: older than the head.
+    if seq < queue.front()?.seq {
+        return None;
+    }
     let at = queue.binary_search_by_key(&seq, |e| e.seq).ok()?;
     queue.get_mut(at)
 }

@@ -255,7 +255,9 @@ where
             });
         }
         let mut failed = false;
-        loop {
+        // The timer is at the earliest deadline: until it fires, nothing is due (and
+        // the clock need not be read).
+        while self.deadlines.poll_timer(cx) {
             let now = tokio::time::Instant::now();
             let mut popped = false;
             while let Some(due) = self.deadlines.pop_due(now) {
@@ -269,15 +271,13 @@ where
                     call.fail_unsent(Kind::Timeout, None);
                 }
             }
-            if !self.deadlines.poll_timer(cx) {
-                return failed;
-            }
             if !popped {
                 // The timer fired before the clock reached its deadline: come back.
                 cx.waker().wake_by_ref();
-                return failed;
+                break;
             }
         }
+        failed
     }
 
     #[inline(always)]
