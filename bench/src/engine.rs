@@ -1,7 +1,8 @@
 //! This crate's channels, in order mode and in session mode: the engine over an
 //! existing transport (`engine-*` rows), and the full reconnecting `Channel` made by its
 //! builder (`channel-*` rows), also behind tower's `Timeout` (`channel-order+timeout`)
-//! and recording its metrics (`channel-order+metrics`).
+//! with the engine's own deadlines (`channel-order+deadline`) and recording its metrics
+//! (`channel-order+metrics`).
 //!
 //! Built with the `engine` feature (on by default; see `Cargo.toml`); the metrics row
 //! with the `metrics` feature (on by default too).
@@ -10,9 +11,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socketchannel::{Channel, Endpoint, Mode, Order, Plain, Protocol, Session, Sessions};
+use socketchannel::{
+    Call, Calls, Channel, Endpoint, Mode, Order, Plain, Protocol, Reply, Session, Sessions,
+};
 use tokio::net::TcpStream;
 use tower::ServiceBuilder;
+use tower::ServiceExt;
 use tower::timeout::Timeout;
 
 use crate::codec::{Frame, transport};
@@ -40,6 +44,44 @@ pub fn channel_order_timeout(addr: SocketAddr) -> Timeout<Channel<Frame, Frame>>
     ServiceBuilder::new()
         .timeout(Duration::from_secs(5))
         .service(channel_order(addr))
+}
+
+/// `channel_order` with a deadline on every call, drawn from 50-500 ms (uniform, by a
+/// per-thread xorshift), kept by the channel's engine ([`Call::timeout`]): one heap and
+/// one timer for every call instead of a timer per call. Calls go through
+/// `Service<Call<Frame>>` ([`Channel::calls`]) and the one-frame reply is unwrapped.
+pub fn channel_order_deadline(addr: SocketAddr) -> Deadlined {
+    let to_call: fn(Frame) -> Call<Frame> = |frame| Call::new(frame).timeout(draw_deadline());
+    let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
+        Reply::One(frame) => frame,
+        _ => unreachable!("a plain call has a one-frame reply"),
+    };
+    channel_order(addr)
+        .calls()
+        .map_request(to_call)
+        .map_response(to_frame)
+}
+
+/// What [`channel_order_deadline`] makes.
+pub type Deadlined = tower::util::MapResponse<
+    tower::util::MapRequest<Calls<Frame, Frame>, fn(Frame) -> Call<Frame>>,
+    fn(Reply<Frame>) -> Frame,
+>;
+
+/// A deadline from 50 to 500 ms, uniform.
+fn draw_deadline() -> Duration {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9e37_79b9_7f4a_7c15) };
+    }
+    let x = STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    Duration::from_millis(50 + x % 451)
 }
 
 /// `channel_order` with its metrics recorded by metrics-exporter-prometheus's recorder,
@@ -116,7 +158,7 @@ fn channel<M: Mode<Frame, Frame> + Clone>(addr: SocketAddr, mode: M) -> Channel<
         Ok::<_, io::Error>(transport(stream))
     });
     Channel::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .connector(connect, mode)
         .expect("a socket address is a valid endpoint")
 }

@@ -225,7 +225,7 @@ where
         Ok::<_, io::Error>(Framed::new(Counted::new(stream), RespCodec::resp2()))
     });
     let channel = Channel::builder()
-        .host(&addr.to_string())
+        .host(addr.to_string())
         .connector(connect, Order::new(Redis::commands()))?;
     Ok(channel)
 }

@@ -93,6 +93,9 @@ pub enum Variant {
     /// `channel-order` behind `tower::timeout::Timeout` (5 s).
     #[cfg(feature = "engine")]
     ChannelOrderTimeout,
+    /// `channel-order` with a deadline on every call (50-500 ms), kept by the engine.
+    #[cfg(feature = "engine")]
+    ChannelOrderDeadline,
     /// `channel-order` with an INFO-level tracing subscriber installed.
     #[cfg(feature = "engine")]
     ChannelOrderTracing,
@@ -126,6 +129,8 @@ impl Variant {
         Variant::ChannelOrder,
         #[cfg(feature = "engine")]
         Variant::ChannelOrderTimeout,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrderDeadline,
         #[cfg(feature = "engine")]
         Variant::ChannelOrderTracing,
         #[cfg(feature = "engine")]
@@ -164,6 +169,8 @@ impl Variant {
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout => "channel-order+timeout",
             #[cfg(feature = "engine")]
+            Variant::ChannelOrderDeadline => "channel-order+deadline",
+            #[cfg(feature = "engine")]
             Variant::ChannelOrderTracing => "channel-order+tracing",
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTracingDebug => "channel-order+tracing-debug",
@@ -183,6 +190,7 @@ impl Variant {
         match self {
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout
+            | Variant::ChannelOrderDeadline
             | Variant::ChannelOrderTracing
             | Variant::ChannelOrderTracingDebug => Group::Safety,
             #[cfg(feature = "metrics")]
@@ -214,6 +222,7 @@ impl Variant {
             Variant::EngineOrder
             | Variant::ChannelOrder
             | Variant::ChannelOrderTimeout
+            | Variant::ChannelOrderDeadline
             | Variant::ChannelOrderTracing
             | Variant::ChannelOrderTracingDebug => Mode::Order,
             #[cfg(feature = "metrics")]
@@ -264,6 +273,12 @@ impl Variant {
             Variant::ChannelOrderTimeout => {
                 experiment
                     .run(crate::engine::channel_order_timeout(addr))
+                    .await
+            }
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderDeadline => {
+                experiment
+                    .run(crate::engine::channel_order_deadline(addr))
                     .await
             }
             // The subscriber is the runtime's (`CellRuntime::traced`); the client is plain.
