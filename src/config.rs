@@ -146,7 +146,9 @@ impl Config {
     }
 
     /// Calls accepted but not yet written, at most (default 1024). Values below 1 count
-    /// as 1.
+    /// as 1. Once calls with deadlines are made, the connection task takes up to this
+    /// many more out of the intake to time them, so twice this many can wait (see
+    /// [`call_timeout`](Self::call_timeout)); `Load` and the overload signal count them.
     pub fn queue(mut self, n: usize) -> Self {
         self.queue = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         self
@@ -163,7 +165,9 @@ impl Config {
     /// `tower::timeout`, it costs no timer per call and its error says whether the call
     /// was sent. While deadlines are in use the task takes queued calls out of the
     /// intake to time them, up to [`queue`](Self::queue) more, so twice that many can
-    /// wait.
+    /// wait; a call beyond those is timed once the task takes it (with this one default
+    /// for every call, deadlines come in order and none is late). Handshake calls do
+    /// not get it: the handshake timeout bounds them.
     ///
     /// A retry ([`RetryNotSent`](crate::RetryNotSent)) of a call that got this
     /// default gets it afresh; give the [`Call`](crate::Call) its own deadline to bound

@@ -75,6 +75,8 @@ pub(crate) struct Shared<Resp> {
     /// The deadline a call without one of its own is given, from when it is made
     /// ([`Config::call_timeout`](crate::Config::call_timeout)).
     pub(crate) call_timeout: Option<std::time::Duration>,
+    /// Calls the task took out of the intake and holds, unwritten (for `Load`).
+    pub(crate) held: std::sync::atomic::AtomicUsize,
     /// A call with a deadline was made (and the task told: [`Control::Deadlines`]).
     pub(crate) deadlines: AtomicBool,
     /// The channel was made outside a runtime and its task has not started: the first
@@ -115,6 +117,7 @@ impl<Resp> Shared<Resp> {
             overloaded: watch::Sender::new(false),
             limits,
             call_timeout,
+            held: std::sync::atomic::AtomicUsize::new(0),
             deadlines: AtomicBool::new(false),
             unstarted: AtomicBool::new(false),
             gone: Mutex::new(None),

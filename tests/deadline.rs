@@ -333,3 +333,117 @@ async fn a_fixed_transport_times_out_written_calls() {
     assert!(!err.is_not_sent());
     at_deadline(Instant::now(), start + ms(75));
 }
+
+/// Review R1: a shutdown of a fixed-transport channel ends as soon as its last call
+/// times out (written, or queued behind an in-flight limit), not at its own deadline.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_ends_when_its_last_call_times_out() {
+    for queued in [false, true] {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let framed = tokio_util::codec::Framed::new(client, support::codec::MsgCodec::default());
+        let ch: Ch = Channel::with_config(
+            framed,
+            socketchannel::Order::new(support::codec::TestProto),
+            Config::default().max_in_flight(1),
+        );
+        let _server = server;
+        let start = Instant::now();
+        let first = spawn_request(&ch, Call::new(msg("first")).timeout(ms(50)));
+        tokio::time::sleep(ms(1)).await;
+        let second = queued.then(|| spawn_request(&ch, Call::new(msg("second")).timeout(ms(100))));
+        tokio::time::sleep(ms(10)).await;
+        let ch2 = ch.clone();
+        let shut = tokio::spawn(async move {
+            ch2.shutdown(Duration::from_secs(10)).await;
+            Instant::now()
+        });
+        assert_eq!(
+            joined(first).await.expect_err("timed out").kind(),
+            Kind::Timeout
+        );
+        if let Some(second) = second {
+            let err = joined(second).await.expect_err("timed out");
+            assert!(err.is_not_sent());
+        }
+        let ended = joined(shut).await;
+        let last = if queued { 100 } else { 50 };
+        assert!(
+            ended - start <= ms(last + 1),
+            "queued {queued}: shutdown ended at {:?}",
+            ended - start
+        );
+    }
+}
+
+/// Review R3: calls the task takes out of the intake to time them still count as
+/// queued, for `Load` (a `p2c` balance) and for the overload signal.
+#[tokio::test(start_paused = true)]
+async fn calls_held_to_be_timed_still_count_as_queued() {
+    use tower::load::Load;
+    for with_deadline in [false, true] {
+        let seen = Seen::default();
+        let net = echo_after(Duration::ZERO, &seen);
+        net.hang("a:1");
+        let ch = net.channel(
+            Mode::Order,
+            Channel::builder().host("a:1").config(
+                Config::default()
+                    .queue(64)
+                    .overload(50, |m: &support::codec::Msg| m.text().len()),
+            ),
+        );
+        let overload = ch.overload();
+        let calls: Vec<_> = (0..10)
+            .map(|i| {
+                let mut call = Call::new(msg(format!("{i:020}")));
+                if with_deadline {
+                    call = call.timeout(Duration::from_secs(3));
+                }
+                spawn_request(&ch, call)
+            })
+            .collect();
+        tokio::time::sleep(ms(50)).await;
+        assert!(
+            ch.load() >= 9,
+            "deadlines {with_deadline}: load {}",
+            ch.load()
+        );
+        assert!(
+            *overload.borrow(),
+            "deadlines {with_deadline}: 200 bytes queued"
+        );
+        if with_deadline {
+            for call in calls {
+                assert_eq!(
+                    joined(call).await.expect_err("timed out").kind(),
+                    Kind::Timeout
+                );
+            }
+            assert!(!*overload.borrow(), "the timed-out calls weigh nothing");
+            assert_eq!(ch.load(), 0);
+        }
+    }
+}
+
+/// Review R4: a queued call whose caller left is counted `skipped` whether its
+/// deadline or the write finds it first.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_is_skipped_whatever_finds_it() {
+    for with_deadline in [false, true] {
+        let seen = Seen::default();
+        let net = echo_after(Duration::ZERO, &seen);
+        net.delay(ms(300));
+        let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
+        let mut call = Call::new(msg("x"));
+        if with_deadline {
+            call = call.timeout(ms(100));
+        }
+        let c = spawn_request(&ch, call);
+        tokio::time::sleep(ms(10)).await;
+        c.abort();
+        tokio::time::sleep(ms(1000)).await;
+        let _ = ch.request(msg("y")).await;
+        assert_eq!(ch.counters().skipped, 1, "deadline {with_deadline}");
+        assert_eq!(*seen.lock().unwrap(), ["y"]);
+    }
+}

@@ -280,10 +280,12 @@ where
         }
     }
 
-    /// Gives a call without a deadline the channel's default, counted from now.
+    /// Gives a call without a deadline the channel's default, counted from now (not a
+    /// handshake's call: the handshake timeout bounds those).
     #[inline]
     pub(crate) fn stamp_deadline(&self, envelope: &mut Envelope<Req, Resp>) {
         if envelope.deadline.is_none()
+            && !self.lane
             && let Some(timeout) = self.shared.call_timeout
         {
             envelope.deadline = Some(crate::config::deadline(

@@ -298,7 +298,9 @@ impl<Req, Resp> Load for Channel<Req, Resp> {
         if self.shared.is_backing_off() {
             return usize::MAX;
         }
-        let queued = self.tx.max_capacity() - self.tx.capacity();
+        // Queued: in the intake, and taken out of it by the task to be timed.
+        let queued = self.tx.max_capacity() - self.tx.capacity()
+            + self.shared.held.load(std::sync::atomic::Ordering::Relaxed);
         self.shared.stats.in_flight() as usize + queued
     }
 }

@@ -124,6 +124,9 @@ where
                 Control::ChangeHost(_) | Control::ChangeBackups(_) => {}
             }
         }
+        // Deadlines first: a call that times out now may be the last a shutdown waits for.
+        this.engine
+            .poll_deadlines(cx, |due, expire| conn.expire(due, expire));
         if let Some(deadline) = &mut this.deadline {
             // A shutdown ends as soon as no call it holds has a caller left (calls whose
             // caller left, and slots reserved but unused, do not hold it); while callers
@@ -136,11 +139,10 @@ where
                 return this.engine.poll_fail_late(cx);
             }
         }
-        this.engine
-            .poll_deadlines(cx, |due, expire| conn.expire(due, expire));
         match this.engine.poll_conn(cx, conn, Lane::User) {
             Poll::Pending => {
-                // Calls written or queued in this poll: the timer is set for them.
+                // Calls written or queued in this poll: the timer is set for them; a
+                // call failed now may end a shutdown, checked on the next poll.
                 if this
                     .engine
                     .poll_deadlines(cx, |due, expire| conn.expire(due, expire))

@@ -175,3 +175,16 @@ fn wrong_server_after_replies_then_reset_backs_off_seed_0x4f90() {
         "wrong_server_after_replies_then_reset_backs_off_seed_0x4f90",
     );
 }
+
+/// Deadlines (#18), found by the simulation on the review fixes: `Load` counted the
+/// calls the task holds (to time them), but a task that died of a panicking codec with
+/// a call held left the count behind: a closed, idle channel reported a load of 1
+/// (found after 1,394 seeds; fixed: the engine's drop clears it).
+#[test]
+fn load_of_a_task_that_panicked_holding_a_call_seed_0x571() {
+    assert_clean(
+        0x571,
+        "idle_gauges",
+        "load_of_a_task_that_panicked_holding_a_call_seed_0x571",
+    );
+}

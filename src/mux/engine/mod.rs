@@ -85,6 +85,16 @@ pub(crate) enum Lane<'a, Req, Resp> {
     Drain,
 }
 
+impl<Req, Resp> Drop for Engine<Req, Resp> {
+    /// The task is gone (ended, or panicked): the calls it held fail through their
+    /// `Drop`, and count as queued no more.
+    fn drop(&mut self) {
+        self.shared
+            .held
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Where the call numbered `seq` is in `held`, which is in the order of their numbers.
 fn held_at<Req, Resp>(held: &VecDeque<Envelope<Req, Resp>>, seq: u64) -> Option<usize> {
     held.binary_search_by_key(&seq, |call| call.seq).ok()
@@ -144,8 +154,16 @@ where
             self.hold(call);
         }
         let before = self.held.len();
-        self.held.retain_mut(|call| !call.poll_gone(cx));
+        let shared = &self.shared;
+        self.held.retain_mut(|call| {
+            let gone = call.poll_gone(cx);
+            if gone {
+                shared.unqueue(std::mem::take(&mut call.weight));
+            }
+            !gone
+        });
         self.shared.stats.skipped((before - self.held.len()) as u64);
+        self.held_changed();
         self.held.is_empty()
     }
 
@@ -159,6 +177,16 @@ where
     /// Takes one call from the intake, taking it off the overload weight.
     #[inline(always)]
     fn take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<Req, Resp>>> {
+        let mut call = ready!(self.recv(cx));
+        if let Some(call) = &mut call {
+            self.shared.unqueue(std::mem::take(&mut call.weight));
+        }
+        Poll::Ready(call)
+    }
+
+    /// Takes one call from the intake, still weighing on the overload signal.
+    #[inline(always)]
+    fn recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<Req, Resp>>> {
         let polled = if self.closing {
             match self.intake.try_recv() {
                 Ok(call) => Poll::Ready(Some(call)),
@@ -170,10 +198,7 @@ where
             self.intake.poll_recv(cx)
         };
         match ready!(polled) {
-            Some(mut call) => {
-                self.shared.unqueue(std::mem::take(&mut call.weight));
-                Poll::Ready(Some(call))
-            }
+            Some(call) => Poll::Ready(Some(call)),
             None => {
                 self.intake_done = true;
                 Poll::Ready(None)
@@ -212,18 +237,34 @@ where
             });
         }
         self.held.push_back(call);
+        self.held_changed();
+    }
+
+    /// Tells the handles how many calls the task holds (for `Load`).
+    fn held_changed(&self) {
+        self.shared
+            .held
+            .store(self.held.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes a call out of `held`, off the overload weight.
+    fn unhold(&mut self, mut call: Envelope<Req, Resp>) -> Envelope<Req, Resp> {
+        self.shared.unqueue(std::mem::take(&mut call.weight));
+        self.held_changed();
+        call
     }
 
     /// Takes calls out of the intake into `held` (up to the intake's size), so their
     /// deadlines are timed while they cannot be written: there is no connection, or it
     /// has no room. Only once some call had a deadline; a no-op for a shutdown, which
-    /// takes every queued call itself.
+    /// takes every queued call itself. They still count as queued: in the overload
+    /// weight and in `Load`.
     pub(crate) fn absorb(&mut self, cx: &mut Context<'_>) {
         if !self.deadlines.used || self.closing {
             return;
         }
         while self.held.len() < self.hold_at_most {
-            match self.take(cx) {
+            match self.recv(cx) {
                 Poll::Ready(Some(call)) => self.hold(call),
                 Poll::Ready(None) | Poll::Pending => break,
             }
@@ -267,8 +308,15 @@ where
                 } else if let Some(at) = held_at(&self.held, due.seq)
                     && let Some(call) = self.held.remove(at)
                 {
-                    failed |= !call.is_gone();
-                    call.fail_unsent(Kind::Timeout, None);
+                    let call = self.unhold(call);
+                    if call.is_gone() {
+                        // Cancelled while queued: never written, as `poll_write` skips.
+                        self.shared.stats.skipped(1);
+                        drop(call.into_parts());
+                    } else {
+                        failed = true;
+                        call.fail_unsent(Kind::Timeout, None);
+                    }
                 }
             }
             if !popped {
@@ -289,6 +337,7 @@ where
         match lane {
             Lane::User => {
                 if let Some(call) = self.held.pop_front() {
+                    let call = self.unhold(call);
                     return Poll::Ready(Some(call));
                 }
                 if self.intake_done {
@@ -323,9 +372,11 @@ where
     /// Fails the queued calls as *not sent*, handing each its request back, but keeps
     /// the intake open: later calls are taken as usual.
     pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Cause>) {
-        for call in self.held.drain(..) {
+        for mut call in std::mem::take(&mut self.held) {
+            self.shared.unqueue(std::mem::take(&mut call.weight));
             call.fail_unsent(kind, cause);
         }
+        self.held_changed();
         while let Ok(mut call) = self.intake.try_recv() {
             self.shared.unqueue(std::mem::take(&mut call.weight));
             call.fail_unsent(kind, cause);
