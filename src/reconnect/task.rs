@@ -273,16 +273,7 @@ where
             }
         }
     }
-}
 
-impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
-where
-    K: Connector<Req, Resp, Transport = T>,
-    T: Transport<Req, Resp>,
-    M: Mode<Req, Resp>,
-    Req: Send + 'static,
-    Resp: Send + 'static,
-{
     /// Times the queued calls while there is no connection to write them to, and fails
     /// those whose deadline passed (`mux/deadline.rs`), until none is left to fail;
     /// true when it failed one.
