@@ -388,25 +388,13 @@ impl<Resp> Waiter<Resp> {
     }
 
     /// Fails the call.
-    pub(crate) fn fail(self, err: Error) {
+    pub(crate) fn fail(mut self, err: Error) {
         match self {
             Waiter::Sent(tx) => {
                 let _ = tx.send(Err(err));
             }
-            Waiter::One(Some(tx)) => {
-                let _ = tx.send(Err(err));
-            }
-            Waiter::Collect(mut c) => {
-                if let Some(tx) = c.tx.take() {
-                    let _ = tx.send(Err(err));
-                }
-            }
-            Waiter::One(None) => {}
-            Waiter::Stream(s) => {
-                if !s.failed {
-                    s.finish(Some(Err(err)));
-                }
-            }
+            // As at a deadline; the waiter goes with it.
+            _ => self.expire(err),
         }
     }
 }
