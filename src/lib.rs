@@ -17,6 +17,8 @@
 //!   request and the server names that id in its reply, in any order. A slow reply
 //!   delays no other. Pick it whenever the protocol has an id field (memcached binary's
 //!   `opaque`, DNS, MongoDB's `requestID`, most RPC protocols).
+//!   A protocol that can tell the server a caller gave up ([`Sessions::cancel`]) gets
+//!   that notice written for every written call whose caller leaves.
 //!
 //! Both are one engine with two matchers; everything else (write batching,
 //! backpressure, cancellation, push frames, the stall timeout, failure semantics) is

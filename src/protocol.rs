@@ -189,6 +189,52 @@ pub trait Sessions<Req, Resp>: Protocol<Req, Resp> {
     fn unstamp(&self, resp: Resp) -> Resp {
         resp
     }
+
+    /// Does this protocol tell the server when a written call's caller is gone
+    /// ([`cancel`](Sessions::cancel))? Only then does the engine watch for callers
+    /// leaving, which costs a little per call; the default, `false`, costs nothing.
+    fn cancels(&self) -> bool {
+        false
+    }
+
+    /// The notice that tells the server the caller of the written call `id` is gone,
+    /// so it can stop working on it (Finagle Mux's `Tdiscarded`, tarpc's cancel
+    /// message); `None` to send none for this id. Called only when
+    /// [`cancels`](Sessions::cancels) is `true`.
+    ///
+    /// A caller is gone when it dropped its future (or stream) after its call was
+    /// written, or when the call's [deadline](crate::Call::deadline) passed. The engine
+    /// then writes the notice within one poll of the connection task: ahead of the
+    /// calls still queued, never between the parts of a multi-part request. The notice
+    /// is written as it is returned: it is not stamped, and no reply is awaited for it
+    /// (it must carry `id` itself). The call's id stays reserved until the server
+    /// answers the call (any reply with that id: the call's own, or one that says it
+    /// was cancelled) or the connection ends, so a late reply never reaches the next
+    /// call to get that id. [`Counters::cancel_notices`](crate::Counters::cancel_notices)
+    /// counts the notices written. Order mode sends none: there, a reply is matched by
+    /// its place, so the server must answer every call anyway.
+    ///
+    /// ```
+    /// use socketchannel::{Protocol, Sessions};
+    ///
+    /// enum Op { Call(Vec<u8>), Cancel }
+    /// struct Msg { id: u32, op: Op }
+    /// struct Rpc;
+    ///
+    /// impl Protocol<Msg, Msg> for Rpc {}
+    /// impl Sessions<Msg, Msg> for Rpc {
+    ///     type Id = u32;
+    ///     fn stamp(&self, req: &mut Msg, id: u32) { req.id = id }
+    ///     fn session(&self, resp: &Msg) -> Option<u32> { Some(resp.id) }
+    ///     fn cancels(&self) -> bool { true }
+    ///     fn cancel(&self, id: u32) -> Option<Msg> {
+    ///         Some(Msg { id, op: Op::Cancel })
+    ///     }
+    /// }
+    /// ```
+    fn cancel(&self, _id: Self::Id) -> Option<Req> {
+        None
+    }
 }
 
 /// An integer type that can be a session id.

@@ -18,6 +18,7 @@ pub(crate) struct Stats {
     skipped: AtomicU64,
     reconnects: AtomicU64,
     retired: AtomicU64,
+    cancel_notices: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -49,6 +50,9 @@ pub struct Counters {
     /// or the server asked for a drain or said it is the wrong one
     /// ([`Verdict`](crate::Verdict)).
     pub retired: u64,
+    /// Cancel notices written ([`Sessions::cancel`](crate::Sessions::cancel)): one per
+    /// written call whose caller left before its reply.
+    pub cancel_notices: u64,
     /// Bytes read from the transport's IO, when it is [`Metered`](crate::Metered) (the
     /// crate's own connectors' is).
     pub bytes_read: u64,
@@ -81,6 +85,7 @@ impl Stats {
             skipped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            cancel_notices: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
         }
@@ -93,7 +98,8 @@ impl Stats {
         pushes,
         push_overflow,
         skipped,
-        retired
+        retired,
+        cancel_notices
     );
 
     pub(crate) fn reconnects(&self, n: u64) {
@@ -136,6 +142,7 @@ impl Stats {
             skipped: self.skipped.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             retired: self.retired.load(Relaxed),
+            cancel_notices: self.cancel_notices.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
             bytes_written: self.bytes_written.load(Relaxed),
         }

@@ -151,6 +151,13 @@ pub fn channel_session(addr: SocketAddr) -> Channel<Frame, Frame> {
     channel(addr, Session::new(FrameIds))
 }
 
+/// `channel_session` whose protocol sends cancel notices: the engine watches every
+/// written call's caller. No caller leaves in the bench, so none is written: the row is
+/// what watching costs.
+pub fn channel_session_cancel(addr: SocketAddr) -> Channel<Frame, Frame> {
+    channel(addr, Session::new(CancellingFrameIds))
+}
+
 fn channel<M: Mode<Frame, Frame> + Clone>(addr: SocketAddr, mode: M) -> Channel<Frame, Frame> {
     let connect = tower::service_fn(|endpoint: Endpoint| async move {
         let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
@@ -178,5 +185,34 @@ impl Sessions<Frame, Frame> for FrameIds {
 
     fn session(&self, reply: &Frame) -> Option<u32> {
         u32::try_from(reply.id).ok()
+    }
+}
+
+/// [`FrameIds`] with cancel notices: an empty frame under the call's id.
+#[derive(Debug, Clone, Copy)]
+struct CancellingFrameIds;
+
+impl Protocol<Frame, Frame> for CancellingFrameIds {}
+
+impl Sessions<Frame, Frame> for CancellingFrameIds {
+    type Id = u32;
+
+    fn stamp(&self, request: &mut Frame, id: u32) {
+        FrameIds.stamp(request, id);
+    }
+
+    fn session(&self, reply: &Frame) -> Option<u32> {
+        FrameIds.session(reply)
+    }
+
+    fn cancels(&self) -> bool {
+        true
+    }
+
+    fn cancel(&self, id: u32) -> Option<Frame> {
+        Some(Frame {
+            id: u64::from(id),
+            payload: Default::default(),
+        })
     }
 }

@@ -96,6 +96,10 @@ pub enum Variant {
     /// `channel-order` with a deadline on every call (50-500 ms), kept by the engine.
     #[cfg(feature = "engine")]
     ChannelOrderDeadline,
+    /// `channel-session` with cancel notices on (`Sessions::cancels`): every written
+    /// call's caller is watched.
+    #[cfg(feature = "engine")]
+    ChannelSessionCancel,
     /// `channel-order` with an INFO-level tracing subscriber installed.
     #[cfg(feature = "engine")]
     ChannelOrderTracing,
@@ -143,6 +147,8 @@ impl Variant {
         Variant::EngineSession,
         #[cfg(feature = "engine")]
         Variant::ChannelSession,
+        #[cfg(feature = "engine")]
+        Variant::ChannelSessionCancel,
         #[cfg(feature = "redis")]
         Variant::ChannelRedis,
         #[cfg(feature = "redis")]
@@ -166,6 +172,8 @@ impl Variant {
             Variant::ChannelOrder => "channel-order",
             #[cfg(feature = "engine")]
             Variant::ChannelSession => "channel-session",
+            #[cfg(feature = "engine")]
+            Variant::ChannelSessionCancel => "channel-session+cancel",
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout => "channel-order+timeout",
             #[cfg(feature = "engine")]
@@ -191,6 +199,7 @@ impl Variant {
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout
             | Variant::ChannelOrderDeadline
+            | Variant::ChannelSessionCancel
             | Variant::ChannelOrderTracing
             | Variant::ChannelOrderTracingDebug => Group::Safety,
             #[cfg(feature = "metrics")]
@@ -228,7 +237,9 @@ impl Variant {
             #[cfg(feature = "metrics")]
             Variant::ChannelOrderMetrics => Mode::Order,
             #[cfg(feature = "engine")]
-            Variant::EngineSession | Variant::ChannelSession => Mode::Session,
+            Variant::EngineSession | Variant::ChannelSession | Variant::ChannelSessionCancel => {
+                Mode::Session
+            }
             #[cfg(feature = "redis")]
             Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => Mode::Redis,
         }
@@ -269,6 +280,12 @@ impl Variant {
             Variant::ChannelOrder => experiment.run(crate::engine::channel_order(addr)).await,
             #[cfg(feature = "engine")]
             Variant::ChannelSession => experiment.run(crate::engine::channel_session(addr)).await,
+            #[cfg(feature = "engine")]
+            Variant::ChannelSessionCancel => {
+                experiment
+                    .run(crate::engine::channel_session_cancel(addr))
+                    .await
+            }
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout => {
                 experiment

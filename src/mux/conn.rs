@@ -14,6 +14,7 @@ use super::call::{Envelope, Frames, Waiter};
 use super::deadline::{Deadlines, Due};
 use super::engine::Ended;
 use super::matcher::{Entry, Matcher};
+use super::notice::Notices;
 use super::retire::Retire;
 use super::stall::Stall;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
@@ -46,6 +47,9 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     retire: Option<Retire>,
     /// The waiting calls this connection last counted into `Counters::in_flight`.
     reported: usize,
+    /// Cancel notices, when the protocol sends them (`notice.rs`). Boxed: most
+    /// connections have none.
+    notices: Option<Box<Notices<Req>>>,
     shared: Arc<Shared<Resp>>,
 }
 
@@ -70,8 +74,12 @@ fn fail(why: Why, source: impl Into<BoxError>) -> ConnectionError {
 }
 
 impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
-    pub(crate) fn new(transport: T, matcher: M, shared: Arc<Shared<Resp>>) -> Self {
+    pub(crate) fn new(transport: T, matcher: M, shared: Arc<Shared<Resp>>) -> Self
+    where
+        M: Matcher<Req, Resp>,
+    {
         Conn {
+            notices: matcher.cancels().then(|| Box::new(Notices::new())),
             transport,
             matcher,
             first: VecDeque::new(),
@@ -112,13 +120,55 @@ where
     /// one is an orphan): a shutdown need not wait for it. Otherwise the task is woken
     /// when the last caller leaves. A scan: for shutdowns only.
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
-        let callers = self.matcher.poll_nobody_waits(cx);
+        let callers = match &self.notices {
+            // Keep the callers watched for their notices: the watcher wakes the task.
+            Some(notices) => {
+                notices.register(cx);
+                self.matcher.poll_nobody_waits(&mut notices.context())
+            }
+            None => self.matcher.poll_nobody_waits(cx),
+        };
         callers && self.writing.is_none() && self.first.is_empty() && !self.needs_flush
     }
 
     /// A multi-part request is half written: nothing else may go out.
     pub(crate) fn mid_write(&self) -> bool {
         self.writing.is_some()
+    }
+
+    /// Queues the cancel notices of the written calls whose callers left since the
+    /// last look; on the `first` pass of a poll, also has the task woken when another
+    /// leaves. A no-op for a protocol that sends none.
+    #[inline]
+    pub(crate) fn collect_notices(&mut self, cx: &Context<'_>, first: bool) {
+        let Some(notices) = &mut self.notices else {
+            return;
+        };
+        if first {
+            notices.register(cx);
+        }
+        if notices.take_left() {
+            self.matcher.notices(&mut |notice| notices.push(notice));
+        }
+    }
+
+    /// A cancel notice waits to be written (ahead of any call).
+    #[inline]
+    pub(crate) fn has_notice(&self) -> bool {
+        self.notices.as_ref().is_some_and(|n| !n.is_empty())
+    }
+
+    /// Hands the next queued cancel notice to the sink (which is ready).
+    pub(crate) fn write_notice<WE>(&mut self) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        WE: Into<BoxError>,
+    {
+        let Some(notice) = self.notices.as_mut().and_then(|n| n.pop()) else {
+            return Ok(());
+        };
+        self.shared.stats.cancel_notices(1);
+        self.start_send(notice)
     }
 
     pub(crate) fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
@@ -171,7 +221,7 @@ where
             call.fail_unsent(Kind::Timeout, None);
             return Ok(false);
         }
-        let (mut frames, Some(waiter)) = call.into_parts() else {
+        let (mut frames, Some(mut waiter)) = call.into_parts() else {
             return Ok(false);
         };
         let unsupported = match &frames {
@@ -190,6 +240,13 @@ where
             return Ok(false);
         }
         let done = if waiter.wants_reply() {
+            if let Some(notices) = &self.notices
+                && !matches!(frames, Frames::None)
+                && waiter.poll_gone(&mut notices.context())
+            {
+                // Gone since `poll_write` looked: it is written, and then told.
+                notices.left();
+            }
             let seq = deadlines.seq();
             let entry = Entry {
                 waiter,
@@ -197,6 +254,7 @@ where
                 since: self.retire.as_ref().map_or(0, Retire::tick),
                 exempt,
                 read_only: matches!(frames, Frames::None),
+                noticed: false,
             };
             match self.matcher.admit(&mut frames, id, entry) {
                 Ok(id) => {
@@ -263,6 +321,10 @@ where
         if expire {
             let err = Error::new(Kind::Timeout).written(!entry.read_only);
             entry.waiter.expire(err);
+            if let Some(notices) = &self.notices {
+                // Its caller is gone now: the server can be told.
+                notices.left();
+            }
         }
         true
     }

@@ -144,6 +144,14 @@ impl<V> IdTable<V> {
             .chain(self.spill.values_mut())
     }
 
+    /// Every id with its value, mutably, in no particular order.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut V)> {
+        self.ring
+            .iter_mut()
+            .filter_map(|slot| slot.as_mut().map(|(id, value)| (*id, value)))
+            .chain(self.spill.iter_mut().map(|(id, value)| (*id, value)))
+    }
+
     /// Removes every value; the table is empty (and keeps its ring) after.
     pub(crate) fn drain(&mut self, mut each: impl FnMut(V)) {
         self.ring

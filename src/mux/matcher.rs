@@ -18,6 +18,8 @@ pub(crate) struct Entry<Resp> {
     pub(crate) exempt: bool,
     /// A read without a request: failing it never says "may have executed".
     pub(crate) read_only: bool,
+    /// Its caller left and it was given a cancel notice (see `notice.rs`).
+    pub(crate) noticed: bool,
 }
 
 /// What became of a reply frame.
@@ -95,6 +97,16 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
 
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
+
+    /// Does this mode tell the server when a written call's caller leaves
+    /// ([`Sessions::cancels`](crate::Sessions::cancels))?
+    fn cancels(&self) -> bool {
+        false
+    }
+
+    /// Hands `each` the cancel notice of every waiting call whose caller left and that
+    /// has had none: each call gets one at most. A scan: called once a caller left.
+    fn notices(&mut self, _each: &mut dyn FnMut(Req)) {}
 }
 
 /// The entry numbered `seq` in a queue of entries in the order they were admitted.

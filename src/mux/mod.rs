@@ -13,6 +13,7 @@ mod deadline;
 mod engine;
 mod ids;
 mod matcher;
+mod notice;
 mod order;
 mod retire;
 mod session;

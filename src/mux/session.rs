@@ -75,6 +75,7 @@ impl<S> Session<S> {
             reads: VecDeque::new(),
             max_in_flight,
             watched: 0,
+            cancels: self.sessions.cancels(),
         }
     }
 }
@@ -90,6 +91,8 @@ pub struct SessionMatcher<S, Resp> {
     max_in_flight: usize,
     /// Waiting calls that count for the stall timer (not exempt).
     watched: usize,
+    /// The protocol sends cancel notices ([`Sessions::cancels`]).
+    cancels: bool,
 }
 
 impl<S, Resp> SessionMatcher<S, Resp> {
@@ -229,6 +232,22 @@ where
             .filter(|gone| !gone)
             .count()
             == 0
+    }
+
+    fn cancels(&self) -> bool {
+        self.cancels
+    }
+
+    fn notices(&mut self, each: &mut dyn FnMut(Req)) {
+        // Reads without a request carry no id to name: they get none.
+        for (id, entry) in self.live.iter_mut() {
+            if !entry.noticed && entry.waiter.is_gone() {
+                entry.noticed = true;
+                if let Some(notice) = self.sessions.cancel(S::Id::from_u64(id)) {
+                    each(notice);
+                }
+            }
+        }
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {

@@ -75,6 +75,81 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(drain_loses_nothing(ctx, net, scn));
     out.extend(closed_only_when_closed(ctx, scn));
     out.extend(wrong_server_backs_off(ctx, net, scn));
+    out.extend(notices_only_for_callers_gone(ctx));
+    out
+}
+
+/// `notices_only_for_callers_gone` (`Sessions::cancel`): every cancel notice a
+/// connection wrote names a call it wrote under that id whose caller had left by then
+/// (gave up, or was answered with an error it no longer waited on); one notice per
+/// call; never between the parts of a multi-part request. From the client codec's
+/// journal and the ledger.
+fn notices_only_for_callers_gone(ctx: &Ctx) -> Vec<Violation> {
+    let calls = ctx.ledger.calls();
+    let left_by = |nonce: u64, at: Duration| {
+        calls
+            .iter()
+            .filter(|c| c.nonce == nonce && nonce != 0)
+            .any(|c| {
+                c.cancelled.is_some_and(|t| t <= at) || c.outcomes.iter().any(|(t, _)| *t <= at)
+            })
+    };
+    // Per connection: the call last written under each id (and whether it had its
+    // notice), and the multi-part request being written.
+    let mut ids: BTreeMap<(u64, u64), (u64, bool)> = BTreeMap::new();
+    let mut parts: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut say = |what: String| {
+        if out.len() < 5 {
+            out.push(Violation::new("notices_only_for_callers_gone", what));
+        }
+    };
+    for e in ctx.wire.events() {
+        match e.what {
+            Wire::Encoded {
+                nonce, id, part, ..
+            } => {
+                ids.insert((e.codec, id), (nonce, false));
+                match part {
+                    Some((i, m)) if i + 1 < m => {
+                        parts.insert(e.codec, (nonce, i, m));
+                    }
+                    _ => {
+                        parts.remove(&e.codec);
+                    }
+                }
+            }
+            Wire::Cancel { id } => {
+                let at = e.at.as_millis();
+                if let Some((nonce, i, m)) = parts.get(&e.codec) {
+                    say(format!(
+                        "codec {}: a notice for id {id} at {at} ms after part {i} of {m} of n={nonce}",
+                        e.codec
+                    ));
+                }
+                match ids.get_mut(&(e.codec, id)) {
+                    None => say(format!(
+                        "codec {}: a notice at {at} ms for id {id}, under which nothing was written",
+                        e.codec
+                    )),
+                    Some((nonce, true)) => say(format!(
+                        "codec {}: a second notice at {at} ms for id {id} (n={nonce})",
+                        e.codec
+                    )),
+                    Some((nonce, told)) => {
+                        *told = true;
+                        if !left_by(*nonce, e.at) {
+                            say(format!(
+                                "codec {}: a notice at {at} ms for id {id}, whose caller (n={nonce}) still waited",
+                                e.codec
+                            ));
+                        }
+                    }
+                }
+            }
+            Wire::DrainRead { .. } | Wire::WrongServerRead { .. } => {}
+        }
+    }
     out
 }
 
@@ -170,7 +245,9 @@ fn drain_writes_nothing_new(ctx: &Ctx) -> Vec<Violation> {
             Wire::DrainRead { conn } => {
                 drained.entry(e.codec).or_insert((conn, e.at));
             }
-            Wire::Encoded { nonce, handshake } => match drained.get(&e.codec) {
+            Wire::Encoded {
+                nonce, handshake, ..
+            } => match drained.get(&e.codec) {
                 None => {
                     begun.entry(e.codec).or_default().insert(nonce);
                 }
@@ -188,7 +265,7 @@ fn drain_writes_nothing_new(ctx: &Ctx) -> Vec<Violation> {
                     }
                 }
             },
-            Wire::WrongServerRead { .. } => {}
+            Wire::WrongServerRead { .. } | Wire::Cancel { .. } => {}
         }
     }
     out
@@ -219,7 +296,7 @@ fn drain_loses_nothing(
             Wire::WrongServerRead { conn } => {
                 ws_read.entry(conn).or_insert(e.at);
             }
-            Wire::Encoded { .. } => {}
+            Wire::Encoded { .. } | Wire::Cancel { .. } => {}
         }
     }
     let mut out = Vec::new();
@@ -363,7 +440,7 @@ fn wrong_server_backs_off(
                 continue;
             }
             Wire::WrongServerRead { conn } => conn,
-            Wire::Encoded { .. } => continue,
+            Wire::Encoded { .. } | Wire::Cancel { .. } => continue,
         };
         if !seen.insert(conn) || drained.contains(&conn) {
             continue;

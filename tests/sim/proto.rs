@@ -63,9 +63,17 @@ pub fn tag_of_error(source: &(dyn std::error::Error + 'static)) -> Option<ReplyT
     source.downcast_ref::<ServerSaid>().map(|s| tag_of(&s.0))
 }
 
-/// The client's protocol: the test protocol, panicking on frames marked for it.
+/// The client's protocol: the test protocol, panicking on frames marked for it; with
+/// `cancels`, it sends a cancel notice ([`CANCEL`] under the call's id) for each
+/// written call whose caller left (session mode only).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SimProto;
+pub struct SimProto {
+    pub cancels: bool,
+}
+
+/// The body of a cancel notice. The server reads it and ignores it: the call it names
+/// is still answered (a server that stops work on a notice is `tests/cancel_notice.rs`'s).
+pub const CANCEL: &str = "cancel";
 
 fn marked(m: &Msg, at: &str) -> bool {
     m.text().contains(&format!("P:{at}"))
@@ -115,13 +123,28 @@ impl Sessions<Msg, Msg> for SimProto {
         }
         TestProto.session(resp)
     }
+    fn cancels(&self) -> bool {
+        self.cancels
+    }
+    fn cancel(&self, id: u64) -> Option<Msg> {
+        Some(Msg::with_id(id, CANCEL))
+    }
 }
 
 /// What a client connection's codec did, in the order the connection task did it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wire {
-    /// Encoded a frame (written it into the transport's buffer).
-    Encoded { nonce: u64, handshake: bool },
+    /// Encoded a frame (written it into the transport's buffer): a call's, under
+    /// session id `id` (0 in order mode), part `part` (index, count) of a multi-part
+    /// request.
+    Encoded {
+        nonce: u64,
+        handshake: bool,
+        id: u64,
+        part: Option<(u64, u64)>,
+    },
+    /// Encoded a cancel notice for session id `id`.
+    Cancel { id: u64 },
     /// Decoded a drain notice (`conn` is the server's number for the connection): the
     /// connection task routes it next.
     DrainRead { conn: u64 },
@@ -211,9 +234,18 @@ impl Encoder<Msg> for SimCodec {
         if token(msg.text(), "p") == Some("encode") {
             panic!("simulated panic in encode");
         }
-        let event = Wire::Encoded {
-            nonce: num(msg.text(), "n").unwrap_or(0),
-            handshake: flag(msg.text(), "hs"),
+        let text = msg.text();
+        let event = if text == CANCEL {
+            Wire::Cancel { id: msg.id }
+        } else {
+            Wire::Encoded {
+                nonce: num(text, "n").unwrap_or(0),
+                handshake: flag(text, "hs"),
+                id: msg.id,
+                part: token(text, "pl")
+                    .and_then(|p| p.split_once('/'))
+                    .and_then(|(i, m)| Some((i.parse().ok()?, m.parse().ok()?))),
+            }
         };
         self.journal.push(self.id, event);
         self.codec.encode(msg, dst)
@@ -267,6 +299,13 @@ impl Server for SimServer {
 
     fn serve(&self, conn: &ConnInfo, req: Msg) -> Served<Msg> {
         let body = req.text().to_string();
+        if body == CANCEL {
+            // Ignored: the call it names runs and is answered as if it had not come.
+            return Served {
+                executed: false,
+                replies: Vec::new(),
+            };
+        }
         if let Some((i, m)) = token(&body, "pl").and_then(|p| p.split_once('/'))
             && i.parse::<u64>().ok().map(|i| i + 1) != m.parse().ok()
         {

@@ -263,10 +263,15 @@ fn build(
         });
     }
     let connector = net.connector(i);
+    // Half the seeds send cancel notices (drawn apart from the generator's stream, so
+    // every seed keeps its scenario).
+    let cancels = SimRng::new(seed ^ 0xca9ce1 ^ i as u64)
+        .next_u64()
+        .is_multiple_of(2);
     if plan.session {
-        b.connector(connector, Session::new(SimProto))
+        b.connector(connector, Session::new(SimProto { cancels }))
     } else {
-        b.connector(connector, Order::new(SimProto))
+        b.connector(connector, Order::new(SimProto { cancels }))
     }
     .expect("valid hosts")
 }

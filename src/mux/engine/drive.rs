@@ -30,13 +30,15 @@ where
         T: Transport<Req, Resp>,
         M: Matcher<Req, Resp>,
     {
-        for _ in 0..BUDGET {
+        for pass in 0..BUDGET {
             // The server's word to leave (read by the handshake, or in the last pass)
             // comes before any write: that connection takes no new call.
             if let Some(leave) = self.leaving(conn, &lane) {
                 return Poll::Ready(Ok(leave));
             }
             let bytes = crate::meter::mark();
+            // Callers that left get their cancel notices, written ahead of new calls.
+            conn.collect_notices(cx, pass == 0);
             // Writes first: a read without a request queued before a greeting arrived
             // must hold its FIFO slot when the greeting is routed.
             let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane)?;

@@ -129,7 +129,10 @@ where
     }
 
     /// A fresh connection over `transport`.
-    pub(crate) fn conn<T, M>(&self, transport: T, matcher: M) -> Conn<T, M, Req, Resp> {
+    pub(crate) fn conn<T, M>(&self, transport: T, matcher: M) -> Conn<T, M, Req, Resp>
+    where
+        M: super::Matcher<Req, Resp>,
+    {
         Conn::new(transport, matcher, self.shared.clone())
     }
 

@@ -1,5 +1,6 @@
-//! Writing a connection: the calls tied to it first, then its lane's, while the sink
-//! and the matcher have room; calls whose caller is gone are dropped unwritten.
+//! Writing a connection: cancel notices first, then the calls tied to it, then its
+//! lane's, while the sink and the matcher have room; calls whose caller is gone are
+//! dropped unwritten.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -37,7 +38,9 @@ where
         let mut blocked = false;
         self.deadlines.new_pass();
         for _ in 0..BATCH {
-            if !conn.mid_write() && !conn.matcher.has_room() {
+            // A cancel notice goes ahead of any call, and needs no room in the matcher.
+            let notice = !conn.mid_write() && conn.has_notice();
+            if !notice && !conn.mid_write() && !conn.matcher.has_room() {
                 blocked = true;
                 break;
             }
@@ -51,6 +54,11 @@ where
             if conn.mid_write() {
                 progress = true;
                 conn.write_next_part()?;
+                continue;
+            }
+            if notice {
+                progress = true;
+                conn.write_notice()?;
                 continue;
             }
             let call = match conn.first.pop_front() {

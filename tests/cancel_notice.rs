@@ -1,0 +1,273 @@
+//! Cancel notices (session mode): when the caller of a written call goes away (a
+//! dropped future, a deadline), the protocol's notice tells the server, ahead of queued
+//! calls and never inside a multi-part write, and the call's id stays reserved until the
+//! server answers it (`Sessions::cancel`).
+//!
+//! Every test runs against a scripted server at the far end of an in-memory pipe, in
+//! paused time: "at once" is to the tick.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use socketchannel::{BoxError, Call, Channel, Kind as ErrKind, Order, Protocol, Session, Sessions};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+use support::channel::{Ch, joined, spawn_request};
+use support::codec::{Msg, MsgCodec, TestProto};
+use support::script::{Peer, pipe, settle};
+
+/// The body of a cancel notice.
+const CANCEL: &str = "CANCEL";
+
+/// The test protocol, telling the server of each written call whose caller left.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cancelling;
+
+impl Protocol<Msg, Msg> for Cancelling {
+    fn is_push(&self, resp: &Msg) -> bool {
+        TestProto.is_push(resp)
+    }
+    fn is_final(&self, resp: &Msg) -> bool {
+        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
+    }
+    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
+        TestProto.check(resp)
+    }
+}
+
+impl Sessions<Msg, Msg> for Cancelling {
+    type Id = u64;
+    fn stamp(&self, req: &mut Msg, id: u64) {
+        TestProto.stamp(req, id);
+    }
+    fn session(&self, resp: &Msg) -> Option<u64> {
+        TestProto.session(resp)
+    }
+    fn cancels(&self) -> bool {
+        true
+    }
+    fn cancel(&self, id: u64) -> Option<Msg> {
+        Some(Msg::with_id(id, CANCEL))
+    }
+}
+
+/// A channel in session mode with the one id 1, so the id's fate is plain to see.
+fn one_id_channel() -> (Ch, Peer) {
+    let (transport, server) = pipe();
+    let peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=1));
+    (ch, peer)
+}
+
+/// A server that stops work on a notice, and says so under the call's id: the id is
+/// free at once, and the next call gets it.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_is_cancelled_at_once_and_its_id_waits_for_the_servers_word() {
+    let (ch, mut peer) = one_id_channel();
+    let slow = spawn_request(&ch, "slow");
+    let req = peer.next().await;
+    assert_eq!((req.id, req.text()), (1, "slow"));
+
+    let left = Instant::now();
+    slow.abort();
+    let notice = peer.next().await;
+    assert_eq!((notice.id, notice.text()), (1, CANCEL));
+    assert_eq!(
+        left.elapsed(),
+        Duration::ZERO,
+        "the notice waited for a timer"
+    );
+    assert_eq!(ch.counters().cancel_notices, 1);
+
+    // The id is still the slow call's: the next call waits for it.
+    let next = spawn_request(&ch, "next");
+    settle().await;
+    assert!(
+        peer.idle().is_none(),
+        "a call was written under an id still in use"
+    );
+    assert_eq!(
+        ch.counters().in_flight,
+        1,
+        "the cancelled call holds its id"
+    );
+
+    // The server stopped, and says so: the id is free and goes to the next call.
+    peer.reply(&req, "cancelled");
+    let req = peer.next().await;
+    assert_eq!((req.id, req.text()), (1, "next"));
+    peer.reply(&req, "re:next");
+    assert_eq!(joined(next).await.unwrap().text(), "re:next");
+    let c = ch.counters();
+    assert_eq!((c.cancel_notices, c.unknown, c.in_flight), (1, 0, 0));
+}
+
+/// A server that ignores the notice answers the call when it is done: that late reply
+/// frees the id and reaches nobody.
+#[tokio::test(start_paused = true)]
+async fn a_server_that_ignores_the_notice_frees_the_id_with_its_late_reply() {
+    let (ch, mut peer) = one_id_channel();
+    let slow = spawn_request(&ch, "slow");
+    let req = peer.next().await;
+    slow.abort();
+    assert_eq!(peer.next().await.text(), CANCEL);
+
+    let next = spawn_request(&ch, "next");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        peer.idle().is_none(),
+        "a call was written under an id still in use"
+    );
+
+    peer.reply(&req, "re:slow");
+    let req = peer.next().await;
+    assert_eq!(req.text(), "next");
+    peer.reply(&req, "re:next");
+    assert_eq!(joined(next).await.unwrap().text(), "re:next");
+    assert_eq!(ch.counters().cancel_notices, 1);
+}
+
+/// A written call whose deadline passes fails *may have executed*, and the server is
+/// told at that moment.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_passes_on_a_written_call_sends_its_notice() {
+    let (ch, mut peer) = one_id_channel();
+    let start = Instant::now();
+    let call = {
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            ch.request(Call::new(Msg::new("slow")).timeout(Duration::from_millis(100)))
+                .await
+        })
+    };
+    let req = peer.next().await;
+    let notice = peer.next().await;
+    assert_eq!((notice.id, notice.text()), (req.id, CANCEL));
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    let err = joined(call).await.unwrap_err();
+    assert_eq!(err.kind(), ErrKind::Timeout);
+    assert!(err.may_have_executed());
+    assert_eq!(ch.counters().cancel_notices, 1);
+}
+
+/// Each call gets one notice, however many callers leave at once; calls still queued
+/// when their caller leaves are never written, and get none.
+#[tokio::test(start_paused = true)]
+async fn many_callers_leaving_at_once_get_one_notice_each() {
+    let (transport, server) = pipe();
+    let mut peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=4));
+    let calls: Vec<_> = (0..6)
+        .map(|i| spawn_request(&ch, format!("c{i}")))
+        .collect();
+    let mut written = Vec::new();
+    for _ in 0..4 {
+        written.push(peer.next().await.id);
+    }
+    calls.iter().for_each(|c| c.abort());
+    let mut told = Vec::new();
+    for _ in 0..4 {
+        let notice = peer.next().await;
+        assert_eq!(notice.text(), CANCEL);
+        told.push(notice.id);
+    }
+    told.sort_unstable();
+    assert_eq!(told, written);
+    settle().await;
+    assert!(
+        peer.idle().is_none(),
+        "a notice twice, or a queued call written"
+    );
+    let c = ch.counters();
+    assert_eq!((c.cancel_notices, c.sent), (4, 4));
+}
+
+/// A notice never goes between the parts of a multi-part request: it waits for the
+/// last part, then goes ahead of the calls queued behind.
+#[tokio::test(start_paused = true)]
+async fn a_notice_waits_for_a_multi_part_write_and_goes_ahead_of_queued_calls() {
+    // A small pipe the server does not read yet: the parts back up in it.
+    let (client, server) = tokio::io::duplex(1 << 12);
+    let ch: Ch = Channel::new(
+        Framed::new(client, MsgCodec::default()),
+        Session::new(Cancelling),
+    );
+    let slow = spawn_request(&ch, "slow");
+    settle().await;
+    let parts: Vec<Msg> = (0..4)
+        .map(|i| Msg::new(format!("part{i}:{}", "x".repeat(16 << 10))))
+        .collect();
+    let multi = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.request(Call::parts(parts)).await })
+    };
+    settle().await;
+    slow.abort();
+    settle().await;
+    let queued = spawn_request(&ch, "queued");
+    settle().await;
+
+    let mut server = Framed::new(server, MsgCodec::default());
+    let mut order = Vec::new();
+    for _ in 0..7 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("the server waits for a frame")
+            .expect("the connection ended")
+            .expect("a frame");
+        order.push(
+            frame
+                .text()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        order,
+        ["slow", "part0", "part1", "part2", "part3", CANCEL, "queued"],
+        "a notice went inside a multi-part write, or behind a queued call"
+    );
+    drop((multi, queued));
+}
+
+/// Order mode sends none: a reply there is matched by its place, so the server must
+/// answer every call anyway.
+#[tokio::test(start_paused = true)]
+async fn order_mode_sends_no_notice() {
+    let (transport, server) = pipe();
+    let mut peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Order::new(Cancelling));
+    let slow = spawn_request(&ch, "slow");
+    let req = peer.next().await;
+    slow.abort();
+    settle().await;
+    assert!(peer.idle().is_none(), "order mode wrote a notice");
+    peer.reply(&req, "re:slow");
+    let next = spawn_request(&ch, "next");
+    let req = peer.next().await;
+    peer.reply(&req, "re:next");
+    assert_eq!(joined(next).await.unwrap().text(), "re:next");
+    assert_eq!(ch.counters().cancel_notices, 0);
+}
+
+/// A protocol that sends none (the default) writes none, in session mode too.
+#[tokio::test(start_paused = true)]
+async fn a_protocol_without_notices_sends_none() {
+    let (transport, server) = pipe();
+    let mut peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Session::new(TestProto));
+    let slow = spawn_request(&ch, "slow");
+    peer.next().await;
+    slow.abort();
+    settle().await;
+    assert!(
+        peer.idle().is_none(),
+        "a notice from a protocol that sends none"
+    );
+    assert_eq!(ch.counters().cancel_notices, 0);
+}
