@@ -271,3 +271,149 @@ async fn a_protocol_without_notices_sends_none() {
     );
     assert_eq!(ch.counters().cancel_notices, 0);
 }
+
+/// A burst of calls taken in one poll of the connection task (more than tokio's task
+/// budget of 128): each caller that then leaves, alone, gets its notice. (Review: the
+/// reply sender polled past the budget said `Pending` without watching, so every 128th
+/// call's caller could leave unnoticed.)
+#[tokio::test(start_paused = true)]
+async fn each_caller_of_a_burst_leaving_alone_is_noticed() {
+    let (transport, server) = pipe();
+    let mut peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=1000));
+    let n = 300;
+    let calls: Vec<_> = (0..n)
+        .map(|i| spawn_request(&ch, format!("c{i}")))
+        .collect();
+    let mut ids = std::collections::HashMap::new();
+    for _ in 0..n {
+        let req = peer.next().await;
+        ids.insert(req.text().to_owned(), req.id);
+    }
+    let mut told = std::collections::HashSet::new();
+    let mut missed = Vec::new();
+    for (i, call) in calls.iter().enumerate() {
+        call.abort();
+        settle().await;
+        while let Some(notice) = peer.idle() {
+            assert_eq!(notice.text(), CANCEL);
+            assert!(
+                told.insert(notice.id),
+                "a second notice for id {}",
+                notice.id
+            );
+        }
+        let id = ids[&format!("c{i}")];
+        if !told.contains(&id) {
+            missed.push((i, id));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "callers that left unnoticed (call, id): {missed:?}"
+    );
+    assert_eq!(ch.counters().cancel_notices, n);
+}
+
+/// A read without a request wrote nothing the server could work on, even one with an
+/// id of its own: it gets no notice.
+#[tokio::test(start_paused = true)]
+async fn a_read_with_an_id_gets_no_notice() {
+    let (transport, server) = pipe();
+    let mut peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Session::new(Cancelling));
+    let read = ch.request(Call::read().id(7u64).timeout(Duration::from_millis(100)));
+    assert_eq!(read.await.unwrap_err().kind(), ErrKind::Timeout);
+    settle().await;
+    assert!(
+        peer.idle().is_none(),
+        "a notice for a read that wrote nothing"
+    );
+    assert_eq!(ch.counters().cancel_notices, 0);
+}
+
+/// A notice queued behind a multi-part write whose call the server answers before the
+/// notice can go: its id is free (and the next call takes it), so the notice is not
+/// written. (Review: it was, right ahead of the next call under the same id.)
+#[tokio::test(start_paused = true)]
+async fn a_notice_whose_call_was_answered_meanwhile_is_not_written() {
+    let (client, server) = tokio::io::duplex(1 << 12);
+    let ch: Ch = Channel::new(
+        Framed::new(client, MsgCodec::default()),
+        Session::new(Cancelling).ids(1u64..=2),
+    );
+    let slow = spawn_request(&ch, "slow");
+    settle().await;
+    let parts: Vec<Msg> = (0..4)
+        .map(|i| Msg::new(format!("part{i}:{}", "x".repeat(16 << 10))))
+        .collect();
+    let multi = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.request(Call::parts(parts)).await })
+    };
+    settle().await;
+    slow.abort();
+    settle().await;
+    // The server answers "slow" (id 1) before it reads anything.
+    let (mut to_client, mut from_client) = Framed::new(server, MsgCodec::default()).split();
+    futures::SinkExt::send(&mut to_client, Msg::with_id(1, "re:slow"))
+        .await
+        .unwrap();
+    settle().await;
+    let next = spawn_request(&ch, "next");
+    settle().await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), from_client.next())
+            .await
+            .expect("the server waits for a frame")
+            .expect("the connection ended")
+            .expect("a frame");
+        order.push(format!(
+            "{}@{}",
+            frame.text().split(':').next().unwrap_or_default(),
+            frame.id
+        ));
+    }
+    assert_eq!(
+        order,
+        [
+            "slow@1", "part0@2", "part1@2", "part2@2", "part3@2", "next@1"
+        ],
+        "a notice went out for a call already answered"
+    );
+    settle().await;
+    assert_eq!(ch.counters().cancel_notices, 0);
+    drop((multi, next));
+}
+
+/// A graceful shutdown whose last waiting caller leaves writes that caller's notice
+/// before the connection ends.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_writes_the_notice_of_its_last_caller() {
+    let (transport, server) = pipe();
+    let mut peer = Peer::spawn(server);
+    let ch: Ch = Channel::new(transport, Session::new(Cancelling));
+    let slow = spawn_request(&ch, "slow");
+    peer.next().await;
+    let down = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.shutdown(Duration::from_secs(5)).await })
+    };
+    settle().await;
+    let left = Instant::now();
+    slow.abort();
+    tokio::time::timeout(Duration::from_secs(10), down)
+        .await
+        .expect("the shutdown ends")
+        .unwrap();
+    assert!(
+        left.elapsed() < Duration::from_secs(1),
+        "the shutdown waited for its deadline"
+    );
+    let mut got = Vec::new();
+    while let Some(frame) = peer.recv().await {
+        got.push(frame.text().to_owned());
+    }
+    assert_eq!(got, [CANCEL]);
+}

@@ -184,6 +184,9 @@ impl<Resp> Unpin for ReplyStream<Resp> {}
 
 impl<Resp> Drop for ReplyStream<Resp> {
     fn drop(&mut self) {
+        // Closed first: the task this wakes (on another worker, perhaps at once) must
+        // find the reader gone.
+        self.rx.close();
         self.shared.left();
     }
 }

@@ -49,7 +49,7 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     reported: usize,
     /// Cancel notices, when the protocol sends them (`notice.rs`). Boxed: most
     /// connections have none.
-    notices: Option<Box<Notices<Req>>>,
+    notices: Option<Box<Notices>>,
     shared: Arc<Shared<Resp>>,
 }
 
@@ -120,6 +120,13 @@ where
     /// one is an orphan): a shutdown need not wait for it. Otherwise the task is woken
     /// when the last caller leaves. A scan: for shutdowns only.
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
+        // A caller that just left is owed its notice before the connection ends.
+        self.collect_notices(cx, true);
+        if self.has_notice() {
+            // Written by the drive that follows; then look again.
+            cx.waker().wake_by_ref();
+            return false;
+        }
         let callers = match &self.notices {
             // Keep the callers watched for their notices: the watcher wakes the task.
             Some(notices) => {
@@ -148,7 +155,7 @@ where
             notices.register(cx);
         }
         if notices.take_left() {
-            self.matcher.notices(&mut |notice| notices.push(notice));
+            self.matcher.notices(&mut |id, seq| notices.push(id, seq));
         }
     }
 
@@ -158,13 +165,17 @@ where
         self.notices.as_ref().is_some_and(|n| !n.is_empty())
     }
 
-    /// Hands the next queued cancel notice to the sink (which is ready).
+    /// Hands the next queued cancel notice to the sink (which is ready), if its call
+    /// still waits: once answered, its id is free, and may be a new call's already.
     pub(crate) fn write_notice<WE>(&mut self) -> Result<(), ConnectionError>
     where
         T: Sink<Req, Error = WE> + Unpin,
         WE: Into<BoxError>,
     {
-        let Some(notice) = self.notices.as_mut().and_then(|n| n.pop()) else {
+        let Some((id, seq)) = self.notices.as_mut().and_then(|n| n.pop()) else {
+            return Ok(());
+        };
+        let Some(notice) = self.matcher.notice(id, seq) else {
             return Ok(());
         };
         self.shared.stats.cancel_notices(1);
@@ -242,7 +253,7 @@ where
         let done = if waiter.wants_reply() {
             if let Some(notices) = &self.notices
                 && !matches!(frames, Frames::None)
-                && waiter.poll_gone(&mut notices.context())
+                && notices.watch(&mut waiter)
             {
                 // Gone since `poll_write` looked: it is written, and then told.
                 notices.left();

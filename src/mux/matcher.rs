@@ -104,9 +104,16 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
         false
     }
 
-    /// Hands `each` the cancel notice of every waiting call whose caller left and that
-    /// has had none: each call gets one at most. A scan: called once a caller left.
-    fn notices(&mut self, _each: &mut dyn FnMut(Req)) {}
+    /// Hands `each` the session id and sequence number of every waiting call whose
+    /// caller left and that has had no cancel notice: each call gets one at most. A
+    /// scan: called once a caller left.
+    fn notices(&mut self, _each: &mut dyn FnMut(u64, u64)) {}
+
+    /// The cancel notice of the call numbered `seq` under session id `id`, if it still
+    /// waits and the protocol gives one.
+    fn notice(&mut self, _id: u64, _seq: u64) -> Option<Req> {
+        None
+    }
 }
 
 /// The entry numbered `seq` in a queue of entries in the order they were admitted.

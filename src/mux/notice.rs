@@ -4,22 +4,27 @@
 //! A connection whose protocol sends them watches the caller of each call it writes
 //! with one waker of its own: a caller that leaves (its reply sender sees its receiver
 //! dropped) wakes it, which marks the connection and wakes its task. The task then scans
-//! its waiting calls once for the callers that left and queues a notice for each; the
-//! write path writes queued notices ahead of any call, and never between the parts of a
-//! multi-part request. A connection whose protocol sends none has no watcher, and its
+//! its waiting calls once for the callers that left and queues each one's id; the write
+//! path writes a queued notice ahead of any call, and never between the parts of a
+//! multi-part request, building it only then, and only if the call still waits (a
+//! reply that came in the meantime freed its id, which a new call may have taken). A connection whose protocol sends none has no watcher, and its
 //! callers are not watched: the feature costs nothing unless it is used.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
+
+use super::call::Waiter;
 
 /// One connection's watcher and the notices it has still to write.
-pub(crate) struct Notices<Req> {
+pub(crate) struct Notices {
     watch: Arc<Watch>,
     /// Wakes `watch`: registered with each written call's reply sender.
     waker: Waker,
-    queue: VecDeque<Req>,
+    /// The calls to write a notice for: `(session id, sequence number)`.
+    queue: VecDeque<(u64, u64)>,
 }
 
 /// What a caller that leaves wakes.
@@ -45,7 +50,7 @@ impl Wake for Watch {
     }
 }
 
-impl<Req> Notices<Req> {
+impl Notices {
     pub(crate) fn new() -> Self {
         let watch = Arc::new(Watch::default());
         Notices {
@@ -69,6 +74,18 @@ impl<Req> Notices<Req> {
         Context::from_waker(&self.waker)
     }
 
+    /// Watches `waiter`'s caller; true if it is gone already. Outside tokio's task
+    /// budget: a reply sender polled on a task that spent its budget (a burst of calls
+    /// taken from the intake) would say `Pending` without watching.
+    pub(crate) fn watch<Resp>(&self, waiter: &mut Waiter<Resp>) -> bool {
+        let gone = std::future::poll_fn(|cx| match waiter.poll_gone(cx) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        });
+        let mut gone = std::pin::pin!(tokio::task::unconstrained(gone));
+        gone.as_mut().poll(&mut self.context()).is_ready()
+    }
+
     /// Marks that a caller left (found by the task itself: a deadline, a caller gone
     /// before it was watched), and wakes the task to write its notice.
     pub(crate) fn left(&self) {
@@ -80,11 +97,11 @@ impl<Req> Notices<Req> {
         self.watch.left.load(Ordering::Relaxed) && self.watch.left.swap(false, Ordering::Acquire)
     }
 
-    pub(crate) fn push(&mut self, notice: Req) {
-        self.queue.push_back(notice);
+    pub(crate) fn push(&mut self, id: u64, seq: u64) {
+        self.queue.push_back((id, seq));
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Req> {
+    pub(crate) fn pop(&mut self) -> Option<(u64, u64)> {
         self.queue.pop_front()
     }
 
@@ -100,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_caller_leaving_marks_the_connection_and_wakes_its_task() {
-        let notices = Notices::<u8>::new();
+        let notices = Notices::new();
         let (task, woken) = futures_test_waker();
         notices.register(&Context::from_waker(&task));
         let (mut tx, rx) = tokio::sync::oneshot::channel::<u8>();

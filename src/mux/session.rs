@@ -238,16 +238,20 @@ where
         self.cancels
     }
 
-    fn notices(&mut self, each: &mut dyn FnMut(Req)) {
-        // Reads without a request carry no id to name: they get none.
+    fn notices(&mut self, each: &mut dyn FnMut(u64, u64)) {
+        // A read wrote nothing the server could work on, even one with an id of its own
+        // (those wait here, not in `reads`): it gets none.
         for (id, entry) in self.live.iter_mut() {
-            if !entry.noticed && entry.waiter.is_gone() {
+            if !entry.noticed && !entry.read_only && entry.waiter.is_gone() {
                 entry.noticed = true;
-                if let Some(notice) = self.sessions.cancel(S::Id::from_u64(id)) {
-                    each(notice);
-                }
+                each(id, entry.seq);
             }
         }
+    }
+
+    fn notice(&mut self, id: u64, seq: u64) -> Option<Req> {
+        self.live.get_mut(id).filter(|e| e.seq == seq)?;
+        self.sessions.cancel(S::Id::from_u64(id))
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>)) {
