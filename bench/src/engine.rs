@@ -1,8 +1,9 @@
 //! This crate's channels, in order mode and in session mode: the engine over an
 //! existing transport (`engine-*` rows), and the full reconnecting `Channel` made by its
 //! builder (`channel-*` rows), also behind tower's `Timeout` (`channel-order+timeout`)
-//! with the engine's own deadlines (`channel-order+deadline`) and recording its metrics
-//! (`channel-order+metrics`).
+//! with the engine's own deadlines (`channel-order+deadline`, beside the call path
+//! without them, `channel-order+calls`), with cancel notices (`channel-session+cancel`)
+//! and recording its metrics (`channel-order+metrics`).
 //!
 //! Built with the `engine` feature (on by default; see `Cargo.toml`); the metrics row
 //! with the `metrics` feature (on by default too).
@@ -52,6 +53,20 @@ pub fn channel_order_timeout(addr: SocketAddr) -> Timeout<Channel<Frame, Frame>>
 /// `Service<Call<Frame>>` ([`Channel::calls`]) and the one-frame reply is unwrapped.
 pub fn channel_order_deadline(addr: SocketAddr) -> Deadlined {
     let to_call: fn(Frame) -> Call<Frame> = |frame| Call::new(frame).timeout(draw_deadline());
+    let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
+        Reply::One(frame) => frame,
+        _ => unreachable!("a plain call has a one-frame reply"),
+    };
+    channel_order(addr)
+        .calls()
+        .map_request(to_call)
+        .map_response(to_frame)
+}
+
+/// `channel_order` through `Service<Call<Frame>>` with no deadline: the call path's own
+/// cost, beside [`channel_order_deadline`].
+pub fn channel_order_calls(addr: SocketAddr) -> Deadlined {
+    let to_call: fn(Frame) -> Call<Frame> = Call::new;
     let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
         Reply::One(frame) => frame,
         _ => unreachable!("a plain call has a one-frame reply"),

@@ -96,6 +96,10 @@ pub enum Variant {
     /// `channel-order` with a deadline on every call (50-500 ms), kept by the engine.
     #[cfg(feature = "engine")]
     ChannelOrderDeadline,
+    /// `channel-order` through `Service<Call<Frame>>`, no deadline: what the call path
+    /// costs, apart from deadlines.
+    #[cfg(feature = "engine")]
+    ChannelOrderCalls,
     /// `channel-session` with cancel notices on (`Sessions::cancels`): every written
     /// call's caller is watched.
     #[cfg(feature = "engine")]
@@ -133,6 +137,8 @@ impl Variant {
         Variant::ChannelOrder,
         #[cfg(feature = "engine")]
         Variant::ChannelOrderTimeout,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrderCalls,
         #[cfg(feature = "engine")]
         Variant::ChannelOrderDeadline,
         #[cfg(feature = "engine")]
@@ -179,6 +185,8 @@ impl Variant {
             #[cfg(feature = "engine")]
             Variant::ChannelOrderDeadline => "channel-order+deadline",
             #[cfg(feature = "engine")]
+            Variant::ChannelOrderCalls => "channel-order+calls",
+            #[cfg(feature = "engine")]
             Variant::ChannelOrderTracing => "channel-order+tracing",
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTracingDebug => "channel-order+tracing-debug",
@@ -199,6 +207,7 @@ impl Variant {
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout
             | Variant::ChannelOrderDeadline
+            | Variant::ChannelOrderCalls
             | Variant::ChannelSessionCancel
             | Variant::ChannelOrderTracing
             | Variant::ChannelOrderTracingDebug => Group::Safety,
@@ -232,6 +241,7 @@ impl Variant {
             | Variant::ChannelOrder
             | Variant::ChannelOrderTimeout
             | Variant::ChannelOrderDeadline
+            | Variant::ChannelOrderCalls
             | Variant::ChannelOrderTracing
             | Variant::ChannelOrderTracingDebug => Mode::Order,
             #[cfg(feature = "metrics")]
@@ -280,6 +290,12 @@ impl Variant {
             Variant::ChannelOrder => experiment.run(crate::engine::channel_order(addr)).await,
             #[cfg(feature = "engine")]
             Variant::ChannelSession => experiment.run(crate::engine::channel_session(addr)).await,
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderCalls => {
+                experiment
+                    .run(crate::engine::channel_order_calls(addr))
+                    .await
+            }
             #[cfg(feature = "engine")]
             Variant::ChannelSessionCancel => {
                 experiment
