@@ -417,3 +417,43 @@ async fn a_shutdown_writes_the_notice_of_its_last_caller() {
     }
     assert_eq!(got, [CANCEL]);
 }
+
+/// A graceful shutdown with more callers waiting than tokio's task budget (128) waits
+/// for them, to its deadline, without spinning (a reply sender polled past the budget
+/// says `Pending` and wakes the task at once). In paused time a spinning task would keep
+/// the clock from advancing, so the shutdown's deadline would never come: the test runs
+/// on a thread of its own, bounded in real time.
+#[test]
+fn a_shutdown_with_many_callers_waiting_does_not_spin() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (transport, server) = pipe();
+            let mut peer = Peer::spawn(server);
+            let ch: Ch = Channel::new(transport, Session::new(TestProto));
+            let calls: Vec<_> = (0..300)
+                .map(|i| spawn_request(&ch, format!("c{i}")))
+                .collect();
+            for _ in 0..300 {
+                peer.next().await;
+            }
+            let start = Instant::now();
+            ch.shutdown(Duration::from_secs(5)).await;
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(5),
+                "the shutdown's deadline"
+            );
+            drop(calls);
+        });
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the shutdown spun: paused time never reached its deadline");
+}
