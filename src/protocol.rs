@@ -210,7 +210,9 @@ pub trait Sessions<Req, Resp>: Protocol<Req, Resp> {
     /// (it must carry `id` itself). The call's id stays reserved until the server
     /// answers the call (any reply with that id: the call's own, or one that says it
     /// was cancelled) or the connection ends, so a late reply never reaches the next
-    /// call to get that id. [`Counters::cancel_notices`](crate::Counters::cancel_notices)
+    /// call to get that id. The server must answer such a call once, as it answers any
+    /// call: with its reply or with a "cancelled" one, never both, since the second
+    /// would find the id free and perhaps another call's. [`Counters::cancel_notices`](crate::Counters::cancel_notices)
     /// counts the notices written. Order mode sends none: there, a reply is matched by
     /// its place, so the server must answer every call anyway.
     ///
