@@ -145,8 +145,14 @@ impl<Resp> Shared<Resp> {
         weight
     }
 
+    /// `call` left the queue (taken to be written, or failed unsent): its weight is
+    /// taken off, once.
+    pub(crate) fn unqueue_call<Req>(&self, call: &mut crate::mux::Envelope<Req, Resp>) {
+        self.unqueue(std::mem::take(&mut call.weight));
+    }
+
     /// A call left the queue (written, or failed unsent).
-    pub(crate) fn unqueue(&self, weight: usize) {
+    fn unqueue(&self, weight: usize) {
         let Some(overload) = &self.overload else {
             return;
         };

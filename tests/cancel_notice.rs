@@ -11,7 +11,11 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use socketchannel::{BoxError, Call, Channel, Kind as ErrKind, Order, Protocol, Session, Sessions};
+use socketchannel::{
+    BoxError, Call, Channel, Kind as ErrKind, Mode, Order, Protocol, Session, Sessions,
+};
+use tokio::io::DuplexStream;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
@@ -54,12 +58,66 @@ impl Sessions<Msg, Msg> for Cancelling {
     }
 }
 
-/// A channel in session mode with the one id 1, so the id's fate is plain to see.
-fn one_id_channel() -> (Ch, Peer) {
+/// A channel in `mode` over an in-memory pipe, and the scripted server at its far end.
+fn channel<M: Mode<Msg, Msg>>(mode: M) -> (Ch, Peer) {
     let (transport, server) = pipe();
     let peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=1));
-    (ch, peer)
+    (Channel::new(transport, mode), peer)
+}
+
+/// A channel in session mode with the one id 1, so the id's fate is plain to see.
+fn one_id_channel() -> (Ch, Peer) {
+    channel(Session::new(Cancelling).ids(1u64..=1))
+}
+
+/// A channel (session mode, ids `1..=ids`) that wrote "slow" (id 1) and then began a
+/// four-part call (id 2) that is stuck half written in a small pipe the server has not
+/// read yet; then "slow"'s caller left. Returns the channel, the server's end of the
+/// pipe, and the multi-part call.
+async fn slow_left_behind_a_stuck_multi_part_call(
+    ids: u64,
+) -> (
+    Ch,
+    DuplexStream,
+    JoinHandle<Result<Msg, socketchannel::Error>>,
+) {
+    let (client, server) = tokio::io::duplex(1 << 12);
+    let ch: Ch = Channel::new(
+        Framed::new(client, MsgCodec::default()),
+        Session::new(Cancelling).ids(1..=ids),
+    );
+    let slow = spawn_request(&ch, "slow");
+    settle().await;
+    let parts: Vec<Msg> = (0..4)
+        .map(|i| Msg::new(format!("part{i}:{}", "x".repeat(16 << 10))))
+        .collect();
+    let multi = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.request(Call::parts(parts)).await })
+    };
+    settle().await;
+    slow.abort();
+    settle().await;
+    (ch, server, multi)
+}
+
+/// The next `n` frames the server reads, each as `<body up to ':'>@<id>`.
+async fn read_frames<S, E>(server: &mut S, n: usize) -> Vec<String>
+where
+    S: futures::Stream<Item = Result<Msg, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    let mut frames = Vec::new();
+    for _ in 0..n {
+        let frame = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("the server waits for a frame")
+            .expect("the connection ended")
+            .expect("a frame");
+        let body = frame.text().split(':').next().unwrap_or_default();
+        frames.push(format!("{body}@{}", frame.id));
+    }
+    frames
 }
 
 /// A server that stops work on a notice, and says so under the call's id: the id is
@@ -157,9 +215,7 @@ async fn a_deadline_that_passes_on_a_written_call_sends_its_notice() {
 /// when their caller leaves are never written, and get none.
 #[tokio::test(start_paused = true)]
 async fn many_callers_leaving_at_once_get_one_notice_each() {
-    let (transport, server) = pipe();
-    let mut peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=4));
+    let (ch, mut peer) = channel(Session::new(Cancelling).ids(1u64..=4));
     let calls: Vec<_> = (0..6)
         .map(|i| spawn_request(&ch, format!("c{i}")))
         .collect();
@@ -189,47 +245,16 @@ async fn many_callers_leaving_at_once_get_one_notice_each() {
 /// last part, then goes ahead of the calls queued behind.
 #[tokio::test(start_paused = true)]
 async fn a_notice_waits_for_a_multi_part_write_and_goes_ahead_of_queued_calls() {
-    // A small pipe the server does not read yet: the parts back up in it.
-    let (client, server) = tokio::io::duplex(1 << 12);
-    let ch: Ch = Channel::new(
-        Framed::new(client, MsgCodec::default()),
-        Session::new(Cancelling),
-    );
-    let slow = spawn_request(&ch, "slow");
-    settle().await;
-    let parts: Vec<Msg> = (0..4)
-        .map(|i| Msg::new(format!("part{i}:{}", "x".repeat(16 << 10))))
-        .collect();
-    let multi = {
-        let ch = ch.clone();
-        tokio::spawn(async move { ch.request(Call::parts(parts)).await })
-    };
-    settle().await;
-    slow.abort();
-    settle().await;
+    let (ch, server, multi) = slow_left_behind_a_stuck_multi_part_call(u64::MAX).await;
     let queued = spawn_request(&ch, "queued");
     settle().await;
 
     let mut server = Framed::new(server, MsgCodec::default());
-    let mut order = Vec::new();
-    for _ in 0..7 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), server.next())
-            .await
-            .expect("the server waits for a frame")
-            .expect("the connection ended")
-            .expect("a frame");
-        order.push(
-            frame
-                .text()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
     assert_eq!(
-        order,
-        ["slow", "part0", "part1", "part2", "part3", CANCEL, "queued"],
+        read_frames(&mut server, 7).await,
+        [
+            "slow@1", "part0@2", "part1@2", "part2@2", "part3@2", "CANCEL@1", "queued@3"
+        ],
         "a notice went inside a multi-part write, or behind a queued call"
     );
     drop((multi, queued));
@@ -239,9 +264,7 @@ async fn a_notice_waits_for_a_multi_part_write_and_goes_ahead_of_queued_calls() 
 /// answer every call anyway.
 #[tokio::test(start_paused = true)]
 async fn order_mode_sends_no_notice() {
-    let (transport, server) = pipe();
-    let mut peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Order::new(Cancelling));
+    let (ch, mut peer) = channel(Order::new(Cancelling));
     let slow = spawn_request(&ch, "slow");
     let req = peer.next().await;
     slow.abort();
@@ -258,9 +281,7 @@ async fn order_mode_sends_no_notice() {
 /// A protocol that sends none (the default) writes none, in session mode too.
 #[tokio::test(start_paused = true)]
 async fn a_protocol_without_notices_sends_none() {
-    let (transport, server) = pipe();
-    let mut peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Session::new(TestProto));
+    let (ch, mut peer) = channel(Session::new(TestProto));
     let slow = spawn_request(&ch, "slow");
     peer.next().await;
     slow.abort();
@@ -278,9 +299,7 @@ async fn a_protocol_without_notices_sends_none() {
 /// call's caller could leave unnoticed.)
 #[tokio::test(start_paused = true)]
 async fn each_caller_of_a_burst_leaving_alone_is_noticed() {
-    let (transport, server) = pipe();
-    let mut peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=1000));
+    let (ch, mut peer) = channel(Session::new(Cancelling).ids(1u64..=1000));
     let n = 300;
     let calls: Vec<_> = (0..n)
         .map(|i| spawn_request(&ch, format!("c{i}")))
@@ -319,9 +338,7 @@ async fn each_caller_of_a_burst_leaving_alone_is_noticed() {
 /// id of its own: it gets no notice.
 #[tokio::test(start_paused = true)]
 async fn a_read_with_an_id_gets_no_notice() {
-    let (transport, server) = pipe();
-    let mut peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Session::new(Cancelling));
+    let (ch, mut peer) = channel(Session::new(Cancelling));
     let read = ch.request(Call::read().id(7u64).timeout(Duration::from_millis(100)));
     assert_eq!(read.await.unwrap_err().kind(), ErrKind::Timeout);
     settle().await;
@@ -337,23 +354,7 @@ async fn a_read_with_an_id_gets_no_notice() {
 /// written. (Review: it was, right ahead of the next call under the same id.)
 #[tokio::test(start_paused = true)]
 async fn a_notice_whose_call_was_answered_meanwhile_is_not_written() {
-    let (client, server) = tokio::io::duplex(1 << 12);
-    let ch: Ch = Channel::new(
-        Framed::new(client, MsgCodec::default()),
-        Session::new(Cancelling).ids(1u64..=2),
-    );
-    let slow = spawn_request(&ch, "slow");
-    settle().await;
-    let parts: Vec<Msg> = (0..4)
-        .map(|i| Msg::new(format!("part{i}:{}", "x".repeat(16 << 10))))
-        .collect();
-    let multi = {
-        let ch = ch.clone();
-        tokio::spawn(async move { ch.request(Call::parts(parts)).await })
-    };
-    settle().await;
-    slow.abort();
-    settle().await;
+    let (ch, server, multi) = slow_left_behind_a_stuck_multi_part_call(2).await;
     // The server answers "slow" (id 1) before it reads anything.
     let (mut to_client, mut from_client) = Framed::new(server, MsgCodec::default()).split();
     futures::SinkExt::send(&mut to_client, Msg::with_id(1, "re:slow"))
@@ -362,21 +363,8 @@ async fn a_notice_whose_call_was_answered_meanwhile_is_not_written() {
     settle().await;
     let next = spawn_request(&ch, "next");
     settle().await;
-    let mut order = Vec::new();
-    for _ in 0..6 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), from_client.next())
-            .await
-            .expect("the server waits for a frame")
-            .expect("the connection ended")
-            .expect("a frame");
-        order.push(format!(
-            "{}@{}",
-            frame.text().split(':').next().unwrap_or_default(),
-            frame.id
-        ));
-    }
     assert_eq!(
-        order,
+        read_frames(&mut from_client, 6).await,
         [
             "slow@1", "part0@2", "part1@2", "part2@2", "part3@2", "next@1"
         ],
@@ -391,9 +379,7 @@ async fn a_notice_whose_call_was_answered_meanwhile_is_not_written() {
 /// before the connection ends.
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_writes_the_notice_of_its_last_caller() {
-    let (transport, server) = pipe();
-    let mut peer = Peer::spawn(server);
-    let ch: Ch = Channel::new(transport, Session::new(Cancelling));
+    let (ch, mut peer) = channel(Session::new(Cancelling));
     let slow = spawn_request(&ch, "slow");
     peer.next().await;
     let down = {
@@ -433,9 +419,7 @@ fn a_shutdown_with_many_callers_waiting_does_not_spin() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (transport, server) = pipe();
-            let mut peer = Peer::spawn(server);
-            let ch: Ch = Channel::new(transport, Session::new(TestProto));
+            let (ch, mut peer) = channel(Session::new(TestProto));
             let calls: Vec<_> = (0..300)
                 .map(|i| spawn_request(&ch, format!("c{i}")))
                 .collect();

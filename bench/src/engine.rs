@@ -29,7 +29,7 @@ pub fn order(stream: TcpStream) -> Channel<Frame, Frame> {
 
 /// The engine in session mode over `stream`: the channel stamps ids into [`Frame::id`].
 pub fn session(stream: TcpStream) -> Channel<Frame, Frame> {
-    Channel::new(transport(stream), Session::new(FrameIds))
+    Channel::new(transport(stream), Session::new(FrameIds::default()))
 }
 
 /// The full channel in order mode: lazy connect through its builder, with reconnect,
@@ -52,21 +52,18 @@ pub fn channel_order_timeout(addr: SocketAddr) -> Timeout<Channel<Frame, Frame>>
 /// one timer for every call instead of a timer per call. Calls go through
 /// `Service<Call<Frame>>` ([`Channel::calls`]) and the one-frame reply is unwrapped.
 pub fn channel_order_deadline(addr: SocketAddr) -> Deadlined {
-    let to_call: fn(Frame) -> Call<Frame> = |frame| Call::new(frame).timeout(draw_deadline());
-    let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
-        Reply::One(frame) => frame,
-        _ => unreachable!("a plain call has a one-frame reply"),
-    };
-    channel_order(addr)
-        .calls()
-        .map_request(to_call)
-        .map_response(to_frame)
+    through_calls(addr, |frame| Call::new(frame).timeout(draw_deadline()))
 }
 
 /// `channel_order` through `Service<Call<Frame>>` with no deadline: the call path's own
 /// cost, beside [`channel_order_deadline`].
 pub fn channel_order_calls(addr: SocketAddr) -> Deadlined {
-    let to_call: fn(Frame) -> Call<Frame> = Call::new;
+    through_calls(addr, Call::new)
+}
+
+/// `channel_order` through `Service<Call<Frame>>`, each frame made a call by `to_call`
+/// and its one-frame reply unwrapped.
+fn through_calls(addr: SocketAddr, to_call: fn(Frame) -> Call<Frame>) -> Deadlined {
     let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
         Reply::One(frame) => frame,
         _ => unreachable!("a plain call has a one-frame reply"),
@@ -163,14 +160,14 @@ impl Recorded {
 
 /// The full channel in session mode.
 pub fn channel_session(addr: SocketAddr) -> Channel<Frame, Frame> {
-    channel(addr, Session::new(FrameIds))
+    channel(addr, Session::new(FrameIds::default()))
 }
 
 /// `channel_session` whose protocol sends cancel notices: the engine watches every
 /// written call's caller. No caller leaves in the bench, so none is written: the row is
 /// what watching costs.
 pub fn channel_session_cancel(addr: SocketAddr) -> Channel<Frame, Frame> {
-    channel(addr, Session::new(CancellingFrameIds))
+    channel(addr, Session::new(FrameIds { cancels: true }))
 }
 
 fn channel<M: Mode<Frame, Frame> + Clone>(addr: SocketAddr, mode: M) -> Channel<Frame, Frame> {
@@ -185,9 +182,12 @@ fn channel<M: Mode<Frame, Frame> + Clone>(addr: SocketAddr, mode: M) -> Channel<
         .expect("a socket address is a valid endpoint")
 }
 
-/// Where session ids live in a [`Frame`]: its header's id field.
-#[derive(Debug, Clone, Copy)]
-struct FrameIds;
+/// Where session ids live in a [`Frame`]: its header's id field. With `cancels`, a
+/// written call whose caller left gets a cancel notice: an empty frame under its id.
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameIds {
+    cancels: bool,
+}
 
 impl Protocol<Frame, Frame> for FrameIds {}
 
@@ -201,27 +201,9 @@ impl Sessions<Frame, Frame> for FrameIds {
     fn session(&self, reply: &Frame) -> Option<u32> {
         u32::try_from(reply.id).ok()
     }
-}
-
-/// [`FrameIds`] with cancel notices: an empty frame under the call's id.
-#[derive(Debug, Clone, Copy)]
-struct CancellingFrameIds;
-
-impl Protocol<Frame, Frame> for CancellingFrameIds {}
-
-impl Sessions<Frame, Frame> for CancellingFrameIds {
-    type Id = u32;
-
-    fn stamp(&self, request: &mut Frame, id: u32) {
-        FrameIds.stamp(request, id);
-    }
-
-    fn session(&self, reply: &Frame) -> Option<u32> {
-        FrameIds.session(reply)
-    }
 
     fn cancels(&self) -> bool {
-        true
+        self.cancels
     }
 
     fn cancel(&self, id: u32) -> Option<Frame> {

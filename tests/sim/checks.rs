@@ -91,7 +91,12 @@ fn notices_only_for_callers_gone(ctx: &Ctx) -> Vec<Violation> {
             .iter()
             .filter(|c| c.nonce == nonce && nonce != 0)
             .any(|c| {
-                c.cancelled.is_some_and(|t| t <= at) || c.outcomes.iter().any(|(t, _)| *t <= at)
+                // Gave up, or was failed (a deadline, a reply over its limits) while the
+                // server still owed it frames: an answered call has left the matcher.
+                c.cancelled.is_some_and(|t| t <= at)
+                    || c.outcomes.iter().any(|(t, outcome)| {
+                        *t <= at && !matches!(outcome, Outcome::Replies(_) | Outcome::Sent)
+                    })
             })
     };
     // Per connection: the call last written under each id (and whether it had its

@@ -153,7 +153,7 @@ where
     /// Where callers remain, the task is woken when they leave.
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
         while let Ok(mut call) = self.intake.try_recv() {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.unqueue_call(&mut call);
             self.hold(call);
         }
         let before = self.held.len();
@@ -161,7 +161,7 @@ where
         self.held.retain_mut(|call| {
             let gone = call.poll_gone(cx);
             if gone {
-                shared.unqueue(std::mem::take(&mut call.weight));
+                shared.unqueue_call(call);
             }
             !gone
         });
@@ -182,7 +182,7 @@ where
     fn take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<Req, Resp>>> {
         let mut call = ready!(self.recv(cx));
         if let Some(call) = &mut call {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.unqueue_call(call);
         }
         Poll::Ready(call)
     }
@@ -252,7 +252,7 @@ where
 
     /// Takes a call out of `held`, off the overload weight.
     fn unhold(&mut self, mut call: Envelope<Req, Resp>) -> Envelope<Req, Resp> {
-        self.shared.unqueue(std::mem::take(&mut call.weight));
+        self.shared.unqueue_call(&mut call);
         self.held_changed();
         call
     }
@@ -366,7 +366,7 @@ where
     /// closed and *not sent*, until no handle can send any more.
     pub(crate) fn poll_fail_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while let Some(mut call) = ready!(self.intake.poll_recv(cx)) {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.unqueue_call(&mut call);
             call.fail_unsent(Kind::Closed, None);
         }
         Poll::Ready(())
@@ -376,12 +376,12 @@ where
     /// the intake open: later calls are taken as usual.
     pub(crate) fn fail_queued(&mut self, kind: Kind, cause: Option<&Cause>) {
         for mut call in std::mem::take(&mut self.held) {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.unqueue_call(&mut call);
             call.fail_unsent(kind, cause);
         }
         self.held_changed();
         while let Ok(mut call) = self.intake.try_recv() {
-            self.shared.unqueue(std::mem::take(&mut call.weight));
+            self.shared.unqueue_call(&mut call);
             call.fail_unsent(kind, cause);
         }
     }

@@ -38,9 +38,11 @@ where
         let mut blocked = false;
         self.deadlines.new_pass();
         for _ in 0..BATCH {
-            // A cancel notice goes ahead of any call, and needs no room in the matcher.
-            let notice = !conn.mid_write() && conn.has_notice();
-            if !notice && !conn.mid_write() && !conn.matcher.has_room() {
+            // A cancel notice goes ahead of any call, and needs no room in the matcher;
+            // neither does the rest of a multi-part request.
+            let mid_write = conn.mid_write();
+            let notice = !mid_write && conn.has_notice();
+            if !mid_write && !notice && !conn.matcher.has_room() {
                 blocked = true;
                 break;
             }
@@ -51,7 +53,7 @@ where
                     break;
                 }
             }
-            if conn.mid_write() {
+            if mid_write {
                 progress = true;
                 conn.write_next_part()?;
                 continue;
