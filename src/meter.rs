@@ -1,4 +1,5 @@
-//! Bytes moved by the transport, for the stall timer and the counters.
+//! Bytes moved by the transport, and the reads and writes that moved them, for the stall
+//! timer and the counters.
 //!
 //! [`Metered`] wraps an IO object (a `TcpStream`, a TLS stream) below the codec's
 //! `Framed` and counts what each read and write moved, into counters of the thread
@@ -13,18 +14,56 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// What every [`Metered`] IO polled on one thread has moved so far: the counts only
+/// grow (wrapping), so the difference of two marks is what moved between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// Bytes read.
+    pub(crate) read: u64,
+    /// Bytes the IO accepted for writing.
+    pub(crate) written: u64,
+    /// Reads that returned bytes (or the end of the stream).
+    pub(crate) reads: u64,
+    /// Writes that the IO accepted bytes of.
+    pub(crate) writes: u64,
+}
+
+impl Mark {
+    /// What moved from `earlier` to `self`.
+    pub(crate) fn since(self, earlier: Mark) -> Mark {
+        Mark {
+            read: self.read.wrapping_sub(earlier.read),
+            written: self.written.wrapping_sub(earlier.written),
+            reads: self.reads.wrapping_sub(earlier.reads),
+            writes: self.writes.wrapping_sub(earlier.writes),
+        }
+    }
+}
+
 thread_local! {
-    static READ: Cell<u64> = const { Cell::new(0) };
-    static WRITTEN: Cell<u64> = const { Cell::new(0) };
+    static MOVED: Cell<Mark> = const {
+        Cell::new(Mark { read: 0, written: 0, reads: 0, writes: 0 })
+    };
 }
 
-/// Bytes read and written on this thread so far, by every [`Metered`] IO.
-pub(crate) fn mark() -> (u64, u64) {
-    (READ.with(Cell::get), WRITTEN.with(Cell::get))
+/// What every [`Metered`] IO has moved on this thread so far.
+pub(crate) fn mark() -> Mark {
+    MOVED.with(Cell::get)
 }
 
-fn add(counter: &'static std::thread::LocalKey<Cell<u64>>, n: usize) {
-    counter.with(|c| c.set(c.get().wrapping_add(n as u64)));
+fn add(update: impl FnOnce(&mut Mark)) {
+    MOVED.with(|cell| {
+        let mut mark = cell.get();
+        update(&mut mark);
+        cell.set(mark);
+    });
+}
+
+fn add_written(n: usize) {
+    add(|m| {
+        m.written = m.written.wrapping_add(n as u64);
+        m.writes = m.writes.wrapping_add(1);
+    });
 }
 
 pin_project_lite::pin_project! {
@@ -71,7 +110,11 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
         let before = buf.filled().len();
         let poll = self.project().io.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            add(&READ, buf.filled().len() - before);
+            let n = (buf.filled().len() - before) as u64;
+            add(|m| {
+                m.read = m.read.wrapping_add(n);
+                m.reads = m.reads.wrapping_add(1);
+            });
         }
         poll
     }
@@ -85,7 +128,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
     ) -> Poll<io::Result<usize>> {
         let poll = self.project().io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
-            add(&WRITTEN, n);
+            add_written(n);
         }
         poll
     }
@@ -97,7 +140,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
     ) -> Poll<io::Result<usize>> {
         let poll = self.project().io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
-            add(&WRITTEN, n);
+            add_written(n);
         }
         poll
     }

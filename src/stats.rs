@@ -21,6 +21,8 @@ pub(crate) struct Stats {
     cancel_notices: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 /// A snapshot of a channel's counters ([`Channel::counters`](crate::Channel::counters)).
@@ -59,6 +61,14 @@ pub struct Counters {
     /// Bytes the transport's IO accepted for writing, when it is
     /// [`Metered`](crate::Metered).
     pub bytes_written: u64,
+    /// Reads from the transport's IO that returned bytes, when it is
+    /// [`Metered`](crate::Metered): `bytes_read / reads` is the mean read, and reads
+    /// per call how well the read buffer batches replies.
+    pub reads: u64,
+    /// Writes to the transport's IO that it accepted bytes of, when it is
+    /// [`Metered`](crate::Metered): a system call each over a socket, so writes per
+    /// call below 1 is how much the connection coalesces calls.
+    pub writes: u64,
 }
 
 macro_rules! bump {
@@ -88,6 +98,8 @@ impl Stats {
             cancel_notices: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -122,9 +134,12 @@ impl Stats {
         }
     }
 
-    pub(crate) fn bytes(&self, read: u64, written: u64) {
-        self.bytes_read.fetch_add(read, Relaxed);
-        self.bytes_written.fetch_add(written, Relaxed);
+    /// Adds what the transport's IO moved.
+    pub(crate) fn moved(&self, moved: crate::meter::Mark) {
+        self.bytes_read.fetch_add(moved.read, Relaxed);
+        self.bytes_written.fetch_add(moved.written, Relaxed);
+        self.reads.fetch_add(moved.reads, Relaxed);
+        self.writes.fetch_add(moved.writes, Relaxed);
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
@@ -145,6 +160,8 @@ impl Stats {
             cancel_notices: self.cancel_notices.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
             bytes_written: self.bytes_written.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
         }
     }
 }

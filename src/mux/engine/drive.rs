@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::{BUDGET, Ended, Engine, Lane, fail};
 use crate::error::{ConnectionError, ConnectionErrorKind as Why};
+use crate::meter::Mark;
 use crate::mux::conn::Conn;
 use crate::mux::matcher::Matcher;
 use crate::transport::Transport;
@@ -118,17 +119,13 @@ where
         }
     }
 
-    /// Adds the bytes the transport moved since `before` to the counters; whether any
+    /// Adds what the transport moved since `before` to the counters; whether any bytes
     /// were read, and whether any were written.
-    fn count_bytes(&self, before: (u64, u64)) -> (bool, bool) {
-        let after = crate::meter::mark();
-        let (read, written) = (
-            after.0.wrapping_sub(before.0),
-            after.1.wrapping_sub(before.1),
-        );
-        if read != 0 || written != 0 {
-            self.shared.stats.bytes(read, written);
+    fn count_bytes(&self, before: Mark) -> (bool, bool) {
+        let moved = crate::meter::mark().since(before);
+        if moved != Mark::default() {
+            self.shared.stats.moved(moved);
         }
-        (read != 0, written != 0)
+        (moved.read != 0, moved.written != 0)
     }
 }
