@@ -1,6 +1,9 @@
 //! This crate's channels, in order mode and in session mode: the engine over an
-//! existing transport (`engine-*` rows), and the full reconnecting `Channel` made by its
-//! builder (`channel-*` rows), also behind tower's `Timeout` (`channel-order+timeout`)
+//! existing transport (`engine-*` rows), the full reconnecting `Channel` as a user
+//! builds it, with the builder's defaults (`channel-order`, `channel-session`:
+//! `Channel::builder().host(..).order(codec, protocol)`, the built-in TCP connector), the
+//! same over the benchmark's own connector with 64 KiB buffers (`channel-order-64k`,
+//! `channel-session-64k`), and the builder-default channel behind tower's `Timeout` (`channel-order+timeout`)
 //! with the engine's own deadlines (`channel-order+deadline`, beside the call path
 //! without them, `channel-order+calls`), with cancel notices (`channel-session+cancel`)
 //! and recording its metrics (`channel-order+metrics`).
@@ -20,7 +23,27 @@ use tower::ServiceBuilder;
 use tower::ServiceExt;
 use tower::timeout::Timeout;
 
-use crate::codec::{Frame, transport};
+use crate::codec::{Frame, FrameCodec, transport};
+use crate::measure::{Io, Meter};
+
+/// The socket operations of a channel built with the crate's own connector, whose socket
+/// the benchmark cannot wrap: from the channel's own counters ([`Channel::counters`]:
+/// `writes`, `reads`, `bytes_written`), which its `Metered` IO keeps. Like the
+/// benchmark's counting wrapper, they count the reads and writes that moved bytes.
+#[derive(Debug)]
+pub struct ChannelMeter<Req, Resp>(pub Channel<Req, Resp>);
+
+impl<Req: Send + 'static, Resp: Send + 'static> Meter for ChannelMeter<Req, Resp> {
+    async fn io(&self) -> Io {
+        let counters = self.0.counters();
+        Io {
+            writes: Some(counters.writes),
+            reads: Some(counters.reads),
+            written_bytes: Some(counters.bytes_written),
+            ..Io::default()
+        }
+    }
+}
 
 /// The engine in order mode over `stream`.
 pub fn order(stream: TcpStream) -> Channel<Frame, Frame> {
@@ -32,49 +55,69 @@ pub fn session(stream: TcpStream) -> Channel<Frame, Frame> {
     Channel::new(transport(stream), Session::new(FrameIds::default()))
 }
 
-/// The full channel in order mode: lazy connect through its builder, with reconnect,
-/// handshake-free, over the same counted transport.
+/// The full channel in order mode as the documentation builds it: the builder's
+/// defaults, its built-in TCP connector (`TCP_NODELAY` on, `Framed` with its default
+/// buffers), lazy connect, reconnect.
 pub fn channel_order(addr: SocketAddr) -> Channel<Frame, Frame> {
+    Channel::builder()
+        .host(addr.to_string())
+        .order(FrameCodec, Plain)
+        .expect("a socket address is a valid endpoint")
+}
+
+/// The full channel in session mode as the documentation builds it.
+pub fn channel_session(addr: SocketAddr) -> Channel<Frame, Frame> {
+    Channel::builder()
+        .host(addr.to_string())
+        .session(FrameCodec, FrameIds::default())
+        .expect("a socket address is a valid endpoint")
+}
+
+/// The full channel in order mode over the benchmark's connector: the counted socket,
+/// framed with 64 KiB buffers as the hand-written clients' (`codec::transport`).
+pub fn channel_order_64k(addr: SocketAddr) -> Channel<Frame, Frame> {
     channel(addr, Order::new(Plain))
 }
 
-/// `channel_order` behind `tower::timeout::Timeout` with a 5-second limit, built the
-/// usual way (`ServiceBuilder::new().timeout(..).service(channel)`). `Timeout` is `Clone`
-/// because the channel is, so each caller gets its own clone, each call its own timer.
-pub fn channel_order_timeout(addr: SocketAddr) -> Timeout<Channel<Frame, Frame>> {
-    ServiceBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .service(channel_order(addr))
+/// `channel_order_64k` in session mode.
+pub fn channel_session_64k(addr: SocketAddr) -> Channel<Frame, Frame> {
+    channel(addr, Session::new(FrameIds::default()))
 }
 
-/// `channel_order` with a deadline on every call, drawn from 50-500 ms (uniform, by a
+/// `channel` behind `tower::timeout::Timeout` with a 5-second limit, built the usual
+/// way (`ServiceBuilder::new().timeout(..).service(channel)`). `Timeout` is `Clone`
+/// because the channel is, so each caller gets its own clone, each call its own timer.
+pub fn timeout(channel: Channel<Frame, Frame>) -> Timeout<Channel<Frame, Frame>> {
+    ServiceBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .service(channel)
+}
+
+/// `channel` with a deadline on every call, drawn from 50-500 ms (uniform, by a
 /// per-thread xorshift), kept by the channel's engine ([`Call::timeout`]): one heap and
 /// one timer for every call instead of a timer per call. Calls go through
 /// `Service<Call<Frame>>` ([`Channel::calls`]) and the one-frame reply is unwrapped.
-pub fn channel_order_deadline(addr: SocketAddr) -> Deadlined {
-    through_calls(addr, |frame| Call::new(frame).timeout(draw_deadline()))
+pub fn deadline(channel: Channel<Frame, Frame>) -> Deadlined {
+    through_calls(channel, |frame| Call::new(frame).timeout(draw_deadline()))
 }
 
-/// `channel_order` through `Service<Call<Frame>>` with no deadline: the call path's own
-/// cost, beside [`channel_order_deadline`].
-pub fn channel_order_calls(addr: SocketAddr) -> Deadlined {
-    through_calls(addr, Call::new)
+/// `channel` through `Service<Call<Frame>>` with no deadline: the call path's own
+/// cost, beside [`deadline`].
+pub fn calls(channel: Channel<Frame, Frame>) -> Deadlined {
+    through_calls(channel, Call::new)
 }
 
-/// `channel_order` through `Service<Call<Frame>>`, each frame made a call by `to_call`
-/// and its one-frame reply unwrapped.
-fn through_calls(addr: SocketAddr, to_call: fn(Frame) -> Call<Frame>) -> Deadlined {
+/// `channel` through `Service<Call<Frame>>`, each frame made a call by `to_call` and
+/// its one-frame reply unwrapped.
+fn through_calls(channel: Channel<Frame, Frame>, to_call: fn(Frame) -> Call<Frame>) -> Deadlined {
     let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
         Reply::One(frame) => frame,
         _ => unreachable!("a plain call has a one-frame reply"),
     };
-    channel_order(addr)
-        .calls()
-        .map_request(to_call)
-        .map_response(to_frame)
+    channel.calls().map_request(to_call).map_response(to_frame)
 }
 
-/// What [`channel_order_deadline`] makes.
+/// What [`deadline`] and [`calls`] make.
 pub type Deadlined = tower::util::MapResponse<
     tower::util::MapRequest<Calls<Frame, Frame>, fn(Frame) -> Call<Frame>>,
     fn(Reply<Frame>) -> Frame,
@@ -158,18 +201,18 @@ impl Recorded {
     }
 }
 
-/// The full channel in session mode.
-pub fn channel_session(addr: SocketAddr) -> Channel<Frame, Frame> {
-    channel(addr, Session::new(FrameIds::default()))
-}
-
 /// `channel_session` whose protocol sends cancel notices: the engine watches every
 /// written call's caller. No caller leaves in the bench, so none is written: the row is
 /// what watching costs.
 pub fn channel_session_cancel(addr: SocketAddr) -> Channel<Frame, Frame> {
-    channel(addr, Session::new(FrameIds { cancels: true }))
+    Channel::builder()
+        .host(addr.to_string())
+        .session(FrameCodec, FrameIds { cancels: true })
+        .expect("a socket address is a valid endpoint")
 }
 
+/// The full channel over the benchmark's connector (`codec::transport`: the counted
+/// socket, 64 KiB buffers).
 fn channel<M: Mode<Frame, Frame> + Clone>(addr: SocketAddr, mode: M) -> Channel<Frame, Frame> {
     let connect = tower::service_fn(|endpoint: Endpoint| async move {
         let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;

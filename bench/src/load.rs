@@ -22,7 +22,7 @@ use tokio::time::{sleep, timeout};
 use tower::{BoxError, Service};
 
 use crate::codec::Frame;
-use crate::measure::{Counters, Delta, Histogram, live_bytes, written_bytes};
+use crate::measure::{Counters, Delta, Histogram, Meter, live_bytes};
 use crate::server::RELEASE;
 
 /// A client the harness can drive: any cloneable `Service<Frame, Response = Frame>`.
@@ -147,9 +147,37 @@ pub trait Caller: Send + 'static {
     fn check(&self, reply: &Self::Reply) -> Result<(), BoxError>;
 }
 
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const STOP: u8 = 2;
+/// The phases of a closed loop, in an `AtomicU8` its callers watch.
+#[derive(Debug)]
+pub struct Phase;
+
+impl Phase {
+    /// Replies are not counted yet.
+    pub const WARMUP: u8 = 0;
+    /// Replies are counted.
+    pub const MEASURE: u8 = 1;
+    /// Callers stop.
+    pub const STOP: u8 = 2;
+}
+
+/// Runs the clock of a closed loop: lets its callers warm up, then moves `phase` to
+/// [`Phase::MEASURE`] for `window.measure`, then to [`Phase::STOP`]. Returns what the
+/// process counters and `meter` counted over the measured window.
+pub async fn window(window: Window, phase: &AtomicU8, meter: &impl Meter) -> Delta {
+    sleep(window.warmup).await;
+    let io = meter.io().await;
+    let start = Counters::now();
+    phase.store(Phase::MEASURE, Relaxed);
+    sleep(window.measure).await;
+    phase.store(Phase::STOP, Relaxed);
+    let end = Counters::now();
+    end.since(&start, meter.io().await.since(&io))
+}
+
+/// The ring of payloads of `caller`, each of `size` bytes: see [`RING`].
+pub fn payload_ring(caller: u32, size: usize) -> Vec<Bytes> {
+    payloads(RING, size, |slot| nonce(caller, slot))
+}
 
 /// Runs `load.concurrency` callers against `client`: each sends a request, awaits and
 /// checks the reply, and repeats. Counts the replies that arrive in the measured window.
@@ -157,20 +185,25 @@ const STOP: u8 = 2;
 /// # Errors
 ///
 /// Fails on the first client error or wrong reply, or if callers hang after the window.
-pub async fn closed_loop<C: Client>(client: C, load: Load) -> Result<Outcome, BoxError> {
+pub async fn closed_loop<C: Client>(
+    client: C,
+    load: Load,
+    meter: &impl Meter,
+) -> Result<Outcome, BoxError> {
     let callers: Vec<_> = (0..load.concurrency)
         .map(|i| FrameCaller {
             client: client.clone(),
-            ring: payloads(RING, load.payload, |slot| nonce(i as u32, slot)),
+            ring: payload_ring(i as u32, load.payload),
             sent: 0,
         })
         .collect();
     drop(client);
-    drive(callers, load.window).await
+    drive(callers, load.window, meter).await
 }
 
 /// Runs every caller in a task of its own for `window`: each makes a request, checks the
-/// reply, and repeats. Counts the replies that arrive in the measured window.
+/// reply, and repeats. Counts the replies that arrive in the measured window, and what
+/// `meter` counted over it.
 ///
 /// # Errors
 ///
@@ -178,19 +211,15 @@ pub async fn closed_loop<C: Client>(client: C, load: Load) -> Result<Outcome, Bo
 pub async fn drive<K: Caller>(
     callers: impl IntoIterator<Item = K>,
     window: Window,
+    meter: &impl Meter,
 ) -> Result<Outcome, BoxError> {
-    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let phase = Arc::new(AtomicU8::new(Phase::WARMUP));
     let callers: Vec<_> = callers
         .into_iter()
         .map(|caller| tokio::spawn(run_caller(caller, phase.clone())))
         .collect();
 
-    sleep(window.warmup).await;
-    let start = Counters::now();
-    phase.store(MEASURE, Relaxed);
-    sleep(window.measure).await;
-    phase.store(STOP, Relaxed);
-    let delta = Counters::now().since(&start);
+    let delta = self::window(window, &phase, meter).await;
 
     let mut outcome = Outcome {
         requests: 0,
@@ -214,12 +243,12 @@ async fn run_caller<K: Caller>(
 ) -> Result<(u64, Histogram), BoxError> {
     let mut latency = Histogram::default();
     let mut requests = 0;
-    while phase.load(Relaxed) != STOP {
+    while phase.load(Relaxed) != Phase::STOP {
         let started = Instant::now();
         let reply = caller.request().await?;
         let elapsed = started.elapsed();
         caller.check(&reply)?;
-        if phase.load(Relaxed) == MEASURE {
+        if phase.load(Relaxed) == Phase::MEASURE {
             latency.record(elapsed);
             requests += 1;
         }
@@ -278,7 +307,18 @@ const INFLIGHT_PAYLOAD: usize = 16;
 ///
 /// Fails if the client errs, answers wrongly, or cannot put `n` requests on the wire
 /// within 10 seconds (for example if it limits requests in flight below `n`).
-pub async fn bytes_in_flight<C: Client>(mut client: C, n: usize) -> Result<f64, BoxError> {
+pub async fn bytes_in_flight<C: Client>(
+    mut client: C,
+    n: usize,
+    meter: &impl Meter,
+) -> Result<f64, BoxError> {
+    let written_bytes = async || {
+        meter
+            .io()
+            .await
+            .written_bytes
+            .ok_or("the client's meter does not count bytes written")
+    };
     let sent = payloads(n, INFLIGHT_PAYLOAD, |i| nonce(i as u32, 0));
     let release = payloads(1, INFLIGHT_PAYLOAD, |_| RELEASE).remove(0);
     let frame = |payload: &Bytes| Frame {
@@ -292,7 +332,7 @@ pub async fn bytes_in_flight<C: Client>(mut client: C, n: usize) -> Result<f64, 
 
     let mut pending: Vec<Pin<Box<C::Future>>> = Vec::with_capacity(n);
     let before = live_bytes();
-    let on_wire = written_bytes() + (n * frame(&release).wire_len()) as u64;
+    let on_wire = written_bytes().await? + (n * frame(&release).wire_len()) as u64;
     let during = timeout(Duration::from_secs(10), async {
         for payload in &sent {
             let mut reply = Box::pin(call(&mut client, frame(payload)).await?);
@@ -302,7 +342,7 @@ pub async fn bytes_in_flight<C: Client>(mut client: C, n: usize) -> Result<f64, 
             }
             pending.push(reply);
         }
-        while written_bytes() < on_wire {
+        while written_bytes().await? < on_wire {
             sleep(Duration::from_millis(1)).await;
         }
         // Let the client finish whatever it does right after writing.

@@ -13,6 +13,8 @@
 //! - `codec`: the wire format (`u32` length, `u64` id, payload) and its tokio-util codec.
 //! - `server`: the echo server, run as a child process of this same binary.
 //! - `hand`: the hand-written baselines, one per mode.
+//! - `window`: the window loop, one task with N frames outstanding: the limit of one
+//!   connection.
 //! - `tokio_tower`: the peer, tokio-tower's clients behind tower's `Buffer`.
 //! - `engine`: this crate's engine and channel, also behind `Timeout` (feature `engine`),
 //!   and recording metrics to a Prometheus recorder (feature `metrics`).
@@ -20,8 +22,9 @@
 //!   redis-rs (feature `redis`).
 //! - `variant`: the list of clients and how each is built.
 //! - `load`: the experiments: closed-loop load, and heap per in-flight request.
-//! - `runtime`: a fresh runtime per experiment, with a scoped tracing subscriber for the
-//!   `+tracing` and `+tracing-debug` rows.
+//! - `runtime`: a fresh runtime per experiment, current-thread or multi-thread, with a
+//!   scoped tracing subscriber for the `+tracing` and `+tracing-debug` rows.
+//! - `progress`: the progress lines on stderr.
 //! - `measure`: counting allocator, counting socket, CPU time, latency histogram.
 //! - `report`: medians, ratios, table and JSON.
 
@@ -34,6 +37,7 @@ mod engine;
 mod hand;
 mod load;
 mod measure;
+mod progress;
 #[cfg(feature = "redis")]
 mod redis;
 mod report;
@@ -41,6 +45,7 @@ mod runtime;
 mod server;
 mod tokio_tower;
 mod variant;
+mod window;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -49,15 +54,16 @@ use std::time::Duration;
 use tower::BoxError;
 
 use crate::load::{Load, Window};
+use crate::progress::Progress;
 use crate::report::{Payload, Sample};
-use crate::runtime::CellRuntime;
+use crate::runtime::{CellRuntime, Flavor};
 use crate::server::{ServerMode, ServerProcess};
 use crate::variant::{Group, InFlight, Variant};
 
 /// Caller tasks per cell.
 const CONCURRENCY: [usize; 3] = [1, 16, 256];
 /// Payload bytes per cell.
-const PAYLOADS: [usize; 2] = [16, 1024];
+const PAYLOADS: [usize; 3] = [16, 1024, 16 * 1024];
 /// Requests held in flight to measure bookkeeping bytes.
 const IN_FLIGHT: usize = 256;
 /// The one cell (concurrency, payload bytes) of the "cost of safety" rows, which run
@@ -65,7 +71,8 @@ const IN_FLIGHT: usize = 256;
 const SAFETY_CELL: (usize, usize) = (256, 16);
 
 const USAGE: &str = "\
-usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--duration SECS] [--no-redis]
+usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--duration SECS]
+             [--runtime current|multi|both] [--no-redis]
 
   --quick          short cells (0.3 s each), under a minute in all
   --json           one JSON object per row on stdout instead of the table
@@ -75,6 +82,8 @@ usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--du
                    (e.g. --filter =channel-order,=channel-order+metrics)
   --callers N      only the cells with N callers (1, 16 or 256), e.g. to profile one
   --duration SECS  measured time per cell (default 2, or 0.3 with --quick)
+  --runtime WHICH  run every cell on a current-thread runtime, a 2-worker multi-thread
+                   one, or both (default both)
   --no-redis       skip the Redis section (skipped anyway without redis-server)";
 
 /// What the command line asks for.
@@ -101,6 +110,8 @@ struct Options {
     window: Window,
     /// Skip the Redis section.
     no_redis: bool,
+    /// The runtimes every cell runs on.
+    runtimes: Vec<Flavor>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -111,6 +122,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let mut callers = CONCURRENCY.to_vec();
     let mut duration = None;
     let mut no_redis = false;
+    let mut runtimes = Flavor::BOTH.to_vec();
     let mut server = None;
     let mut port = 0;
     while let Some(arg) = args.next() {
@@ -121,6 +133,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--runs" => runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--filter" => filter = Some(value()?),
             "--no-redis" => no_redis = true,
+            "--runtime" => {
+                let which = value()?;
+                runtimes = Flavor::parse_list(&which).ok_or(format!(
+                    "--runtime must be current, multi or both, not {which}"
+                ))?;
+            }
             "--callers" => {
                 let n = value()?.parse().map_err(|e| format!("--callers: {e}"))?;
                 if !CONCURRENCY.contains(&n) {
@@ -162,6 +180,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             measure: duration.unwrap_or(measure),
         },
         no_redis,
+        runtimes,
     }))
 }
 
@@ -230,14 +249,32 @@ fn bench(options: &Options) -> Result<(), BoxError> {
         return Err("no variant matches the filter".into());
     }
 
+    let echo_cells = options.callers.len() * PAYLOADS.len() * matrix.len()
+        + usize::from(options.callers.contains(&SAFETY_CELL.0)) * safety.len();
+    let redis_cells = if options.no_redis {
+        0
+    } else {
+        options.callers.len() * REDIS_COMMANDS * redis.len()
+    };
+    let mut progress = Progress::new(
+        options.runs * options.runtimes.len() * (echo_cells + redis_cells),
+        options.window.warmup + options.window.measure,
+    );
+
     let mut printed = false;
     if !matrix.is_empty() || !safety.is_empty() {
-        let rows = report::summarize(&echo(options, &matrix, &safety)?);
+        let rows = report::summarize(&echo(options, &matrix, &safety, &mut progress)?);
         print_rows(options, &rows, "hand");
         printed = !rows.is_empty();
     }
-    redis_section(options, &redis, printed)
+    redis_section(options, &redis, printed, &mut progress)
 }
+
+/// The commands of the Redis section, per concurrency.
+#[cfg(feature = "redis")]
+const REDIS_COMMANDS: usize = redis::COMMANDS.len();
+#[cfg(not(feature = "redis"))]
+const REDIS_COMMANDS: usize = 0;
 
 /// Does `--filter FILTER` select the variant `name`? Any of its comma-separated items
 /// does: `=NAME` by equality, any other by being part of the name.
@@ -267,6 +304,7 @@ fn redis_section(
     options: &Options,
     variants: &[Variant],
     after_table: bool,
+    progress: &mut Progress,
 ) -> Result<(), BoxError> {
     if variants.is_empty() {
         return Ok(());
@@ -275,13 +313,18 @@ fn redis_section(
         eprintln!("note: Redis section skipped (--no-redis)");
         return Ok(());
     }
-    let Some(section) = redis::run(variants, options.runs, &options.callers, options.window)?
-    else {
+    let plan = redis::Plan {
+        runs: options.runs,
+        callers: &options.callers,
+        runtimes: &options.runtimes,
+        window: options.window,
+    };
+    let Some(section) = redis::run(variants, &plan, progress)? else {
         return Ok(());
     };
     let rows = report::summarize(&section.samples);
     if options.json {
-        print_rows(options, &rows, "redis-rs");
+        print_rows(options, &rows, "redis-rs-notimeout");
         if let Some(limit) = &section.limit {
             print!("{}", limit.json());
         }
@@ -291,7 +334,7 @@ fn redis_section(
         println!();
     }
     println!("{}", section.heading);
-    print_rows(options, &rows, "redis-rs");
+    print_rows(options, &rows, "redis-rs-notimeout");
     if let Some(limit) = &section.limit {
         print!("\n{limit}");
     }
@@ -300,39 +343,57 @@ fn redis_section(
 
 /// Without the `redis` feature there is no Redis section.
 #[cfg(not(feature = "redis"))]
-fn redis_section(options: &Options, _: &[Variant], _: bool) -> Result<(), BoxError> {
+fn redis_section(
+    options: &Options,
+    _: &[Variant],
+    _: bool,
+    _: &mut Progress,
+) -> Result<(), BoxError> {
     if !options.no_redis {
         eprintln!("note: built without the `redis` feature: no Redis section");
     }
     Ok(())
 }
 
-/// The echo part: the matrix, with the "cost of safety" rows in their cell. Returns a
-/// sample per variant, cell and run.
+/// The echo part: the matrix, with the "cost of safety" rows in their cell, each cell on
+/// every runtime of `--runtime`. Returns a sample per variant, runtime, cell and run.
 fn echo(
     options: &Options,
     matrix: &[Variant],
     safety: &[Variant],
+    progress: &mut Progress,
 ) -> Result<Vec<Sample>, BoxError> {
     let servers = Servers::start()?;
-    let runtime = |variant: Variant| match variant.traced() {
-        Some(level) => CellRuntime::traced(level),
-        None => CellRuntime::plain(),
+    let runtime = |variant: Variant, flavor: Flavor| match variant.traced() {
+        Some(level) => CellRuntime::traced(level, flavor),
+        None => CellRuntime::plain(flavor),
     };
 
     let mut samples = Vec::new();
     for run in 1..=options.runs {
         let mut inflight = HashMap::new();
-        for &variant in matrix.iter().chain(safety) {
-            let addr = servers.get(ServerMode::Hold).addr();
-            let bytes = runtime(variant)?.block_on(variant.run(addr, InFlight(IN_FLIGHT)));
-            let bytes = bytes
-                .inspect_err(|e| eprintln!("warning: {variant}: in-flight bytes not measured: {e}"))
-                .ok();
-            inflight.insert(variant, bytes);
+        for &flavor in &options.runtimes {
+            for &variant in matrix.iter().chain(safety) {
+                if !variant.measures_inflight() {
+                    inflight.insert((variant, flavor), None);
+                    continue;
+                }
+                let addr = servers.get(ServerMode::Hold).addr();
+                let bytes =
+                    runtime(variant, flavor)?.block_on(variant.run(addr, InFlight(IN_FLIGHT)));
+                let bytes = bytes
+                    .inspect_err(|e| {
+                        eprintln!(
+                            "warning: {variant} ({flavor}): in-flight bytes not measured: {e}"
+                        )
+                    })
+                    .ok();
+                inflight.insert((variant, flavor), bytes);
+            }
         }
 
-        // Variants side by side within each cell, so they see the same machine noise.
+        // Variants side by side within each cell and runtime, so they see the same
+        // machine noise.
         for &concurrency in &options.callers {
             for payload in PAYLOADS {
                 let extra = if (concurrency, payload) == SAFETY_CELL {
@@ -340,22 +401,32 @@ fn echo(
                 } else {
                     &[]
                 };
-                for &variant in matrix.iter().chain(extra) {
-                    let load = Load {
-                        concurrency,
-                        payload,
-                        window: options.window,
-                    };
-                    let server = variant.mode().server().expect("an echo variant");
-                    let addr = servers.get(server).addr();
-                    let outcome = runtime(variant)?
-                        .block_on(variant.run(addr, load))
-                        .map_err(|e| format!("{variant} c={concurrency} p={payload}: {e}"))?;
-                    let payload = Payload::Bytes(payload);
-                    let sample =
-                        Sample::new(variant, concurrency, payload, &outcome, inflight[&variant]);
-                    eprintln!("{}", sample.progress(run, options.runs));
-                    samples.push(sample);
+                for &flavor in &options.runtimes {
+                    for &variant in matrix.iter().chain(extra) {
+                        let load = Load {
+                            concurrency,
+                            payload,
+                            window: options.window,
+                        };
+                        let server = variant.mode().server().expect("an echo variant");
+                        let addr = servers.get(server).addr();
+                        progress.start();
+                        let outcome = runtime(variant, flavor)?
+                            .block_on(variant.run(addr, load))
+                            .map_err(|e| {
+                                format!("{variant} ({flavor}) c={concurrency} p={payload}: {e}")
+                            })?;
+                        let sample = Sample::new(
+                            variant,
+                            flavor,
+                            concurrency,
+                            Payload::Bytes(payload),
+                            &outcome,
+                            inflight[&(variant, flavor)],
+                        );
+                        progress.finish(&sample, run, options.runs);
+                        samples.push(sample);
+                    }
                 }
             }
         }

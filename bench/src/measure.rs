@@ -1,5 +1,6 @@
 //! What the benchmark counts, and how: heap allocations and live bytes (a counting global
-//! allocator), socket reads and writes (a counting stream adapter), client CPU time
+//! allocator), socket reads and writes (a counting stream adapter, or the channel's own
+//! counters: [`Meter`]), client CPU time
 //! (`getrusage`) and latency (a log-linear histogram).
 //!
 //! Every counter is process-wide. The server runs in another process, so only the client
@@ -83,11 +84,6 @@ static WRITES: AtomicU64 = AtomicU64::new(0);
 static WRITTEN_BYTES: AtomicU64 = AtomicU64::new(0);
 static READS: AtomicU64 = AtomicU64::new(0);
 
-/// Bytes the client has written to its sockets so far.
-pub fn written_bytes() -> u64 {
-    WRITTEN_BYTES.load(Relaxed)
-}
-
 /// A socket (or socket half) that counts its successful reads and writes.
 ///
 /// Each `poll_read`, `poll_write` or `poll_write_vectored` that returns `Ready(Ok(_))` is
@@ -158,6 +154,85 @@ fn count_write(poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Meters: who counts a client's socket reads and writes
+
+/// A client's socket operations so far, as far as its [`Meter`] knows them; `None` for
+/// what it cannot tell.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Io {
+    /// Writes that moved data.
+    pub writes: Option<u64>,
+    /// Reads that returned data.
+    pub reads: Option<u64>,
+    /// Bytes written.
+    pub written_bytes: Option<u64>,
+    /// Reads the server processed (Redis `INFO stats`: `total_reads_processed`).
+    pub server_reads: Option<u64>,
+    /// Writes the server processed (`total_writes_processed`).
+    pub server_writes: Option<u64>,
+}
+
+impl Io {
+    /// The change from `earlier` to `self`, field by field.
+    pub fn since(&self, earlier: &Io) -> Io {
+        let d = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+        Io {
+            writes: d(self.writes, earlier.writes),
+            reads: d(self.reads, earlier.reads),
+            written_bytes: d(self.written_bytes, earlier.written_bytes),
+            server_reads: d(self.server_reads, earlier.server_reads),
+            server_writes: d(self.server_writes, earlier.server_writes),
+        }
+    }
+
+    /// `self`, with what it does not know taken from `other`.
+    pub fn or(self, other: Io) -> Io {
+        Io {
+            writes: self.writes.or(other.writes),
+            reads: self.reads.or(other.reads),
+            written_bytes: self.written_bytes.or(other.written_bytes),
+            server_reads: self.server_reads.or(other.server_reads),
+            server_writes: self.server_writes.or(other.server_writes),
+        }
+    }
+}
+
+/// Where a client's socket reads and writes are counted: the benchmark's [`Counted`]
+/// wrapper ([`CountedSockets`]), or, for a channel built with the crate's own connector
+/// (whose socket the benchmark cannot wrap), the channel's own counters.
+pub trait Meter {
+    /// The counts now.
+    async fn io(&self) -> Io;
+}
+
+/// Every [`Counted`] socket of the process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountedSockets;
+
+impl Meter for CountedSockets {
+    async fn io(&self) -> Io {
+        Io {
+            writes: Some(WRITES.load(Relaxed)),
+            reads: Some(READS.load(Relaxed)),
+            written_bytes: Some(WRITTEN_BYTES.load(Relaxed)),
+            ..Io::default()
+        }
+    }
+}
+
+/// Two meters: what the first does not know, the second tells.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Debug, Clone, Copy)]
+pub struct Both<A, B>(pub A, pub B);
+
+impl<A: Meter, B: Meter> Meter for Both<A, B> {
+    async fn io(&self) -> Io {
+        let first = self.0.io().await;
+        first.or(self.1.io().await)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Snapshots
 
 /// The process-wide counters at one instant.
@@ -166,8 +241,6 @@ pub struct Counters {
     at: Instant,
     cpu: Duration,
     allocations: u64,
-    writes: u64,
-    reads: u64,
 }
 
 /// How much each counter moved between two snapshots.
@@ -179,10 +252,8 @@ pub struct Delta {
     pub cpu: Duration,
     /// Heap allocations (including reallocations).
     pub allocations: u64,
-    /// Socket writes that moved data.
-    pub writes: u64,
-    /// Socket reads that returned data (or end of stream).
-    pub reads: u64,
+    /// Socket operations, from the client's meter.
+    pub io: Io,
 }
 
 impl Counters {
@@ -192,19 +263,16 @@ impl Counters {
             at: Instant::now(),
             cpu: cpu_time(),
             allocations: ALLOCATIONS.load(Relaxed),
-            writes: WRITES.load(Relaxed),
-            reads: READS.load(Relaxed),
         }
     }
 
-    /// The change from `earlier` to `self`.
-    pub fn since(&self, earlier: &Counters) -> Delta {
+    /// The change from `earlier` to `self`, with `io` the change of the client's meter.
+    pub fn since(&self, earlier: &Counters, io: Io) -> Delta {
         Delta {
             elapsed: self.at - earlier.at,
             cpu: self.cpu.saturating_sub(earlier.cpu),
             allocations: self.allocations - earlier.allocations,
-            writes: self.writes - earlier.writes,
-            reads: self.reads - earlier.reads,
+            io,
         }
     }
 }

@@ -6,21 +6,23 @@
 //! `examples/common/redis.rs`, included below), so the benchmark speaks to Redis through
 //! exactly the codec and `Protocol` the examples and tests use.
 //!
-//! Each client gets one connection, wrapped in the counting adapter
-//! ([`Counted`](crate::measure::Counted)) so its writes and reads are counted like every
-//! other client's, with `TCP_NODELAY`:
+//! Each client gets one connection with `TCP_NODELAY`:
 //!
-//! * `channel-redis`: `Channel::builder().host(..)` in order mode with
-//!   `RespCodec::resp2()` and `Redis::commands()`, what `.order(RespCodec::resp2(),
-//!   Redis::commands())` builds, except that the connector is the benchmark's (the
-//!   built-in TCP connector's socket cannot be wrapped). Its buffers are `Framed::new`'s,
-//!   as with the built-in connector. Each caller packs its command on its own task
-//!   (`Packed::new`), as redis-rs packs a `Cmd`.
+//! * `channel-redis`: `Channel::builder().host(..).order(RespCodec::resp2(),
+//!   Redis::commands())`, the builder's defaults and its built-in TCP connector, as a
+//!   user builds it. Its writes and reads are the channel's own counters
+//!   (`Counters::writes`, `Counters::reads`). Each caller packs its command on its own
+//!   task (`Packed::new`), as redis-rs packs a `Cmd`.
 //! * `channel-redis-frame`: the same channel sending frames, which its connection task
 //!   encodes.
-//! * `redis-rs`: `MultiplexedConnection::new_with_config` over the socket, with redis-rs's
-//!   default `AsyncConnectionConfig` (among others, a 500 ms response timeout: one timer
-//!   per request), its driver spawned on the cell's runtime.
+//! * `redis-rs`: `MultiplexedConnection::new_with_config` over a socket wrapped in the
+//!   counting adapter ([`Counted`](crate::measure::Counted)), with redis-rs's default
+//!   `AsyncConnectionConfig` (among others, a 500 ms response timeout: one timer per
+//!   request), its driver spawned on the cell's runtime.
+//! * `redis-rs-notimeout`: the same with `set_response_timeout(None)`: the baseline.
+//!
+//! For every row, the server's side too: the deltas of `total_reads_processed` and
+//! `total_writes_processed` from `INFO stats` over the window, per request.
 //!
 //! Each caller sends one command at a time and checks every reply: `PING` must get
 //! `PONG`, `SET` (the caller's own key, a small value) must get `OK`.
@@ -38,27 +40,43 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Cmd, RedisConnectionInfo, Value};
 use redis_protocol::error::RedisProtocolError;
-use socketchannel::{Channel, Endpoint, Order};
+use socketchannel::Channel;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Encoder, Framed};
+use tokio_util::codec::Encoder;
 use tower::BoxError;
 
 use self::process::Server;
 use self::resp::{Frame, Packed, Redis, RespCodec};
+use crate::engine::ChannelMeter;
 use crate::load::{self, Caller, Outcome, Window};
-use crate::measure::Counted;
+use crate::measure::{Both, Counted, CountedSockets, Io, Meter};
+use crate::progress::Progress;
 use crate::report::{Payload, Sample};
-use crate::runtime::CellRuntime;
+use crate::runtime::{CellRuntime, Flavor};
 use crate::variant::Variant;
 
-/// The cells of the section, at each concurrency: `PING`, and `SET` with a 16-byte value
-/// (the size of the small echo payload).
-const COMMANDS: [Payload; 2] = [Payload::Ping, Payload::Set(16)];
+/// The cells of the section, at each concurrency: `PING`, and `SET` with a 16-byte and a
+/// 1 KiB value (the sizes of the small and middle echo payloads).
+pub const COMMANDS: [Payload; 3] = [Payload::Ping, Payload::Set(16), Payload::Set(1024)];
+
+/// What the section runs.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// Times the whole section is repeated.
+    pub runs: usize,
+    /// The concurrencies.
+    pub callers: &'a [usize],
+    /// The runtimes each cell runs on.
+    pub runtimes: &'a [Flavor],
+    /// Warm-up and measured time of each cell.
+    pub window: Window,
+}
 
 /// `redis-benchmark`'s requests per test: with 64 commands pipelined, a second or two.
 const LIMIT_REQUESTS: &str = "2000000";
@@ -77,19 +95,19 @@ pub struct Section {
     pub limit: Option<Limit>,
 }
 
-/// Starts a `redis-server`, runs `variants` at every cell (with each number of `callers`)
-/// `runs` times, then `redis-benchmark`. `None` (with a note on stderr) when `redis-server` is not on `PATH`.
+/// Starts a `redis-server`, runs `variants` at every cell and runtime of `plan`, then
+/// `redis-benchmark`. `None` (with a note on stderr) when `redis-server` is not on
+/// `PATH`.
 ///
 /// # Errors
 ///
 /// The server did not come up, or a client failed or got a wrong reply.
 pub fn run(
     variants: &[Variant],
-    runs: usize,
-    callers: &[usize],
-    window: Window,
+    plan: &Plan<'_>,
+    progress: &mut Progress,
 ) -> Result<Option<Section>, BoxError> {
-    let server = match CellRuntime::plain()?.block_on(resp::start_server(&[])) {
+    let server = match CellRuntime::plain(Flavor::Current)?.block_on(resp::start_server(&[])) {
         Ok(server) => server,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             eprintln!("note: Redis section skipped: {e}");
@@ -98,23 +116,28 @@ pub fn run(
         Err(e) => return Err(format!("redis-server: {e}").into()),
     };
     let addr: SocketAddr = server.addr().parse()?;
-    let version = CellRuntime::plain()?.block_on(version(&server))?;
+    let version = CellRuntime::plain(Flavor::Current)?.block_on(version(&server))?;
     let heading = format!(
         "Redis: {version} on {addr} (--save \"\" --appendonly no), one connection per client"
     );
     eprintln!("{heading}");
 
     let mut samples = Vec::new();
-    for run in 1..=runs {
-        for &concurrency in callers {
+    for run in 1..=plan.runs {
+        for &concurrency in plan.callers {
             for command in COMMANDS {
-                for &variant in variants {
-                    let outcome = CellRuntime::plain()?
-                        .block_on(closed_loop(variant, addr, concurrency, command, window))
-                        .map_err(|e| format!("{variant} c={concurrency} {command}: {e}"))?;
-                    let sample = Sample::new(variant, concurrency, command, &outcome, None);
-                    eprintln!("{}", sample.progress(run, runs));
-                    samples.push(sample);
+                for &flavor in plan.runtimes {
+                    for &variant in variants {
+                        progress.start();
+                        let cell = closed_loop(variant, addr, concurrency, command, plan.window);
+                        let outcome = CellRuntime::plain(flavor)?.block_on(cell).map_err(|e| {
+                            format!("{variant} ({flavor}) c={concurrency} {command}: {e}")
+                        })?;
+                        let sample =
+                            Sample::new(variant, flavor, concurrency, command, &outcome, None);
+                        progress.finish(&sample, run, plan.runs);
+                        samples.push(sample);
+                    }
                 }
             }
         }
@@ -149,13 +172,20 @@ async fn closed_loop(
     command: Payload,
     window: Window,
 ) -> Result<Outcome, BoxError> {
+    let server = ServerStats::connect(addr).await?;
     match variant {
-        Variant::ChannelRedis => channel_loop::<Packed>(addr, concurrency, command, window).await,
-        Variant::ChannelRedisFrame => {
-            channel_loop::<Frame>(addr, concurrency, command, window).await
+        Variant::ChannelRedis => {
+            channel_loop::<Packed>(addr, concurrency, command, window, server).await
         }
-        Variant::RedisRs => {
-            let connection = redis_rs(addr).await?;
+        Variant::ChannelRedisFrame => {
+            channel_loop::<Frame>(addr, concurrency, command, window, server).await
+        }
+        Variant::RedisRs | Variant::RedisRsNoTimeout => {
+            let config = match variant {
+                Variant::RedisRs => AsyncConnectionConfig::new(),
+                _ => AsyncConnectionConfig::new().set_response_timeout(None),
+            };
+            let connection = redis_rs(addr, config).await?;
             let callers: Vec<_> = (0..concurrency)
                 .map(|caller| RedisRsCaller {
                     connection: connection.clone(),
@@ -164,7 +194,7 @@ async fn closed_loop(
                 })
                 .collect();
             drop(connection);
-            load::drive(callers, window).await
+            load::drive(callers, window, &Both(CountedSockets, server)).await
         }
         _ => Err(format!("{variant} is not a Redis client").into()),
     }
@@ -198,11 +228,13 @@ async fn channel_loop<Req: Request>(
     concurrency: usize,
     command: Payload,
     window: Window,
+    server: ServerStats,
 ) -> Result<Outcome, BoxError>
 where
     RespCodec: Encoder<Req, Error = RedisProtocolError>,
 {
     let channel = channel::<Req>(addr)?;
+    let meter = Both(ChannelMeter(channel.clone()), server);
     let callers: Vec<_> = (0..concurrency)
         .map(|caller| ChannelCaller {
             channel: channel.clone(),
@@ -211,23 +243,63 @@ where
         })
         .collect();
     drop(channel);
-    load::drive(callers, window).await
+    load::drive(callers, window, &meter).await
 }
 
-/// The full channel in order mode over RESP2, on a counted connection.
+/// The full channel in order mode over RESP2, as a user builds it: the builder's
+/// defaults and its built-in TCP connector.
 fn channel<Req: Request>(addr: SocketAddr) -> Result<Channel<Req, Frame>, BoxError>
 where
     RespCodec: Encoder<Req, Error = RedisProtocolError>,
 {
-    let connect = tower::service_fn(|endpoint: Endpoint| async move {
-        let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
-        stream.set_nodelay(true)?;
-        Ok::<_, io::Error>(Framed::new(Counted::new(stream), RespCodec::resp2()))
-    });
     let channel = Channel::builder()
         .host(addr.to_string())
-        .connector(connect, Order::new(Redis::commands()))?;
+        .order(RespCodec::resp2(), Redis::commands())?;
     Ok(channel)
+}
+
+/// The server's side of a cell: `total_reads_processed` and `total_writes_processed`
+/// from `INFO stats`, over a connection of its own (one per cell).
+///
+/// Each `INFO` is one read and one write of the server's too. The reply to an `INFO`
+/// is made after its read is counted and before its write, so the delta between two of
+/// them holds the second's read and the first's write: `io` takes each `INFO`'s own
+/// read off, and the writes of the `INFO`s before it, so that the deltas hold the
+/// client's operations alone.
+#[derive(Debug)]
+struct ServerStats {
+    channel: Channel<Frame, Frame>,
+    /// `INFO`s asked so far.
+    asked: AtomicU64,
+}
+
+impl ServerStats {
+    async fn connect(addr: SocketAddr) -> Result<Self, BoxError> {
+        Ok(ServerStats {
+            channel: resp::connect(&addr.to_string()).await?,
+            asked: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Meter for ServerStats {
+    async fn io(&self) -> Io {
+        let before = self.asked.fetch_add(1, Relaxed);
+        let Ok(info) = self.channel.request(resp::cmd(["INFO", "stats"])).await else {
+            return Io::default();
+        };
+        let field = |name: &str| -> Option<u64> {
+            resp::info_field(&resp::text(&info)?, name)?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Io {
+            server_reads: field("total_reads_processed").map(|r| r.saturating_sub(before + 1)),
+            server_writes: field("total_writes_processed").map(|w| w.saturating_sub(before)),
+            ..Io::default()
+        }
+    }
 }
 
 /// The request frame of `command` for `caller`.
@@ -295,14 +367,18 @@ where
 // ---------------------------------------------------------------------------------------
 // redis-rs
 
-/// redis-rs's multiplexed connection over a counted connection, its driver spawned.
-async fn redis_rs(addr: SocketAddr) -> Result<MultiplexedConnection, BoxError> {
+/// redis-rs's multiplexed connection over a counted connection with `config`, its
+/// driver spawned.
+async fn redis_rs(
+    addr: SocketAddr,
+    config: AsyncConnectionConfig,
+) -> Result<MultiplexedConnection, BoxError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (connection, driver) = MultiplexedConnection::new_with_config(
         &RedisConnectionInfo::default(),
         Counted::new(stream),
-        AsyncConnectionConfig::new(),
+        config,
     )
     .await?;
     tokio::spawn(driver);

@@ -4,6 +4,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::load::Outcome;
+use crate::runtime::Flavor;
 use crate::variant::Variant;
 
 /// What the requests of a cell carry: the `payload` column.
@@ -54,6 +55,8 @@ impl fmt::Display for Payload {
 pub struct Sample {
     /// The client.
     pub variant: Variant,
+    /// The runtime it ran on.
+    pub runtime: Flavor,
     /// Caller tasks.
     pub concurrency: usize,
     /// What each request carries.
@@ -70,19 +73,24 @@ pub struct Sample {
     pub cpu_s_per_million: f64,
     /// Heap allocations per request.
     pub allocs_per_request: f64,
-    /// Socket writes per request.
-    pub writes_per_request: f64,
-    /// Socket reads per request.
-    pub reads_per_request: f64,
+    /// Socket writes per request, when the client's meter counts them.
+    pub writes_per_request: Option<f64>,
+    /// Socket reads per request, when the client's meter counts them.
+    pub reads_per_request: Option<f64>,
+    /// Reads the server processed per request (Redis rows).
+    pub server_reads_per_request: Option<f64>,
+    /// Writes the server processed per request (Redis rows).
+    pub server_writes_per_request: Option<f64>,
     /// Heap bytes per in-flight request (same for every cell of a variant), if measured.
     pub inflight_bytes: Option<f64>,
 }
 
 impl Sample {
-    /// The figures of `outcome`, a run of `variant` with `concurrency` callers sending
-    /// `payload`.
+    /// The figures of `outcome`, a run of `variant` on `runtime` with `concurrency`
+    /// callers sending `payload`.
     pub fn new(
         variant: Variant,
+        runtime: Flavor,
         concurrency: usize,
         payload: Payload,
         outcome: &Outcome,
@@ -90,8 +98,10 @@ impl Sample {
     ) -> Self {
         let requests = outcome.requests.max(1) as f64;
         let delta = &outcome.delta;
+        let per_request = |n: Option<u64>| n.map(|n| n as f64 / requests);
         Sample {
             variant,
+            runtime,
             concurrency,
             payload,
             requests: outcome.requests as f64,
@@ -100,28 +110,37 @@ impl Sample {
             p99_us: outcome.latency.quantile(0.99).as_secs_f64() * 1e6,
             cpu_s_per_million: delta.cpu.as_secs_f64() / requests * 1e6,
             allocs_per_request: delta.allocations as f64 / requests,
-            writes_per_request: delta.writes as f64 / requests,
-            reads_per_request: delta.reads as f64 / requests,
+            writes_per_request: per_request(delta.io.writes),
+            reads_per_request: per_request(delta.io.reads),
+            server_reads_per_request: per_request(delta.io.server_reads),
+            server_writes_per_request: per_request(delta.io.server_writes),
             inflight_bytes: inflight,
         }
     }
 
-    /// The progress line printed to stderr once the cell is done.
-    pub fn progress(&self, run: usize, runs: usize) -> String {
+    /// What the progress line on stderr says of the finished cell.
+    pub fn progress(&self) -> String {
         format!(
-            "run {run}/{runs}  {variant:<21} c={concurrency:<4} p={payload:<6} \
-             {rps:>9.0} req/s  p50 {p50:>8.1} us  p99 {p99:>8.1} us",
-            variant = self.variant,
-            concurrency = self.concurrency,
-            payload = self.payload,
+            "{rps:>9.0} req/s  p50 {p50:>8.1} us  p99 {p99:>8.1} us  {cpu:>6.2} cpu s/M",
             rps = self.rps,
             p50 = self.p50_us,
             p99 = self.p99_us,
+            cpu = self.cpu_s_per_million,
         )
     }
 
-    fn key(&self) -> (Variant, usize, Payload) {
-        (self.variant, self.concurrency, self.payload)
+    fn key(&self) -> (Variant, Flavor, usize, Payload) {
+        (self.variant, self.runtime, self.concurrency, self.payload)
+    }
+
+    /// The key of the baseline's sample in the same runtime and cell.
+    fn baseline_key(&self) -> (Variant, Flavor, usize, Payload) {
+        (
+            self.variant.baseline(),
+            self.runtime,
+            self.concurrency,
+            self.payload,
+        )
     }
 }
 
@@ -158,6 +177,11 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
         .iter()
         .map(|group| {
             let m = |f: fn(&Sample) -> f64| median(group.iter().map(|s| f(s)).collect());
+            // A figure some run did not measure is not measured.
+            let o = |f: fn(&Sample) -> Option<f64>| {
+                let values: Option<Vec<f64>> = group.iter().map(|s| f(s)).collect();
+                values.map(median)
+            };
             let inflight: Vec<f64> = group.iter().filter_map(|s| s.inflight_bytes).collect();
             Row {
                 median: Sample {
@@ -167,8 +191,10 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
                     p99_us: m(|s| s.p99_us),
                     cpu_s_per_million: m(|s| s.cpu_s_per_million),
                     allocs_per_request: m(|s| s.allocs_per_request),
-                    writes_per_request: m(|s| s.writes_per_request),
-                    reads_per_request: m(|s| s.reads_per_request),
+                    writes_per_request: o(|s| s.writes_per_request),
+                    reads_per_request: o(|s| s.reads_per_request),
+                    server_reads_per_request: o(|s| s.server_reads_per_request),
+                    server_writes_per_request: o(|s| s.server_writes_per_request),
                     inflight_bytes: (!inflight.is_empty()).then(|| median(inflight)),
                     ..group[0].clone()
                 },
@@ -182,7 +208,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
 
     for i in 0..rows.len() {
         let row = &rows[i].median;
-        let baseline = (row.variant.baseline(), row.concurrency, row.payload);
+        let baseline = row.baseline_key();
         if let Some(hand) = rows.iter().find(|r| r.median.key() == baseline) {
             let (rps, cpu) = (
                 row.rps / hand.median.rps,
@@ -200,7 +226,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
         if s.variant.baseline() == s.variant {
             continue;
         }
-        let baseline = (s.variant.baseline(), s.concurrency, s.payload);
+        let baseline = s.baseline_key();
         row.rps_vs_hand_by_run = of(s.key())
             .zip(of(baseline))
             .map(|(x, base)| x.rps / base.rps)
@@ -214,6 +240,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
             s.variant.mode(),
             s.concurrency,
             s.payload,
+            s.runtime,
             position(s.variant),
         )
     });
@@ -231,12 +258,17 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The rows as an aligned table, one blank line between cells. The ratio columns are
-/// headed `rps/BASELINE` and `cpu/BASELINE`.
+/// headed `rps/BASELINE` and `cpu/BASELINE`; the server-side columns appear when some
+/// row has them (the Redis rows).
 pub fn table(rows: &[Row], baseline: &str) -> String {
     let (rps_vs, cpu_vs) = (format!("rps/{baseline}"), format!("cpu/{baseline}"));
-    let header: [&str; 15] = [
+    let server = rows.iter().any(|r| {
+        r.median.server_reads_per_request.is_some() || r.median.server_writes_per_request.is_some()
+    });
+    let mut header: Vec<&str> = vec![
         "variant",
         "mode",
+        "runtime",
         "conc",
         "payload",
         "requests",
@@ -247,18 +279,21 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
         "allocs/req",
         "writes/req",
         "reads/req",
-        "B/inflight",
-        &rps_vs,
-        &cpu_vs,
     ];
+    if server {
+        header.extend(["srv reads/req", "srv writes/req"]);
+    }
+    header.extend(["B/inflight", &rps_vs, &cpu_vs]);
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
-    let cells: Vec<[String; 15]> = rows
+    let per_request = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.3}"));
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
             let s = &row.median;
-            [
+            let mut line = vec![
                 s.variant.name().to_string(),
                 s.variant.mode().to_string(),
+                s.runtime.to_string(),
                 s.concurrency.to_string(),
                 s.payload.to_string(),
                 format!("{:.0}", s.requests),
@@ -267,17 +302,24 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
                 format!("{:.1}", s.p99_us),
                 format!("{:.2}", s.cpu_s_per_million),
                 format!("{:.2}", s.allocs_per_request),
-                format!("{:.3}", s.writes_per_request),
-                format!("{:.3}", s.reads_per_request),
+                per_request(s.writes_per_request),
+                per_request(s.reads_per_request),
+            ];
+            if server {
+                line.push(per_request(s.server_reads_per_request));
+                line.push(per_request(s.server_writes_per_request));
+            }
+            line.extend([
                 s.inflight_bytes
                     .map_or("-".to_string(), |b| format!("{b:.0}")),
                 ratio(row.rps_vs_hand),
                 ratio(row.cpu_vs_hand),
-            ]
+            ]);
+            line
         })
         .collect();
 
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for line in &cells {
         for (w, cell) in widths.iter_mut().zip(line) {
             *w = (*w).max(cell.len());
@@ -285,10 +327,10 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
     }
     let mut out = String::new();
     let mut push_line = |line: &[&str]| {
-        for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+        for (i, (cell, &w)) in line.iter().zip(&widths).enumerate() {
             // Names left-aligned, figures right-aligned.
             let _ = match i {
-                0 | 1 => write!(out, "{cell:<w$}  "),
+                0..=2 => write!(out, "{cell:<w$}  "),
                 _ => write!(out, "{cell:>w$}  "),
             };
         }
@@ -300,6 +342,7 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
     for (row, line) in rows.iter().zip(&cells) {
         let cell = (
             row.median.variant.mode(),
+            row.median.runtime,
             row.median.concurrency,
             row.median.payload,
         );
@@ -307,7 +350,8 @@ pub fn table(rows: &[Row], baseline: &str) -> String {
             push_line(&[]);
         }
         previous = Some(cell);
-        push_line(&line.each_ref().map(String::as_str));
+        let line: Vec<&str> = line.iter().map(String::as_str).collect();
+        push_line(&line);
     }
     out.push_str(&by_run(rows, baseline));
     out
@@ -335,8 +379,9 @@ fn by_run(rows: &[Row], baseline: &str) -> String {
         let s = &row.median;
         let _ = writeln!(
             out,
-            "  {:<21} c={:<4} {:<8} {:.2} [{lo:.2}, {hi:.2}] over {} runs",
+            "  {:<21} {:<7} c={:<4} {:<8} {:.2} [{lo:.2}, {hi:.2}] over {} runs",
             s.variant.name(),
+            s.runtime,
             s.concurrency,
             s.payload.to_string(),
             median(ratios.clone()),
@@ -364,15 +409,18 @@ pub fn json(row: &Row) -> String {
         .map_or(String::new(), |c| format!("\"command\":\"{c}\","));
     format!(
         concat!(
-            "{{\"variant\":\"{}\",\"mode\":\"{}\",\"concurrency\":{},\"payload\":{},{}",
+            "{{\"variant\":\"{}\",\"mode\":\"{}\",\"runtime\":\"{}\",\"concurrency\":{},",
+            "\"payload\":{},{}",
             "\"requests\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},",
             "\"cpu_s_per_million\":{},\"allocs_per_request\":{},\"writes_per_request\":{},",
-            "\"reads_per_request\":{},\"inflight_bytes_per_request\":{},",
+            "\"reads_per_request\":{},\"server_reads_per_request\":{},",
+            "\"server_writes_per_request\":{},\"inflight_bytes_per_request\":{},",
             "\"baseline\":\"{}\",\"rps_vs_hand\":{},\"cpu_vs_hand\":{},",
             "\"rps_vs_hand_by_run\":[{}],\"runs\":{}}}"
         ),
         s.variant.name(),
         s.variant.mode(),
+        s.runtime,
         s.concurrency,
         s.payload.bytes(),
         command,
@@ -382,8 +430,10 @@ pub fn json(row: &Row) -> String {
         num(s.p99_us, 2),
         num(s.cpu_s_per_million, 4),
         num(s.allocs_per_request, 4),
-        num(s.writes_per_request, 4),
-        num(s.reads_per_request, 4),
+        opt(s.writes_per_request, 4),
+        opt(s.reads_per_request, 4),
+        opt(s.server_reads_per_request, 4),
+        opt(s.server_writes_per_request, 4),
         opt(s.inflight_bytes, 1),
         s.variant.baseline().name(),
         opt(row.rps_vs_hand, 4),

@@ -1,5 +1,6 @@
-//! The runtime each experiment runs on: a fresh multi-threaded tokio runtime, so no task
-//! of one client outlives its cell. For `channel-order+tracing` and
+//! The runtime each experiment runs on: a fresh tokio runtime, so no task of one client
+//! outlives its cell, of one of two flavors ([`Flavor`]): a current-thread runtime (every
+//! task on the thread in `block_on`) or a multi-thread runtime with two workers. For `channel-order+tracing` and
 //! `channel-order+tracing-debug`, the runtime also carries a tracing subscriber,
 //! installed on its threads only and gone with it.
 //!
@@ -20,6 +21,48 @@ use std::io;
 use tracing::dispatcher::{self, DefaultGuard, Dispatch};
 use tracing::level_filters::LevelFilter;
 
+/// The kind of runtime a cell runs on: the `runtime` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Flavor {
+    /// `Builder::new_current_thread()`: callers, connection tasks and the harness share
+    /// the one thread blocked in `block_on`.
+    Current,
+    /// `Builder::new_multi_thread().worker_threads(2)`.
+    Multi,
+}
+
+impl Flavor {
+    /// Both, in the order each cell runs them.
+    pub const BOTH: [Flavor; 2] = [Flavor::Current, Flavor::Multi];
+
+    /// The name in the report and on the command line (`--runtime`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Current => "current",
+            Flavor::Multi => "multi",
+        }
+    }
+
+    /// Parses `--runtime current|multi|both`.
+    pub fn parse_list(text: &str) -> Option<Vec<Flavor>> {
+        match text {
+            "current" => Some(vec![Flavor::Current]),
+            "multi" => Some(vec![Flavor::Multi]),
+            "both" => Some(Flavor::BOTH.to_vec()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Flavor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Worker threads of the [`Flavor::Multi`] runtime.
+const WORKERS: usize = 2;
+
 thread_local! {
     /// This thread's hold on the subscriber, while a traced runtime runs on it.
     static SUBSCRIBED: RefCell<Option<DefaultGuard>> = const { RefCell::new(None) };
@@ -36,16 +79,18 @@ pub struct CellRuntime {
 
 impl CellRuntime {
     /// A plain runtime: no subscriber.
-    pub fn plain() -> io::Result<Self> {
+    pub fn plain(flavor: Flavor) -> io::Result<Self> {
         Ok(CellRuntime {
-            runtime: Some(builder().build()?),
+            runtime: Some(builder(flavor).build()?),
             subscriber: None,
         })
     }
 
     /// A runtime whose threads all have a `fmt` subscriber at `level` writing to
-    /// `std::io::sink` as their default.
-    pub fn traced(level: LevelFilter) -> io::Result<Self> {
+    /// `std::io::sink` as their default. (On a current-thread runtime the tasks run on
+    /// the thread in [`block_on`](Self::block_on), which gets the subscriber there; the
+    /// runtime's other threads are its blocking pool's.)
+    pub fn traced(level: LevelFilter, flavor: Flavor) -> io::Result<Self> {
         let subscriber = Dispatch::new(
             tracing_subscriber::fmt()
                 .with_max_level(level)
@@ -55,7 +100,7 @@ impl CellRuntime {
         // Only the runtime holds the subscriber strongly; the threads take a strong
         // reference for as long as they run (the guard), so dropping the runtime drops it.
         let weak = subscriber.downgrade();
-        let runtime = builder()
+        let runtime = builder(flavor)
             .on_thread_start(move || {
                 if let Some(subscriber) = weak.upgrade() {
                     let guard = dispatcher::set_default(&subscriber);
@@ -119,8 +164,15 @@ fn forget_subscribers() {
     }
 }
 
-fn builder() -> tokio::runtime::Builder {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+fn builder(flavor: Flavor) -> tokio::runtime::Builder {
+    let mut builder = match flavor {
+        Flavor::Current => tokio::runtime::Builder::new_current_thread(),
+        Flavor::Multi => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(WORKERS);
+            builder
+        }
+    };
     builder.enable_all();
     builder
 }

@@ -12,6 +12,7 @@ use tower::BoxError;
 use tracing::level_filters::LevelFilter;
 
 use crate::load::{self, Client, Load};
+use crate::measure::{CountedSockets, Meter};
 use crate::server::ServerMode;
 use crate::{hand, tokio_tower};
 
@@ -74,6 +75,9 @@ pub enum Variant {
     HandOrder,
     /// [`hand::Session`]: the baseline for session mode.
     HandSession,
+    /// [`window`](crate::window): one task keeping N frames outstanding, no per-request
+    /// futures; the limit of one connection in order mode.
+    WindowLoop,
     /// tokio-tower's pipeline client behind tower 0.4's `Buffer`.
     TokioTowerOrder,
     /// tokio-tower's multiplex client behind tower 0.4's `Buffer`.
@@ -84,12 +88,19 @@ pub enum Variant {
     /// This crate's engine in session mode.
     #[cfg(feature = "engine")]
     EngineSession,
-    /// The full reconnecting `Channel` (builder, lazy connect) in order mode.
+    /// The full reconnecting `Channel` in order mode, as a user builds it: the builder's
+    /// defaults and its built-in TCP connector.
     #[cfg(feature = "engine")]
     ChannelOrder,
-    /// The full reconnecting `Channel` in session mode.
+    /// The same in session mode.
     #[cfg(feature = "engine")]
     ChannelSession,
+    /// `channel-order` over the benchmark's connector: 64 KiB buffers, counted socket.
+    #[cfg(feature = "engine")]
+    ChannelOrder64k,
+    /// `channel-session` over the benchmark's connector.
+    #[cfg(feature = "engine")]
+    ChannelSession64k,
     /// `channel-order` behind `tower::timeout::Timeout` (5 s).
     #[cfg(feature = "engine")]
     ChannelOrderTimeout,
@@ -121,20 +132,28 @@ pub enum Variant {
     /// (`Channel<Frame, Frame>`).
     #[cfg(feature = "redis")]
     ChannelRedisFrame,
-    /// redis-rs's `MultiplexedConnection`: the baseline of the Redis section.
+    /// redis-rs's `MultiplexedConnection` with its default config (a 500 ms response
+    /// timeout).
     #[cfg(feature = "redis")]
     RedisRs,
+    /// redis-rs's `MultiplexedConnection` with no response timeout: the baseline of the
+    /// Redis section.
+    #[cfg(feature = "redis")]
+    RedisRsNoTimeout,
 }
 
 impl Variant {
     /// Every variant, in the order rows are printed.
     pub const ALL: &[Variant] = &[
         Variant::HandOrder,
+        Variant::WindowLoop,
         Variant::TokioTowerOrder,
         #[cfg(feature = "engine")]
         Variant::EngineOrder,
         #[cfg(feature = "engine")]
         Variant::ChannelOrder,
+        #[cfg(feature = "engine")]
+        Variant::ChannelOrder64k,
         #[cfg(feature = "engine")]
         Variant::ChannelOrderTimeout,
         #[cfg(feature = "engine")]
@@ -154,6 +173,8 @@ impl Variant {
         #[cfg(feature = "engine")]
         Variant::ChannelSession,
         #[cfg(feature = "engine")]
+        Variant::ChannelSession64k,
+        #[cfg(feature = "engine")]
         Variant::ChannelSessionCancel,
         #[cfg(feature = "redis")]
         Variant::ChannelRedis,
@@ -161,6 +182,8 @@ impl Variant {
         Variant::ChannelRedisFrame,
         #[cfg(feature = "redis")]
         Variant::RedisRs,
+        #[cfg(feature = "redis")]
+        Variant::RedisRsNoTimeout,
     ];
 
     /// The name printed in the report and matched by `--filter`.
@@ -168,6 +191,7 @@ impl Variant {
         match self {
             Variant::HandOrder => "hand-order",
             Variant::HandSession => "hand-session",
+            Variant::WindowLoop => "window-loop",
             Variant::TokioTowerOrder => "tokio-tower-order",
             Variant::TokioTowerSession => "tokio-tower-session",
             #[cfg(feature = "engine")]
@@ -178,6 +202,10 @@ impl Variant {
             Variant::ChannelOrder => "channel-order",
             #[cfg(feature = "engine")]
             Variant::ChannelSession => "channel-session",
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrder64k => "channel-order-64k",
+            #[cfg(feature = "engine")]
+            Variant::ChannelSession64k => "channel-session-64k",
             #[cfg(feature = "engine")]
             Variant::ChannelSessionCancel => "channel-session+cancel",
             #[cfg(feature = "engine")]
@@ -198,6 +226,8 @@ impl Variant {
             Variant::ChannelRedisFrame => "channel-redis-frame",
             #[cfg(feature = "redis")]
             Variant::RedisRs => "redis-rs",
+            #[cfg(feature = "redis")]
+            Variant::RedisRsNoTimeout => "redis-rs-notimeout",
         }
     }
 
@@ -214,7 +244,10 @@ impl Variant {
             #[cfg(feature = "metrics")]
             Variant::ChannelOrderMetrics => Group::Safety,
             #[cfg(feature = "redis")]
-            Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => Group::Redis,
+            Variant::ChannelRedis
+            | Variant::ChannelRedisFrame
+            | Variant::RedisRs
+            | Variant::RedisRsNoTimeout => Group::Redis,
             _ => Group::Matrix,
         }
     }
@@ -234,11 +267,12 @@ impl Variant {
     /// How this variant matches replies.
     pub fn mode(self) -> Mode {
         match self {
-            Variant::HandOrder | Variant::TokioTowerOrder => Mode::Order,
+            Variant::HandOrder | Variant::WindowLoop | Variant::TokioTowerOrder => Mode::Order,
             Variant::HandSession | Variant::TokioTowerSession => Mode::Session,
             #[cfg(feature = "engine")]
             Variant::EngineOrder
             | Variant::ChannelOrder
+            | Variant::ChannelOrder64k
             | Variant::ChannelOrderTimeout
             | Variant::ChannelOrderDeadline
             | Variant::ChannelOrderCalls
@@ -247,88 +281,156 @@ impl Variant {
             #[cfg(feature = "metrics")]
             Variant::ChannelOrderMetrics => Mode::Order,
             #[cfg(feature = "engine")]
-            Variant::EngineSession | Variant::ChannelSession | Variant::ChannelSessionCancel => {
-                Mode::Session
-            }
+            Variant::EngineSession
+            | Variant::ChannelSession
+            | Variant::ChannelSession64k
+            | Variant::ChannelSessionCancel => Mode::Session,
             #[cfg(feature = "redis")]
-            Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => Mode::Redis,
+            Variant::ChannelRedis
+            | Variant::ChannelRedisFrame
+            | Variant::RedisRs
+            | Variant::RedisRsNoTimeout => Mode::Redis,
         }
     }
 
     /// The client ratios are taken against: the hand-written client of the same mode, or
-    /// redis-rs for the Redis rows.
+    /// redis-rs without its response timeout for the Redis rows.
     pub fn baseline(self) -> Variant {
         match self.mode() {
             Mode::Order => Variant::HandOrder,
             Mode::Session => Variant::HandSession,
             #[cfg(feature = "redis")]
-            Mode::Redis => Variant::RedisRs,
+            Mode::Redis => Variant::RedisRsNoTimeout,
         }
     }
 
+    /// Whether the heap per in-flight request is measured for this variant: not for the
+    /// window loop, which keeps no state per request beyond its fixed window.
+    pub fn measures_inflight(self) -> bool {
+        self != Variant::WindowLoop
+    }
+
     /// Connects to the echo server at `addr`, builds this variant's client over the
-    /// connection and runs `experiment` with it. (The Redis variants run in
-    /// `crate::redis` instead.)
+    /// connection and runs `experiment` with it, its socket operations counted by the
+    /// benchmark's counting wrapper, or, for channels built with the crate's own
+    /// connector, by the channel's counters. (The Redis variants run in `crate::redis`
+    /// instead.)
     pub async fn run<E: Experiment>(
         self,
         addr: SocketAddr,
         experiment: E,
     ) -> Result<E::Output, BoxError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        #[cfg(feature = "engine")]
+        use crate::engine::{self, ChannelMeter};
+        // The clients over a socket of the benchmark's, and those that make their own
+        // connection (lazily, on the first call) over the benchmark's connector.
+        let counted = &CountedSockets;
+        let stream = async || -> Result<TcpStream, BoxError> {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        };
         match self {
-            Variant::HandOrder => experiment.run(hand::Order::spawn(stream)).await,
-            Variant::HandSession => experiment.run(hand::Session::spawn(stream)).await,
-            Variant::TokioTowerOrder => experiment.run(tokio_tower::order(stream)).await,
-            Variant::TokioTowerSession => experiment.run(tokio_tower::session(stream)).await,
-            #[cfg(feature = "engine")]
-            Variant::EngineOrder => experiment.run(crate::engine::order(stream)).await,
-            #[cfg(feature = "engine")]
-            Variant::EngineSession => experiment.run(crate::engine::session(stream)).await,
-            // The full channel makes its own connection (lazily, on the first call).
-            #[cfg(feature = "engine")]
-            Variant::ChannelOrder => experiment.run(crate::engine::channel_order(addr)).await,
-            #[cfg(feature = "engine")]
-            Variant::ChannelSession => experiment.run(crate::engine::channel_session(addr)).await,
-            #[cfg(feature = "engine")]
-            Variant::ChannelOrderCalls => {
+            Variant::HandOrder => {
                 experiment
-                    .run(crate::engine::channel_order_calls(addr))
+                    .run(hand::Order::spawn(stream().await?), counted)
                     .await
+            }
+            Variant::HandSession => {
+                experiment
+                    .run(hand::Session::spawn(stream().await?), counted)
+                    .await
+            }
+            Variant::WindowLoop => experiment.window_loop(stream().await?).await,
+            Variant::TokioTowerOrder => {
+                experiment
+                    .run(tokio_tower::order(stream().await?), counted)
+                    .await
+            }
+            Variant::TokioTowerSession => {
+                experiment
+                    .run(tokio_tower::session(stream().await?), counted)
+                    .await
+            }
+            #[cfg(feature = "engine")]
+            Variant::EngineOrder => {
+                experiment
+                    .run(engine::order(stream().await?), counted)
+                    .await
+            }
+            #[cfg(feature = "engine")]
+            Variant::EngineSession => {
+                experiment
+                    .run(engine::session(stream().await?), counted)
+                    .await
+            }
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrder64k => {
+                experiment
+                    .run(engine::channel_order_64k(addr), counted)
+                    .await
+            }
+            #[cfg(feature = "engine")]
+            Variant::ChannelSession64k => {
+                experiment
+                    .run(engine::channel_session_64k(addr), counted)
+                    .await
+            }
+            // The builder-default channels: the channel's own counters.
+            // The subscriber of the `+tracing` rows is the runtime's
+            // (`CellRuntime::traced`); the client is plain.
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrder
+            | Variant::ChannelOrderTracing
+            | Variant::ChannelOrderTracingDebug => {
+                let channel = engine::channel_order(addr);
+                let meter = ChannelMeter(channel.clone());
+                experiment.run(channel, &meter).await
+            }
+            #[cfg(feature = "engine")]
+            Variant::ChannelSession => {
+                let channel = engine::channel_session(addr);
+                let meter = ChannelMeter(channel.clone());
+                experiment.run(channel, &meter).await
             }
             #[cfg(feature = "engine")]
             Variant::ChannelSessionCancel => {
-                experiment
-                    .run(crate::engine::channel_session_cancel(addr))
-                    .await
+                let channel = engine::channel_session_cancel(addr);
+                let meter = ChannelMeter(channel.clone());
+                experiment.run(channel, &meter).await
+            }
+            #[cfg(feature = "engine")]
+            Variant::ChannelOrderCalls => {
+                let channel = engine::channel_order(addr);
+                let meter = ChannelMeter(channel.clone());
+                experiment.run(engine::calls(channel), &meter).await
             }
             #[cfg(feature = "engine")]
             Variant::ChannelOrderTimeout => {
-                experiment
-                    .run(crate::engine::channel_order_timeout(addr))
-                    .await
+                let channel = engine::channel_order(addr);
+                let meter = ChannelMeter(channel.clone());
+                experiment.run(engine::timeout(channel), &meter).await
             }
             #[cfg(feature = "engine")]
             Variant::ChannelOrderDeadline => {
-                experiment
-                    .run(crate::engine::channel_order_deadline(addr))
-                    .await
-            }
-            // The subscriber is the runtime's (`CellRuntime::traced`); the client is plain.
-            #[cfg(feature = "engine")]
-            Variant::ChannelOrderTracing | Variant::ChannelOrderTracingDebug => {
-                experiment.run(crate::engine::channel_order(addr)).await
+                let channel = engine::channel_order(addr);
+                let meter = ChannelMeter(channel.clone());
+                experiment.run(engine::deadline(channel), &meter).await
             }
             // The recorder is this channel's alone, and checked for the latencies after.
             #[cfg(feature = "metrics")]
             Variant::ChannelOrderMetrics => {
-                let (channel, recorded) = crate::engine::channel_order_metrics(addr);
-                let output = experiment.run(channel).await?;
+                let (channel, recorded) = engine::channel_order_metrics(addr);
+                let meter = ChannelMeter(channel.clone());
+                let output = experiment.run(channel, &meter).await?;
                 recorded.check()?;
                 Ok(output)
             }
             #[cfg(feature = "redis")]
-            Variant::ChannelRedis | Variant::ChannelRedisFrame | Variant::RedisRs => {
+            Variant::ChannelRedis
+            | Variant::ChannelRedisFrame
+            | Variant::RedisRs
+            | Variant::RedisRsNoTimeout => {
                 Err(format!("{self} is not an echo client: it runs in the Redis section").into())
             }
         }
@@ -346,15 +448,27 @@ pub trait Experiment {
     /// What the experiment finds.
     type Output;
 
-    /// Runs the experiment with `client`.
-    async fn run<C: Client>(self, client: C) -> Result<Self::Output, BoxError>;
+    /// Runs the experiment with `client`, whose socket operations `meter` counts.
+    async fn run<C: Client>(self, client: C, meter: &impl Meter) -> Result<Self::Output, BoxError>;
+
+    /// Runs the experiment with the window loop ([`window`](crate::window)) over
+    /// `stream`.
+    async fn window_loop(self, stream: TcpStream) -> Result<Self::Output, BoxError>;
 }
 
 impl Experiment for Load {
     type Output = load::Outcome;
 
-    async fn run<C: Client>(self, client: C) -> Result<load::Outcome, BoxError> {
-        load::closed_loop(client, self).await
+    async fn run<C: Client>(
+        self,
+        client: C,
+        meter: &impl Meter,
+    ) -> Result<load::Outcome, BoxError> {
+        load::closed_loop(client, self, meter).await
+    }
+
+    async fn window_loop(self, stream: TcpStream) -> Result<load::Outcome, BoxError> {
+        crate::window::run(stream, self).await
     }
 }
 
@@ -365,7 +479,11 @@ pub struct InFlight(pub usize);
 impl Experiment for InFlight {
     type Output = f64;
 
-    async fn run<C: Client>(self, client: C) -> Result<f64, BoxError> {
-        load::bytes_in_flight(client, self.0).await
+    async fn run<C: Client>(self, client: C, meter: &impl Meter) -> Result<f64, BoxError> {
+        load::bytes_in_flight(client, self.0, meter).await
+    }
+
+    async fn window_loop(self, _: TcpStream) -> Result<f64, BoxError> {
+        Err("the window loop keeps no state per request".into())
     }
 }
