@@ -12,9 +12,11 @@
 //!
 //! The writer drains everything queued (`recv_many`), encodes it into one reused buffer,
 //! registers the replies it now waits for (one lock per batch), then writes the batch with
-//! one `write_all`. The reader decodes every frame of a read and completes the matching
-//! oneshots (one lock per read). Per request that is one oneshot allocation; the mpsc and
-//! the buffers are reused.
+//! one `write_all`. When the reader has just woken more callers than have sent, the
+//! writer first yields (a few times at most) so that their calls join the batch. The
+//! reader decodes every frame of a read and completes the matching oneshots (one lock
+//! per read). Per request that is one oneshot allocation; the mpsc and the buffers are
+//! reused.
 //!
 //! Deliberately left out: backpressure, cancellation, reconnects, error details. These
 //! are what a real client adds, and what the benchmark charges it for.
@@ -23,6 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -46,6 +49,43 @@ const MIN_READ: usize = 4 * 1024;
 
 type Job = (Frame, oneshot::Sender<Frame>);
 
+/// Replies the reader delivered in its last batch: callers that are about to send.
+type Woken = Arc<AtomicUsize>;
+
+/// Most times the writer yields to let woken callers send before it writes a batch.
+const YIELDS: usize = 8;
+
+/// Waits for jobs and takes every one queued. If the reader's last batch woke more
+/// callers than have sent, yields (at most [`YIELDS`] times) so that they run, and takes
+/// what they sent: their calls then go out in one write. Without this, on a
+/// multi-threaded runtime the first caller's send wakes the writer into the worker's
+/// LIFO slot, ahead of the other woken callers, and each write carries a call or two.
+/// (On a current-thread runtime the woken callers run first anyway, and one reply
+/// wakes one caller, so neither yields.)
+async fn take_batch(
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    batch: &mut Vec<Job>,
+    woken: &Woken,
+) -> usize {
+    if jobs.recv_many(batch, BATCH).await == 0 {
+        return 0;
+    }
+    let expected = woken.swap(0, Relaxed);
+    for _ in 0..YIELDS {
+        if expected < 2 || batch.len() >= expected.min(BATCH) {
+            break;
+        }
+        tokio::task::yield_now().await;
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+    }
+    batch.len()
+}
+
 /// The hand-written pipelined client: replies are matched to requests by position.
 #[derive(Debug, Clone)]
 pub struct Order {
@@ -58,13 +98,14 @@ impl Order {
         let (read, write) = stream.into_split();
         let (intake, jobs) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(VecDeque::new()));
+        let woken = Woken::default();
         tokio::spawn(log_error(
             "hand-order writer",
-            write_order(jobs, Counted::new(write), waiting.clone()),
+            write_order(jobs, Counted::new(write), waiting.clone(), woken.clone()),
         ));
         tokio::spawn(log_error(
             "hand-order reader",
-            read_order(Counted::new(read), waiting),
+            read_order(Counted::new(read), waiting, woken),
         ));
         Order { intake }
     }
@@ -74,11 +115,12 @@ async fn write_order(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut io: Counted<OwnedWriteHalf>,
     waiting: Arc<Mutex<VecDeque<oneshot::Sender<Frame>>>>,
+    woken: Woken,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     let mut replies = Vec::with_capacity(BATCH);
     let mut buf = BytesMut::with_capacity(BUFFER);
-    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+    while take_batch(&mut jobs, &mut batch, &woken).await > 0 {
         for (frame, reply) in batch.drain(..) {
             FrameCodec.encode(frame, &mut buf)?;
             replies.push(reply);
@@ -94,6 +136,7 @@ async fn write_order(
 async fn read_order(
     mut io: Counted<OwnedReadHalf>,
     waiting: Arc<Mutex<VecDeque<oneshot::Sender<Frame>>>>,
+    woken: Woken,
 ) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut frames = Vec::with_capacity(BATCH);
@@ -111,6 +154,7 @@ async fn read_order(
                 ready.push((reply, frame));
             }
         }
+        woken.store(ready.len(), Relaxed);
         for (reply, frame) in ready.drain(..) {
             // The caller may be gone; its reply is then simply dropped.
             let _ = reply.send(frame);
@@ -131,13 +175,14 @@ impl Session {
         let (read, write) = stream.into_split();
         let (intake, jobs) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(HashMap::with_capacity(BATCH)));
+        let woken = Woken::default();
         tokio::spawn(log_error(
             "hand-session writer",
-            write_session(jobs, Counted::new(write), waiting.clone()),
+            write_session(jobs, Counted::new(write), waiting.clone(), woken.clone()),
         ));
         tokio::spawn(log_error(
             "hand-session reader",
-            read_session(Counted::new(read), waiting),
+            read_session(Counted::new(read), waiting, woken),
         ));
         Session { intake }
     }
@@ -147,12 +192,13 @@ async fn write_session(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut io: Counted<OwnedWriteHalf>,
     waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>,
+    woken: Woken,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     let mut replies = Vec::with_capacity(BATCH);
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut next_id = 0u64;
-    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+    while take_batch(&mut jobs, &mut batch, &woken).await > 0 {
         for (mut frame, reply) in batch.drain(..) {
             next_id = next_id.wrapping_add(1);
             frame.id = next_id;
@@ -169,6 +215,7 @@ async fn write_session(
 async fn read_session(
     mut io: Counted<OwnedReadHalf>,
     waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>,
+    woken: Woken,
 ) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut frames = Vec::with_capacity(BATCH);
@@ -186,6 +233,7 @@ async fn read_session(
                 ready.push((reply, frame));
             }
         }
+        woken.store(ready.len(), Relaxed);
         for (reply, frame) in ready.drain(..) {
             let _ = reply.send(frame);
         }
