@@ -43,6 +43,7 @@ mod redis;
 mod report;
 mod runtime;
 mod server;
+mod svg;
 mod tokio_tower;
 mod variant;
 mod window;
@@ -72,7 +73,7 @@ const SAFETY_CELL: (usize, usize) = (256, 16);
 
 const USAGE: &str = "\
 usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--duration SECS]
-             [--runtime current|multi|both] [--no-redis]
+             [--runtime current|multi|both] [--svg PATH] [--no-redis]
 
   --quick          short cells (0.3 s each), under a minute in all
   --json           one JSON object per row on stdout instead of the table
@@ -84,6 +85,7 @@ usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--du
   --duration SECS  measured time per cell (default 2, or 0.3 with --quick)
   --runtime WHICH  run every cell on a current-thread runtime, a 2-worker multi-thread
                    one, or both (default both)
+  --svg PATH       also write a chart of req/s and CPU per request (SVG) to PATH
   --no-redis       skip the Redis section (skipped anyway without redis-server)";
 
 /// What the command line asks for.
@@ -112,6 +114,8 @@ struct Options {
     no_redis: bool,
     /// The runtimes every cell runs on.
     runtimes: Vec<Flavor>,
+    /// Where to write the SVG chart, if anywhere.
+    svg: Option<std::path::PathBuf>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -123,6 +127,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let mut duration = None;
     let mut no_redis = false;
     let mut runtimes = Flavor::BOTH.to_vec();
+    let mut svg = None;
     let mut server = None;
     let mut port = 0;
     while let Some(arg) = args.next() {
@@ -132,6 +137,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--json" => json = true,
             "--runs" => runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--filter" => filter = Some(value()?),
+            "--svg" => svg = Some(value()?.into()),
             "--no-redis" => no_redis = true,
             "--runtime" => {
                 let which = value()?;
@@ -181,6 +187,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         },
         no_redis,
         runtimes,
+        svg,
     }))
 }
 
@@ -261,13 +268,25 @@ fn bench(options: &Options) -> Result<(), BoxError> {
         options.window.warmup + options.window.measure,
     );
 
-    let mut printed = false;
+    let mut rows = Vec::new();
     if !matrix.is_empty() || !safety.is_empty() {
-        let rows = report::summarize(&echo(options, &matrix, &safety, &mut progress)?);
+        rows = report::summarize(&echo(options, &matrix, &safety, &mut progress)?);
         print_rows(options, &rows, "hand");
-        printed = !rows.is_empty();
     }
-    redis_section(options, &redis, printed, &mut progress)
+    let printed = !rows.is_empty();
+    rows.extend(redis_section(options, &redis, printed, &mut progress)?);
+    if let Some(path) = &options.svg {
+        let caption = format!(
+            "socketchannel-bench: median of {} run(s), {:?} per cell, {} CPUs",
+            options.runs,
+            options.window.measure,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        std::fs::write(path, svg::chart(&rows, &caption))
+            .map_err(|e| format!("--svg {}: {e}", path.display()))?;
+        eprintln!("chart written to {}", path.display());
+    }
+    Ok(())
 }
 
 /// The commands of the Redis section, per concurrency.
@@ -297,21 +316,21 @@ fn print_rows(options: &Options, rows: &[report::Row], baseline: &str) {
 }
 
 /// Runs and prints the Redis section for `variants`, unless there are none, or
-/// `--no-redis` or a missing `redis-server` skips it (a note says so). `after_table`: a
-/// table was printed before it.
+/// `--no-redis` or a missing `redis-server` skips it (a note says so), and returns its
+/// rows. `after_table`: a table was printed before it.
 #[cfg(feature = "redis")]
 fn redis_section(
     options: &Options,
     variants: &[Variant],
     after_table: bool,
     progress: &mut Progress,
-) -> Result<(), BoxError> {
+) -> Result<Vec<report::Row>, BoxError> {
     if variants.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     if options.no_redis {
         eprintln!("note: Redis section skipped (--no-redis)");
-        return Ok(());
+        return Ok(Vec::new());
     }
     let plan = redis::Plan {
         runs: options.runs,
@@ -320,7 +339,7 @@ fn redis_section(
         window: options.window,
     };
     let Some(section) = redis::run(variants, &plan, progress)? else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let rows = report::summarize(&section.samples);
     if options.json {
@@ -328,7 +347,7 @@ fn redis_section(
         if let Some(limit) = &section.limit {
             print!("{}", limit.json());
         }
-        return Ok(());
+        return Ok(rows);
     }
     if after_table {
         println!();
@@ -338,7 +357,7 @@ fn redis_section(
     if let Some(limit) = &section.limit {
         print!("\n{limit}");
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Without the `redis` feature there is no Redis section.
@@ -348,11 +367,11 @@ fn redis_section(
     _: &[Variant],
     _: bool,
     _: &mut Progress,
-) -> Result<(), BoxError> {
+) -> Result<Vec<report::Row>, BoxError> {
     if !options.no_redis {
         eprintln!("note: built without the `redis` feature: no Redis section");
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// The echo part: the matrix, with the "cost of safety" rows in their cell, each cell on
