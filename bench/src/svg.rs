@@ -1,6 +1,7 @@
 //! `--svg PATH`: the rows of a run as an SVG chart, written by hand (no plotting
 //! dependency): for each mode, requests per second and CPU per request, one group of
-//! bars per cell (runtime, callers, payload), one bar per variant, both on log scales.
+//! bars per cell (runtime, callers, payload), one bar per variant in that cell (the
+//! "cost of safety" rows are in one cell only), both on log scales.
 //! Each bar's tooltip (`<title>`) has its exact figure.
 
 use std::fmt::Write as _;
@@ -110,12 +111,19 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn group_width(&self) -> f64 {
-        self.variants.len() as f64 * BAR + GROUP_GAP
+    /// The width of cell `g`'s group: a bar for each variant in it (the safety rows are in
+    /// one cell only), and a gap.
+    fn group_width(&self, g: usize) -> f64 {
+        self.cells[g].len() as f64 * BAR + GROUP_GAP
+    }
+
+    /// Where cell `g`'s group starts.
+    fn group_x(&self, g: usize) -> f64 {
+        LEFT + (0..g).map(|i| self.group_width(i)).sum::<f64>()
     }
 
     fn width(&self) -> f64 {
-        LEFT + self.cells.len() as f64 * self.group_width() + RIGHT
+        self.group_x(self.cells.len()) + RIGHT
     }
 
     /// Legend entries per line.
@@ -185,7 +193,7 @@ impl<'a> Section<'a> {
         );
         let plot_top = top + TITLE;
         let bottom = plot_top + PLOT_HEIGHT;
-        let right = LEFT + self.cells.len() as f64 * self.group_width();
+        let right = self.group_x(self.cells.len());
         let y_of = |v: f64| bottom - (v.log10() - lo) / (hi - lo) * PLOT_HEIGHT;
 
         let _ = writeln!(
@@ -207,17 +215,12 @@ impl<'a> Section<'a> {
             );
         }
         for (g, cell) in self.cells.iter().enumerate() {
-            let x0 = LEFT + g as f64 * self.group_width();
-            for row in cell {
+            let x0 = self.group_x(g);
+            for (v, row) in cell.iter().enumerate() {
                 let value = (metric.value)(row);
                 if !(value.is_finite() && value > 0.0) {
                     continue;
                 }
-                let v = self
-                    .variants
-                    .iter()
-                    .position(|&v| v == row.median.variant)
-                    .unwrap_or(0);
                 let x = x0 + v as f64 * BAR;
                 let y = y_of(value);
                 let s = &row.median;
@@ -236,7 +239,7 @@ impl<'a> Section<'a> {
                 );
             }
             let s = &cell[0].median;
-            let cx = x0 + (self.group_width() - GROUP_GAP) / 2.0;
+            let cx = x0 + (self.group_width(g) - GROUP_GAP) / 2.0;
             let _ = writeln!(
                 svg,
                 r#"<text transform="translate({cx:.1},{:.1}) rotate(-60)" text-anchor="end">{} c={} {}</text>"#,
