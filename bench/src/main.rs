@@ -3,7 +3,8 @@
 //! then the same `Channel` against redis-rs on a real `redis-server`.
 //!
 //! ```text
-//! cargo run --release -p socketchannel-bench -- [--quick] [--json] [--runs N] [--filter SUBSTR] [--no-redis]
+//! cargo run --release -p socketchannel-bench -- [--quick] [--json] [--runs N] [--filter SUBSTR]
+//!     [--callers N] [--duration SECS] [--runtime current|multi|both] [--svg PATH] [--no-redis]
 //! ```
 //!
 //! See `bench/README.md` for what each column means.
@@ -25,8 +26,10 @@
 //! - `runtime`: a fresh runtime per experiment, current-thread or multi-thread, with a
 //!   scoped tracing subscriber for the `+tracing` and `+tracing-debug` rows.
 //! - `progress`: the progress lines on stderr.
-//! - `measure`: counting allocator, counting socket, CPU time, latency histogram.
+//! - `measure`: counting allocator, counting socket and meters (the socket or the
+//!   channel's own counters), CPU time, latency histogram.
 //! - `report`: medians, ratios, table and JSON.
+//! - `svg`: the `--svg` chart.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
