@@ -5,8 +5,10 @@
 //!
 //! * **Can the server have executed it?** [`Error::is_not_sent`] is true when it cannot:
 //!   the request was never handed to the transport (then [`Error::take_request`] gives
-//!   it back), or the server answered that it did not run it
-//!   ([`Verdict`](crate::Verdict); the written request is gone). It is safe to retry.
+//!   it back), none of its bytes left before its connection was lost (over a
+//!   [`Metered`](crate::Metered) IO and codec; the encoded request is gone), or the
+//!   server answered that it did not run it ([`Verdict`](crate::Verdict); the written
+//!   request is gone). It is safe to retry.
 //!   [`Error::may_have_executed`] is true otherwise: written (or answered with an error
 //!   reply), so retrying may execute it twice.
 //! * **Why did it fail?** [`Error::kind`], with the underlying cause behind
@@ -134,9 +136,14 @@ impl Error {
     /// The server cannot have executed the call: retrying it cannot execute it twice.
     ///
     /// Either the request was never handed to the transport, and
-    /// [`take_request`](Error::take_request) gives it back; or it was written and the
-    /// server answered that it did not run it ([`Verdict`](crate::Verdict)), and there is
-    /// no request to give back (a `Server` error).
+    /// [`take_request`](Error::take_request) gives it back; or it was handed over and
+    /// its connection was lost before the IO accepted any of its bytes (over a
+    /// [`Metered`](crate::Metered) IO and codec, as the crate's connectors frame: a
+    /// `ConnectionLost` or `Closed` error); or it was written and the server answered
+    /// that it did not run it ([`Verdict`](crate::Verdict)), a `Server` error. In the
+    /// last two the codec consumed the request: there is none to give back, and a retry
+    /// needs a copy of its own ([`RetryNotSent`](crate::RetryNotSent) keeps one for a
+    /// `Req: Clone` request).
     pub fn is_not_sent(&self) -> bool {
         !self.inner.written
     }

@@ -169,6 +169,7 @@
 //! | No host could be connected (or the channel is backing off) | `ConnectFailed` | not sent | yes, after a delay or on another channel | 503 | `UNAVAILABLE` |
 //! | Queued when its connection was lost, and the next pass failed | `ConnectFailed` | not sent | yes | 503 | `UNAVAILABLE` |
 //! | Written, then the connection was lost (I/O error, EOF, undecodable frame, desync) | `ConnectionLost` | may have executed | only if idempotent | 502 | `UNKNOWN` |
+//! | Handed to the transport, but its connection was lost (or closed) before the IO took any of its bytes, over a [`Metered`] IO and codec (the crate's connectors) | `ConnectionLost` (`Closed`) | not sent | yes, from a copy: the codec consumed the request (`RetryNotSent` over `Service<Req>`, `Req: Clone`, keeps one; a [`Call`] has none) | 503 | `UNAVAILABLE` |
 //! | Queued on a fixed transport that ended; a [`Call::read`] waiting when its connection was lost | `ConnectionLost` | not sent | a queued call on another channel; a read never (it would take another call's reply) | 503 | `UNAVAILABLE` |
 //! | Written, then the server fell silent ([`ConnectionErrorKind::Stalled`]) | `ConnectionLost` | may have executed | only if idempotent | 504 | `DEADLINE_EXCEEDED` |
 //! | The channel is closed (`close`, a shutdown, a task that is gone) before it was written | `Closed` | not sent | on another channel only (a closed channel stays closed) | 503 | `UNAVAILABLE` |
@@ -225,7 +226,11 @@
 //! # Failure semantics
 //!
 //! Every call resolves exactly once. When a connection dies, calls already written fail
-//! as *may have executed* ([`Error::may_have_executed`]). Calls not yet written wait for
+//! as *may have executed* ([`Error::may_have_executed`]), unless none of a call's bytes
+//! left: over a [`Metered`] IO and codec (what the crate's connectors frame), a call
+//! whose first byte the IO never accepted fails *not sent*, without its request (the
+//! codec consumed it). *Not sent* always means the server cannot have executed the
+//! call. Calls not yet written wait for
 //! the next connection on a reconnecting channel; they fail as *not sent*
 //! ([`Error::is_not_sent`]) and give their request back ([`Error::take_request`]) when
 //! the channel is over a fixed transport, is closed, or its next connect pass fails. A
@@ -371,7 +376,7 @@ pub use crate::connect::UnixConnector;
 #[cfg(feature = "tcp")]
 pub use crate::connect::{SocketConnector, SocketStream, TcpConnector};
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
-pub use crate::meter::Metered;
+pub use crate::meter::{Metered, MeteredFramed};
 pub use crate::mux::{Mode, Order, Session};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions, Verdict};
 pub use crate::reconnect::{

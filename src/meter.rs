@@ -1,18 +1,25 @@
 //! Bytes moved by the transport, and the reads and writes that moved them, for the stall
-//! timer and the counters.
+//! timer, the counters and the byte-exact *not sent*.
 //!
 //! [`Metered`] wraps an IO object (a `TcpStream`, a TLS stream) below the codec's
 //! `Framed` and counts what each read and write moved, into counters of the thread
-//! that polls it. The engine reads them before and after it polls its transport, in the
-//! same poll on the same thread, so the difference is what its own transport moved:
-//! nothing has to be threaded through the user's codec or the `Transport` bound.
+//! that polls it; wrapped around the codec, it counts the bytes each frame encodes to.
+//! The engine reads the counters before and after it polls its transport, in the same
+//! poll on the same thread, so the difference is what its own transport moved: nothing
+//! has to be threaded through the user's codec or the `Transport` bound.
+//!
+//! With both counts a connection knows where each call's bytes begin in its stream and
+//! how far the IO took that stream: when it fails, a call whose first byte the IO never
+//! accepted cannot have reached the server, and fails *not sent* (`Conn::fail`).
 
 use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// What every [`Metered`] IO polled on one thread has moved so far: the counts only
 /// grow (wrapping), so the difference of two marks is what moved between them.
@@ -26,6 +33,9 @@ pub(crate) struct Mark {
     pub(crate) reads: u64,
     /// Writes that the IO accepted bytes of.
     pub(crate) writes: u64,
+    /// Writes and flushes asked of the IO, whatever became of them: a transport whose
+    /// writes are metered shows some before it can fail a write.
+    pub(crate) tries: u64,
 }
 
 impl Mark {
@@ -36,19 +46,28 @@ impl Mark {
             written: self.written.wrapping_sub(earlier.written),
             reads: self.reads.wrapping_sub(earlier.reads),
             writes: self.writes.wrapping_sub(earlier.writes),
+            tries: self.tries.wrapping_sub(earlier.tries),
         }
     }
 }
 
 thread_local! {
     static MOVED: Cell<Mark> = const {
-        Cell::new(Mark { read: 0, written: 0, reads: 0, writes: 0 })
+        Cell::new(Mark { read: 0, written: 0, reads: 0, writes: 0, tries: 0 })
     };
+    /// Bytes every [`Metered`] codec on this thread has encoded.
+    static ENCODED: Cell<u64> = const { Cell::new(0) };
 }
 
 /// What every [`Metered`] IO has moved on this thread so far.
 pub(crate) fn mark() -> Mark {
     MOVED.with(Cell::get)
+}
+
+/// Bytes every [`Metered`] codec has encoded on this thread so far.
+#[inline]
+pub(crate) fn encoded() -> u64 {
+    ENCODED.with(Cell::get)
 }
 
 fn add(update: impl FnOnce(&mut Mark)) {
@@ -59,45 +78,83 @@ fn add(update: impl FnOnce(&mut Mark)) {
     });
 }
 
-fn add_written(n: usize) {
+fn count_write(poll: &Poll<io::Result<usize>>) {
+    let n = match poll {
+        Poll::Ready(Ok(n)) => *n as u64,
+        _ => 0,
+    };
     add(|m| {
-        m.written = m.written.wrapping_add(n as u64);
-        m.writes = m.writes.wrapping_add(1);
+        m.tries = m.tries.wrapping_add(1);
+        if n > 0 {
+            m.written = m.written.wrapping_add(n);
+            m.writes = m.writes.wrapping_add(1);
+        }
     });
 }
 
+/// A stream framed with a codec, both [`Metered`]: what the crate's connectors make.
+pub type MeteredFramed<IO, C> = tokio_util::codec::Framed<Metered<IO>, Metered<C>>;
+
 pin_project_lite::pin_project! {
-    /// An IO object whose bytes count as progress for the stall timer
+    /// Counts what a connection moves: wrapped around its IO object (below the codec's
+    /// `Framed`), the bytes each read and write moved; wrapped around its codec, the
+    /// bytes each frame encodes to.
+    ///
+    /// The IO's bytes count as progress for the stall timer
     /// ([`Config::stall_timeout`](crate::Config::stall_timeout)) and in
-    /// [`Counters`](crate::Counters). [`TcpConnector`](crate::TcpConnector) frames a
-    /// `Metered<TcpStream>`; wrap the IO of a connector of your own the same way
-    /// (`Framed::new(Metered::new(io), codec)`). Without it only whole frames count.
-    #[derive(Debug)]
-    pub struct Metered<IO> {
+    /// [`Counters`](crate::Counters); without it only whole frames count. With both
+    /// wrapped, a call none of whose bytes the IO accepted when its connection fails
+    /// (a write error, a reset, the server's close while calls were still buffered)
+    /// fails *not sent* ([`Error::is_not_sent`](crate::Error::is_not_sent)), where
+    /// otherwise every call handed to the transport *may have executed*. The crate's
+    /// connectors ([`TcpConnector`](crate::TcpConnector) and the others) frame
+    /// `Metered<TcpStream>` with a `Metered` codec; wrap a connector of your own the
+    /// same way:
+    ///
+    /// ```
+    /// use socketchannel::{Channel, Metered, Order, Plain};
+    /// use tokio_util::codec::{Framed, LinesCodec};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (io, _server) = tokio::io::duplex(1024);
+    /// let framed = Framed::new(Metered::new(io), Metered::new(LinesCodec::new()));
+    /// let channel: Channel<String, String> = Channel::new(framed, Order::new(Plain));
+    /// # drop(channel);
+    /// # }
+    /// ```
+    ///
+    /// A codec's bytes are only exact when the bytes its frames encode to are the bytes
+    /// written, in order: an IO of your own between the `Framed` and the socket that
+    /// compresses or re-frames them must be the one wrapped, above such a layer (TLS:
+    /// the plaintext the TLS session accepted counts, as the crate's `TlsConnector`
+    /// does).
+    #[derive(Debug, Clone, Default)]
+    pub struct Metered<T> {
         #[pin]
-        io: IO,
+        inner: T,
     }
 }
 
-impl<IO> Metered<IO> {
-    /// Wraps `io`.
-    pub fn new(io: IO) -> Self {
-        Metered { io }
+impl<T> Metered<T> {
+    /// Wraps an IO object or a codec.
+    pub fn new(inner: T) -> Self {
+        Metered { inner }
     }
 
-    /// The IO object.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
+    /// The IO object or codec.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 
-    /// The IO object, mutably.
-    pub fn get_mut(&mut self) -> &mut IO {
-        &mut self.io
+    /// The IO object or codec, mutably.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
     }
 
-    /// Unwraps the IO object.
-    pub fn into_inner(self) -> IO {
-        self.io
+    /// Unwraps the IO object or codec.
+    pub fn into_inner(self) -> T {
+        self.inner
     }
 }
 
@@ -108,7 +165,7 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let poll = self.project().io.poll_read(cx, buf);
+        let poll = self.project().inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
             let n = (buf.filled().len() - before) as u64;
             add(|m| {
@@ -126,10 +183,8 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.project().io.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            add_written(n);
-        }
+        let poll = self.project().inner.poll_write(cx, buf);
+        count_write(&poll);
         poll
     }
 
@@ -138,22 +193,51 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.project().io.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = poll {
-            add_written(n);
-        }
+        let poll = self.project().inner.poll_write_vectored(cx, bufs);
+        count_write(&poll);
         poll
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        add(|m| m.tries = m.tries.wrapping_add(1));
+        self.project().inner.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        add(|m| m.tries = m.tries.wrapping_add(1));
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+impl<I, C: Encoder<I>> Encoder<I> for Metered<C> {
+    type Error = C::Error;
+
+    #[inline]
+    fn encode(&mut self, item: I, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        let before = dst.len();
+        let res = self.inner.encode(item, dst);
+        // A codec that failed may have left part of a frame: it is in the stream.
+        let n = dst.len().saturating_sub(before) as u64;
+        ENCODED.with(|c| c.set(c.get().wrapping_add(n)));
+        res
+    }
+}
+
+impl<C: Decoder> Decoder for Metered<C> {
+    type Item = C::Item;
+    type Error = C::Error;
+
+    #[inline]
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        self.inner.decode(src)
+    }
+
+    #[inline]
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        self.inner.decode_eof(src)
     }
 }

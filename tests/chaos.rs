@@ -521,10 +521,11 @@ async fn run(order: bool, s: Settings) {
                     times, 0,
                     "seed {seed:#x}: call {nonce:#x} failed not-sent ({kind:?}) but was executed"
                 );
-                assert_eq!(
-                    *kind,
-                    Kind::ConnectFailed,
-                    "seed {seed:#x}: not sent for another reason"
+                // A failed pass, or a lost connection that never took a byte of it
+                // (the crate's connector meters its codec and socket).
+                assert!(
+                    matches!(kind, Kind::ConnectFailed | Kind::ConnectionLost),
+                    "seed {seed:#x}: not sent for another reason: {kind:?}"
                 );
             }
             Outcome::MayHaveExecuted(kind, why) => {

@@ -2,7 +2,7 @@
 //! the addresses a name resolves to), Unix domain sockets (`UnixConnector`, on Unix),
 //! and the builder's default, which takes either by the endpoint ([`SocketConnector`]);
 //! with the feature `rustls`, TLS over the TCP one (`TlsConnector`). Each frames its
-//! stream, [`Metered`](crate::Metered), with the user's codec.
+//! stream with the user's codec, both [`Metered`](crate::Metered).
 
 mod socket;
 mod tcp;
@@ -21,3 +21,15 @@ pub use self::unix::UnixConnector;
 /// The default read and write buffer capacity of a connection's `Framed`, as
 /// tokio-util's own default.
 const BUFFER: usize = 8 * 1024;
+
+/// Frames `io` with `codec`, both metered, with `buffer` bytes of read and write buffer.
+fn frame<IO, C>(io: IO, codec: C, buffer: usize) -> crate::MeteredFramed<IO, C>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    tokio_util::codec::Framed::with_capacity(
+        crate::Metered::new(io),
+        crate::Metered::new(codec),
+        buffer,
+    )
+}

@@ -5,14 +5,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::meter::MeteredFramed;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
-use tokio_util::codec::Framed;
 
 use super::TcpConnector;
-use crate::meter::Metered;
 use crate::reconnect::Endpoint;
 
 /// Connects a TCP endpoint with a [`TcpConnector`] and a Unix one (`"unix:PATH"`) by its
@@ -49,7 +48,7 @@ impl<C: Clone> SocketConnector<C> {
         SocketConnector { tcp }
     }
 
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Framed<Metered<SocketStream>, C>> {
+    async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<SocketStream, C>> {
         let stream = match endpoint.unix_path() {
             #[cfg(unix)]
             Some(path) => SocketStream::Unix(super::unix::connect_path(path).await?),
@@ -62,11 +61,7 @@ impl<C: Clone> SocketConnector<C> {
             }
             None => SocketStream::Tcp(self.tcp.sockets().stream(&endpoint).await?),
         };
-        Ok(Framed::with_capacity(
-            Metered::new(stream),
-            self.tcp.codec,
-            self.tcp.buffer,
-        ))
+        Ok(super::frame(stream, self.tcp.codec, self.tcp.buffer))
     }
 }
 
@@ -74,10 +69,9 @@ impl<C> tower::Service<Endpoint> for SocketConnector<C>
 where
     C: Clone + Send + 'static,
 {
-    type Response = Framed<Metered<SocketStream>, C>;
+    type Response = MeteredFramed<SocketStream, C>;
     type Error = io::Error;
-    type Future =
-        Pin<Box<dyn Future<Output = io::Result<Framed<Metered<SocketStream>, C>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<MeteredFramed<SocketStream, C>>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))

@@ -8,12 +8,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::meter::MeteredFramed;
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 
 use super::BUFFER;
-use crate::meter::Metered;
 use crate::reconnect::Endpoint;
 
 /// RFC 8305's recommended "Connection Attempt Delay".
@@ -34,7 +33,7 @@ const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 /// builder's [`connect_timeout`](crate::Builder::connect_timeout) bounds the whole
 /// connect. When every attempt fails, the error is the last failure.
 ///
-/// The stream is [`Metered`], so every byte it moves counts as progress for the stall
+/// The stream is [`Metered`](crate::Metered), so every byte it moves counts as progress for the stall
 /// timer and in the counters. Any [`Connector`](crate::Connector) can stand in its
 /// place (see there: TLS, a proxy, an in-memory pipe for tests). A Unix endpoint
 /// (`"unix:PATH"`) fails here with [`io::ErrorKind::InvalidInput`]: use
@@ -88,13 +87,9 @@ impl<C: Clone> TcpConnector<C> {
         self
     }
 
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Framed<Metered<TcpStream>, C>> {
+    async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<TcpStream, C>> {
         let stream = self.sockets().stream(&endpoint).await?;
-        Ok(Framed::with_capacity(
-            Metered::new(stream),
-            self.codec,
-            self.buffer,
-        ))
+        Ok(super::frame(stream, self.codec, self.buffer))
     }
 
     /// How it opens sockets, without the codec (so a connect need not hold it).
@@ -225,9 +220,9 @@ impl<C> tower::Service<Endpoint> for TcpConnector<C>
 where
     C: Clone + Send + 'static,
 {
-    type Response = Framed<Metered<TcpStream>, C>;
+    type Response = MeteredFramed<TcpStream, C>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Framed<Metered<TcpStream>, C>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<MeteredFramed<TcpStream, C>>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))

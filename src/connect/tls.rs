@@ -8,19 +8,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::meter::MeteredFramed;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_util::codec::Framed;
 
 use super::TcpConnector;
-use crate::meter::Metered;
 use crate::reconnect::Endpoint;
 
 /// Opens TCP to an [`Endpoint`] with a [`TcpConnector`] (its socket options, happy
 /// eyeballs, buffer capacity and codec), runs the rustls client handshake on it, and
-/// frames the TLS stream, [`Metered`], with the codec (feature `rustls`).
+/// frames the TLS stream, [`Metered`](crate::Metered), with the codec (feature `rustls`).
 ///
 /// The server name, sent as SNI and checked against the server's certificate, is the
 /// endpoint's host: a DNS name as it is, an IP address as an IP address (rustls sends
@@ -134,7 +133,7 @@ impl<C: Clone> TlsConnector<C> {
     async fn connect(
         self,
         endpoint: Endpoint,
-    ) -> io::Result<Framed<Metered<TlsStream<TcpStream>>, C>> {
+    ) -> io::Result<MeteredFramed<TlsStream<TcpStream>, C>> {
         let name = match self.server_name {
             Some(name) => name,
             None => server_name(&endpoint)?,
@@ -144,11 +143,7 @@ impl<C: Clone> TlsConnector<C> {
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| HandshakeFailed::wrap(&name, e))?;
-        Ok(Framed::with_capacity(
-            Metered::new(tls),
-            self.tcp.codec,
-            self.tcp.buffer,
-        ))
+        Ok(super::frame(tls, self.tcp.codec, self.tcp.buffer))
     }
 }
 
@@ -213,7 +208,7 @@ impl<C> tower::Service<Endpoint> for TlsConnector<C>
 where
     C: Clone + Send + 'static,
 {
-    type Response = Framed<Metered<TlsStream<TcpStream>>, C>;
+    type Response = MeteredFramed<TlsStream<TcpStream>, C>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 

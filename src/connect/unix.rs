@@ -6,15 +6,14 @@ use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::meter::MeteredFramed;
 use tokio::net::UnixStream;
-use tokio_util::codec::Framed;
 
 use super::BUFFER;
-use crate::meter::Metered;
 use crate::reconnect::Endpoint;
 
 /// Opens a connection to a Unix domain socket endpoint (`"unix:PATH"`,
-/// [`Endpoint::unix`]) and frames it with a codec, the stream [`Metered`] as
+/// [`Endpoint::unix`]) and frames it with a codec, the stream [`Metered`](crate::Metered) as
 /// [`TcpConnector`](crate::TcpConnector)'s is. Only on Unix platforms.
 ///
 /// A TCP endpoint fails here with [`io::ErrorKind::InvalidInput`]. The builder's
@@ -55,13 +54,9 @@ impl<C: Clone> UnixConnector<C> {
         self
     }
 
-    async fn connect(self, endpoint: Endpoint) -> io::Result<Framed<Metered<UnixStream>, C>> {
+    async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<UnixStream, C>> {
         let stream = stream(&endpoint).await?;
-        Ok(Framed::with_capacity(
-            Metered::new(stream),
-            self.codec,
-            self.buffer,
-        ))
+        Ok(super::frame(stream, self.codec, self.buffer))
     }
 }
 
@@ -88,9 +83,9 @@ impl<C> tower::Service<Endpoint> for UnixConnector<C>
 where
     C: Clone + Send + 'static,
 {
-    type Response = Framed<Metered<UnixStream>, C>;
+    type Response = MeteredFramed<UnixStream, C>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Framed<Metered<UnixStream>, C>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<MeteredFramed<UnixStream, C>>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))

@@ -15,6 +15,7 @@ use super::deadline::{Deadlines, Due};
 use super::engine::Ended;
 use super::matcher::{Entry, Matcher};
 use super::notice::Notices;
+use super::reach::Reach;
 use super::retire::Retire;
 use super::stall::Stall;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Error, Kind};
@@ -50,6 +51,8 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     /// Cancel notices, when the protocol sends them (`notice.rs`). Boxed: most
     /// connections have none.
     notices: Option<Box<Notices>>,
+    /// How far its bytes went, for the calls it fails when it ends (`reach.rs`).
+    pub(crate) reach: Reach,
     shared: Arc<Shared<Resp>>,
 }
 
@@ -90,6 +93,7 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             leave: None,
             retire: None,
             reported: 0,
+            reach: Reach::default(),
             shared,
         }
     }
@@ -188,9 +192,10 @@ where
         WE: Into<BoxError>,
     {
         self.needs_flush = true;
-        Pin::new(&mut self.transport)
-            .start_send(req)
-            .map_err(|e| fail(Why::Write, e))
+        let before = crate::meter::encoded();
+        let sent = Pin::new(&mut self.transport).start_send(req);
+        self.reach.encoded_since(before);
+        sent.map_err(|e| fail(Why::Write, e))
     }
 
     /// Hands the next part of a multi-part request to the sink, or resolves it after
@@ -269,6 +274,9 @@ where
             };
             match self.matcher.admit(&mut frames, id, entry) {
                 Ok(id) => {
+                    if !matches!(frames, Frames::None) {
+                        self.reach.call(seq, self.matcher.pending());
+                    }
                     if let Some(at) = deadline {
                         deadlines.push(Due {
                             at,
@@ -372,19 +380,18 @@ where
     }
 
     /// Fails every call on this connection, which has ended: those written as *may
-    /// have executed* (reads without a request as *not sent*), those queued for it
-    /// first as *not sent*.
+    /// have executed*, but for those none of whose bytes the IO accepted (`reach.rs`)
+    /// and reads without a request, *not sent*; those queued for it first *not sent*.
     pub(crate) fn fail(mut self, kind: Kind, cause: &Cause) {
-        let failed = |read_only: bool| {
-            Error::new(kind)
-                .written(!read_only)
-                .with_cause(cause.clone())
-        };
+        let failed = |written: bool| Error::new(kind).written(written).with_cause(cause.clone());
         if let Some(done) = self.writing.take().and_then(|mut w| w.done.take()) {
-            done.fail(failed(false));
+            done.fail(failed(true));
         }
-        self.matcher
-            .drain(&mut |entry| entry.waiter.fail(failed(entry.read_only)));
+        let never_left = self.reach.never_left();
+        self.matcher.drain(&mut |entry| {
+            let written = !entry.read_only && never_left.is_none_or(|seq| entry.seq < seq);
+            entry.waiter.fail(failed(written));
+        });
         for call in self.first.drain(..) {
             call.fail_unsent(kind, Some(cause));
         }

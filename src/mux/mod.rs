@@ -15,6 +15,7 @@ mod ids;
 mod matcher;
 mod notice;
 mod order;
+mod reach;
 mod retire;
 mod session;
 mod stall;

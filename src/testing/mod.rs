@@ -98,7 +98,7 @@ mod rng;
 
 pub use self::ledger::{CallRecord, Ledger, Outcome, ReplyTag};
 pub use self::net::{
-    Behavior, ConnInfo, Connecting, Described, Net, Record, Served, Server, ServerLog, What,
+    Behavior, ConnInfo, Connecting, Described, Net, Pipe, Record, Served, Server, ServerLog, What,
 };
 pub use self::rng::SimRng;
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead};
 
 use super::Trace;
-use crate::meter::Metered;
+use crate::meter::{Metered, MeteredFramed};
 use crate::reconnect::Endpoint;
 
 /// How a host behaves, from the moment it is set.
@@ -202,6 +202,7 @@ struct NetState {
     /// The hosts whose new connections write a drain notice, after this many reply
     /// frames ([`Net::drain_after`]).
     drains: BTreeMap<String, u32>,
+    cuts: BTreeMap<String, usize>,
     next_conn: u64,
     connects: usize,
 }
@@ -232,10 +233,61 @@ impl<S: Server, CC> fmt::Debug for Net<S, CC> {
 
 type Half = WriteHalf<DuplexStream>;
 
+/// The client's end of an in-memory connection of a [`Net`]: a `DuplexStream` whose
+/// writes may be cut after some bytes ([`Net::cut_client_writes`]).
+#[derive(Debug)]
+pub struct Pipe {
+    io: DuplexStream,
+    /// Bytes it still takes before its writes fail; `None`: no limit.
+    room: Option<usize>,
+}
+
+impl tokio::io::AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let take = match self.room {
+            Some(0) => return std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Some(room) => buf.len().min(room),
+            None => buf.len(),
+        };
+        let poll = Pin::new(&mut self.io).poll_write(cx, &buf[..take]);
+        if let (std::task::Poll::Ready(Ok(n)), Some(room)) = (&poll, &mut self.room) {
+            *room -= *n;
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// A connect attempt of a [`Net`]'s connector: the client's end of an in-memory
 /// connection, framed with the client codec.
-pub type Connecting<CC> =
-    Pin<Box<dyn Future<Output = io::Result<Framed<Metered<DuplexStream>, CC>>> + Send>>;
+pub type Connecting<CC> = Pin<Box<dyn Future<Output = io::Result<MeteredFramed<Pipe, CC>>> + Send>>;
 
 impl<S, CC> Net<S, CC>
 where
@@ -266,6 +318,7 @@ where
                 state: Mutex::new(NetState {
                     hosts: BTreeMap::new(),
                     drains: BTreeMap::new(),
+                    cuts: BTreeMap::new(),
                     next_conn: 1,
                     connects: 0,
                 }),
@@ -308,6 +361,24 @@ where
                     },
                 );
             }
+        }
+    }
+
+    /// Makes the client's end of every new connection to `host` take only its first
+    /// `after` bytes, then fail each write with a broken pipe (a connection that dies
+    /// while the client writes: the server reads, and executes, the whole frames among
+    /// those bytes, then the end of the stream); `None`: no cut. Open connections keep
+    /// the option they were accepted with.
+    pub fn cut_client_writes(&self, host: &str, after: Option<usize>) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let before = match after {
+            Some(n) => st.cuts.insert(host.to_string(), n),
+            None => st.cuts.remove(host),
+        };
+        if before != after {
+            self.inner.trace.log(format!(
+                "net: {host} cuts client writes after {after:?} byte(s)"
+            ));
         }
     }
 
@@ -355,7 +426,7 @@ where
         client: usize,
     ) -> impl tower::Service<
         Endpoint,
-        Response = Framed<Metered<DuplexStream>, CC>,
+        Response = MeteredFramed<Pipe, CC>,
         Error = io::Error,
         Future = Connecting<CC>,
     > + Clone
@@ -372,13 +443,14 @@ where
         self,
         client: usize,
         endpoint: Endpoint,
-    ) -> io::Result<Framed<Metered<DuplexStream>, CC>> {
+    ) -> io::Result<MeteredFramed<Pipe, CC>> {
         let host = endpoint.to_string();
         tokio::time::sleep(self.inner.latency).await;
-        let (decision, conn, kill, drain) = {
+        let (decision, conn, kill, drain, cut) = {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             st.connects += 1;
             let drain = st.drains.get(&host).copied();
+            let cut = st.cuts.get(&host).copied();
             let capped = st.connects > self.inner.max_connects;
             let conn = st.next_conn;
             let now = tokio::time::Instant::now();
@@ -408,7 +480,7 @@ where
             if decision.is_ok() {
                 st.next_conn += 1;
             }
-            (decision, conn, kill, drain)
+            (decision, conn, kill, drain, cut)
         };
         let info = ConnInfo {
             host: host.clone(),
@@ -457,8 +529,11 @@ where
                     net.record(&info, What::Closed(why));
                 });
                 Ok(Framed::new(
-                    Metered::new(client_end),
-                    self.inner.client_codec.clone(),
+                    Metered::new(Pipe {
+                        io: client_end,
+                        room: cut,
+                    }),
+                    Metered::new(self.inner.client_codec.clone()),
                 ))
             }
         }

@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use socketchannel::{
-    Backoff, Builder, Channel, Config, ConnectionErrorKind, Endpoint, Error, Kind, Metered, Mode,
-    Order, Session, State, TcpConnector,
+    Backoff, Builder, Channel, Config, ConnectionErrorKind, Endpoint, Error, Kind, MeteredFramed,
+    Mode, Order, Session, State, TcpConnector,
 };
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_util::codec::Framed;
 use tower::{BoxError, Service};
 
 use crate::support;
@@ -54,7 +53,7 @@ pub(crate) fn spawn_with<K, M>(
     mode: M,
 ) -> (Ch, JoinHandle<()>)
 where
-    K: Service<Endpoint, Response = Framed<Metered<TcpStream>, MsgCodec>> + Clone + Send + 'static,
+    K: Service<Endpoint, Response = MeteredFramed<TcpStream, MsgCodec>> + Clone + Send + 'static,
     K::Error: Into<BoxError>,
     K::Future: Send,
     M: Mode<Msg, Msg> + Clone,

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use socketchannel::{Endpoint, Metered, TcpConnector};
+use socketchannel::{Endpoint, MeteredFramed, TcpConnector};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 use tower::Service;
 
 use crate::support::codec::MsgCodec;
@@ -71,10 +70,10 @@ impl Recording {
 }
 
 type ConnectFuture =
-    Pin<Box<dyn Future<Output = io::Result<Framed<Metered<TcpStream>, MsgCodec>>> + Send>>;
+    Pin<Box<dyn Future<Output = io::Result<MeteredFramed<TcpStream, MsgCodec>>> + Send>>;
 
 impl Service<Endpoint> for Recording {
-    type Response = Framed<Metered<TcpStream>, MsgCodec>;
+    type Response = MeteredFramed<TcpStream, MsgCodec>;
     type Error = io::Error;
     type Future = ConnectFuture;
 

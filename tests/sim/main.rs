@@ -8,7 +8,9 @@
 //! sometimes a `RetryNotSent` over a p2c balance of two of them (on plain requests, or
 //! on `Call`s over `Channel::calls()`), the server's word on some replies
 //! (`Protocol::verdict`: did not run, wrong server, perhaps only once, perhaps only on
-//! some frames) and hosts that send a drain notice after some frames, and a schedule
+//! some frames), hosts that send a drain notice after some frames, hosts whose
+//! connections take only the first bytes the client writes and then fail its writes
+//! (calls cut off mid-batch: those none of whose bytes left fail *not sent*), and a schedule
 //! of operations at virtual times: every call shape, through the methods or through
 //! `Service<Call>`, cancels at random points, panics in user code (codec, `check`,
 //! `is_final`, `session`, `verdict`, handshake), `poll_ready` slots taken and dropped,

@@ -550,6 +550,9 @@ async fn simulate(scn: &Scenario) -> Report {
     for (h, d) in scn.hosts.iter().zip(&scn.drains) {
         net.drain_after(h, *d);
     }
+    for (h, cut) in scn.hosts.iter().zip(&scn.cuts) {
+        net.cut_client_writes(h, *cut);
+    }
     let ctx = Arc::new(Ctx {
         trace: trace.clone(),
         ledger: Ledger::new(trace.clone()),

@@ -94,6 +94,11 @@ pub struct Later {
     /// Per mille of scenarios with one to three `Op::Drain`s, turning a host's drain
     /// notice on or off at some time.
     pub drain_ops: u32,
+    /// A host whose connections take only the first 0 to 400 bytes the client writes
+    /// and then fail its writes (`Net::cut_client_writes`, issue 18 item 3: calls cut
+    /// off mid-batch, some of whose bytes left), per mille of hosts; drawn from a
+    /// stream of its own per host.
+    pub cut: u32,
 }
 
 impl Weights {
@@ -130,6 +135,7 @@ impl Weights {
             verdict_panic: 5,
             drain: 60,
             drain_ops: 150,
+            cut: 250,
         },
     };
 }
@@ -284,6 +290,9 @@ pub struct Scenario {
     /// Per host, the drain notice its connections send from the start (after this many
     /// reply frames).
     pub drains: Vec<Option<u32>>,
+    /// A host whose connections take only so many bytes of the client's writes, then
+    /// fail them (`Net::cut_client_writes`): calls cut off in the middle of a batch.
+    pub cuts: Vec<Option<usize>>,
     pub clients: Vec<ClientPlan>,
     pub balance: Option<[usize; 2]>,
     /// The balance retries `Call`s over `Calls` services.
@@ -524,11 +533,19 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
         // Stable: the earlier ops keep their order; a drain goes after those at its time.
         ops.sort_by_key(|(at, _)| *at);
     }
+    // Drawn apart from the generator's stream, so every seed keeps its scenario.
+    let cuts = (0..nhosts)
+        .map(|h| {
+            let mut cut = SimRng::new(seed ^ 0xc07_b17e5 ^ h as u64);
+            cut.chance(l.cut).then(|| cut.between(0, 400) as usize)
+        })
+        .collect();
     Scenario {
         seed,
         hosts,
         initial,
         drains,
+        cuts,
         clients,
         balance,
         calls_balance,

@@ -13,6 +13,18 @@ use crate::mux::conn::Conn;
 use crate::mux::matcher::Matcher;
 use crate::transport::Transport;
 
+/// What one pass over the transport did.
+struct Io {
+    /// Calls or notices were written (or dropped unwritten).
+    wrote: bool,
+    /// The lane is finished.
+    lane_done: bool,
+    /// Frames read.
+    read: usize,
+    /// A flush completed.
+    flushed: bool,
+}
+
 impl<Req, Resp> Engine<Req, Resp>
 where
     Req: Send + 'static,
@@ -40,24 +52,17 @@ where
             let bytes = crate::meter::mark();
             // Callers that left get their cancel notices, written ahead of new calls.
             conn.collect_notices(cx, pass == 0);
-            // Writes first: a read without a request queued before a greeting arrived
-            // must hold its FIFO slot when the greeting is routed.
-            let (wrote, lane_done) = self.poll_write(cx, conn, &mut lane)?;
-            // Any frame read may free a slot or an id: then go round again to write.
-            let read = self.poll_read(cx, conn)?;
-            // Flush after routing: the callers the replies woke start on other workers
-            // while this one is in the write syscall (tens of µs on loopback: it runs
-            // the receiver's side of TCP too), instead of after it.
-            let mut flushed = false;
-            if conn.needs_flush
-                && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
-            {
-                res.map_err(|e| fail(Why::Write, e))?;
-                conn.needs_flush = false;
-                flushed = true;
-            }
+            let moved = self.poll_io(cx, conn, &mut lane);
+            // Counted before any error ends the connection: its calls' fate needs every
+            // byte the IO accepted (`reach.rs`).
+            let (bytes_read, bytes_written) = self.count_bytes(conn, bytes);
+            let Io {
+                wrote,
+                lane_done,
+                read,
+                flushed,
+            } = moved?;
             conn.report_in_flight();
-            let (bytes_read, bytes_written) = self.count_bytes(bytes);
             // One clock read per pass in which anything moved, for both timers' rules.
             let moved =
                 (read > 0 || wrote || flushed || bytes_read || bytes_written).then(Instant::now);
@@ -74,8 +79,10 @@ where
 
             let lane_ends_conn = !matches!(lane, Lane::Handshake(_));
             if lane_done && lane_ends_conn && conn.is_idle() {
-                ready!(Pin::new(&mut conn.transport).poll_close(cx))
-                    .map_err(|e| fail(Why::Write, e))?;
+                let bytes = crate::meter::mark();
+                let closed = Pin::new(&mut conn.transport).poll_close(cx);
+                self.count_bytes(conn, bytes);
+                ready!(closed).map_err(|e| fail(Why::Write, e))?;
                 return Poll::Ready(Ok(Ended::Done));
             }
             if let Some(leave) = self.leaving(conn, &lane) {
@@ -119,12 +126,48 @@ where
         }
     }
 
-    /// Adds what the transport moved since `before` to the counters; whether any bytes
-    /// were read, and whether any were written.
-    fn count_bytes(&self, before: Mark) -> (bool, bool) {
+    /// One pass over the transport: writes, then reads and routes, then a flush.
+    fn poll_io<T, M>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, M, Req, Resp>,
+        lane: &mut Lane<'_, Req, Resp>,
+    ) -> Result<Io, ConnectionError>
+    where
+        T: Transport<Req, Resp>,
+        M: Matcher<Req, Resp>,
+    {
+        // Writes first: a read without a request queued before a greeting arrived
+        // must hold its FIFO slot when the greeting is routed.
+        let (wrote, lane_done) = self.poll_write(cx, conn, lane)?;
+        // Any frame read may free a slot or an id: then go round again to write.
+        let read = self.poll_read(cx, conn)?;
+        // Flush after routing: the callers the replies woke start on other workers
+        // while this one is in the write syscall (tens of µs on loopback: it runs
+        // the receiver's side of TCP too), instead of after it.
+        let mut flushed = false;
+        if conn.needs_flush
+            && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
+        {
+            res.map_err(|e| fail(Why::Write, e))?;
+            conn.needs_flush = false;
+            flushed = true;
+        }
+        Ok(Io {
+            wrote,
+            lane_done,
+            read,
+            flushed,
+        })
+    }
+
+    /// Adds what the transport moved since `before` to the counters and to how far
+    /// `conn`'s bytes went; whether any bytes were read, and whether any were written.
+    fn count_bytes<T, M>(&self, conn: &mut Conn<T, M, Req, Resp>, before: Mark) -> (bool, bool) {
         let moved = crate::meter::mark().since(before);
         if moved != Mark::default() {
             self.shared.stats.moved(moved);
+            conn.reach.moved(moved);
         }
         (moved.read != 0, moved.written != 0)
     }
