@@ -56,3 +56,32 @@ async fn reads_and_writes_count_the_ios_operations() {
     .await
     .expect("within 10 s");
 }
+
+/// The builder's connector buffers 64 KiB: 32 calls of 1 KiB queued at once go out in
+/// one write, and their replies come in a few reads (with tokio-util's 8 KiB default:
+/// four writes, and a read per 8 KiB).
+#[tokio::test(flavor = "current_thread")]
+async fn the_default_buffers_gather_32_calls_of_1_kib_into_one_write() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let codec = LinesCodec::new_with_max_length(4096);
+        let channel: Channel<String, String> = Channel::builder()
+            .host(echo().await)
+            .order(codec, Plain)
+            .unwrap();
+        channel.request("warm".to_string()).await.unwrap();
+        let before = channel.counters();
+        let line = "x".repeat(1023);
+        let replies = futures::future::join_all((0..32).map(|_| channel.request(line.clone())));
+        assert!(
+            replies
+                .await
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|r| *r == line))
+        );
+        let after = channel.counters();
+        assert_eq!(after.bytes_written - before.bytes_written, 32 * 1024);
+        assert_eq!(after.writes - before.writes, 1, "{after:?}");
+    })
+    .await
+    .expect("within 10 s");
+}

@@ -18,9 +18,12 @@ pub use self::tls::TlsConnector;
 #[cfg(unix)]
 pub use self::unix::UnixConnector;
 
-/// The default read and write buffer capacity of a connection's `Framed`, as
-/// tokio-util's own default.
-const BUFFER: usize = 8 * 1024;
+/// The default read and write buffer capacity of a connection's `Framed` (also how many
+/// bytes of calls a write gathers before it goes out). tokio-util's own 8 KiB made a
+/// write per 8 calls of 1 KiB and two reads per 16 KiB reply: with 64 KiB the builder's
+/// channel at 256 callers did 1.7-1.9x the requests/s at 0.54-0.68x the CPU per request
+/// with 1 KiB payloads, 1.15-1.5x with 16 KiB, and the same with 16 B (issue 17).
+const BUFFER: usize = 64 * 1024;
 
 /// Frames `io` with `codec`, both metered, with `buffer` bytes of read and write buffer.
 fn frame<IO, C>(io: IO, codec: C, buffer: usize) -> crate::MeteredFramed<IO, C>

@@ -48,7 +48,10 @@ impl<C: Clone> UnixConnector<C> {
     }
 
     /// The initial capacity of the read and write buffers of each connection's
-    /// `Framed` (default 8 KiB; they grow for larger frames).
+    /// `Framed` (default 64 KiB; they grow for larger frames). It is also how much a
+    /// read takes at most, and how many bytes of calls are gathered before a write goes
+    /// out: smaller saves memory per connection (the two buffers are allocated when it
+    /// connects), and costs a read and a write per that many bytes.
     pub fn buffer_capacity(mut self, bytes: usize) -> Self {
         self.buffer = bytes;
         self
