@@ -376,7 +376,7 @@ pub use crate::connect::UnixConnector;
 #[cfg(feature = "tcp")]
 pub use crate::connect::{SocketConnector, SocketStream, TcpConnector};
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
-pub use crate::meter::{Metered, MeteredFramed};
+pub use crate::meter::{Metered, MeteredFramed, Wire};
 pub use crate::mux::{Mode, Order, Session};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions, Verdict};
 pub use crate::reconnect::{

@@ -57,6 +57,8 @@ thread_local! {
     };
     /// Bytes every [`Metered`] codec on this thread has encoded.
     static ENCODED: Cell<u64> = const { Cell::new(0) };
+    /// A [`Metered`] codec is encoding on this thread (the outermost counts).
+    static ENCODING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What every [`Metered`] IO has moved on this thread so far.
@@ -78,10 +80,34 @@ fn add(update: impl FnOnce(&mut Mark)) {
     });
 }
 
-fn count_write(poll: &Poll<io::Result<usize>>) {
+/// What a [`Wire`] below saw during one write of the [`Metered`] above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Below {
+    /// No `Wire` was written to.
+    Unseen,
+    /// A `Wire` was written to, and took nothing.
+    Nothing,
+    /// A `Wire` took bytes.
+    Moved,
+}
+
+thread_local! {
+    static BELOW: Cell<Below> = const { Cell::new(Below::Unseen) };
+}
+
+/// Counts one write of `offered` bytes. A write that failed counts as taking nothing
+/// only where that is known: an IO said to be `exact`, or a [`Wire`] below that saw
+/// nothing leave. Otherwise (TLS: the session took plaintext and a record may have gone
+/// out before the error) all of it may have left.
+fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, exact: bool) {
     let n = match poll {
         Poll::Ready(Ok(n)) => *n as u64,
-        _ => 0,
+        Poll::Ready(Err(_)) => match BELOW.get() {
+            Below::Nothing => 0,
+            Below::Unseen if exact => 0,
+            Below::Unseen | Below::Moved => offered as u64,
+        },
+        Poll::Pending => 0,
     };
     add(|m| {
         m.tries = m.tries.wrapping_add(1);
@@ -108,8 +134,8 @@ pin_project_lite::pin_project! {
     /// fails *not sent* ([`Error::is_not_sent`](crate::Error::is_not_sent)), where
     /// otherwise every call handed to the transport *may have executed*. The crate's
     /// connectors ([`TcpConnector`](crate::TcpConnector) and the others) frame
-    /// `Metered<TcpStream>` with a `Metered` codec; wrap a connector of your own the
-    /// same way:
+    /// `Metered<TcpStream>` ([`exact`](Metered::exact)) with a `Metered` codec; wrap a
+    /// connector of your own the same way:
     ///
     /// ```
     /// use socketchannel::{Channel, Metered, Order, Plain};
@@ -118,7 +144,8 @@ pin_project_lite::pin_project! {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let (io, _server) = tokio::io::duplex(1024);
-    /// let framed = Framed::new(Metered::new(io), Metered::new(LinesCodec::new()));
+    /// // A pipe's failed write took nothing: `exact`.
+    /// let framed = Framed::new(Metered::exact(io), Metered::new(LinesCodec::new()));
     /// let channel: Channel<String, String> = Channel::new(framed, Order::new(Plain));
     /// # drop(channel);
     /// # }
@@ -128,18 +155,33 @@ pin_project_lite::pin_project! {
     /// written, in order: an IO of your own between the `Framed` and the socket that
     /// compresses or re-frames them must be the one wrapped, above such a layer (TLS:
     /// the plaintext the TLS session accepted counts, as the crate's `TlsConnector`
-    /// does).
+    /// does). Such a layer may fail a write after part of it left: a `Metered` made by
+    /// [`new`](Metered::new) counts a failed write as having taken all it was offered,
+    /// unless a [`Wire`] under the layer saw nothing leave.
     #[derive(Debug, Clone, Default)]
     pub struct Metered<T> {
         #[pin]
         inner: T,
+        exact: bool,
     }
 }
 
 impl<T> Metered<T> {
-    /// Wraps an IO object or a codec.
+    /// Wraps an IO object or a codec. A write of the IO that fails counts as having
+    /// taken all it was offered (unless a [`Wire`] below says otherwise): some IOs
+    /// (TLS) report an error after part of the write left, so only that is safe.
     pub fn new(inner: T) -> Self {
-        Metered { inner }
+        Metered {
+            inner,
+            exact: false,
+        }
+    }
+
+    /// Wraps an IO object whose failed writes took nothing: a socket (`TcpStream`,
+    /// `UnixStream`) or an in-memory pipe, where one write is one system call, which
+    /// either takes bytes or fails. The crate's connectors meter their sockets so.
+    pub fn exact(inner: T) -> Self {
+        Metered { inner, exact: true }
     }
 
     /// The IO object or codec.
@@ -183,8 +225,10 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.project().inner.poll_write(cx, buf);
-        count_write(&poll);
+        let this = self.project();
+        BELOW.set(Below::Unseen);
+        let poll = this.inner.poll_write(cx, buf);
+        count_write(&poll, buf.len(), *this.exact);
         poll
     }
 
@@ -193,8 +237,11 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.project().inner.poll_write_vectored(cx, bufs);
-        count_write(&poll);
+        let this = self.project();
+        BELOW.set(Below::Unseen);
+        let poll = this.inner.poll_write_vectored(cx, bufs);
+        let offered = bufs.iter().map(|b| b.len()).sum();
+        count_write(&poll, offered, *this.exact);
         poll
     }
 
@@ -218,6 +265,18 @@ impl<I, C: Encoder<I>> Encoder<I> for Metered<C> {
 
     #[inline]
     fn encode(&mut self, item: I, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        // A `Metered` codec inside another counts nothing: the outer one counts the
+        // frame once.
+        if ENCODING.replace(true) {
+            return self.inner.encode(item, dst);
+        }
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                ENCODING.set(false);
+            }
+        }
+        let _done = Done;
         let before = dst.len();
         let res = self.inner.encode(item, dst);
         // A codec that failed may have left part of a frame: it is in the stream.
@@ -239,5 +298,95 @@ impl<C: Decoder> Decoder for Metered<C> {
     #[inline]
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         self.inner.decode_eof(src)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The IO under a layer that may fail a write after part of it left, such as a TLS
+    /// session (`TlsStream<Wire<TcpStream>>`), framed with a [`Metered`] above that
+    /// layer: it tells the `Metered` whether any bytes reached it during a write that
+    /// then failed. Without it such a write counts as having taken everything it was
+    /// offered (every call in it *may have executed*); with it, a write that failed
+    /// before any byte reached the socket counts as taking nothing, so its calls fail
+    /// *not sent* when the connection ends. The crate's
+    /// [`TlsConnector`](crate::TlsConnector) frames its TLS stream so.
+    #[derive(Debug, Default)]
+    pub struct Wire<IO> {
+        #[pin]
+        io: IO,
+    }
+}
+
+impl<IO> Wire<IO> {
+    /// Wraps `io`.
+    pub fn new(io: IO) -> Self {
+        Wire { io }
+    }
+
+    /// The IO object.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// The IO object, mutably.
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// Unwraps the IO object.
+    pub fn into_inner(self) -> IO {
+        self.io
+    }
+}
+
+fn saw(poll: &Poll<io::Result<usize>>) {
+    let moved = matches!(poll, Poll::Ready(Ok(n)) if *n > 0);
+    BELOW.set(match (BELOW.get(), moved) {
+        (_, true) | (Below::Moved, _) => Below::Moved,
+        _ => Below::Nothing,
+    });
+}
+
+impl<IO: AsyncRead> AsyncRead for Wire<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = self.project().io.poll_write(cx, buf);
+        saw(&poll);
+        poll
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = self.project().io.poll_write_vectored(cx, bufs);
+        saw(&poll);
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }

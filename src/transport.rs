@@ -115,7 +115,7 @@ where
 /// // A stream of one's own (a proxy's, a tunnel's; here plain TCP), metered and framed.
 /// let own = tower::service_fn(|endpoint: Endpoint| async move {
 ///     let stream = tokio::net::TcpStream::connect((endpoint.host(), endpoint.port())).await?;
-///     Ok::<_, std::io::Error>(Framed::new(Metered::new(stream), LinesCodec::new()))
+///     Ok::<_, std::io::Error>(Framed::new(Metered::exact(stream), Metered::new(LinesCodec::new())))
 /// });
 /// let other: Channel<String, String> = Channel::builder()
 ///     .host("127.0.0.1:7001")

@@ -640,3 +640,156 @@ async fn an_expired_certificate_fails_the_host_and_the_backup_is_used() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// *Not sent* down to the byte over TLS (issue 18 item 3): the TLS session may fail a
+// write after one of its records left, so only a `Wire` under it can say nothing did.
+
+/// A socket under TLS: once armed, its first `ok` writes go through and every later one
+/// fails with a reset (the peer's RST arriving between two writes of one TLS write).
+struct ResetAfter {
+    io: tokio::io::DuplexStream,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    ok: usize,
+}
+
+impl tokio::io::AsyncRead for ResetAfter {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ResetAfter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.ok == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            self.ok -= 1;
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Ten small calls then one of 20 000 bytes (one flush of 20 041 bytes, two TLS records,
+/// the first holding the ten whole) over TLS over a socket that takes `ok` writes once
+/// the handshake is done, framed as `TlsConnector` frames (`Metered` above the session;
+/// with `wire`, a `Wire` under it). The lines the server read, and each call's error.
+async fn reset_under_tls(ok: usize, wire: bool) -> (Vec<String>, Vec<Error>) {
+    use futures::StreamExt;
+    use socketchannel::{Metered, Wire};
+    use tokio_util::codec::{Framed, LinesCodec};
+
+    let ca = TestCa::new("reset CA").unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        ca.server(&["localhost"]).unwrap().server_config().unwrap(),
+    );
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let server_log = log.clone();
+    let server = tokio::spawn(async move {
+        let tls = acceptor.accept(server).await.expect("server handshake");
+        let mut lines = Framed::new(tls, LinesCodec::new_with_max_length(1 << 20));
+        // Executes every whole line it reads; never answers.
+        while let Some(Ok(line)) = lines.next().await {
+            server_log.lock().unwrap().push(line);
+        }
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let socket = ResetAfter {
+        io: client,
+        armed: armed.clone(),
+        ok,
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let codec = || Metered::new(LinesCodec::new_with_max_length(1 << 20));
+    let channel: Channel<String, String> = if wire {
+        let tls = connector.connect(name, Wire::new(socket)).await.unwrap();
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let framed = Framed::with_capacity(Metered::new(tls), codec(), 8 * 1024);
+        Channel::new(framed, Order::new(Plain))
+    } else {
+        let tls = connector.connect(name, socket).await.unwrap();
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let framed = Framed::with_capacity(Metered::new(tls), codec(), 8 * 1024);
+        Channel::new(framed, Order::new(Plain))
+    };
+    let mut calls: Vec<_> = (0..10)
+        .map(|i| channel.request(format!("c{i:02}")))
+        .collect();
+    calls.push(channel.request("B".repeat(20_000)));
+    let errors = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect_err("never answered"))
+        .collect();
+    drop(channel);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let read = log.lock().unwrap().clone();
+    (read, errors)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tls_record_that_left_before_a_reset_keeps_its_calls_may_have_executed() {
+    within(TEST, "test", async {
+        // The first record reaches the server, which executes c00..c09; the TLS write
+        // then fails on the second record.
+        let (read, errors) = reset_under_tls(1, true).await;
+        assert_eq!(
+            read.len(),
+            10,
+            "the server executed the first record's calls"
+        );
+        for (i, err) in errors.iter().enumerate() {
+            assert!(err.may_have_executed(), "call {i}: {err}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tls_write_that_failed_before_any_record_left_is_not_sent_with_a_wire() {
+    within(TEST, "test", async {
+        let (read, errors) = reset_under_tls(0, true).await;
+        assert!(read.is_empty(), "{read:?}");
+        for (i, err) in errors.iter().enumerate() {
+            assert!(err.is_not_sent(), "call {i}: {err}");
+        }
+        // Without the `Wire`, the `Metered` above cannot tell: all may have executed.
+        let (read, errors) = reset_under_tls(0, false).await;
+        assert!(read.is_empty(), "{read:?}");
+        for (i, err) in errors.iter().enumerate() {
+            assert!(err.may_have_executed(), "call {i}: {err}");
+        }
+    })
+    .await;
+}

@@ -25,14 +25,11 @@ pub use self::unix::UnixConnector;
 /// with 1 KiB payloads, 1.15-1.5x with 16 KiB, and the same with 16 B (issue 17).
 const BUFFER: usize = 64 * 1024;
 
-/// Frames `io` with `codec`, both metered, with `buffer` bytes of read and write buffer.
-fn frame<IO, C>(io: IO, codec: C, buffer: usize) -> crate::MeteredFramed<IO, C>
+/// Frames `io` (metered: [`Metered::exact`](crate::Metered::exact) for a socket) with
+/// `codec`, metered too, with `buffer` bytes of read and write buffer.
+fn frame<IO, C>(io: crate::Metered<IO>, codec: C, buffer: usize) -> crate::MeteredFramed<IO, C>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    tokio_util::codec::Framed::with_capacity(
-        crate::Metered::new(io),
-        crate::Metered::new(codec),
-        buffer,
-    )
+    tokio_util::codec::Framed::with_capacity(io, crate::Metered::new(codec), buffer)
 }

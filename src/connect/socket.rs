@@ -61,7 +61,11 @@ impl<C: Clone> SocketConnector<C> {
             }
             None => SocketStream::Tcp(self.tcp.sockets().stream(&endpoint).await?),
         };
-        Ok(super::frame(stream, self.tcp.codec, self.tcp.buffer))
+        Ok(super::frame(
+            crate::Metered::exact(stream),
+            self.tcp.codec,
+            self.tcp.buffer,
+        ))
     }
 }
 

@@ -92,7 +92,11 @@ impl<C: Clone> TcpConnector<C> {
 
     async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<TcpStream, C>> {
         let stream = self.sockets().stream(&endpoint).await?;
-        Ok(super::frame(stream, self.codec, self.buffer))
+        Ok(super::frame(
+            crate::Metered::exact(stream),
+            self.codec,
+            self.buffer,
+        ))
     }
 
     /// How it opens sockets, without the codec (so a connect need not hold it).

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::meter::MeteredFramed;
+use crate::meter::{Metered, MeteredFramed, Wire};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -133,17 +133,23 @@ impl<C: Clone> TlsConnector<C> {
     async fn connect(
         self,
         endpoint: Endpoint,
-    ) -> io::Result<MeteredFramed<TlsStream<TcpStream>, C>> {
+    ) -> io::Result<MeteredFramed<TlsStream<Wire<TcpStream>>, C>> {
         let name = match self.server_name {
             Some(name) => name,
             None => server_name(&endpoint)?,
         };
         let tcp = self.tcp.sockets().stream(&endpoint).await?;
         let tls = tokio_rustls::TlsConnector::from(self.config)
-            .connect(name.clone(), tcp)
+            .connect(name.clone(), Wire::new(tcp))
             .await
             .map_err(|e| HandshakeFailed::wrap(&name, e))?;
-        Ok(super::frame(tls, self.tcp.codec, self.tcp.buffer))
+        // Above the TLS session, which may fail a write after a record of it left: the
+        // `Wire` below tells.
+        Ok(super::frame(
+            Metered::new(tls),
+            self.tcp.codec,
+            self.tcp.buffer,
+        ))
     }
 }
 
@@ -208,7 +214,7 @@ impl<C> tower::Service<Endpoint> for TlsConnector<C>
 where
     C: Clone + Send + 'static,
 {
-    type Response = MeteredFramed<TlsStream<TcpStream>, C>;
+    type Response = MeteredFramed<TlsStream<Wire<TcpStream>>, C>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 

@@ -59,7 +59,11 @@ impl<C: Clone> UnixConnector<C> {
 
     async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<UnixStream, C>> {
         let stream = stream(&endpoint).await?;
-        Ok(super::frame(stream, self.codec, self.buffer))
+        Ok(super::frame(
+            crate::Metered::exact(stream),
+            self.codec,
+            self.buffer,
+        ))
     }
 }
 

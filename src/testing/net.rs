@@ -529,7 +529,7 @@ where
                     net.record(&info, What::Closed(why));
                 });
                 Ok(Framed::new(
-                    Metered::new(Pipe {
+                    Metered::exact(Pipe {
                         io: client_end,
                         room: cut,
                     }),
