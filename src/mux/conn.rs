@@ -125,19 +125,26 @@ where
     /// when the last caller leaves. A scan: for shutdowns only.
     pub(crate) fn poll_nobody_waits(&mut self, cx: &mut Context<'_>) -> bool {
         // A caller that just left is owed its notice before the connection ends.
+        let queued = self.has_notice();
         self.collect_notices(cx, true);
         if self.has_notice() {
-            // Written by the drive that follows; then look again.
-            cx.waker().wake_by_ref();
+            // A new one is written by the drive (in this poll or, woken, the next);
+            // one the drive already met waits for the sink, which wakes the task: a
+            // wake of its own then would spin while the sink is full.
+            if !queued {
+                cx.waker().wake_by_ref();
+            }
             return false;
         }
+        // Outside the task budget: past it, callers gone would read as still there.
         let callers = match &self.notices {
             // Keep the callers watched for their notices: the watcher wakes the task.
             Some(notices) => {
                 notices.register(cx);
-                self.matcher.poll_nobody_waits(&mut notices.context())
+                let matcher = &mut self.matcher;
+                super::unbudgeted(&mut notices.context(), |cx| matcher.poll_nobody_waits(cx))
             }
-            None => self.matcher.poll_nobody_waits(cx),
+            None => super::unbudgeted(cx, |cx| self.matcher.poll_nobody_waits(cx)),
         };
         callers && self.writing.is_none() && self.first.is_empty() && !self.needs_flush
     }

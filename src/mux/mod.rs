@@ -76,3 +76,21 @@ where
         Session::matcher(self, max_in_flight)
     }
 }
+
+/// Runs `f` with `cx` outside tokio's task budget. Asking a oneshot sender whether its
+/// receiver is gone (a scan of every waiting call: a shutdown's, a cancel notice's
+/// watch) uses a unit of the budget each time; past the budget (128 a poll) the rest
+/// read as still there, and the task's own timers as not yet due.
+pub(crate) fn unbudgeted<T>(
+    cx: &mut std::task::Context<'_>,
+    f: impl FnOnce(&mut std::task::Context<'_>) -> T,
+) -> T {
+    use std::future::Future;
+    let mut f = Some(f);
+    let run =
+        std::future::poll_fn(|cx| std::task::Poll::Ready((f.take().expect("polled once"))(cx)));
+    match std::pin::pin!(tokio::task::unconstrained(run)).poll(cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => unreachable!("the closure always finishes"),
+    }
+}

@@ -11,10 +11,9 @@
 //! callers are not watched: the feature costs nothing unless it is used.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 
 use super::call::Waiter;
 
@@ -78,12 +77,7 @@ impl Notices {
     /// budget: a reply sender polled on a task that spent its budget (a burst of calls
     /// taken from the intake) would say `Pending` without watching.
     pub(crate) fn watch<Resp>(&self, waiter: &mut Waiter<Resp>) -> bool {
-        let gone = std::future::poll_fn(|cx| match waiter.poll_gone(cx) {
-            true => Poll::Ready(()),
-            false => Poll::Pending,
-        });
-        let mut gone = std::pin::pin!(tokio::task::unconstrained(gone));
-        gone.as_mut().poll(&mut self.context()).is_ready()
+        super::unbudgeted(&mut self.context(), |cx| waiter.poll_gone(cx))
     }
 
     /// Marks that a caller left (found by the task itself: a deadline, a caller gone

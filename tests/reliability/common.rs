@@ -146,6 +146,19 @@ pub(crate) fn assert_mx(err: &Error, causes: &[ConnectionErrorKind]) {
     );
 }
 
+/// `err` failed with its lost connection (`ConnectionLost`): *may have executed* with a
+/// cause in `causes`, or *not sent* when none of its bytes had left (the crate's
+/// connectors meter their bytes), and then the server executed it `times` = 0 times.
+#[track_caller]
+pub(crate) fn assert_lost(err: &Error, causes: &[ConnectionErrorKind], times: usize) {
+    if err.is_not_sent() {
+        assert_eq!(err.kind(), Kind::ConnectionLost, "{err:?}");
+        assert_eq!(times, 0, "failed not sent, yet executed: {err:?}");
+    } else {
+        assert_mx(err, causes);
+    }
+}
+
 /// `err` is a *not sent* failure of `kind`.
 #[track_caller]
 pub(crate) fn assert_ns(err: &Error, kind: Kind) {

@@ -9,7 +9,7 @@ use futures::future::join_all;
 use socketchannel::{Backoff, Config, ConnectionErrorKind, Handshake, Kind, Reconnect};
 use tokio::time::Instant;
 
-use crate::common::{STEP, assert_mx, assert_ns, builder, finish, ms, spawn, whole};
+use crate::common::{STEP, assert_lost, assert_ns, builder, finish, ms, spawn, whole};
 use crate::support::channel::{Ch, Mode as Md, connect_error, msg};
 use crate::support::proxy::Proxy;
 use crate::support::server::{Behaviour, TestServer};
@@ -164,7 +164,7 @@ async fn handshake_first_case(md: Md) {
                 assert_eq!(reply.text(), body);
                 assert_eq!(times, 1);
             }
-            Err(err) => assert_mx(&err, &[Eof, Read]),
+            Err(err) => assert_lost(&err, &[Eof, Read], times),
         }
     }
     finish(ch, task, &[server.stats()], &[]).await;

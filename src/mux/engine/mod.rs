@@ -158,12 +158,16 @@ where
         }
         let before = self.held.len();
         let shared = &self.shared;
-        self.held.retain_mut(|call| {
-            let gone = call.poll_gone(cx);
-            if gone {
-                shared.unqueue_call(call);
-            }
-            !gone
+        let held = &mut self.held;
+        // Outside the task budget: past it, callers gone would read as still there.
+        super::unbudgeted(cx, |cx| {
+            held.retain_mut(|call| {
+                let gone = call.poll_gone(cx);
+                if gone {
+                    shared.unqueue_call(call);
+                }
+                !gone
+            })
         });
         self.shared.stats.skipped((before - self.held.len()) as u64);
         self.held_changed();
