@@ -11,52 +11,15 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use socketchannel::{
-    BoxError, Call, Channel, Kind as ErrKind, Mode, Order, Protocol, Session, Sessions,
-};
+use socketchannel::{Call, Channel, Kind as ErrKind, Mode, Order, Session};
 use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use support::channel::{Ch, joined, spawn_request};
-use support::codec::{Msg, MsgCodec, TestProto};
+use support::codec::{CANCEL, Cancelling, Msg, MsgCodec, TestProto};
 use support::script::{Peer, pipe, settle};
-
-/// The body of a cancel notice.
-const CANCEL: &str = "CANCEL";
-
-/// The test protocol, telling the server of each written call whose caller left.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cancelling;
-
-impl Protocol<Msg, Msg> for Cancelling {
-    fn is_push(&self, resp: &Msg) -> bool {
-        TestProto.is_push(resp)
-    }
-    fn is_final(&self, resp: &Msg) -> bool {
-        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
-    }
-    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
-        TestProto.check(resp)
-    }
-}
-
-impl Sessions<Msg, Msg> for Cancelling {
-    type Id = u64;
-    fn stamp(&self, req: &mut Msg, id: u64) {
-        TestProto.stamp(req, id);
-    }
-    fn session(&self, resp: &Msg) -> Option<u64> {
-        TestProto.session(resp)
-    }
-    fn cancels(&self) -> bool {
-        true
-    }
-    fn cancel(&self, id: u64) -> Option<Msg> {
-        Some(Msg::with_id(id, CANCEL))
-    }
-}
 
 /// A channel in `mode` over an in-memory pipe, and the scripted server at its far end.
 fn channel<M: Mode<Msg, Msg>>(mode: M) -> (Ch, Peer) {

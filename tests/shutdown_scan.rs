@@ -12,46 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Sink, Stream};
-use socketchannel::{BoxError, Channel, Protocol, Session, Sessions};
+use socketchannel::{Channel, Session};
 use tokio::io::DuplexStream;
 use tokio_util::codec::Framed;
 
 use support::channel::{Ch, spawn_request};
-use support::codec::{Msg, MsgCodec, TestProto};
+use support::codec::{Cancelling, Msg, MsgCodec, TestProto};
 use support::script::Peer;
-
-const CANCEL: &str = "CANCEL";
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Cancelling;
-
-impl Protocol<Msg, Msg> for Cancelling {
-    fn is_push(&self, resp: &Msg) -> bool {
-        TestProto.is_push(resp)
-    }
-    fn is_final(&self, resp: &Msg) -> bool {
-        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
-    }
-    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
-        TestProto.check(resp)
-    }
-}
-
-impl Sessions<Msg, Msg> for Cancelling {
-    type Id = u64;
-    fn stamp(&self, req: &mut Msg, id: u64) {
-        TestProto.stamp(req, id);
-    }
-    fn session(&self, resp: &Msg) -> Option<u64> {
-        TestProto.session(resp)
-    }
-    fn cancels(&self) -> bool {
-        true
-    }
-    fn cancel(&self, id: u64) -> Option<Msg> {
-        Some(Msg::with_id(id, CANCEL))
-    }
-}
 
 /// A framed transport that counts `poll_ready` calls.
 struct Counting {

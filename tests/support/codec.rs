@@ -180,6 +180,41 @@ impl Sessions<Msg, Msg> for TestProto {
     }
 }
 
+/// The body of a cancel notice.
+pub const CANCEL: &str = "CANCEL";
+
+/// The test protocol, telling the server of each written call whose caller left.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cancelling;
+
+impl Protocol<Msg, Msg> for Cancelling {
+    fn is_push(&self, resp: &Msg) -> bool {
+        TestProto.is_push(resp)
+    }
+    fn is_final(&self, resp: &Msg) -> bool {
+        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
+    }
+    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
+        TestProto.check(resp)
+    }
+}
+
+impl Sessions<Msg, Msg> for Cancelling {
+    type Id = u64;
+    fn stamp(&self, req: &mut Msg, id: u64) {
+        TestProto.stamp(req, id);
+    }
+    fn session(&self, resp: &Msg) -> Option<u64> {
+        TestProto.session(resp)
+    }
+    fn cancels(&self) -> bool {
+        true
+    }
+    fn cancel(&self, id: u64) -> Option<Msg> {
+        Some(Msg::with_id(id, CANCEL))
+    }
+}
+
 /// The test protocol with 16-bit session ids, for wrap-around and exhaustion tests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TestProto16;
