@@ -8,15 +8,17 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_core::Stream;
-use tokio::io::{AsyncWriteExt, DuplexStream, WriteHalf};
 use tokio::sync::watch;
-use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead};
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use super::Trace;
 use crate::meter::{Metered, MeteredFramed};
 use crate::reconnect::Endpoint;
+
+mod pipe;
+mod serve;
+
+pub use self::pipe::Pipe;
 
 /// How a host behaves, from the moment it is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,60 +230,6 @@ impl<S: Server, CC> Clone for Net<S, CC> {
 impl<S: Server, CC> fmt::Debug for Net<S, CC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net").finish_non_exhaustive()
-    }
-}
-
-type Half = WriteHalf<DuplexStream>;
-
-/// The client's end of an in-memory connection of a [`Net`]: a `DuplexStream` whose
-/// writes may be cut after some bytes ([`Net::cut_client_writes`]).
-#[derive(Debug)]
-pub struct Pipe {
-    io: DuplexStream,
-    /// Bytes it still takes before its writes fail; `None`: no limit.
-    room: Option<usize>,
-}
-
-impl tokio::io::AsyncRead for Pipe {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Pipe {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        let take = match self.room {
-            Some(0) => return std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            Some(room) => buf.len().min(room),
-            None => buf.len(),
-        };
-        let poll = Pin::new(&mut self.io).poll_write(cx, &buf[..take]);
-        if let (std::task::Poll::Ready(Ok(n)), Some(room)) = (&poll, &mut self.room) {
-            *room -= *n;
-        }
-        poll
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -535,123 +483,6 @@ where
                     }),
                     Metered::new(self.inner.client_codec.clone()),
                 ))
-            }
-        }
-    }
-
-    async fn write(&self, info: &ConnInfo, wr: &mut Half, bytes: &[u8]) -> io::Result<()> {
-        wr.write_all(bytes).await?;
-        self.record(info, What::Wrote(bytes.len()));
-        Ok(())
-    }
-
-    /// Writes the server's drain notice, if it has one. False when the client is gone.
-    async fn notice(&self, info: &ConnInfo, wr: &mut Half, codec: &mut S::Codec) -> bool {
-        let Some(frame) = self.inner.server.drain_notice(info) else {
-            return true;
-        };
-        let mut buf = BytesMut::new();
-        if codec.encode(frame, &mut buf).is_err() {
-            return true;
-        }
-        self.inner
-            .trace
-            .log(format!("srv: conn {} drain notice", info.conn));
-        if self.write(info, wr, &buf).await.is_err() {
-            return false;
-        }
-        self.record(info, What::DrainNotice);
-        true
-    }
-
-    /// Serves one connection with `behavior` (and a drain notice after `drain` reply
-    /// frames); returns why it ended.
-    async fn serve(
-        &self,
-        info: &ConnInfo,
-        io: DuplexStream,
-        behavior: Behavior,
-        drain: Option<u32>,
-    ) -> &'static str {
-        let server = &self.inner.server;
-        let mut codec = server.codec();
-        let (rd, mut wr) = tokio::io::split(io);
-        if behavior == Behavior::OneFrame {
-            if let Some(frame) = server.refusal(info) {
-                let mut buf = BytesMut::new();
-                if codec.encode(frame, &mut buf).is_err() {
-                    return "refusal did not encode";
-                }
-                let _ = self.write(info, &mut wr, &buf).await;
-            }
-            return "one frame sent";
-        }
-        let mut reader = FramedRead::new(rd, codec.clone());
-        let mut frames = 0u32;
-        // A silent host writes nothing, a drain notice neither.
-        let drain = drain.filter(|_| behavior != Behavior::Silent);
-        if drain == Some(0) && !self.notice(info, &mut wr, &mut codec).await {
-            return "client gone";
-        }
-        loop {
-            let req = std::future::poll_fn(|cx| Pin::new(&mut reader).poll_next(cx)).await;
-            let req = match req {
-                Some(Ok(req)) => req,
-                Some(Err(e)) => {
-                    drop(e);
-                    return "undecodable request";
-                }
-                None => return "client closed",
-            };
-            let d = server.describe(&req);
-            self.inner
-                .trace
-                .log(format!("srv: conn {} read {}", info.conn, d.text));
-            self.record(info, What::Read(d.clone()));
-            let served = server.serve(info, req);
-            if served.executed {
-                self.record(info, What::Executed(d));
-            }
-            if behavior == Behavior::Silent {
-                continue;
-            }
-            for (delay, frame) in served.replies {
-                let extra = match behavior {
-                    Behavior::Slow(d) => d,
-                    _ => Duration::ZERO,
-                };
-                if !(delay + extra).is_zero() {
-                    tokio::time::sleep(delay + extra).await;
-                }
-                let mut buf = BytesMut::new();
-                if codec.encode(frame, &mut buf).is_err() {
-                    return "reply did not encode";
-                }
-                match behavior {
-                    Behavior::CrashAfter(n) if frames >= n => return "crashed",
-                    Behavior::ResetMidFrame(n) if frames >= n => {
-                        let half = buf.len() / 2;
-                        let _ = self.write(info, &mut wr, &buf[..half]).await;
-                        return "reset mid-frame";
-                    }
-                    Behavior::Trickle { bytes, every } => {
-                        for chunk in buf.chunks(bytes.max(1)) {
-                            tokio::time::sleep(every).await;
-                            if self.write(info, &mut wr, chunk).await.is_err() {
-                                return "client gone";
-                            }
-                        }
-                    }
-                    _ => {
-                        if self.write(info, &mut wr, &buf).await.is_err() {
-                            return "client gone";
-                        }
-                    }
-                }
-                frames += 1;
-                if drain == Some(frames) && !self.notice(info, &mut wr, &mut codec).await {
-                    return "client gone";
-                }
             }
         }
     }
