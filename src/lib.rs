@@ -348,7 +348,7 @@
 
 mod channel;
 mod config;
-#[cfg(feature = "tcp")]
+#[cfg(any(feature = "tcp", feature = "testing"))]
 mod connect;
 mod error;
 pub mod guide;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::meter::{Metered, MeteredFramed, Wire};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -139,10 +140,7 @@ impl<C: Clone> TlsConnector<C> {
             None => server_name(&endpoint)?,
         };
         let tcp = self.tcp.sockets().stream(&endpoint).await?;
-        let tls = tokio_rustls::TlsConnector::from(self.config)
-            .connect(name.clone(), Wire::new(tcp))
-            .await
-            .map_err(|e| HandshakeFailed::wrap(&name, e))?;
+        let tls = handshake(self.config, name, tcp).await?;
         // Above the TLS session, which may fail a write after a record of it left: the
         // `Wire` below tells.
         Ok(super::frame(
@@ -151,6 +149,24 @@ impl<C: Clone> TlsConnector<C> {
             self.tcp.buffer,
         ))
     }
+}
+
+/// A TLS session with `config`, checking the server's certificate against `name`, over
+/// `io` seen through a [`Wire`]: meter the session with [`Metered::new`], so that it
+/// counts plaintext and a failed write's bytes as taken unless the `Wire` saw none
+/// leave.
+pub(crate) async fn handshake<IO>(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    io: IO,
+) -> io::Result<TlsStream<Wire<IO>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name.clone(), Wire::new(io))
+        .await
+        .map_err(|e| HandshakeFailed::wrap(&name, e))
 }
 
 /// The endpoint's host as a server name: a DNS name, or an IP address.

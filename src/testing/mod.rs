@@ -6,7 +6,11 @@
 //! * [`Net`]: an in-memory network of named hosts, each with a [`Behavior`] (up,
 //!   refusing, a black hole, flapping, slow, silent, crashing after some frames,
 //!   resetting mid-frame, trickling bytes, sending one frame and closing), and
-//!   optionally a drain notice after some frames ([`Net::drain_after`]). Its
+//!   optionally a drain notice after some frames ([`Net::drain_after`]), writes cut
+//!   after some bytes ([`Net::cut_client_writes`]), a dead address its name resolves
+//!   to first, raced as the crate's TCP connector races addresses
+//!   ([`Net::dead_first_address`]), and, with the feature `rustls`, TLS on every
+//!   connection through the code of the crate's `TlsConnector` (`Net::tls`). Its
 //!   [`connector`](Net::connector) is a [`Connector`](crate::Connector) for
 //!   [`Builder::connector`](crate::Builder::connector). The far end of every
 //!   connection is served by your [`Server`]: it decodes requests with your codec,

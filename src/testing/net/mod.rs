@@ -19,6 +19,7 @@ mod pipe;
 mod serve;
 
 pub use self::pipe::Pipe;
+use self::pipe::Raw;
 
 /// How a host behaves, from the moment it is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +131,9 @@ pub trait Server: Send + Sync + 'static {
 pub enum What {
     /// A connect attempt and how it went (`None`: accepted).
     Connect(Option<String>),
+    /// A connect attempt to the dead address a host's name resolves to first
+    /// ([`Net::dead_first_address`]), and how it went.
+    DeadAddress(&'static str),
     /// A request read.
     Read(Described),
     /// A request executed.
@@ -205,9 +209,28 @@ struct NetState {
     /// frames ([`Net::drain_after`]).
     drains: BTreeMap<String, u32>,
     cuts: BTreeMap<String, usize>,
+    /// The hosts whose names resolve to a dead address first ([`Net::dead_first_address`]).
+    dead_first: BTreeMap<String, Behavior>,
+    /// How long an attempt has before the next address's starts.
+    eyeballs: Duration,
+    tls: Option<Tls>,
     next_conn: u64,
     connects: usize,
 }
+
+/// The TLS a network speaks ([`Net::tls`]).
+#[cfg(feature = "rustls")]
+#[derive(Clone)]
+struct Tls {
+    client: Arc<crate::rustls::ClientConfig>,
+    server: tokio_rustls::TlsAcceptor,
+    name: crate::rustls::pki_types::ServerName<'static>,
+}
+
+/// No TLS without the feature `rustls`.
+#[cfg(not(feature = "rustls"))]
+#[derive(Clone)]
+enum Tls {}
 
 /// An in-memory network of named hosts served by a [`Server`]; clones share it.
 ///
@@ -267,6 +290,9 @@ where
                     hosts: BTreeMap::new(),
                     drains: BTreeMap::new(),
                     cuts: BTreeMap::new(),
+                    dead_first: BTreeMap::new(),
+                    eyeballs: Duration::from_millis(250),
+                    tls: None,
                     next_conn: 1,
                     connects: 0,
                 }),
@@ -348,6 +374,63 @@ where
         }
     }
 
+    /// Makes `host`'s name resolve to two addresses: first a dead one that behaves as
+    /// `dead` ([`Behavior::Blackhole`]; anything else refuses), then the host itself.
+    /// A connect races them as the crate's `TcpConnector` races a name's addresses
+    /// (RFC 8305, with the same code): the host's attempt starts when the dead one has
+    /// not connected within the [happy eyeballs delay](Net::happy_eyeballs_delay), or
+    /// at once when it fails. The server log records the dead one's attempts as
+    /// [`What::DeadAddress`]. `None`: the name resolves to the host alone.
+    pub fn dead_first_address(&self, host: &str, dead: Option<Behavior>) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let before = match dead.clone() {
+            Some(b) => st.dead_first.insert(host.to_string(), b),
+            None => st.dead_first.remove(host),
+        };
+        if before != dead {
+            self.inner.trace.log(format!(
+                "net: {host} resolves to a dead address first: {dead:?}"
+            ));
+        }
+    }
+
+    /// How long a connect attempt to a name's address has before the next address's
+    /// starts ([`dead_first_address`](Net::dead_first_address)); 250 ms by default, as
+    /// RFC 8305 recommends and `TcpConnector` uses.
+    pub fn happy_eyeballs_delay(&self, delay: Duration) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .eyeballs = delay;
+    }
+
+    /// Makes every new connection speak TLS: the client's end runs a session with
+    /// `client` checking the certificate against `name` (with the code of the crate's
+    /// `TlsConnector`, metered the same way, over the in-memory stream whose writes
+    /// [`cut_client_writes`](Net::cut_client_writes) cuts), the server's end accepts
+    /// with `server`, and the server reads and writes through it. A handshake that
+    /// fails fails the connect. `Behavior::Silent` hosts still answer the TLS
+    /// handshake; `Behavior::OneFrame` ones write their frame through the session.
+    #[cfg(feature = "rustls")]
+    pub fn tls(
+        &self,
+        client: Arc<crate::rustls::ClientConfig>,
+        server: Arc<crate::rustls::ServerConfig>,
+        name: crate::rustls::pki_types::ServerName<'static>,
+    ) {
+        self.inner.trace.log("net: TLS on every new connection");
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tls = Some(Tls {
+            client,
+            server: tokio_rustls::TlsAcceptor::from(server),
+            name,
+        });
+    }
+
     /// Drops every open connection to `host` (its clients read end of stream).
     pub fn kill(&self, host: &str) {
         self.inner.trace.log(format!("net: kill {host}"));
@@ -383,8 +466,62 @@ where
         let net = self.clone();
         tower::service_fn(move |endpoint: Endpoint| {
             let net = net.clone();
-            Box::pin(async move { net.connect(client, endpoint).await }) as Connecting<CC>
+            Box::pin(async move { net.dial(client, endpoint).await }) as Connecting<CC>
         })
+    }
+
+    /// Connects to `endpoint`'s host, racing a dead first address if its name has one.
+    async fn dial(self, client: usize, endpoint: Endpoint) -> io::Result<MeteredFramed<Pipe, CC>> {
+        let host = endpoint.to_string();
+        let (dead, delay) = {
+            let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            (st.dead_first.get(&host).cloned(), st.eyeballs)
+        };
+        let Some(dead) = dead else {
+            return self.connect(client, endpoint).await;
+        };
+        let addresses = vec![Some(dead), None];
+        crate::connect::race::race(addresses, delay, |address| match address {
+            Some(dead) => Box::pin(self.clone().dead(client, host.clone(), dead)) as Connecting<CC>,
+            None => Box::pin(self.clone().connect(client, endpoint.clone())),
+        })
+        .await
+    }
+
+    /// An attempt to a dead address of `host`'s name: it hangs or is refused.
+    async fn dead(
+        self,
+        client: usize,
+        host: String,
+        dead: Behavior,
+    ) -> io::Result<MeteredFramed<Pipe, CC>> {
+        tokio::time::sleep(self.inner.latency).await;
+        let capped = {
+            let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.connects += 1;
+            st.connects > self.inner.max_connects
+        };
+        let why = match dead {
+            _ if capped => "connect cap reached: hangs",
+            Behavior::Blackhole => "black hole: hangs",
+            _ => "refused",
+        };
+        self.inner.trace.log(format!(
+            "net: client {client} -> {host} (dead first address): {why}"
+        ));
+        let info = ConnInfo {
+            host: host.clone(),
+            conn: 0,
+            client,
+        };
+        self.record(&info, What::DeadAddress(why));
+        if why.ends_with("hangs") {
+            std::future::pending::<()>().await;
+        }
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("{host}'s first address {why}"),
+        ))
     }
 
     async fn connect(
@@ -394,11 +531,12 @@ where
     ) -> io::Result<MeteredFramed<Pipe, CC>> {
         let host = endpoint.to_string();
         tokio::time::sleep(self.inner.latency).await;
-        let (decision, conn, kill, drain, cut) = {
+        let (decision, conn, kill, drain, cut, tls) = {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             st.connects += 1;
             let drain = st.drains.get(&host).copied();
             let cut = st.cuts.get(&host).copied();
+            let tls = st.tls.clone();
             let capped = st.connects > self.inner.max_connects;
             let conn = st.next_conn;
             let now = tokio::time::Instant::now();
@@ -428,7 +566,7 @@ where
             if decision.is_ok() {
                 st.next_conn += 1;
             }
-            (decision, conn, kill, drain, cut)
+            (decision, conn, kill, drain, cut, tls)
         };
         let info = ConnInfo {
             host: host.clone(),
@@ -458,6 +596,7 @@ where
                 let mut kill = kill.expect("a live host has a kill switch");
                 kill.mark_unchanged();
                 let net = self.clone();
+                let server_tls = tls.clone();
                 tokio::spawn(async move {
                     let info2 = info.clone();
                     let why = tokio::select! {
@@ -469,18 +608,30 @@ where
                                 None => std::future::pending().await,
                             }
                         } => "flapped down",
-                        why = net.serve(&info2, server_end, behavior, drain) => why,
+                        why = net.accept(&info2, server_tls, server_end, behavior, drain) => why,
                     };
                     net.inner
                         .trace
                         .log(format!("net: conn {} closed: {why}", info.conn));
                     net.record(&info, What::Closed(why));
                 });
+                let raw = Raw::new(client_end, cut);
+                let io = match tls {
+                    #[cfg(feature = "rustls")]
+                    Some(tls) => {
+                        let tls = crate::connect::tls::handshake(tls.client, tls.name, raw).await?;
+                        self.inner.trace.log(format!(
+                            "net: conn {conn}: TLS handshake done, the client wrote {} byte(s)",
+                            tls.get_ref().0.get_ref().wrote()
+                        ));
+                        Pipe::tls(tls)
+                    }
+                    #[cfg(not(feature = "rustls"))]
+                    Some(never) => match never {},
+                    None => Pipe::plain(raw),
+                };
                 Ok(Framed::new(
-                    Metered::exact(Pipe {
-                        io: client_end,
-                        room: cut,
-                    }),
+                    io,
                     Metered::new(self.inner.client_codec.clone()),
                 ))
             }

@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_core::Stream;
-use tokio::io::{AsyncWriteExt, DuplexStream, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, WriteHalf};
 use tokio_util::codec::{Encoder, FramedRead};
 
-use super::{Behavior, ConnInfo, Net, Server, What};
+use super::{Behavior, ConnInfo, Net, Server, Tls, What};
 
-type Half = WriteHalf<DuplexStream>;
+/// The server's end of a connection: the in-memory stream, or a TLS session over it.
+trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
+type Half = WriteHalf<Box<dyn Duplex>>;
 
 impl<S, CC> Net<S, CC>
 where
@@ -44,12 +49,35 @@ where
         true
     }
 
-    /// Serves one connection with `behavior` (and a drain notice after `drain` reply
-    /// frames); returns why it ended.
-    pub(super) async fn serve(
+    /// Accepts one connection (its TLS handshake, if the network speaks TLS), then
+    /// serves it; returns why it ended.
+    pub(super) async fn accept(
         &self,
         info: &ConnInfo,
+        tls: Option<Tls>,
         io: DuplexStream,
+        behavior: Behavior,
+        drain: Option<u32>,
+    ) -> &'static str {
+        let io: Box<dyn Duplex> = match tls {
+            #[cfg(feature = "rustls")]
+            Some(tls) => match tls.server.accept(io).await {
+                Ok(tls) => Box::new(tls),
+                Err(_) => return "TLS handshake failed",
+            },
+            #[cfg(not(feature = "rustls"))]
+            Some(never) => match never {},
+            None => Box::new(io),
+        };
+        self.serve(info, io, behavior, drain).await
+    }
+
+    /// Serves one connection with `behavior` (and a drain notice after `drain` reply
+    /// frames); returns why it ended.
+    async fn serve(
+        &self,
+        info: &ConnInfo,
+        io: Box<dyn Duplex>,
         behavior: Behavior,
         drain: Option<u32>,
     ) -> &'static str {
