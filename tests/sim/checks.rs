@@ -1,7 +1,8 @@
 //! The checks run after every scenario: the library's (`socketchannel::testing::checks`)
 //! and the simulation's own (`shutdown_prompt`, `limit_only_when_over`, and for the
 //! server's word, issue 18: `drain_writes_nothing_new`, `drain_loses_nothing`,
-//! `closed_only_when_closed`, `wrong_server_backs_off`).
+//! `closed_only_when_closed`, `wrong_server_backs_off`), and for the connectors, issue
+//! 19: `eyeballs_reach_the_next_address` (in `connectors`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -76,6 +77,9 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(closed_only_when_closed(ctx, scn));
     out.extend(wrong_server_backs_off(ctx, net, scn));
     out.extend(notices_only_for_callers_gone(ctx));
+    out.extend(super::connectors::eyeballs_reach_the_next_address(
+        ctx, net, scn,
+    ));
     out
 }
 
@@ -171,9 +175,14 @@ fn accepted(records: &[Record]) -> BTreeMap<u64, (usize, String, Duration)> {
         .collect()
 }
 
+/// A connect attempt: to a host, or to the dead address its name resolves to first.
+fn is_attempt(what: &What) -> bool {
+    matches!(what, What::Connect(_) | What::DeadAddress(_))
+}
+
 /// The ops that act on `client`'s hosts or connection: `change_host`, `change_backups`,
 /// `connect()`, `close`, `shutdown`.
-fn reconfigures(op: &Op, client: usize) -> bool {
+pub fn reconfigures(op: &Op, client: usize) -> bool {
     match op {
         Op::ChangeHost { client: c, .. } | Op::ChangeBackups { client: c, .. } => *c == client,
         Op::Connect(c) | Op::Close(c) => *c == client,
@@ -459,7 +468,7 @@ fn wrong_server_backs_off(
         }
         let next = records
             .iter()
-            .find(|r| r.client == client && r.at > *accepted && matches!(r.what, What::Connect(_)));
+            .find(|r| r.client == client && r.at > *accepted && is_attempt(&r.what));
         // None yet, or a pass since this connection was made: it was no longer the
         // current one.
         let Some(next) = next.filter(|r| r.at > t) else {
@@ -662,7 +671,7 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
             .filter(|r| {
                 r.client == client
                     && r.at <= end
-                    && matches!(r.what, What::Wrote(_) | What::Connect(_) | What::Closed(_))
+                    && (is_attempt(&r.what) || matches!(r.what, What::Wrote(_) | What::Closed(_)))
             })
             .map(|r| r.at)
             .max()

@@ -10,7 +10,11 @@
 //! (`Protocol::verdict`: did not run, wrong server, perhaps only once, perhaps only on
 //! some frames), hosts that send a drain notice after some frames, hosts whose
 //! connections take only the first bytes the client writes and then fail its writes
-//! (calls cut off mid-batch: those none of whose bytes left fail *not sent*), and a schedule
+//! (calls cut off mid-batch: those none of whose bytes left fail *not sent*), the
+//! connectors users bring (`connectors`: host names that resolve to a dead address
+//! first, raced as RFC 8305 says by the crate's happy eyeballs code; TLS on every
+//! connection through the crate's `TlsConnector` code, with the feature `rustls`, the
+//! cuts then below the TLS session; Unix socket endpoints, `"unix:PATH"`), and a schedule
 //! of operations at virtual times: every call shape, through the methods or through
 //! `Service<Call>`, cancels at random points, panics in user code (codec, `check`,
 //! `is_final`, `session`, `verdict`, handshake), `poll_ready` slots taken and dropped,
@@ -22,10 +26,10 @@
 //! Commands:
 //!
 //! ```text
-//! cargo test --features testing --test sim                     # CI: 2,000 seeds
-//! SIM_SEEDS=100000 cargo test --features testing --test sim -- ci_seeds --nocapture
-//! SIM_FROM=5000 SIM_SEEDS=1000 cargo test --features testing --test sim -- ci_seeds
-//! SIM_SEED=0x2a cargo test --features testing --test sim -- --nocapture replay
+//! cargo test --features testing,rustls --test sim              # CI: 2,000 seeds
+//! SIM_SEEDS=100000 cargo test --features testing,rustls --test sim -- ci_seeds --nocapture
+//! SIM_FROM=5000 SIM_SEEDS=1000 cargo test --features testing,rustls --test sim -- ci_seeds
+//! SIM_SEED=0x2a cargo test --features testing,rustls --test sim -- --nocapture replay
 //! ```
 //!
 //! 2,000 seeds take about 17 s in a debug build on the 2-core CI machine; 100,000 about
@@ -41,7 +45,8 @@
 //! `stall_means_silence`, `pass_names_hosts`, `connect_rate`, `idle_gauges` (in
 //! `socketchannel::testing::checks`), `shutdown_prompt`, `limit_only_when_over`,
 //! `drain_writes_nothing_new`, `drain_loses_nothing`, `closed_only_when_closed`,
-//! `wrong_server_backs_off` (in `checks`), and `no_busy_loop` (a seed that runs 60 s
+//! `wrong_server_backs_off` (in `checks`), `eyeballs_reach_the_next_address` (in
+//! `connectors`), and `no_busy_loop` (a seed that runs 60 s
 //! of real time). Every later feature adds itself to the generator (`scenario`, `run`,
 //! `ops`) and to the checks.
 //!
@@ -51,6 +56,7 @@
 mod codec;
 
 mod checks;
+mod connectors;
 mod ops;
 mod proto;
 mod regressions;
@@ -112,7 +118,9 @@ fn quiet_simulated_panics() {
 }
 
 pub fn replay_command(seed: u64, test: &str) -> String {
-    format!("SIM_SEED={seed:#x} cargo test --features testing --test sim -- --nocapture {test}")
+    format!(
+        "SIM_SEED={seed:#x} cargo test --features testing,rustls --test sim -- --nocapture {test}"
+    )
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -165,6 +173,8 @@ fn ci_seeds() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("sim: {n} seeds from {from} in {secs:.1} s");
+    #[cfg(not(feature = "rustls"))]
+    println!("sim: built without the feature `rustls`: its TLS scenarios ran in the clear");
     for (name, (seed, took, count, detail)) in &fired {
         println!("sim: {name}: first seed {seed:#x} (after {took} seeds), {count} seeds; {detail}");
     }

@@ -553,6 +553,7 @@ async fn simulate(scn: &Scenario) -> Report {
     for (h, cut) in scn.hosts.iter().zip(&scn.cuts) {
         net.cut_client_writes(h, *cut);
     }
+    super::connectors::install(&net, scn);
     let ctx = Arc::new(Ctx {
         trace: trace.clone(),
         ledger: Ledger::new(trace.clone()),

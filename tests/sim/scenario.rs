@@ -62,6 +62,14 @@ pub struct Weights {
 /// issue 18 were found with it.
 pub const WORD_STREAM: u64 = 0xe0e1_7544_250d_aa14;
 
+/// The constants mixed with the seed for the connectors' streams (issue 19:
+/// `Later::dead_first`, `tls`, `unix`), each the first of a search from a round number
+/// for which none of the named seeds in `regressions` draws its feature under
+/// `Weights::CI`, as with [`WORD_STREAM`].
+pub const DEAD_FIRST_STREAM: u64 = 0xdead_f125_3f7c;
+pub const TLS_STREAM: u64 = 0x715_5e55_1127;
+pub const UNIX_STREAM: u64 = 0xd050_c4ef;
+
 /// The generator's weights for features added after issue 14's proof: reply limits
 /// (`max_reply_frames`, `stream_buffer`), the orphan rules (`max_orphans`,
 /// `orphan_age`) and `max_connection_age`, each per mille of clients. They are drawn
@@ -99,6 +107,17 @@ pub struct Later {
     /// off mid-batch, some of whose bytes left), per mille of hosts; drawn from a
     /// stream of its own per host.
     pub cut: u32,
+    /// A host whose name resolves to a dead address first, a black hole or a refusing
+    /// one (`Net::dead_first_address`: the connect races them, RFC 8305), per mille of
+    /// hosts; drawn from a stream of its own per host (issue 19).
+    pub dead_first: u32,
+    /// Every connection speaks TLS (`Net::tls`, with the code of the crate's
+    /// `TlsConnector`; only with the feature `rustls`), per mille of scenarios; drawn
+    /// from a stream of its own (issue 19).
+    pub tls: u32,
+    /// The hosts are Unix socket endpoints (`"unix:PATH"`, no port) instead of
+    /// `"host:port"`, per mille of scenarios; drawn from a stream of its own (issue 19).
+    pub unix: u32,
 }
 
 impl Weights {
@@ -136,6 +155,9 @@ impl Weights {
             drain: 60,
             drain_ops: 150,
             cut: 250,
+            dead_first: 150,
+            tls: 200,
+            unix: 150,
         },
     };
 }
@@ -293,6 +315,10 @@ pub struct Scenario {
     /// A host whose connections take only so many bytes of the client's writes, then
     /// fail them (`Net::cut_client_writes`): calls cut off in the middle of a batch.
     pub cuts: Vec<Option<usize>>,
+    /// Per host, the dead address its name resolves to first (`Net::dead_first_address`).
+    pub dead_first: Vec<Option<Behavior>>,
+    /// Every connection speaks TLS (`Net::tls`).
+    pub tls: bool,
     pub clients: Vec<ClientPlan>,
     pub balance: Option<[usize; 2]>,
     /// The balance retries `Call`s over `Calls` services.
@@ -533,19 +559,40 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
         // Stable: the earlier ops keep their order; a drain goes after those at its time.
         ops.sort_by_key(|(at, _)| *at);
     }
-    // Drawn apart from the generator's stream, so every seed keeps its scenario.
+    let tls = SimRng::new(seed ^ TLS_STREAM).chance(l.tls);
+    // Drawn apart from the generator's stream, so every seed keeps its scenario. Over
+    // TLS, whose handshake takes the client's first 326 bytes, further: most cuts then
+    // fall among the calls, some in the handshake.
     let cuts = (0..nhosts)
         .map(|h| {
             let mut cut = SimRng::new(seed ^ 0xc07_b17e5 ^ h as u64);
-            cut.chance(l.cut).then(|| cut.between(0, 400) as usize)
+            let most = if tls { 1_200 } else { 400 };
+            cut.chance(l.cut).then(|| cut.between(0, most) as usize)
         })
         .collect();
+    // The connectors (issue 19), each from a stream of its own too.
+    let dead_first = (0..nhosts)
+        .map(|h| {
+            let mut dead = SimRng::new(seed ^ DEAD_FIRST_STREAM ^ h as u64);
+            dead.chance(l.dead_first)
+                .then(|| [Behavior::Blackhole, Behavior::Refuse][dead.below(2) as usize].clone())
+        })
+        .collect();
+    let hosts = if SimRng::new(seed ^ UNIX_STREAM).chance(l.unix) {
+        (0..nhosts)
+            .map(|i| format!("unix:/run/sim/h{i}.sock"))
+            .collect()
+    } else {
+        hosts
+    };
     Scenario {
         seed,
         hosts,
         initial,
         drains,
         cuts,
+        dead_first,
+        tls,
         clients,
         balance,
         calls_balance,

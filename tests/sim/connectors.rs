@@ -1,0 +1,185 @@
+//! The connectors in the simulation (issue 19): names that resolve to a dead address
+//! first, raced by the crate's happy eyeballs code (`Net::dead_first_address`), TLS on
+//! every connection through the crate's `TlsConnector` code (`Net::tls`), and Unix
+//! socket endpoints (the generator names the hosts `"unix:PATH"`). The check of their
+//! own: `eyeballs_reach_the_next_address`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use socketchannel::testing::{Net, Violation, What};
+
+use super::checks::reconfigures;
+use super::proto::{SimCodec, SimServer};
+use super::run::Ctx;
+use super::scenario::{Op, Scenario};
+
+/// `Net::new`'s connect latency.
+const LATENCY: Duration = Duration::from_millis(1);
+/// `Net`'s happy eyeballs delay, left at its default (RFC 8305's, `TcpConnector`'s).
+const DELAY: Duration = Duration::from_millis(250);
+
+/// Sets the scenario's connectors up on `net`: the dead first addresses, and TLS.
+pub fn install(net: &Net<SimServer, SimCodec>, scn: &Scenario) {
+    for (h, dead) in scn.hosts.iter().zip(&scn.dead_first) {
+        net.dead_first_address(h, dead.clone());
+    }
+    if scn.tls {
+        tls(net);
+    }
+}
+
+/// `eyeballs_reach_the_next_address` (RFC 8305 over the crate's race): an attempt to a
+/// host's dead first address is followed by one to the host itself within the happy
+/// eyeballs delay, or at once when the dead one refused, unless the attempt ended
+/// first: the client's connect timeout was shorter, an operation reconfigured the
+/// client meanwhile, closed or shut it down before, a call marked a panic (which
+/// closes the channel) was made by then, or the scenario ended.
+pub fn eyeballs_reach_the_next_address(
+    ctx: &Ctx,
+    net: &Net<SimServer, SimCodec>,
+    scn: &Scenario,
+) -> Vec<Violation> {
+    let records = net.log().records();
+    let calls = ctx.ledger.calls();
+    // A panic in user code closes the channel (its connection task's), a pass with it.
+    let panicked = |client: usize, by: Duration| {
+        calls.iter().any(|c| {
+            let through = c.client == client
+                || (c.client == scn.clients.len()
+                    && scn.balance.is_some_and(|pair| pair.contains(&client)));
+            through
+                && c.created <= by
+                && (c.shape.contains("panic=Some") || c.shape.contains(" p="))
+        })
+    };
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for (i, r) in records.iter().enumerate() {
+        let What::DeadAddress(why) = r.what else {
+            continue;
+        };
+        let Some(plan) = scn.clients.get(r.client) else {
+            continue;
+        };
+        // The dead attempt started a latency before its record, the host's starts at
+        // most the delay after that (at once after a refusal), and its record comes a
+        // latency later.
+        let started = r.at.saturating_sub(LATENCY);
+        let wait = if why == "refused" { LATENCY } else { DELAY };
+        let due = started + wait + LATENCY;
+        let cut_short = Duration::from_millis(plan.connect_timeout) < wait + LATENCY
+            || due > Duration::from_millis(scn.end)
+            || panicked(r.client, due)
+            || scn.ops.iter().any(|(at, op)| {
+                let at = Duration::from_millis(*at);
+                // A close or a shutdown ends a pass whenever it comes to it.
+                let ends =
+                    matches!(op, Op::Close(c) | Op::Shutdown { client: c, .. } if *c == r.client);
+                at <= due && (ends || (reconfigures(op, r.client) && at >= started))
+            });
+        if cut_short {
+            continue;
+        }
+        let next = records[i + 1..].iter().find(|n| {
+            n.client == r.client && n.host == r.host && matches!(n.what, What::Connect(_))
+        });
+        if next.is_none_or(|n| n.at > due) && reported.insert(r.client) {
+            out.push(Violation::new(
+                "eyeballs_reach_the_next_address",
+                format!(
+                    "client {}: its attempt to {}'s dead first address ({why}) at {} ms was not followed by one to the host by {} ms (next: {:?})",
+                    r.client,
+                    r.host,
+                    r.at.as_millis(),
+                    due.as_millis(),
+                    next.map(|n| n.at.as_millis()),
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// TLS on every new connection of `net`, with a CA and a server certificate made for
+/// the run (the same for every scenario of a process).
+#[cfg(feature = "rustls")]
+fn tls(net: &Net<SimServer, SimCodec>) {
+    use std::sync::{Arc, OnceLock};
+
+    use socketchannel::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use socketchannel::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+
+    /// The CA's certificate, the server's, and the server's key.
+    struct Certs {
+        ca: CertificateDer<'static>,
+        server: CertificateDer<'static>,
+        key: Vec<u8>,
+    }
+
+    /// Ed25519 keys and fixed serial numbers: every signature, and so every handshake,
+    /// has the same length in every process, and the byte counts the cuts and the
+    /// checks see stay those of the seed.
+    fn certs() -> &'static Certs {
+        static CERTS: OnceLock<Certs> = OnceLock::new();
+        CERTS.get_or_init(|| {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+            let ed25519 = || KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("a key");
+            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            ca.distinguished_name.push(DnType::CommonName, "sim CA");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.serial_number = Some(1u64.into());
+            let ca_key = ed25519();
+            let ca_cert = ca.self_signed(&ca_key).expect("the CA").der().clone();
+            let issuer = Issuer::new(ca, ca_key);
+            let mut leaf = CertificateParams::new(vec!["sim.test".to_string()]).expect("params");
+            leaf.serial_number = Some(2u64.into());
+            let key = ed25519();
+            let server = leaf
+                .signed_by(&key, &issuer)
+                .expect("the server's")
+                .der()
+                .clone();
+            Certs {
+                ca: ca_cert,
+                server,
+                key: key.serialize_der(),
+            }
+        })
+    }
+
+    let certs = certs();
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(certs.ca.clone()).expect("the CA's certificate");
+    // No resumption: a session one scenario left would change the next one's handshake.
+    let mut client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.resumption = rustls::client::Resumption::disabled();
+    // Small records, so that one write of a few calls is several records: a cut can
+    // then fall after whole records of a write whose later record fails, the case where
+    // the TLS session fails a write after some of it left.
+    client.max_fragment_size = Some(32);
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certs.server.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certs.key.clone())),
+        )
+        .expect("the server's certificate and key");
+    server.send_tls13_tickets = 0;
+    net.tls(
+        Arc::new(client),
+        Arc::new(server),
+        "sim.test".try_into().expect("a DNS name"),
+    );
+}
+
+/// Without the feature `rustls`, a TLS scenario runs in the clear (`main` says so).
+#[cfg(not(feature = "rustls"))]
+fn tls(_net: &Net<SimServer, SimCodec>) {}
