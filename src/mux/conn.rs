@@ -355,6 +355,15 @@ where
         true
     }
 
+    /// A written call failed before its final reply (a reply limit) while the server
+    /// still works on it: its caller is gone, and its notice goes out as a leaving
+    /// caller's does, within one poll.
+    pub(crate) fn gave_up(&self) {
+        if let Some(notices) = &self.notices {
+            notices.left();
+        }
+    }
+
     /// Sets the orphan rules (a reconnecting channel, once the connection is ready).
     pub(crate) fn retire_when(&mut self, rules: Option<Retire>) {
         self.retire = rules;
