@@ -1,10 +1,10 @@
 //! Cancel notices for calls the client gave up on while the server still works on them,
 //! from a review of the notices: a call failed by a reply limit (`Kind::Limit`: a
 //! collected reply over `max_reply_frames` or `max_reply_bytes`, a stream whose reader
-//! fell behind `stream_buffer`) reads as gone, but nothing woke the connection's
-//! watcher, so its notice went out only when some other caller left, or never. Each is
-//! noticed at once, as a caller that drops its future is, and keeps its id until the
-//! server's last frame.
+//! fell behind `stream_buffer`) or a stream ended by an error frame before the reply's
+//! end reads as gone, but nothing woke the connection's watcher, so its notice went out
+//! only when some other caller left, or never. Each is noticed at once, as a caller
+//! that drops its future is, and keeps its id until the server's last frame.
 //!
 //! Every test runs against a scripted server at the far end of an in-memory pipe, in
 //! paused time: "at once" is to the tick, and no other caller leaves.
@@ -150,6 +150,32 @@ async fn a_stream_whose_reader_fell_behind_is_noticed_at_once_and_keeps_its_id()
     settle().await;
     assert!(peer.idle().is_none(), "a second notice, or a stray frame");
     assert_eq!(ch.counters().cancel_notices, 1);
+}
+
+/// A stream ended by an error frame before the reply's end (here the first of three)
+/// is done for its reader, who still holds it: the server, with two frames still to
+/// send, is told at once.
+#[tokio::test(start_paused = true)]
+async fn a_stream_ended_by_an_error_frame_mid_reply_is_noticed_at_once() {
+    let (ch, mut peer) = one_id_channel(Config::default());
+    let mut stream = ch.stream(msg("big"), Replies::Count(3)).await;
+    let req = peer.next().await;
+
+    peer.reply_kind(&req, "no", Kind::Error);
+    let item = tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .expect("the error frame reaches the reader")
+        .expect("an item");
+    assert_eq!(item.unwrap_err().kind(), ErrKind::Server);
+    let read = Instant::now();
+    notice_at_once(&mut peer, 1, read).await;
+
+    peer.reply_kind(&req, "part1", Kind::More);
+    id_waits_for_the_last_frame(&ch, &mut peer, &req).await;
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ended at the error"
+    );
 }
 
 /// A reply that finishes within its limits gets no notice, and a stream dropped after

@@ -164,6 +164,12 @@ impl<Resp> ReplyStream<Resp> {
                     // dropped by the connection, not kept for a reader who is done.
                     self.ended = true;
                     self.rx.close();
+                    // Before the reply's end (an error frame mid-reply) the reader has
+                    // left as if dropped, while the server still works on the call:
+                    // its connection is told now (its cancel notice), not at the drop.
+                    if !self.shared.finished.load(Ordering::Acquire) {
+                        self.shared.left();
+                    }
                 }
                 Poll::Ready(Some(item))
             }
