@@ -4,7 +4,8 @@
 //! fell behind `stream_buffer`) or a stream ended by an error frame before the reply's
 //! end reads as gone, but nothing woke the connection's watcher, so its notice went out
 //! only when some other caller left, or never. Each is noticed at once, as a caller
-//! that drops its future is, and keeps its id until the server's last frame.
+//! that drops its future is, and keeps its id until the server's last frame. Also: a
+//! notice the sink refuses is not counted as written.
 //!
 //! Every test runs against a scripted server at the far end of an in-memory pipe, in
 //! paused time: "at once" is to the tick, and no other caller leaves.
@@ -13,12 +14,14 @@ mod support;
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::StreamExt;
-use socketchannel::{Channel, Config, Kind as ErrKind, Replies, ReplyStream, Session};
+use socketchannel::{Call, Channel, Config, Kind as ErrKind, Replies, ReplyStream, Session};
 use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use support::channel::{Ch, joined, msg, spawn_request};
-use support::codec::{CANCEL, Cancelling, Kind, Msg};
+use support::codec::{CANCEL, Cancelling, Kind, Msg, MsgCodec};
 use support::script::{Peer, pipe, settle};
 
 /// A channel in session mode with the one id 1 (so the id's fate is plain to see) and
@@ -201,4 +204,50 @@ async fn a_reply_within_its_limits_gets_no_notice() {
     settle().await;
     assert!(peer.idle().is_none(), "a notice for a reply that finished");
     assert_eq!(ch.counters().cancel_notices, 0);
+}
+
+/// The test codec, but one that cannot encode a cancel notice.
+#[derive(Default)]
+struct RefusesNotices(MsgCodec);
+
+impl Encoder<Msg> for RefusesNotices {
+    type Error = std::io::Error;
+    fn encode(&mut self, msg: Msg, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        if msg.text() == CANCEL {
+            return Err(std::io::Error::other("no notices here"));
+        }
+        self.0.encode(msg, dst)
+    }
+}
+
+impl Decoder for RefusesNotices {
+    type Item = Msg;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Msg>, Self::Error> {
+        self.0.decode(src)
+    }
+}
+
+/// `Counters::cancel_notices` counts the notices the sink took: one it refused (its
+/// `start_send` failed, which ends the connection) was never written.
+#[tokio::test(start_paused = true)]
+async fn a_notice_the_sink_refuses_is_not_counted() {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let ch: Ch = Channel::new(
+        Framed::new(client, RefusesNotices::default()),
+        Session::new(Cancelling),
+    );
+    let mut peer = Peer::spawn(server);
+    let slow = spawn_request(&ch, Call::new(msg("slow")));
+    let req = peer.next().await;
+    assert_eq!(req.text(), "slow");
+    slow.abort();
+    // The connection fails on the notice: the server sees its end, and no notice.
+    let end = tokio::time::timeout(Duration::from_secs(5), peer.recv())
+        .await
+        .expect("the connection ends");
+    assert!(end.is_none(), "the server read {end:?}");
+    let c = ch.counters();
+    assert_eq!(c.cancel_notices, 0, "a notice the sink refused was counted");
+    assert_eq!(c.in_flight, 0);
 }

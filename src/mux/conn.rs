@@ -189,8 +189,10 @@ where
         let Some(notice) = self.matcher.notice(id, seq) else {
             return Ok(());
         };
+        // Counted once the sink took it: one it refused was never written.
+        self.start_send(notice)?;
         self.shared.stats.cancel_notices(1);
-        self.start_send(notice)
+        Ok(())
     }
 
     pub(crate) fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
