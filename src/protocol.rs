@@ -203,18 +203,23 @@ pub trait Sessions<Req, Resp>: Protocol<Req, Resp> {
     /// [`cancels`](Sessions::cancels) is `true`.
     ///
     /// A caller is gone when it dropped its future (or stream) after its call was
-    /// written, or when the call's [deadline](crate::Call::deadline) passed. The engine
-    /// then writes the notice within one poll of the connection task: ahead of the
-    /// calls still queued, never between the parts of a multi-part request. The notice
-    /// is written as it is returned: it is not stamped, and no reply is awaited for it
-    /// (it must carry `id` itself). The call's id stays reserved until the server
-    /// answers the call (any reply with that id: the call's own, or one that says it
-    /// was cancelled) or the connection ends, so a late reply never reaches the next
-    /// call to get that id. The server must answer such a call once, as it answers any
+    /// written, when the call's [deadline](crate::Call::deadline) passed, or when the
+    /// client gave up on a reply the server still sends: a reply limit failed the call
+    /// before its last frame ([`Config::max_reply_frames`](crate::Config::max_reply_frames),
+    /// a stream reader behind [`Config::stream_buffer`](crate::Config::stream_buffer)),
+    /// or a stream met an error frame before the reply's end. The engine then writes
+    /// the notice within one poll of the connection task: ahead of the calls still
+    /// queued, never between the parts of a multi-part request. The notice is written
+    /// as it is returned: it is not stamped, and no reply is awaited for it (it must
+    /// carry `id` itself). The call's id stays reserved until the server answers the
+    /// call (any reply with that id: the call's own, or one that says it was
+    /// cancelled) or the connection ends, so a late reply never reaches the next call
+    /// to get that id. The server must answer such a call once, as it answers any
     /// call: with its reply or with a "cancelled" one, never both, since the second
-    /// would find the id free and perhaps another call's. [`Counters::cancel_notices`](crate::Counters::cancel_notices)
-    /// counts the notices written. Order mode sends none: there, a reply is matched by
-    /// its place, so the server must answer every call anyway.
+    /// would find the id free and perhaps another call's.
+    /// [`Counters::cancel_notices`](crate::Counters::cancel_notices) counts the notices
+    /// written (those the sink took). Order mode sends none: there, a reply is matched
+    /// by its place, so the server must answer every call anyway.
     ///
     /// ```
     /// use socketchannel::{Protocol, Sessions};

@@ -52,8 +52,9 @@ pub struct Counters {
     /// or the server asked for a drain or said it is the wrong one
     /// ([`Verdict`](crate::Verdict)).
     pub retired: u64,
-    /// Cancel notices written ([`Sessions::cancel`](crate::Sessions::cancel)): one per
-    /// written call whose caller left before its reply.
+    /// Cancel notices written ([`Sessions::cancel`](crate::Sessions::cancel)), counted
+    /// once the sink took them: one per written call whose caller left (or that a
+    /// deadline or a reply limit failed) before its reply.
     pub cancel_notices: u64,
     /// Bytes read from the transport's IO, when it is [`Metered`](crate::Metered) (the
     /// crate's own connectors' is).

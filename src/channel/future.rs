@@ -164,6 +164,12 @@ impl<Resp> ReplyStream<Resp> {
                     // dropped by the connection, not kept for a reader who is done.
                     self.ended = true;
                     self.rx.close();
+                    // Before the reply's end (an error frame mid-reply) the reader has
+                    // left as if dropped, while the server still works on the call:
+                    // its connection is told now (its cancel notice), not at the drop.
+                    if !self.shared.finished.load(Ordering::Acquire) {
+                        self.shared.left();
+                    }
                 }
                 Poll::Ready(Some(item))
             }
@@ -187,7 +193,12 @@ impl<Resp> Drop for ReplyStream<Resp> {
         // Closed first: the task this wakes (on another worker, perhaps at once) must
         // find the reader gone.
         self.rx.close();
-        self.shared.left();
+        // A finished reply has left its connection's waiting calls, or was failed there
+        // (a deadline, a limit), which told the task itself: a wake would only make it
+        // scan for nothing.
+        if !self.shared.finished.load(Ordering::Acquire) {
+            self.shared.left();
+        }
     }
 }
 
@@ -202,5 +213,44 @@ impl<Resp> Stream for ReplyStream<Resp> {
 impl<Resp> fmt::Debug for ReplyStream<Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplyStream").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+
+    /// A waker that records that it was woken.
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Drops a stream whose reply is `finished` or not; was its connection woken?
+    fn dropping_wakes(finished: bool) -> bool {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let shared = Arc::new(StreamShared::default());
+        *shared.leaving.lock().unwrap() = Some(Waker::from(flag.clone()));
+        shared.finished.store(finished, Ordering::Release);
+        let (_tx, rx) = mpsc::unbounded_channel::<Result<u8, Error>>();
+        drop(ReplyStream::new(rx, shared));
+        flag.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn dropping_a_stream_wakes_its_connection_only_before_the_end_of_its_reply() {
+        assert!(
+            dropping_wakes(false),
+            "a reader leaving mid-reply is owed a notice"
+        );
+        assert!(
+            !dropping_wakes(true),
+            "a finished reply left nothing to notice: the wake is a scan for nothing"
+        );
     }
 }

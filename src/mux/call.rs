@@ -73,6 +73,30 @@ impl Until {
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
+/// What one reply frame did to the call it was given to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Took {
+    /// The call waits for more of its reply.
+    More,
+    /// The reply is complete: its slot or id can be freed.
+    Last,
+    /// The frame put the reply over a limit ([`Kind::Limit`]) and failed the call
+    /// before its last frame: its caller has the outcome and is gone, while the server
+    /// still works on it (a cancel notice can tell it). The rest is read and dropped.
+    Limit,
+}
+
+impl Took {
+    fn of(last: bool) -> Self {
+        if last { Took::Last } else { Took::More }
+    }
+
+    /// Over a limit: failed, and still waiting unless this frame was the last.
+    fn limit(last: bool) -> Self {
+        if last { Took::Last } else { Took::Limit }
+    }
+}
+
 /// What a multi-frame reply has taken so far, against the channel's limits.
 #[derive(Debug)]
 struct Budget {
@@ -278,14 +302,14 @@ impl<Resp> Waiter<Resp> {
         }
     }
 
-    /// Hands one reply frame to the caller. Returns true when the reply is complete and
-    /// the slot can be freed.
+    /// Hands one reply frame to the caller: whether the reply is complete (the slot can
+    /// be freed), or the frame failed the call by a limit while it still waits.
     pub(crate) fn deliver<Req, P: Protocol<Req, Resp>>(
         &mut self,
         frame: Resp,
         proto: &P,
         verdict: Verdict,
-    ) -> bool
+    ) -> Took
     where
         Resp: 'static,
     {
@@ -294,20 +318,20 @@ impl<Resp> Waiter<Resp> {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(judge(proto, frame, verdict));
                 }
-                true
+                Took::Last
             }
             Waiter::Collect(c) => {
                 let last = c.until.last(&frame, proto);
                 if c.tx.is_none() {
                     // Failed already: the rest of the reply is read and dropped.
-                    return last;
+                    return Took::of(last);
                 }
                 if let Err(over) = c.budget.take(&frame) {
                     c.parts = Vec::new();
                     if let Some(tx) = c.tx.take() {
                         let _ = tx.send(Err(over));
                     }
-                    return last;
+                    return Took::limit(last);
                 }
                 c.not_run &= verdict.not_run();
                 match judge(proto, frame, verdict) {
@@ -326,12 +350,12 @@ impl<Resp> Waiter<Resp> {
                     };
                     let _ = tx.send(outcome);
                 }
-                last
+                Took::of(last)
             }
             Waiter::Stream(s) => {
                 let last = s.until.last(&frame, proto);
                 if s.failed {
-                    return last;
+                    return Took::of(last);
                 }
                 let behind = s.shared.buffered.load(Ordering::Acquire) >= s.budget.limits.stream;
                 let over = match s.budget.take(&frame) {
@@ -342,7 +366,7 @@ impl<Resp> Waiter<Resp> {
                 if let Some(err) = over {
                     s.failed = true;
                     s.finish(Some(Err(err)));
-                    return last;
+                    return Took::limit(last);
                 }
                 // Not sent only for a reply of one frame that says so.
                 let lone = !s.seen && last;
@@ -354,9 +378,9 @@ impl<Resp> Waiter<Resp> {
                 } else {
                     s.send(item);
                 }
-                last
+                Took::of(last)
             }
-            Waiter::Sent(_) => true,
+            Waiter::Sent(_) => Took::Last,
         }
     }
 

@@ -189,8 +189,10 @@ where
         let Some(notice) = self.matcher.notice(id, seq) else {
             return Ok(());
         };
+        // Counted once the sink took it: one it refused was never written.
+        self.start_send(notice)?;
         self.shared.stats.cancel_notices(1);
-        self.start_send(notice)
+        Ok(())
     }
 
     pub(crate) fn start_send<WE>(&mut self, req: Req) -> Result<(), ConnectionError>
@@ -353,6 +355,15 @@ where
             }
         }
         true
+    }
+
+    /// A written call failed before its final reply (a reply limit) while the server
+    /// still works on it: its caller is gone, and its notice goes out as a leaving
+    /// caller's does, within one poll.
+    pub(crate) fn gave_up(&self) {
+        if let Some(notices) = &self.notices {
+            notices.left();
+        }
     }
 
     /// Sets the orphan rules (a reconnecting channel, once the connection is ready).

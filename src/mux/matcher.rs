@@ -27,6 +27,11 @@ pub(crate) struct Entry<Resp> {
 pub(crate) enum Route<Resp> {
     /// Given to its call (or discarded for a caller that left): the server answered.
     Delivered,
+    /// Given to its call, which it put over a reply limit: the call failed before its
+    /// last frame, and its caller is gone while the server still works on it. Only
+    /// from a mode that sends cancel notices: the call is owed one, as a caller that
+    /// left is.
+    Limit,
     /// The protocol marks it as a push.
     Push(Resp),
     /// Session mode: no call waits for its id. Dropped.

@@ -3,7 +3,9 @@
 //!
 //! A connection whose protocol sends them watches the caller of each call it writes
 //! with one waker of its own: a caller that leaves (its reply sender sees its receiver
-//! dropped) wakes it, which marks the connection and wakes its task. The task then scans
+//! dropped) wakes it, which marks the connection and wakes its task. The task marks it
+//! itself for a caller it made gone while the server still works on the call: a
+//! deadline, a reply limit ([`left`](Notices::left)). The task then scans
 //! its waiting calls once for the callers that left and queues each one's id; the write
 //! path writes a queued notice ahead of any call, and never between the parts of a
 //! multi-part request, building it only then, and only if the call still waits (a

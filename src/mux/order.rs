@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::call::Frames;
+use super::call::{Frames, Took};
 use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans, find_in};
 use crate::error::{Error, Kind};
 use crate::protocol::{Protocol, Verdict};
@@ -86,7 +86,7 @@ where
         let Some(head) = self.queue.front_mut() else {
             return Route::Desync;
         };
-        if head.waiter.deliver(frame, &self.protocol, verdict) {
+        if head.waiter.deliver(frame, &self.protocol, verdict) == Took::Last {
             self.queue.pop_front();
         }
         Route::delivered(verdict)

@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 
 use tracing::warn;
 
-use super::call::Frames;
+use super::call::{Frames, Took};
 use super::ids::IdTable;
 use super::matcher::{Entry, Matcher, Route, abandoned, count_orphans, find_in};
 use crate::error::{Error, Kind};
@@ -180,7 +180,7 @@ where
                 warn!("reply without a session id and no read waiting; dropped");
                 return Route::Unknown;
             };
-            if read.waiter.deliver(frame, &self.sessions, verdict)
+            if read.waiter.deliver(frame, &self.sessions, verdict) == Took::Last
                 && let Some(read) = self.reads.pop_front()
             {
                 self.removed(&read);
@@ -194,10 +194,25 @@ where
         // Matched by its id: the id can go (`Sessions::unstamp`, a no-op by default)
         // before `is_final`, `check` and the caller see the frame.
         let frame = self.sessions.unstamp(frame);
-        if entry.waiter.deliver(frame, &self.sessions, verdict)
-            && let Some(entry) = self.live.remove(id)
-        {
-            self.removed(&entry);
+        match entry.waiter.deliver(frame, &self.sessions, verdict) {
+            Took::Last => {
+                if let Some(entry) = self.live.remove(id) {
+                    self.removed(&entry);
+                }
+            }
+            // Failed by a limit while the server still works on it: owed a notice now,
+            // not whenever another caller happens to leave (a read with an id wrote
+            // nothing, and gets none). A frame that says the call did not run,
+            // `WrongServer`, leaves nothing to stop: its route wins.
+            Took::Limit
+                if self.cancels
+                    && !entry.noticed
+                    && !entry.read_only
+                    && verdict != Verdict::WrongServer =>
+            {
+                return Route::Limit;
+            }
+            Took::Limit | Took::More => {}
         }
         Route::delivered(verdict)
     }

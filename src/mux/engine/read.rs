@@ -41,6 +41,10 @@ where
             self.shared.stats.received(1);
             match conn.matcher.route(frame) {
                 Route::Delivered => conn.answered = true,
+                Route::Limit => {
+                    conn.answered = true;
+                    conn.gave_up();
+                }
                 Route::Push(frame) => self.push(frame),
                 Route::Unknown => self.shared.stats.unknown(1),
                 Route::Desync => return Err(ConnectionError::new(Why::Desync, None)),
