@@ -30,7 +30,7 @@ use tower::{Service, ServiceExt};
 use support::channel::{Ch, Mode, joined, msg, spawn_request, wait_state};
 use support::codec::{Msg, MsgCodec, TestProto};
 use support::memory::{Io, Net};
-use support::{refused_addr, within};
+use support::{free_addr, within};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -599,7 +599,7 @@ async fn change_host_during_load() {
 /// succeed.
 #[tokio::test]
 async fn buffer_survives_a_failed_connect() {
-    let addr = refused_addr().await;
+    let addr = free_addr().await;
     let ch = Channel::<Msg, Msg>::builder()
         .host(addr.to_string())
         .backoff(Backoff::exponential(

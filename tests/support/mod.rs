@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::panic::Location;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use self::codec::MsgCodec;
@@ -98,8 +98,29 @@ pub async fn connect(addr: SocketAddr) -> Framed<TcpStream, MsgCodec> {
     Framed::new(stream, MsgCodec::default())
 }
 
-/// A loopback address with nothing listening on it (connects are refused).
-pub async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+/// A loopback address free now, for a test that listens on it later; until then connects
+/// to it are refused, but the kernel may hand the port to someone else meanwhile.
+pub async fn free_addr() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     listener.local_addr().expect("local_addr")
+}
+
+/// A loopback address with nothing listening on it (connects are refused), distinct from
+/// every other one this process is given.
+///
+/// The port stays bound, without a listen, until the process ends: a port merely bound
+/// and closed goes back to the kernel, which may hand it out again at once (two calls
+/// once returned the same port in CI), and a bound socket that does not listen answers
+/// a connect with a reset all the same.
+pub async fn refused_addr() -> SocketAddr {
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("local_addr");
+    HELD.lock().expect("not poisoned").push(socket);
+    addr
 }
