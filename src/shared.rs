@@ -64,6 +64,10 @@ pub(crate) struct Shared<Resp> {
     /// The push receiver, until a handle takes it.
     pub(crate) pushes: Mutex<Option<mpsc::Receiver<Resp>>>,
     pub(crate) state: watch::Sender<State>,
+    /// Notified when a connect pass ends, for the handles whose `poll_ready` waits for
+    /// it (Contract 2). They wake in the order they began to wait: a `watch` wakes its
+    /// waiters in an order drawn at random per process, which no replay could repeat.
+    pub(crate) connect_done: tokio::sync::Notify,
     /// Why the last connect pass failed.
     pub(crate) last_error: Mutex<Option<Cause>>,
     overload: Option<Overload>,
@@ -111,6 +115,7 @@ impl<Resp> Shared<Resp> {
             control,
             pushes: Mutex::new(Some(pushes)),
             state: watch::Sender::new(state),
+            connect_done: tokio::sync::Notify::new(),
             last_error: Mutex::new(None),
             overload,
             queued: AtomicUsize::new(0),
@@ -243,6 +248,9 @@ impl<Resp> Shared<Resp> {
     /// to say: the endpoint, the delay). True when it changed.
     pub(crate) fn set_state_quietly(&self, state: State) -> bool {
         self.current.store(state as u8, Ordering::Release);
+        if !self.is_connecting() {
+            self.connect_done.notify_waiters();
+        }
         self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;

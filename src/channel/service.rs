@@ -11,7 +11,6 @@ use super::future::ResponseFuture;
 use super::{Call, Channel, Reply, ReplyFuture, call_span, closed};
 use crate::error::{Error, Kind};
 use crate::mux::{Envelope, Frames, Waiter};
-use crate::shared::State;
 
 impl<Req, Resp> Channel<Req, Resp>
 where
@@ -74,7 +73,7 @@ where
     }
 }
 
-impl<Req, Resp> Channel<Req, Resp> {
+impl<Req, Resp: Send + 'static> Channel<Req, Resp> {
     /// An owned sender to make a permit from: the one the last permit gave back, or a
     /// clone of the handle's.
     fn sender(&mut self) -> mpsc::Sender<Envelope<Req, Resp>> {
@@ -89,11 +88,17 @@ impl<Req, Resp> Channel<Req, Resp> {
             if !self.shared.is_connecting() {
                 return Poll::Ready(());
             }
-            let mut state = self.shared.state.subscribe();
+            let shared = self.shared.clone();
             let wait = async move {
-                let _ = state
-                    .wait_for(|s| !matches!(s, State::Connecting | State::Handshaking))
-                    .await;
+                loop {
+                    let done = shared.connect_done.notified();
+                    tokio::pin!(done);
+                    done.as_mut().enable();
+                    if !shared.is_connecting() {
+                        return;
+                    }
+                    done.await;
+                }
             };
             match &mut self.connect_wait {
                 Some(w) => w.set(wait),

@@ -93,7 +93,10 @@
 //! Run everything on a current-thread runtime with paused time
 //! (`tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true)`):
 //! no real I/O is involved, so a scenario of minutes runs in milliseconds and replays
-//! exactly. Use `biased;` in any `tokio::select!` of your own: its default is random.
+//! exactly. Tokio draws some choices at random, per process, whatever the seed: use
+//! `biased;` in any `tokio::select!` of your own, and wake several tasks with a `Notify`,
+//! not a `watch` (a watch wakes its waiters in a random order). The crate's own paths and
+//! [`Net`] do so.
 
 mod checks_impl;
 mod ledger;

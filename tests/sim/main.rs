@@ -35,7 +35,8 @@
 //! 2,000 seeds take about 17 s in a debug build on the 2-core CI machine; 100,000 about
 //! 15 minutes. `SIM_ALL=1` prints every violation of every seed. A failing seed prints
 //! the command that replays it (with its whole event log); the same seed always gives
-//! the same log (`same_seed_same_log`).
+//! the same log, in this process and in another (`same_seed_same_log`,
+//! `same_seed_same_log_in_another_process`, which compares 400 seeds).
 //!
 //! The generator's weights are `scenario::Weights::CI`; a seed means the same scenario
 //! only under the same weights (the named regression seeds in `regressions` too).
@@ -255,4 +256,64 @@ fn same_seed_same_log() {
             );
         }
     }
+}
+
+/// The seeds `same_seed_same_log_in_another_process` compares.
+const DIGEST_SEEDS: std::ops::Range<u64> = 0..400;
+
+/// A digest of a seed's whole event log (SipHash with fixed keys: the same in every
+/// process).
+fn log_digest(seed: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    run_guarded(seed).log.hash(&mut h);
+    h.finish()
+}
+
+/// The child half of `same_seed_same_log_in_another_process`: with `SIM_DIGESTS` set,
+/// prints `digest <seed> <digest>` for each of `DIGEST_SEEDS`.
+#[test]
+fn print_log_digests() {
+    if std::env::var("SIM_DIGESTS").is_err() {
+        return;
+    }
+    for seed in DIGEST_SEEDS {
+        println!("digest {seed} {:x}", log_digest(seed));
+    }
+}
+
+/// The same seed gives the same event log in another process, where everything drawn per
+/// process differs (hash keys, tokio's own random choices such as which waiter of a
+/// `watch` wakes first). `same_seed_same_log` cannot see those: it runs in one process.
+#[test]
+fn same_seed_same_log_in_another_process() {
+    let child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "print_log_digests",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SIM_DIGESTS", "1")
+        .output()
+        .expect("run the test binary again");
+    assert!(child.status.success(), "the child failed: {child:?}");
+    let theirs: BTreeMap<u64, String> = String::from_utf8_lossy(&child.stdout)
+        .lines()
+        .filter_map(|l| {
+            // libtest may print the test's name ahead of the first line.
+            let mut w = l.split("digest ").nth(1)?.split(' ');
+            Some((w.next()?.parse().ok()?, w.next()?.to_string()))
+        })
+        .collect();
+    assert_eq!(theirs.len(), DIGEST_SEEDS.count(), "the child's digests");
+    let differ: Vec<u64> = DIGEST_SEEDS
+        .filter(|&seed| theirs[&seed] != format!("{:x}", log_digest(seed)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} seed(s) gave another log in another process: {differ:?} (replay one twice: {})",
+        differ.len(),
+        replay_command(differ.first().copied().unwrap_or(0), "replay")
+    );
 }

@@ -8,16 +8,17 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use super::Trace;
 use crate::meter::{Metered, MeteredFramed};
 use crate::reconnect::Endpoint;
 
+mod kill;
 mod pipe;
 mod serve;
 
+use self::kill::Kill;
 pub use self::pipe::Pipe;
 use self::pipe::Raw;
 
@@ -190,7 +191,7 @@ impl ServerLog {
 struct HostState {
     behavior: Behavior,
     since: tokio::time::Instant,
-    kill: watch::Sender<u64>,
+    kill: Arc<Kill>,
 }
 
 struct Inner<S: Server, CC> {
@@ -331,7 +332,7 @@ where
                     HostState {
                         behavior,
                         since: now,
-                        kill: watch::channel(0).0,
+                        kill: Arc::default(),
                     },
                 );
             }
@@ -436,7 +437,7 @@ where
         self.inner.trace.log(format!("net: kill {host}"));
         let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = st.hosts.get(host) {
-            h.kill.send_modify(|g| *g += 1);
+            h.kill.fire();
         }
     }
 
@@ -552,15 +553,12 @@ where
                             now.saturating_duration_since(h.since).as_nanos() % period.as_nanos();
                         if into < up.as_nanos() {
                             let left = Duration::from_nanos((up.as_nanos() - into) as u64);
-                            (
-                                Ok((h.behavior.clone(), Some(left))),
-                                Some(h.kill.subscribe()),
-                            )
+                            (Ok((h.behavior.clone(), Some(left))), Some(h.kill.clone()))
                         } else {
                             (Err("refused (flapping)"), None)
                         }
                     }
-                    b => (Ok((b.clone(), None)), Some(h.kill.subscribe())),
+                    b => (Ok((b.clone(), None)), Some(h.kill.clone())),
                 },
             };
             if decision.is_ok() {
@@ -593,15 +591,15 @@ where
                 ));
                 self.record(&info, What::Connect(None));
                 let (client_end, server_end) = tokio::io::duplex(64 * 1024);
-                let mut kill = kill.expect("a live host has a kill switch");
-                kill.mark_unchanged();
+                let kill = kill.expect("a live host has a kill switch");
+                let seen = kill.now();
                 let net = self.clone();
                 let server_tls = tls.clone();
                 tokio::spawn(async move {
                     let info2 = info.clone();
                     let why = tokio::select! {
                         biased;
-                        _ = kill.changed() => "killed",
+                        _ = kill.killed(seen) => "killed",
                         _ = async {
                             match up_for {
                                 Some(d) => tokio::time::sleep(d).await,
