@@ -29,13 +29,17 @@ pub use self::unix::UnixConnector;
 /// write per 8 calls of 1 KiB and two reads per 16 KiB reply: with 64 KiB the builder's
 /// channel at 256 callers did 1.7-1.9x the requests/s at 0.54-0.68x the CPU per request
 /// with 1 KiB payloads, 1.15-1.5x with 16 KiB, and the same with 16 B (issue 17).
-#[cfg(feature = "tcp")]
-const BUFFER: usize = 64 * 1024;
+#[cfg(any(feature = "tcp", feature = "testing"))]
+pub(crate) const BUFFER: usize = 64 * 1024;
 
 /// Frames `io` (metered: [`Metered::exact`](crate::Metered::exact) for a socket) with
 /// `codec`, metered too, with `buffer` bytes of read and write buffer.
-#[cfg(feature = "tcp")]
-fn frame<IO, C>(io: crate::Metered<IO>, codec: C, buffer: usize) -> crate::MeteredFramed<IO, C>
+#[cfg(any(feature = "tcp", feature = "testing"))]
+pub(crate) fn frame<IO, C>(
+    io: crate::Metered<IO>,
+    codec: C,
+    buffer: usize,
+) -> crate::MeteredFramed<IO, C>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {

@@ -210,24 +210,46 @@ mod tests {
         assert!(interleave([]).is_empty());
     }
 
-    /// On real sockets: the first address never answers (TEST-NET-1, RFC 5737: either
-    /// blackholed, or unreachable at once on a box with no route; either way the next
-    /// address is tried within the delay), the second is a live listener.
+    /// A loopback listener whose connects hang: its listen queue is full and it never
+    /// accepts, so the kernel drops new SYNs. (TEST-NET addresses are no black hole on a
+    /// box without a route: their connects fail at once.)
+    async fn blackhole() -> (tokio::net::TcpListener, Vec<TcpStream>) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(addr("127.0.0.1:0")).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let at = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(at)).await {
+                Ok(stream) => held.push(stream.unwrap()),
+                Err(_) => return (listener, held),
+            }
+        }
+        panic!("could not fill the listen queue of {at}");
+    }
+
+    /// On real sockets: the first address never answers, the second is a live
+    /// listener; the second is tried after the delay and wins.
     #[tokio::test]
     async fn a_live_address_behind_a_blackholed_one_connects_within_the_delay() {
+        let (hole, _held) = blackhole().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let live = listener.local_addr().unwrap();
         let tcp = TcpConnector::new(());
         let start = std::time::Instant::now();
         let stream = tokio::time::timeout(
             Duration::from_secs(3),
-            tcp.sockets().race([addr("192.0.2.1:9"), live]),
+            tcp.sockets().race([hole.local_addr().unwrap(), live]),
         )
         .await
         .expect("connected within 3 s, not after the blackholed address's OS timeout")
         .expect("connected");
         let took = start.elapsed();
         assert_eq!(stream.peer_addr().unwrap(), live);
+        assert!(
+            took >= Duration::from_millis(240),
+            "took {took:?}: no black hole"
+        );
         assert!(took < Duration::from_millis(1000), "took {took:?}");
     }
 

@@ -170,7 +170,7 @@ where
 }
 
 /// The endpoint's host as a server name: a DNS name, or an IP address.
-fn server_name(endpoint: &Endpoint) -> io::Result<ServerName<'static>> {
+pub(crate) fn server_name(endpoint: &Endpoint) -> io::Result<ServerName<'static>> {
     if endpoint.unix_path().is_some() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

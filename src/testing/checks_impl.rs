@@ -300,7 +300,8 @@ pub fn pass_names_hosts(
 }
 
 /// `connect_rate`: in any one virtual second, a client connects to a host whose
-/// connections delivered no reply to any call at most `bound(client)` times, plus the
+/// connections delivered no reply to any call at most `bound(client)` times (a race
+/// over a dead first address and the live one is one attempt), plus the
 /// `kicks` (operations that start a pass: `connect()`, `change_host`) in that second
 /// and the one before (Contract 8: only a reply delivered to a call counts as "the
 /// host answered"; crash-looping hosts wait out the backoff).
@@ -320,16 +321,32 @@ pub fn connect_rate(
         })
         .filter_map(|t| t.conn)
         .collect();
+    // One attempt is one race when the host's name has a dead first address
+    // (`Net::dead_first_address`): its `DeadAddress` record, then the `Connect` of the
+    // live address if the race got that far. It counts in the second it began, unless
+    // its connection answered; a race that never reached the live address counts too.
     let mut windows: BTreeMap<(usize, String, u64), usize> = BTreeMap::new();
+    let mut racing: BTreeMap<(usize, String), u64> = BTreeMap::new();
     for r in log.records() {
-        if let What::Connect(_) = &r.what {
-            if r.conn != 0 && answered.contains(&r.conn) {
-                continue;
+        let key = (r.client, r.host.clone());
+        match &r.what {
+            What::DeadAddress(_) => {
+                if let Some(sec) = racing.insert(key.clone(), r.at.as_secs()) {
+                    *windows.entry((key.0, key.1, sec)).or_default() += 1;
+                }
             }
-            *windows
-                .entry((r.client, r.host.clone(), r.at.as_secs()))
-                .or_default() += 1;
+            What::Connect(_) => {
+                let sec = racing.remove(&key).unwrap_or(r.at.as_secs());
+                if r.conn != 0 && answered.contains(&r.conn) {
+                    continue;
+                }
+                *windows.entry((key.0, key.1, sec)).or_default() += 1;
+            }
+            _ => {}
         }
+    }
+    for ((client, host), sec) in racing {
+        *windows.entry((client, host, sec)).or_default() += 1;
     }
     let mut out = Vec::new();
     let mut reported = BTreeSet::new();

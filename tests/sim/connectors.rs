@@ -132,7 +132,10 @@ fn tls(net: &Net<SimServer, SimCodec>) {
             let ca_key = ed25519();
             let ca_cert = ca.self_signed(&ca_key).expect("the CA").der().clone();
             let issuer = Issuer::new(ca, ca_key);
-            let mut leaf = CertificateParams::new(vec!["sim.test".to_string()]).expect("params");
+            // Every name the generator gives a TCP host (`h0` to `h7`): the client checks
+            // the certificate against the endpoint's host, as `TlsConnector` does.
+            let names = (0..8).map(|i| format!("h{i}")).collect::<Vec<_>>();
+            let mut leaf = CertificateParams::new(names).expect("params");
             leaf.serial_number = Some(2u64.into());
             let key = ed25519();
             let server = leaf
@@ -173,13 +176,125 @@ fn tls(net: &Net<SimServer, SimCodec>) {
         )
         .expect("the server's certificate and key");
     server.send_tls13_tickets = 0;
-    net.tls(
-        Arc::new(client),
-        Arc::new(server),
-        "sim.test".try_into().expect("a DNS name"),
-    );
+    net.tls(Arc::new(client), Arc::new(server), None);
 }
 
-/// Without the feature `rustls`, a TLS scenario runs in the clear (`main` says so).
+/// Without the feature `rustls` the generator draws no TLS scenario.
 #[cfg(not(feature = "rustls"))]
-fn tls(_net: &Net<SimServer, SimCodec>) {}
+fn tls(_net: &Net<SimServer, SimCodec>) {
+    unreachable!("no TLS scenario without the feature `rustls`")
+}
+
+/// `connect_rate` counts a race over a dead first address as an attempt even when it
+/// never reached the live address: a client whose connect timeout (50 ms) ends every
+/// race inside the happy eyeballs delay, and whose backoff is 1 ms, makes about 16
+/// attempts a second, none of them a `Connect` record.
+#[test]
+fn connect_rate_counts_races_that_never_reach_the_live_address() {
+    use socketchannel::testing::{Behavior, Ledger, Trace, checks};
+    use socketchannel::{Backoff, Channel, Order};
+
+    use super::proto::{Journal, Msg, SimProto};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let trace = Trace::new();
+        let net = Net::new(
+            SimServer::default(),
+            SimCodec::new(Journal::new(trace.epoch())),
+            trace.clone(),
+        );
+        net.set("h0:7000", Behavior::Up);
+        net.dead_first_address("h0:7000", Some(Behavior::Blackhole));
+        let ch: Channel<Msg, Msg> = Channel::builder()
+            .host("h0:7000")
+            .connect_timeout(Duration::from_millis(50))
+            .backoff(Backoff::exponential(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+            ))
+            .connector(net.connector(0), Order::new(SimProto::default()))
+            .expect("a valid host");
+        for _ in 0..40 {
+            let err = ch
+                .request(Msg::new("x"))
+                .await
+                .expect_err("every race times out");
+            assert!(err.is_not_sent(), "{err}");
+            // Past the backoff, so the next call starts a pass instead of failing fast.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let log = net.log();
+        assert!(
+            !log.records()
+                .iter()
+                .any(|r| matches!(r.what, What::Connect(_))),
+            "no race reached the live address"
+        );
+        let found = checks::connect_rate(&Ledger::new(trace), &log, &|_| 5, &[]);
+        assert!(
+            found.iter().any(|v| v.to_string().contains("connect_rate")),
+            "{found:?}"
+        );
+    });
+}
+
+/// The connect timeout bounds the whole race (RFC 8305), not each address: with the
+/// dead first address and the live one both black holes and a 400 ms timeout, a call
+/// fails *not sent* 400 ms after the pass began (plus the network's 1 ms latency),
+/// though the second attempt began only at 250 ms.
+#[test]
+fn the_connect_timeout_bounds_the_whole_race() {
+    use socketchannel::testing::{Behavior, Trace};
+    use socketchannel::{Channel, Kind, Order};
+
+    use super::proto::{Journal, Msg, SimProto};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let trace = Trace::new();
+        let net = Net::new(
+            SimServer::default(),
+            SimCodec::new(Journal::new(trace.epoch())),
+            trace.clone(),
+        );
+        net.set("h0:7000", Behavior::Blackhole);
+        net.dead_first_address("h0:7000", Some(Behavior::Blackhole));
+        let ch: Channel<Msg, Msg> = Channel::builder()
+            .host("h0:7000")
+            .connect_timeout(Duration::from_millis(400))
+            .connector(net.connector(0), Order::new(SimProto::default()))
+            .expect("a valid host");
+        let start = tokio::time::Instant::now();
+        let err = ch
+            .request(Msg::new("x"))
+            .await
+            .expect_err("nothing answers");
+        let took = start.elapsed();
+        assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
+        assert!(err.is_not_sent(), "{err}");
+        assert!(
+            took >= Duration::from_millis(400) && took <= Duration::from_millis(402),
+            "failed after {took:?}"
+        );
+        let attempts: Vec<_> = net
+            .log()
+            .records()
+            .iter()
+            .map(|r| (r.at.as_millis(), format!("{:?}", r.what)))
+            .collect();
+        assert_eq!(attempts.len(), 2, "both addresses tried: {attempts:?}");
+        assert!(
+            attempts[1].0 >= 250,
+            "the second after the delay: {attempts:?}"
+        );
+    });
+}

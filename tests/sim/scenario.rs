@@ -559,9 +559,13 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
         // Stable: the earlier ops keep their order; a drain goes after those at its time.
         ops.sort_by_key(|(at, _)| *at);
     }
-    let tls = SimRng::new(seed ^ TLS_STREAM).chance(l.tls);
+    // Unix socket endpoints have no addresses to race and no host name for TLS (the
+    // crate's `TlsConnector` refuses them): neither is drawn with them. Without the
+    // feature `rustls` there is no TLS, so a seed's scenario is another one there.
+    let unix = SimRng::new(seed ^ UNIX_STREAM).chance(l.unix);
+    let tls = cfg!(feature = "rustls") && !unix && SimRng::new(seed ^ TLS_STREAM).chance(l.tls);
     // Drawn apart from the generator's stream, so every seed keeps its scenario. Over
-    // TLS, whose handshake takes the client's first 326 bytes, further: most cuts then
+    // TLS, whose handshake takes the client's first 373 bytes, further: most cuts then
     // fall among the calls, some in the handshake.
     let cuts = (0..nhosts)
         .map(|h| {
@@ -574,11 +578,11 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
     let dead_first = (0..nhosts)
         .map(|h| {
             let mut dead = SimRng::new(seed ^ DEAD_FIRST_STREAM ^ h as u64);
-            dead.chance(l.dead_first)
+            (!unix && dead.chance(l.dead_first))
                 .then(|| [Behavior::Blackhole, Behavior::Refuse][dead.below(2) as usize].clone())
         })
         .collect();
-    let hosts = if SimRng::new(seed ^ UNIX_STREAM).chance(l.unix) {
+    let hosts = if unix {
         (0..nhosts)
             .map(|i| format!("unix:/run/sim/h{i}.sock"))
             .collect()

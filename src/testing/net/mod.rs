@@ -8,10 +8,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::{Decoder, Encoder};
 
 use super::Trace;
-use crate::meter::{Metered, MeteredFramed};
+use crate::meter::MeteredFramed;
 use crate::reconnect::Endpoint;
 
 mod kill;
@@ -225,7 +225,9 @@ struct NetState {
 struct Tls {
     client: Arc<crate::rustls::ClientConfig>,
     server: tokio_rustls::TlsAcceptor,
-    name: crate::rustls::pki_types::ServerName<'static>,
+    /// `None`: the endpoint's host, as `TlsConnector` takes it without
+    /// `server_name`.
+    name: Option<crate::rustls::pki_types::ServerName<'static>>,
 }
 
 /// No TLS without the feature `rustls`.
@@ -407,7 +409,9 @@ where
     }
 
     /// Makes every new connection speak TLS: the client's end runs a session with
-    /// `client` checking the certificate against `name` (with the code of the crate's
+    /// `client` checking the certificate against `name`, or with `None` against the
+    /// endpoint's host name as `TlsConnector` does (a Unix endpoint then fails its
+    /// connects with `InvalidInput`, as there) (with the code of the crate's
     /// `TlsConnector`, metered the same way, over the in-memory stream whose writes
     /// [`cut_client_writes`](Net::cut_client_writes) cuts), the server's end accepts
     /// with `server`, and the server reads and writes through it. A handshake that
@@ -418,7 +422,7 @@ where
         &self,
         client: Arc<crate::rustls::ClientConfig>,
         server: Arc<crate::rustls::ServerConfig>,
-        name: crate::rustls::pki_types::ServerName<'static>,
+        name: Option<crate::rustls::pki_types::ServerName<'static>>,
     ) {
         self.inner.trace.log("net: TLS on every new connection");
         self.inner
@@ -474,10 +478,21 @@ where
     /// Connects to `endpoint`'s host, racing a dead first address if its name has one.
     async fn dial(self, client: usize, endpoint: Endpoint) -> io::Result<MeteredFramed<Pipe, CC>> {
         let host = endpoint.to_string();
-        let (dead, delay) = {
+        let (dead, delay, tls) = {
             let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            (st.dead_first.get(&host).cloned(), st.eyeballs)
+            (
+                st.dead_first.get(&host).cloned(),
+                st.eyeballs,
+                st.tls.clone(),
+            )
         };
+        // As `TlsConnector` does, before it dials: no name, no attempt.
+        #[cfg(feature = "rustls")]
+        if let Some(Tls { name: None, .. }) = tls {
+            crate::connect::tls::server_name(&endpoint)?;
+        }
+        #[cfg(not(feature = "rustls"))]
+        let _ = tls;
         let Some(dead) = dead else {
             return self.connect(client, endpoint).await;
         };
@@ -617,7 +632,11 @@ where
                 let io = match tls {
                     #[cfg(feature = "rustls")]
                     Some(tls) => {
-                        let tls = crate::connect::tls::handshake(tls.client, tls.name, raw).await?;
+                        let name = match tls.name {
+                            Some(name) => name,
+                            None => crate::connect::tls::server_name(&endpoint)?,
+                        };
+                        let tls = crate::connect::tls::handshake(tls.client, name, raw).await?;
                         self.inner.trace.log(format!(
                             "net: conn {conn}: TLS handshake done, the client wrote {} byte(s)",
                             tls.get_ref().0.get_ref().wrote()
@@ -628,9 +647,11 @@ where
                     Some(never) => match never {},
                     None => Pipe::plain(raw),
                 };
-                Ok(Framed::new(
+                // Framed as the crate's connectors frame a socket.
+                Ok(crate::connect::frame(
                     io,
-                    Metered::new(self.inner.client_codec.clone()),
+                    self.inner.client_codec.clone(),
+                    crate::connect::BUFFER,
                 ))
             }
         }

@@ -104,6 +104,24 @@ impl AsyncWrite for Pipe {
         on_link!(self, io => io.poll_write(cx, buf))
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_link!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    /// As the crate's sockets and TLS sessions are: the transport's writes then take the
+    /// same path through `Metered` and tokio-rustls as over them.
+    fn is_write_vectored(&self) -> bool {
+        match &self.link {
+            Link::Plain(io) => io.is_write_vectored(),
+            #[cfg(feature = "rustls")]
+            Link::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         on_link!(self, io => io.poll_flush(cx))
     }
@@ -142,6 +160,41 @@ impl AsyncWrite for Raw {
             }
         }
         poll
+    }
+
+    /// Gathers as a socket does, the cut taking a prefix of the slices.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = match self.room {
+            Some(0) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Some(mut room) => {
+                let mut cut = Vec::with_capacity(bufs.len());
+                for b in bufs {
+                    if room == 0 {
+                        break;
+                    }
+                    let take = b.len().min(room);
+                    cut.push(io::IoSlice::new(&b[..take]));
+                    room -= take;
+                }
+                Pin::new(&mut self.io).poll_write_vectored(cx, &cut)
+            }
+            None => Pin::new(&mut self.io).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.wrote += n;
+            if let Some(room) = &mut self.room {
+                *room -= n;
+            }
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
