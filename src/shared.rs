@@ -248,14 +248,16 @@ impl<Resp> Shared<Resp> {
     /// to say: the endpoint, the delay). True when it changed.
     pub(crate) fn set_state_quietly(&self, state: State) -> bool {
         self.current.store(state as u8, Ordering::Release);
-        if !self.is_connecting() {
-            self.connect_done.notify_waiters();
-        }
-        self.state.send_if_modified(|s| {
+        let changed = self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;
             changed
-        })
+        });
+        // After the watch, so a woken handle reads the new state there too.
+        if !self.is_connecting() {
+            self.connect_done.notify_waiters();
+        }
+        changed
     }
 
     /// A call is made: counted and timed until its outcome reaches the caller.

@@ -243,7 +243,8 @@ fn connect_rate_counts_races_that_never_reach_the_live_address() {
     });
 }
 
-/// The connect timeout bounds the whole race (RFC 8305), not each address: with the
+/// The builder's connect timeout, around the connector, bounds the whole race (RFC
+/// 8305), not each address: with the
 /// dead first address and the live one both black holes and a 400 ms timeout, a call
 /// fails *not sent* 400 ms after the pass began (plus the network's 1 ms latency),
 /// though the second attempt began only at 250 ms.
