@@ -6,9 +6,11 @@
 //! when the connection task takes it into its queue to time it (`held`: while it cannot
 //! write, the task takes calls out of the intake) and when it is written. Each entry
 //! names the call by a sequence number the task gave it there, and, once written, by its
-//! session id. A call that is answered leaves its entry behind (a heap removes only its
-//! top): a sweep drops those once they outnumber the live ones, so the heap stays a small
-//! multiple of the calls waiting, and its top is soon a live call's deadline.
+//! session id. A call that is answered leaves its entry behind: most never reach the
+//! heap (an entry waits a generation of pushes in a plain list first, and only a live
+//! call's goes on), and a sweep drops those in the heap once they outnumber the live
+//! ones, so the heap stays a small multiple of the calls waiting long, and its top is
+//! soon a live call's deadline.
 //!
 //! At a deadline, a queued call fails [`Kind::Timeout`](crate::Kind::Timeout) *not sent*
 //! and is never written; a written one fails *may have executed*, and its slot or id
@@ -34,9 +36,21 @@ pub(crate) struct Due {
 }
 
 /// The channel's deadlines.
+///
+/// Most calls are answered long before their deadline, so an entry is not put in the
+/// heap at once: it goes to `young`, a plain list, and only when `young` fills are the
+/// entries of the generation before it (`old`) looked at: those whose call still waits
+/// go to the heap, the rest are dropped. An answered call's entry then costs a push on
+/// a list and one look, and no heap operation; the timer is at the earliest deadline of
+/// the heap and of both lists.
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
     heap: BinaryHeap<Reverse<Due>>,
+    young: Vec<Due>,
+    old: Vec<Due>,
+    /// The earliest deadline in `young` and in `old`.
+    young_first: Option<Instant>,
+    old_first: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     /// The heap's size after the last sweep: the next sweep comes at twice that.
     swept: usize,
@@ -49,7 +63,13 @@ pub(crate) struct Deadlines {
 }
 
 /// Entries kept however few are live: below this, a sweep would cost more than it saves.
+/// Also the size of a generation of entries.
 const SWEEP_FLOOR: usize = 1024;
+
+#[inline(always)]
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
 
 impl Deadlines {
     /// The next sequence number.
@@ -71,29 +91,61 @@ impl Deadlines {
         self.now = None;
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, due: Due) {
         self.used = true;
-        self.heap.push(Reverse(due));
+        self.young_first = earliest(self.young_first, due.at);
+        self.young.push(due);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.heap.is_empty() && self.young.is_empty() && self.old.is_empty()
     }
 
-    /// Whether a sweep is due (the heap doubled since the last one).
+    /// Whether a sweep is due: a generation is full, or the heap doubled since the
+    /// last sweep.
+    #[inline]
     pub(crate) fn wants_sweep(&self) -> bool {
-        self.heap.len() > SWEEP_FLOOR.max(2 * self.swept)
+        self.young.len() >= SWEEP_FLOOR || self.heap.len() > SWEEP_FLOOR.max(2 * self.swept)
     }
 
-    /// Keeps only the entries whose call `live` says is still waiting.
+    /// Keeps only the entries whose call `live` says is still waiting: the old
+    /// generation's, when the young one is full (the young becomes the old), and the
+    /// heap's, when it doubled.
     pub(crate) fn sweep(&mut self, mut live: impl FnMut(&Due) -> bool) {
-        let mut entries = std::mem::take(&mut self.heap).into_vec();
-        entries.retain(|Reverse(due)| live(due));
-        self.heap = BinaryHeap::from(entries);
-        self.swept = self.heap.len();
+        if self.young.len() >= SWEEP_FLOOR {
+            self.promote(&mut live);
+            std::mem::swap(&mut self.old, &mut self.young);
+            self.old_first = self.young_first.take();
+        }
+        if self.heap.len() > SWEEP_FLOOR.max(2 * self.swept) {
+            let mut entries = std::mem::take(&mut self.heap).into_vec();
+            entries.retain(|Reverse(due)| live(due));
+            self.heap = BinaryHeap::from(entries);
+            self.swept = self.heap.len();
+        }
     }
 
-    /// The next entry whose deadline has passed (by the clock read now), if any.
+    /// Moves the old generation's live entries to the heap, leaving it empty.
+    fn promote(&mut self, live: &mut impl FnMut(&Due) -> bool) {
+        for due in self.old.drain(..) {
+            if live(&due) {
+                self.heap.push(Reverse(due));
+            }
+        }
+        self.old_first = None;
+    }
+
+    /// Moves every live entry to the heap, before the due ones are taken from it.
+    pub(crate) fn settle(&mut self, mut live: impl FnMut(&Due) -> bool) {
+        self.promote(&mut live);
+        std::mem::swap(&mut self.old, &mut self.young);
+        self.old_first = self.young_first.take();
+        self.promote(&mut live);
+    }
+
+    /// The next entry in the heap whose deadline has passed (by the clock read now), if
+    /// any: [`settle`](Self::settle) first.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Due> {
         if self.heap.peek()?.0.at > now {
             return None;
@@ -104,10 +156,13 @@ impl Deadlines {
     /// Sets the timer to the earliest deadline and polls it, so the task is woken then.
     /// True when it is due already.
     pub(crate) fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(Reverse(top)) = self.heap.peek() else {
+        let mut first = self.heap.peek().map(|Reverse(top)| top.at);
+        for at in [self.young_first, self.old_first].into_iter().flatten() {
+            first = earliest(first, at);
+        }
+        let Some(at) = first else {
             return false;
         };
-        let at = top.at;
         let timer = match &mut self.timer {
             Some(timer) => {
                 if timer.deadline() != at {
@@ -142,12 +197,43 @@ mod tests {
         for (seq, ms) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
             d.push(due(now + Duration::from_millis(ms), seq));
         }
+        d.settle(|_| true);
         assert!(d.pop_due(now).is_none());
         let later = now + Duration::from_millis(20);
         let popped: Vec<u64> = std::iter::from_fn(|| d.pop_due(later))
             .map(|d| d.seq)
             .collect();
         assert_eq!(popped, [2, 4, 3], "by deadline, then by number");
+    }
+
+    /// A live entry fires at its deadline wherever it is (the young list, the old one,
+    /// the heap), all of them in deadline order, and the timer is at the earliest.
+    #[tokio::test(start_paused = true)]
+    async fn live_entries_fire_in_deadline_order_from_every_generation() {
+        let mut d = Deadlines::default();
+        let start = Instant::now();
+        let live = |due: &Due| due.seq.is_multiple_of(7);
+        // Deadlines that go down and up, over three generations and a bit.
+        let at = |seq: u64| start + Duration::from_millis(50 + (seq * 7919) % 450);
+        for seq in 1..=3500u64 {
+            d.push(due(at(seq), seq));
+            if d.wants_sweep() {
+                d.sweep(live);
+            }
+        }
+        assert!(!d.heap.is_empty() && !d.young.is_empty() && !d.old.is_empty());
+        let want_first = (1..=3500u64).map(at).min().unwrap();
+        let waker = futures::task::noop_waker();
+        assert!(!d.poll_timer(&mut Context::from_waker(&waker)));
+        assert_eq!(d.timer.as_ref().unwrap().deadline(), want_first);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(d.poll_timer(&mut Context::from_waker(&waker)));
+        d.settle(live);
+        let popped: Vec<Due> = std::iter::from_fn(|| d.pop_due(Instant::now())).collect();
+        let mut want: Vec<u64> = (1..=3500u64).filter(|s| s.is_multiple_of(7)).collect();
+        want.sort_by_key(|&s| (at(s), s));
+        assert_eq!(popped.iter().map(|d| d.seq).collect::<Vec<_>>(), want);
+        assert!(d.is_empty());
     }
 
     /// Answered calls leave their entries behind; sweeps keep the heap within twice the
@@ -163,8 +249,13 @@ mod tests {
                 // The last 10 are live.
                 d.sweep(|due| due.seq + 10 > seq);
             }
-            max = max.max(d.heap.len());
+            max = max.max(d.heap.len() + d.young.len() + d.old.len());
         }
-        assert!(max <= SWEEP_FLOOR + 1, "{max}");
+        assert!(max <= 3 * SWEEP_FLOOR + 1, "{max}");
+        assert!(
+            d.heap.len() <= 10,
+            "only the live ones reach the heap: {}",
+            d.heap.len()
+        );
     }
 }

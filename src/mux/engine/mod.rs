@@ -292,21 +292,27 @@ where
         if self.deadlines.is_empty() {
             return false;
         }
-        if self.deadlines.wants_sweep() {
-            let held = &self.held;
-            self.deadlines.sweep(|due| {
-                if due.written {
-                    written(due, false)
-                } else {
-                    held_at(held, due.seq).is_some_and(|at| !held[at].is_gone())
+        macro_rules! live {
+            () => {{
+                let held = &self.held;
+                |due: &Due| {
+                    if due.written {
+                        written(due, false)
+                    } else {
+                        held_at(held, due.seq).is_some_and(|at| !held[at].is_gone())
+                    }
                 }
-            });
+            }};
+        }
+        if self.deadlines.wants_sweep() {
+            self.deadlines.sweep(live!());
         }
         let mut failed = false;
         // The timer is at the earliest deadline: until it fires, nothing is due (and
         // the clock need not be read).
         while self.deadlines.poll_timer(cx) {
             let now = tokio::time::Instant::now();
+            self.deadlines.settle(live!());
             let mut popped = false;
             while let Some(due) = self.deadlines.pop_due(now) {
                 popped = true;
