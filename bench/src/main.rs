@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p socketchannel-bench -- [--quick] [--json] [--runs N] [--filter SUBSTR]
-//!     [--callers N] [--duration SECS] [--runtime current|multi|both] [--svg PATH] [--no-redis]
+//!     [--callers N] [--payload BYTES] [--duration SECS] [--runtime current|multi|both] [--svg PATH] [--no-redis]
 //! ```
 //!
 //! See `bench/README.md` for what each column means.
@@ -75,7 +75,8 @@ const IN_FLIGHT: usize = 256;
 const SAFETY_CELL: (usize, usize) = (256, 16);
 
 const USAGE: &str = "\
-usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--duration SECS]
+usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--payload BYTES]
+             [--duration SECS]
              [--runtime current|multi|both] [--svg PATH] [--no-redis]
 
   --quick          short cells (0.3 s each), under a minute in all
@@ -85,6 +86,7 @@ usage: bench [--quick] [--json] [--runs N] [--filter SUBSTR] [--callers N] [--du
                    for any of them; =NAME for that variant alone
                    (e.g. --filter =channel-order,=channel-order+metrics)
   --callers N      only the cells with N callers (1, 16 or 256), e.g. to profile one
+  --payload BYTES  only the echo cells with BYTES-byte payloads (16, 1024 or 16384)
   --duration SECS  measured time per cell (default 2, or 0.3 with --quick)
   --runtime WHICH  run every cell on a current-thread runtime, a 2-worker multi-thread
                    one, or both (default both)
@@ -111,6 +113,9 @@ struct Options {
     filter: Option<String>,
     /// The concurrencies to run: all of [`CONCURRENCY`], or the one `--callers` names.
     callers: Vec<usize>,
+    /// The payload sizes of the echo cells: all of [`PAYLOADS`], or the one `--payload`
+    /// names.
+    payloads: Vec<usize>,
     /// Warm-up and measured time of every cell.
     window: Window,
     /// Skip the Redis section.
@@ -127,6 +132,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let mut runs = 1;
     let mut filter = None;
     let mut callers = CONCURRENCY.to_vec();
+    let mut payloads = PAYLOADS.to_vec();
     let mut duration = None;
     let mut no_redis = false;
     let mut runtimes = Flavor::BOTH.to_vec();
@@ -147,6 +153,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
                 runtimes = Flavor::parse_list(&which).ok_or(format!(
                     "--runtime must be current, multi or both, not {which}"
                 ))?;
+            }
+            "--payload" => {
+                let n = value()?.parse().map_err(|e| format!("--payload: {e}"))?;
+                if !PAYLOADS.contains(&n) {
+                    return Err(format!("--payload must be one of {PAYLOADS:?}"));
+                }
+                payloads = vec![n];
             }
             "--callers" => {
                 let n = value()?.parse().map_err(|e| format!("--callers: {e}"))?;
@@ -184,6 +197,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         runs,
         filter,
         callers,
+        payloads,
         window: Window {
             warmup,
             measure: duration.unwrap_or(measure),
@@ -259,8 +273,10 @@ fn bench(options: &Options) -> Result<(), BoxError> {
         return Err("no variant matches the filter".into());
     }
 
-    let echo_cells = options.callers.len() * PAYLOADS.len() * matrix.len()
-        + usize::from(options.callers.contains(&SAFETY_CELL.0)) * safety.len();
+    let echo_cells = options.callers.len() * options.payloads.len() * matrix.len()
+        + usize::from(
+            options.callers.contains(&SAFETY_CELL.0) && options.payloads.contains(&SAFETY_CELL.1),
+        ) * safety.len();
     let redis_cells = if options.no_redis {
         0
     } else {
@@ -417,7 +433,7 @@ fn echo(
         // Variants side by side within each cell and runtime, so they see the same
         // machine noise.
         for &concurrency in &options.callers {
-            for payload in PAYLOADS {
+            for &payload in &options.payloads {
                 let extra = if (concurrency, payload) == SAFETY_CELL {
                     safety
                 } else {

@@ -43,7 +43,10 @@ impl Shape {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let shared = Arc::new(StreamShared::default());
                 let waiter = StreamTx::waiter(tx, shared.clone(), until, limits.clone());
-                (waiter, Pending::Stream(Some(ReplyStream::new(rx, shared))))
+                (
+                    waiter,
+                    Pending::Stream(Some(Box::new(ReplyStream::new(rx, shared)))),
+                )
             }
             Shape::Send => {
                 let (tx, rx) = oneshot::channel();
@@ -68,8 +71,9 @@ pub(crate) enum Pending<Resp> {
     One(oneshot::Receiver<Result<Resp, Error>>),
     Many(oneshot::Receiver<Result<Vec<Resp>, Error>>),
     Sent(oneshot::Receiver<Result<(), Error>>),
-    /// Taken when the future resolves.
-    Stream(Option<ReplyStream<Resp>>),
+    /// Taken when the future resolves. Boxed: streams are rare, and every other call's
+    /// future would otherwise be as large as a stream.
+    Stream(Option<Box<ReplyStream<Resp>>>),
 }
 
 /// The reply to a [`Call`](super::Call) made through `Service<Call<Req>>`, in the shape
@@ -175,7 +179,7 @@ impl<Resp> ReplyFuture<Resp> {
                     .as_mut()
                     .expect("ReplyFuture polled after it resolved");
                 std::task::ready!(s.poll_first(cx))
-                    .map(|()| Reply::Stream(stream.take().expect("checked above")))
+                    .map(|()| Reply::Stream(*stream.take().expect("checked above")))
             }
         };
         #[cfg(feature = "metrics")]
