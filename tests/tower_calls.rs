@@ -148,6 +148,42 @@ async fn a_call_service_keeps_backpressure_and_load() {
     drop(futures);
 }
 
+/// A slot `poll_ready` reserved counts in `Load` while the handle holds it (an idle
+/// channel reads 1, not a leak) and no longer once it is used or the handle is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_reserved_slot_counts_in_load_until_used_or_dropped() {
+    use tower::load::Load;
+    let (net, _) = net();
+    let ch = channel(&net, Mode::Order);
+    let reply = within(1, "an echo", ch.request(msg("warm"))).await.unwrap();
+    assert_eq!(reply.text(), "warm");
+    assert_eq!(ch.load(), 0);
+    let mut ready = ch.clone();
+    within(
+        1,
+        "a slot",
+        std::future::poll_fn(|cx| Service::<Msg>::poll_ready(&mut ready, cx)),
+    )
+    .await
+    .unwrap();
+    assert_eq!((ch.load(), ch.counters().in_flight), (1, 0));
+    let reply = within(1, "an echo", Service::<Msg>::call(&mut ready, msg("used")))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), "used");
+    assert_eq!(ch.load(), 0);
+    within(
+        1,
+        "a slot",
+        std::future::poll_fn(|cx| Service::<Msg>::poll_ready(&mut ready, cx)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ch.load(), 1);
+    drop(ready);
+    assert_eq!(ch.load(), 0);
+}
+
 /// A request type that is not `Clone`: its calls are retried from the request the
 /// *not sent* error hands back.
 #[derive(Debug)]

@@ -297,13 +297,16 @@ where
 impl<Req, Resp> Load for Channel<Req, Resp> {
     type Metric = usize;
 
-    /// Calls queued or waiting for a reply; `usize::MAX` while every host is down (the
-    /// channel backs off and fails calls fast), so `p2c` balancing steers around it.
+    /// Calls queued or waiting for a reply, and the slots `poll_ready` reserved for the
+    /// next call of a handle (until it is made or the handle dropped); `usize::MAX` while
+    /// every host is down (the channel backs off and fails calls fast), so `p2c`
+    /// balancing steers around it.
     fn load(&self) -> usize {
         if self.shared.is_backing_off() {
             return usize::MAX;
         }
-        // Queued: in the intake, and taken out of it by the task to be timed.
+        // Queued: in the intake (or a slot reserved in it), and taken out of it by the
+        // task to be timed.
         let queued = self.tx.max_capacity() - self.tx.capacity()
             + self.shared.held.load(std::sync::atomic::Ordering::Relaxed);
         self.shared.stats.in_flight() as usize + queued

@@ -369,7 +369,9 @@ pub fn connect_rate(
 }
 
 /// `idle_gauges`: once nothing is queued or waiting, `in_flight` is 0, `Load` is 0
-/// (unless the channel backs off or connects) and the overload signal is off.
+/// (unless the channel backs off or connects) and the overload signal is off. A slot
+/// `poll_ready` reserved counts in `Load` while its handle holds it: the caller excuses
+/// the slots it knows are held.
 pub fn idle_gauges<Req, Resp>(name: &str, channel: &Channel<Req, Resp>) -> Vec<Violation>
 where
     Req: Send + 'static,

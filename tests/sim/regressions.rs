@@ -188,3 +188,17 @@ fn load_of_a_task_that_panicked_holding_a_call_seed_0x571() {
         "load_of_a_task_that_panicked_holding_a_call_seed_0x571",
     );
 }
+
+/// Found by the simulation on 6d4ab40: a check, not the crate, was wrong. A handle that
+/// `poll_ready` made ready during a blackholed connect still held its slot when the end
+/// checked the idle gauges (it drops it a hold of 2.75 s later), and `Load` counts a
+/// reserved slot, so the idle channel read a load of 1. The end now excuses exactly the
+/// slots such handles still hold.
+#[test]
+fn load_counts_a_slot_a_ready_handle_still_holds_seed_0x7cd12() {
+    assert_clean(
+        0x7cd12,
+        "idle_gauges",
+        "load_counts_a_slot_a_ready_handle_still_holds_seed_0x7cd12",
+    );
+}

@@ -47,6 +47,8 @@ pub struct Ctx {
     pub wire: Journal,
     /// When the end of the scenario closed every channel.
     pub closing: Mutex<Option<Duration>>,
+    /// Per client, the slots `poll_ready` reserved that a `ReadyDrop` handle still holds.
+    pub reserved: Mutex<Vec<usize>>,
 }
 
 impl Ctx {
@@ -576,6 +578,7 @@ async fn simulate(scn: &Scenario) -> Report {
         tasks: Mutex::new(Vec::new()),
         wire,
         closing: Mutex::new(None),
+        reserved: Mutex::new(vec![0; scn.clients.len()]),
     });
     let channels: Vec<Ch> = scn
         .clients
