@@ -104,3 +104,28 @@ async fn connect_during_a_shutdown_waits_for_it_then_reopens() {
     );
     assert_eq!(log.executed("again"), 1);
 }
+
+/// A fire-and-forget call is written even if its caller leaves (`Channel::send`), so a
+/// shutdown waits for it: queued during a slow connect and dropped, it is written once
+/// the connection is made, and the shutdown ends then (not when its caller left, nor
+/// at its deadline). The simulation's `shutdown_prompt` counts on this
+/// (`sim::regressions::shutdown_held_by_a_send_whose_caller_left_seed_0x7aa60`).
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_waits_for_a_send_whose_caller_left_until_it_is_written() {
+    let (net, log) = serve();
+    net.delay(ms(500));
+    let ch = net.channel(Mode::Order, Channel::builder().host("a:1"));
+    let send = tokio::spawn({
+        let ch = ch.clone();
+        async move { ch.send(msg("fire")).await }
+    });
+    tokio::time::sleep(ms(10)).await;
+    send.abort();
+    assert!(send.await.expect_err("aborted").is_cancelled());
+    let started = Instant::now();
+    ch.shutdown(Duration::from_secs(3600)).await;
+    let took = started.elapsed();
+    assert!(took >= ms(480) && took < ms(600), "took {took:?}");
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(log.executed("fire"), 1);
+}

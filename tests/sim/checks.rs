@@ -614,24 +614,19 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
             continue;
         }
         // A fire-and-forget call whose caller gave up stays queued until it is written
-        // (the crate never skips one): while each connection drains before it takes a
-        // user call (a host that drains after its handshake), the shutdown rightly
-        // waits for it, to its deadline.
-        let drained = records.iter().any(|r| {
-            r.client == client && r.at >= t0 && r.at <= end && r.what == What::DrainNotice
+        // (the crate never skips one: `send` writes it even if its future is dropped),
+        // so its caller leaving does not end it. Read by no server when the shutdown
+        // ended (unwritten: each connection drained before it took a user call, or none
+        // was made, a connect that hangs), it rightly held the shutdown to its deadline,
+        // not later.
+        let unsent_send = calls.iter().any(|c| {
+            ours(c.client, client)
+                && c.shape.starts_with("Send")
+                && c.cancelled.is_some_and(|at| at <= end)
+                && !records.iter().any(|r| {
+                    r.at <= end && matches!(&r.what, What::Read(d) if d.nonce == Some(c.nonce))
+                })
         });
-        if drained
-            && calls.iter().any(|c| {
-                ours(c.client, client)
-                    && c.shape.starts_with("Send")
-                    && c.cancelled.is_some_and(|at| at <= end)
-                    && !records.iter().any(|r| {
-                        r.at <= end && matches!(&r.what, What::Read(d) if d.nonce == Some(c.nonce))
-                    })
-            })
-        {
-            continue;
-        }
         // A balance call may have been queued on this channel, its caller waiting:
         // the shutdown rightly waits for it, and when it fails *not sent* at the
         // deadline `RetryNotSent` sends it to the other channel, so the ledger shows
@@ -676,7 +671,11 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
             .map(|r| r.at)
             .max()
             .unwrap_or_default();
-        let limit = due.min(t0.max(last_call).max(last_net)) + SLACK;
+        let limit = if unsent_send {
+            due
+        } else {
+            due.min(t0.max(last_call).max(last_net))
+        } + SLACK;
         if end > limit {
             out.push(Violation::new(
                 "shutdown_prompt",

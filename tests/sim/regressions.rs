@@ -103,6 +103,20 @@ fn shutdown_not_woken_when_its_last_caller_leaves_seed_0x3b4() {
     );
 }
 
+/// A defect of the check, not the crate: `shutdown_prompt` read a fire-and-forget
+/// call's caller leaving as the end of that call, but the crate writes it all the same
+/// (`send` is written even if its future is dropped). Queued during a connect that hung
+/// (a black hole, its timeout past the deadline), it rightly held the shutdown to its
+/// deadline; the check allowed that only when the host drained every connection.
+#[test]
+fn shutdown_held_by_a_send_whose_caller_left_seed_0x7aa60() {
+    assert_clean(
+        0x7aa60,
+        "shutdown_prompt",
+        "shutdown_held_by_a_send_whose_caller_left_seed_0x7aa60",
+    );
+}
+
 /// Found by 50,000 seeds after the fixes: when the connection task panicked (in a
 /// codec), its queued calls failed *not sent* with their envelopes, but their overload
 /// weight was never taken off, so the signal stayed on for good.
