@@ -214,7 +214,11 @@ pub trait Sessions<Req, Resp>: Protocol<Req, Resp> {
     /// carry `id` itself). The call's id stays reserved until the server answers the
     /// call (any reply with that id: the call's own, or one that says it was
     /// cancelled) or the connection ends, so a late reply never reaches the next call
-    /// to get that id. The server must answer such a call once, as it answers any
+    /// to get that id. A call of several reply frames keeps it until its reply ends as
+    /// the call said: `n` frames for [`Channel::request_n`](crate::Channel::request_n),
+    /// a final one ([`Protocol::is_final`]) for an until-final call; a server that
+    /// answers a notice with one "cancelled" frame should make it final, and a
+    /// `request_n` call waits for its `n` frames however the server answers. The server must answer such a call once, as it answers any
     /// call: with its reply or with a "cancelled" one, never both, since the second
     /// would find the id free and perhaps another call's.
     /// [`Counters::cancel_notices`](crate::Counters::cancel_notices) counts the notices
