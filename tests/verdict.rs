@@ -68,6 +68,8 @@ struct Script {
     drain_on_accept: usize,
     /// Closes the connection after its first `READONLY`.
     close_after_readonly: bool,
+    /// Each connection sends `DRAIN` once it has answered this many of its own lines.
+    drain_each_after: Option<usize>,
     /// The lines each connection read, by connection.
     log: Arc<Mutex<Vec<Vec<String>>>>,
 }
@@ -82,7 +84,9 @@ async fn serve(io: DuplexStream, script: Script) {
     if conn < script.drain_on_accept && io.send("DRAIN".to_string()).await.is_err() {
         return;
     }
+    let mut own = 0;
     while let Some(Ok(line)) = io.next().await {
+        own += 1;
         script.log.lock().unwrap()[conn].push(line.clone());
         let read = script.lines.fetch_add(1, Ordering::SeqCst) + 1;
         if script.drain_after == Some(read) && io.send("DRAIN".to_string()).await.is_err() {
@@ -107,6 +111,9 @@ async fn serve(io: DuplexStream, script: Script) {
             if io.send(answer).await.is_err() || (readonly && script.close_after_readonly) {
                 return;
             }
+        }
+        if script.drain_each_after == Some(own) && io.send("DRAIN".to_string()).await.is_err() {
+            return;
         }
     }
 }
@@ -447,6 +454,67 @@ async fn a_server_that_drains_every_connection_at_once_is_backed_off() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let connects = connects.lock().unwrap().len();
     assert!((2..=25).contains(&connects), "{connects} connects in 10 s");
+}
+
+/// A server that answers the handshake, and the call the handshake queued without
+/// awaiting it, and then drains: a handshake's calls are no user's, so each connection
+/// is a failed attempt, backed off, not a reconnect at once (it was: about 500 a
+/// second, sim seed 0x1bd29).
+#[tokio::test(start_paused = true)]
+async fn a_drain_after_the_handshakes_calls_is_backed_off() {
+    let connects = Arc::new(Mutex::new(0usize));
+    let script = Script {
+        drain_each_after: Some(2),
+        ..Script::default()
+    };
+    let log = script.log.clone();
+    let counted = connects.clone();
+    // A storm keeps the runtime busy, so paused time would never reach the end of the
+    // sleep below: the 100th connect says so instead.
+    let storm = Arc::new(tokio::sync::Notify::new());
+    let stormed = storm.clone();
+    let connector = tower::service_fn(move |_: Endpoint| {
+        let script = script.clone();
+        let mut n = counted.lock().unwrap();
+        *n += 1;
+        if *n == 100 {
+            stormed.notify_one();
+        }
+        async move {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve(server, script));
+            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
+        }
+    });
+    let channel: Channel<String, String> = Channel::builder()
+        .host("127.0.0.1:1")
+        .reconnect(Reconnect::Persistent)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .handshake(|conn: Channel<String, String>, _: Endpoint| async move {
+            conn.request(s("auth")).await?;
+            // Queued (polled once), not awaited.
+            let mut select = Box::pin({
+                let conn = conn.clone();
+                async move { conn.request(s("select")).await }
+            });
+            let _ = futures::poll!(select.as_mut());
+            tokio::spawn(select);
+            Ok(Handshake::Ready)
+        })
+        .connector(connector, Order::new(Words))
+        .expect("valid host");
+    channel.connect().await.unwrap();
+    tokio::select! {
+        biased;
+        () = storm.notified() => panic!("a storm: 100 connects before 10 s passed"),
+        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+    }
+    let connects = *connects.lock().unwrap();
+    assert!((2..=25).contains(&connects), "{connects} connects in 10 s");
+    assert_eq!(log.lock().unwrap()[0], ["auth", "select"]);
 }
 
 /// `change_host` while backing off from a wrong server: the host asked for is tried

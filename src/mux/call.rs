@@ -454,6 +454,9 @@ pub(crate) struct Envelope<Req, Resp> {
     pub(crate) id: Option<u64>,
     /// Exempt from the stall timeout (a blocking command).
     pub(crate) exempt: bool,
+    /// Queued by a handshake that did not await it: its reply says nothing of whether
+    /// the host answers users ([`Entry::user`](super::matcher::Entry::user)).
+    pub(crate) leftover: bool,
     /// What it counts for the overload signal while queued (0 when that is off).
     pub(crate) weight: usize,
     /// When it fails [`Kind::Timeout`] if it has not been answered (see `deadline.rs`).
@@ -472,6 +475,7 @@ impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
             waiter: Some(waiter),
             id: None,
             exempt: false,
+            leftover: false,
             weight: 0,
             deadline: None,
             seq: 0,

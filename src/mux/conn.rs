@@ -230,12 +230,13 @@ where
 
     /// Admits one call and hands its first frame to the sink, entering its deadline.
     /// Returns whether it wrote. A call whose deadline has passed is not written: it
-    /// fails [`Kind::Timeout`], *not sent*.
+    /// fails [`Kind::Timeout`], *not sent*. `user`: a user's call ([`Entry::user`]).
     #[inline(always)]
     pub(crate) fn write_call<WE>(
         &mut self,
         call: Envelope<Req, Resp>,
         deadlines: &mut Deadlines,
+        user: bool,
     ) -> Result<bool, ConnectionError>
     where
         T: Sink<Req, Error = WE> + Unpin,
@@ -280,6 +281,7 @@ where
                 exempt,
                 read_only: matches!(frames, Frames::None),
                 noticed: false,
+                user,
             };
             match self.matcher.admit(&mut frames, id, entry) {
                 Ok(id) => {

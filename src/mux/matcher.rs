@@ -20,18 +20,24 @@ pub(crate) struct Entry<Resp> {
     pub(crate) read_only: bool,
     /// Its caller left and it was given a cancel notice (see `notice.rs`).
     pub(crate) noticed: bool,
+    /// A user's call, or the idle ping: its reply says the host answered
+    /// (`Conn::answered`). A handshake's call, even one it left unawaited, says nothing
+    /// of that: a host that answers the handshake and then drains or closes is a
+    /// failed attempt.
+    pub(crate) user: bool,
 }
 
 /// What became of a reply frame.
 #[derive(Debug)]
 pub(crate) enum Route<Resp> {
-    /// Given to its call (or discarded for a caller that left): the server answered.
-    Delivered,
+    /// Given to its call (or discarded for a caller that left): the server answered,
+    /// a user's call if `user` ([`Entry::user`]).
+    Delivered { user: bool },
     /// Given to its call, which it put over a reply limit: the call failed before its
     /// last frame, and its caller is gone while the server still works on it. Only
     /// from a mode that sends cancel notices: the call is owed one, as a caller that
     /// left is.
-    Limit,
+    Limit { user: bool },
     /// The protocol marks it as a push.
     Push(Resp),
     /// Session mode: no call waits for its id. Dropped.
@@ -47,11 +53,12 @@ pub(crate) enum Route<Resp> {
 }
 
 impl<Resp> Route<Resp> {
-    /// A frame given to its call, with what its verdict says of the connection.
-    pub(crate) fn delivered(verdict: crate::Verdict) -> Self {
+    /// A frame given to its call (a user's if `user`), with what its verdict says of
+    /// the connection.
+    pub(crate) fn delivered(verdict: crate::Verdict, user: bool) -> Self {
         match verdict {
             crate::Verdict::WrongServer => Route::WrongServer,
-            _ => Route::Delivered,
+            _ => Route::Delivered { user },
         }
     }
 }

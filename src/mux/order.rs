@@ -86,10 +86,11 @@ where
         let Some(head) = self.queue.front_mut() else {
             return Route::Desync;
         };
+        let user = head.user;
         if head.waiter.deliver(frame, &self.protocol, verdict) == Took::Last {
             self.queue.pop_front();
         }
-        Route::delivered(verdict)
+        Route::delivered(verdict, user)
     }
 
     fn pending(&self) -> usize {

@@ -182,7 +182,8 @@ where
                 // its order, ahead of any user call (even the one that asked for the
                 // connection); the handle takes no more.
                 lane.close();
-                while let Ok(call) = lane.try_recv() {
+                while let Ok(mut call) = lane.try_recv() {
+                    call.leftover = true;
                     conn.first.push_back(call);
                 }
                 Ok(self.ready(endpoint, conn))

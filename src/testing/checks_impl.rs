@@ -303,8 +303,9 @@ pub fn pass_names_hosts(
 /// connections delivered no reply to any call at most `bound(client)` times (a race
 /// over a dead first address and the live one is one attempt), plus the
 /// `kicks` (operations that start a pass: `connect()`, `change_host`) in that second
-/// and the one before (Contract 8: only a reply delivered to a call counts as "the
-/// host answered"; crash-looping hosts wait out the backoff).
+/// and the one before (Contract 8: only a reply delivered to a user's call counts as
+/// "the host answered", a handshake's does not; crash-looping hosts wait out the
+/// backoff).
 pub fn connect_rate(
     ledger: &Ledger,
     log: &ServerLog,
@@ -314,6 +315,7 @@ pub fn connect_rate(
     let answered: BTreeSet<u64> = ledger
         .calls()
         .iter()
+        .filter(|c| !c.handshake)
         .flat_map(|c: &CallRecord| {
             c.outcomes
                 .iter()

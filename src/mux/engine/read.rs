@@ -40,9 +40,9 @@ where
             n += 1;
             self.shared.stats.received(1);
             match conn.matcher.route(frame) {
-                Route::Delivered => conn.answered = true,
-                Route::Limit => {
-                    conn.answered = true;
+                Route::Delivered { user } => conn.answered |= user,
+                Route::Limit { user } => {
+                    conn.answered |= user;
                     conn.gave_up();
                 }
                 Route::Push(frame) => self.push(frame),

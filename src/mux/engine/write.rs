@@ -63,10 +63,15 @@ where
                 conn.write_notice()?;
                 continue;
             }
-            let call = match conn.first.pop_front() {
-                Some(call) => call,
+            // What the handshake left unawaited and the idle ping go first; the
+            // handshake's are no user's calls (the ping is the channel's own).
+            let (call, user) = match conn.first.pop_front() {
+                Some(call) => {
+                    let user = !call.leftover;
+                    (call, user)
+                }
                 None => match self.poll_call(cx, lane) {
-                    Poll::Ready(Some(call)) => call,
+                    Poll::Ready(Some(call)) => (call, matches!(lane, Lane::User)),
                     Poll::Ready(None) => {
                         lane_done = true;
                         break;
@@ -81,7 +86,7 @@ where
                 self.shared.stats.skipped(1);
                 continue;
             }
-            if conn.write_call(call, &mut self.deadlines)? {
+            if conn.write_call(call, &mut self.deadlines, user)? {
                 sent += 1;
             }
         }
