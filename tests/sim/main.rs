@@ -33,9 +33,10 @@
 //! SIM_SEED=0x2a cargo test --features testing,rustls --test sim -- --nocapture replay
 //! ```
 //!
-//! 2,000 seeds take about 30 s in a debug build on the 2-core CI machine, 8 s in a
-//! release build; 30,000 seeds from 400000 took 200 s in release (both measured on
-//! 2026-12-03). `SIM_ALL=1` prints every violation of every seed. A failing seed prints
+//! The whole suite (2,000 seeds and the rest) takes about 17 s in a debug build on the
+//! 2-core CI machine, 3 s in a release build; 30,000 seeds from 100000 took 39 s in
+//! release (measured on 2026-12-03, once the reconnect storms that `connect_rate`
+//! missed were fixed: they had made it 3-5 times slower). `SIM_ALL=1` prints every violation of every seed. A failing seed prints
 //! the command that replays it (with its whole event log); the same seed always gives
 //! the same log, in this process and in another (`same_seed_same_log`,
 //! `same_seed_same_log_in_another_process`, which compares 400 seeds).
