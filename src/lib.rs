@@ -121,7 +121,7 @@
 //! SELECT, reading a greeting, a redirect to the primary), and reconnects when the
 //! connection is lost: at once under [`Reconnect::Persistent`], on the next call under
 //! [`Reconnect::Once`]. Failed connect passes (and a connection lost before it answered
-//! anything) wait out a [`Backoff`]. Calls not yet written survive a reconnect.
+//! a user's call: the handshake's replies do not count) wait out a [`Backoff`]. Calls not yet written survive a reconnect.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -517,6 +517,62 @@ async fn a_drain_after_the_handshakes_calls_is_backed_off() {
     assert_eq!(log.lock().unwrap()[0], ["auth", "select"]);
 }
 
+/// The other side of `a_drain_after_the_handshakes_calls_is_backed_off`: with the same
+/// handshake, a drain after a user's call was answered retires the connection and
+/// makes the next one at once (a backoff would hold the next call for a minute).
+#[tokio::test(start_paused = true)]
+async fn a_drain_after_a_users_reply_still_reconnects_at_once() {
+    let connects = Arc::new(Mutex::new(0usize));
+    let script = Script {
+        drain_each_after: Some(3),
+        ..Script::default()
+    };
+    let log = script.log.clone();
+    let counted = connects.clone();
+    let connector = tower::service_fn(move |_: Endpoint| {
+        let script = script.clone();
+        *counted.lock().unwrap() += 1;
+        async move {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve(server, script));
+            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
+        }
+    });
+    let channel: Channel<String, String> = Channel::builder()
+        .host("127.0.0.1:1")
+        .reconnect(Reconnect::Persistent)
+        .backoff(Backoff::exponential(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ))
+        .handshake(|conn: Channel<String, String>, _: Endpoint| async move {
+            conn.request(s("auth")).await?;
+            let mut select = Box::pin({
+                let conn = conn.clone();
+                async move { conn.request(s("select")).await }
+            });
+            let _ = futures::poll!(select.as_mut());
+            tokio::spawn(select);
+            Ok(Handshake::Ready)
+        })
+        .connector(connector, Order::new(Words))
+        .expect("valid host");
+    assert_eq!(channel.request(s("one")).await.unwrap(), "ONE");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let asked = tokio::time::Instant::now();
+    assert_eq!(channel.request(s("two")).await.unwrap(), "TWO");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The second connection drains too, after `two`: a third follows at once.
+    assert!(*connects.lock().unwrap() >= 2);
+    let log = log.lock().unwrap();
+    assert_eq!(log[0], ["auth", "select", "one"]);
+    assert_eq!(log[1], ["auth", "select", "two"]);
+}
+
 /// `change_host` while backing off from a wrong server: the host asked for is tried
 /// first, not last.
 #[tokio::test(start_paused = true)]

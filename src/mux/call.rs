@@ -455,7 +455,7 @@ pub(crate) struct Envelope<Req, Resp> {
     /// Exempt from the stall timeout (a blocking command).
     pub(crate) exempt: bool,
     /// Queued by a handshake that did not await it: its reply says nothing of whether
-    /// the host answers users ([`Entry::user`](super::matcher::Entry::user)).
+    /// the host answers users ([`Entry::counts`](super::matcher::Entry::counts)).
     pub(crate) leftover: bool,
     /// What it counts for the overload signal while queued (0 when that is off).
     pub(crate) weight: usize,

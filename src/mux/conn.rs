@@ -33,8 +33,9 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     writing: Option<Writing<Req, Resp>>,
     pub(crate) needs_flush: bool,
     pub(crate) stall: Stall,
-    /// A reply reached a call on this connection: the host answered (a frame read, or
-    /// a push, does not count).
+    /// A reply reached a user's call (or the idle ping) on this connection: the host
+    /// answered. A frame read with nothing waiting, a push, or a reply to a handshake's
+    /// call (even one it left unawaited) does not count.
     pub(crate) answered: bool,
     /// The server said to leave this connection ([`Verdict::WrongServer`],
     /// [`Verdict::Drain`]), seen by the read and acted on by the task that owns it.
@@ -230,13 +231,14 @@ where
 
     /// Admits one call and hands its first frame to the sink, entering its deadline.
     /// Returns whether it wrote. A call whose deadline has passed is not written: it
-    /// fails [`Kind::Timeout`], *not sent*. `user`: a user's call ([`Entry::user`]).
+    /// fails [`Kind::Timeout`], *not sent*. `counts`: its reply counts as the host
+    /// answering ([`Entry::counts`]).
     #[inline(always)]
     pub(crate) fn write_call<WE>(
         &mut self,
         call: Envelope<Req, Resp>,
         deadlines: &mut Deadlines,
-        user: bool,
+        counts: bool,
     ) -> Result<bool, ConnectionError>
     where
         T: Sink<Req, Error = WE> + Unpin,
@@ -281,7 +283,7 @@ where
                 exempt,
                 read_only: matches!(frames, Frames::None),
                 noticed: false,
-                user,
+                counts,
             };
             match self.matcher.admit(&mut frames, id, entry) {
                 Ok(id) => {

@@ -20,24 +20,23 @@ pub(crate) struct Entry<Resp> {
     pub(crate) read_only: bool,
     /// Its caller left and it was given a cancel notice (see `notice.rs`).
     pub(crate) noticed: bool,
-    /// A user's call, or the idle ping: its reply says the host answered
-    /// (`Conn::answered`). A handshake's call, even one it left unawaited, says nothing
-    /// of that: a host that answers the handshake and then drains or closes is a
-    /// failed attempt.
-    pub(crate) user: bool,
+    /// Its reply counts as the host answering (`Conn::answered`): a user's call, or the
+    /// idle ping. A handshake's call, even one it left unawaited, does not: a host that
+    /// answers the handshake and then drains or closes is a failed attempt.
+    pub(crate) counts: bool,
 }
 
 /// What became of a reply frame.
 #[derive(Debug)]
 pub(crate) enum Route<Resp> {
     /// Given to its call (or discarded for a caller that left): the server answered,
-    /// a user's call if `user` ([`Entry::user`]).
-    Delivered { user: bool },
+    /// one that counts as the host answering if `counts` ([`Entry::counts`]).
+    Delivered { counts: bool },
     /// Given to its call, which it put over a reply limit: the call failed before its
     /// last frame, and its caller is gone while the server still works on it. Only
     /// from a mode that sends cancel notices: the call is owed one, as a caller that
     /// left is.
-    Limit { user: bool },
+    Limit { counts: bool },
     /// The protocol marks it as a push.
     Push(Resp),
     /// Session mode: no call waits for its id. Dropped.
@@ -53,12 +52,12 @@ pub(crate) enum Route<Resp> {
 }
 
 impl<Resp> Route<Resp> {
-    /// A frame given to its call (a user's if `user`), with what its verdict says of
+    /// A frame given to its call (one that counts, [`Entry::counts`]), with what its verdict says of
     /// the connection.
-    pub(crate) fn delivered(verdict: crate::Verdict, user: bool) -> Self {
+    pub(crate) fn delivered(verdict: crate::Verdict, counts: bool) -> Self {
         match verdict {
             crate::Verdict::WrongServer => Route::WrongServer,
-            _ => Route::Delivered { user },
+            _ => Route::Delivered { counts },
         }
     }
 }

@@ -86,11 +86,11 @@ where
         let Some(head) = self.queue.front_mut() else {
             return Route::Desync;
         };
-        let user = head.user;
+        let counts = head.counts;
         if head.waiter.deliver(frame, &self.protocol, verdict) == Took::Last {
             self.queue.pop_front();
         }
-        Route::delivered(verdict, user)
+        Route::delivered(verdict, counts)
     }
 
     fn pending(&self) -> usize {

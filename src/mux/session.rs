@@ -180,13 +180,13 @@ where
                 warn!("reply without a session id and no read waiting; dropped");
                 return Route::Unknown;
             };
-            let user = read.user;
+            let counts = read.counts;
             if read.waiter.deliver(frame, &self.sessions, verdict) == Took::Last
                 && let Some(read) = self.reads.pop_front()
             {
                 self.removed(&read);
             }
-            return Route::delivered(verdict, user);
+            return Route::delivered(verdict, counts);
         };
         let Some(entry) = self.live.get_mut(id) else {
             warn!(id, "reply for a session id that is not waiting; dropped");
@@ -195,7 +195,7 @@ where
         // Matched by its id: the id can go (`Sessions::unstamp`, a no-op by default)
         // before `is_final`, `check` and the caller see the frame.
         let frame = self.sessions.unstamp(frame);
-        let user = entry.user;
+        let counts = entry.counts;
         match entry.waiter.deliver(frame, &self.sessions, verdict) {
             Took::Last => {
                 if let Some(entry) = self.live.remove(id) {
@@ -212,11 +212,11 @@ where
                     && !entry.read_only
                     && verdict != Verdict::WrongServer =>
             {
-                return Route::Limit { user };
+                return Route::Limit { counts };
             }
             Took::Limit | Took::More => {}
         }
-        Route::delivered(verdict, user)
+        Route::delivered(verdict, counts)
     }
 
     fn pending(&self) -> usize {

@@ -221,7 +221,8 @@ where
             .map(|(every, _)| Ping::new(*every));
         let mut conn = conn;
         // Only a reply to a user call counts as the host answering: a host that answers
-        // the handshake and then closes is a crash loop too.
+        // the handshake and then closes is a crash loop too. (The handshake's replies
+        // do not set it, `Entry::counts`; this is a safeguard.)
         conn.answered = false;
         let limit = self
             .opts

@@ -40,9 +40,9 @@ where
             n += 1;
             self.shared.stats.received(1);
             match conn.matcher.route(frame) {
-                Route::Delivered { user } => conn.answered |= user,
-                Route::Limit { user } => {
-                    conn.answered |= user;
+                Route::Delivered { counts } => conn.answered |= counts,
+                Route::Limit { counts } => {
+                    conn.answered |= counts;
                     conn.gave_up();
                 }
                 Route::Push(frame) => self.push(frame),

@@ -65,10 +65,10 @@ where
             }
             // What the handshake left unawaited and the idle ping go first; the
             // handshake's are no user's calls (the ping is the channel's own).
-            let (call, user) = match conn.first.pop_front() {
+            let (call, counts) = match conn.first.pop_front() {
                 Some(call) => {
-                    let user = !call.leftover;
-                    (call, user)
+                    let counts = !call.leftover;
+                    (call, counts)
                 }
                 None => match self.poll_call(cx, lane) {
                     Poll::Ready(Some(call)) => (call, matches!(lane, Lane::User)),
@@ -86,7 +86,7 @@ where
                 self.shared.stats.skipped(1);
                 continue;
             }
-            if conn.write_call(call, &mut self.deadlines, user)? {
+            if conn.write_call(call, &mut self.deadlines, counts)? {
                 sent += 1;
             }
         }
