@@ -594,6 +594,42 @@ async fn change_host_after_a_wrong_server_tries_the_new_host_first() {
     assert_eq!(*connects.lock().unwrap(), [1, 2]);
 }
 
+/// A `connect()` made during a shutdown reopens the channel once the shutdown ends;
+/// when the last call it waited for met a wrong server, that verdict's backoff (a
+/// failed attempt) still holds: the reopening pass waits it out, not reconnecting to
+/// the host at once (sim seed 0xfa720).
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_waited_for_a_shutdown_ended_by_a_wrong_server_backs_off() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let readonly = Script {
+        readonly: true,
+        ..Script::default()
+    };
+    let channel = reconnecting(vec![readonly], &[], connects.clone());
+    let start = tokio::time::Instant::now();
+    // The call is queued, then the shutdown waits for it, then the `connect()` waits
+    // for the shutdown: all before the task runs.
+    let (call, (), connected) = within(TEST, "test", async {
+        tokio::join!(
+            channel.request(s("a")),
+            channel.shutdown(Duration::from_secs(5)),
+            async {
+                let connected = channel.connect().await;
+                (connected, start.elapsed())
+            },
+        )
+    })
+    .await;
+    assert_eq!(outcome(&call.unwrap_err()), (Kind::Server, true));
+    let (connected, after) = connected;
+    connected.unwrap();
+    assert_eq!(*connects.lock().unwrap(), [1, 1]);
+    assert!(
+        after >= Duration::from_millis(100),
+        "reconnected {after:?} after the wrong server's word: no backoff"
+    );
+}
+
 mod redis {
     use super::*;
     use common::redis::{Frame, Redis, RespCodec, cmd, start_server, text};

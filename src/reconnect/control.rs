@@ -145,10 +145,12 @@ where
     pub(super) fn close(&mut self, reopen: bool) {
         let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
         self.engine.shared.set_closed();
+        let mut backoff = None;
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Ready { conn, .. } => conn.fail(Kind::Closed, &cause),
             Phase::Handshaking(handshaking) => handshaking.abandon(),
-            _ => {}
+            Phase::BackingOff { sleep, fail_fast } => backoff = Some((sleep, fail_fast)),
+            Phase::Connecting { .. } | Phase::Idle | Phase::Closed => {}
         }
         for d in self.draining.drain(..) {
             d.fail(Kind::Closed, &cause);
@@ -159,7 +161,20 @@ where
         if let Some(shutdown) = self.shutdown.take() {
             drop(shutdown.waiters);
             if reopen {
-                self.reopen(shutdown.reopen);
+                match backoff {
+                    // A backoff under way (a failed attempt during the shutdown: a
+                    // failed pass, the server's word that the connection was the
+                    // wrong one) still counts: the `connect()` calls that waited for
+                    // the shutdown wait it out too, then the pass is theirs
+                    // (`after_loss`).
+                    Some((sleep, fail_fast)) if !shutdown.reopen.is_empty() => {
+                        self.engine.shared.set_open();
+                        self.connect_waiters.extend(shutdown.reopen);
+                        self.set_state(State::BackingOff);
+                        self.phase = Phase::BackingOff { sleep, fail_fast };
+                    }
+                    _ => self.reopen(shutdown.reopen),
+                }
             } else {
                 for done in shutdown.reopen {
                     let _ = done.send(Err(Error::new(Kind::Closed)));

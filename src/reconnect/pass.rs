@@ -258,10 +258,13 @@ where
         self.after_loss()
     }
 
-    /// Reconnects at once under `Persistent` (unless every handle is gone), else waits
-    /// for the next call.
+    /// Reconnects at once under `Persistent` (unless every handle is gone) or for
+    /// `connect()` callers waiting (a shutdown's, after its backoff), else waits for
+    /// the next call.
     pub(super) fn after_loss(&mut self) -> PhaseOf<M, T, Req, Resp> {
-        if self.opts.reconnect == Reconnect::Persistent && !self.engine.intake_done() {
+        if !self.connect_waiters.is_empty()
+            || (self.opts.reconnect == Reconnect::Persistent && !self.engine.intake_done())
+        {
             return self.start_pass();
         }
         self.set_state(State::Idle);

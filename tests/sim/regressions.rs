@@ -230,3 +230,18 @@ fn load_counts_a_slot_a_ready_handle_still_holds_seed_0x7cd12() {
         "load_counts_a_slot_a_ready_handle_still_holds_seed_0x7cd12",
     );
 }
+
+/// The server's word (#18), found by the simulation at seed 1,025,824 (of a sweep from
+/// 1,000,000): a `connect()` waited for a shutdown whose last call (a multi-frame reply
+/// over the reply limit) met `READONLY`. The verdict backed off, but the shutdown ended
+/// on that same answer, and its close dropped the backoff: the `connect()` reopened the
+/// channel and reconnected to that host at once. Fixed: the reopening pass waits out a
+/// backoff under way.
+#[test]
+fn connect_after_a_shutdown_that_ended_on_a_wrong_server_backs_off_seed_0xfa720() {
+    assert_clean(
+        0xfa720,
+        "wrong_server_backs_off",
+        "connect_after_a_shutdown_that_ended_on_a_wrong_server_backs_off_seed_0xfa720",
+    );
+}
