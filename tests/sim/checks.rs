@@ -226,6 +226,39 @@ fn retired_by_rule(
         })
         .filter(|at| *at >= accepted)
         .min();
+    // A call of several reply frames that failed before its last one (an error frame
+    // that ended it, a reply limit) leaves the server working on it: an orphan from
+    // just after that frame (not at it: that frame may be the verdict itself).
+    let owed = |shape: &str| {
+        let n = ["Stream(", "N("]
+            .iter()
+            .find_map(|p| shape.strip_prefix(p))
+            .and_then(|rest| rest.split([',', ')']).next()?.parse::<u64>().ok());
+        n.is_some_and(|n| n > 1)
+    };
+    let cut_short = ctx
+        .ledger
+        .calls()
+        .iter()
+        .filter(|c| through(c.client) && owed(&c.shape))
+        .flat_map(|c| {
+            c.outcomes
+                .iter()
+                .filter(|(_, o)| {
+                    matches!(
+                        o,
+                        Outcome::Failed {
+                            kind: Kind::Server | Kind::Limit,
+                            ..
+                        }
+                    )
+                })
+                .map(|(at, _)| *at + Duration::from_nanos(1))
+                .collect::<Vec<_>>()
+        })
+        .filter(|at| *at >= accepted)
+        .min();
+    let gave_up = gave_up.into_iter().chain(cut_short).min();
     let orphans = gave_up.map(|at| {
         if plan.session || plan.max_orphans.is_some() {
             at

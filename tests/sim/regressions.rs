@@ -177,6 +177,22 @@ fn drain_after_the_handshakes_leftover_is_no_reconnect_storm_seed_0x1bd29() {
     );
 }
 
+/// A check that was wrong: a stream of 4 frames ended at its first, an error frame,
+/// leaving its connection an orphan's (`max_orphans = 1`), which the rule retired; the
+/// server's `READONLY` on that connection later did not count, by design, but
+/// `wrong_server_backs_off` counted only cancelled callers as orphans. A call of
+/// several frames failed before its last one counts now, from just after its failure
+/// (so `connect_after_a_shutdown_that_ended_on_a_wrong_server_backs_off_seed_0xfa720`,
+/// whose limit failure is the verdict itself, still fails without its fix).
+#[test]
+fn a_verdict_on_a_connection_retired_for_a_stream_cut_short_seed_0x11c9ff() {
+    assert_clean(
+        0x11c9ff,
+        "wrong_server_backs_off",
+        "a_verdict_on_a_connection_retired_for_a_stream_cut_short_seed_0x11c9ff",
+    );
+}
+
 /// The server's word (#18): `READONLY` and then the connection reset in the same read:
 /// the connection counted as answered (by the `READONLY` itself), so the channel
 /// reconnected to that host at once (found after 2,220 seeds on 37c6929; fixed in
