@@ -210,22 +210,6 @@ fn retired_by_rule(
         of == client
             || (of == scn.clients.len() && scn.balance.is_some_and(|p| p.contains(&client)))
     };
-    // A caller that gave up, or a balance call whose timeout dropped it.
-    let gave_up = ctx
-        .ledger
-        .calls()
-        .iter()
-        .filter(|c| through(c.client))
-        .flat_map(|c| {
-            let other = c
-                .outcomes
-                .iter()
-                .filter(|(_, o)| matches!(o, Outcome::Other(_)))
-                .map(|(at, _)| *at);
-            c.cancelled.into_iter().chain(other).collect::<Vec<_>>()
-        })
-        .filter(|at| *at >= accepted)
-        .min();
     // A call of several reply frames that failed before its last one (an error frame
     // that ended it, a reply limit) leaves the server working on it: an orphan from
     // just after that frame (not at it: that frame may be the verdict itself).
@@ -236,36 +220,52 @@ fn retired_by_rule(
             .and_then(|rest| rest.split([',', ')']).next()?.parse::<u64>().ok());
         n.is_some_and(|n| n > 1)
     };
-    let cut_short = ctx
+    // The count rule may retire the connection as soon as a call is an orphan; the age
+    // rule once the oldest orphan has waited `orphan_age` since it was written (to
+    // within a quarter of that, `Config::orphan_age`), whenever its caller left.
+    let by_count = plan.session || plan.max_orphans.is_some();
+    let orphan_age = plan.orphan_age.map_or(ORPHAN_AGE, ms);
+    let orphans = ctx
         .ledger
         .calls()
         .iter()
-        .filter(|c| through(c.client) && owed(&c.shape))
+        .filter(|c| through(c.client))
         .flat_map(|c| {
-            c.outcomes
+            // A caller that gave up, or a balance call whose timeout dropped it.
+            let other = c
+                .outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Other(_)))
+                .map(|(at, _)| *at);
+            let cut_short = c
+                .outcomes
                 .iter()
                 .filter(|(_, o)| {
-                    matches!(
-                        o,
-                        Outcome::Failed {
-                            kind: Kind::Server | Kind::Limit,
-                            ..
-                        }
-                    )
+                    owed(&c.shape)
+                        && matches!(
+                            o,
+                            Outcome::Failed {
+                                kind: Kind::Server | Kind::Limit,
+                                ..
+                            }
+                        )
                 })
-                .map(|(at, _)| *at + Duration::from_nanos(1))
+                .map(|(at, _)| *at + Duration::from_nanos(1));
+            c.cancelled
+                .into_iter()
+                .chain(other)
+                .chain(cut_short)
+                .filter(|at| *at >= accepted)
+                .map(|at| {
+                    if by_count {
+                        at
+                    } else {
+                        at.max(c.created + orphan_age * 3 / 4)
+                    }
+                })
                 .collect::<Vec<_>>()
         })
-        .filter(|at| *at >= accepted)
         .min();
-    let gave_up = gave_up.into_iter().chain(cut_short).min();
-    let orphans = gave_up.map(|at| {
-        if plan.session || plan.max_orphans.is_some() {
-            at
-        } else {
-            at + plan.orphan_age.map_or(ORPHAN_AGE, ms)
-        }
-    });
     let age = plan.max_age.map(|a| accepted + ms(a));
     let moved = scn
         .ops

@@ -177,6 +177,19 @@ fn drain_after_the_handshakes_leftover_is_no_reconnect_storm_seed_0x1bd29() {
     );
 }
 
+/// A check that was wrong: the orphan-age rule counts an orphan's age from when its call
+/// was written (to within a quarter of the age, `Config::orphan_age`), not from when its
+/// caller left, so a connection was retired (and its drain deadline set) earlier than
+/// `drain_loses_nothing` allowed (found after 116,052 seeds from 2000000).
+#[test]
+fn drain_deadline_of_a_connection_retired_by_orphan_age_seed_0x2049d3() {
+    assert_clean(
+        0x2049d3,
+        "drain_loses_nothing",
+        "drain_deadline_of_a_connection_retired_by_orphan_age_seed_0x2049d3",
+    );
+}
+
 /// A check that was wrong: a stream of 4 frames ended at its first, an error frame,
 /// leaving its connection an orphan's (`max_orphans = 1`), which the rule retired; the
 /// server's `READONLY` on that connection later did not count, by design, but
