@@ -456,23 +456,18 @@ async fn a_server_that_drains_every_connection_at_once_is_backed_off() {
     assert!((2..=25).contains(&connects), "{connects} connects in 10 s");
 }
 
-/// A server that answers the handshake, and the call the handshake queued without
-/// awaiting it, and then drains: a handshake's calls are no user's, so each connection
-/// is a failed attempt, backed off, not a reconnect at once (it was: about 500 a
-/// second, sim seed 0x1bd29).
-#[tokio::test(start_paused = true)]
-async fn a_drain_after_the_handshakes_calls_is_backed_off() {
-    let connects = Arc::new(Mutex::new(0usize));
+/// A `Persistent` channel whose every connection is a server that sends `DRAIN` once it
+/// has answered `drain_after` of its lines, with a handshake that awaits `auth` and
+/// queues `select` without awaiting it, and a backoff of `backoff`.
+fn draining_after_a_leftover(drain_after: usize, backoff: Duration) -> Draining {
     let script = Script {
-        drain_each_after: Some(2),
+        drain_each_after: Some(drain_after),
         ..Script::default()
     };
     let log = script.log.clone();
-    let counted = connects.clone();
-    // A storm keeps the runtime busy, so paused time would never reach the end of the
-    // sleep below: the 100th connect says so instead.
+    let connects = Arc::new(Mutex::new(0usize));
     let storm = Arc::new(tokio::sync::Notify::new());
-    let stormed = storm.clone();
+    let (counted, stormed) = (connects.clone(), storm.clone());
     let connector = tower::service_fn(move |_: Endpoint| {
         let script = script.clone();
         let mut n = counted.lock().unwrap();
@@ -486,12 +481,12 @@ async fn a_drain_after_the_handshakes_calls_is_backed_off() {
             Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
         }
     });
-    let channel: Channel<String, String> = Channel::builder()
+    let channel = Channel::builder()
         .host("127.0.0.1:1")
         .reconnect(Reconnect::Persistent)
         .backoff(Backoff::exponential(
-            Duration::from_millis(100),
-            Duration::from_secs(2),
+            backoff,
+            backoff.max(Duration::from_secs(2)),
         ))
         .handshake(|conn: Channel<String, String>, _: Endpoint| async move {
             conn.request(s("auth")).await?;
@@ -506,6 +501,38 @@ async fn a_drain_after_the_handshakes_calls_is_backed_off() {
         })
         .connector(connector, Order::new(Words))
         .expect("valid host");
+    Draining {
+        channel,
+        log,
+        connects,
+        storm,
+    }
+}
+
+/// What [`draining_after_a_leftover`] makes.
+struct Draining {
+    channel: Channel<String, String>,
+    /// The script's log: the lines each connection read.
+    log: Arc<Mutex<Vec<Vec<String>>>>,
+    /// Connects so far.
+    connects: Arc<Mutex<usize>>,
+    /// Told at the 100th connect: a storm keeps the runtime busy, so paused time would
+    /// never reach the end of a sleep.
+    storm: Arc<tokio::sync::Notify>,
+}
+
+/// A server that answers the handshake, and the call the handshake queued without
+/// awaiting it, and then drains: a handshake's calls are no user's, so each connection
+/// is a failed attempt, backed off, not a reconnect at once (it was: about 500 a
+/// second, sim seed 0x1bd29).
+#[tokio::test(start_paused = true)]
+async fn a_drain_after_the_handshakes_calls_is_backed_off() {
+    let Draining {
+        channel,
+        log,
+        connects,
+        storm,
+    } = draining_after_a_leftover(2, Duration::from_millis(100));
     channel.connect().await.unwrap();
     tokio::select! {
         biased;
@@ -522,41 +549,12 @@ async fn a_drain_after_the_handshakes_calls_is_backed_off() {
 /// makes the next one at once (a backoff would hold the next call for a minute).
 #[tokio::test(start_paused = true)]
 async fn a_drain_after_a_users_reply_still_reconnects_at_once() {
-    let connects = Arc::new(Mutex::new(0usize));
-    let script = Script {
-        drain_each_after: Some(3),
-        ..Script::default()
-    };
-    let log = script.log.clone();
-    let counted = connects.clone();
-    let connector = tower::service_fn(move |_: Endpoint| {
-        let script = script.clone();
-        *counted.lock().unwrap() += 1;
-        async move {
-            let (client, server) = tokio::io::duplex(1 << 16);
-            tokio::spawn(serve(server, script));
-            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
-        }
-    });
-    let channel: Channel<String, String> = Channel::builder()
-        .host("127.0.0.1:1")
-        .reconnect(Reconnect::Persistent)
-        .backoff(Backoff::exponential(
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-        ))
-        .handshake(|conn: Channel<String, String>, _: Endpoint| async move {
-            conn.request(s("auth")).await?;
-            let mut select = Box::pin({
-                let conn = conn.clone();
-                async move { conn.request(s("select")).await }
-            });
-            let _ = futures::poll!(select.as_mut());
-            tokio::spawn(select);
-            Ok(Handshake::Ready)
-        })
-        .connector(connector, Order::new(Words))
-        .expect("valid host");
+    let Draining {
+        channel,
+        log,
+        connects,
+        ..
+    } = draining_after_a_leftover(3, Duration::from_secs(60));
     assert_eq!(channel.request(s("one")).await.unwrap(), "ONE");
     tokio::time::sleep(Duration::from_millis(10)).await;
     let asked = tokio::time::Instant::now();

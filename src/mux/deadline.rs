@@ -114,9 +114,7 @@ impl Deadlines {
     /// heap's, when it doubled.
     pub(crate) fn sweep(&mut self, mut live: impl FnMut(&Due) -> bool) {
         if self.young.len() >= SWEEP_FLOOR {
-            self.promote(&mut live);
-            std::mem::swap(&mut self.old, &mut self.young);
-            self.old_first = self.young_first.take();
+            self.age(&mut live);
         }
         if self.heap.len() > SWEEP_FLOOR.max(2 * self.swept) {
             let mut entries = std::mem::take(&mut self.heap).into_vec();
@@ -126,22 +124,22 @@ impl Deadlines {
         }
     }
 
-    /// Moves the old generation's live entries to the heap, leaving it empty.
-    fn promote(&mut self, live: &mut impl FnMut(&Due) -> bool) {
+    /// Moves the old generation's live entries to the heap; the young one becomes the
+    /// old, and the young is empty.
+    fn age(&mut self, live: &mut impl FnMut(&Due) -> bool) {
         for due in self.old.drain(..) {
             if live(&due) {
                 self.heap.push(Reverse(due));
             }
         }
-        self.old_first = None;
+        std::mem::swap(&mut self.old, &mut self.young);
+        self.old_first = self.young_first.take();
     }
 
     /// Moves every live entry to the heap, before the due ones are taken from it.
     pub(crate) fn settle(&mut self, mut live: impl FnMut(&Due) -> bool) {
-        self.promote(&mut live);
-        std::mem::swap(&mut self.old, &mut self.young);
-        self.old_first = self.young_first.take();
-        self.promote(&mut live);
+        self.age(&mut live);
+        self.age(&mut live);
     }
 
     /// The next entry in the heap whose deadline has passed (by the clock read now), if

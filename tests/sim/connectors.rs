@@ -185,29 +185,43 @@ fn tls(_net: &Net<SimServer, SimCodec>) {
     unreachable!("no TLS scenario without the feature `rustls`")
 }
 
-/// `connect_rate` counts a race over a dead first address as an attempt even when it
-/// never reached the live address: a client whose connect timeout (50 ms) ends every
-/// race inside the happy eyeballs delay, and whose backoff is 1 ms, makes about 16
-/// attempts a second, none of them a `Connect` record.
-#[test]
-fn connect_rate_counts_races_that_never_reach_the_live_address() {
-    use socketchannel::testing::{Behavior, Ledger, Trace, checks};
-    use socketchannel::{Backoff, Channel, Order};
+/// Runs `test` on an empty network of the simulation's server, in paused time, as the
+/// simulation runs a scenario.
+fn on_a_net<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(socketchannel::testing::Trace, Net<SimServer, SimCodec>) -> F,
+) {
+    use socketchannel::testing::Trace;
 
-    use super::proto::{Journal, Msg, SimProto};
+    use super::proto::Journal;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("a runtime");
-    rt.block_on(async {
-        let trace = Trace::new();
-        let net = Net::new(
-            SimServer::default(),
-            SimCodec::new(Journal::new(trace.epoch())),
-            trace.clone(),
-        );
+    // Made in the runtime, so the trace's epoch is on its paused clock.
+    let _entered = rt.enter();
+    let trace = Trace::new();
+    let net = Net::new(
+        SimServer::default(),
+        SimCodec::new(Journal::new(trace.epoch())),
+        trace.clone(),
+    );
+    rt.block_on(test(trace, net));
+}
+
+/// `connect_rate` counts a race over a dead first address as an attempt even when it
+/// never reached the live address: a client whose connect timeout (50 ms) ends every
+/// race inside the happy eyeballs delay, and whose backoff is 1 ms, makes about 16
+/// attempts a second, none of them a `Connect` record.
+#[test]
+fn connect_rate_counts_races_that_never_reach_the_live_address() {
+    use socketchannel::testing::{Behavior, Ledger, checks};
+    use socketchannel::{Backoff, Channel, Order};
+
+    use super::proto::{Msg, SimProto};
+
+    on_a_net(|trace, net| async move {
         net.set("h0:7000", Behavior::Up);
         net.dead_first_address("h0:7000", Some(Behavior::Blackhole));
         let ch: Channel<Msg, Msg> = Channel::builder()
@@ -250,23 +264,12 @@ fn connect_rate_counts_races_that_never_reach_the_live_address() {
 /// though the second attempt began only at 250 ms.
 #[test]
 fn the_connect_timeout_bounds_the_whole_race() {
-    use socketchannel::testing::{Behavior, Trace};
+    use socketchannel::testing::Behavior;
     use socketchannel::{Channel, Kind, Order};
 
-    use super::proto::{Journal, Msg, SimProto};
+    use super::proto::{Msg, SimProto};
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
-    rt.block_on(async {
-        let trace = Trace::new();
-        let net = Net::new(
-            SimServer::default(),
-            SimCodec::new(Journal::new(trace.epoch())),
-            trace.clone(),
-        );
+    on_a_net(|_, net| async move {
         net.set("h0:7000", Behavior::Blackhole);
         net.dead_first_address("h0:7000", Some(Behavior::Blackhole));
         let ch: Channel<Msg, Msg> = Channel::builder()
