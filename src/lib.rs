@@ -357,6 +357,8 @@ mod meter;
 mod metrics;
 mod mux;
 mod panic;
+#[cfg(feature = "pool")]
+mod pool;
 mod protocol;
 mod reconnect;
 mod retry;
@@ -382,6 +384,9 @@ pub use crate::connect::{SocketConnector, SocketStream, TcpConnector};
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
 pub use crate::meter::{Metered, MeteredFramed, Wire};
 pub use crate::mux::{Mode, Order, Session};
+#[cfg(feature = "pool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
+pub use crate::pool::{Lease, Pool, PoolBuilder, PoolFuture, Pushes, SiblingFailed};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions, Verdict};
 pub use crate::reconnect::{
     Backoff, ConnectError, Endpoint, Handshake, IntoHost, InvalidEndpoint, Reconnect,

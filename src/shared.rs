@@ -223,6 +223,23 @@ impl<Resp> Shared<Resp> {
         now == State::Connecting as u8 || now == State::Handshaking as u8
     }
 
+    /// The state now, from the atomic mirror (no lock).
+    pub(crate) fn current(&self) -> State {
+        const STATES: [State; 6] = [
+            State::Connecting,
+            State::Handshaking,
+            State::Ready,
+            State::BackingOff,
+            State::Idle,
+            State::Closed,
+        ];
+        let now = self.current.load(Ordering::Acquire);
+        STATES
+            .into_iter()
+            .find(|s| *s as u8 == now)
+            .unwrap_or(State::Closed)
+    }
+
     /// Every host failed; calls fail fast until the next attempt.
     pub(crate) fn is_backing_off(&self) -> bool {
         self.current.load(Ordering::Acquire) == State::BackingOff as u8

@@ -166,3 +166,28 @@ impl Stats {
         }
     }
 }
+
+impl std::ops::Add for Counters {
+    type Output = Counters;
+
+    /// Field by field: the counters of several channels (a [`Pool`](crate::Pool)'s)
+    /// as one.
+    fn add(self, other: Counters) -> Counters {
+        Counters {
+            sent: self.sent + other.sent,
+            received: self.received + other.received,
+            in_flight: self.in_flight + other.in_flight,
+            unknown: self.unknown + other.unknown,
+            pushes: self.pushes + other.pushes,
+            push_overflow: self.push_overflow + other.push_overflow,
+            skipped: self.skipped + other.skipped,
+            reconnects: self.reconnects + other.reconnects,
+            retired: self.retired + other.retired,
+            cancel_notices: self.cancel_notices + other.cancel_notices,
+            bytes_read: self.bytes_read + other.bytes_read,
+            bytes_written: self.bytes_written + other.bytes_written,
+            reads: self.reads + other.reads,
+            writes: self.writes + other.writes,
+        }
+    }
+}

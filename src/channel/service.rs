@@ -65,7 +65,7 @@ where
     }
 
     /// The error of a call this handle refuses (see `refuses`).
-    pub(super) fn refused(&self) -> Error {
+    pub(crate) fn refused(&self) -> Error {
         match self.refusal() {
             Some(cause) => closed().with_cause(cause),
             None => closed(),

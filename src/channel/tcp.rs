@@ -67,7 +67,7 @@ where
         self.connector(connector, Session::new(sessions))
     }
 
-    fn tcp<C: Clone>(&self, codec: C) -> SocketConnector<C> {
+    pub(crate) fn tcp<C: Clone>(&self, codec: C) -> SocketConnector<C> {
         SocketConnector::new(
             TcpConnector::new(codec)
                 .nodelay(self.nodelay)

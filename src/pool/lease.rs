@@ -1,0 +1,114 @@
+//! An exclusive lease of one connection of a pool.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tower::load::Load;
+
+use super::member::Standing;
+use super::{Members, Pool};
+use crate::channel::Channel;
+use crate::error::Error;
+
+/// One connection of a [`Pool`] for this caller alone, until dropped: no call of any
+/// other caller goes to it meanwhile, so a stateful sequence (WATCH/MULTI/EXEC, a
+/// transaction, a subscription) runs on one connection, in order. It is the
+/// connection's [`Channel`] (through `Deref`), so every call shape and `Service` is
+/// there.
+///
+/// The pool holds a leased connection out of its choice; a lease kept long makes the
+/// pool one connection smaller. Dropping the lease returns the connection, whatever
+/// state the sequence left it in: end a transaction (or close the connection) before.
+pub struct Lease<Req, Resp> {
+    members: Arc<Members<Req, Resp>>,
+    index: usize,
+    channel: Channel<Req, Resp>,
+}
+
+impl<Req, Resp> Pool<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Takes the least loaded connection that takes calls for this caller alone,
+    /// waiting while every one is leased or connecting.
+    ///
+    /// # Errors
+    ///
+    /// When every connection is backing off or closed: the error a call gets then
+    /// ([`Kind::ConnectFailed`](crate::Kind::ConnectFailed),
+    /// [`Kind::Closed`](crate::Kind::Closed)).
+    pub async fn lease(&self) -> Result<Lease<Req, Resp>, Error> {
+        loop {
+            let changed = self.members.changed();
+            let mut usable: Vec<(usize, usize)> = Vec::new();
+            let mut soon = false;
+            for (i, slot) in self.members.slots.iter().enumerate() {
+                match slot.standing() {
+                    Standing::Usable => usable.push((slot.channel.load(), i)),
+                    Standing::Soon => soon = true,
+                    Standing::Down => {}
+                }
+            }
+            usable.sort_unstable();
+            for (_, index) in usable {
+                let slot = &self.members.slots[index];
+                let taken =
+                    slot.leased
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+                if taken.is_ok() {
+                    self.members.leases.send_replace(());
+                    return Ok(Lease {
+                        members: self.members.clone(),
+                        index,
+                        channel: slot.channel.clone(),
+                    });
+                }
+                soon = true;
+            }
+            if !soon {
+                let down = match self.members.find() {
+                    super::Found::Down(i) => i,
+                    _ => 0,
+                };
+                return Err(self.members.slots[down].down_error());
+            }
+            changed.await;
+        }
+    }
+}
+
+impl<Req, Resp> Deref for Lease<Req, Resp> {
+    type Target = Channel<Req, Resp>;
+
+    fn deref(&self) -> &Channel<Req, Resp> {
+        &self.channel
+    }
+}
+
+impl<Req, Resp> Lease<Req, Resp> {
+    /// The leased connection's handle, to use as a `tower::Service` (a clone of it
+    /// outlives the lease: only calls made while the lease is held are exclusive).
+    pub fn channel(&self) -> &Channel<Req, Resp> {
+        &self.channel
+    }
+}
+
+impl<Req, Resp> Drop for Lease<Req, Resp> {
+    fn drop(&mut self) {
+        let slot = &self.members.slots[self.index];
+        slot.leased.store(false, Ordering::Release);
+        self.members.leases.send_replace(());
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Lease<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("connection", &self.index)
+            .field("channel", &self.channel)
+            .finish()
+    }
+}

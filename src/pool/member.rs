@@ -1,0 +1,175 @@
+//! One connection of a pool: what every handle shares of it ([`Slot`]), and how one
+//! handle's balance sees it ([`Member`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::watch;
+use tokio_util::sync::ReusableBoxFuture;
+use tower::load::Load;
+use tower::{BoxError, Service};
+
+use super::Members;
+use crate::channel::{Channel, ResponseFuture};
+use crate::error::{Error, Kind};
+use crate::shared::State;
+
+/// A pool's connection, shared by every handle of the pool.
+pub(crate) struct Slot<Req, Resp> {
+    pub(crate) channel: Channel<Req, Resp>,
+    /// Held by a [`Lease`](super::Lease): no other caller's call goes to it.
+    pub(crate) leased: AtomicBool,
+}
+
+/// Where a connection stands for a caller choosing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Takes calls: connected, or idle (it connects for the next call).
+    Usable,
+    /// Will take calls soon: a connect pass runs (bounded by the connect and handshake
+    /// timeouts), or a lease holds it.
+    Soon,
+    /// Fails calls fast: backing off after every host failed, or closed.
+    Down,
+}
+
+impl<Req, Resp> Slot<Req, Resp> {
+    pub(crate) fn new(channel: Channel<Req, Resp>) -> Self {
+        Slot {
+            channel,
+            leased: AtomicBool::new(false),
+        }
+    }
+
+    /// The error a call gets while the connection is down: its channel's.
+    pub(crate) fn down_error(&self) -> Error
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        if self.channel.shared.is_closed() {
+            return self.channel.refused();
+        }
+        let cause = self.channel.shared.last_error.lock();
+        let cause = cause.unwrap_or_else(|e| e.into_inner()).clone();
+        match cause {
+            Some(cause) => Error::new(Kind::ConnectFailed).with_cause(cause),
+            None => Error::new(Kind::ConnectFailed),
+        }
+    }
+
+    pub(crate) fn standing(&self) -> Standing {
+        if self.channel.shared.is_closed() {
+            return Standing::Down;
+        }
+        if self.leased.load(Ordering::Acquire) {
+            return Standing::Soon;
+        }
+        match self.channel.shared.current() {
+            State::Ready | State::Idle => Standing::Usable,
+            State::Connecting | State::Handshaking => Standing::Soon,
+            State::BackingOff | State::Closed => Standing::Down,
+        }
+    }
+}
+
+/// A pool's connection as one handle's `p2c` balance sees it: `Ready` only while it is
+/// [`Usable`](Standing::Usable) and its intake has room for this handle's next call,
+/// otherwise `Pending` until its state or a lease changes. It never fails `poll_ready`:
+/// the balance would drop it for good.
+pub(crate) struct Member<Req, Resp> {
+    channel: Channel<Req, Resp>,
+    members: Arc<Members<Req, Resp>>,
+    index: usize,
+    state: watch::Receiver<State>,
+    leases: watch::Receiver<()>,
+    /// Waits for a change of state or lease; allocated the first time it is needed.
+    wait: Option<ReusableBoxFuture<'static, ()>>,
+    waiting: bool,
+}
+
+impl<Req, Resp> Member<Req, Resp> {
+    pub(crate) fn new(members: Arc<Members<Req, Resp>>, index: usize) -> Self {
+        let channel = members.slots[index].channel.clone();
+        Member {
+            state: channel.shared.state.subscribe(),
+            leases: members.leases.subscribe(),
+            channel,
+            members,
+            index,
+            wait: None,
+            waiting: false,
+        }
+    }
+
+    fn standing(&self) -> Standing {
+        self.members.slots[self.index].standing()
+    }
+
+    /// Arms the wait for the next change of state or lease.
+    fn arm(&mut self) {
+        let mut state = self.state.clone();
+        let mut leases = self.leases.clone();
+        let wait = async move {
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = leases.changed() => {}
+            }
+        };
+        match &mut self.wait {
+            Some(w) => w.set(wait),
+            None => self.wait = Some(ReusableBoxFuture::new(wait)),
+        }
+        self.waiting = true;
+    }
+}
+
+impl<Req, Resp> Service<Req> for Member<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = ResponseFuture<Resp>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            if self.waiting {
+                if let Some(wait) = &mut self.wait {
+                    std::task::ready!(wait.poll(cx));
+                }
+                self.waiting = false;
+            }
+            let mut refused = false;
+            if self.standing() == Standing::Usable {
+                match self.channel.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                    // Closed meanwhile: out, like any closed member.
+                    Poll::Ready(Err(_)) => refused = true,
+                }
+            }
+            // Seen from here on: a change after this wakes the wait armed below.
+            self.state.borrow_and_update();
+            self.leases.borrow_and_update();
+            if !refused && self.standing() == Standing::Usable {
+                continue;
+            }
+            self.arm();
+        }
+    }
+
+    fn call(&mut self, req: Req) -> ResponseFuture<Resp> {
+        self.channel.call(req)
+    }
+}
+
+impl<Req, Resp> Load for Member<Req, Resp> {
+    type Metric = usize;
+
+    fn load(&self) -> usize {
+        self.channel.load()
+    }
+}

@@ -1,0 +1,501 @@
+//! A pool of connections to one endpoint, balanced by tower's `p2c` (feature `pool`).
+//!
+//! ```text
+//!   Pool handle ── its own p2c Balance ──▶ Member 0 ─┐  (each a clone of one shared
+//!   Pool handle ── its own p2c Balance ──▶ Member 1 ─┤   Channel: its Load, its state)
+//!                                          ...       ┘
+//!   members' connectors ──▶ Gate: one dial at a time, a dead host probed by one member
+//! ```
+//!
+//! Every handle holds its own balance over clones of the shared connections, so the
+//! hot path takes no lock and goes through no `Buffer`. A connection that is connecting,
+//! backing off, closed or leased is held out of the choice (`member.rs`); the members
+//! dial through one gate (`gate.rs`); a [`Lease`] takes one connection for a sequence
+//! of calls (`lease.rs`); [`Pushes`] merges the push frames (`pushes.rs`).
+
+mod build;
+mod gate;
+mod lease;
+mod member;
+mod pushes;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tower::balance::p2c::Balance;
+use tower::discover::ServiceList;
+use tower::load::Load;
+use tower::{BoxError, Service};
+
+pub use self::build::PoolBuilder;
+pub use self::gate::SiblingFailed;
+pub use self::lease::Lease;
+use self::member::{Member, Slot, Standing};
+pub use self::pushes::Pushes;
+use crate::channel::{Channel, IntoCall, Replies, ReplyStream, ResponseFuture};
+use crate::error::{Error, Kind};
+use crate::shared::State;
+use crate::stats::Counters;
+
+type Balanced<Req, Resp> = Balance<ServiceList<Vec<Member<Req, Resp>>>, Req>;
+
+/// A pool of connections to one endpoint: `size` reconnecting [`Channel`]s built alike,
+/// each call sent to the less loaded of two connections drawn at random (tower's
+/// [`p2c`](tower::balance::p2c)), over several cores' worth of connection tasks and
+/// TCP streams.
+///
+/// Made by [`Builder::pool`](crate::Builder::pool) (or
+/// [`ReconnectLayer::pool`](crate::ReconnectLayer::pool)). A clone is another handle to
+/// the same connections; as a `tower::Service` each handle balances on its own, so
+/// calls take no lock (keep a handle per task rather than a clone per call: a handle's
+/// balance is made on its first `poll_ready`).
+///
+/// # Which connection takes a call
+///
+/// Only connections that take calls now are chosen: connected ones, and idle ones (they
+/// connect for the call). One that is connecting, backing off, closed or
+/// [leased](Pool::lease) is held out. When none takes calls but one is connecting (or
+/// leased), `poll_ready` waits for it, as a [`Channel`]'s does for its connect pass;
+/// when every connection is backing off or closed, the pool is `Ready` and fails calls
+/// at once, *not sent*, with the error a channel gives then ([`Kind::ConnectFailed`],
+/// [`Kind::Closed`]).
+///
+/// The connections dial one at a time, and a host one of them failed to reach is not
+/// dialed by the others until a dial reaches it again: they fail it at once with
+/// [`SiblingFailed`] and follow the one that failed, which probes on its backoff. One
+/// dead host is one connect attempt per backoff step, not one per connection.
+///
+/// # Order across connections
+///
+/// A call stays on one connection, whatever its shape: a multi-part call, `request_n`,
+/// until-final and a stream are written and answered there. Calls a task does not await
+/// in turn may go to different connections and be answered in any order; a sequence
+/// that needs one connection (WATCH/MULTI/EXEC, a transaction, a subscription) takes a
+/// [`Lease`].
+pub struct Pool<Req, Resp> {
+    members: Arc<Members<Req, Resp>>,
+    /// This handle's choice: made on its first `poll_ready`.
+    choice: Option<Choice<Req, Resp>>,
+    /// What `poll_ready` found for the next call.
+    route: Option<Route>,
+}
+
+/// The connections every handle of a pool shares.
+pub(crate) struct Members<Req, Resp> {
+    pub(crate) slots: Vec<Slot<Req, Resp>>,
+    /// Bumped when a lease is taken or returned.
+    pub(crate) leases: watch::Sender<()>,
+}
+
+enum Choice<Req, Resp> {
+    /// One connection: there is nothing to choose.
+    One(Member<Req, Resp>),
+    Many(Balanced<Req, Resp>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// The choice is ready.
+    Chosen,
+    /// Every connection is down: this one fails the call fast.
+    Down(usize),
+}
+
+/// What a caller choosing a connection found.
+enum Found {
+    Usable(usize),
+    /// None is usable, one will be soon.
+    Wait,
+    /// Every connection is down: this one fails calls fast.
+    Down(usize),
+}
+
+impl<Req, Resp> Members<Req, Resp> {
+    fn new(slots: Vec<Slot<Req, Resp>>) -> Self {
+        Members {
+            slots,
+            leases: watch::Sender::new(()),
+        }
+    }
+
+    /// The least loaded usable connection, else what to do instead.
+    fn find(&self) -> Found {
+        let mut best: Option<(usize, usize)> = None;
+        let mut soon = false;
+        // A connection that backs off fails a call with why it cannot connect, a closed
+        // one only with `Closed`.
+        let mut down = 0;
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot.standing() {
+                Standing::Usable => {
+                    let load = slot.channel.load();
+                    if best.is_none_or(|(_, least)| load < least) {
+                        best = Some((i, load));
+                    }
+                }
+                Standing::Soon => soon = true,
+                Standing::Down if slot.channel.shared.is_backing_off() => down = i,
+                Standing::Down => {}
+            }
+        }
+        match best {
+            Some((i, _)) => Found::Usable(i),
+            None if soon => Found::Wait,
+            None => Found::Down(down),
+        }
+    }
+
+    /// The connection to fail a call fast on, when every one is down.
+    fn all_down(&self) -> Option<usize> {
+        match self.find() {
+            Found::Down(i) => Some(i),
+            Found::Usable(_) | Found::Wait => None,
+        }
+    }
+
+    /// Resolves at the next change of any connection's state or of a lease after this
+    /// call (the receivers are made, so marked seen, here).
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let mut state = s.channel.shared.state.subscribe();
+                Box::pin(async move {
+                    let _ = state.changed().await;
+                }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            })
+            .collect();
+        let mut leases = self.leases.subscribe();
+        waits.push(Box::pin(async move {
+            let _ = leases.changed().await;
+        }));
+        std::future::poll_fn(move |cx| {
+            if waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+impl<Req, Resp> Pool<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    pub(crate) fn from_channels(channels: Vec<Channel<Req, Resp>>) -> Self {
+        let slots = channels.into_iter().map(Slot::new).collect();
+        Pool {
+            members: Arc::new(Members::new(slots)),
+            choice: None,
+            route: None,
+        }
+    }
+
+    fn choice(&mut self) -> &mut Choice<Req, Resp> {
+        let members = &self.members;
+        self.choice.get_or_insert_with(|| {
+            let member = |i| Member::new(members.clone(), i);
+            if members.slots.len() == 1 {
+                Choice::One(member(0))
+            } else {
+                let list: Vec<_> = (0..members.slots.len()).map(member).collect();
+                Choice::Many(Balance::new(ServiceList::new(list)))
+            }
+        })
+    }
+
+    /// A connection for a call made through a method: the least loaded usable one,
+    /// waiting while none is usable but one will be; one that fails calls fast when
+    /// every connection is down.
+    async fn pick(&self) -> Channel<Req, Resp> {
+        loop {
+            let changed = self.members.changed();
+            match self.members.find() {
+                Found::Usable(i) | Found::Down(i) => return self.members.slots[i].channel.clone(),
+                Found::Wait => changed.await,
+            }
+        }
+    }
+
+    /// Sends a request to one connection and waits for its reply
+    /// ([`Channel::request`]).
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`]: whether the request was sent, and why the call failed.
+    pub async fn request(&self, call: impl IntoCall<Req>) -> Result<Resp, Error> {
+        self.pick().await.request(call).await
+    }
+
+    /// [`Channel::request_n`] on one connection.
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`].
+    pub async fn request_n(&self, call: impl IntoCall<Req>, n: usize) -> Result<Vec<Resp>, Error> {
+        self.pick().await.request_n(call, n).await
+    }
+
+    /// [`Channel::request_until_final`] on one connection.
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`].
+    pub async fn request_until_final(&self, call: impl IntoCall<Req>) -> Result<Vec<Resp>, Error> {
+        self.pick().await.request_until_final(call).await
+    }
+
+    /// [`Channel::stream`] on one connection.
+    pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
+        self.pick().await.stream(call, replies).await
+    }
+
+    /// [`Channel::send`] on one connection.
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`].
+    pub async fn send(&self, call: impl IntoCall<Req>) -> Result<(), Error> {
+        self.pick().await.send(call).await
+    }
+
+    /// Closes every connection now ([`Channel::close`]).
+    pub fn close(&self) {
+        self.members.slots.iter().for_each(|s| s.channel.close());
+    }
+
+    /// Shuts every connection down gracefully, together ([`Channel::shutdown`]).
+    pub async fn shutdown(&self, deadline: Duration) {
+        let all = self.members.slots.iter().map(|s| {
+            let channel = s.channel.clone();
+            Box::pin(async move { channel.shutdown(deadline).await })
+                as Pin<Box<dyn Future<Output = ()> + Send>>
+        });
+        join_all(all.collect()).await;
+    }
+
+    /// Connects every connection now, if not connected (one dial at a time), and waits
+    /// for them all ([`Channel::connect`]).
+    ///
+    /// # Errors
+    ///
+    /// The first connection's error, when one failed to connect.
+    pub async fn connect(&self) -> Result<(), Error> {
+        let all = self.members.slots.iter().map(|s| {
+            let channel = s.channel.clone();
+            Box::pin(async move { channel.connect().await })
+                as Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
+        });
+        join_all(all.collect()).await.into_iter().collect()
+    }
+}
+
+impl<Req, Resp> Pool<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// How many connections the pool has.
+    pub fn size(&self) -> usize {
+        self.members.slots.len()
+    }
+
+    /// The pool's connections, to watch or count one by one.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel<Req, Resp>> {
+        self.members.slots.iter().map(|s| &s.channel)
+    }
+
+    /// Where the pool stands, from its connections: `Ready` if one is; else
+    /// `Handshaking` or `Connecting` if a connect pass runs; else `Idle` if one waits
+    /// for a call; else `BackingOff` if one is; else `Closed`.
+    pub fn state(&self) -> State {
+        const RANK: [State; 6] = [
+            State::Ready,
+            State::Handshaking,
+            State::Connecting,
+            State::Idle,
+            State::BackingOff,
+            State::Closed,
+        ];
+        let rank = |s: State| RANK.iter().position(|r| *r == s).unwrap_or(RANK.len());
+        self.channels()
+            .map(|c| c.shared.current())
+            .min_by_key(|s| rank(*s))
+            .unwrap_or(State::Closed)
+    }
+
+    /// The connections' counters, summed.
+    pub fn counters(&self) -> Counters {
+        self.channels()
+            .map(Channel::counters)
+            .fold(Counters::default(), |sum, c| sum + c)
+    }
+
+    /// Takes the merged receiver of every connection's push frames
+    /// ([`Channel::pushes`]): the first caller gets it, later ones get `None`.
+    pub fn pushes(&self) -> Option<Pushes<Resp>> {
+        Pushes::new(self.channels().filter_map(Channel::pushes).collect())
+    }
+
+    /// The pool takes no more calls: every connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.channels().all(Channel::is_closed)
+    }
+}
+
+impl<Req, Resp> Clone for Pool<Req, Resp> {
+    /// Another handle to the same connections; its balance is its own (made when it is
+    /// first used as a `Service`).
+    fn clone(&self) -> Self {
+        Pool {
+            members: self.members.clone(),
+            choice: None,
+            route: None,
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Pool<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.size())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp> Service<Req> for Pool<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = PoolFuture<Resp>;
+
+    /// `Ready` once a usable connection has room for the call, or at once when every
+    /// connection is down (the call then fails fast); `Pending` while none is usable
+    /// and one is connecting or leased. It never fails.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.route.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(down) = self.members.all_down() {
+            self.route = Some(Route::Down(down));
+            return Poll::Ready(Ok(()));
+        }
+        let ready = match self.choice() {
+            Choice::One(member) => member.poll_ready(cx),
+            Choice::Many(balance) => balance.poll_ready(cx),
+        };
+        std::task::ready!(ready)?;
+        self.route = Some(Route::Chosen);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends the call to the connection `poll_ready` chose. Without a preceding
+    /// successful `poll_ready`, the least loaded usable connection takes it if it has
+    /// room, and otherwise it fails *not sent*; it never panics.
+    fn call(&mut self, req: Req) -> Self::Future {
+        let inner = match (self.route.take(), &mut self.choice) {
+            (Some(Route::Chosen), Some(Choice::One(member))) => Inner::Direct(member.call(req)),
+            (Some(Route::Chosen), Some(Choice::Many(balance))) => {
+                Inner::Balanced(balance.call(req))
+            }
+            (Some(Route::Down(i)), _) => {
+                Inner::Direct(self.members.slots[i].channel.clone().call(req))
+            }
+            _ => {
+                let i = match self.members.find() {
+                    Found::Usable(i) | Found::Down(i) => i,
+                    Found::Wait => return PoolFuture(Inner::Failed(Some(unready()))),
+                };
+                Inner::Direct(self.members.slots[i].channel.clone().call(req))
+            }
+        };
+        PoolFuture(inner)
+    }
+}
+
+/// A call made without a ready connection while none takes calls: not sent.
+fn unready() -> BoxError {
+    Error::new(Kind::Overloaded).into()
+}
+
+impl<Req, Resp> Load for Pool<Req, Resp> {
+    type Metric = usize;
+
+    /// The load of the connections that take calls, summed; `usize::MAX` when none
+    /// does.
+    fn load(&self) -> usize {
+        let usable = self
+            .members
+            .slots
+            .iter()
+            .filter(|s| s.standing() == Standing::Usable);
+        usable
+            .map(|s| s.channel.load())
+            .reduce(usize::saturating_add)
+            .unwrap_or(usize::MAX)
+    }
+}
+
+/// The future of a [`Pool`]'s `Service::call`: the reply of the connection that took the
+/// call.
+pub struct PoolFuture<Resp>(Inner<Resp>);
+
+enum Inner<Resp> {
+    Direct(ResponseFuture<Resp>),
+    /// What tower's `Balance` makes of the connection's future.
+    Balanced(futures_util::future::MapErr<ResponseFuture<Resp>, fn(BoxError) -> BoxError>),
+    Failed(Option<BoxError>),
+}
+
+impl<Resp> Future for PoolFuture<Resp> {
+    type Output = Result<Resp, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Inner::Direct(reply) => Pin::new(reply).poll(cx),
+            Inner::Balanced(reply) => Pin::new(reply).poll(cx),
+            Inner::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(unready))),
+        }
+    }
+}
+
+impl<Resp> fmt::Debug for PoolFuture<Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolFuture").finish_non_exhaustive()
+    }
+}
+
+/// Polls every future to its end, together; their outputs in order.
+async fn join_all<T>(mut all: Vec<Pin<Box<dyn Future<Output = T> + Send>>>) -> Vec<T> {
+    let mut out: Vec<Option<T>> = all.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (fut, slot) in all.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

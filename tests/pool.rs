@@ -1,0 +1,312 @@
+//! `Pool`: several connections to one endpoint behind tower's `p2c`, in memory and
+//! under paused time. Which connection takes a call, what happens when connections
+//! are down, how a dead host is dialed, leases, merged pushes, and the pool as a
+//! `Service`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use socketchannel::{Backoff, Channel, Endpoint, Kind, Order, Pool, Reconnect, State};
+use tower::load::Load;
+use tower::{Service, ServiceExt};
+
+use support::channel::msg;
+use support::codec::{Kind as MsgKind, Msg, TestProto};
+use support::memory::{Io, Net};
+use support::{bounded, eventually};
+
+const HOST: &str = "a:1";
+
+type P = Pool<Msg, Msg>;
+
+/// Echoes every request; `quit` drops the connection unanswered, `push` sends a push
+/// frame before the reply.
+fn net() -> Net {
+    Net::new(|_: Endpoint, mut io: Io| async move {
+        while let Some(Ok(req)) = io.next().await {
+            match req.text() {
+                "quit" => return,
+                "push" => {
+                    let push = Msg::new("pushed").kind(MsgKind::Push);
+                    if io.send(push).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            if io.send(req).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// A pool of `size` over `net`, reconnecting persistently with a fixed backoff.
+fn pool(net: &Net, size: usize, backoff: Duration) -> P {
+    Channel::builder()
+        .host(HOST)
+        .reconnect(Reconnect::Persistent)
+        .backoff(Backoff::exponential(backoff, backoff))
+        .pool(size)
+        .connector(net.connector(), Order::new(TestProto))
+        .expect("valid host")
+}
+
+fn sent(pool: &P) -> Vec<u64> {
+    pool.channels().map(|c| c.counters().sent).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_spread_over_every_connection_and_the_counters_sum() {
+    bounded(async {
+        let net = net();
+        let pool = pool(&net, 4, Duration::from_millis(100));
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let mut handle = pool.clone();
+                tokio::spawn(async move {
+                    let mut replies = Vec::new();
+                    for i in 0..50 {
+                        let body = format!("{t}.{i}");
+                        let call = handle.ready().await.unwrap().call(msg(body.clone()));
+                        replies.push(tokio::spawn(call));
+                        let _ = body;
+                    }
+                    for (i, reply) in replies.into_iter().enumerate() {
+                        let reply = reply.await.unwrap().expect("answered");
+                        assert_eq!(reply.text(), format!("{t}.{i}"));
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let per = sent(&pool);
+        assert!(
+            per.iter().all(|&n| n > 0),
+            "every connection took calls: {per:?}"
+        );
+        assert_eq!(pool.counters().sent, 400);
+        assert_eq!(pool.state(), State::Ready);
+        assert_eq!(net.connects(), 4, "one connection each");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_calls_wait_for_connections_being_made_and_none_fails() {
+    bounded(async {
+        let net = net();
+        net.delay(Duration::from_millis(50));
+        let pool = pool(&net, 4, Duration::from_millis(100));
+        // Lazy: the first calls find every connection idle or connecting, dialing one
+        // at a time; none may fail fast for that.
+        let calls: Vec<_> = (0..64)
+            .map(|i| {
+                let mut handle = pool.clone();
+                tokio::spawn(async move { handle.ready().await?.call(msg(format!("{i}"))).await })
+            })
+            .collect();
+        for call in calls {
+            call.await
+                .unwrap()
+                .expect("no call fails while connections are made");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_backing_off_are_held_out_while_another_serves() {
+    bounded(async {
+        let net = net();
+        let mut pool = pool(&net, 3, Duration::from_secs(30));
+        pool.connect().await.expect("all connect");
+        // Two connections answer, then lose their connection and cannot make another.
+        // (p2c draws two of three: held out or not, a draw of both would fail a call.)
+        let (a, b) = (pool.lease().await.unwrap(), pool.lease().await.unwrap());
+        a.request(msg("hello")).await.unwrap();
+        b.request(msg("hello")).await.unwrap();
+        net.down(HOST, true);
+        let _ = a.request(msg("quit")).await;
+        let _ = b.request(msg("quit")).await;
+        let lost = [a.channel().clone(), b.channel().clone()];
+        drop((a, b));
+        eventually(Duration::from_secs(5), "the lost ones back off", || {
+            lost.iter()
+                .all(|c| *c.state().borrow() == State::BackingOff)
+        })
+        .await;
+        let before: Vec<u64> = lost.iter().map(|c| c.counters().sent).collect();
+        for i in 0..100 {
+            let reply = pool.ready().await.unwrap().call(msg(format!("{i}"))).await;
+            assert_eq!(
+                reply.expect("the live connection answers").text(),
+                i.to_string()
+            );
+            let reply = pool.request(msg("m")).await;
+            assert_eq!(reply.expect("the live connection answers").text(), "m");
+        }
+        let after: Vec<u64> = lost.iter().map(|c| c.counters().sent).collect();
+        assert_eq!(after, before, "none went to a connection backing off");
+        assert_eq!(pool.state(), State::Ready);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_connection_is_down_calls_fail_fast_not_sent() {
+    bounded(async {
+        let net = net();
+        net.down(HOST, true);
+        let mut pool = pool(&net, 3, Duration::from_secs(30));
+        let _ = pool.connect().await;
+        eventually(Duration::from_secs(5), "every connection backs off", || {
+            pool.state() == State::BackingOff
+        })
+        .await;
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            let err = pool
+                .ready()
+                .await
+                .unwrap()
+                .call(msg("x"))
+                .await
+                .unwrap_err();
+            let err = support::channel::into_channel_error(err);
+            assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
+            assert!(err.is_not_sent(), "not sent: {err}");
+        }
+        let err = pool.request(msg("y")).await.unwrap_err();
+        assert_eq!(err.kind(), Kind::ConnectFailed);
+        assert!(pool.lease().await.is_err(), "nothing to lease");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "fast, not after a backoff"
+        );
+        assert_eq!(pool.load(), usize::MAX);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_host_is_dialed_by_one_connection_per_backoff_step() {
+    support::timeout(Duration::from_secs(60), async {
+        let net = net();
+        net.down(HOST, true);
+        let pool = pool(&net, 4, Duration::from_secs(1));
+        let _ = pool.connect().await;
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        // One channel alone dials 11 times in 10.5 s (at 0, 1, ..., 10 s); four
+        // without a gate would dial 44 times.
+        let dials = net.connects();
+        assert!(dials <= 13, "{dials} dials: the pool stormed the dead host");
+        // The host comes back: every connection gets there.
+        net.down(HOST, false);
+        eventually(Duration::from_secs(5), "every connection connects", || {
+            pool.channels().all(|c| *c.state().borrow() == State::Ready)
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_exclusive_and_returned_on_drop() {
+    bounded(async {
+        let net = net();
+        let mut pool = pool(&net, 2, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        let lease = pool.lease().await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), pool.lease())
+                .await
+                .unwrap()
+                .is_ok(),
+            "the other connection is free"
+        );
+        let before = lease.counters().sent;
+        for i in 0..20 {
+            pool.ready()
+                .await
+                .unwrap()
+                .call(msg(format!("{i}")))
+                .await
+                .unwrap();
+            pool.request(msg("m")).await.unwrap();
+        }
+        assert_eq!(
+            lease.counters().sent,
+            before,
+            "no other call went to the lease"
+        );
+        lease.request(msg("mine")).await.unwrap();
+
+        // One connection, leased: the pool's callers wait until it is returned.
+        let single = self::pool(&net, 1, Duration::from_millis(100));
+        let lease = single.lease().await.unwrap();
+        let mut handle = single.clone();
+        let waiting = tokio::spawn(async move { handle.ready().await?.call(msg("after")).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "waits while the only connection is leased"
+        );
+        drop(lease);
+        assert_eq!(waiting.await.unwrap().unwrap().text(), "after");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushes_of_every_connection_come_through_one_receiver() {
+    bounded(async {
+        let net = net();
+        let pool = pool(&net, 2, Duration::from_millis(100));
+        let mut pushes = pool.pushes().expect("the first caller gets it");
+        assert!(pool.pushes().is_none(), "one receiver");
+        let a = pool.lease().await.unwrap();
+        let b = pool.lease().await.unwrap();
+        a.request(msg("push")).await.unwrap();
+        b.request(msg("push")).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(pushes.recv().await.unwrap().text(), "pushed");
+        }
+        assert_eq!(pool.counters().pushes, 2);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_without_poll_ready_is_taken_or_fails_but_never_panics() {
+    bounded(async {
+        let net = net();
+        let mut pool = pool(&net, 2, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        let reply = pool.call(msg("unready")).await.expect("room: taken");
+        assert_eq!(reply.text(), "unready");
+        pool.close();
+        assert!(pool.is_closed());
+        let err = pool
+            .ready()
+            .await
+            .unwrap()
+            .call(msg("x"))
+            .await
+            .unwrap_err();
+        let err = support::channel::into_channel_error(err);
+        assert_eq!(err.kind(), Kind::Closed);
+        assert!(err.is_not_sent());
+    })
+    .await;
+}
+
+#[test]
+fn a_pool_is_a_clone_send_sync_service() {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    check::<P>();
+}
