@@ -8,7 +8,9 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, Channel, Endpoint, Kind, Order, Pool, Reconnect, State};
+use socketchannel::{
+    Backoff, Call, Channel, Endpoint, Kind, Order, Pool, Reconnect, Replies, State,
+};
 use tower::load::Load;
 use tower::{Service, ServiceExt};
 
@@ -309,4 +311,62 @@ async fn a_call_without_poll_ready_is_taken_or_fails_but_never_panics() {
 fn a_pool_is_a_clone_send_sync_service() {
     fn check<T: Clone + Send + Sync + 'static>() {}
     check::<P>();
+    check::<socketchannel::PoolCalls<Msg, Msg>>();
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<socketchannel::Lease<Msg, Msg>>();
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_call_shape_goes_through_the_pool_and_stays_on_one_connection() {
+    bounded(async {
+        // Answers `n:BODY` with n frames, the last one final.
+        let net = Net::new(|_: Endpoint, mut io: Io| async move {
+            while let Some(Ok(req)) = io.next().await {
+                let text = req.text().to_string();
+                let (n, body) = text.split_once(':').unwrap_or(("1", &text));
+                let n: usize = n.parse().unwrap_or(1);
+                for k in 1..=n {
+                    let kind = if k < n {
+                        MsgKind::More
+                    } else {
+                        MsgKind::Normal
+                    };
+                    if io
+                        .send(Msg::new(format!("{body}{k}")).kind(kind))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        let pool = pool(&net, 3, Duration::from_millis(100));
+        let mut calls = pool.calls();
+        for round in 0..30 {
+            let call = Call::new(msg(format!("3:r{round}."))).replies(Replies::Count(3));
+            let reply = calls.ready().await.unwrap().call(call).await.unwrap();
+            let frames: Vec<String> = reply
+                .into_many()
+                .unwrap()
+                .iter()
+                .map(|m| m.text().to_string())
+                .collect();
+            assert_eq!(frames, [1, 2, 3].map(|k| format!("r{round}.{k}")));
+            let call = Call::new(msg("2:s")).stream(Replies::UntilFinal);
+            let reply = calls.ready().await.unwrap().call(call).await.unwrap();
+            let mut stream = reply.into_stream().unwrap();
+            assert_eq!(stream.next().await.unwrap().unwrap().text(), "s1");
+            assert_eq!(stream.next().await.unwrap().unwrap().text(), "s2");
+            assert!(stream.next().await.is_none());
+            let many = pool.request_until_final(msg("2:u")).await.unwrap();
+            assert_eq!(many.len(), 2);
+        }
+        let per = sent(&pool);
+        assert!(
+            per.iter().filter(|&&n| n > 0).count() >= 2,
+            "spread: {per:?}"
+        );
+    })
+    .await;
 }

@@ -237,18 +237,7 @@ where
     /// [`Kind::Unsupported`], *not sent*: sent as it is, it would read another call's
     /// reply.
     fn call(&mut self, call: Call<Req>) -> ReplyFuture<Resp> {
-        #[cfg(feature = "metrics")]
-        let timing = self.channel.shared.timing();
-        let span = call_span(&call);
-        let (waiter, pending) = call.shape.open(&self.channel.shared.limits);
-        if let Some(envelope) = call.into_envelope(waiter) {
-            self.channel.submit(envelope);
-        }
-        #[allow(unused_mut)]
-        let mut reply = ReplyFuture::new(pending, span);
-        #[cfg(feature = "metrics")]
-        reply.time(timing);
-        reply
+        self.channel.call_with(call)
     }
 }
 
@@ -266,6 +255,28 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    /// `Service<Call<Req>>::call`: queues the call in its shape, with the slot
+    /// `poll_ready` reserved (or one taken now).
+    pub(crate) fn call_with(&mut self, call: Call<Req>) -> ReplyFuture<Resp> {
+        #[cfg(feature = "metrics")]
+        let timing = self.shared.timing();
+        let span = call_span(&call);
+        let (waiter, pending) = call.shape.open(&self.shared.limits);
+        if let Some(envelope) = call.into_envelope(waiter) {
+            self.submit(envelope);
+        }
+        #[allow(unused_mut)]
+        let mut reply = ReplyFuture::new(pending, span);
+        #[cfg(feature = "metrics")]
+        reply.time(timing);
+        reply
+    }
+
+    /// `poll_ready` of both `Service`s: room in the intake for the next call.
+    pub(crate) fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll_reserve(cx).map_err(BoxError::from)
+    }
+
     /// Hands a call to the intake with the slot `poll_ready` reserved, or one taken now
     /// if there is room; otherwise fails it *not sent*.
     fn submit(&mut self, mut envelope: Envelope<Req, Resp>) {

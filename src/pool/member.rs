@@ -1,6 +1,7 @@
 //! One connection of a pool: what every handle shares of it ([`Slot`]), and how one
 //! handle's balance sees it ([`Member`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -11,7 +12,7 @@ use tower::load::Load;
 use tower::{BoxError, Service};
 
 use super::Members;
-use crate::channel::{Channel, ResponseFuture};
+use crate::channel::{Call, Channel, Reply, ReplyFuture, ResponseFuture};
 use crate::error::{Error, Kind};
 use crate::shared::State;
 
@@ -125,16 +126,12 @@ impl<Req, Resp> Member<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Service<Req> for Member<Req, Resp>
+impl<Req, Resp> Member<Req, Resp>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    type Response = Resp;
-    type Error = BoxError;
-    type Future = ResponseFuture<Resp>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_member(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             if self.waiting {
                 if let Some(wait) = &mut self.wait {
@@ -144,7 +141,7 @@ where
             }
             let mut refused = false;
             if self.standing() == Standing::Usable {
-                match self.channel.poll_ready(cx) {
+                match self.channel.poll_room(cx) {
                     Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                     Poll::Pending => return Poll::Pending,
                     // Closed meanwhile: out, like any closed member.
@@ -160,9 +157,58 @@ where
             self.arm();
         }
     }
+}
 
-    fn call(&mut self, req: Req) -> ResponseFuture<Resp> {
-        self.channel.call(req)
+/// How a request of type `R` goes to a channel: its `Service<R>` call.
+pub(crate) trait Direct<R> {
+    type Response;
+    type Future: Future<Output = Result<Self::Response, BoxError>> + Unpin + Send;
+
+    fn direct(&mut self, request: R) -> Self::Future;
+}
+
+impl<Req, Resp> Direct<Req> for Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+    type Future = ResponseFuture<Resp>;
+
+    fn direct(&mut self, request: Req) -> ResponseFuture<Resp> {
+        Service::call(self, request)
+    }
+}
+
+impl<Req, Resp> Direct<Call<Req>> for Channel<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Reply<Resp>;
+    type Future = ReplyFuture<Resp>;
+
+    fn direct(&mut self, call: Call<Req>) -> ReplyFuture<Resp> {
+        self.call_with(call)
+    }
+}
+
+impl<Req, Resp, R> Service<R> for Member<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    Channel<Req, Resp>: Direct<R>,
+{
+    type Response = <Channel<Req, Resp> as Direct<R>>::Response;
+    type Error = BoxError;
+    type Future = <Channel<Req, Resp> as Direct<R>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll_member(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.channel.direct(request)
     }
 }
 

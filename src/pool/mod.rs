@@ -14,6 +14,7 @@
 //! of calls (`lease.rs`); [`Pushes`] merges the push frames (`pushes.rs`).
 
 mod build;
+mod choose;
 mod gate;
 mod lease;
 mod member;
@@ -27,22 +28,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tower::balance::p2c::Balance;
-use tower::discover::ServiceList;
 use tower::load::Load;
 use tower::{BoxError, Service};
 
 pub use self::build::PoolBuilder;
+use self::choose::Chooser;
+pub use self::choose::PoolFuture;
 pub use self::gate::SiblingFailed;
 pub use self::lease::Lease;
-use self::member::{Member, Slot, Standing};
+use self::member::{Slot, Standing};
 pub use self::pushes::Pushes;
-use crate::channel::{Channel, IntoCall, Replies, ReplyStream, ResponseFuture};
-use crate::error::{Error, Kind};
+use crate::channel::{
+    Call, Channel, IntoCall, Replies, Reply, ReplyFuture, ReplyStream, ResponseFuture,
+};
+use crate::error::Error;
 use crate::shared::State;
 use crate::stats::Counters;
-
-type Balanced<Req, Resp> = Balance<ServiceList<Vec<Member<Req, Resp>>>, Req>;
 
 /// A pool of connections to one endpoint: `size` reconnecting [`Channel`]s built alike,
 /// each call sent to the less loaded of two connections drawn at random (tower's
@@ -79,10 +80,8 @@ type Balanced<Req, Resp> = Balance<ServiceList<Vec<Member<Req, Resp>>>, Req>;
 /// [`Lease`].
 pub struct Pool<Req, Resp> {
     members: Arc<Members<Req, Resp>>,
-    /// This handle's choice: made on its first `poll_ready`.
-    choice: Option<Choice<Req, Resp>>,
-    /// What `poll_ready` found for the next call.
-    route: Option<Route>,
+    /// This handle's choice for its `Service` calls.
+    chooser: Chooser<Req, Resp, Req>,
 }
 
 /// The connections every handle of a pool shares.
@@ -92,22 +91,8 @@ pub(crate) struct Members<Req, Resp> {
     pub(crate) leases: watch::Sender<()>,
 }
 
-enum Choice<Req, Resp> {
-    /// One connection: there is nothing to choose.
-    One(Member<Req, Resp>),
-    Many(Balanced<Req, Resp>),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    /// The choice is ready.
-    Chosen,
-    /// Every connection is down: this one fails the call fast.
-    Down(usize),
-}
-
 /// What a caller choosing a connection found.
-enum Found {
+pub(crate) enum Found {
     Usable(usize),
     /// None is usable, one will be soon.
     Wait,
@@ -150,12 +135,16 @@ impl<Req, Resp> Members<Req, Resp> {
         }
     }
 
-    /// The connection to fail a call fast on, when every one is down.
-    fn all_down(&self) -> Option<usize> {
-        match self.find() {
-            Found::Down(i) => Some(i),
-            Found::Usable(_) | Found::Wait => None,
-        }
+    /// The load of the usable connections, summed; `usize::MAX` when none is.
+    fn load(&self) -> usize {
+        let usable = self
+            .slots
+            .iter()
+            .filter(|s| s.standing() == Standing::Usable);
+        usable
+            .map(|s| s.channel.load())
+            .reduce(usize::saturating_add)
+            .unwrap_or(usize::MAX)
     }
 
     /// Resolves at the next change of any connection's state or of a lease after this
@@ -192,24 +181,11 @@ where
 {
     pub(crate) fn from_channels(channels: Vec<Channel<Req, Resp>>) -> Self {
         let slots = channels.into_iter().map(Slot::new).collect();
+        let members = Arc::new(Members::new(slots));
         Pool {
-            members: Arc::new(Members::new(slots)),
-            choice: None,
-            route: None,
+            chooser: Chooser::new(members.clone()),
+            members,
         }
-    }
-
-    fn choice(&mut self) -> &mut Choice<Req, Resp> {
-        let members = &self.members;
-        self.choice.get_or_insert_with(|| {
-            let member = |i| Member::new(members.clone(), i);
-            if members.slots.len() == 1 {
-                Choice::One(member(0))
-            } else {
-                let list: Vec<_> = (0..members.slots.len()).map(member).collect();
-                Choice::Many(Balance::new(ServiceList::new(list)))
-            }
-        })
     }
 
     /// A connection for a call made through a method: the least loaded usable one,
@@ -357,8 +333,7 @@ impl<Req, Resp> Clone for Pool<Req, Resp> {
     fn clone(&self) -> Self {
         Pool {
             members: self.members.clone(),
-            choice: None,
-            route: None,
+            chooser: Chooser::new(self.members.clone()),
         }
     }
 }
@@ -383,55 +358,21 @@ where
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = PoolFuture<Resp>;
+    type Future = PoolFuture<ResponseFuture<Resp>>;
 
     /// `Ready` once a usable connection has room for the call, or at once when every
     /// connection is down (the call then fails fast); `Pending` while none is usable
     /// and one is connecting or leased. It never fails.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.route.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(down) = self.members.all_down() {
-            self.route = Some(Route::Down(down));
-            return Poll::Ready(Ok(()));
-        }
-        let ready = match self.choice() {
-            Choice::One(member) => member.poll_ready(cx),
-            Choice::Many(balance) => balance.poll_ready(cx),
-        };
-        std::task::ready!(ready)?;
-        self.route = Some(Route::Chosen);
-        Poll::Ready(Ok(()))
+        self.chooser.poll_ready(cx)
     }
 
     /// Sends the call to the connection `poll_ready` chose. Without a preceding
     /// successful `poll_ready`, the least loaded usable connection takes it if it has
     /// room, and otherwise it fails *not sent*; it never panics.
     fn call(&mut self, req: Req) -> Self::Future {
-        let inner = match (self.route.take(), &mut self.choice) {
-            (Some(Route::Chosen), Some(Choice::One(member))) => Inner::Direct(member.call(req)),
-            (Some(Route::Chosen), Some(Choice::Many(balance))) => {
-                Inner::Balanced(balance.call(req))
-            }
-            (Some(Route::Down(i)), _) => {
-                Inner::Direct(self.members.slots[i].channel.clone().call(req))
-            }
-            _ => {
-                let i = match self.members.find() {
-                    Found::Usable(i) | Found::Down(i) => i,
-                    Found::Wait => return PoolFuture(Inner::Failed(Some(unready()))),
-                };
-                Inner::Direct(self.members.slots[i].channel.clone().call(req))
-            }
-        };
-        PoolFuture(inner)
+        self.chooser.call(req)
     }
-}
-
-/// A call made without a ready connection while none takes calls: not sent.
-fn unready() -> BoxError {
-    Error::new(Kind::Overloaded).into()
 }
 
 impl<Req, Resp> Load for Pool<Req, Resp> {
@@ -440,44 +381,68 @@ impl<Req, Resp> Load for Pool<Req, Resp> {
     /// The load of the connections that take calls, summed; `usize::MAX` when none
     /// does.
     fn load(&self) -> usize {
-        let usable = self
-            .members
-            .slots
-            .iter()
-            .filter(|s| s.standing() == Standing::Usable);
-        usable
-            .map(|s| s.channel.load())
-            .reduce(usize::saturating_add)
-            .unwrap_or(usize::MAX)
+        self.chooser.members.load()
     }
 }
 
-/// The future of a [`Pool`]'s `Service::call`: the reply of the connection that took the
-/// call.
-pub struct PoolFuture<Resp>(Inner<Resp>);
-
-enum Inner<Resp> {
-    Direct(ResponseFuture<Resp>),
-    /// What tower's `Balance` makes of the connection's future.
-    Balanced(futures_util::future::MapErr<ResponseFuture<Resp>, fn(BoxError) -> BoxError>),
-    Failed(Option<BoxError>),
+/// A [`Pool`] as a `Service<Call<Req>>`: every call shape through tower, as
+/// [`Calls`](crate::Calls) is for a [`Channel`] (made by [`Pool::calls`]). A call and
+/// its whole reply stay on one connection.
+pub struct PoolCalls<Req, Resp> {
+    chooser: Chooser<Req, Resp, Call<Req>>,
 }
 
-impl<Resp> Future for PoolFuture<Resp> {
-    type Output = Result<Resp, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            Inner::Direct(reply) => Pin::new(reply).poll(cx),
-            Inner::Balanced(reply) => Pin::new(reply).poll(cx),
-            Inner::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(unready))),
+impl<Req, Resp> Pool<Req, Resp> {
+    /// This pool as a `Service<Call<Req>>`: another handle, with a balance of its own.
+    pub fn calls(&self) -> PoolCalls<Req, Resp> {
+        PoolCalls {
+            chooser: Chooser::new(self.chooser.members.clone()),
         }
     }
 }
 
-impl<Resp> fmt::Debug for PoolFuture<Resp> {
+impl<Req, Resp> Clone for PoolCalls<Req, Resp> {
+    fn clone(&self) -> Self {
+        PoolCalls {
+            chooser: Chooser::new(self.chooser.members.clone()),
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for PoolCalls<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolFuture").finish_non_exhaustive()
+        f.debug_struct("PoolCalls")
+            .field("size", &self.chooser.members.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp> Service<Call<Req>> for PoolCalls<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Reply<Resp>;
+    type Error = BoxError;
+    type Future = PoolFuture<ReplyFuture<Resp>>;
+
+    /// As [`Pool`]'s.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.chooser.poll_ready(cx)
+    }
+
+    /// As [`Pool`]'s.
+    fn call(&mut self, call: Call<Req>) -> Self::Future {
+        self.chooser.call(call)
+    }
+}
+
+impl<Req, Resp> Load for PoolCalls<Req, Resp> {
+    type Metric = usize;
+
+    /// As [`Pool`]'s.
+    fn load(&self) -> usize {
+        self.chooser.members.load()
     }
 }
 
