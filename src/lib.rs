@@ -161,6 +161,37 @@
 //! [`MuxLayer`] and
 //! [`ReconnectLayer`] offer the pieces as layers.
 //!
+//! # Past one connection: a pool
+//!
+//! One channel is one connection task: one core's worth of encoding, decoding and
+//! matching, and one TCP stream. When that is the limit (measure first: one channel
+//! carries a great deal), [`Builder::pool`] (feature `pool`) makes a [`Pool`] of K
+//! channels built alike, balanced by tower's `p2c` over their [`Load`](tower::load::Load)
+//! with no lock on the hot path. A connection that is connecting, backing off or
+//! [leased](Pool::lease) is held out of the choice; when every one is down the pool fails
+//! calls fast, *not sent*; the connections dial one at a time and follow one another's
+//! failures, so a dead host sees one connect attempt per backoff step. A call and its
+//! whole reply stay on one connection; calls a task does not await in turn may be
+//! answered in any order, and a sequence that needs one connection (a transaction)
+//! takes a [`Lease`].
+//!
+//! ```no_run
+//! # #[cfg(feature = "pool")]
+//! # async fn demo() -> Result<(), socketchannel::BoxError> {
+//! use socketchannel::{Channel, Plain};
+//! use tokio_util::codec::LinesCodec;
+//!
+//! let pool = Channel::<String, String>::builder()
+//!     .host("127.0.0.1:7000")
+//!     .pool(4)
+//!     .order(LinesCodec::new(), Plain)?;
+//! let reply = pool.request("PING".to_string()).await?;
+//! let tx = pool.lease().await?; // one connection, for this caller alone
+//! tx.request("MULTI".to_string()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What to do with an error
 //!
 //! Every call fails with one [`Error`] (boxed as a [`BoxError`] by the services: downcast
@@ -306,7 +337,8 @@
 //! Features: `tcp` (default: the TCP and Unix connectors and the builder's `order` and
 //! `session`), `rustls` (`TlsConnector`: TLS over the TCP connector through rustls, SNI
 //! from each endpoint's host, the user's roots and client certificates; implies `tcp`),
-//! `metrics` (see above), `testing` (the simulation's building blocks).
+//! `metrics` (see above), `pool` ([`Pool`]: tower's `balance`), `testing` (the
+//! simulation's building blocks).
 //!
 //! # Layout
 //!
@@ -319,6 +351,9 @@
 //! * `channel`: the [`Channel`] handle, its [`Builder`], call shapes ([`Call`]),
 //!   futures, `Service` and `Load`, and the layers that build it ([`MuxLayer`],
 //!   [`ReconnectLayer`]).
+//! * `pool` (feature `pool`): [`Pool`], K channels behind tower's `p2c`: a handle's
+//!   choice (`choose`), a connection as the balance sees it (`member`), the gate its
+//!   connections dial through (`gate`), [`Lease`], [`Pushes`], the builder's steps.
 //! * `meter`: [`Metered`], an IO whose bytes count as progress.
 //! * `metrics` (feature `metrics`): a channel's metric handles, and the timing of a call
 //!   on the caller's side.

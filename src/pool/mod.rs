@@ -63,8 +63,8 @@ use crate::stats::Counters;
 /// [leased](Pool::lease) is held out. When none takes calls but one is connecting (or
 /// leased), `poll_ready` waits for it, as a [`Channel`]'s does for its connect pass;
 /// when every connection is backing off or closed, the pool is `Ready` and fails calls
-/// at once, *not sent*, with the error a channel gives then ([`Kind::ConnectFailed`],
-/// [`Kind::Closed`]).
+/// at once, *not sent*, with the error a channel gives then ([`Kind::ConnectFailed`](crate::Kind::ConnectFailed),
+/// [`Kind::Closed`](crate::Kind::Closed)).
 ///
 /// The connections dial one at a time, and a host one of them failed to reach is not
 /// dialed by the others until a dial reaches it again: they fail it at once with
