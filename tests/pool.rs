@@ -370,3 +370,93 @@ async fn every_call_shape_goes_through_the_pool_and_stays_on_one_connection() {
     })
     .await;
 }
+
+/// Answers every request after `latency`, each on its own task (any order is fine for
+/// session mode; order mode needs order, so this one keeps it: one at a time per
+/// connection, pipelined by the client).
+fn slow_net(latency: Duration) -> Net {
+    Net::new(move |_: Endpoint, mut io: Io| async move {
+        while let Some(Ok(req)) = io.next().await {
+            tokio::time::sleep(latency).await;
+            if io.send(req).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_growing_pool_settles_under_a_steady_load_and_shrinks_without_losing_a_call() {
+    support::timeout(Duration::from_secs(300), async {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        // Replies pipelined 1 ms apart per connection: one connection carries 1000
+        // calls/s, so 64 callers keep about 64 calls in flight whatever the size; with
+        // a target of 20 per connection the pool must settle at 4 (16 each) and stay:
+        // 3 would be 21 each, so a pool that shrank below the target would flap.
+        let net = slow_net(Duration::from_millis(1));
+        let pool = Channel::builder()
+            .host(HOST)
+            .reconnect(Reconnect::Persistent)
+            .pool(1)
+            .grow_to(8)
+            .dwell(Duration::from_secs(1))
+            .target_load(20)
+            .connector(net.connector(), Order::new(TestProto))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let callers = |n: usize| -> Vec<tokio::task::JoinHandle<()>> {
+            (0..n)
+                .map(|_| {
+                    let (mut handle, stop, failed) = (pool.clone(), stop.clone(), failed.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let call = async { handle.ready().await?.call(msg("x")).await };
+                            if call.await.is_err() {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect()
+        };
+        let busy = callers(64);
+        let mut sizes = Vec::new();
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            sizes.push(pool.size());
+        }
+        // 30 s: settled by 15 s, and never changed after.
+        let settled = &sizes[60..];
+        assert!(
+            settled.iter().all(|&n| n == settled[0]),
+            "it flapped: {sizes:?}"
+        );
+        assert_eq!(settled[0], 4, "settled at {}: {sizes:?}", settled[0]);
+        // The load drops to 4 callers: it shrinks to 1, one step per dwell time, and the
+        // calls on the connections taken out finish.
+        stop.store(true, Ordering::Relaxed);
+        for task in busy {
+            task.await.unwrap();
+        }
+        stop.store(false, Ordering::Relaxed);
+        let light = callers(4);
+        support::eventually(Duration::from_secs(30), "it shrinks to 1", || {
+            pool.size() == 1
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        for task in light {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            0,
+            "no call failed, growing or shrinking"
+        );
+        let c = pool.counters();
+        assert_eq!(c.in_flight, 0);
+    })
+    .await;
+}

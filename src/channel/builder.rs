@@ -207,6 +207,12 @@ where
         self
     }
 
+    /// The drain timeout set so far (a pool's connections taken out drain within it).
+    #[cfg(feature = "pool")]
+    pub(crate) fn drain(&self) -> Duration {
+        self.opts.drain_timeout
+    }
+
     /// Sends `ping()` when the connection has been idle for `every` (at least 1 ms), so
     /// a dead peer is found (by the stall timeout, or the write failing) before a user
     /// call is.

@@ -1,10 +1,13 @@
 //! Building a pool: the builder's final steps, `size` times over one gate.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::Pool;
 use super::gate::{Gate, Gated};
+use super::members::{Factory, Members};
+use super::scale::{self, Sizing};
 use crate::channel::{Builder, ReconnectLayer};
 use crate::mux::Mode;
 use crate::reconnect::InvalidEndpoint;
@@ -29,6 +32,10 @@ use crate::transport::Connector;
 pub struct PoolBuilder<Req, Resp> {
     builder: Builder<Req, Resp>,
     size: usize,
+    /// Grown up to this many, when set.
+    max: Option<usize>,
+    dwell: Duration,
+    target: usize,
 }
 
 impl<Req, Resp> Builder<Req, Resp>
@@ -42,6 +49,9 @@ where
         PoolBuilder {
             builder: self,
             size: size.max(1),
+            max: None,
+            dwell: Duration::from_secs(10),
+            target: 32,
         }
     }
 }
@@ -51,6 +61,32 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    /// Lets the pool grow up to `max` connections while they are busy, and shrink back
+    /// to the size it was built with while they are not (default: a fixed size). Each
+    /// connection taken out finishes its calls within the drain timeout
+    /// ([`Builder::drain_timeout`]); a leased one is never taken out. The sizing runs on
+    /// the runtime the pool is built on (built outside one, the pool keeps its size).
+    pub fn grow_to(mut self, max: usize) -> Self {
+        self.max = Some(max);
+        self
+    }
+
+    /// The least time between two changes of a growing pool's size (default 10 s):
+    /// the mean load is taken over it, and the size changes at most once per dwell
+    /// time.
+    pub fn dwell(mut self, dwell: Duration) -> Self {
+        self.dwell = dwell.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The calls in flight per connection a growing pool aims for (default 32): it
+    /// grows by one while the mean over a dwell time is above, and shrinks by one
+    /// while it is below half of it. A steady load settles at a size and stays there.
+    pub fn target_load(mut self, calls: usize) -> Self {
+        self.target = calls.max(1);
+        self
+    }
+
     /// The pool over any [`Connector`] and mode ([`Builder::connector`]).
     ///
     /// # Errors
@@ -61,7 +97,17 @@ where
         K: Connector<Req, Resp>,
         M: Mode<Req, Resp> + Clone,
     {
-        Ok(self.builder.into_layer(mode)?.pool(self.size, connector))
+        let sizing = self.max.filter(|max| *max > self.size).map(|max| Sizing {
+            min: self.size,
+            max,
+            dwell: self.dwell,
+            target: self.target,
+            drain: self.builder.drain(),
+        });
+        Ok(self
+            .builder
+            .into_layer(mode)?
+            .sized(self.size, sizing, connector))
     }
 }
 
@@ -128,11 +174,27 @@ where
     where
         K: Connector<Req, Resp>,
     {
+        self.sized(size, None, connector)
+    }
+
+    fn sized<K>(&self, size: usize, sizing: Option<Sizing>, connector: K) -> Pool<Req, Resp>
+    where
+        K: Connector<Req, Resp>,
+    {
         let gate = Arc::new(Gate::default());
-        let channels = (0..size.max(1))
-            .map(|i| tower::Layer::layer(self, Gated::new(connector.clone(), gate.clone(), i)))
-            .collect();
-        Pool::from_channels(channels)
+        // Called again whenever the pool grows: behind a lock, so the layer and the
+        // connector need not be `Sync`.
+        let parts = Mutex::new((self.clone(), connector));
+        let factory: Factory<Req, Resp> = Box::new(move |key| {
+            let parts = parts.lock().unwrap_or_else(|e| e.into_inner());
+            let (layer, connector) = &*parts;
+            tower::Layer::layer(layer, Gated::new(connector.clone(), gate.clone(), key))
+        });
+        let members = Arc::new(Members::new(size.max(1), sizing.is_none(), factory));
+        if let Some(sizing) = sizing {
+            scale::spawn(&members, sizing);
+        }
+        Pool::from_members(members)
     }
 }
 
@@ -141,6 +203,9 @@ impl<Req, Resp> fmt::Debug for PoolBuilder<Req, Resp> {
         f.debug_struct("PoolBuilder")
             .field("builder", &self.builder)
             .field("size", &self.size)
+            .field("max", &self.max)
+            .field("dwell", &self.dwell)
+            .field("target", &self.target)
             .finish()
     }
 }

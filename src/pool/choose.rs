@@ -8,45 +8,59 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::balance::p2c::Balance;
-use tower::discover::ServiceList;
 use tower::{BoxError, Service};
 
-use super::member::{Direct, Member};
-use super::{Found, Members};
+use super::discover::Discovery;
+use super::member::{Direct, Member, Slot};
+use super::members::{self, Found, Members, Snapshot};
 use crate::channel::Channel;
 use crate::error::{Error, Kind};
 
-type Balanced<Req, Resp, R> = Balance<ServiceList<Vec<Member<Req, Resp>>>, R>;
+type Balanced<Req, Resp, R> = Balance<Discovery<Req, Resp>, R>;
 
 /// A handle's choice: its balance (made on its first `poll_ready`) and what
 /// `poll_ready` found for the next call.
 pub(crate) struct Chooser<Req, Resp, R> {
     pub(crate) members: Arc<Members<Req, Resp>>,
+    /// The list as this handle last read it, and its generation.
+    slots: Snapshot<Req, Resp>,
+    generation: u64,
     choice: Option<Choice<Req, Resp, R>>,
-    route: Option<Route>,
+    route: Option<Route<Req, Resp>>,
 }
 
 enum Choice<Req, Resp, R> {
-    /// One connection: there is nothing to choose.
+    /// A pool of one connection, always: there is nothing to choose.
     One(Member<Req, Resp>),
     Many(Balanced<Req, Resp, R>),
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Route {
+enum Route<Req, Resp> {
     /// The choice is ready.
     Chosen,
     /// Every connection is down: this one fails the call fast.
-    Down(usize),
+    Down(Arc<Slot<Req, Resp>>),
 }
 
 impl<Req, Resp, R> Chooser<Req, Resp, R> {
     pub(crate) fn new(members: Arc<Members<Req, Resp>>) -> Self {
         Chooser {
+            generation: members.generation(),
+            slots: members.snapshot(),
             members,
             choice: None,
             route: None,
         }
+    }
+
+    /// The list as it stands: one atomic read unless it changed.
+    pub(crate) fn slots(&mut self) -> &Snapshot<Req, Resp> {
+        let generation = self.members.generation();
+        if generation != self.generation {
+            self.slots = self.members.snapshot();
+            self.generation = generation;
+        }
+        &self.slots
     }
 }
 
@@ -63,20 +77,23 @@ where
         if self.route.is_some() {
             return Poll::Ready(Ok(()));
         }
-        if let Found::Down(down) = self.members.find() {
-            self.route = Some(Route::Down(down));
+        let slots = self.slots().clone();
+        if members::all_down(&slots) {
+            let route = match members::find(&slots) {
+                Found::Down(i) => Route::Down(slots[i].clone()),
+                // None at all: the call fails at once.
+                _ => return self.fail_next(),
+            };
+            self.route = Some(route);
             return Poll::Ready(Ok(()));
         }
         let members = &self.members;
-        let choice = self.choice.get_or_insert_with(|| {
-            let member = |i| Member::new(members.clone(), i);
-            if members.slots.len() == 1 {
-                Choice::One(member(0))
-            } else {
-                let list: Vec<_> = (0..members.slots.len()).map(member).collect();
-                Choice::Many(Balance::new(ServiceList::new(list)))
-            }
-        });
+        let choice = self
+            .choice
+            .get_or_insert_with(|| match members.fixed_one() {
+                Some(slot) => Choice::One(Member::new(slot, members.leases.subscribe())),
+                None => Choice::Many(Balance::new(Discovery::new(members.clone()))),
+            });
         let ready = match choice {
             Choice::One(member) => Service::<R>::poll_ready(member, cx),
             Choice::Many(balance) => balance.poll_ready(cx),
@@ -98,19 +115,47 @@ where
             (Some(Route::Chosen), Some(Choice::Many(balance))) => {
                 Inner::Balanced(balance.call(request))
             }
-            (Some(Route::Down(i)), _) => {
-                Inner::Direct(self.members.slots[i].channel.clone().direct(request))
-            }
-            _ => match self.members.find() {
-                Found::Usable(i) | Found::Down(i) => {
-                    Inner::Direct(self.members.slots[i].channel.clone().direct(request))
+            (Some(Route::Down(slot)), _) => Inner::Direct(slot.channel.clone().direct(request)),
+            (Some(Route::Chosen), None) | (None, _) => {
+                let slots = self.slots();
+                match members::find(slots) {
+                    Found::Usable(i) | Found::Down(i) => {
+                        Inner::Direct(slots[i].channel.clone().direct(request))
+                    }
+                    Found::Wait => Inner::Failed(Some(unready())),
+                    Found::Empty => Inner::Failed(Some(no_connection().into())),
                 }
-                Found::Wait => Inner::Failed(Some(unready())),
-            },
+            }
         };
         PoolFuture(inner)
     }
 }
+
+impl<Req, Resp, R> Chooser<Req, Resp, R> {
+    /// A pool without a connection: `Ready`, and the next call fails.
+    fn fail_next(&mut self) -> Poll<Result<(), BoxError>> {
+        self.route = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A call to a pool that has no connection at all: not sent.
+pub(crate) fn no_connection() -> Error {
+    let cause: crate::error::Cause = Arc::new(NoConnection);
+    Error::new(Kind::ConnectFailed).with_cause(cause)
+}
+
+/// The cause of a call to a pool that has no connection.
+#[derive(Debug)]
+struct NoConnection;
+
+impl fmt::Display for NoConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the pool has no connection")
+    }
+}
+
+impl std::error::Error for NoConnection {}
 
 /// A call made without `poll_ready` while no connection takes calls: not sent.
 fn unready() -> BoxError {

@@ -36,18 +36,18 @@ struct Book {
     /// The last failed dial of each host that no dial reached since.
     failed: HashMap<Endpoint, Failure>,
     /// The number of each member's last dial of each host.
-    last: HashMap<(usize, Endpoint), u64>,
+    last: HashMap<(u64, Endpoint), u64>,
 }
 
 struct Failure {
-    member: usize,
+    member: u64,
     dial: u64,
     error: String,
 }
 
 impl Gate {
     /// The sibling's failure that `member` follows instead of dialing `endpoint`.
-    fn shielded(&self, member: usize, endpoint: &Endpoint) -> Option<SiblingFailed> {
+    fn shielded(&self, member: u64, endpoint: &Endpoint) -> Option<SiblingFailed> {
         let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         let failure = book.failed.get(endpoint)?;
         let mine = book.last.get(&(member, endpoint.clone())).copied();
@@ -59,7 +59,7 @@ impl Gate {
     }
 
     /// `member` dials `endpoint`: the dial's number.
-    fn dialing(&self, member: usize, endpoint: &Endpoint) -> u64 {
+    fn dialing(&self, member: u64, endpoint: &Endpoint) -> u64 {
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         book.dials += 1;
         let dial = book.dials;
@@ -68,7 +68,7 @@ impl Gate {
     }
 
     /// The outcome of a dial: a failure is remembered, a success clears the host.
-    fn dialed(&self, member: usize, endpoint: &Endpoint, dial: u64, failed: Option<String>) {
+    fn dialed(&self, member: u64, endpoint: &Endpoint, dial: u64, failed: Option<String>) {
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         match failed {
             Some(error) => {
@@ -92,11 +92,11 @@ impl Gate {
 pub(crate) struct Gated<K> {
     inner: K,
     gate: Arc<Gate>,
-    member: usize,
+    member: u64,
 }
 
 impl<K> Gated<K> {
-    pub(crate) fn new(inner: K, gate: Arc<Gate>, member: usize) -> Self {
+    pub(crate) fn new(inner: K, gate: Arc<Gate>, member: u64) -> Self {
         Gated {
             inner,
             gate,
@@ -164,7 +164,7 @@ where
 /// Records a dial dropped before its outcome as failed.
 struct Pending<'a> {
     gate: &'a Gate,
-    member: usize,
+    member: u64,
     endpoint: &'a Endpoint,
     dial: u64,
     armed: bool,

@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 
 use tower::load::Load;
 
-use super::member::Standing;
-use super::{Members, Pool};
+use super::member::{Slot, Standing};
+use super::members::{self, Found, Members};
+use super::{Pool, choose};
 use crate::channel::Channel;
 use crate::error::Error;
 
@@ -23,7 +24,7 @@ use crate::error::Error;
 /// state the sequence left it in: end a transaction (or close the connection) before.
 pub struct Lease<Req, Resp> {
     members: Arc<Members<Req, Resp>>,
-    index: usize,
+    slot: Arc<Slot<Req, Resp>>,
     channel: Channel<Req, Resp>,
 }
 
@@ -42,10 +43,11 @@ where
     /// [`Kind::Closed`](crate::Kind::Closed)).
     pub async fn lease(&self) -> Result<Lease<Req, Resp>, Error> {
         loop {
-            let changed = self.members.changed();
+            let slots = self.members.snapshot();
+            let changed = members::changed(&self.members, &slots);
             let mut usable: Vec<(usize, usize)> = Vec::new();
             let mut soon = false;
-            for (i, slot) in self.members.slots.iter().enumerate() {
+            for (i, slot) in slots.iter().enumerate() {
                 match slot.standing() {
                     Standing::Usable => usable.push((slot.channel.load(), i)),
                     Standing::Soon => soon = true,
@@ -53,8 +55,8 @@ where
                 }
             }
             usable.sort_unstable();
-            for (_, index) in usable {
-                let slot = &self.members.slots[index];
+            for (_, i) in usable {
+                let slot = &slots[i];
                 let taken =
                     slot.leased
                         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
@@ -62,18 +64,17 @@ where
                     self.members.leases.send_replace(());
                     return Ok(Lease {
                         members: self.members.clone(),
-                        index,
+                        slot: slot.clone(),
                         channel: slot.channel.clone(),
                     });
                 }
                 soon = true;
             }
             if !soon {
-                let down = match self.members.find() {
-                    super::Found::Down(i) => i,
-                    _ => 0,
+                return match members::find(&slots) {
+                    Found::Down(i) => Err(slots[i].down_error()),
+                    _ => Err(choose::no_connection()),
                 };
-                return Err(self.members.slots[down].down_error());
             }
             changed.await;
         }
@@ -98,8 +99,7 @@ impl<Req, Resp> Lease<Req, Resp> {
 
 impl<Req, Resp> Drop for Lease<Req, Resp> {
     fn drop(&mut self) {
-        let slot = &self.members.slots[self.index];
-        slot.leased.store(false, Ordering::Release);
+        self.slot.leased.store(false, Ordering::Release);
         self.members.leases.send_replace(());
     }
 }
@@ -107,7 +107,7 @@ impl<Req, Resp> Drop for Lease<Req, Resp> {
 impl<Req, Resp> fmt::Debug for Lease<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("connection", &self.index)
+            .field("connection", &self.slot.key)
             .field("channel", &self.channel)
             .finish()
     }

@@ -11,13 +11,14 @@ use tokio_util::sync::ReusableBoxFuture;
 use tower::load::Load;
 use tower::{BoxError, Service};
 
-use super::Members;
 use crate::channel::{Call, Channel, Reply, ReplyFuture, ResponseFuture};
 use crate::error::{Error, Kind};
 use crate::shared::State;
 
 /// A pool's connection, shared by every handle of the pool.
 pub(crate) struct Slot<Req, Resp> {
+    /// Its name in the pool, never reused (the key of the balances' `Discover`).
+    pub(crate) key: u64,
     pub(crate) channel: Channel<Req, Resp>,
     /// Held by a [`Lease`](super::Lease): no other caller's call goes to it.
     pub(crate) leased: AtomicBool,
@@ -36,8 +37,9 @@ pub(crate) enum Standing {
 }
 
 impl<Req, Resp> Slot<Req, Resp> {
-    pub(crate) fn new(channel: Channel<Req, Resp>) -> Self {
+    pub(crate) fn new(key: u64, channel: Channel<Req, Resp>) -> Self {
         Slot {
+            key,
             channel,
             leased: AtomicBool::new(false),
         }
@@ -81,8 +83,7 @@ impl<Req, Resp> Slot<Req, Resp> {
 /// the balance would drop it for good.
 pub(crate) struct Member<Req, Resp> {
     channel: Channel<Req, Resp>,
-    members: Arc<Members<Req, Resp>>,
-    index: usize,
+    slot: Arc<Slot<Req, Resp>>,
     state: watch::Receiver<State>,
     leases: watch::Receiver<()>,
     /// Waits for a change of state or lease; allocated the first time it is needed.
@@ -91,21 +92,20 @@ pub(crate) struct Member<Req, Resp> {
 }
 
 impl<Req, Resp> Member<Req, Resp> {
-    pub(crate) fn new(members: Arc<Members<Req, Resp>>, index: usize) -> Self {
-        let channel = members.slots[index].channel.clone();
+    pub(crate) fn new(slot: Arc<Slot<Req, Resp>>, leases: watch::Receiver<()>) -> Self {
+        let channel = slot.channel.clone();
         Member {
             state: channel.shared.state.subscribe(),
-            leases: members.leases.subscribe(),
+            leases,
             channel,
-            members,
-            index,
+            slot,
             wait: None,
             waiting: false,
         }
     }
 
     fn standing(&self) -> Standing {
-        self.members.slots[self.index].standing()
+        self.slot.standing()
     }
 
     /// Arms the wait for the next change of state or lease.

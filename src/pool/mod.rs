@@ -15,10 +15,13 @@
 
 mod build;
 mod choose;
+mod discover;
 mod gate;
 mod lease;
 mod member;
+mod members;
 mod pushes;
+mod scale;
 
 use std::fmt;
 use std::future::Future;
@@ -27,7 +30,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tower::load::Load;
 use tower::{BoxError, Service};
 
@@ -36,7 +38,7 @@ use self::choose::Chooser;
 pub use self::choose::PoolFuture;
 pub use self::gate::SiblingFailed;
 pub use self::lease::Lease;
-use self::member::{Slot, Standing};
+use self::members::{Found, Members};
 pub use self::pushes::Pushes;
 use crate::channel::{
     Call, Channel, IntoCall, Replies, Reply, ReplyFuture, ReplyStream, ResponseFuture,
@@ -84,104 +86,12 @@ pub struct Pool<Req, Resp> {
     chooser: Chooser<Req, Resp, Req>,
 }
 
-/// The connections every handle of a pool shares.
-pub(crate) struct Members<Req, Resp> {
-    pub(crate) slots: Vec<Slot<Req, Resp>>,
-    /// Bumped when a lease is taken or returned.
-    pub(crate) leases: watch::Sender<()>,
-}
-
-/// What a caller choosing a connection found.
-pub(crate) enum Found {
-    Usable(usize),
-    /// None is usable, one will be soon.
-    Wait,
-    /// Every connection is down: this one fails calls fast.
-    Down(usize),
-}
-
-impl<Req, Resp> Members<Req, Resp> {
-    fn new(slots: Vec<Slot<Req, Resp>>) -> Self {
-        Members {
-            slots,
-            leases: watch::Sender::new(()),
-        }
-    }
-
-    /// The least loaded usable connection, else what to do instead.
-    fn find(&self) -> Found {
-        let mut best: Option<(usize, usize)> = None;
-        let mut soon = false;
-        // A connection that backs off fails a call with why it cannot connect, a closed
-        // one only with `Closed`.
-        let mut down = 0;
-        for (i, slot) in self.slots.iter().enumerate() {
-            match slot.standing() {
-                Standing::Usable => {
-                    let load = slot.channel.load();
-                    if best.is_none_or(|(_, least)| load < least) {
-                        best = Some((i, load));
-                    }
-                }
-                Standing::Soon => soon = true,
-                Standing::Down if slot.channel.shared.is_backing_off() => down = i,
-                Standing::Down => {}
-            }
-        }
-        match best {
-            Some((i, _)) => Found::Usable(i),
-            None if soon => Found::Wait,
-            None => Found::Down(down),
-        }
-    }
-
-    /// The load of the usable connections, summed; `usize::MAX` when none is.
-    fn load(&self) -> usize {
-        let usable = self
-            .slots
-            .iter()
-            .filter(|s| s.standing() == Standing::Usable);
-        usable
-            .map(|s| s.channel.load())
-            .reduce(usize::saturating_add)
-            .unwrap_or(usize::MAX)
-    }
-
-    /// Resolves at the next change of any connection's state or of a lease after this
-    /// call (the receivers are made, so marked seen, here).
-    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = self
-            .slots
-            .iter()
-            .map(|s| {
-                let mut state = s.channel.shared.state.subscribe();
-                Box::pin(async move {
-                    let _ = state.changed().await;
-                }) as Pin<Box<dyn Future<Output = ()> + Send>>
-            })
-            .collect();
-        let mut leases = self.leases.subscribe();
-        waits.push(Box::pin(async move {
-            let _ = leases.changed().await;
-        }));
-        std::future::poll_fn(move |cx| {
-            if waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
-}
-
 impl<Req, Resp> Pool<Req, Resp>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    pub(crate) fn from_channels(channels: Vec<Channel<Req, Resp>>) -> Self {
-        let slots = channels.into_iter().map(Slot::new).collect();
-        let members = Arc::new(Members::new(slots));
+    pub(crate) fn from_members(members: Arc<Members<Req, Resp>>) -> Self {
         Pool {
             chooser: Chooser::new(members.clone()),
             members,
@@ -191,12 +101,14 @@ where
     /// A connection for a call made through a method: the least loaded usable one,
     /// waiting while none is usable but one will be; one that fails calls fast when
     /// every connection is down.
-    async fn pick(&self) -> Channel<Req, Resp> {
+    async fn pick(&self) -> Result<Channel<Req, Resp>, Error> {
         loop {
-            let changed = self.members.changed();
-            match self.members.find() {
-                Found::Usable(i) | Found::Down(i) => return self.members.slots[i].channel.clone(),
+            let slots = self.members.snapshot();
+            let changed = members::changed(&self.members, &slots);
+            match members::find(&slots) {
+                Found::Usable(i) | Found::Down(i) => return Ok(slots[i].channel.clone()),
                 Found::Wait => changed.await,
+                Found::Empty => return Err(choose::no_connection()),
             }
         }
     }
@@ -208,7 +120,7 @@ where
     ///
     /// See [`Error`]: whether the request was sent, and why the call failed.
     pub async fn request(&self, call: impl IntoCall<Req>) -> Result<Resp, Error> {
-        self.pick().await.request(call).await
+        self.pick().await?.request(call).await
     }
 
     /// [`Channel::request_n`] on one connection.
@@ -217,7 +129,7 @@ where
     ///
     /// See [`Error`].
     pub async fn request_n(&self, call: impl IntoCall<Req>, n: usize) -> Result<Vec<Resp>, Error> {
-        self.pick().await.request_n(call, n).await
+        self.pick().await?.request_n(call, n).await
     }
 
     /// [`Channel::request_until_final`] on one connection.
@@ -226,12 +138,21 @@ where
     ///
     /// See [`Error`].
     pub async fn request_until_final(&self, call: impl IntoCall<Req>) -> Result<Vec<Resp>, Error> {
-        self.pick().await.request_until_final(call).await
+        self.pick().await?.request_until_final(call).await
     }
 
     /// [`Channel::stream`] on one connection.
-    pub async fn stream(&self, call: impl IntoCall<Req>, replies: Replies) -> ReplyStream<Resp> {
-        self.pick().await.stream(call, replies).await
+    ///
+    /// # Errors
+    ///
+    /// Only when the pool has no connection at all; a call's own errors come through
+    /// the stream.
+    pub async fn stream(
+        &self,
+        call: impl IntoCall<Req>,
+        replies: Replies,
+    ) -> Result<ReplyStream<Resp>, Error> {
+        Ok(self.pick().await?.stream(call, replies).await)
     }
 
     /// [`Channel::send`] on one connection.
@@ -240,18 +161,24 @@ where
     ///
     /// See [`Error`].
     pub async fn send(&self, call: impl IntoCall<Req>) -> Result<(), Error> {
-        self.pick().await.send(call).await
+        self.pick().await?.send(call).await
     }
 
-    /// Closes every connection now ([`Channel::close`]).
+    /// Closes every connection now ([`Channel::close`]); a pool that grows adds none
+    /// from then on.
     pub fn close(&self) {
-        self.members.slots.iter().for_each(|s| s.channel.close());
+        self.members
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.channels().for_each(|c| c.close());
     }
 
     /// Shuts every connection down gracefully, together ([`Channel::shutdown`]).
     pub async fn shutdown(&self, deadline: Duration) {
-        let all = self.members.slots.iter().map(|s| {
-            let channel = s.channel.clone();
+        self.members
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let all = self.channels().map(|channel| {
             Box::pin(async move { channel.shutdown(deadline).await })
                 as Pin<Box<dyn Future<Output = ()> + Send>>
         });
@@ -265,8 +192,7 @@ where
     ///
     /// The first connection's error, when one failed to connect.
     pub async fn connect(&self) -> Result<(), Error> {
-        let all = self.members.slots.iter().map(|s| {
-            let channel = s.channel.clone();
+        let all = self.channels().map(|channel| {
             Box::pin(async move { channel.connect().await })
                 as Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
         });
@@ -279,14 +205,15 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    /// How many connections the pool has.
+    /// How many connections the pool has now.
     pub fn size(&self) -> usize {
-        self.members.slots.len()
+        self.members.snapshot().len()
     }
 
-    /// The pool's connections, to watch or count one by one.
-    pub fn channels(&self) -> impl Iterator<Item = &Channel<Req, Resp>> {
-        self.members.slots.iter().map(|s| &s.channel)
+    /// The pool's connections now, to watch or count one by one.
+    pub fn channels(&self) -> impl Iterator<Item = Channel<Req, Resp>> + use<Req, Resp> {
+        let slots = self.members.snapshot();
+        (0..slots.len()).map(move |i| slots[i].channel.clone())
     }
 
     /// Where the pool stands, from its connections: `Ready` if one is; else
@@ -311,19 +238,20 @@ where
     /// The connections' counters, summed.
     pub fn counters(&self) -> Counters {
         self.channels()
-            .map(Channel::counters)
+            .map(|c| c.counters())
             .fold(Counters::default(), |sum, c| sum + c)
     }
 
     /// Takes the merged receiver of every connection's push frames
-    /// ([`Channel::pushes`]): the first caller gets it, later ones get `None`.
+    /// ([`Channel::pushes`]), those of connections added later too: the first caller
+    /// gets it, later ones get `None`.
     pub fn pushes(&self) -> Option<Pushes<Resp>> {
-        Pushes::new(self.channels().filter_map(Channel::pushes).collect())
+        Pushes::take(&self.members)
     }
 
     /// The pool takes no more calls: every connection is closed.
     pub fn is_closed(&self) -> bool {
-        self.channels().all(Channel::is_closed)
+        self.channels().all(|c| c.is_closed())
     }
 }
 
@@ -381,7 +309,7 @@ impl<Req, Resp> Load for Pool<Req, Resp> {
     /// The load of the connections that take calls, summed; `usize::MAX` when none
     /// does.
     fn load(&self) -> usize {
-        self.chooser.members.load()
+        members::load(&self.chooser.members.snapshot())
     }
 }
 
@@ -412,7 +340,7 @@ impl<Req, Resp> Clone for PoolCalls<Req, Resp> {
 impl<Req, Resp> fmt::Debug for PoolCalls<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolCalls")
-            .field("size", &self.chooser.members.slots.len())
+            .field("size", &self.chooser.members.snapshot().len())
             .finish_non_exhaustive()
     }
 }
@@ -442,7 +370,7 @@ impl<Req, Resp> Load for PoolCalls<Req, Resp> {
 
     /// As [`Pool`]'s.
     fn load(&self) -> usize {
-        self.chooser.members.load()
+        members::load(&self.chooser.members.snapshot())
     }
 }
 

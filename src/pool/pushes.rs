@@ -2,51 +2,135 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
+use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
+
+use super::members::Members;
 
 /// The merged receiver of a [`Pool`](super::Pool)'s push frames
 /// ([`Pool::pushes`](super::Pool::pushes)): each connection's frames in the order that
-/// connection read them; frames of different connections in no set order. It ends when
-/// every connection's receiver has.
+/// connection read them; frames of different connections in no set order. A connection
+/// the pool adds later is merged in as it comes. It ends when the pool is gone and
+/// every connection's receiver has ended.
 pub struct Pushes<Resp> {
-    receivers: Vec<mpsc::Receiver<Resp>>,
+    /// The pool, to take the receivers of connections it adds.
+    members: Box<dyn Pool<Resp>>,
+    seen: Option<u64>,
+    /// Woken when the pool's list changes.
+    waker: Arc<AtomicWaker>,
+    receivers: Keyed<Resp>,
     /// Where the next poll starts, so a busy connection does not starve the others.
     next: usize,
 }
 
-impl<Resp> Pushes<Resp> {
-    pub(crate) fn new(receivers: Vec<mpsc::Receiver<Resp>>) -> Option<Self> {
-        (!receivers.is_empty()).then_some(Pushes { receivers, next: 0 })
+/// Push receivers by the key of their connection.
+type Keyed<Resp> = Vec<(u64, mpsc::Receiver<Resp>)>;
+
+/// The pool as `Pushes` sees it, without its request type.
+trait Pool<Resp>: Send + Sync {
+    /// The generation of the list; `None` once the pool is gone.
+    fn generation(&self) -> Option<u64>;
+
+    /// Wakes `waker` at every change of the list.
+    fn watch(&self, waker: &Arc<AtomicWaker>);
+
+    /// The generation of the list, and the receivers of connections not in `have`;
+    /// `None` once the pool is gone.
+    fn take_new(&self, have: &[u64]) -> Option<(u64, Keyed<Resp>)>;
+}
+
+impl<Req, Resp> Pool<Resp> for Weak<Members<Req, Resp>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    fn generation(&self) -> Option<u64> {
+        Some(self.upgrade()?.generation())
     }
 
-    /// The next push frame of any connection, or `None` once every connection's
-    /// receiver has ended.
+    fn watch(&self, waker: &Arc<AtomicWaker>) {
+        if let Some(members) = self.upgrade() {
+            members.watch(waker);
+        }
+    }
+
+    fn take_new(&self, have: &[u64]) -> Option<(u64, Keyed<Resp>)> {
+        let members = self.upgrade()?;
+        let generation = members.generation();
+        let new = members
+            .snapshot()
+            .iter()
+            .filter(|s| !have.contains(&s.key))
+            .filter_map(|s| Some((s.key, s.channel.pushes()?)))
+            .collect();
+        Some((generation, new))
+    }
+}
+
+impl<Resp: Send + 'static> Pushes<Resp> {
+    /// The receiver, unless a caller took it before (the first connection's is gone).
+    pub(crate) fn take<Req>(members: &Arc<Members<Req, Resp>>) -> Option<Self>
+    where
+        Req: Send + 'static,
+    {
+        let pool: Box<dyn Pool<Resp>> = Box::new(Arc::downgrade(members));
+        let (seen, receivers) = pool.take_new(&[])?;
+        if receivers.is_empty() {
+            return None;
+        }
+        let waker = Arc::new(AtomicWaker::new());
+        pool.watch(&waker);
+        Some(Pushes {
+            members: pool,
+            seen: Some(seen),
+            waker,
+            receivers,
+            next: 0,
+        })
+    }
+}
+
+impl<Resp> Pushes<Resp> {
+    /// The next push frame of any connection, or `None` once it ended.
     pub async fn recv(&mut self) -> Option<Resp> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Polls for the next push frame of any connection.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resp>> {
-        let n = self.receivers.len();
-        let mut open = false;
-        for k in 0..n {
-            let i = (self.next + k) % n;
-            match self.receivers[i].poll_recv(cx) {
-                Poll::Ready(Some(frame)) => {
-                    self.next = (i + 1) % n;
-                    return Poll::Ready(Some(frame));
-                }
-                Poll::Ready(None) => {}
-                Poll::Pending => open = true,
+        self.waker.register(cx.waker());
+        let generation = self.members.generation();
+        if generation.is_some() && generation != self.seen {
+            let have: Vec<u64> = self.receivers.iter().map(|(key, _)| *key).collect();
+            if let Some((generation, new)) = self.members.take_new(&have) {
+                self.seen = Some(generation);
+                self.receivers.extend(new);
             }
         }
-        if open {
-            Poll::Pending
-        } else {
+        let mut k = 0;
+        while k < self.receivers.len() {
+            let i = (self.next + k) % self.receivers.len();
+            match self.receivers[i].1.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => {
+                    self.next = (i + 1) % self.receivers.len();
+                    return Poll::Ready(Some(frame));
+                }
+                // That connection has ended: its receiver goes.
+                Poll::Ready(None) => {
+                    self.receivers.swap_remove(i);
+                }
+                Poll::Pending => k += 1,
+            }
+        }
+        // While the pool lives it may add a connection: not the end.
+        if self.receivers.is_empty() && self.members.generation().is_none() {
             Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }
