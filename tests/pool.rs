@@ -460,3 +460,54 @@ async fn a_growing_pool_settles_under_a_steady_load_and_shrinks_without_losing_a
     })
     .await;
 }
+
+/// `Lease` says no call of any other caller goes to the leased connection. A handle
+/// whose `poll_ready` chose that connection before the lease was taken still sends its
+/// call there.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_exclusive_against_a_handle_ready_before_it() {
+    bounded(async {
+        let net = net();
+        let pool = pool(&net, 1, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        let mut handle = pool.clone();
+        handle.ready().await.unwrap();
+        let lease = pool.lease().await.unwrap();
+        let before = lease.counters().sent;
+        let call = handle.call(msg("not mine"));
+        let _ = tokio::time::timeout(Duration::from_millis(100), call).await;
+        assert_eq!(
+            lease.counters().sent,
+            before,
+            "another caller's call went to the leased connection"
+        );
+    })
+    .await;
+}
+
+/// Same with K = 2 and a handle whose balance holds both connections ready: the lease
+/// takes one, the handle's call may still go to it.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_exclusive_against_handles_that_made_calls_before() {
+    bounded(async {
+        let net = net();
+        let pool = pool(&net, 2, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        // Many handles, each ready (its balance holds both connections ready).
+        let mut handles: Vec<P> = (0..32).map(|_| pool.clone()).collect();
+        for h in &mut handles {
+            h.ready().await.unwrap();
+        }
+        let lease = pool.lease().await.unwrap();
+        let before = lease.counters().sent;
+        for h in &mut handles {
+            let _ = tokio::time::timeout(Duration::from_millis(100), h.call(msg("x"))).await;
+        }
+        assert_eq!(
+            lease.counters().sent,
+            before,
+            "other callers' calls went to the leased connection"
+        );
+    })
+    .await;
+}

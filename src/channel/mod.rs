@@ -27,7 +27,7 @@ pub use self::call::{Call, IntoCall, Replies};
 pub use self::future::{ReplyStream, ResponseFuture};
 pub use self::mux_layer::MuxLayer;
 pub use self::reconnect_layer::ReconnectLayer;
-use self::reply::Shape;
+pub(crate) use self::reply::Shape;
 pub use self::reply::{Reply, ReplyFuture};
 pub use self::service::Calls;
 pub use self::start::{NoRuntime, TaskDropped};

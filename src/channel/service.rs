@@ -20,7 +20,7 @@ where
     /// Reserves room in the intake for the next call: `Pending` only while the intake is
     /// full. The fast path is a `try_reserve`; the waiting future is boxed (once per
     /// handle) only when the intake is full.
-    fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    pub(crate) fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.permit.is_some() {
             return Poll::Ready(Ok(()));
         }
@@ -270,6 +270,37 @@ where
         #[cfg(feature = "metrics")]
         reply.time(timing);
         reply
+    }
+
+    /// A request failed *not sent* with `kind` without reaching the intake, its
+    /// future as `Service<Req>::call` returns it (the error hands the request back).
+    pub(crate) fn refuse_call(&mut self, req: Req, kind: Kind) -> ResponseFuture<Resp> {
+        self.permit = None;
+        let (tx, rx) = oneshot::channel();
+        let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
+        envelope.fail_unsent(kind, None);
+        ResponseFuture::waiting(
+            rx,
+            tracing::debug_span!("call", shape = "one"),
+            #[cfg(feature = "metrics")]
+            self.shared.timing(),
+        )
+    }
+
+    /// [`refuse_call`](Self::refuse_call) for `Service<Call<Req>>`.
+    pub(crate) fn refuse_call_with(&mut self, call: Call<Req>, kind: Kind) -> ReplyFuture<Resp> {
+        self.permit = None;
+        let span = call_span(&call);
+        let (waiter, pending) = call.shape.open(&self.shared.limits);
+        if let Some(envelope) = call.into_envelope(waiter) {
+            envelope.fail_unsent(kind, None);
+        }
+        ReplyFuture::new(pending, span)
+    }
+
+    /// Gives back the slot `poll_ready` reserved, unused.
+    pub(crate) fn release(&mut self) {
+        self.permit = None;
     }
 
     /// `poll_ready` of both `Service`s: room in the intake for the next call.

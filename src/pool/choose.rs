@@ -91,7 +91,7 @@ where
         let choice = self
             .choice
             .get_or_insert_with(|| match members.fixed_one() {
-                Some(slot) => Choice::One(Member::new(slot, members.leases.subscribe())),
+                Some(slot) => Choice::One(Member::new(slot, members.clone())),
                 None => Choice::Many(Balance::new(Discovery::new(members.clone()))),
             });
         let ready = match choice {
@@ -117,11 +117,13 @@ where
             }
             (Some(Route::Down(slot)), _) => Inner::Direct(slot.channel.clone().direct(request)),
             (Some(Route::Chosen), None) | (None, _) => {
-                let slots = self.slots();
-                match members::find(slots) {
-                    Found::Usable(i) | Found::Down(i) => {
-                        Inner::Direct(slots[i].channel.clone().direct(request))
+                let slots = self.slots().clone();
+                match members::find(&slots) {
+                    Found::Usable(i) => {
+                        let mut channel = slots[i].channel.clone();
+                        Inner::Direct(slots[i].send(&mut channel, || slots.clone(), request))
                     }
+                    Found::Down(i) => Inner::Direct(slots[i].channel.clone().direct(request)),
                     Found::Wait => Inner::Failed(Some(unready())),
                     Found::Empty => Inner::Failed(Some(no_connection().into())),
                 }

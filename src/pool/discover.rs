@@ -59,7 +59,7 @@ impl<Req, Resp> Discovery<Req, Resp> {
         for slot in now.iter() {
             if !known.contains(&slot.key) {
                 known.push(slot.key);
-                let member = Member::new(slot.clone(), members.leases.subscribe());
+                let member = Member::new(slot.clone(), members.clone());
                 self.changes.push_back(Change::Insert(slot.key, member));
             }
         }

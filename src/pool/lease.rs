@@ -61,12 +61,19 @@ where
                     slot.leased
                         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
                 if taken.is_ok() {
-                    self.members.leases.send_replace(());
-                    return Ok(Lease {
+                    // Made first, so a caller who drops this future returns it.
+                    let lease = Lease {
                         members: self.members.clone(),
                         slot: slot.clone(),
                         channel: slot.channel.clone(),
-                    });
+                    };
+                    self.members.leases.send_replace(());
+                    // Calls handed to it by callers who found it free are in its
+                    // intake before the lease's first (a synchronous step each).
+                    while slot.queuing.load(Ordering::SeqCst) != 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    return Ok(lease);
                 }
                 soon = true;
             }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::sync::watch;
@@ -11,6 +11,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tower::load::Load;
 use tower::{BoxError, Service};
 
+use super::members::{self, Found, Members, Snapshot};
 use crate::channel::{Call, Channel, Reply, ReplyFuture, ResponseFuture};
 use crate::error::{Error, Kind};
 use crate::shared::State;
@@ -22,6 +23,18 @@ pub(crate) struct Slot<Req, Resp> {
     pub(crate) channel: Channel<Req, Resp>,
     /// Held by a [`Lease`](super::Lease): no other caller's call goes to it.
     pub(crate) leased: AtomicBool,
+    /// Calls being handed to the channel now, by callers that found it unleased: a
+    /// lease is granted once they are in (`queue`).
+    pub(crate) queuing: AtomicUsize,
+}
+
+/// A caller handing a call to a slot it found unleased ([`Slot::queue`]).
+pub(crate) struct Queuing<'a>(&'a AtomicUsize);
+
+impl Drop for Queuing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Where a connection stands for a caller choosing one.
@@ -42,7 +55,45 @@ impl<Req, Resp> Slot<Req, Resp> {
             key,
             channel,
             leased: AtomicBool::new(false),
+            queuing: AtomicUsize::new(0),
         }
+    }
+
+    /// Leave to hand a call to this connection, unless a lease holds it: the lease
+    /// waits until the call is in its intake, so no call of another caller's follows
+    /// the lease's first.
+    pub(crate) fn queue(&self) -> Option<Queuing<'_>> {
+        self.queuing.fetch_add(1, Ordering::SeqCst);
+        let queuing = Queuing(&self.queuing);
+        (!self.leased.load(Ordering::SeqCst)).then_some(queuing)
+    }
+
+    /// Sends `request` here, unless a lease holds this connection: then to the least
+    /// loaded usable one of `slots`, or, with none, it fails *not sent*
+    /// ([`Kind::Overloaded`]).
+    pub(crate) fn send<R>(
+        self: &Arc<Self>,
+        channel: &mut Channel<Req, Resp>,
+        slots: impl FnOnce() -> Snapshot<Req, Resp>,
+        request: R,
+    ) -> <Channel<Req, Resp> as Direct<R>>::Future
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        Channel<Req, Resp>: Direct<R>,
+    {
+        if let Some(_queuing) = self.queue() {
+            return channel.direct(request);
+        }
+        // Leased since it was chosen: its reserved slot goes back.
+        channel.release();
+        let slots = slots();
+        if let Found::Usable(i) = members::find(&slots)
+            && let Some(_queuing) = slots[i].queue()
+        {
+            return slots[i].channel.clone().direct(request);
+        }
+        channel.refuse(request, Kind::Overloaded)
     }
 
     /// The error a call gets while the connection is down: its channel's.
@@ -84,6 +135,7 @@ impl<Req, Resp> Slot<Req, Resp> {
 pub(crate) struct Member<Req, Resp> {
     channel: Channel<Req, Resp>,
     slot: Arc<Slot<Req, Resp>>,
+    members: Arc<Members<Req, Resp>>,
     state: watch::Receiver<State>,
     leases: watch::Receiver<()>,
     /// Waits for a change of state or lease; allocated the first time it is needed.
@@ -92,13 +144,14 @@ pub(crate) struct Member<Req, Resp> {
 }
 
 impl<Req, Resp> Member<Req, Resp> {
-    pub(crate) fn new(slot: Arc<Slot<Req, Resp>>, leases: watch::Receiver<()>) -> Self {
+    pub(crate) fn new(slot: Arc<Slot<Req, Resp>>, members: Arc<Members<Req, Resp>>) -> Self {
         let channel = slot.channel.clone();
         Member {
             state: channel.shared.state.subscribe(),
-            leases,
+            leases: members.leases.subscribe(),
             channel,
             slot,
+            members,
             wait: None,
             waiting: false,
         }
@@ -165,6 +218,9 @@ pub(crate) trait Direct<R> {
     type Future: Future<Output = Result<Self::Response, BoxError>> + Unpin + Send;
 
     fn direct(&mut self, request: R) -> Self::Future;
+
+    /// The request failed *not sent* with `kind`, never queued.
+    fn refuse(&mut self, request: R, kind: Kind) -> Self::Future;
 }
 
 impl<Req, Resp> Direct<Req> for Channel<Req, Resp>
@@ -178,6 +234,10 @@ where
     fn direct(&mut self, request: Req) -> ResponseFuture<Resp> {
         Service::call(self, request)
     }
+
+    fn refuse(&mut self, request: Req, kind: Kind) -> ResponseFuture<Resp> {
+        self.refuse_call(request, kind)
+    }
 }
 
 impl<Req, Resp> Direct<Call<Req>> for Channel<Req, Resp>
@@ -190,6 +250,10 @@ where
 
     fn direct(&mut self, call: Call<Req>) -> ReplyFuture<Resp> {
         self.call_with(call)
+    }
+
+    fn refuse(&mut self, call: Call<Req>, kind: Kind) -> ReplyFuture<Resp> {
+        self.refuse_call_with(call, kind)
     }
 }
 
@@ -208,7 +272,9 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        self.channel.direct(request)
+        let members = &self.members;
+        self.slot
+            .send(&mut self.channel, || members.snapshot(), request)
     }
 }
 

@@ -38,12 +38,15 @@ use self::choose::Chooser;
 pub use self::choose::PoolFuture;
 pub use self::gate::SiblingFailed;
 pub use self::lease::Lease;
+use self::member::Slot;
 use self::members::{Found, Members};
 pub use self::pushes::Pushes;
+use crate::channel::Shape;
 use crate::channel::{
     Call, Channel, IntoCall, Replies, Reply, ReplyFuture, ReplyStream, ResponseFuture,
 };
 use crate::error::Error;
+use crate::mux::Until;
 use crate::shared::State;
 use crate::stats::Counters;
 
@@ -101,15 +104,49 @@ where
     /// A connection for a call made through a method: the least loaded usable one,
     /// waiting while none is usable but one will be; one that fails calls fast when
     /// every connection is down.
-    async fn pick(&self) -> Result<Channel<Req, Resp>, Error> {
+    async fn pick(&self) -> Result<Arc<Slot<Req, Resp>>, Error> {
         loop {
             let slots = self.members.snapshot();
-            let changed = members::changed(&self.members, &slots);
-            match members::find(&slots) {
-                Found::Usable(i) | Found::Down(i) => return Ok(slots[i].channel.clone()),
-                Found::Wait => changed.await,
+            let changed = match members::find(&slots) {
+                Found::Usable(i) | Found::Down(i) => return Ok(slots[i].clone()),
                 Found::Empty => return Err(choose::no_connection()),
+                // Subscribed, then looked at again: a change in between wakes it.
+                Found::Wait => members::changed(&self.members, &slots),
+            };
+            if let Found::Wait = members::find(&slots) {
+                changed.await;
             }
+        }
+    }
+
+    /// Queues `call` on a connection the way a [`Channel`] method does (waiting for
+    /// room in its intake, no longer than the call's deadline), in `shape`, and waits
+    /// for its reply.
+    async fn exchange(&self, call: impl IntoCall<Req>, shape: Shape) -> Result<Reply<Resp>, Error> {
+        let mut call = call.into_call();
+        call.shape = shape;
+        let deadline = call.deadline;
+        loop {
+            let slot = self.pick().await?;
+            let mut channel = slot.channel.clone();
+            let room = std::future::poll_fn(|cx| channel.poll_reserve(cx));
+            let room = match deadline {
+                None => room.await,
+                Some(at) => match tokio::time::timeout_at(at, room).await {
+                    Ok(room) => room,
+                    Err(_) => Err(Error::new(crate::error::Kind::Timeout)),
+                },
+            };
+            // Refused (closed): the call fails as the channel fails it.
+            let queuing = if room.is_ok() { slot.queue() } else { None };
+            if room.is_ok() && queuing.is_none() {
+                // Leased while it waited for room: choose again.
+                channel.release();
+                continue;
+            }
+            let mut reply = channel.call_with(call);
+            drop(queuing);
+            return std::future::poll_fn(|cx| reply.poll_reply(cx)).await;
         }
     }
 
@@ -120,7 +157,10 @@ where
     ///
     /// See [`Error`]: whether the request was sent, and why the call failed.
     pub async fn request(&self, call: impl IntoCall<Req>) -> Result<Resp, Error> {
-        self.pick().await?.request(call).await
+        match self.exchange(call, Shape::One).await? {
+            Reply::One(frame) => Ok(frame),
+            _ => unreachable!("a one-frame call has a one-frame reply"),
+        }
     }
 
     /// [`Channel::request_n`] on one connection.
@@ -129,7 +169,10 @@ where
     ///
     /// See [`Error`].
     pub async fn request_n(&self, call: impl IntoCall<Req>, n: usize) -> Result<Vec<Resp>, Error> {
-        self.pick().await?.request_n(call, n).await
+        match self.exchange(call, Shape::Collect(Until::Count(n))).await? {
+            Reply::Many(frames) => Ok(frames),
+            _ => unreachable!("a collecting call has a collected reply"),
+        }
     }
 
     /// [`Channel::request_until_final`] on one connection.
@@ -138,21 +181,27 @@ where
     ///
     /// See [`Error`].
     pub async fn request_until_final(&self, call: impl IntoCall<Req>) -> Result<Vec<Resp>, Error> {
-        self.pick().await?.request_until_final(call).await
+        match self.exchange(call, Shape::Collect(Until::Final)).await? {
+            Reply::Many(frames) => Ok(frames),
+            _ => unreachable!("a collecting call has a collected reply"),
+        }
     }
 
     /// [`Channel::stream`] on one connection.
     ///
     /// # Errors
     ///
-    /// Only when the pool has no connection at all; a call's own errors come through
-    /// the stream.
+    /// The call's error when it fails before its first frame (as through
+    /// `Service<Call<Req>>`); later ones come through the stream.
     pub async fn stream(
         &self,
         call: impl IntoCall<Req>,
         replies: Replies,
     ) -> Result<ReplyStream<Resp>, Error> {
-        Ok(self.pick().await?.stream(call, replies).await)
+        match self.exchange(call, Shape::Stream(replies.into())).await? {
+            Reply::Stream(stream) => Ok(stream),
+            _ => unreachable!("a streamed call has a stream"),
+        }
     }
 
     /// [`Channel::send`] on one connection.
@@ -161,7 +210,10 @@ where
     ///
     /// See [`Error`].
     pub async fn send(&self, call: impl IntoCall<Req>) -> Result<(), Error> {
-        self.pick().await?.send(call).await
+        match self.exchange(call, Shape::Send).await? {
+            Reply::Sent => Ok(()),
+            _ => unreachable!("a fire-and-forget call has no reply"),
+        }
     }
 
     /// Closes every connection now ([`Channel::close`]); a pool that grows adds none
