@@ -169,8 +169,9 @@
 //! channels built alike, balanced by tower's `p2c` over their [`Load`](tower::load::Load)
 //! with no lock on the hot path. A connection that is connecting, backing off or
 //! [leased](Pool::lease) is held out of the choice; when every one is down the pool fails
-//! calls fast, *not sent*; the connections dial one at a time and follow one another's
-//! failures, so a dead host sees one connect attempt per backoff step. A call and its
+//! calls fast, *not sent*; the connections connect one at a time and share one backoff,
+//! so a dead host sees one connect pass per backoff step. [`PoolBuilder::grow_to`] lets
+//! it grow and shrink with the load, at most once per dwell time. A call and its
 //! whole reply stay on one connection; calls a task does not await in turn may be
 //! answered in any order, and a sequence that needs one connection (a transaction)
 //! takes a [`Lease`].
@@ -352,8 +353,10 @@
 //!   futures, `Service` and `Load`, and the layers that build it ([`MuxLayer`],
 //!   [`ReconnectLayer`]).
 //! * `pool` (feature `pool`): [`Pool`], K channels behind tower's `p2c`: a handle's
-//!   choice (`choose`), a connection as the balance sees it (`member`), the gate its
-//!   connections dial through (`gate`), [`Lease`], [`Pushes`], the builder's steps.
+//!   choice (`choose`), the shared list (`members`) and its `Discover` (`discover`), a
+//!   connection as the balance sees it (`member`), the sizing (`scale`), [`Lease`],
+//!   [`Pushes`], the builder's steps. Its connections take turns at connecting
+//!   (`reconnect::turns`).
 //! * `meter`: [`Metered`], an IO whose bytes count as progress.
 //! * `metrics` (feature `metrics`): a channel's metric handles, and the timing of a call
 //!   on the caller's side.
@@ -421,10 +424,10 @@ pub use crate::meter::{Metered, MeteredFramed, Wire};
 pub use crate::mux::{Mode, Order, Session};
 #[cfg(feature = "pool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
-pub use crate::pool::{Lease, Pool, PoolBuilder, PoolCalls, PoolFuture, Pushes, SiblingFailed};
+pub use crate::pool::{Lease, Pool, PoolBuilder, PoolCalls, PoolFuture, Pushes};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions, Verdict};
 pub use crate::reconnect::{
-    Backoff, ConnectError, Endpoint, Handshake, IntoHost, InvalidEndpoint, Reconnect,
+    Backoff, ConnectError, Endpoint, Handshake, IntoHost, InvalidEndpoint, Reconnect, SiblingFailed,
 };
 pub use crate::retry::RetryNotSent;
 pub use crate::shared::State;

@@ -224,6 +224,7 @@ impl<Resp> Shared<Resp> {
     }
 
     /// The state now, from the atomic mirror (no lock).
+    #[cfg(feature = "pool")]
     pub(crate) fn current(&self) -> State {
         const STATES: [State; 6] = [
             State::Connecting,

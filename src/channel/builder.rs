@@ -96,6 +96,7 @@ where
                 orphans: crate::config::Orphans::Quarter,
                 orphan_age: None,
                 max_connection_age: None,
+                turns: None,
             },
             #[cfg(feature = "tcp")]
             nodelay: true,

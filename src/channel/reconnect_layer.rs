@@ -34,6 +34,16 @@ impl<M, Req, Resp> ReconnectLayer<M, Req, Resp> {
     }
 }
 
+impl<M: Clone, Req, Resp> ReconnectLayer<M, Req, Resp> {
+    /// This layer, its channels taking turns at connecting (a pool's).
+    #[cfg(feature = "pool")]
+    pub(crate) fn with_turns(&self, turns: crate::reconnect::Turns) -> Self {
+        let mut layer = self.clone();
+        layer.opts.turns = Some(turns);
+        layer
+    }
+}
+
 impl<M: Clone, Req, Resp> Clone for ReconnectLayer<M, Req, Resp> {
     fn clone(&self) -> Self {
         ReconnectLayer {

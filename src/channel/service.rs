@@ -274,6 +274,7 @@ where
 
     /// A request failed *not sent* with `kind` without reaching the intake, its
     /// future as `Service<Req>::call` returns it (the error hands the request back).
+    #[cfg(feature = "pool")]
     pub(crate) fn refuse_call(&mut self, req: Req, kind: Kind) -> ResponseFuture<Resp> {
         self.permit = None;
         let (tx, rx) = oneshot::channel();
@@ -288,6 +289,7 @@ where
     }
 
     /// [`refuse_call`](Self::refuse_call) for `Service<Call<Req>>`.
+    #[cfg(feature = "pool")]
     pub(crate) fn refuse_call_with(&mut self, call: Call<Req>, kind: Kind) -> ReplyFuture<Resp> {
         self.permit = None;
         let span = call_span(&call);
@@ -299,11 +301,13 @@ where
     }
 
     /// Gives back the slot `poll_ready` reserved, unused.
+    #[cfg(feature = "pool")]
     pub(crate) fn release(&mut self) {
         self.permit = None;
     }
 
     /// `poll_ready` of both `Service`s: room in the intake for the next call.
+    #[cfg(feature = "pool")]
     pub(crate) fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.poll_reserve(cx).map_err(BoxError::from)
     }

@@ -1,16 +1,15 @@
-//! Building a pool: the builder's final steps, `size` times over one gate.
+//! Building a pool: the builder's final steps, for every connection, taking turns.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Pool;
-use super::gate::{Gate, Gated};
 use super::members::{Factory, Members};
 use super::scale::{self, Sizing};
 use crate::channel::{Builder, ReconnectLayer};
 use crate::mux::Mode;
-use crate::reconnect::InvalidEndpoint;
+use crate::reconnect::{InvalidEndpoint, TurnGate};
 use crate::transport::Connector;
 
 /// Builds a [`Pool`]: a [`Builder`]'s settings, for each of `size` connections
@@ -167,7 +166,7 @@ where
     Resp: Send + 'static,
 {
     /// A pool of `size` connections (at least one) over `connector`, each a channel
-    /// this layer makes; they dial through one gate (see [`Pool`]). Spawns their
+    /// this layer makes; they take turns at connecting (see [`Pool`]). Spawns their
     /// connection tasks, so it must run inside a tokio runtime (or, as a channel's, on
     /// the first call's).
     pub fn pool<K>(&self, size: usize, connector: K) -> Pool<Req, Resp>
@@ -181,14 +180,15 @@ where
     where
         K: Connector<Req, Resp>,
     {
-        let gate = Arc::new(Gate::default());
+        // Every connection takes turns at connecting with the others.
+        let layer = self.with_turns(Arc::new(TurnGate::default()).turns());
         // Called again whenever the pool grows: behind a lock, so the layer and the
         // connector need not be `Sync`.
-        let parts = Mutex::new((self.clone(), connector));
-        let factory: Factory<Req, Resp> = Box::new(move |key| {
+        let parts = Mutex::new((layer, connector));
+        let factory: Factory<Req, Resp> = Box::new(move |_key| {
             let parts = parts.lock().unwrap_or_else(|e| e.into_inner());
             let (layer, connector) = &*parts;
-            tower::Layer::layer(layer, Gated::new(connector.clone(), gate.clone(), key))
+            tower::Layer::layer(layer, connector.clone())
         });
         let members = Arc::new(Members::new(size.max(1), sizing.is_none(), factory));
         if let Some(sizing) = sizing {

@@ -17,7 +17,7 @@ use crate::channel::Channel;
 /// The list as it stands: cheap to clone, never changed in place.
 pub(crate) type Snapshot<Req, Resp> = Arc<[Arc<Slot<Req, Resp>>]>;
 
-/// Makes the connection with this key: the pool's builder's settings over its gate.
+/// Makes the connection with this key: the pool's builder's settings, taking turns.
 pub(crate) type Factory<Req, Resp> = Box<dyn Fn(u64) -> Channel<Req, Resp> + Send + Sync>;
 
 pub(crate) struct Members<Req, Resp> {

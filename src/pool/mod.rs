@@ -4,19 +4,18 @@
 //!   Pool handle ── its own p2c Balance ──▶ Member 0 ─┐  (each a clone of one shared
 //!   Pool handle ── its own p2c Balance ──▶ Member 1 ─┤   Channel: its Load, its state)
 //!                                          ...       ┘
-//!   members' connectors ──▶ Gate: one dial at a time, a dead host probed by one member
+//!   members' connect passes ──▶ one TurnGate: one pass at a time, one backoff for all
 //! ```
 //!
 //! Every handle holds its own balance over clones of the shared connections, so the
 //! hot path takes no lock and goes through no `Buffer`. A connection that is connecting,
 //! backing off, closed or leased is held out of the choice (`member.rs`); the members
-//! dial through one gate (`gate.rs`); a [`Lease`] takes one connection for a sequence
+//! take turns at connecting (`reconnect/turns.rs`); a [`Lease`] takes one connection for a sequence
 //! of calls (`lease.rs`); [`Pushes`] merges the push frames (`pushes.rs`).
 
 mod build;
 mod choose;
 mod discover;
-mod gate;
 mod lease;
 mod member;
 mod members;
@@ -36,7 +35,6 @@ use tower::{BoxError, Service};
 pub use self::build::PoolBuilder;
 use self::choose::Chooser;
 pub use self::choose::PoolFuture;
-pub use self::gate::SiblingFailed;
 pub use self::lease::Lease;
 use self::member::Slot;
 use self::members::{Found, Members};
@@ -71,10 +69,26 @@ use crate::stats::Counters;
 /// at once, *not sent*, with the error a channel gives then ([`Kind::ConnectFailed`](crate::Kind::ConnectFailed),
 /// [`Kind::Closed`](crate::Kind::Closed)).
 ///
-/// The connections dial one at a time, and a host one of them failed to reach is not
-/// dialed by the others until a dial reaches it again: they fail it at once with
-/// [`SiblingFailed`] and follow the one that failed, which probes on its backoff. One
-/// dead host is one connect attempt per backoff step, not one per connection.
+/// The connections connect one at a time (a connect pass each, handshake included) and
+/// share one backoff: after a failed pass the others fail theirs at once with
+/// [`SiblingFailed`](crate::SiblingFailed) and retry when it does. One dead host (or
+/// one that fails every handshake) sees one pass per backoff step, not one per
+/// connection, and the connections come back in the same step.
+///
+/// # Size
+///
+/// Fixed, or ([`PoolBuilder::grow_to`]) between the size it was built with and a
+/// maximum: grown by one while the mean calls in flight per connection is above a
+/// target, shrunk by one while it is below half of it, at most once per dwell time;
+/// a connection taken out finishes its calls. A call whose connection was chosen by
+/// `poll_ready` just before it was taken out fails *not sent* ([`Kind::Closed`](crate::Kind::Closed)).
+///
+/// # Cost
+///
+/// Through `Service` with more than one connection, tower's balance allocates once per
+/// call (its ready cache re-queues the connection it called), and a handle's balance
+/// keeps an intake slot reserved on every connection it did not call (counted in
+/// their `Load`).
 ///
 /// # Order across connections
 ///

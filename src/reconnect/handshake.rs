@@ -186,6 +186,7 @@ where
                     call.leftover = true;
                     conn.first.push_back(call);
                 }
+                pass.succeeded();
                 Ok(self.ready(endpoint, conn))
             }
             Ok(Handshake::Redirect(to)) => {

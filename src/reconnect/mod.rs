@@ -11,6 +11,8 @@
 //! * `control`: `close`, `shutdown`, `connect`, host changes;
 //! * `drain`: old connections finishing their calls;
 //! * `ping`: the idle ping;
+//! * `turns`: one connect pass at a time, and one backoff, for channels that connect
+//!   together (a pool's);
 //! * `backoff`, `endpoint`, `error`, `options`: the settings and the pass's error.
 
 mod backoff;
@@ -23,13 +25,18 @@ mod options;
 mod pass;
 mod ping;
 mod task;
+mod turns;
 
 pub use self::backoff::Backoff;
 pub use self::endpoint::{Endpoint, IntoHost, InvalidEndpoint};
 pub use self::error::ConnectError;
 pub use self::handshake::Handshake;
 pub use self::options::Reconnect;
+pub use self::turns::SiblingFailed;
 
 pub(crate) use self::endpoint::{HostSpec, Hosts};
 pub(crate) use self::options::Options;
 pub(crate) use self::task::Task;
+#[cfg(feature = "pool")]
+pub(crate) use self::turns::TurnGate;
+pub(crate) use self::turns::Turns;

@@ -37,6 +37,8 @@ pub(crate) struct Options<Req, Resp> {
     pub(crate) orphans: crate::config::Orphans,
     pub(crate) orphan_age: Option<Duration>,
     pub(crate) max_connection_age: Option<Duration>,
+    /// Takes turns at connecting with the other connections of a pool.
+    pub(crate) turns: Option<super::Turns>,
 }
 
 // By hand: a derive would ask `Req: Clone` and `Resp: Clone`.
@@ -56,6 +58,7 @@ impl<Req, Resp> Clone for Options<Req, Resp> {
             orphans: self.orphans,
             orphan_age: self.orphan_age,
             max_connection_age: self.max_connection_age,
+            turns: self.turns.clone(),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! its handshake makes it ready; backoff when every host failed, or when a connection
 //! died before it answered anything.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::time::Instant;
 use tower::BoxError;
 use tracing::{debug, info, warn};
 
@@ -13,6 +14,7 @@ use super::handshake::Handshaking;
 use super::options::Reconnect;
 use super::ping::Ping;
 use super::task::{ConnOf, Phase, Task};
+use super::turns::{Turn, TurnGuard};
 use crate::error::{Cause, ConnectionError, Error, Kind};
 use crate::mux::{Matcher, Mode, Retire};
 use crate::shared::State;
@@ -26,6 +28,34 @@ pub(super) struct Pass {
     pub(super) next: usize,
     pub(super) failures: Vec<(Endpoint, BoxError)>,
     pub(super) redirects: u8,
+    /// The pass's turn, for a channel that takes turns (`turns.rs`): taken by its first
+    /// attempt, held to its end.
+    pub(super) turn: Option<Arc<Mutex<TurnSlot>>>,
+}
+
+/// Where a pass stands with its turn.
+pub(super) enum TurnSlot {
+    /// Not taken yet.
+    Waiting,
+    Held(TurnGuard),
+    /// A sibling failed: this pass fails without dialing, and backs off until then.
+    Follow(Instant),
+}
+
+impl Pass {
+    fn slot(&self) -> Option<MutexGuard<'_, TurnSlot>> {
+        let turn = self.turn.as_ref()?;
+        Some(turn.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The pass connected: its turn ends so.
+    pub(super) fn succeeded(self) {
+        if let Some(mut slot) = self.slot()
+            && let TurnSlot::Held(guard) = &mut *slot
+        {
+            guard.connected();
+        }
+    }
 }
 
 type PhaseOf<M, T, Req, Resp> = Phase<T, <M as Mode<Req, Resp>>::Matcher, Req, Resp>;
@@ -48,14 +78,29 @@ where
             next: 0,
             failures: Vec::new(),
             redirects: 0,
+            turn: self
+                .opts
+                .turns
+                .as_ref()
+                .map(|_| Arc::new(Mutex::new(TurnSlot::Waiting))),
         };
         self.next_host(pass)
     }
 
     /// Tries the pass's next host, or ends the pass.
     pub(super) fn next_host(&mut self, mut pass: Pass) -> PhaseOf<M, T, Req, Resp> {
-        let Some(endpoint) = pass.hosts.get(pass.next).cloned() else {
+        let following = pass
+            .slot()
+            .is_some_and(|slot| matches!(*slot, TurnSlot::Follow(_)));
+        let Some(endpoint) = pass.hosts.get(pass.next).cloned().filter(|_| !following) else {
             return self.pass_failed(pass);
+        };
+        // The first attempt of a pass that takes turns takes the pass's turn first.
+        let taking = match (&pass.turn, &self.opts.turns) {
+            (Some(turn), Some(turns)) if matches!(*pass.slot().unwrap(), TurnSlot::Waiting) => {
+                Some((turn.clone(), turns.clone()))
+            }
+            _ => None,
         };
         pass.next += 1;
         // Every attempt says so; the first of a pass is the change to `Connecting`.
@@ -65,6 +110,17 @@ where
         let timeout = self.opts.connect_timeout;
         let target = endpoint.clone();
         let attempt = async move {
+            // Outside the connect timeout: waiting for a sibling's pass is no dial.
+            if let Some((turn, turns)) = taking {
+                let taken = match turns.take().await {
+                    Turn::Go(guard) => TurnSlot::Held(guard),
+                    Turn::Follow(until, sibling) => {
+                        *turn.lock().unwrap_or_else(|e| e.into_inner()) = TurnSlot::Follow(until);
+                        return Err(sibling.into());
+                    }
+                };
+                *turn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
+            }
             let connect = async move {
                 std::future::poll_fn(|cx| connector.poll_ready(cx))
                     .await
@@ -121,7 +177,8 @@ where
     }
 
     /// Every host failed: queued calls fail as *not sent*, then back off.
-    fn pass_failed(&mut self, pass: Pass) -> PhaseOf<M, T, Req, Resp> {
+    fn pass_failed(&mut self, mut pass: Pass) -> PhaseOf<M, T, Req, Resp> {
+        let turn = pass.turn.take();
         let err = ConnectError::new(pass.failures);
         warn!(error = %err, "connect pass failed");
         let cause: Cause = Arc::new(err);
@@ -133,8 +190,29 @@ where
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
         self.tell_waiters(|| Error::new(Kind::ConnectFailed).with_cause(cause.clone()));
-        self.last_error = Some(cause);
-        self.back_off(true)
+        self.last_error = Some(cause.clone());
+        let mut phase = self.back_off(true);
+        let Some(turn) = turn else {
+            return phase;
+        };
+        match &mut *turn.lock().unwrap_or_else(|e| e.into_inner()) {
+            // Siblings follow this pass until it retries.
+            TurnSlot::Held(guard) => {
+                let until = match &phase {
+                    Phase::BackingOff { sleep, .. } => sleep.deadline(),
+                    _ => Instant::now(),
+                };
+                guard.failed(until, cause);
+            }
+            // This one followed a sibling: it retries when the sibling does.
+            TurnSlot::Follow(until) => {
+                if let Phase::BackingOff { sleep, .. } = &mut phase {
+                    sleep.as_mut().reset(*until);
+                }
+            }
+            TurnSlot::Waiting => {}
+        }
+        phase
     }
 
     /// Tells `connect()` callers how the pass ended.
@@ -194,7 +272,10 @@ where
                     conn,
                 )))
             }
-            None => self.ready(endpoint, conn),
+            None => {
+                pass.succeeded();
+                self.ready(endpoint, conn)
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower::BoxError;
 use tracing::{info, warn};
 
@@ -101,6 +101,22 @@ where
     pub(super) demote_current: bool,
 }
 
+/// A seed for a channel's backoff jitter that differs between channels: made in the
+/// same nanosecond (or under a paused clock), channels to one dead host must still
+/// spread their retries. A counter per process, the wall clock and the process id,
+/// mixed (splitmix64).
+fn jitter_seed() -> u64 {
+    static CHANNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CHANNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ wall ^ u64::from(std::process::id());
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 // No field is pinned structurally: futures and timers are boxed, transports `Unpin`.
 impl<K, M: Mode<Req, Resp>, T, Req, Resp> Unpin for Task<K, M, T, Req, Resp> {}
 
@@ -120,11 +136,7 @@ where
         hosts: Hosts,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
-        let backoff = opts.backoff.state(|| {
-            Instant::now().elapsed().as_nanos() as u64
-                ^ (std::ptr::addr_of!(hosts) as u64).rotate_left(17)
-                ^ std::process::id() as u64
-        });
+        let backoff = opts.backoff.state(jitter_seed);
         let mut this = Task {
             engine,
             connector,
