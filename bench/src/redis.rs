@@ -127,7 +127,8 @@ pub fn run(
     let addr: SocketAddr = server.addr().parse()?;
     let version = CellRuntime::plain(Flavor::Current)?.block_on(version(&server))?;
     let heading = format!(
-        "Redis: {version} on {addr} (--save \"\" --appendonly no), one connection per client"
+        "Redis: {version} on {addr} (--save \"\" --appendonly no), one connection per client \
+         (K for the -pool-K rows)"
     );
     eprintln!("{heading}");
 
