@@ -6,7 +6,8 @@
 //! `channel-session-64k`), and the builder-default channel behind tower's `Timeout` (`channel-order+timeout`)
 //! with the engine's own deadlines (`channel-order+deadline`, beside the call path
 //! without them, `channel-order+calls`), with cancel notices (`channel-session+cancel`)
-//! and recording its metrics (`channel-order+metrics`).
+//! and recording its metrics (`channel-order+metrics`), and the pool of K such
+//! channels, built the same way with `.pool(k)` (`channel-pool-K`).
 //!
 //! Built with the `engine` feature (on by default; see `Cargo.toml`); the metrics row
 //! with the `metrics` feature (on by default too).
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use socketchannel::{
-    Call, Calls, Channel, Endpoint, Mode, Order, Plain, Protocol, Reply, Session, Sessions,
+    Call, Calls, Channel, Endpoint, Mode, Order, Plain, Pool, Protocol, Reply, Session, Sessions,
 };
 use tokio::net::TcpStream;
 use tower::ServiceBuilder;
@@ -45,6 +46,30 @@ impl<Req: Send + 'static, Resp: Send + 'static> Meter for ChannelMeter<Req, Resp
     }
 }
 
+/// The socket operations of a pool built with the crate's own connector: its
+/// connections' counters summed ([`Pool::counters`]), as [`ChannelMeter`] counts one.
+pub struct PoolMeter<Req, Resp>(pub Pool<Req, Resp>);
+
+// `Pool`'s `Debug` asks for `Send + 'static` requests and replies, which a derive
+// would not.
+impl<Req: Send + 'static, Resp: Send + 'static> std::fmt::Debug for PoolMeter<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PoolMeter").field(&self.0).finish()
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Meter for PoolMeter<Req, Resp> {
+    async fn io(&self) -> Io {
+        let counters = self.0.counters();
+        Io {
+            writes: Some(counters.writes),
+            reads: Some(counters.reads),
+            written_bytes: Some(counters.bytes_written),
+            ..Io::default()
+        }
+    }
+}
+
 /// The engine in order mode over `stream`.
 pub fn order(stream: TcpStream) -> Channel<Frame, Frame> {
     Channel::new(transport(stream), Order::new(Plain))
@@ -61,6 +86,18 @@ pub fn session(stream: TcpStream) -> Channel<Frame, Frame> {
 pub fn channel_order(addr: SocketAddr) -> Channel<Frame, Frame> {
     Channel::builder()
         .host(addr.to_string())
+        .order(FrameCodec, Plain)
+        .expect("a socket address is a valid endpoint")
+}
+
+/// A pool of `size` channels built as [`channel_order`] builds one (the builder's
+/// defaults, its built-in TCP connector), through `.pool(size)`. Each caller drives its
+/// own clone of the handle as a `tower::Service`, so each has its own p2c balance
+/// (none for one connection).
+pub fn pool_order(addr: SocketAddr, size: usize) -> Pool<Frame, Frame> {
+    Channel::builder()
+        .host(addr.to_string())
+        .pool(size)
         .order(FrameCodec, Plain)
         .expect("a socket address is a valid endpoint")
 }

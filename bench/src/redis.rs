@@ -21,6 +21,15 @@
 //!   request), its driver spawned on the cell's runtime.
 //! * `redis-rs-notimeout`: the same with `set_response_timeout(None)`: the baseline.
 //!
+//! Past one connection, K of them (K = 2, 4):
+//!
+//! * `channel-redis-pool-K`: `channel-redis` built with `.pool(K)`, each caller driving
+//!   its own clone of the pool's handle as a `tower::Service` (its own p2c balance).
+//! * `redis-rs-pool-K`: K `redis-rs-notimeout` connections, caller `i` always on
+//!   connection `i % K`: an even split fixed up front, with nothing shared or chosen per
+//!   request (a per-request round-robin would add a shared counter to every call): the
+//!   baseline of the pool rows.
+//!
 //! For every row, the server's side too: the deltas of `total_reads_processed` and
 //! `total_writes_processed` from `INFO stats` over the window, per request.
 //!
@@ -46,14 +55,14 @@ use std::time::{Duration, Instant};
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Cmd, RedisConnectionInfo, Value};
 use redis_protocol::error::RedisProtocolError;
-use socketchannel::Channel;
+use socketchannel::{Channel, Pool};
 use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;
 use tower::BoxError;
 
 use self::process::Server;
 use self::resp::{Frame, Packed, Redis, RespCodec};
-use crate::engine::ChannelMeter;
+use crate::engine::{ChannelMeter, PoolMeter};
 use crate::load::{self, Caller, Outcome, Window};
 use crate::measure::{Both, Counted, CountedSockets, Io, Meter};
 use crate::progress::Progress;
@@ -118,7 +127,8 @@ pub fn run(
     let addr: SocketAddr = server.addr().parse()?;
     let version = CellRuntime::plain(Flavor::Current)?.block_on(version(&server))?;
     let heading = format!(
-        "Redis: {version} on {addr} (--save \"\" --appendonly no), one connection per client"
+        "Redis: {version} on {addr} (--save \"\" --appendonly no), one connection per client \
+         (K for the -pool-K rows)"
     );
     eprintln!("{heading}");
 
@@ -180,20 +190,30 @@ async fn closed_loop(
         Variant::ChannelRedisFrame => {
             channel_loop::<Frame>(addr, concurrency, command, window, server).await
         }
-        Variant::RedisRs | Variant::RedisRsNoTimeout => {
+        Variant::ChannelRedisPool2 | Variant::ChannelRedisPool4 => {
+            let size = variant.pool_size().expect("a pool variant");
+            pool_loop(addr, size, concurrency, command, window, server).await
+        }
+        Variant::RedisRs
+        | Variant::RedisRsNoTimeout
+        | Variant::RedisRsPool2
+        | Variant::RedisRsPool4 => {
             let config = match variant {
                 Variant::RedisRs => AsyncConnectionConfig::new(),
                 _ => AsyncConnectionConfig::new().set_response_timeout(None),
             };
-            let connection = redis_rs(addr, config).await?;
+            let mut connections = Vec::new();
+            for _ in 0..variant.pool_size().unwrap_or(1) {
+                connections.push(redis_rs(addr, config.clone()).await?);
+            }
             let callers: Vec<_> = (0..concurrency)
                 .map(|caller| RedisRsCaller {
-                    connection: connection.clone(),
+                    connection: connections[caller % connections.len()].clone(),
                     request: packed(command, caller),
                     command,
                 })
                 .collect();
-            drop(connection);
+            drop(connections);
             load::drive(callers, window, &Both(CountedSockets, server)).await
         }
         _ => Err(format!("{variant} is not a Redis client").into()),
@@ -243,6 +263,32 @@ where
         })
         .collect();
     drop(channel);
+    load::drive(callers, window, &meter).await
+}
+
+/// Runs `concurrency` callers of one pool of `size` `channel-redis` connections, each
+/// caller with its own clone of the handle, sending `Packed` commands.
+async fn pool_loop(
+    addr: SocketAddr,
+    size: usize,
+    concurrency: usize,
+    command: Payload,
+    window: Window,
+    server: ServerStats,
+) -> Result<Outcome, BoxError> {
+    let pool: Pool<Packed, Frame> = Channel::builder()
+        .host(addr.to_string())
+        .pool(size)
+        .order(RespCodec::resp2(), Redis::commands())?;
+    let meter = Both(PoolMeter(pool.clone()), server);
+    let callers: Vec<_> = (0..concurrency)
+        .map(|caller| PoolCaller {
+            pool: pool.clone(),
+            command: frame(command, caller),
+            expect: expected(command),
+        })
+        .collect();
+    drop(pool);
     load::drive(callers, window, &meter).await
 }
 
@@ -353,6 +399,30 @@ where
 
     async fn request(&mut self) -> Result<Frame, BoxError> {
         let reply = load::call(&mut self.channel, Req::from_command(&self.command)).await?;
+        reply.await
+    }
+
+    fn check(&self, reply: &Frame) -> Result<(), BoxError> {
+        match reply {
+            Frame::SimpleString { data, .. } if data == self.expect.as_bytes() => Ok(()),
+            _ => Err(format!("wrong reply: expected {}, got {reply:?}", self.expect).into()),
+        }
+    }
+}
+
+/// A caller of `channel-redis-pool-K`: as [`ChannelCaller`], through its own handle of
+/// the pool.
+struct PoolCaller {
+    pool: Pool<Packed, Frame>,
+    command: Frame,
+    expect: &'static str,
+}
+
+impl Caller for PoolCaller {
+    type Reply = Frame;
+
+    async fn request(&mut self) -> Result<Frame, BoxError> {
+        let reply = load::call(&mut self.pool, Packed::from_command(&self.command)).await?;
         reply.await
     }
 

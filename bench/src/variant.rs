@@ -95,6 +95,17 @@ pub enum Variant {
     /// The same in session mode.
     #[cfg(feature = "engine")]
     ChannelSession,
+    /// A `Pool` of one `channel-order` (`.pool(1)`): what the pool's handle costs over
+    /// the channel it holds, with no balance.
+    #[cfg(feature = "engine")]
+    ChannelPool1,
+    /// A `Pool` of two `channel-order` connections, each caller's handle balancing them
+    /// with its own p2c.
+    #[cfg(feature = "engine")]
+    ChannelPool2,
+    /// The same with four connections.
+    #[cfg(feature = "engine")]
+    ChannelPool4,
     /// `channel-order` over the benchmark's connector: 64 KiB buffers, counted socket.
     #[cfg(feature = "engine")]
     ChannelOrder64k,
@@ -132,6 +143,20 @@ pub enum Variant {
     /// (`Channel<Frame, Frame>`).
     #[cfg(feature = "redis")]
     ChannelRedisFrame,
+    /// A `Pool` of two `channel-redis` connections (`.pool(2)`), each caller's handle
+    /// balancing them with its own p2c.
+    #[cfg(feature = "redis")]
+    ChannelRedisPool2,
+    /// The same with four connections.
+    #[cfg(feature = "redis")]
+    ChannelRedisPool4,
+    /// Two `redis-rs-notimeout` connections, caller `i` on connection `i % 2`: the
+    /// baseline for `channel-redis-pool-2`.
+    #[cfg(feature = "redis")]
+    RedisRsPool2,
+    /// The same with four connections.
+    #[cfg(feature = "redis")]
+    RedisRsPool4,
     /// redis-rs's `MultiplexedConnection` with its default config (a 500 ms response
     /// timeout).
     #[cfg(feature = "redis")]
@@ -152,6 +177,12 @@ impl Variant {
         Variant::EngineOrder,
         #[cfg(feature = "engine")]
         Variant::ChannelOrder,
+        #[cfg(feature = "engine")]
+        Variant::ChannelPool1,
+        #[cfg(feature = "engine")]
+        Variant::ChannelPool2,
+        #[cfg(feature = "engine")]
+        Variant::ChannelPool4,
         #[cfg(feature = "engine")]
         Variant::ChannelOrder64k,
         #[cfg(feature = "engine")]
@@ -184,6 +215,14 @@ impl Variant {
         Variant::RedisRs,
         #[cfg(feature = "redis")]
         Variant::RedisRsNoTimeout,
+        #[cfg(feature = "redis")]
+        Variant::ChannelRedisPool2,
+        #[cfg(feature = "redis")]
+        Variant::RedisRsPool2,
+        #[cfg(feature = "redis")]
+        Variant::ChannelRedisPool4,
+        #[cfg(feature = "redis")]
+        Variant::RedisRsPool4,
     ];
 
     /// The name printed in the report and matched by `--filter`.
@@ -202,6 +241,12 @@ impl Variant {
             Variant::ChannelOrder => "channel-order",
             #[cfg(feature = "engine")]
             Variant::ChannelSession => "channel-session",
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool1 => "channel-pool-1",
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool2 => "channel-pool-2",
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool4 => "channel-pool-4",
             #[cfg(feature = "engine")]
             Variant::ChannelOrder64k => "channel-order-64k",
             #[cfg(feature = "engine")]
@@ -228,6 +273,14 @@ impl Variant {
             Variant::RedisRs => "redis-rs",
             #[cfg(feature = "redis")]
             Variant::RedisRsNoTimeout => "redis-rs-notimeout",
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedisPool2 => "channel-redis-pool-2",
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedisPool4 => "channel-redis-pool-4",
+            #[cfg(feature = "redis")]
+            Variant::RedisRsPool2 => "redis-rs-pool-2",
+            #[cfg(feature = "redis")]
+            Variant::RedisRsPool4 => "redis-rs-pool-4",
         }
     }
 
@@ -247,7 +300,11 @@ impl Variant {
             Variant::ChannelRedis
             | Variant::ChannelRedisFrame
             | Variant::RedisRs
-            | Variant::RedisRsNoTimeout => Group::Redis,
+            | Variant::RedisRsNoTimeout
+            | Variant::ChannelRedisPool2
+            | Variant::ChannelRedisPool4
+            | Variant::RedisRsPool2
+            | Variant::RedisRsPool4 => Group::Redis,
             _ => Group::Matrix,
         }
     }
@@ -277,7 +334,10 @@ impl Variant {
             | Variant::ChannelOrderDeadline
             | Variant::ChannelOrderCalls
             | Variant::ChannelOrderTracing
-            | Variant::ChannelOrderTracingDebug => Mode::Order,
+            | Variant::ChannelOrderTracingDebug
+            | Variant::ChannelPool1
+            | Variant::ChannelPool2
+            | Variant::ChannelPool4 => Mode::Order,
             #[cfg(feature = "metrics")]
             Variant::ChannelOrderMetrics => Mode::Order,
             #[cfg(feature = "engine")]
@@ -289,7 +349,11 @@ impl Variant {
             Variant::ChannelRedis
             | Variant::ChannelRedisFrame
             | Variant::RedisRs
-            | Variant::RedisRsNoTimeout => Mode::Redis,
+            | Variant::RedisRsNoTimeout
+            | Variant::ChannelRedisPool2
+            | Variant::ChannelRedisPool4
+            | Variant::RedisRsPool2
+            | Variant::RedisRsPool4 => Mode::Redis,
         }
     }
 
@@ -304,10 +368,31 @@ impl Variant {
         }
     }
 
+    /// How many connections a pool variant spreads its calls over; `None` for a
+    /// single-connection client.
+    pub fn pool_size(self) -> Option<usize> {
+        match self {
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool1 => Some(1),
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool2 => Some(2),
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool4 => Some(4),
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedisPool2 | Variant::RedisRsPool2 => Some(2),
+            #[cfg(feature = "redis")]
+            Variant::ChannelRedisPool4 | Variant::RedisRsPool4 => Some(4),
+            _ => None,
+        }
+    }
+
     /// Whether the heap per in-flight request is measured for this variant: not for the
-    /// window loop, which keeps no state per request beyond its fixed window.
+    /// window loop, which keeps no state per request beyond its fixed window, nor for a
+    /// pool of more than one connection, whose calls the `hold` server (which answers a
+    /// connection's held calls when that connection sends the release frame) would
+    /// never all answer.
     pub fn measures_inflight(self) -> bool {
-        self != Variant::WindowLoop
+        self != Variant::WindowLoop && self.pool_size().is_none_or(|k| k == 1)
     }
 
     /// Connects to the echo server at `addr`, builds this variant's client over the
@@ -321,7 +406,7 @@ impl Variant {
         experiment: E,
     ) -> Result<E::Output, BoxError> {
         #[cfg(feature = "engine")]
-        use crate::engine::{self, ChannelMeter};
+        use crate::engine::{self, ChannelMeter, PoolMeter};
         // The clients over a socket of the benchmark's, and those that make their own
         // connection (lazily, on the first call) over the benchmark's connector.
         let counted = &CountedSockets;
@@ -387,6 +472,14 @@ impl Variant {
                 let meter = ChannelMeter(channel.clone());
                 experiment.run(channel, &meter).await
             }
+            // The pools: their connections' counters, summed.
+            #[cfg(feature = "engine")]
+            Variant::ChannelPool1 | Variant::ChannelPool2 | Variant::ChannelPool4 => {
+                let size = self.pool_size().expect("a pool variant");
+                let pool = engine::pool_order(addr, size);
+                let meter = PoolMeter(pool.clone());
+                experiment.run(pool, &meter).await
+            }
             #[cfg(feature = "engine")]
             Variant::ChannelSession => {
                 let channel = engine::channel_session(addr);
@@ -430,7 +523,11 @@ impl Variant {
             Variant::ChannelRedis
             | Variant::ChannelRedisFrame
             | Variant::RedisRs
-            | Variant::RedisRsNoTimeout => {
+            | Variant::RedisRsNoTimeout
+            | Variant::ChannelRedisPool2
+            | Variant::ChannelRedisPool4
+            | Variant::RedisRsPool2
+            | Variant::RedisRsPool4 => {
                 Err(format!("{self} is not an echo client: it runs in the Redis section").into())
             }
         }
