@@ -132,7 +132,12 @@ impl<Req, Resp> Slot<Req, Resp> {
 /// [`Usable`](Standing::Usable) and its intake has room for this handle's next call,
 /// otherwise `Pending` until its state or a lease changes. It never fails `poll_ready`:
 /// the balance would drop it for good.
-pub(crate) struct Member<Req, Resp> {
+///
+/// Boxed: tower's ready cache moves the member it called into a pending future and
+/// back on every call, so a pointer moves instead of the channel and its watches.
+pub(crate) struct Member<Req, Resp>(Box<Parts<Req, Resp>>);
+
+struct Parts<Req, Resp> {
     channel: Channel<Req, Resp>,
     slot: Arc<Slot<Req, Resp>>,
     members: Arc<Members<Req, Resp>>,
@@ -146,7 +151,7 @@ pub(crate) struct Member<Req, Resp> {
 impl<Req, Resp> Member<Req, Resp> {
     pub(crate) fn new(slot: Arc<Slot<Req, Resp>>, members: Arc<Members<Req, Resp>>) -> Self {
         let channel = slot.channel.clone();
-        Member {
+        Member(Box::new(Parts {
             state: channel.shared.state.subscribe(),
             leases: members.leases.subscribe(),
             channel,
@@ -154,9 +159,11 @@ impl<Req, Resp> Member<Req, Resp> {
             members,
             wait: None,
             waiting: false,
-        }
+        }))
     }
+}
 
+impl<Req, Resp> Parts<Req, Resp> {
     fn standing(&self) -> Standing {
         self.slot.standing()
     }
@@ -179,7 +186,7 @@ impl<Req, Resp> Member<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Member<Req, Resp>
+impl<Req, Resp> Parts<Req, Resp>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
@@ -268,13 +275,15 @@ where
     type Future = <Channel<Req, Resp> as Direct<R>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.poll_member(cx)
+        self.0.poll_member(cx)
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let members = &self.members;
-        self.slot
-            .send(&mut self.channel, || members.snapshot(), request)
+        let parts = &mut *self.0;
+        let members = &parts.members;
+        parts
+            .slot
+            .send(&mut parts.channel, || members.snapshot(), request)
     }
 }
 
@@ -282,6 +291,6 @@ impl<Req, Resp> Load for Member<Req, Resp> {
     type Metric = usize;
 
     fn load(&self) -> usize {
-        self.channel.load()
+        self.0.channel.load()
     }
 }
