@@ -29,6 +29,8 @@ pub(crate) struct Chooser<Req, Resp, R> {
     route: Option<Route<Req, Resp>>,
 }
 
+// Made once per handle and used on every call: the balance stays inline.
+#[allow(clippy::large_enum_variant)]
 enum Choice<Req, Resp, R> {
     /// A pool of one connection, always: there is nothing to choose.
     One(Member<Req, Resp>),
