@@ -424,7 +424,7 @@ pub use crate::meter::{Metered, MeteredFramed, Wire};
 pub use crate::mux::{Mode, Order, Session};
 #[cfg(feature = "pool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
-pub use crate::pool::{Lease, Pool, PoolBuilder, PoolCalls, PoolFuture, Pushes};
+pub use crate::pool::{DnsDiscover, Lease, Pool, PoolBuilder, PoolCalls, PoolFuture, Pushes};
 pub use crate::protocol::{Plain, Protocol, SessionId, Sessions, Verdict};
 pub use crate::reconnect::{
     Backoff, ConnectError, Endpoint, Handshake, IntoHost, InvalidEndpoint, Reconnect, SiblingFailed,

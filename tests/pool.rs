@@ -511,3 +511,145 @@ async fn a_lease_is_exclusive_against_handles_that_made_calls_before() {
     })
     .await;
 }
+
+/// A `Discover` fed by the test.
+fn feed() -> (
+    tokio::sync::mpsc::UnboundedSender<tower::discover::Change<&'static str, Endpoint>>,
+    impl tower::discover::Discover<
+        Key = &'static str,
+        Service = Endpoint,
+        Error = std::convert::Infallible,
+    > + Send
+    + Unpin
+    + 'static,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let discover = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|change| change.map(Ok::<_, std::convert::Infallible>))
+    });
+    (tx, discover)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_follows_a_changing_set_of_endpoints_and_drains_those_removed() {
+    bounded(async {
+        use tower::discover::Change;
+        let net = slow_net(Duration::from_millis(100));
+        let (changes, discover) = feed();
+        let pool = Channel::builder()
+            .reconnect(Reconnect::Persistent)
+            .pool(2)
+            .discover(discover)
+            .connector(net.connector(), Order::new(TestProto))
+            .unwrap();
+        // Calls made before any endpoint is known wait for one.
+        let early = {
+            let mut handle = pool.clone();
+            tokio::spawn(async move { handle.ready().await?.call(msg("early")).await })
+        };
+        let by_method = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.request(msg("method")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        changes
+            .send(Change::Insert("a", Endpoint::new("a", 1)))
+            .unwrap();
+        changes
+            .send(Change::Insert("b", Endpoint::new("b", 2)))
+            .unwrap();
+        assert_eq!(early.await.unwrap().unwrap().text(), "early");
+        assert_eq!(by_method.await.unwrap().unwrap().text(), "method");
+        support::eventually(Duration::from_secs(5), "four connections", || {
+            pool.size() == 4
+        })
+        .await;
+        // 40 calls in flight over both endpoints, then "a" goes: its calls finish.
+        let calls: Vec<_> = (0..40)
+            .map(|i| {
+                let mut handle = pool.clone();
+                tokio::spawn(async move { handle.ready().await?.call(msg(format!("{i}"))).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let a_before = net.count("a:1");
+        changes.send(Change::Remove("a")).unwrap();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(
+                call.await.unwrap().expect("no call lost or failed").text(),
+                i.to_string()
+            );
+        }
+        support::eventually(Duration::from_secs(10), "only b's", || pool.size() == 2).await;
+        for i in 0..20 {
+            pool.request(msg(format!("after {i}"))).await.unwrap();
+        }
+        assert_eq!(
+            net.count("a:1"),
+            a_before,
+            "nothing dials the removed endpoint"
+        );
+        assert!(
+            pool.channels()
+                .all(|c| c.counters().sent > 0 || c.counters().in_flight == 0)
+        );
+        // Every endpoint removed: calls fail fast, not sent.
+        changes.send(Change::Remove("b")).unwrap();
+        support::eventually(Duration::from_secs(10), "none left", || pool.size() == 0).await;
+        let err = pool.request(msg("nowhere")).await.unwrap_err();
+        assert_eq!(err.kind(), Kind::ConnectFailed, "{err}");
+        assert!(err.is_not_sent());
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dns_name_is_followed_as_its_addresses_change() {
+    bounded(async {
+        use std::net::SocketAddr;
+        use std::sync::{Arc, Mutex};
+        use tower::discover::Change;
+        let answers: Arc<Mutex<Vec<std::io::Result<Vec<SocketAddr>>>>> =
+            Arc::new(Mutex::new(vec![
+                Ok(vec![
+                    "10.0.0.1:6379".parse().unwrap(),
+                    "10.0.0.2:6379".parse().unwrap(),
+                ]),
+                Err(std::io::Error::other("SERVFAIL")),
+                Ok(vec![
+                    "10.0.0.2:6379".parse().unwrap(),
+                    "10.0.0.3:6379".parse().unwrap(),
+                ]),
+            ]));
+        let asked = answers.clone();
+        let mut dns = socketchannel::DnsDiscover::with_resolver(
+            "redis.local",
+            6379,
+            Duration::from_secs(1),
+            move |target| {
+                assert_eq!(target, "redis.local:6379");
+                let answer = asked.lock().unwrap().remove(0);
+                async move { answer }
+            },
+        );
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            match dns.next().await.unwrap().unwrap() {
+                Change::Insert(addr, endpoint) => seen.push(format!("+{addr} {endpoint}")),
+                Change::Remove(addr) => seen.push(format!("-{addr}")),
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "+10.0.0.1:6379 10.0.0.1:6379",
+                "+10.0.0.2:6379 10.0.0.2:6379",
+                // the failed lookup changed nothing
+                "-10.0.0.1:6379",
+                "+10.0.0.3:6379 10.0.0.3:6379",
+            ]
+        );
+    })
+    .await;
+}

@@ -208,6 +208,13 @@ where
         self
     }
 
+    /// How long a pool over discovered endpoints waits for the first: the connect
+    /// timeout (5 s without one).
+    #[cfg(feature = "pool")]
+    pub(crate) fn first_wait(&self) -> Duration {
+        self.opts.connect_timeout.unwrap_or(Duration::from_secs(5))
+    }
+
     /// The drain timeout set so far (a pool's connections taken out drain within it).
     #[cfg(feature = "pool")]
     pub(crate) fn drain(&self) -> Duration {

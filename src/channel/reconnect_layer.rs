@@ -42,6 +42,15 @@ impl<M: Clone, Req, Resp> ReconnectLayer<M, Req, Resp> {
         layer.opts.turns = Some(turns);
         layer
     }
+
+    /// This layer, its channels connecting to `endpoint` alone (no backups): a pool's
+    /// connections to a discovered endpoint.
+    #[cfg(feature = "pool")]
+    pub(crate) fn with_host(&self, endpoint: crate::reconnect::Endpoint) -> Self {
+        let mut layer = self.clone();
+        layer.hosts = Hosts::new(endpoint);
+        layer
+    }
 }
 
 impl<M: Clone, Req, Resp> Clone for ReconnectLayer<M, Req, Resp> {

@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Pool;
+use super::endpoints::{self, Numbered, Source};
 use super::members::{Factory, Members};
 use super::scale::{self, Sizing};
 use crate::channel::{Builder, ReconnectLayer};
 use crate::mux::Mode;
-use crate::reconnect::{InvalidEndpoint, TurnGate};
+use crate::reconnect::InvalidEndpoint;
 use crate::transport::Connector;
 
 /// Builds a [`Pool`]: a [`Builder`]'s settings, for each of `size` connections
@@ -35,6 +36,8 @@ pub struct PoolBuilder<Req, Resp> {
     max: Option<usize>,
     dwell: Duration,
     target: usize,
+    /// Where the endpoints come from, instead of the builder's host.
+    discover: Option<Box<dyn Source>>,
 }
 
 impl<Req, Resp> Builder<Req, Resp>
@@ -51,6 +54,7 @@ where
             max: None,
             dwell: Duration::from_secs(10),
             target: 32,
+            discover: None,
         }
     }
 }
@@ -86,16 +90,46 @@ where
         self
     }
 
+    /// Takes the pool's endpoints from `discover` instead of the builder's host and
+    /// backups: `size` connections to each endpoint it inserts (they take turns at
+    /// connecting and share a backoff, endpoint by endpoint), and every connection to
+    /// one it removes drained (their calls finish within the drain timeout; none is
+    /// lost). A [`DnsDiscover`](crate::DnsDiscover) follows a host name. Until the
+    /// first endpoints come (for the connect timeout at most), calls wait for them;
+    /// after, a pool left without any fails calls fast, *not sent*. A `Discover` that fails or ends
+    /// leaves the pool with the endpoints it has. The size is fixed per endpoint
+    /// ([`grow_to`](Self::grow_to) applies to a pool of one host).
+    pub fn discover<D>(mut self, discover: D) -> Self
+    where
+        D: tower::discover::Discover<Service = crate::Endpoint> + Send + Unpin + 'static,
+        D::Key: std::hash::Hash + Eq + Send + 'static,
+        D::Error: Into<tower::BoxError>,
+    {
+        self.discover = Some(Box::new(Numbered::new(discover)));
+        self
+    }
+
     /// The pool over any [`Connector`] and mode ([`Builder::connector`]).
     ///
     /// # Errors
     ///
     /// No host, or a host or backup that does not parse.
-    pub fn connector<K, M>(self, connector: K, mode: M) -> Result<Pool<Req, Resp>, InvalidEndpoint>
+    pub fn connector<K, M>(
+        mut self,
+        connector: K,
+        mode: M,
+    ) -> Result<Pool<Req, Resp>, InvalidEndpoint>
     where
         K: Connector<Req, Resp>,
         M: Mode<Req, Resp> + Clone,
     {
+        if let Some(discover) = self.discover.take() {
+            // The endpoints replace the builder's host, which need not be set.
+            let (drain, first) = (self.builder.drain(), self.builder.first_wait());
+            let builder = self.builder.host(crate::Endpoint::new("0.0.0.0", 0));
+            let layer = builder.into_layer(mode)?;
+            return Ok(layer.discovered(self.size, discover, (drain, first), connector));
+        }
         let sizing = self.max.filter(|max| *max > self.size).map(|max| Sizing {
             min: self.size,
             max,
@@ -176,20 +210,62 @@ where
         self.sized(size, None, connector)
     }
 
+    /// A pool of `per` connections to each endpoint `source` yields.
+    fn discovered<K>(
+        &self,
+        per: usize,
+        source: Box<dyn Source>,
+        (drain, first): (Duration, Duration),
+        connector: K,
+    ) -> Pool<Req, Resp>
+    where
+        K: Connector<Req, Resp>,
+    {
+        let members = Arc::new(Members::new(0, false, self.factory(connector)));
+        members
+            .awaiting
+            .store(true, std::sync::atomic::Ordering::Release);
+        let gone = members.gone();
+        let run = endpoints::drive(Arc::downgrade(&members), gone, source, per, drain, first);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(run);
+            }
+            Err(_) => {
+                tracing::warn!("a pool over discovered endpoints needs a runtime: it has none");
+                members.endpoints_came();
+            }
+        }
+        Pool::from_members(members)
+    }
+
+    /// Makes each connection of a group: this layer to the group's endpoint, taking
+    /// the group's turns.
+    fn factory<K>(&self, connector: K) -> Factory<Req, Resp>
+    where
+        K: Connector<Req, Resp>,
+    {
+        // Called again whenever the pool grows: behind a lock, so the layer and the
+        // connector need not be `Sync`.
+        let parts = Mutex::new((self.clone(), connector));
+        Box::new(move |group| {
+            let parts = parts.lock().unwrap_or_else(|e| e.into_inner());
+            let (layer, connector) = &*parts;
+            // Every connection of a group takes turns at connecting with the others.
+            let layer = match &group.endpoint {
+                Some(endpoint) => layer.with_host(endpoint.clone()),
+                None => layer.clone(),
+            }
+            .with_turns(group.turns.clone());
+            tower::Layer::layer(&layer, connector.clone())
+        })
+    }
+
     fn sized<K>(&self, size: usize, sizing: Option<Sizing>, connector: K) -> Pool<Req, Resp>
     where
         K: Connector<Req, Resp>,
     {
-        // Every connection takes turns at connecting with the others.
-        let layer = self.with_turns(Arc::new(TurnGate::default()).turns());
-        // Called again whenever the pool grows: behind a lock, so the layer and the
-        // connector need not be `Sync`.
-        let parts = Mutex::new((layer, connector));
-        let factory: Factory<Req, Resp> = Box::new(move |_key| {
-            let parts = parts.lock().unwrap_or_else(|e| e.into_inner());
-            let (layer, connector) = &*parts;
-            tower::Layer::layer(layer, connector.clone())
-        });
+        let factory = self.factory(connector);
         let members = Arc::new(Members::new(size.max(1), sizing.is_none(), factory));
         if let Some(sizing) = sizing {
             scale::spawn(&members, sizing);
@@ -206,6 +282,7 @@ impl<Req, Resp> fmt::Debug for PoolBuilder<Req, Resp> {
             .field("max", &self.max)
             .field("dwell", &self.dwell)
             .field("target", &self.target)
+            .field("discover", &self.discover.is_some())
             .finish()
     }
 }

@@ -80,7 +80,9 @@ where
             return Poll::Ready(Ok(()));
         }
         let slots = self.slots().clone();
-        if members::all_down(&slots) {
+        // No connection yet, endpoints to come: the balance waits for them.
+        let awaiting = slots.is_empty() && !self.members.empty_for_good(&slots);
+        if !awaiting && members::all_down(&slots) {
             let route = match members::find(&slots) {
                 Found::Down(i) => Route::Down(slots[i].clone()),
                 // None at all: the call fails at once.

@@ -77,7 +77,9 @@ where
                 }
                 soon = true;
             }
-            if !soon {
+            // Endpoints to come (a pool over a `Discover`) are worth waiting for too.
+            let coming = slots.is_empty() && !self.members.empty_for_good(&slots);
+            if !soon && !coming {
                 return match members::find(&slots) {
                     Found::Down(i) => Err(slots[i].down_error()),
                     _ => Err(choose::no_connection()),

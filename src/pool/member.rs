@@ -20,6 +20,8 @@ use crate::shared::State;
 pub(crate) struct Slot<Req, Resp> {
     /// Its name in the pool, never reused (the key of the balances' `Discover`).
     pub(crate) key: u64,
+    /// The group it belongs to (its endpoint's).
+    pub(crate) group: u64,
     pub(crate) channel: Channel<Req, Resp>,
     /// Held by a [`Lease`](super::Lease): no other caller's call goes to it.
     pub(crate) leased: AtomicBool,
@@ -50,9 +52,10 @@ pub(crate) enum Standing {
 }
 
 impl<Req, Resp> Slot<Req, Resp> {
-    pub(crate) fn new(key: u64, channel: Channel<Req, Resp>) -> Self {
+    pub(crate) fn new(key: u64, group: u64, channel: Channel<Req, Resp>) -> Self {
         Slot {
             key,
+            group,
             channel,
             leased: AtomicBool::new(false),
             queuing: AtomicUsize::new(0),

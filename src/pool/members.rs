@@ -17,8 +17,29 @@ use crate::channel::Channel;
 /// The list as it stands: cheap to clone, never changed in place.
 pub(crate) type Snapshot<Req, Resp> = Arc<[Arc<Slot<Req, Resp>>]>;
 
-/// Makes the connection with this key: the pool's builder's settings, taking turns.
-pub(crate) type Factory<Req, Resp> = Box<dyn Fn(u64) -> Channel<Req, Resp> + Send + Sync>;
+/// Makes a connection of a group: the pool's builder's settings, to the group's
+/// endpoint (or the builder's hosts), taking turns with the group's other connections.
+pub(crate) type Factory<Req, Resp> = Box<dyn Fn(&Group) -> Channel<Req, Resp> + Send + Sync>;
+
+/// The connections to one endpoint: those of a pool of one host, or those a
+/// [`Discover`](tower::discover::Discover) of endpoints made for one of them.
+pub(crate) struct Group {
+    pub(crate) id: u64,
+    /// `None`: the builder's host and backups.
+    pub(crate) endpoint: Option<crate::reconnect::Endpoint>,
+    /// Its connections take turns at connecting, and share one backoff.
+    pub(crate) turns: crate::reconnect::Turns,
+}
+
+impl Group {
+    pub(crate) fn new(id: u64, endpoint: Option<crate::reconnect::Endpoint>) -> Arc<Self> {
+        Arc::new(Group {
+            id,
+            endpoint,
+            turns: Arc::new(crate::reconnect::TurnGate::default()).turns(),
+        })
+    }
+}
 
 pub(crate) struct Members<Req, Resp> {
     current: RwLock<Snapshot<Req, Resp>>,
@@ -30,6 +51,13 @@ pub(crate) struct Members<Req, Resp> {
     pub(crate) leases: watch::Sender<()>,
     next_key: AtomicU64,
     factory: Factory<Req, Resp>,
+    /// The group of a pool of one host (the sizing grows it).
+    pub(crate) home: Arc<Group>,
+    /// Endpoints are still to come from a `Discover`: a pool without a connection
+    /// waits for one rather than failing calls.
+    pub(crate) awaiting: AtomicBool,
+    /// Dropped with the pool: the tasks that serve it (its discovery) end.
+    gone: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// Closed by the user: nothing is added from now on.
     pub(crate) closed: AtomicBool,
     /// The size never changes.
@@ -61,20 +89,45 @@ where
             leases: watch::Sender::new(()),
             next_key: AtomicU64::new(0),
             factory,
+            home: Group::new(0, None),
+            awaiting: AtomicBool::new(false),
+            gone: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             fixed,
         };
         for _ in 0..size {
-            members.grow();
+            members.grow(&members.home.clone());
         }
         members
     }
 
-    /// Adds a connection.
-    pub(crate) fn grow(&self) {
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot::new(key, (self.factory)(key)));
-        self.change(|list| list.push(slot));
+    /// Adds a connection to `group`.
+    pub(crate) fn grow(&self, group: &Arc<Group>) {
+        self.grow_by(group, 1);
+    }
+
+    /// Adds `n` connections to `group`, as one change.
+    pub(crate) fn grow_by(&self, group: &Arc<Group>, n: usize) {
+        let slots: Vec<_> = (0..n)
+            .map(|_| {
+                let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+                Arc::new(Slot::new(key, group.id, (self.factory)(group)))
+            })
+            .collect();
+        self.change(|list| list.extend(slots));
+    }
+
+    /// Takes every connection of group `id` out of the list; the caller drains them.
+    pub(crate) fn remove_group(&self, id: u64) -> Vec<Arc<Slot<Req, Resp>>> {
+        let mut removed = Vec::new();
+        self.change(|list| {
+            let (gone, kept) = std::mem::take(list)
+                .into_iter()
+                .partition(|s| s.group == id);
+            *list = kept;
+            removed = gone;
+        });
+        removed
     }
 
     /// Takes the connection `key` out of the list: no new call goes to it; the caller
@@ -96,6 +149,26 @@ impl<Req, Resp> Members<Req, Resp> {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Resolves (with an error) once the pool is gone.
+    pub(crate) fn gone(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.gone.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    /// The endpoints came (or will not): a pool without a connection now fails calls.
+    pub(crate) fn endpoints_came(&self) {
+        if self.awaiting.swap(false, Ordering::AcqRel) {
+            // Wakes whoever waited for them.
+            self.change(|_| {});
+        }
+    }
+
+    /// No connection, and none to wait for.
+    pub(crate) fn empty_for_good(&self, slots: &[Arc<Slot<Req, Resp>>]) -> bool {
+        slots.is_empty() && !self.awaiting.load(Ordering::Acquire)
     }
 
     /// The one connection of a pool that always has exactly one.

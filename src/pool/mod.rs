@@ -16,6 +16,7 @@
 mod build;
 mod choose;
 mod discover;
+mod endpoints;
 mod lease;
 mod member;
 mod members;
@@ -35,6 +36,7 @@ use tower::{BoxError, Service};
 pub use self::build::PoolBuilder;
 use self::choose::Chooser;
 pub use self::choose::PoolFuture;
+pub use self::endpoints::DnsDiscover;
 pub use self::lease::Lease;
 use self::member::Slot;
 use self::members::{Found, Members};
@@ -120,14 +122,21 @@ where
     /// every connection is down.
     async fn pick(&self) -> Result<Arc<Slot<Req, Resp>>, Error> {
         loop {
+            let generation = self.members.generation();
             let slots = self.members.snapshot();
             let changed = match members::find(&slots) {
                 Found::Usable(i) | Found::Down(i) => return Ok(slots[i].clone()),
-                Found::Empty => return Err(choose::no_connection()),
+                Found::Empty if self.members.empty_for_good(&slots) => {
+                    return Err(choose::no_connection());
+                }
                 // Subscribed, then looked at again: a change in between wakes it.
-                Found::Wait => members::changed(&self.members, &slots),
+                Found::Wait | Found::Empty => members::changed(&self.members, &slots),
             };
-            if let Found::Wait = members::find(&slots) {
+            let slots_now = self.members.snapshot();
+            if let Found::Wait | Found::Empty = members::find(&slots_now)
+                && !self.members.empty_for_good(&slots_now)
+                && self.members.generation() == generation
+            {
                 changed.await;
             }
         }

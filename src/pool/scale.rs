@@ -99,7 +99,7 @@ where
         match sizing.step(slots.len(), mean) {
             1 => {
                 info!(size = slots.len() + 1, mean, "pool grows");
-                members.grow();
+                members.grow(&members.home.clone());
             }
             -1 => {
                 // The least busy connection that no lease holds goes, draining.
@@ -111,8 +111,7 @@ where
                     continue;
                 };
                 info!(size = slots.len() - 1, mean, "pool shrinks");
-                let drain = sizing.drain;
-                tokio::spawn(async move { slot.channel.shutdown(drain).await });
+                super::endpoints::drain_out(vec![slot], sizing.drain);
             }
             _ => {
                 debug!(size = slots.len(), mean, "pool keeps its size");
