@@ -40,7 +40,9 @@ pub(crate) enum Control {
     /// sender is dropped once the channel is closed.
     Shutdown(Instant, oneshot::Sender<()>),
     /// Connect now (and reopen a closed channel); the outcome goes to the sender.
-    Connect(oneshot::Sender<Result<(), Error>>),
+    /// `true`: a pass that dials whatever a pool sibling's last pass did (`connect()`);
+    /// `false`: one that takes its turn as any (a pool connecting its connections).
+    Connect(oneshot::Sender<Result<(), Error>>, bool),
     /// New calls go to this host; calls on the old connection drain.
     ChangeHost(HostSpec),
     /// Replace the backups, from the next connect pass on.

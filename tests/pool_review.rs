@@ -74,11 +74,10 @@ async fn a_member_is_not_shielded_forever_by_a_closed_siblings_failure() {
         let pool = build(&net, builder(fixed(Duration::from_secs(1))), 2);
         let (m0, m1) = (member(&pool, 0), member(&pool, 1));
         assert!(m0.connect().await.is_err(), "member 0 dials and fails");
-        let err = m1.connect().await.expect_err("member 1 follows");
-        assert!(
-            format!("{err:?}").contains("SiblingFailed"),
-            "shielded: {err:?}"
-        );
+        // A channel's own `connect()` dials, whatever its sibling's pass did
+        // (`pool_review2::connect_after_a_failed_pass_dials_again`); its passes after
+        // follow member 0's.
+        assert!(m1.connect().await.is_err(), "member 1 dials and fails too");
         // Member 0 is closed (through `channels()`, or a lease's `close()`); the host
         // comes back.
         m0.close();

@@ -490,6 +490,12 @@ where
     /// From the handshake's own handle it resolves at once: the connection the
     /// handshake runs on is the one being made.
     pub async fn connect(&self) -> Result<(), Error> {
+        self.connect_as(true).await
+    }
+
+    /// [`connect`](Self::connect); `fresh`: the pass dials whatever a pool sibling's
+    /// last pass did, else it takes its turn as any pass (`reconnect/turns.rs`).
+    pub(crate) async fn connect_as(&self, fresh: bool) -> Result<(), Error> {
         if self.lane {
             return Ok(());
         }
@@ -499,7 +505,12 @@ where
         // The reconnect task reopens the channel when it takes this; a fixed-transport
         // channel that has ended stays closed.
         let (tx, rx) = oneshot::channel();
-        if self.shared.control.send(Control::Connect(tx)).is_err() {
+        if self
+            .shared
+            .control
+            .send(Control::Connect(tx, fresh))
+            .is_err()
+        {
             return Err(closed());
         }
         future::outcome(rx.await)

@@ -89,7 +89,7 @@ where
             // Ended: a caller may still hold a slot it reserved before; its call must
             // fail, not wait in a channel nobody reads. `connect()` learns it is closed.
             while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
-                if let Control::Connect(done) = control {
+                if let Control::Connect(done, _) = control {
                     let _ = done.send(Err(Error::new(Kind::Closed)));
                 }
                 // A `Shutdown`'s sender is dropped with it: that shutdown is over.
@@ -112,7 +112,7 @@ where
                     }
                 }
                 // Without a connector there is nothing to reconnect or redirect.
-                Control::Connect(done) => {
+                Control::Connect(done, _) => {
                     let outcome = if this.engine.shared.is_closed() {
                         Err(Error::new(Kind::Closed))
                     } else {

@@ -119,7 +119,11 @@ where
             (Some(Route::Chosen), Some(Choice::Many(balance))) => {
                 Inner::Balanced(balance.call(request))
             }
-            (Some(Route::Down(slot)), _) => Inner::Direct(slot.channel.clone().direct(request)),
+            (Some(Route::Down(slot)), _) => {
+                let mut channel = slot.channel.clone();
+                let slots = &self.slots;
+                Inner::Direct(slot.send(&mut channel, || slots.clone(), request))
+            }
             (Some(Route::Chosen), None) | (None, _) => {
                 let slots = self.slots().clone();
                 match members::find(&slots) {
@@ -127,7 +131,10 @@ where
                         let mut channel = slots[i].channel.clone();
                         Inner::Direct(slots[i].send(&mut channel, || slots.clone(), request))
                     }
-                    Found::Down(i) => Inner::Direct(slots[i].channel.clone().direct(request)),
+                    Found::Down(i) => {
+                        let mut channel = slots[i].channel.clone();
+                        Inner::Direct(slots[i].send(&mut channel, || slots.clone(), request))
+                    }
                     Found::Wait => Inner::Failed(Some(unready())),
                     Found::Empty => Inner::Failed(Some(no_connection().into())),
                 }

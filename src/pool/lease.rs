@@ -59,7 +59,7 @@ where
                 let slot = &slots[i];
                 let taken =
                     slot.leased
-                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst);
                 if taken.is_ok() {
                     // Made first, so a caller who drops this future returns it.
                     let lease = Lease {

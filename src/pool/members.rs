@@ -114,7 +114,12 @@ where
                 Arc::new(Slot::new(key, group.id, (self.factory)(group)))
             })
             .collect();
+        let added: Vec<_> = slots.iter().map(|s| s.channel.clone()).collect();
         self.change(|list| list.extend(slots));
+        // A `close()` that listed the connections before these were in: they close too.
+        if self.closed.load(Ordering::SeqCst) {
+            added.iter().for_each(|c| c.close());
+        }
     }
 
     /// Takes every connection of group `id` out of the list; the caller drains them.

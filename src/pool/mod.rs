@@ -148,21 +148,42 @@ where
     async fn exchange(&self, call: impl IntoCall<Req>, shape: Shape) -> Result<Reply<Resp>, Error> {
         let mut call = call.into_call();
         call.shape = shape;
-        let deadline = call.deadline;
+        // The channels' default deadline, counted from now, as a channel's method
+        // stamps it: it bounds the wait for a connection and for room too.
+        if call.deadline.is_none()
+            && let Some(timeout) = self.call_timeout()
+        {
+            call.deadline = Some(crate::config::deadline(
+                tokio::time::Instant::now(),
+                timeout,
+            ));
+        }
         loop {
-            let slot = self.pick().await?;
-            let mut channel = slot.channel.clone();
-            let room = std::future::poll_fn(|cx| channel.poll_reserve(cx));
-            let room = match deadline {
-                None => room.await,
-                Some(at) => match tokio::time::timeout_at(at, room).await {
-                    Ok(room) => room,
-                    Err(_) => Err(Error::new(crate::error::Kind::Timeout)),
-                },
+            let picked = async {
+                let slot = self.pick().await?;
+                let mut channel = slot.channel.clone();
+                let room = std::future::poll_fn(|cx| channel.poll_reserve(cx)).await;
+                Ok::<_, Error>((slot, channel, room.is_ok()))
             };
-            // Refused (closed): the call fails as the channel fails it.
-            let queuing = if room.is_ok() { slot.queue() } else { None };
-            if room.is_ok() && queuing.is_none() {
+            let picked = match call.deadline {
+                None => picked.await,
+                Some(at) => tokio::time::timeout_at(at, picked)
+                    .await
+                    .unwrap_or_else(|_| Err(Error::new(crate::error::Kind::Timeout))),
+            };
+            let (slot, mut channel, room) = match picked {
+                Ok(picked) => picked,
+                // Timed out, or no connection at all: not sent, the request handed back.
+                Err(mut err) => {
+                    if let Some(req) = call.frames.into_any() {
+                        err.put_request(req);
+                    }
+                    return Err(err);
+                }
+            };
+            // No room because it is refused (closed): the call fails as it fails it.
+            let queuing = if room { slot.queue() } else { None };
+            if room && queuing.is_none() {
                 // Leased while it waited for room: choose again.
                 channel.release();
                 continue;
@@ -171,6 +192,12 @@ where
             drop(queuing);
             return std::future::poll_fn(|cx| reply.poll_reply(cx)).await;
         }
+    }
+
+    /// The deadline the connections give a call without one
+    /// ([`Config::call_timeout`](crate::Config::call_timeout)).
+    fn call_timeout(&self) -> Option<Duration> {
+        self.members.snapshot().first()?.channel.shared.call_timeout
     }
 
     /// Sends a request to one connection and waits for its reply
@@ -244,7 +271,7 @@ where
     pub fn close(&self) {
         self.members
             .closed
-            .store(true, std::sync::atomic::Ordering::Release);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.channels().for_each(|c| c.close());
     }
 
@@ -252,7 +279,7 @@ where
     pub async fn shutdown(&self, deadline: Duration) {
         self.members
             .closed
-            .store(true, std::sync::atomic::Ordering::Release);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let all = self.channels().map(|channel| {
             Box::pin(async move { channel.shutdown(deadline).await })
                 as Pin<Box<dyn Future<Output = ()> + Send>>
@@ -260,18 +287,41 @@ where
         join_all(all.collect()).await;
     }
 
-    /// Connects every connection now, if not connected (one dial at a time), and waits
-    /// for them all ([`Channel::connect`]).
+    /// Connects every connection now, if not connected, and waits for them all
+    /// ([`Channel::connect`], which dials whatever the last pass did). One connection
+    /// of each endpoint connects first; if it fails, so does this, and the others keep
+    /// following the pool's backoff: a dead host is dialed once, not once per
+    /// connection.
     ///
     /// # Errors
     ///
     /// The first connection's error, when one failed to connect.
     pub async fn connect(&self) -> Result<(), Error> {
-        let all = self.channels().map(|channel| {
-            Box::pin(async move { channel.connect().await })
-                as Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
-        });
-        join_all(all.collect()).await.into_iter().collect()
+        let slots = self.members.snapshot();
+        let mut first: Vec<Arc<Slot<Req, Resp>>> = Vec::new();
+        for slot in slots.iter() {
+            if !first.iter().any(|f| f.group == slot.group) {
+                first.push(slot.clone());
+            }
+        }
+        let connect = |slots: Vec<Arc<Slot<Req, Resp>>>, fresh: bool| {
+            let all = slots.into_iter().map(|slot| {
+                let channel = slot.channel.clone();
+                Box::pin(async move { channel.connect_as(fresh).await })
+                    as Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
+            });
+            join_all(all.collect())
+        };
+        let rest = slots
+            .iter()
+            .filter(|s| !first.iter().any(|f| f.key == s.key))
+            .cloned()
+            .collect();
+        // The first of each endpoint dials; the others then take their turn, following
+        // it if it failed.
+        let firsts: Result<(), Error> = connect(first, true).await.into_iter().collect();
+        let rest: Result<(), Error> = connect(rest, false).await.into_iter().collect();
+        firsts.and(rest)
     }
 }
 

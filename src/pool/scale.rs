@@ -102,12 +102,26 @@ where
                 members.grow(&members.home.clone());
             }
             -1 => {
-                // The least busy connection that no lease holds goes, draining.
-                let idlest = usable
+                // One that is down goes first; else the least busy usable one that no
+                // lease holds, but never the last usable one. It drains.
+                let free =
+                    |s: &&Arc<super::member::Slot<Req, Resp>>| !s.leased.load(Ordering::Acquire);
+                let down = slots
                     .iter()
-                    .filter(|s| !s.leased.load(Ordering::Acquire))
-                    .min_by_key(|s| s.channel.shared.stats.in_flight());
-                let Some(slot) = idlest.and_then(|s| members.remove(s.key)) else {
+                    .filter(free)
+                    .find(|s| s.standing() == Standing::Down);
+                let idlest = || {
+                    (usable.len() > 1)
+                        .then(|| {
+                            usable
+                                .iter()
+                                .copied()
+                                .filter(free)
+                                .min_by_key(|s| s.channel.shared.stats.in_flight())
+                        })
+                        .flatten()
+                };
+                let Some(slot) = down.or_else(idlest).and_then(|s| members.remove(s.key)) else {
                     continue;
                 };
                 info!(size = slots.len() - 1, mean, "pool shrinks");

@@ -51,18 +51,20 @@ where
                     });
                 }
             },
-            Control::Connect(done) => {
+            Control::Connect(done, fresh) => {
                 if let Some(shutdown) = &mut self.shutdown {
                     // The shutdown finishes first; then the channel reopens.
                     shutdown.reopen.push(done);
                     return;
                 }
-                self.reopen(vec![done]);
+                self.reopen(vec![done], fresh);
             }
             Control::ChangeBackups(backups) => self.hosts.set_backups(&backups),
             Control::Deadlines => self.engine.deadlines.used = true,
             Control::ChangeHost(host) => {
                 self.hosts.set_current(&host);
+                // Another host: no sibling's failure on the old one holds it back.
+                self.fresh_pass = true;
                 // The host asked for is tried first, whatever the last one did.
                 self.demote_current = false;
                 info!(endpoint = %self.hosts.current, "changing host");
@@ -86,7 +88,7 @@ where
     }
 
     /// `connect()`: opens the channel (reopens a closed one) and connects if it is not.
-    fn reopen(&mut self, mut waiters: Vec<oneshot::Sender<Result<(), Error>>>) {
+    fn reopen(&mut self, mut waiters: Vec<oneshot::Sender<Result<(), Error>>>, fresh: bool) {
         if waiters.is_empty() {
             return;
         }
@@ -103,6 +105,9 @@ where
             Phase::Idle | Phase::Closed | Phase::BackingOff { .. } => {
                 self.connect_waiters.append(&mut waiters);
                 self.failures = 0;
+                // Asked for: it dials, whatever a sibling's last pass did (unless a pool
+                // asked, for all its connections: then it takes its turn).
+                self.fresh_pass = fresh;
                 self.phase = self.start_pass();
             }
         }
@@ -173,7 +178,7 @@ where
                         self.set_state(State::BackingOff);
                         self.phase = Phase::BackingOff { sleep, fail_fast };
                     }
-                    _ => self.reopen(shutdown.reopen),
+                    _ => self.reopen(shutdown.reopen, true),
                 }
             } else {
                 for done in shutdown.reopen {

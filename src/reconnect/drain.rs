@@ -61,6 +61,9 @@ where
     ) -> Phase<T, M::Matcher, Req, Resp> {
         self.draining
             .push(Draining::new(conn, self.opts.drain_timeout));
+        // The host is up (the connection answered): its replacement does not follow a
+        // sibling's failure.
+        self.fresh_pass = true;
         if self.engine.queue_is_empty() {
             self.after_loss()
         } else {

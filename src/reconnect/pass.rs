@@ -35,11 +35,14 @@ pub(super) struct Pass {
 
 /// Where a pass stands with its turn.
 pub(super) enum TurnSlot {
-    /// Not taken yet.
-    Waiting,
+    /// Not taken yet; `fresh`: it never follows a sibling's failure (`Turns::take`).
+    Waiting {
+        fresh: bool,
+    },
     Held(TurnGuard),
-    /// A sibling failed: this pass fails without dialing, and backs off until then.
-    Follow(Instant),
+    /// A sibling failed: this pass fails without dialing, and backs off until then
+    /// (`None`: the sibling gave up; this one's own backoff applies).
+    Follow(Option<Instant>),
 }
 
 impl Pass {
@@ -78,11 +81,10 @@ where
             next: 0,
             failures: Vec::new(),
             redirects: 0,
-            turn: self
-                .opts
-                .turns
-                .as_ref()
-                .map(|_| Arc::new(Mutex::new(TurnSlot::Waiting))),
+            turn: self.opts.turns.as_ref().map(|_| {
+                let fresh = std::mem::take(&mut self.fresh_pass);
+                Arc::new(Mutex::new(TurnSlot::Waiting { fresh }))
+            }),
         };
         self.next_host(pass)
     }
@@ -96,10 +98,12 @@ where
             return self.pass_failed(pass);
         };
         // The first attempt of a pass that takes turns takes the pass's turn first.
-        let taking = match (&pass.turn, &self.opts.turns) {
-            (Some(turn), Some(turns)) if matches!(*pass.slot().unwrap(), TurnSlot::Waiting) => {
-                Some((turn.clone(), turns.clone()))
-            }
+        let waiting = match pass.slot().as_deref() {
+            Some(TurnSlot::Waiting { fresh }) => Some(*fresh),
+            _ => None,
+        };
+        let taking = match (&pass.turn, &self.opts.turns, waiting) {
+            (Some(turn), Some(turns), Some(fresh)) => Some((turn.clone(), turns.clone(), fresh)),
             _ => None,
         };
         pass.next += 1;
@@ -111,8 +115,8 @@ where
         let target = endpoint.clone();
         let attempt = async move {
             // Outside the connect timeout: waiting for a sibling's pass is no dial.
-            if let Some((turn, turns)) = taking {
-                let taken = match turns.take().await {
+            if let Some((turn, turns, fresh)) = taking {
+                let taken = match turns.take(fresh).await {
                     Turn::Go(guard) => TurnSlot::Held(guard),
                     Turn::Follow(until, sibling) => {
                         *turn.lock().unwrap_or_else(|e| e.into_inner()) = TurnSlot::Follow(until);
@@ -199,18 +203,19 @@ where
             // Siblings follow this pass until it retries.
             TurnSlot::Held(guard) => {
                 let until = match &phase {
-                    Phase::BackingOff { sleep, .. } => sleep.deadline(),
-                    _ => Instant::now(),
+                    Phase::BackingOff { sleep, .. } => Some(sleep.deadline()),
+                    _ => None,
                 };
                 guard.failed(until, cause);
             }
-            // This one followed a sibling: it retries when the sibling does.
+            // This one followed a sibling: it retries when the sibling does (one that
+            // gave up leaves no such time: this one's own backoff applies).
             TurnSlot::Follow(until) => {
-                if let Phase::BackingOff { sleep, .. } = &mut phase {
-                    sleep.as_mut().reset(*until);
+                if let (Phase::BackingOff { sleep, .. }, Some(until)) = (&mut phase, *until) {
+                    sleep.as_mut().reset(until);
                 }
             }
-            TurnSlot::Waiting => {}
+            TurnSlot::Waiting { .. } => {}
         }
         phase
     }

@@ -99,6 +99,9 @@ where
     /// The current host accepted and then died without a reply: the next pass tries it
     /// last, so a crash-looping host does not shut out its backups.
     pub(super) demote_current: bool,
+    /// The next pass was asked for (`connect()`, a host change) or replaces a
+    /// connection that answered: taking turns, it never follows a sibling's failure.
+    pub(super) fresh_pass: bool,
 }
 
 /// A seed for a channel's backoff jitter that differs between channels: made in the
@@ -153,6 +156,7 @@ where
             connected_before: false,
             connect_waiters: Vec::new(),
             demote_current: false,
+            fresh_pass: false,
         };
         this.engine.shared.set_state(State::Idle);
         if this.opts.eager {

@@ -4,10 +4,21 @@
 //! A pass takes the turn before its first dial (the wait is not part of any connect
 //! timeout) and holds it to its end, handshake included. A pass that fails leaves the
 //! time its own backoff retries at; until then a sibling's pass does not dial: it fails
-//! at once with [`SiblingFailed`] and backs off until that same time. The first pass
-//! after it (any sibling's) dials; one that connects clears the failure. So one dead
-//! host, or one that fails every handshake, sees one pass per backoff step however
-//! many channels there are, and every channel comes back in the same step.
+//! at once with [`SiblingFailed`] and backs off until that same time, and so does a
+//! pass that waited for the failed one (in the same step), even when it gave up. The
+//! first pass after it (any sibling's) dials; one that connects clears the failure.
+//! So one dead host, or one that fails every handshake, sees one pass per backoff step
+//! however many channels there are, and every channel comes back in the same step.
+//!
+//! A *fresh* pass never follows (it only waits its turn): one asked for by
+//! `connect()`, one after a host change (the failure was another host's), and one that
+//! replaces a connection that answered (a retirement: the host is up).
+//!
+//! Not covered: a host that accepts, passes the handshake and then drops the
+//! connection still sees each channel reconnect (a pass that connected clears the
+//! failure; the loss is backed off by each channel alone). And a channel waiting for
+//! its turn is `Connecting` for as long as the passes before it take, up to K times
+//! the connect and handshake timeouts.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -35,15 +46,29 @@ pub(crate) struct TurnGate {
 struct GateState {
     running: bool,
     /// The last pass failed: until when, and why.
-    failed: Option<(Instant, Cause)>,
+    failed: Option<Failed>,
+    /// Passes ended so far.
+    ended: u64,
 }
+
+struct Failed {
+    until: Instant,
+    cause: Cause,
+    /// The pass gave up (its backoff ended): siblings in the same step give up too.
+    gave_up: bool,
+}
+
+/// How long a pass that gave up holds back its siblings: those woken in the same step
+/// (their timers all fire at the time the last failure left) give up with it.
+const GAVE_UP_STEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a pass may go on.
 pub(crate) enum Turn {
     /// Its turn: it dials, and holds the turn until it ends.
     Go(TurnGuard),
-    /// A sibling's pass failed: this one fails at once and backs off until then.
-    Follow(Instant, SiblingFailed),
+    /// A sibling's pass failed: this one fails at once and backs off until then, or
+    /// (`None`: the sibling gave up) as its own backoff says.
+    Follow(Option<Instant>, SiblingFailed),
 }
 
 /// A pass's turn, given back when it is dropped: with the pass's outcome if it was
@@ -55,7 +80,7 @@ pub(crate) struct TurnGuard {
 
 enum Outcome {
     Connected,
-    Failed(Instant, Cause),
+    Failed(Option<Instant>, Cause),
 }
 
 impl TurnGate {
@@ -66,8 +91,12 @@ impl TurnGate {
 }
 
 impl Turns {
-    /// Waits while a sibling's pass runs, then takes the turn or follows its failure.
-    pub(crate) async fn take(&self) -> Turn {
+    /// Waits while a sibling's pass runs, then takes the turn or follows a failure: one
+    /// whose retry time has not come, or that of the pass it waited for (even one that
+    /// gave up). A `fresh` pass (asked for by `connect()` or a host change, or
+    /// replacing a connection that answered) never follows: it only waits its turn.
+    pub(crate) async fn take(&self, fresh: bool) -> Turn {
+        let mut waited_for = None;
         loop {
             let ended = self.gate.done.notified();
             tokio::pin!(ended);
@@ -75,10 +104,12 @@ impl Turns {
             {
                 let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
                 if !state.running {
-                    if let Some((until, cause)) = &state.failed
-                        && Instant::now() < *until
-                    {
-                        return Turn::Follow(*until, SiblingFailed(cause.clone()));
+                    if let Some(failed) = &state.failed {
+                        let awaited = waited_for.is_some_and(|seen| state.ended > seen);
+                        if !fresh && (awaited || Instant::now() < failed.until) {
+                            let until = (!failed.gave_up).then_some(failed.until);
+                            return Turn::Follow(until, SiblingFailed(failed.cause.clone()));
+                        }
                     }
                     state.running = true;
                     return Turn::Go(TurnGuard {
@@ -86,6 +117,7 @@ impl Turns {
                         outcome: None,
                     });
                 }
+                waited_for.get_or_insert(state.ended);
             }
             ended.await;
         }
@@ -98,8 +130,9 @@ impl TurnGuard {
         self.outcome = Some(Outcome::Connected);
     }
 
-    /// The pass failed, and retries at `until`: siblings follow until then.
-    pub(crate) fn failed(&mut self, until: Instant, cause: Cause) {
+    /// The pass failed, and retries at `until` (`None`: it gave up): siblings follow
+    /// until then.
+    pub(crate) fn failed(&mut self, until: Option<Instant>, cause: Cause) {
         self.outcome = Some(Outcome::Failed(until, cause));
     }
 }
@@ -109,9 +142,16 @@ impl Drop for TurnGuard {
         {
             let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
             state.running = false;
+            state.ended += 1;
             match self.outcome.take() {
                 Some(Outcome::Connected) => state.failed = None,
-                Some(Outcome::Failed(until, cause)) => state.failed = Some((until, cause)),
+                Some(Outcome::Failed(until, cause)) => {
+                    state.failed = Some(Failed {
+                        until: until.unwrap_or_else(|| Instant::now() + GAVE_UP_STEP),
+                        cause,
+                        gave_up: until.is_none(),
+                    });
+                }
                 None => {}
             }
         }
