@@ -1,17 +1,20 @@
-//! A pool of connections to one endpoint, balanced by tower's `p2c` (feature `pool`).
+//! A pool of connections, balanced by tower's `p2c` (feature `pool`).
 //!
 //! ```text
-//!   Pool handle ── its own p2c Balance ──▶ Member 0 ─┐  (each a clone of one shared
-//!   Pool handle ── its own p2c Balance ──▶ Member 1 ─┤   Channel: its Load, its state)
-//!                                          ...       ┘
-//!   members' connect passes ──▶ one TurnGate: one pass at a time, one backoff for all
+//!   Pool handle ── Chooser: its own p2c Balance ──▶ Member ─┐  (each a clone of one
+//!   Pool handle ── Chooser: its own p2c Balance ──▶ Member ─┤   shared Channel)
+//!   Members: the list (snapshots), changed by scale.rs and endpoints.rs
+//!   each endpoint's connect passes ──▶ one TurnGate: one pass at a time, one backoff
 //! ```
 //!
 //! Every handle holds its own balance over clones of the shared connections, so the
-//! hot path takes no lock and goes through no `Buffer`. A connection that is connecting,
-//! backing off, closed or leased is held out of the choice (`member.rs`); the members
-//! take turns at connecting (`reconnect/turns.rs`); a [`Lease`] takes one connection for a sequence
-//! of calls (`lease.rs`); [`Pushes`] merges the push frames (`pushes.rs`).
+//! hot path takes no lock and goes through no `Buffer` (`choose.rs`, the list's
+//! `Discover` in `discover.rs`). A connection that is connecting, backing off, closed or
+//! leased is held out of the choice (`member.rs`); the connections of an endpoint take
+//! turns at connecting (`reconnect/turns.rs`); the size may follow the load
+//! (`scale.rs`) and the endpoints a `Discover` (`endpoints.rs`); a [`Lease`] takes one
+//! connection for a sequence of calls (`lease.rs`); [`Pushes`] merges the push frames
+//! (`pushes.rs`).
 
 mod build;
 mod choose;
@@ -50,8 +53,9 @@ use crate::mux::Until;
 use crate::shared::State;
 use crate::stats::Counters;
 
-/// A pool of connections to one endpoint: `size` reconnecting [`Channel`]s built alike,
-/// each call sent to the less loaded of two connections drawn at random (tower's
+/// A pool of connections: `size` reconnecting [`Channel`]s built alike, to one host (or
+/// to each endpoint a [`Discover`](PoolBuilder::discover) yields), each call sent to the
+/// less loaded of two connections drawn at random (tower's
 /// [`p2c`](tower::balance::p2c)), over several cores' worth of connection tasks and
 /// TCP streams.
 ///
