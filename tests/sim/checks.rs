@@ -2,7 +2,8 @@
 //! and the simulation's own (`shutdown_prompt`, `limit_only_when_over`, and for the
 //! server's word, issue 18: `drain_writes_nothing_new`, `drain_loses_nothing`,
 //! `closed_only_when_closed`, `wrong_server_backs_off`), and for the connectors, issue
-//! 19: `eyeballs_reach_the_next_address` (in `connectors`).
+//! 19: `eyeballs_reach_the_next_address` (in `connectors`), and for the pool:
+//! `lease_is_exclusive`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -77,6 +78,7 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(closed_only_when_closed(ctx, scn));
     out.extend(wrong_server_backs_off(ctx, net, scn));
     out.extend(notices_only_for_callers_gone(ctx));
+    out.extend(lease_is_exclusive(ctx));
     out.extend(super::connectors::eyeballs_reach_the_next_address(
         ctx, net, scn,
     ));
@@ -157,6 +159,60 @@ fn notices_only_for_callers_gone(ctx: &Ctx) -> Vec<Violation> {
                 }
             }
             Wire::DrainRead { .. } | Wire::WrongServerRead { .. } => {}
+        }
+    }
+    out
+}
+
+/// `lease_is_exclusive` (`Pool::lease`): while a lease is held, no call made through
+/// the pool's other paths after it was granted is written on the leased channel's
+/// connection. The leased connections are those the lease's own calls were written on;
+/// from the client codec's journal, between the grant and the drop.
+fn lease_is_exclusive(ctx: &Ctx) -> Vec<Violation> {
+    let leases = ctx.leases.lock().unwrap().clone();
+    if leases.is_empty() {
+        return Vec::new();
+    }
+    let events = ctx.wire.events();
+    let calls = ctx.ledger.calls();
+    let mut out = Vec::new();
+    for l in &leases {
+        let window = &events[l.from.min(events.len())..l.to.min(events.len())];
+        let leased: BTreeSet<u64> = window
+            .iter()
+            .filter_map(|e| match e.what {
+                Wire::Encoded { nonce, .. } if l.nonces.contains(&nonce) => Some(e.codec),
+                _ => None,
+            })
+            .collect();
+        for e in window {
+            let Wire::Encoded {
+                nonce,
+                handshake: false,
+                ..
+            } = e.what
+            else {
+                continue;
+            };
+            let other = nonce > l.grant
+                && !l.nonces.contains(&nonce)
+                && calls
+                    .iter()
+                    .any(|c| c.nonce == nonce && c.client == l.client && !c.handshake);
+            if other && leased.contains(&e.codec) && out.len() < 5 {
+                out.push(Violation::new(
+                    "lease_is_exclusive",
+                    format!(
+                        "client {}: codec {} wrote n={nonce} at {} ms while leased (the lease granted after n={}, its calls {:?})",
+                        l.client,
+                        e.codec,
+                        e.at.as_millis(),
+                        l.grant,
+                        l.nonces
+                    ),
+                ));
+                break;
+            }
         }
     }
     out
