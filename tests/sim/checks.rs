@@ -237,10 +237,12 @@ fn is_attempt(what: &What) -> bool {
 }
 
 /// The ops that act on `client`'s hosts or connection: `change_host`, `change_backups`,
-/// `connect()`, `close`, `shutdown`.
+/// `connect()`, `close`, `shutdown`, and a pool's `Discover` removing an endpoint.
 pub fn reconfigures(op: &Op, client: usize) -> bool {
     match op {
-        Op::ChangeHost { client: c, .. } | Op::ChangeBackups { client: c, .. } => *c == client,
+        Op::ChangeHost { client: c, .. }
+        | Op::ChangeBackups { client: c, .. }
+        | Op::Remove { client: c, .. } => *c == client,
         Op::Connect(c) | Op::Close(c) => *c == client,
         Op::Shutdown { client: c, .. } => *c == client,
         _ => false,
@@ -327,7 +329,8 @@ fn retired_by_rule(
         .ops
         .iter()
         .filter(|(at, op)| {
-            ms(*at) >= accepted && matches!(op, Op::ChangeHost { client: c, .. } if *c == client)
+            ms(*at) >= accepted
+                && matches!(op, Op::ChangeHost { client: c, .. } | Op::Remove { client: c, .. } if *c == client)
         })
         .map(|(at, _)| ms(*at))
         .next();
@@ -585,6 +588,11 @@ fn wrong_server_backs_off(
                     ),
                 ));
             }
+            continue;
+        }
+        // A pool's channel over a `Discover` has one host, its endpoint: there is no
+        // other to go to.
+        if plan.discover.is_some() {
             continue;
         }
         // The client's configured hosts then (none reconfigured since the connection
