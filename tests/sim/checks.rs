@@ -2,7 +2,8 @@
 //! and the simulation's own (`shutdown_prompt`, `limit_only_when_over`, and for the
 //! server's word, issue 18: `drain_writes_nothing_new`, `drain_loses_nothing`,
 //! `closed_only_when_closed`, `wrong_server_backs_off`), and for the connectors, issue
-//! 19: `eyeballs_reach_the_next_address` (in `connectors`).
+//! 19: `eyeballs_reach_the_next_address` (in `connectors`), and for the pool:
+//! `lease_is_exclusive`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -77,6 +78,7 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(closed_only_when_closed(ctx, scn));
     out.extend(wrong_server_backs_off(ctx, net, scn));
     out.extend(notices_only_for_callers_gone(ctx));
+    out.extend(lease_is_exclusive(ctx));
     out.extend(super::connectors::eyeballs_reach_the_next_address(
         ctx, net, scn,
     ));
@@ -162,6 +164,60 @@ fn notices_only_for_callers_gone(ctx: &Ctx) -> Vec<Violation> {
     out
 }
 
+/// `lease_is_exclusive` (`Pool::lease`): while a lease is held, no call made through
+/// the pool's other paths after it was granted is written on the leased channel's
+/// connection. The leased connections are those the lease's own calls were written on;
+/// from the client codec's journal, between the grant and the drop.
+fn lease_is_exclusive(ctx: &Ctx) -> Vec<Violation> {
+    let leases = ctx.leases.lock().unwrap().clone();
+    if leases.is_empty() {
+        return Vec::new();
+    }
+    let events = ctx.wire.events();
+    let calls = ctx.ledger.calls();
+    let mut out = Vec::new();
+    for l in &leases {
+        let window = &events[l.from.min(events.len())..l.to.min(events.len())];
+        let leased: BTreeSet<u64> = window
+            .iter()
+            .filter_map(|e| match e.what {
+                Wire::Encoded { nonce, .. } if l.nonces.contains(&nonce) => Some(e.codec),
+                _ => None,
+            })
+            .collect();
+        for e in window {
+            let Wire::Encoded {
+                nonce,
+                handshake: false,
+                ..
+            } = e.what
+            else {
+                continue;
+            };
+            let other = nonce > l.grant
+                && !l.nonces.contains(&nonce)
+                && calls
+                    .iter()
+                    .any(|c| c.nonce == nonce && c.client == l.client && !c.handshake);
+            if other && leased.contains(&e.codec) && out.len() < 5 {
+                out.push(Violation::new(
+                    "lease_is_exclusive",
+                    format!(
+                        "client {}: codec {} wrote n={nonce} at {} ms while leased (the lease granted after n={}, its calls {:?})",
+                        l.client,
+                        e.codec,
+                        e.at.as_millis(),
+                        l.grant,
+                        l.nonces
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
 fn ms(at: u64) -> Duration {
     Duration::from_millis(at)
 }
@@ -181,10 +237,12 @@ fn is_attempt(what: &What) -> bool {
 }
 
 /// The ops that act on `client`'s hosts or connection: `change_host`, `change_backups`,
-/// `connect()`, `close`, `shutdown`.
+/// `connect()`, `close`, `shutdown`, and a pool's `Discover` removing an endpoint.
 pub fn reconfigures(op: &Op, client: usize) -> bool {
     match op {
-        Op::ChangeHost { client: c, .. } | Op::ChangeBackups { client: c, .. } => *c == client,
+        Op::ChangeHost { client: c, .. }
+        | Op::ChangeBackups { client: c, .. }
+        | Op::Remove { client: c, .. } => *c == client,
         Op::Connect(c) | Op::Close(c) => *c == client,
         Op::Shutdown { client: c, .. } => *c == client,
         _ => false,
@@ -271,7 +329,8 @@ fn retired_by_rule(
         .ops
         .iter()
         .filter(|(at, op)| {
-            ms(*at) >= accepted && matches!(op, Op::ChangeHost { client: c, .. } if *c == client)
+            ms(*at) >= accepted
+                && matches!(op, Op::ChangeHost { client: c, .. } | Op::Remove { client: c, .. } if *c == client)
         })
         .map(|(at, _)| ms(*at))
         .next();
@@ -529,6 +588,11 @@ fn wrong_server_backs_off(
                     ),
                 ));
             }
+            continue;
+        }
+        // A pool's channel over a `Discover` has one host, its endpoint: there is no
+        // other to go to.
+        if plan.discover.is_some() {
             continue;
         }
         // The client's configured hosts then (none reconfigured since the connection

@@ -8,8 +8,8 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use super::proto::{Msg, SimCodec, SimServer, tag_of};
-use super::run::{Ch, Ctx, boxed, call, failed, spawn_call};
-use super::scenario::{Op, Scenario, Shape};
+use super::run::{Client, Ctx, LeaseRecord, body, boxed, call, failed, pool_call, spawn_call};
+use super::scenario::{Flags, Op, Scenario, Shape};
 
 /// Virtual time the end of a scenario waits for every call to resolve once the hosts
 /// are healed.
@@ -18,7 +18,7 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 pub fn apply(
     ctx: &Arc<Ctx>,
     net: &Net<SimServer, SimCodec>,
-    channels: &[Ch],
+    channels: &[Client],
     stack: Option<&BoxCloneService<Msg, Msg, socketchannel::BoxError>>,
     op: &Op,
 ) {
@@ -28,7 +28,10 @@ pub fn apply(
             client,
             shape,
             flags,
-        } => call(ctx, &channels[*client], *client, *shape, flags),
+        } => match &channels[*client] {
+            Client::Ch(ch) => call(ctx, ch, *client, *shape, flags),
+            Client::Pool(pool, _) => pool_call(ctx, pool, *client, *shape, flags),
+        },
         Op::Balance { flags } => {
             let Some(stack) = stack else { return };
             let nonce = ctx.nonce();
@@ -59,14 +62,20 @@ pub fn apply(
             });
         }
         Op::ChangeHost { client, host } => {
+            let Some(ch) = channels[*client].ch() else {
+                return;
+            };
             let name = ctx.hosts[*host].clone();
-            let _ = channels[*client].change_host(&name);
+            let _ = ch.change_host(&name);
             ctx.reconfigure(*client, Some(name), None);
             ctx.kicks.lock().unwrap().push((*client, now));
         }
         Op::ChangeBackups { client, hosts } => {
+            let Some(ch) = channels[*client].ch() else {
+                return;
+            };
             let names: Vec<String> = hosts.iter().map(|h| ctx.hosts[*h].clone()).collect();
-            let _ = channels[*client].change_backups(&names);
+            let _ = ch.change_backups(&names);
             ctx.reconfigure(*client, None, Some(names));
         }
         Op::Close(client) => channels[*client].close(),
@@ -77,7 +86,10 @@ pub fn apply(
             let (client, deadline) = (*client, Duration::from_millis(*deadline));
             spawn_call(ctx, client, id, None, async move {
                 let t0 = c.trace.now();
-                ch.shutdown(deadline).await;
+                match ch {
+                    Client::Ch(ch) => ch.shutdown(deadline).await,
+                    Client::Pool(pool, _) => pool.shutdown(deadline).await,
+                }
                 c.shutdowns
                     .lock()
                     .unwrap()
@@ -86,11 +98,22 @@ pub fn apply(
             });
         }
         Op::Connect(client) => {
-            ctx.kicks.lock().unwrap().push((*client, now));
+            // A pool's `connect()` starts a pass on each of its channels.
+            let passes = match &channels[*client] {
+                Client::Ch(_) => 1,
+                Client::Pool(pool, _) => pool.size().max(1),
+            };
+            for _ in 0..passes {
+                ctx.kicks.lock().unwrap().push((*client, now));
+            }
             let ch = channels[*client].clone();
             let id = ctx.ledger.open(*client, 0, "connect()", false, false);
             spawn_call(ctx, *client, id, None, async move {
-                match ch.connect().await {
+                let r = match ch {
+                    Client::Ch(ch) => ch.connect().await,
+                    Client::Pool(pool, _) => pool.connect().await,
+                };
+                match r {
                     Ok(()) => Outcome::Connected,
                     Err(e) => failed(&e),
                 }
@@ -102,8 +125,14 @@ pub fn apply(
             let ctx = ctx.clone();
             let client = *client;
             tokio::spawn(async move {
-                let ready =
-                    tokio::time::timeout(hold, std::future::poll_fn(|cx| ch.poll_ready(cx))).await;
+                let ready = tokio::time::timeout(
+                    hold,
+                    std::future::poll_fn(|cx| match &mut ch {
+                        Client::Ch(ch) => ch.poll_ready(cx),
+                        Client::Pool(pool, _) => pool.poll_ready(cx),
+                    }),
+                )
+                .await;
                 ctx.trace.log(format!(
                     "client {client}: poll_ready slot {:?}, dropped later",
                     ready.as_ref().map(|r| r.is_ok())
@@ -122,8 +151,66 @@ pub fn apply(
         Op::Set { host, behavior } => net.set(&ctx.hosts[*host], behavior.clone()),
         Op::Kill(host) => net.kill(&ctx.hosts[*host]),
         Op::Drain { host, after } => net.drain_after(&ctx.hosts[*host], *after),
+        Op::Lease {
+            client,
+            calls,
+            hold,
+        } => {
+            let Client::Pool(pool, _) = &channels[*client] else {
+                return;
+            };
+            lease(ctx, (**pool).clone(), *client, *calls, *hold);
+        }
+        Op::Remove { client, which } => {
+            if let Client::Pool(_, Some((feed, _))) = &channels[*client] {
+                let _ = feed.send(tower::discover::Change::Remove(*which));
+            }
+        }
     }
     let _ = Shape::Request;
+}
+
+/// A `Lease` op: once the leases before it are dropped (`Ctx::lease_turn`), takes a
+/// lease (waiting 20 s at most), makes `calls` requests on it one
+/// after the other, holds it `hold` ms more, drops it, and records it for
+/// `lease_is_exclusive`.
+fn lease(ctx: &Arc<Ctx>, pool: super::run::PoolH, client: usize, calls: u64, hold: u64) {
+    let id = ctx.ledger.open(client, 0, "lease", false, false);
+    let c = ctx.clone();
+    spawn_call(ctx, client, id, None, async move {
+        let _turn = c.lease_turn.lock().await;
+        let lease = match tokio::time::timeout(Duration::from_secs(20), pool.lease()).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(e)) => return failed(&e),
+            Err(_) => return Outcome::Other("no lease for 20 s".into()),
+        };
+        let (grant, from) = (c.nonce(), c.wire.count());
+        c.trace.log(format!("client {client}: leased {lease:?}"));
+        let mut nonces = Vec::new();
+        for _ in 0..calls {
+            let nonce = c.nonce();
+            nonces.push(nonce);
+            let cid = c.ledger.open(client, nonce, "lease Request", false, false);
+            let m = super::proto::Msg::new(body(nonce, 1, &Flags::default(), ""));
+            let o = match lease.request(m).await {
+                Ok(m) => Outcome::Replies(vec![tag_of(m.text())]),
+                Err(e) => failed(&e),
+            };
+            c.ledger.resolve(cid, o);
+        }
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+        let to = c.wire.count();
+        drop(lease);
+        c.trace.log(format!("client {client}: lease dropped"));
+        c.leases.lock().unwrap().push(LeaseRecord {
+            client,
+            grant,
+            from,
+            to,
+            nonces,
+        });
+        Outcome::Sent
+    });
 }
 
 fn all_done(ctx: &Ctx) -> bool {
@@ -147,7 +234,7 @@ pub async fn finish(
     ctx: &Arc<Ctx>,
     net: &Net<SimServer, SimCodec>,
     scn: &Scenario,
-    channels: &[Ch],
+    channels: &[Client],
 ) -> Vec<socketchannel::testing::Violation> {
     ctx.trace.log("end: heal every host");
     for h in &ctx.hosts {
@@ -159,10 +246,28 @@ pub async fn finish(
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut out = Vec::new();
     let calls = ctx.ledger.calls();
-    for (i, ch) in channels.iter().enumerate() {
+    for (i, client) in channels.iter().enumerate() {
         let pending = calls
             .iter()
             .any(|c| c.client == i && c.outcomes.is_empty() && c.cancelled.is_none());
+        let ch = match client {
+            Client::Ch(ch) => ch,
+            Client::Pool(pool, _) => {
+                if !pending {
+                    // A pool's handles keep a slot reserved on each channel their
+                    // balance did not call (`Pool`'s Cost): its `Load` is left out.
+                    for (k, ch) in pool.channels().enumerate() {
+                        let name = format!("client {i} (pool channel {k})");
+                        out.extend(
+                            socketchannel::testing::checks::idle_gauges(&name, &ch)
+                                .into_iter()
+                                .filter(|v| !v.detail.contains("Load is")),
+                        );
+                    }
+                }
+                continue;
+            }
+        };
         if !pending {
             let found = socketchannel::testing::checks::idle_gauges(&format!("client {i}"), ch);
             // `Load` counts the slots `poll_ready` reserved (a reservation, not a leak):

@@ -192,6 +192,11 @@ impl Journal {
             .push(WireEvent { codec, at, what });
     }
 
+    /// How many events so far (the index the next one will have).
+    pub fn count(&self) -> usize {
+        self.inner.lock().unwrap().1.len()
+    }
+
     /// Every event so far.
     pub fn events(&self) -> Vec<WireEvent> {
         self.inner.lock().unwrap().1.clone()

@@ -13,7 +13,7 @@ pub fn assert_clean(seed: u64, check: &str, test: &str) {
     if report.violations.iter().any(|v| v.check == check) {
         print_failure(seed, &report, "replay");
         eprintln!(
-            "this case alone: cargo test --features testing,rustls --test sim -- --nocapture {test}"
+            "this case alone: cargo test --features testing,rustls,pool --test sim -- --nocapture {test}"
         );
         panic!("seed {seed:#x}: {check} fired");
     }

@@ -20,6 +20,46 @@ use super::proto::{Journal, Msg, SimCodec, SimProto, SimServer, tag_of, tag_of_e
 use super::scenario::{ClientPlan, Flags, Hs, Scenario, Shape};
 
 pub type Ch = Channel<Msg, Msg>;
+pub type PoolH = socketchannel::Pool<Msg, Msg>;
+/// What feeds a pool's `Discover`: changes keyed by the endpoint's number.
+pub type Feed = tokio::sync::mpsc::UnboundedSender<tower::discover::Change<usize, Endpoint>>;
+
+/// A client of the scenario: one channel, or a pool (with the feed of its `Discover`
+/// and the two hosts it names, when it has one).
+#[derive(Clone)]
+pub enum Client {
+    Ch(Ch),
+    Pool(Box<PoolH>, Option<(Feed, [usize; 2])>),
+}
+
+impl Client {
+    /// The channel, when this client is one.
+    pub fn ch(&self) -> Option<&Ch> {
+        match self {
+            Client::Ch(ch) => Some(ch),
+            Client::Pool(..) => None,
+        }
+    }
+
+    pub fn close(&self) {
+        match self {
+            Client::Ch(ch) => ch.close(),
+            Client::Pool(pool, _) => pool.close(),
+        }
+    }
+}
+
+/// A lease a `Lease` op held: granted after nonce `grant` was drawn, the journal's
+/// events from `from` to `to` (taken just before it was dropped) written meanwhile, and
+/// the nonces of the calls made on it.
+#[derive(Debug, Clone)]
+pub struct LeaseRecord {
+    pub client: usize,
+    pub grant: u64,
+    pub from: usize,
+    pub to: usize,
+    pub nonces: Vec<u64>,
+}
 type Stack = BoxCloneService<Msg, Msg, BoxError>;
 
 /// What a run gives the checks.
@@ -49,6 +89,12 @@ pub struct Ctx {
     pub closing: Mutex<Option<Duration>>,
     /// Per client, the slots `poll_ready` reserved that a `ReadyDrop` handle still holds.
     pub reserved: Mutex<Vec<usize>>,
+    /// The leases `Lease` ops held, once dropped.
+    pub leases: Mutex<Vec<LeaseRecord>>,
+    /// Taken by each `Lease` op (in turn, first come first served) for as long as it
+    /// waits for and holds its lease: two tasks waiting in `Pool::lease` wake in an
+    /// order that differs from one process to another (the pool waits on `watch`es).
+    pub lease_turn: tokio::sync::Mutex<()>,
 }
 
 impl Ctx {
@@ -79,7 +125,7 @@ pub fn boxed(e: &BoxError) -> Outcome {
     Outcome::boxed(e, tag_of_error)
 }
 
-fn body(nonce: u64, frames: u64, flags: &Flags, extra: &str) -> String {
+pub fn body(nonce: u64, frames: u64, flags: &Flags, extra: &str) -> String {
     let mut b = format!("n={nonce} r={frames} gap={}", flags.gap);
     if flags.err {
         b.push_str(" err");
@@ -193,7 +239,7 @@ fn build(
     i: usize,
     plan: &ClientPlan,
     seed: u64,
-) -> Ch {
+) -> Client {
     let ms = Duration::from_millis;
     let mut config = Config::default()
         .stall_timeout(plan.stall.map(ms))
@@ -270,12 +316,37 @@ fn build(
     let cancels = SimRng::new(seed ^ 0xca9ce1 ^ i as u64)
         .next_u64()
         .is_multiple_of(2);
-    if plan.session {
-        b.connector(connector, Session::new(SimProto { cancels }))
-    } else {
-        b.connector(connector, Order::new(SimProto { cancels }))
+    if let Some(k) = plan.pool {
+        let mut pb = b.pool(k);
+        let mut feed = None;
+        if let Some(pair) = plan.discover {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for (key, h) in pair.iter().enumerate() {
+                let ep: Endpoint = ctx.hosts[*h].parse().expect("a host name");
+                let _ = tx.send(tower::discover::Change::Insert(key, ep));
+            }
+            pb = pb.discover(futures::stream::poll_fn(move |cx| {
+                rx.poll_recv(cx)
+                    .map(|change| change.map(Ok::<_, std::convert::Infallible>))
+            }));
+            feed = Some((tx, pair));
+        }
+        let pool = if plan.session {
+            pb.connector(connector, Session::new(SimProto { cancels }))
+        } else {
+            pb.connector(connector, Order::new(SimProto { cancels }))
+        }
+        .expect("valid hosts");
+        return Client::Pool(Box::new(pool), feed);
     }
-    .expect("valid hosts")
+    Client::Ch(
+        if plan.session {
+            b.connector(connector, Session::new(SimProto { cancels }))
+        } else {
+            b.connector(connector, Order::new(SimProto { cancels }))
+        }
+        .expect("valid hosts"),
+    )
 }
 
 struct P2cRng(SimRng);
@@ -344,16 +415,20 @@ async fn consume(
     }
 }
 
-/// A call of any shape through `Channel::calls()`, the `Service<Call>`.
-fn call_via_calls(
+/// A call of any shape through `Channel::calls()` or `Pool::calls()`, the
+/// `Service<Call>`.
+fn call_via_calls<S>(
     ctx: &Arc<Ctx>,
-    ch: &Ch,
+    svc: S,
     client: usize,
     id: usize,
     nonce: u64,
     shape: Shape,
     flags: &Flags,
-) {
+) where
+    S: Service<Call<Msg>, Response = Reply<Msg>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
     let msg = |frames: u64, extra: &str| Msg::new(body(nonce, frames, flags, extra));
     let mut stop = None;
     let call = match shape {
@@ -374,14 +449,13 @@ fn call_via_calls(
         Shape::Parts(k) => Call::parts((0..k).map(|i| msg(1, &format!(" pl={i}/{k}"))).collect()),
         Shape::Read => {
             let rid = ctx.ledger.open(client, 0, "read via calls", false, false);
-            let reader = ch.calls();
+            let reader = svc.clone();
             spawn_call(ctx, client, rid, None, async move {
                 outcome_of(reader.oneshot(Call::read()).await, None, None).await
             });
             Call::new(msg(1, " x"))
         }
     };
-    let svc = ch.calls();
     let ledger = ctx.ledger.clone();
     spawn_call(ctx, client, id, flags.cancel_after, async move {
         outcome_of(svc.oneshot(call).await, stop, Some((&ledger, id))).await
@@ -415,7 +489,7 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
     );
     let id = ctx.ledger.open(client, nonce, &label, false, false);
     if flags.via_calls {
-        return call_via_calls(ctx, ch, client, id, nonce, shape, flags);
+        return call_via_calls(ctx, ch.calls(), client, id, nonce, shape, flags);
     }
     let ch = ch.clone();
     let cancel = flags.cancel_after;
@@ -529,6 +603,86 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
     }
 }
 
+/// A call of any shape through a pool: its methods, its `Service<Req>`, or (`via_calls`)
+/// `Pool::calls()`. A pool has no `read`: a `Read` is a request.
+pub fn pool_call(ctx: &Arc<Ctx>, pool: &PoolH, client: usize, shape: Shape, flags: &Flags) {
+    let nonce = ctx.nonce();
+    let via = if flags.via_calls { " via calls" } else { "" };
+    let label = format!(
+        "pool {shape:?}{via} gap={} err={} panic={:?}",
+        flags.gap, flags.err, flags.panic
+    );
+    let id = ctx.ledger.open(client, nonce, &label, false, false);
+    let shape = if shape == Shape::Read {
+        Shape::Request
+    } else {
+        shape
+    };
+    if flags.via_calls {
+        return call_via_calls(ctx, pool.calls(), client, id, nonce, shape, flags);
+    }
+    let pool = pool.clone();
+    let cancel = flags.cancel_after;
+    let one = |r: Result<Msg, Error>| match r {
+        Ok(m) => Outcome::Replies(vec![tag_of(m.text())]),
+        Err(e) => failed(&e),
+    };
+    let many = |r: Result<Vec<Msg>, Error>| match r {
+        Ok(v) => Outcome::Replies(v.iter().map(|m| tag_of(m.text())).collect()),
+        Err(e) => failed(&e),
+    };
+    let fin = matches!(shape, Shape::UntilFinal(_) | Shape::StreamFinal(..));
+    let frames = match shape {
+        Shape::N(n) | Shape::UntilFinal(n) | Shape::Stream(n, _) | Shape::StreamFinal(n, _) => n,
+        Shape::Send => 0,
+        _ => 1,
+    };
+    let m = Msg::new(body(nonce, frames, flags, if fin { " f" } else { "" }));
+    let parts: Vec<Msg> = match shape {
+        Shape::Parts(k) => (0..k)
+            .map(|i| Msg::new(body(nonce, 1, flags, &format!(" pl={i}/{k}"))))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let ledger = ctx.ledger.clone();
+    spawn_call(ctx, client, id, cancel, async move {
+        match shape {
+            Shape::Request | Shape::Read => one(pool.request(m).await),
+            Shape::Exempt => one(pool.request(Call::new(m).no_stall_timeout()).await),
+            Shape::WithId(x) => one(pool.request(Call::new(m).id(x)).await),
+            Shape::Service => {
+                let mut pool = pool;
+                let r = match pool.ready().await {
+                    Ok(svc) => svc.call(m).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(m) => Outcome::Replies(vec![tag_of(m.text())]),
+                    Err(e) => boxed(&e),
+                }
+            }
+            Shape::N(n) => many(pool.request_n(m, n as usize).await),
+            Shape::UntilFinal(_) => many(pool.request_until_final(m).await),
+            Shape::Stream(n, stop) | Shape::StreamFinal(n, stop) => {
+                let replies = if fin {
+                    Replies::UntilFinal
+                } else {
+                    Replies::Count(n as usize)
+                };
+                match pool.stream(m, replies).await {
+                    Ok(stream) => consume(stream, stop, &ledger, id).await,
+                    Err(e) => failed(&e),
+                }
+            }
+            Shape::Send => match pool.send(m).await {
+                Ok(()) => Outcome::Sent,
+                Err(e) => failed(&e),
+            },
+            Shape::Parts(_) => one(pool.request(Call::parts(parts)).await),
+        }
+    });
+}
+
 pub fn run(scn: &Scenario) -> Report {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -579,13 +733,23 @@ async fn simulate(scn: &Scenario) -> Report {
         wire,
         closing: Mutex::new(None),
         reserved: Mutex::new(vec![0; scn.clients.len()]),
+        leases: Mutex::new(Vec::new()),
+        lease_turn: tokio::sync::Mutex::new(()),
     });
-    let channels: Vec<Ch> = scn
+    let channels: Vec<Client> = scn
         .clients
         .iter()
         .enumerate()
         .map(|(i, plan)| {
             ctx.reconfigure(i, None, None);
+            if let Some(pair) = plan.discover {
+                // Each channel of a pool over a `Discover` is configured with one of
+                // its hosts.
+                ctx.configured.lock().unwrap()[i] = pair
+                    .iter()
+                    .map(|h| BTreeSet::from([scn.hosts[*h].clone()]))
+                    .collect();
+            }
             build(&ctx, &net, i, plan, scn.seed)
         })
         .collect();
@@ -593,7 +757,8 @@ async fn simulate(scn: &Scenario) -> Report {
         let rng = P2cRng(SimRng::new(scn.seed ^ 0xba1a));
         if scn.calls_balance {
             // RetryNotSent on `Call`s: a retried call is refilled from its error.
-            let members = vec![channels[a].calls(), channels[b].calls()];
+            let ch = |i: usize| channels[i].ch().expect("a balance over channels");
+            let members = vec![ch(a).calls(), ch(b).calls()];
             let balance = tower::balance::p2c::Balance::from_rng(
                 tower::discover::ServiceList::new(members),
                 rng,
@@ -608,7 +773,11 @@ async fn simulate(scn: &Scenario) -> Report {
             );
         }
         let balance = tower::balance::p2c::Balance::from_rng(
-            tower::discover::ServiceList::new(vec![channels[a].clone(), channels[b].clone()]),
+            tower::discover::ServiceList::new(
+                [a, b]
+                    .map(|i| channels[i].ch().expect("a balance over channels").clone())
+                    .to_vec(),
+            ),
             rng,
         );
         BoxCloneService::new(

@@ -70,6 +70,11 @@ pub const DEAD_FIRST_STREAM: u64 = 0xdead_f125_3f7c;
 pub const TLS_STREAM: u64 = 0x715_5e55_1127;
 pub const UNIX_STREAM: u64 = 0xd050_c4ef;
 
+/// The constant mixed with the seed for the pool's stream (`Later::pool`,
+/// `pool_discover`, `pool_op`), picked as [`WORD_STREAM`] was: none of the named seeds
+/// in `regressions` draws a pool under `Weights::CI`.
+pub const POOL_STREAM: u64 = 0x9001_0003;
+
 /// The generator's weights for features added after issue 14's proof: reply limits
 /// (`max_reply_frames`, `stream_buffer`), the orphan rules (`max_orphans`,
 /// `orphan_age`) and `max_connection_age`, each per mille of clients. They are drawn
@@ -118,6 +123,16 @@ pub struct Later {
     /// The hosts are Unix socket endpoints (`"unix:PATH"`, no port) instead of
     /// `"host:port"`, per mille of scenarios; drawn from a stream of its own (issue 19).
     pub unix: u32,
+    /// A pool client (`Builder::pool`, K = 2 or 3 channels behind p2c), per mille of
+    /// scenarios, with ops of its own; this and the next two are drawn from a stream of
+    /// their own ([`POOL_STREAM`]).
+    pub pool: u32,
+    /// The pool's endpoints come from a `Discover` of two hosts (one of which an op may
+    /// remove), per mille of pools.
+    pub pool_discover: u32,
+    /// The pool's operation kinds: call, lease, close, shutdown, connect, poll_ready
+    /// dropped, remove an endpoint (over a `Discover`; else a call).
+    pub pool_op: [u32; 7],
 }
 
 impl Weights {
@@ -158,6 +173,9 @@ impl Weights {
             dead_first: 150,
             tls: 200,
             unix: 150,
+            pool: 125,
+            pool_discover: 400,
+            pool_op: [50, 15, 2, 3, 3, 4, 3],
         },
     };
 }
@@ -206,6 +224,11 @@ pub struct ClientPlan {
     pub orphan_age: Option<u64>,
     /// `Builder::max_connection_age` in ms, when set.
     pub max_age: Option<u64>,
+    /// A pool of this many channels built alike (`Builder::pool`), not one channel.
+    pub pool: Option<usize>,
+    /// The pool's endpoints come from a `Discover` of these two hosts (`host` and
+    /// `backups` unused).
+    pub discover: Option<[usize; 2]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +325,18 @@ pub enum Op {
         host: usize,
         after: Option<u32>,
     },
+    /// A pool client's `lease()`: `calls` requests on the leased channel one after the
+    /// other, then the lease held `hold` ms more and dropped.
+    Lease {
+        client: usize,
+        calls: u64,
+        hold: u64,
+    },
+    /// The pool's `Discover` removes its endpoint number `which` (0 or 1).
+    Remove {
+        client: usize,
+        which: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +397,55 @@ fn flags(rng: &mut SimRng, w: &Weights) -> Flags {
     }
 }
 
+/// A client's plan, drawn from `rng` (in the order the first generator drew it).
+fn client_plan(rng: &mut SimRng, w: &Weights, nhosts: usize) -> ClientPlan {
+    let host = rng.below(nhosts as u64) as usize;
+    let backups: Vec<usize> = (0..rng.below(3))
+        .map(|_| rng.below(nhosts as u64) as usize)
+        .collect();
+    let mut handshake = match rng.weighted(&w.handshake) {
+        0 => Hs::None,
+        1 => Hs::Auth,
+        2 => Hs::Leftover { stream: false },
+        3 => Hs::Leftover { stream: true },
+        4 => Hs::PanicOn(rng.below(3) as u32),
+        _ => Hs::FailOn(rng.below(3) as u32),
+    };
+    if rng.chance(w.sentinel) {
+        let master = (host + 1 + rng.below(nhosts as u64 - 1) as usize) % nhosts;
+        handshake = Hs::Redirect {
+            sentinel: host,
+            master,
+        };
+    }
+    let stall = [Some(1_000), Some(2_000), None][rng.weighted(&w.stall)];
+    ClientPlan {
+        session: rng.chance(w.session),
+        host,
+        backups,
+        persistent: rng.chance(w.persistent),
+        eager: rng.chance(w.eager),
+        backoff: (
+            *rng.pick(&[20, 50, 100, 200]),
+            *rng.pick(&[500, 2_000, 5_000]),
+        ),
+        stall,
+        connect_timeout: *rng.pick(&[200, 1_000, 3_000]),
+        handshake_timeout: *rng.pick(&[500, 2_000, 5_000]),
+        handshake,
+        overload: rng.chance(w.overload),
+        max_in_flight: *rng.pick(&[2, 16, 1024]),
+        queue: *rng.pick(&[4, 64, 1024]),
+        reply_frames: None,
+        stream_buffer: None,
+        max_orphans: None,
+        orphan_age: None,
+        max_age: None,
+        pool: None,
+        discover: None,
+    }
+}
+
 pub fn generate(seed: u64, w: &Weights) -> Scenario {
     let mut rng = SimRng::new(seed);
     let nhosts = rng.between(w.hosts.0, w.hosts.1) as usize;
@@ -378,49 +462,7 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
     let nclients = rng.between(w.clients.0, w.clients.1) as usize;
     let mut clients = Vec::new();
     for _ in 0..nclients {
-        let host = rng.below(nhosts as u64) as usize;
-        let backups: Vec<usize> = (0..rng.below(3))
-            .map(|_| rng.below(nhosts as u64) as usize)
-            .collect();
-        let mut handshake = match rng.weighted(&w.handshake) {
-            0 => Hs::None,
-            1 => Hs::Auth,
-            2 => Hs::Leftover { stream: false },
-            3 => Hs::Leftover { stream: true },
-            4 => Hs::PanicOn(rng.below(3) as u32),
-            _ => Hs::FailOn(rng.below(3) as u32),
-        };
-        if rng.chance(w.sentinel) {
-            let master = (host + 1 + rng.below(nhosts as u64 - 1) as usize) % nhosts;
-            handshake = Hs::Redirect {
-                sentinel: host,
-                master,
-            };
-        }
-        let stall = [Some(1_000), Some(2_000), None][rng.weighted(&w.stall)];
-        clients.push(ClientPlan {
-            session: rng.chance(w.session),
-            host,
-            backups,
-            persistent: rng.chance(w.persistent),
-            eager: rng.chance(w.eager),
-            backoff: (
-                *rng.pick(&[20, 50, 100, 200]),
-                *rng.pick(&[500, 2_000, 5_000]),
-            ),
-            stall,
-            connect_timeout: *rng.pick(&[200, 1_000, 3_000]),
-            handshake_timeout: *rng.pick(&[500, 2_000, 5_000]),
-            handshake,
-            overload: rng.chance(w.overload),
-            max_in_flight: *rng.pick(&[2, 16, 1024]),
-            queue: *rng.pick(&[4, 64, 1024]),
-            reply_frames: None,
-            stream_buffer: None,
-            max_orphans: None,
-            orphan_age: None,
-            max_age: None,
-        });
+        clients.push(client_plan(&mut rng, w, nhosts));
     }
     let mut later = SimRng::new(seed ^ 0x6c61_7465_7220_6665);
     let l = w.later;
@@ -582,6 +624,7 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
                 .then(|| [Behavior::Blackhole, Behavior::Refuse][dead.below(2) as usize].clone())
         })
         .collect();
+    pool_client(seed, w, nhosts, end, &mut clients, &mut ops);
     let hosts = if unix {
         (0..nhosts)
             .map(|i| format!("unix:/run/sim/h{i}.sock"))
@@ -603,4 +646,114 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
         ops,
         end,
     }
+}
+
+/// Whether the pool's p2c paths are drawn: its `Service<Req>`, `Pool::calls()` and
+/// `poll_ready` slots (`SIM_POOL_P2C=1`; off by default). A pool handle's p2c balance
+/// draws from tower's default random source (`Balance::new` in `src/pool/choose.rs`),
+/// seeded per process, and the crate has no way to seed it: with them, a seed's log
+/// differs from one process to another (`same_seed_same_log_in_another_process` fails
+/// on 27 of its 400 seeds). Off, those ops are made through the pool's methods, whose
+/// choice (the least loaded connection) is the same in every process.
+pub fn pool_p2c() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SIM_POOL_P2C").is_ok_and(|v| v == "1"))
+}
+
+/// A pool client (`Later::pool`), from the pool's stream: a client's plan as any
+/// other's, built as a pool of 2 or 3 channels (over a `Discover` of two hosts, some
+/// of the time), numbered after the channels, and ops of its own merged into `ops`.
+fn pool_client(
+    seed: u64,
+    w: &Weights,
+    nhosts: usize,
+    end: u64,
+    clients: &mut Vec<ClientPlan>,
+    ops: &mut Vec<(u64, Op)>,
+) {
+    let l = w.later;
+    let mut rng = SimRng::new(seed ^ POOL_STREAM);
+    if !rng.chance(l.pool) {
+        return;
+    }
+    let mut plan = client_plan(&mut rng, w, nhosts);
+    plan.pool = Some(rng.between(2, 3) as usize);
+    if rng.chance(l.pool_discover) {
+        let other = (plan.host + 1 + rng.below(nhosts as u64 - 1) as usize) % nhosts;
+        plan.discover = Some([plan.host, other]);
+        plan.backups.clear();
+        // A redirect names one host's sentinel: over a `Discover` it is left out.
+        if matches!(plan.handshake, Hs::Redirect { .. }) {
+            plan.handshake = Hs::Auth;
+        }
+    }
+    let client = clients.len();
+    let (session, discover) = (plan.session, plan.discover.is_some());
+    clients.push(plan);
+    for _ in 0..rng.between(w.ops.0 / 2, w.ops.1 / 2) {
+        let at = rng.below(end);
+        let mut kind = rng.weighted(&l.pool_op);
+        if kind == 5 && !pool_p2c() {
+            kind = 0;
+        }
+        let op = match kind {
+            1 => Op::Lease {
+                client,
+                calls: rng.between(1, 3),
+                hold: rng.between(0, 2_000),
+            },
+            2 => Op::Close(client),
+            3 => Op::Shutdown {
+                client,
+                deadline: *rng.pick(&[100, 1_000, 5_000]),
+            },
+            4 => Op::Connect(client),
+            5 => Op::ReadyDrop {
+                client,
+                hold: rng.between(0, 3_000),
+            },
+            6 if discover => Op::Remove {
+                client,
+                which: rng.below(2) as usize,
+            },
+            _ => {
+                let mut shape = match rng.weighted(&w.shape) {
+                    0 | 8 => Shape::Request,
+                    1 if pool_p2c() => Shape::Service,
+                    1 => Shape::Request,
+                    2 => Shape::N(rng.between(0, 4)),
+                    3 => Shape::UntilFinal(rng.between(1, 4)),
+                    4 => Shape::Stream(rng.between(1, 4), rng.chance(300).then(|| rng.below(3))),
+                    5 => {
+                        Shape::StreamFinal(rng.between(1, 4), rng.chance(300).then(|| rng.below(3)))
+                    }
+                    6 => Shape::Send,
+                    7 => Shape::Parts(rng.between(1, 3)),
+                    9 => Shape::WithId(rng.between(1, 40)),
+                    _ => Shape::Exempt,
+                };
+                // A pool has no `read` (whose connection would it read?).
+                if !session && matches!(shape, Shape::WithId(_)) {
+                    shape = Shape::Request;
+                }
+                let mut flags = flags(&mut rng, w);
+                flags.via_calls = rng.chance(l.via_calls) && pool_p2c();
+                if rng.chance(l.verdict) {
+                    flags.said = Some(Said {
+                        wrong_server: rng.chance(400),
+                        once: rng.chance(500),
+                        mixed: rng.chance(300),
+                    });
+                }
+                Op::Call {
+                    client,
+                    shape,
+                    flags,
+                }
+            }
+        };
+        ops.push((at, op));
+    }
+    // Stable: the earlier ops keep their order; the pool's go after those at its time.
+    ops.sort_by_key(|(at, _)| *at);
 }
