@@ -308,13 +308,23 @@ where
                 first.push(slot.clone());
             }
         }
-        let connect = |slots: Vec<Arc<Slot<Req, Resp>>>, fresh: bool| {
+        let members = &self.members;
+        let connect = |slots: Vec<Arc<Slot<Req, Resp>>>, fresh: bool| async move {
+            let keys: Vec<u64> = slots.iter().map(|s| s.key).collect();
             let all = slots.into_iter().map(|slot| {
                 let channel = slot.channel.clone();
                 Box::pin(async move { channel.connect_as(fresh).await })
                     as Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
             });
-            join_all(all.collect())
+            let outcomes = join_all(all.collect()).await;
+            // A connection taken out of the pool meanwhile (its endpoint removed, the
+            // pool shrunk) is no failure of the pool's.
+            let now = members.snapshot();
+            keys.into_iter()
+                .zip(outcomes)
+                .filter(|(key, _)| now.iter().any(|s| s.key == *key))
+                .map(|(_, outcome)| outcome)
+                .collect::<Vec<_>>()
         };
         let rest = slots
             .iter()

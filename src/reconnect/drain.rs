@@ -91,7 +91,13 @@ where
             self.last_error = Some(Arc::new(WrongServer));
             self.demote_current = true;
         }
-        self.back_off(false)
+        let phase = self.back_off(false);
+        let cause: Cause = match &self.last_error {
+            Some(cause) if wrong_server => cause.clone(),
+            _ => Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None)),
+        };
+        self.failed_after_connecting(&phase, cause);
+        phase
     }
 
     /// Polls the old connections; removes those that finished or failed.

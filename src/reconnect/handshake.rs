@@ -186,8 +186,8 @@ where
                     call.leftover = true;
                     conn.first.push_back(call);
                 }
-                pass.succeeded();
-                Ok(self.ready(endpoint, conn))
+                let proving = pass.connected();
+                Ok(self.ready(endpoint, conn, proving))
             }
             Ok(Handshake::Redirect(to)) => {
                 abandon(conn);

@@ -14,7 +14,7 @@ use super::handshake::Handshaking;
 use super::options::Reconnect;
 use super::ping::Ping;
 use super::task::{ConnOf, Phase, Task};
-use super::turns::{Turn, TurnGuard};
+use super::turns::{Proving, SiblingFailed, Turn, TurnGuard};
 use crate::error::{Cause, ConnectionError, Error, Kind};
 use crate::mux::{Matcher, Mode, Retire};
 use crate::shared::State;
@@ -42,7 +42,7 @@ pub(super) enum TurnSlot {
     Held(TurnGuard),
     /// A sibling failed: this pass fails without dialing, and backs off until then
     /// (`None`: the sibling gave up; this one's own backoff applies).
-    Follow(Option<Instant>),
+    Follow(Option<Instant>, SiblingFailed),
 }
 
 impl Pass {
@@ -51,12 +51,13 @@ impl Pass {
         Some(turn.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The pass connected: its turn ends so.
-    pub(super) fn succeeded(self) {
-        if let Some(mut slot) = self.slot()
-            && let TurnSlot::Held(guard) = &mut *slot
-        {
-            guard.connected();
+    /// The pass connected: its turn, if it took one, is kept until the connection
+    /// proves the host up ([`Proving`]).
+    pub(super) fn connected(self) -> Option<Proving> {
+        let mut slot = self.slot()?;
+        match std::mem::replace(&mut *slot, TurnSlot::Waiting { fresh: false }) {
+            TurnSlot::Held(guard) => Proving::new(guard),
+            _ => None,
         }
     }
 }
@@ -91,10 +92,20 @@ where
 
     /// Tries the pass's next host, or ends the pass.
     pub(super) fn next_host(&mut self, mut pass: Pass) -> PhaseOf<M, T, Req, Resp> {
-        let following = pass
-            .slot()
-            .is_some_and(|slot| matches!(*slot, TurnSlot::Follow(_)));
-        let Some(endpoint) = pass.hosts.get(pass.next).cloned().filter(|_| !following) else {
+        let following = match pass.slot().as_deref() {
+            Some(TurnSlot::Follow(_, sibling)) => Some(sibling.clone()),
+            _ => None,
+        };
+        if let Some(sibling) = following {
+            // Every host of the pass failed with the sibling's pass: the error names
+            // each, as a failed pass's does.
+            while let Some(endpoint) = pass.hosts.get(pass.next).cloned() {
+                pass.next += 1;
+                pass.failures.push((endpoint, Box::new(sibling.clone())));
+            }
+            return self.pass_failed(pass);
+        }
+        let Some(endpoint) = pass.hosts.get(pass.next).cloned() else {
             return self.pass_failed(pass);
         };
         // The first attempt of a pass that takes turns takes the pass's turn first.
@@ -119,7 +130,8 @@ where
                 let taken = match turns.take(fresh).await {
                     Turn::Go(guard) => TurnSlot::Held(guard),
                     Turn::Follow(until, sibling) => {
-                        *turn.lock().unwrap_or_else(|e| e.into_inner()) = TurnSlot::Follow(until);
+                        *turn.lock().unwrap_or_else(|e| e.into_inner()) =
+                            TurnSlot::Follow(until, sibling.clone());
                         return Err(sibling.into());
                     }
                 };
@@ -210,7 +222,7 @@ where
             }
             // This one followed a sibling: it retries when the sibling does (one that
             // gave up leaves no such time: this one's own backoff applies).
-            TurnSlot::Follow(until) => {
+            TurnSlot::Follow(until, _) => {
                 if let (Phase::BackingOff { sleep, .. }, Some(until)) = (&mut phase, *until) {
                     sleep.as_mut().reset(until);
                 }
@@ -218,6 +230,19 @@ where
             TurnSlot::Waiting { .. } => {}
         }
         phase
+    }
+
+    /// A connection that connected and then failed as an attempt does (lost before it
+    /// answered, or left on the server's word): a pool's siblings back off with this
+    /// one, as after a failed pass (`turns.rs`), instead of each trying the host.
+    pub(super) fn failed_after_connecting(&self, phase: &PhaseOf<M, T, Req, Resp>, cause: Cause) {
+        if let Some(turns) = &self.opts.turns {
+            let until = match phase {
+                Phase::BackingOff { sleep, .. } => Some(sleep.deadline()),
+                _ => None,
+            };
+            turns.failed(until, cause);
+        }
     }
 
     /// Tells `connect()` callers how the pass ended.
@@ -278,8 +303,8 @@ where
                 )))
             }
             None => {
-                pass.succeeded();
-                self.ready(endpoint, conn)
+                let proving = pass.connected();
+                self.ready(endpoint, conn, proving)
             }
         }
     }
@@ -288,6 +313,7 @@ where
         &mut self,
         endpoint: Endpoint,
         conn: ConnOf<T, M, Req, Resp>,
+        proving: Option<Proving>,
     ) -> PhaseOf<M, T, Req, Resp> {
         if self.connected_before {
             self.engine.shared.stats.reconnects(1);
@@ -319,7 +345,12 @@ where
             .opts
             .max_connection_age
             .map(|age| Box::pin(tokio::time::sleep(age)));
-        Phase::Ready { conn, ping, age }
+        Phase::Ready {
+            conn,
+            ping,
+            age,
+            proving,
+        }
     }
 
     /// The connection in use ended.
@@ -336,9 +367,11 @@ where
             // A host that accepts and then dies without answering a call (at once, or
             // after one unsolicited frame) would make a hot loop: back off, and try
             // the backups first next time.
-            self.last_error = Some(cause);
+            self.last_error = Some(cause.clone());
             self.demote_current = true;
-            return self.back_off(false);
+            let phase = self.back_off(false);
+            self.failed_after_connecting(&phase, cause);
+            return phase;
         }
         self.failures = 0;
         self.after_loss()

@@ -34,6 +34,7 @@ use super::handshake::Handshaking;
 use super::options::Options;
 use super::pass::Pass;
 use super::ping::Ping;
+use super::turns::Proving;
 use crate::error::{Cause, Error, Kind};
 use crate::mux::{Conn, Ended, Engine, Lane, Mode};
 use crate::shared::{Control, State};
@@ -60,6 +61,8 @@ pub(super) enum Phase<T, Mt, Req, Resp> {
         ping: Option<Ping<Resp>>,
         /// When the connection reaches its maximum age and is retired.
         age: Option<Pin<Box<Sleep>>>,
+        /// A pool's turn, until this connection proves the host up (`turns.rs`).
+        proving: Option<Proving>,
     },
     BackingOff {
         sleep: Pin<Box<Sleep>>,
@@ -241,6 +244,7 @@ where
                 mut conn,
                 mut ping,
                 mut age,
+                mut proving,
             } => {
                 if let Some(ping) = &mut ping {
                     self.poll_ping(cx, ping, &mut conn);
@@ -250,9 +254,21 @@ where
                     self.engine.shared.stats.retired(1);
                     return Ok(self.retire(conn));
                 }
-                match self.engine.poll_conn(cx, &mut conn, Lane::User) {
+                let polled = self.engine.poll_conn(cx, &mut conn, Lane::User);
+                if proving
+                    .as_mut()
+                    .is_some_and(|p| p.proven(cx, conn.answered))
+                {
+                    proving = None;
+                }
+                match polled {
                     Poll::Pending => {
-                        self.phase = Phase::Ready { conn, ping, age };
+                        self.phase = Phase::Ready {
+                            conn,
+                            ping,
+                            age,
+                            proving,
+                        };
                         Err(())
                     }
                     // Every handle is gone and every call answered.

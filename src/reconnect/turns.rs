@@ -14,13 +14,17 @@
 //! `connect()`, one after a host change (the failure was another host's), and one that
 //! replaces a connection that answered (a retirement: the host is up).
 //!
-//! Not covered: a host that accepts, passes the handshake and then drops the
-//! connection still sees each channel reconnect (a pass that connected clears the
-//! failure; the loss is backed off by each channel alone). And a channel waiting for
-//! its turn is `Connecting` for as long as the passes before it take, up to K times
-//! the connect and handshake timeouts.
+//! A connection that connected and then fails as an attempt does (lost before it
+//! answered a call, or the server's word that it is the wrong one) leaves a failure
+//! too (`Turns::failed`). After a failure, a pass that connects keeps the turn until
+//! its connection proves the host up (a reply to a user's call, or a second of life:
+//! [`Proving`]), so a host that accepts, answers the handshake and drops every
+//! connection is one connect per step too. A channel waiting for its turn is
+//! `Connecting` for as long as the passes before it take, up to K times the connect
+//! and handshake timeouts.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -76,6 +80,9 @@ pub(crate) enum Turn {
 pub(crate) struct TurnGuard {
     gate: Arc<TurnGate>,
     outcome: Option<Outcome>,
+    /// Taken after a failure: a connection must prove the host up before the turn
+    /// goes (`Proving`).
+    after_failure: bool,
 }
 
 enum Outcome {
@@ -115,12 +122,28 @@ impl Turns {
                     return Turn::Go(TurnGuard {
                         gate: self.gate.clone(),
                         outcome: None,
+                        after_failure: state.failed.is_some(),
                     });
                 }
                 waited_for.get_or_insert(state.ended);
             }
             ended.await;
         }
+    }
+}
+
+impl Turns {
+    /// A channel's connection failed as an attempt does, outside any pass (it connected,
+    /// then was lost before it answered, or the server said it is the wrong one): the
+    /// siblings follow until `until` as after a failed pass. A pass running now (a
+    /// sibling's) decides by its own outcome when it ends.
+    pub(crate) fn failed(&self, until: Option<Instant>, cause: Cause) {
+        let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.failed = Some(Failed {
+            until: until.unwrap_or_else(|| Instant::now() + GAVE_UP_STEP),
+            cause,
+            gave_up: until.is_none(),
+        });
     }
 }
 
@@ -134,6 +157,44 @@ impl TurnGuard {
     /// until then.
     pub(crate) fn failed(&mut self, until: Option<Instant>, cause: Cause) {
         self.outcome = Some(Outcome::Failed(until, cause));
+    }
+}
+
+/// How long a pass's turn outlives the pass that connected, at most, while its
+/// connection has answered nothing yet.
+const PROVING: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A pass's turn, kept from a pass that connected until its connection proves the host
+/// up: a reply to a user's call, or [`PROVING`] of life. A host that accepts, answers
+/// the handshake and then drops every connection is so no connect storm either: the
+/// siblings wait for the first connection's fate, and follow its failure.
+pub(crate) struct Proving {
+    guard: TurnGuard,
+    until: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Proving {
+    /// The turn of a pass that connected: kept to prove the host up only after a
+    /// failure (with none, the host was not in doubt: the siblings dial at once).
+    pub(crate) fn new(mut guard: TurnGuard) -> Option<Self> {
+        if !guard.after_failure {
+            guard.connected();
+            return None;
+        }
+        Some(Proving {
+            guard,
+            until: Box::pin(tokio::time::sleep(PROVING)),
+        })
+    }
+
+    /// Proven: the connection `answered`, or lived long enough. The turn is then given
+    /// back as a connected pass's (the siblings dial).
+    pub(crate) fn proven(&mut self, cx: &mut std::task::Context<'_>, answered: bool) -> bool {
+        if answered || self.until.as_mut().poll(cx).is_ready() {
+            self.guard.connected();
+            return true;
+        }
+        false
     }
 }
 

@@ -475,11 +475,13 @@ fn closed_only_when_closed(ctx: &Ctx, scn: &Scenario) -> Vec<Violation> {
             vec![client]
         }
     };
+    // Closed by the user, or (a pool's) a connection taken out with its endpoint: its
+    // queued calls fail `Closed`, not sent, when its drain ends.
     let closed_by = |channel: usize, at: Duration| {
         at >= closing
             || scn.ops.iter().any(|(when, op)| {
                 ms(*when) <= at
-                    && matches!(op, Op::Close(c) | Op::Shutdown { client: c, .. } if *c == channel)
+                    && matches!(op, Op::Close(c) | Op::Shutdown { client: c, .. } | Op::Remove { client: c, .. } if *c == channel)
             })
     };
     // A call through the channel made by then marked a panic (the connection task's).
