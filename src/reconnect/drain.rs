@@ -96,7 +96,7 @@ where
             Some(cause) if wrong_server => cause.clone(),
             _ => Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None)),
         };
-        self.failed_after_connecting(&phase, cause);
+        self.failed_after_connecting(&phase, cause, wrong_server);
         phase
     }
 

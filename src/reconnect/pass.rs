@@ -74,7 +74,13 @@ where
 {
     pub(super) fn start_pass(&mut self) -> PhaseOf<M, T, Req, Resp> {
         let mut hosts = self.hosts.pass();
-        if std::mem::take(&mut self.demote_current) {
+        // This channel's host said it is the wrong one, or a pool sibling's did.
+        let sibling_demoted = self
+            .opts
+            .turns
+            .as_ref()
+            .is_some_and(|t| t.demoted().as_ref() == Some(&self.hosts.current));
+        if std::mem::take(&mut self.demote_current) || sibling_demoted {
             hosts.rotate_left(1);
         }
         let pass = Pass {
@@ -222,7 +228,11 @@ where
             }
             // This one followed a sibling: it retries when the sibling does (one that
             // gave up leaves no such time: this one's own backoff applies).
-            TurnSlot::Follow(until, _) => {
+            TurnSlot::Follow(until, sibling) => {
+                // The sibling was told this host is the wrong one: tried last here too.
+                if sibling.demoted() == Some(&self.hosts.current) {
+                    self.demote_current = true;
+                }
                 if let (Phase::BackingOff { sleep, .. }, Some(until)) = (&mut phase, *until) {
                     sleep.as_mut().reset(until);
                 }
@@ -235,13 +245,19 @@ where
     /// A connection that connected and then failed as an attempt does (lost before it
     /// answered, or left on the server's word): a pool's siblings back off with this
     /// one, as after a failed pass (`turns.rs`), instead of each trying the host.
-    pub(super) fn failed_after_connecting(&self, phase: &PhaseOf<M, T, Req, Resp>, cause: Cause) {
+    pub(super) fn failed_after_connecting(
+        &self,
+        phase: &PhaseOf<M, T, Req, Resp>,
+        cause: Cause,
+        wrong_server: bool,
+    ) {
         if let Some(turns) = &self.opts.turns {
             let until = match phase {
                 Phase::BackingOff { sleep, .. } => Some(sleep.deadline()),
                 _ => None,
             };
-            turns.failed(until, cause);
+            let demoted = wrong_server.then(|| self.hosts.current.clone());
+            turns.failed(until, cause, demoted);
         }
     }
 
@@ -361,6 +377,7 @@ where
     ) -> PhaseOf<M, T, Req, Resp> {
         warn!(error = %why, "connection lost");
         let answered = conn.answered;
+        let wrong_server = matches!(conn.leave, Some(crate::mux::Ended::WrongServer));
         let cause: Cause = Arc::new(why);
         conn.fail(Kind::ConnectionLost, &cause);
         if !answered {
@@ -370,7 +387,7 @@ where
             self.last_error = Some(cause.clone());
             self.demote_current = true;
             let phase = self.back_off(false);
-            self.failed_after_connecting(&phase, cause);
+            self.failed_after_connecting(&phase, cause, wrong_server);
             return phase;
         }
         self.failures = 0;

@@ -16,7 +16,7 @@
 //!
 //! A connection that connected and then fails as an attempt does (lost before it
 //! answered a call, or the server's word that it is the wrong one) leaves a failure
-//! too (`Turns::failed`). After a failure, a pass that connects keeps the turn until
+//! too (`Turns::failed`). After a failure (and at the start), a pass that connects keeps the turn until
 //! its connection proves the host up (a reply to a user's call, or a second of life:
 //! [`Proving`]), so a host that accepts, answers the handshake and drops every
 //! connection is one connect per step too. A channel waiting for its turn is
@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::Endpoint;
 use crate::error::Cause;
 
 /// A channel's share of a [`TurnGate`].
@@ -53,11 +54,15 @@ struct GateState {
     failed: Option<Failed>,
     /// Passes ended so far.
     ended: u64,
+    /// A connection has proven the host up since the last failure (or ever).
+    proven: bool,
 }
 
 struct Failed {
     until: Instant,
     cause: Cause,
+    /// The host that said it is the wrong one: the followers try it last, too.
+    demoted: Option<Endpoint>,
     /// The pass gave up (its backoff ended): siblings in the same step give up too.
     gave_up: bool,
 }
@@ -80,8 +85,8 @@ pub(crate) enum Turn {
 pub(crate) struct TurnGuard {
     gate: Arc<TurnGate>,
     outcome: Option<Outcome>,
-    /// Taken after a failure: a connection must prove the host up before the turn
-    /// goes (`Proving`).
+    /// Taken after a failure, or before any connection proved the host up: a
+    /// connection must prove it before the turn goes (`Proving`).
     after_failure: bool,
 }
 
@@ -115,14 +120,18 @@ impl Turns {
                         let awaited = waited_for.is_some_and(|seen| state.ended > seen);
                         if !fresh && (awaited || Instant::now() < failed.until) {
                             let until = (!failed.gave_up).then_some(failed.until);
-                            return Turn::Follow(until, SiblingFailed(failed.cause.clone()));
+                            let sibling = SiblingFailed {
+                                cause: failed.cause.clone(),
+                                demoted: failed.demoted.clone(),
+                            };
+                            return Turn::Follow(until, sibling);
                         }
                     }
                     state.running = true;
                     return Turn::Go(TurnGuard {
                         gate: self.gate.clone(),
                         outcome: None,
-                        after_failure: state.failed.is_some(),
+                        after_failure: state.failed.is_some() || !state.proven,
                     });
                 }
                 waited_for.get_or_insert(state.ended);
@@ -133,15 +142,24 @@ impl Turns {
 }
 
 impl Turns {
+    /// The host a sibling was last told is the wrong one, until a pass connects: a pass
+    /// tries it last.
+    pub(crate) fn demoted(&self) -> Option<Endpoint> {
+        let state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.failed.as_ref()?.demoted.clone()
+    }
+
     /// A channel's connection failed as an attempt does, outside any pass (it connected,
     /// then was lost before it answered, or the server said it is the wrong one): the
     /// siblings follow until `until` as after a failed pass. A pass running now (a
     /// sibling's) decides by its own outcome when it ends.
-    pub(crate) fn failed(&self, until: Option<Instant>, cause: Cause) {
+    pub(crate) fn failed(&self, until: Option<Instant>, cause: Cause, demoted: Option<Endpoint>) {
         let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.proven = false;
         state.failed = Some(Failed {
             until: until.unwrap_or_else(|| Instant::now() + GAVE_UP_STEP),
             cause,
+            demoted,
             gave_up: until.is_none(),
         });
     }
@@ -174,8 +192,9 @@ pub(crate) struct Proving {
 }
 
 impl Proving {
-    /// The turn of a pass that connected: kept to prove the host up only after a
-    /// failure (with none, the host was not in doubt: the siblings dial at once).
+    /// The turn of a pass that connected: kept to prove the host up only while it is in
+    /// doubt (after a failure, or before any connection proved it); once one has, the
+    /// siblings dial at once.
     pub(crate) fn new(mut guard: TurnGuard) -> Option<Self> {
         if !guard.after_failure {
             guard.connected();
@@ -205,11 +224,16 @@ impl Drop for TurnGuard {
             state.running = false;
             state.ended += 1;
             match self.outcome.take() {
-                Some(Outcome::Connected) => state.failed = None,
+                Some(Outcome::Connected) => {
+                    state.failed = None;
+                    state.proven = true;
+                }
                 Some(Outcome::Failed(until, cause)) => {
+                    state.proven = false;
                     state.failed = Some(Failed {
                         until: until.unwrap_or_else(|| Instant::now() + GAVE_UP_STEP),
                         cause,
+                        demoted: None,
                         gave_up: until.is_none(),
                     });
                 }
@@ -224,11 +248,22 @@ impl Drop for TurnGuard {
 /// reach its hosts just before, and this one backs off with it instead of dialing.
 /// The sibling's error is its [`source`](std::error::Error::source).
 #[derive(Clone)]
-pub struct SiblingFailed(Cause);
+pub struct SiblingFailed {
+    cause: Cause,
+    /// The host the sibling was told is the wrong one, if it was.
+    demoted: Option<Endpoint>,
+}
+
+impl SiblingFailed {
+    /// The host the sibling's server said is the wrong one: this channel tries it last.
+    pub(crate) fn demoted(&self) -> Option<&Endpoint> {
+        self.demoted.as_ref()
+    }
+}
 
 impl fmt::Debug for SiblingFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SiblingFailed").field(&self.0).finish()
+        f.debug_tuple("SiblingFailed").field(&self.cause).finish()
     }
 }
 
@@ -237,13 +272,13 @@ impl fmt::Display for SiblingFailed {
         write!(
             f,
             "another connection of the pool failed to connect just before: {}",
-            self.0
+            self.cause
         )
     }
 }
 
 impl std::error::Error for SiblingFailed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+        Some(&*self.cause)
     }
 }

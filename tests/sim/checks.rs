@@ -560,9 +560,14 @@ fn wrong_server_backs_off(
         if retired_by_rule(ctx, scn, client, *accepted).is_some_and(|r| r <= t) {
             continue;
         }
-        let next = records
-            .iter()
-            .find(|r| r.client == client && r.at > *accepted && is_attempt(&r.what));
+        // A pool over a `Discover` backs off endpoint by endpoint: its connects to the
+        // other endpoints are no retry of this one.
+        let same_endpoint = |r: &&Record| {
+            scn.clients[client].discover.is_none() || r.host.as_str() == host.as_str()
+        };
+        let next = records.iter().find(|r| {
+            r.client == client && r.at > *accepted && is_attempt(&r.what) && same_endpoint(r)
+        });
         // None yet, or a pass since this connection was made: it was no longer the
         // current one.
         let Some(next) = next.filter(|r| r.at > t) else {
