@@ -725,7 +725,7 @@ fn shutdown_prompt(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) ->
         // not later.
         let unsent_send = calls.iter().any(|c| {
             ours(c.client, client)
-                && c.shape.starts_with("Send")
+                && (c.shape.starts_with("Send") || c.shape.starts_with("pool Send"))
                 && c.cancelled.is_some_and(|at| at <= end)
                 && !records.iter().any(|r| {
                     r.at <= end && matches!(&r.what, What::Read(d) if d.nonce == Some(c.nonce))
