@@ -156,6 +156,8 @@ impl Turns {
     pub(crate) fn failed(&self, until: Option<Instant>, cause: Cause, demoted: Option<Endpoint>) {
         let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
         state.proven = false;
+        // A host that said it is the wrong one stays so until a pass connects.
+        let demoted = demoted.or_else(|| state.failed.take().and_then(|f| f.demoted));
         state.failed = Some(Failed {
             until: until.unwrap_or_else(|| Instant::now() + GAVE_UP_STEP),
             cause,
@@ -230,10 +232,11 @@ impl Drop for TurnGuard {
                 }
                 Some(Outcome::Failed(until, cause)) => {
                     state.proven = false;
+                    let demoted = state.failed.take().and_then(|f| f.demoted);
                     state.failed = Some(Failed {
                         until: until.unwrap_or_else(|| Instant::now() + GAVE_UP_STEP),
                         cause,
-                        demoted: None,
+                        demoted,
                         gave_up: until.is_none(),
                     });
                 }
