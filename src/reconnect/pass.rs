@@ -74,14 +74,18 @@ where
 {
     pub(super) fn start_pass(&mut self) -> PhaseOf<M, T, Req, Resp> {
         let mut hosts = self.hosts.pass();
-        // This channel's host said it is the wrong one, or a pool sibling's did.
-        let sibling_demoted = self
-            .opts
-            .turns
-            .as_ref()
-            .is_some_and(|t| t.demoted().as_ref() == Some(&self.hosts.current));
-        if std::mem::take(&mut self.demote_current) || sibling_demoted {
-            hosts.rotate_left(1);
+        // Tried last: this channel's host, when it crash-looped or said it is the wrong
+        // one, and the host a pool sibling was told is the wrong one.
+        let mut last = Vec::new();
+        if std::mem::take(&mut self.demote_current) {
+            last.push(self.hosts.current.clone());
+        }
+        if let Some(demoted) = self.opts.turns.as_ref().and_then(|t| t.demoted()) {
+            last.push(demoted);
+        }
+        if !last.is_empty() {
+            // Stable: the others keep their order, the demoted ones follow in theirs.
+            hosts.sort_by_key(|h| last.contains(h));
         }
         let pass = Pass {
             hosts,
