@@ -38,6 +38,8 @@ pub struct PoolBuilder<Req, Resp> {
     target: usize,
     /// Where the endpoints come from, instead of the builder's host.
     discover: Option<Box<dyn Source>>,
+    /// Seeds the handles' balances.
+    seed: Option<u64>,
 }
 
 impl<Req, Resp> Builder<Req, Resp>
@@ -55,6 +57,7 @@ where
             dwell: Duration::from_secs(10),
             target: 32,
             discover: None,
+            seed: None,
         }
     }
 }
@@ -109,6 +112,14 @@ where
         self
     }
 
+    /// Seeds the random draws of the handles' `p2c` balances (default: tower's own
+    /// source, seeded per process), so that a run replays its choices: a simulation,
+    /// a test. Each handle draws from the seed in the order handles first choose.
+    pub fn balance_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// The pool over any [`Connector`] and mode ([`Builder::connector`]).
     ///
     /// # Errors
@@ -128,7 +139,8 @@ where
             let (drain, first) = (self.builder.drain(), self.builder.first_wait());
             let builder = self.builder.host(crate::Endpoint::new("0.0.0.0", 0));
             let layer = builder.into_layer(mode)?;
-            return Ok(layer.discovered(self.size, discover, (drain, first), connector));
+            let pool = layer.discovered(self.size, discover, (drain, first), connector);
+            return Ok(pool.seeded(self.seed));
         }
         let sizing = self.max.filter(|max| *max > self.size).map(|max| Sizing {
             min: self.size,
@@ -283,6 +295,7 @@ impl<Req, Resp> fmt::Debug for PoolBuilder<Req, Resp> {
             .field("dwell", &self.dwell)
             .field("target", &self.target)
             .field("discover", &self.discover.is_some())
+            .field("seed", &self.seed)
             .finish()
     }
 }

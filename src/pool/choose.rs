@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use tower::balance::p2c::Balance;
@@ -96,7 +97,17 @@ where
             .choice
             .get_or_insert_with(|| match members.fixed_one() {
                 Some(slot) => Choice::One(Member::new(slot, members.clone())),
-                None => Choice::Many(Balance::new(Discovery::new(members.clone()))),
+                None => {
+                    let discovery = Discovery::new(members.clone());
+                    Choice::Many(match members.seed.get() {
+                        // Seeded: the same handles choose alike in every run (a replay).
+                        Some(seed) => {
+                            let n = seed.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+                            Balance::from_rng(discovery, SplitMix(n))
+                        }
+                        None => Balance::new(discovery),
+                    })
+                }
             });
         let ready = match choice {
             Choice::One(member) => Service::<R>::poll_ready(member, cx),
@@ -149,6 +160,19 @@ impl<Req, Resp, R> Chooser<Req, Resp, R> {
     fn fail_next(&mut self) -> Poll<Result<(), BoxError>> {
         self.route = None;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A seeded source for a handle's `p2c` draws (splitmix64).
+struct SplitMix(u64);
+
+impl tower::util::rng::Rng for SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 

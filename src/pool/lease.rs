@@ -45,6 +45,8 @@ where
         loop {
             let slots = self.members.snapshot();
             let changed = members::changed(&self.members, &slots);
+            tokio::pin!(changed);
+            members::registered(changed.as_mut()).await;
             let mut usable: Vec<(usize, usize)> = Vec::new();
             let mut soon = false;
             for (i, slot) in slots.iter().enumerate() {
@@ -67,7 +69,7 @@ where
                         slot: slot.clone(),
                         channel: slot.channel.clone(),
                     };
-                    self.members.leases.send_replace(());
+                    self.members.changes.notify_waiters();
                     // Calls handed to it by callers who found it free are in its
                     // intake before the lease's first (a synchronous step each).
                     while slot.queuing.load(Ordering::SeqCst) != 0 {
@@ -109,7 +111,7 @@ impl<Req, Resp> Lease<Req, Resp> {
 impl<Req, Resp> Drop for Lease<Req, Resp> {
     fn drop(&mut self) {
         self.slot.leased.store(false, Ordering::Release);
-        self.members.leases.send_replace(());
+        self.members.changes.notify_waiters();
     }
 }
 

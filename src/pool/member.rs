@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::sync::watch;
 use tokio_util::sync::ReusableBoxFuture;
 use tower::load::Load;
 use tower::{BoxError, Service};
@@ -144,8 +143,6 @@ struct Parts<Req, Resp> {
     channel: Channel<Req, Resp>,
     slot: Arc<Slot<Req, Resp>>,
     members: Arc<Members<Req, Resp>>,
-    state: watch::Receiver<State>,
-    leases: watch::Receiver<()>,
     /// Waits for a change of state or lease; allocated the first time it is needed.
     wait: Option<ReusableBoxFuture<'static, ()>>,
     waiting: bool,
@@ -155,8 +152,6 @@ impl<Req, Resp> Member<Req, Resp> {
     pub(crate) fn new(slot: Arc<Slot<Req, Resp>>, members: Arc<Members<Req, Resp>>) -> Self {
         let channel = slot.channel.clone();
         Member(Box::new(Parts {
-            state: channel.shared.state.subscribe(),
-            leases: members.leases.subscribe(),
             channel,
             slot,
             members,
@@ -171,14 +166,28 @@ impl<Req, Resp> Parts<Req, Resp> {
         self.slot.standing()
     }
 
-    /// Arms the wait for the next change of state or lease.
-    fn arm(&mut self) {
-        let mut state = self.state.clone();
-        let mut leases = self.leases.clone();
+    /// Arms the wait for the next change of state (a connect pass ends, or the state
+    /// becomes one that is no pass) or of a lease. Registered first, it looks at the
+    /// slot again and ends at once if it is usable now (unless the channel `refused`:
+    /// then it waits for a change).
+    fn arm(&mut self, refused: bool)
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let (slot, members) = (self.slot.clone(), self.members.clone());
         let wait = async move {
+            let state = slot.channel.shared.connect_done.notified();
+            let changes = members.changes.notified();
+            tokio::pin!(state, changes);
+            state.as_mut().enable();
+            changes.as_mut().enable();
+            if !refused && slot.standing() == Standing::Usable {
+                return;
+            }
             tokio::select! {
-                _ = state.changed() => {}
-                _ = leases.changed() => {}
+                () = state => {}
+                () = changes => {}
             }
         };
         match &mut self.wait {
@@ -211,13 +220,7 @@ where
                     Poll::Ready(Err(_)) => refused = true,
                 }
             }
-            // Seen from here on: a change after this wakes the wait armed below.
-            self.state.borrow_and_update();
-            self.leases.borrow_and_update();
-            if !refused && self.standing() == Standing::Usable {
-                continue;
-            }
-            self.arm();
+            self.arm(refused);
         }
     }
 }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::watch;
 use tower::load::Load;
 
 use super::member::{Slot, Standing};
@@ -47,8 +46,10 @@ pub(crate) struct Members<Req, Resp> {
     generation: AtomicU64,
     /// The handles' balances to wake when the list changes (their `Discover`s).
     watchers: Mutex<Vec<Weak<AtomicWaker>>>,
-    /// Bumped when a lease is taken or returned.
-    pub(crate) leases: watch::Sender<()>,
+    /// Notified when a lease is taken or returned, and when the list changes (a
+    /// `Notify`: its waiters wake in the order they began to wait, so a replay wakes
+    /// them alike; a `watch` wakes them in an order drawn per process).
+    pub(crate) changes: tokio::sync::Notify,
     next_key: AtomicU64,
     factory: Factory<Req, Resp>,
     /// The group of a pool of one host (the sizing grows it).
@@ -62,6 +63,9 @@ pub(crate) struct Members<Req, Resp> {
     pub(crate) closed: AtomicBool,
     /// The size never changes.
     fixed: bool,
+    /// Seeds the handles' balances (`PoolBuilder::balance_seed`), one draw per handle
+    /// in the order they first choose; `None`: tower's own random source.
+    pub(crate) seed: std::sync::OnceLock<AtomicU64>,
 }
 
 /// What a caller choosing a connection found, in a snapshot.
@@ -86,7 +90,7 @@ where
             current: RwLock::new(Arc::from(Vec::new())),
             generation: AtomicU64::new(0),
             watchers: Mutex::new(Vec::new()),
-            leases: watch::Sender::new(()),
+            changes: tokio::sync::Notify::new(),
             next_key: AtomicU64::new(0),
             factory,
             home: Group::new(0, None),
@@ -94,6 +98,7 @@ where
             gone: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             fixed,
+            seed: std::sync::OnceLock::new(),
         };
         for _ in 0..size {
             members.grow(&members.home.clone());
@@ -203,7 +208,7 @@ impl<Req, Resp> Members<Req, Resp> {
             None => false,
         });
         // A handle waiting for a connection that was not there wakes too.
-        self.leases.send_replace(());
+        self.changes.notify_waiters();
     }
 
     /// Wakes `waker` at every change of the list from now on, while it lives.
@@ -262,31 +267,47 @@ pub(crate) fn load<Req, Resp>(slots: &[Arc<Slot<Req, Resp>>]) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Resolves at the next change of a state of one of `slots`, of a lease, or of the list
-/// after this call (the receivers are made, so marked seen, here).
+/// Resolves at the next end of a connect pass (or change to a state that is not a
+/// pass) of one of `slots`, change of a lease, or change of the list, after its first
+/// poll: poll it once, look again, then await it (`registered`).
 pub(crate) fn changed<Req, Resp>(
-    members: &Members<Req, Resp>,
+    members: &Arc<Members<Req, Resp>>,
     slots: &[Arc<Slot<Req, Resp>>],
-) -> impl Future<Output = ()> + Send + 'static {
-    type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
-    let mut waits: Vec<Wait> = slots
-        .iter()
-        .map(|s| {
-            let mut state = s.channel.shared.state.subscribe();
-            Box::pin(async move {
-                let _ = state.changed().await;
-            }) as Wait
-        })
-        .collect();
-    let mut leases = members.leases.subscribe();
-    waits.push(Box::pin(async move {
-        let _ = leases.changed().await;
-    }));
-    std::future::poll_fn(move |cx| {
-        if waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+) -> impl Future<Output = ()> + Send + 'static
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    let shared: Vec<_> = slots.iter().map(|s| s.channel.shared.clone()).collect();
+    let members = members.clone();
+    async move {
+        let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = shared
+            .iter()
+            .map(|s| Box::pin(s.connect_done.notified()))
+            .collect();
+        waits.push(Box::pin(members.changes.notified()));
+        for wait in &mut waits {
+            wait.as_mut().enable();
         }
+        std::future::poll_fn(|cx| {
+            if waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Polls `wait` once, so that it is registered for what comes next.
+pub(crate) async fn registered<F: Future>(wait: Pin<&mut F>) {
+    let mut wait = Some(wait);
+    std::future::poll_fn(|cx| {
+        if let Some(wait) = wait.take() {
+            let _ = wait.poll(cx);
+        }
+        Poll::Ready(())
     })
+    .await;
 }

@@ -114,6 +114,17 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    /// This pool, its handles' balances seeded (before any handle chose).
+    pub(crate) fn seeded(self, seed: Option<u64>) -> Self {
+        if let Some(seed) = seed {
+            let _ = self
+                .members
+                .seed
+                .set(std::sync::atomic::AtomicU64::new(seed));
+        }
+        self
+    }
+
     pub(crate) fn from_members(members: Arc<Members<Req, Resp>>) -> Self {
         Pool {
             chooser: Chooser::new(members.clone()),
@@ -126,20 +137,21 @@ where
     /// every connection is down.
     async fn pick(&self) -> Result<Arc<Slot<Req, Resp>>, Error> {
         loop {
-            let generation = self.members.generation();
             let slots = self.members.snapshot();
-            let changed = match members::find(&slots) {
+            match members::find(&slots) {
                 Found::Usable(i) | Found::Down(i) => return Ok(slots[i].clone()),
                 Found::Empty if self.members.empty_for_good(&slots) => {
                     return Err(choose::no_connection());
                 }
-                // Subscribed, then looked at again: a change in between wakes it.
-                Found::Wait | Found::Empty => members::changed(&self.members, &slots),
-            };
-            let slots_now = self.members.snapshot();
-            if let Found::Wait | Found::Empty = members::find(&slots_now)
-                && !self.members.empty_for_good(&slots_now)
-                && self.members.generation() == generation
+                Found::Wait | Found::Empty => {}
+            }
+            // Registered, then looked at again: a change in between wakes it.
+            let changed = members::changed(&self.members, &slots);
+            tokio::pin!(changed);
+            members::registered(changed.as_mut()).await;
+            let now = self.members.snapshot();
+            if Arc::ptr_eq(&now, &slots)
+                && matches!(members::find(&now), Found::Wait | Found::Empty)
             {
                 changed.await;
             }

@@ -21,8 +21,8 @@
 //! `Discover` of two hosts), with ops of its own drawn from a stream of its own (every
 //! call shape through its methods, leases with calls on them, taken one at a time,
 //! `close`, `shutdown`, `connect`, an endpoint removed; with `SIM_POOL_P2C=1` also its
-//! `Service<Req>`, `Pool::calls()` and `poll_ready` slots, whose p2c draws from a random
-//! source seeded per process: see `scenario::pool_p2c`), recorded in the ledger as a
+//! `Service<Req>`, `Pool::calls()` and `poll_ready` slots, seeded by the scenario but
+//! not yet the same in every process: see `scenario::pool_p2c`), recorded in the ledger as a
 //! client's so every check applies, and a schedule
 //! of operations at virtual times: every call shape, through the methods or through
 //! `Service<Call>`, cancels at random points, panics in user code (codec, `check`,
@@ -320,19 +320,8 @@ fn same_seed_same_log_in_another_process() {
         })
         .collect();
     assert_eq!(theirs.len(), DIGEST_SEEDS.count(), "the child's digests");
-    // A pool's callers that wait for a usable connection (`Pool::lease`, its methods)
-    // wait on `watch`es, whose waiters tokio wakes in an order drawn per process: a seed
-    // with a pool may give another log in another process when two of them wait at once
-    // (seed 0x154). A defect of the pool's, reported; its seeds are left out until it is
-    // fixed, and their logs are the same within one process (`same_seed_same_log`).
-    let pooled = |seed: u64| {
-        scenario::generate(seed, &scenario::Weights::CI)
-            .clients
-            .iter()
-            .any(|c| c.pool.is_some())
-    };
     let differ: Vec<u64> = DIGEST_SEEDS
-        .filter(|&seed| !pooled(seed) && theirs[&seed] != format!("{:x}", log_digest(seed)))
+        .filter(|&seed| theirs[&seed] != format!("{:x}", log_digest(seed)))
         .collect();
     assert!(
         differ.is_empty(),

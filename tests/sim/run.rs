@@ -317,7 +317,8 @@ fn build(
         .next_u64()
         .is_multiple_of(2);
     if let Some(k) = plan.pool {
-        let mut pb = b.pool(k);
+        // Its handles' p2c draws replay with the seed.
+        let mut pb = b.pool(k).balance_seed(seed ^ 0x0ba1_a9ce ^ i as u64);
         let mut feed = None;
         if let Some(pair) = plan.discover {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
