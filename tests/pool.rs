@@ -8,20 +8,15 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{
-    Backoff, Call, Channel, Endpoint, Kind, Order, Pool, Reconnect, Replies, State,
-};
+use socketchannel::{Call, Channel, Endpoint, Kind, Order, Reconnect, Replies, State};
 use tower::load::Load;
 use tower::{Service, ServiceExt};
 
 use support::channel::msg;
 use support::codec::{Kind as MsgKind, Msg, TestProto};
 use support::memory::{Io, Net};
+use support::pool::{HOST, P, pool};
 use support::{bounded, eventually};
-
-const HOST: &str = "a:1";
-
-type P = Pool<Msg, Msg>;
 
 /// Echoes every request; `quit` drops the connection unanswered, `push` sends a push
 /// frame before the reply.
@@ -45,17 +40,6 @@ fn net() -> Net {
     })
 }
 
-/// A pool of `size` over `net`, reconnecting persistently with a fixed backoff.
-fn pool(net: &Net, size: usize, backoff: Duration) -> P {
-    Channel::builder()
-        .host(HOST)
-        .reconnect(Reconnect::Persistent)
-        .backoff(Backoff::exponential(backoff, backoff))
-        .pool(size)
-        .connector(net.connector(), Order::new(TestProto))
-        .expect("valid host")
-}
-
 fn sent(pool: &P) -> Vec<u64> {
     pool.channels().map(|c| c.counters().sent).collect()
 }
@@ -74,7 +58,6 @@ async fn calls_spread_over_every_connection_and_the_counters_sum() {
                         let body = format!("{t}.{i}");
                         let call = handle.ready().await.unwrap().call(msg(body.clone()));
                         replies.push(tokio::spawn(call));
-                        let _ = body;
                     }
                     for (i, reply) in replies.into_iter().enumerate() {
                         let reply = reply.await.unwrap().expect("answered");

@@ -1,5 +1,5 @@
-//! What a skeptical review of `Pool` found, each now a regression test: leases against
-//! handles made ready before them, members never shut out of a host that is up, the
+//! What a skeptical review of `Pool` found, each now a regression test (its two lease
+//! races are in `tests/pool.rs`): members never shut out of a host that is up, the
 //! wait for a turn outside the connect timeout, a host failing every handshake dialed
 //! once per backoff step, a pool's connections back in one step and separate channels
 //! not in lockstep, and the methods' allocations. In memory, under paused time like `tests/pool.rs`.
@@ -9,18 +9,15 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, Builder, Channel, Endpoint, Order, Pool, Reconnect, State};
-use tower::{Service, ServiceExt};
+use socketchannel::{Backoff, Channel, Endpoint, Order};
 
 use support::channel::msg;
 use support::codec::{Msg, TestProto};
 use support::memory::{Io, Net};
+use support::pool::{HOST, build, builder, fixed, member, ready};
 use support::{bounded, eventually};
 
-const HOST: &str = "a:1";
 const BACKUP: &str = "b:1";
-
-type P = Pool<Msg, Msg>;
 
 /// Echoes every request; `quit` drops the connection unanswered.
 fn net() -> Net {
@@ -34,32 +31,6 @@ fn net() -> Net {
             }
         }
     })
-}
-
-fn builder(backoff: Backoff) -> Builder<Msg, Msg> {
-    Channel::builder()
-        .host(HOST)
-        .reconnect(Reconnect::Persistent)
-        .backoff(backoff)
-}
-
-fn fixed(d: Duration) -> Backoff {
-    Backoff::exponential(d, d)
-}
-
-fn build(net: &Net, builder: Builder<Msg, Msg>, size: usize) -> P {
-    builder
-        .pool(size)
-        .connector(net.connector(), Order::new(TestProto))
-        .expect("valid host")
-}
-
-fn member(pool: &P, i: usize) -> Channel<Msg, Msg> {
-    pool.channels().nth(i).expect("a member")
-}
-
-fn ready(c: &Channel<Msg, Msg>) -> bool {
-    *c.state().borrow() == State::Ready
 }
 
 /// The gate's record of a failed dial names the member that failed, and only that
@@ -153,57 +124,6 @@ async fn waiting_for_the_gate_does_not_count_against_the_connect_timeout() {
         assert!(
             connected.is_ok(),
             "every dial takes 40 ms against a 100 ms timeout: {connected:?}"
-        );
-    })
-    .await;
-}
-
-/// `Lease` says no call of any other caller goes to the leased connection. A handle
-/// whose `poll_ready` chose that connection before the lease was taken still sends its
-/// call there.
-#[tokio::test(start_paused = true)]
-async fn a_lease_is_exclusive_against_a_handle_ready_before_it() {
-    bounded(async {
-        let net = net();
-        let pool = build(&net, builder(fixed(Duration::from_millis(100))), 1);
-        pool.connect().await.unwrap();
-        let mut handle = pool.clone();
-        handle.ready().await.unwrap();
-        let lease = pool.lease().await.unwrap();
-        let before = lease.counters().sent;
-        let call = handle.call(msg("not mine"));
-        let _ = tokio::time::timeout(Duration::from_millis(100), call).await;
-        assert_eq!(
-            lease.counters().sent,
-            before,
-            "another caller's call went to the leased connection"
-        );
-    })
-    .await;
-}
-
-/// Same with K = 2 and a handle whose balance holds both connections ready: the lease
-/// takes one, the handle's call may still go to it.
-#[tokio::test(start_paused = true)]
-async fn a_lease_is_exclusive_against_handles_that_made_calls_before() {
-    bounded(async {
-        let net = net();
-        let pool = build(&net, builder(fixed(Duration::from_millis(100))), 2);
-        pool.connect().await.unwrap();
-        // Many handles, each ready (its balance holds both connections ready).
-        let mut handles: Vec<P> = (0..32).map(|_| pool.clone()).collect();
-        for h in &mut handles {
-            h.ready().await.unwrap();
-        }
-        let lease = pool.lease().await.unwrap();
-        let before = lease.counters().sent;
-        for h in &mut handles {
-            let _ = tokio::time::timeout(Duration::from_millis(100), h.call(msg("x"))).await;
-        }
-        assert_eq!(
-            lease.counters().sent,
-            before,
-            "other callers' calls went to the leased connection"
         );
     })
     .await;

@@ -7,18 +7,16 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Backoff, Builder, Channel, Endpoint, Order, Pool, Reconnect, State};
+use socketchannel::{Endpoint, Order, State};
 use tower::{Service, ServiceExt};
 
 use support::channel::msg;
 use support::codec::{Kind as MsgKind, Msg, TestProto};
 use support::memory::{Io, Net};
+use support::pool::{HOST, build, builder, fixed, member, ready};
 use support::{bounded, eventually};
 
-const HOST: &str = "a:1";
 const OTHER: &str = "b:1";
-
-type P = Pool<Msg, Msg>;
 
 /// Echoes every request; `quit` drops the connection unanswered; `hold` is answered
 /// after a second; `push` sends a push frame before its reply.
@@ -60,32 +58,6 @@ fn net() -> Net {
             _ = reader => {}
         }
     })
-}
-
-fn builder(backoff: Backoff) -> Builder<Msg, Msg> {
-    Channel::builder()
-        .host(HOST)
-        .reconnect(Reconnect::Persistent)
-        .backoff(backoff)
-}
-
-fn fixed(d: Duration) -> Backoff {
-    Backoff::exponential(d, d)
-}
-
-fn build(net: &Net, builder: Builder<Msg, Msg>, size: usize) -> P {
-    builder
-        .pool(size)
-        .connector(net.connector(), Order::new(TestProto))
-        .expect("valid host")
-}
-
-fn member(pool: &P, i: usize) -> Channel<Msg, Msg> {
-    pool.channels().nth(i).expect("a member")
-}
-
-fn ready(c: &Channel<Msg, Msg>) -> bool {
-    *c.state().borrow() == State::Ready
 }
 
 /// `connect()` "connects if it is not" and restarts the backoff (a plain channel dials

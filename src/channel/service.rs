@@ -306,12 +306,6 @@ where
         self.permit = None;
     }
 
-    /// `poll_ready` of both `Service`s: room in the intake for the next call.
-    #[cfg(feature = "pool")]
-    pub(crate) fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.poll_reserve(cx).map_err(BoxError::from)
-    }
-
     /// Hands a call to the intake with the slot `poll_ready` reserved, or one taken now
     /// if there is room; otherwise fails it *not sent*.
     fn submit(&mut self, mut envelope: Envelope<Req, Resp>) {

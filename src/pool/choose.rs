@@ -56,14 +56,13 @@ impl<Req, Resp, R> Chooser<Req, Resp, R> {
         }
     }
 
-    /// The list as it stands: one atomic read unless it changed.
-    pub(crate) fn slots(&mut self) -> &Snapshot<Req, Resp> {
+    /// Rereads the list if it changed: one atomic read when it did not.
+    fn refresh(&mut self) {
         let generation = self.members.generation();
         if generation != self.generation {
             self.slots = self.members.snapshot();
             self.generation = generation;
         }
-        &self.slots
     }
 }
 
@@ -80,16 +79,16 @@ where
         if self.route.is_some() {
             return Poll::Ready(Ok(()));
         }
-        let slots = self.slots().clone();
+        self.refresh();
+        let slots = &self.slots;
         // No connection yet, endpoints to come: the balance waits for them.
-        let awaiting = slots.is_empty() && !self.members.empty_for_good(&slots);
-        if !awaiting && members::all_down(&slots) {
-            let route = match members::find(&slots) {
-                Found::Down(i) => Route::Down(slots[i].clone()),
-                // None at all: the call fails at once.
-                _ => return self.fail_next(),
+        let awaiting = slots.is_empty() && self.members.awaits_endpoints();
+        if !awaiting && members::all_down(slots) {
+            // With no connection at all there is no route: the call fails at once.
+            self.route = match members::find(slots) {
+                Found::Down(i) => Some(Route::Down(slots[i].clone())),
+                _ => None,
             };
-            self.route = Some(route);
             return Poll::Ready(Ok(()));
         }
         let members = &self.members;
@@ -136,7 +135,8 @@ where
                 Inner::Direct(slot.send(&mut channel, || slots.clone(), request))
             }
             (Some(Route::Chosen), None) | (None, _) => {
-                let slots = self.slots().clone();
+                self.refresh();
+                let slots = self.slots.clone();
                 match members::find(&slots) {
                     Found::Usable(i) => {
                         let mut channel = slots[i].channel.clone();
@@ -152,14 +152,6 @@ where
             }
         };
         PoolFuture(inner)
-    }
-}
-
-impl<Req, Resp, R> Chooser<Req, Resp, R> {
-    /// A pool without a connection: `Ready`, and the next call fails.
-    fn fail_next(&mut self) -> Poll<Result<(), BoxError>> {
-        self.route = None;
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -80,7 +80,7 @@ where
                 soon = true;
             }
             // Endpoints to come (a pool over a `Discover`) are worth waiting for too.
-            let coming = slots.is_empty() && !self.members.empty_for_good(&slots);
+            let coming = slots.is_empty() && self.members.awaits_endpoints();
             if !soon && !coming {
                 return match members::find(&slots) {
                     Found::Down(i) => Err(slots[i].down_error()),

@@ -213,7 +213,7 @@ where
             }
             let mut refused = false;
             if self.standing() == Standing::Usable {
-                match self.channel.poll_room(cx) {
+                match Service::<Req>::poll_ready(&mut self.channel, cx) {
                     Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                     Poll::Pending => return Poll::Pending,
                     // Closed meanwhile: out, like any closed member.

@@ -176,9 +176,10 @@ impl<Req, Resp> Members<Req, Resp> {
         }
     }
 
-    /// No connection, and none to wait for.
-    pub(crate) fn empty_for_good(&self, slots: &[Arc<Slot<Req, Resp>>]) -> bool {
-        slots.is_empty() && !self.awaiting.load(Ordering::Acquire)
+    /// Endpoints are still to come from a `Discover`: a pool without a connection
+    /// waits for one.
+    pub(crate) fn awaits_endpoints(&self) -> bool {
+        self.awaiting.load(Ordering::Acquire)
     }
 
     /// The one connection of a pool that always has exactly one.

@@ -27,12 +27,11 @@ mod pushes;
 mod scale;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tower::load::Load;
 use tower::{BoxError, Service};
 
@@ -140,7 +139,7 @@ where
             let slots = self.members.snapshot();
             match members::find(&slots) {
                 Found::Usable(i) | Found::Down(i) => return Ok(slots[i].clone()),
-                Found::Empty if self.members.empty_for_good(&slots) => {
+                Found::Empty if !self.members.awaits_endpoints() => {
                     return Err(choose::no_connection());
                 }
                 Found::Wait | Found::Empty => {}
@@ -296,11 +295,11 @@ where
         self.members
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let all = self.channels().map(|channel| {
-            Box::pin(async move { channel.shutdown(deadline).await })
-                as Pin<Box<dyn Future<Output = ()> + Send>>
-        });
-        join_all(all.collect()).await;
+        join_all(
+            self.channels()
+                .map(|channel| async move { channel.shutdown(deadline).await }),
+        )
+        .await;
     }
 
     /// Connects every connection now, if not connected, and waits for them all
@@ -323,12 +322,12 @@ where
         let members = &self.members;
         let connect = |slots: Vec<Arc<Slot<Req, Resp>>>, fresh: bool| async move {
             let keys: Vec<u64> = slots.iter().map(|s| s.key).collect();
-            let all = slots.into_iter().map(|slot| {
-                let channel = slot.channel.clone();
-                Box::pin(async move { channel.connect_as(fresh).await })
-                    as Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
-            });
-            let outcomes = join_all(all.collect()).await;
+            let outcomes = join_all(
+                slots
+                    .into_iter()
+                    .map(|slot| async move { slot.channel.connect_as(fresh).await }),
+            )
+            .await;
             // A connection taken out of the pool meanwhile (its endpoint removed, the
             // pool shrunk) is no failure of the pool's.
             let now = members.snapshot();
@@ -523,23 +522,4 @@ impl<Req, Resp> Load for PoolCalls<Req, Resp> {
     fn load(&self) -> usize {
         members::load(&self.chooser.members.snapshot())
     }
-}
-
-/// Polls every future to its end, together; their outputs in order.
-async fn join_all<T>(mut all: Vec<Pin<Box<dyn Future<Output = T> + Send>>>) -> Vec<T> {
-    let mut out: Vec<Option<T>> = all.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (fut, slot) in all.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(v) => *slot = Some(v),
-                    Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }

@@ -16,6 +16,8 @@ pub mod codec;
 pub mod loopback;
 pub mod memory;
 pub mod peak;
+#[cfg(feature = "pool")]
+pub mod pool;
 pub mod proxy;
 pub mod script;
 pub mod server;
