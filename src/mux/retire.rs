@@ -33,6 +33,12 @@ pub(crate) struct Retire {
     tick: u32,
 }
 
+/// How many whole `every`s fit in `span`, saturated (the tick counter wraps, and an
+/// age is at most `Retire::TICKS` ticks).
+fn ticks_in(span: Duration, every: Duration) -> u32 {
+    u32::try_from(span.as_nanos() / every.as_nanos().max(1)).unwrap_or(u32::MAX / 2)
+}
+
 /// The orphan-age clock of a connection.
 struct AgeClock {
     /// The length of a tick.
@@ -102,7 +108,10 @@ impl Retire {
         if let Some(AgeClock { every, next, timer }) = &mut self.age
             && next.is_none_or(|at| now >= at)
         {
-            self.tick = self.tick.wrapping_add(1);
+            // Every tick that passed since the last one counts, not one per pass that
+            // moved: on a quiet connection those are far apart.
+            let passed = next.map_or(1, |at| 1 + ticks_in(now - at, *every));
+            self.tick = self.tick.wrapping_add(passed);
             let at = now + *every;
             *next = Some(at);
             scan = true;

@@ -138,3 +138,41 @@ async fn an_old_orphan_retires_its_connection() {
         Some("after")
     );
 }
+
+/// The age clock ticks with time, not with activity: on a quiet connection (a stall
+/// timer watches the orphan, so the age rule keeps no timer of its own, and the only
+/// traffic is a ping every 3 s), an orphan older than a 1 s `orphan_age` retires its
+/// connection at the first ping after it is old, not after one ping per quarter of
+/// the age (about 15 s) as when each pass that moved counted as one tick.
+#[tokio::test(start_paused = true)]
+async fn an_old_orphan_on_a_quiet_connection_retires_it_on_time() {
+    let (net, _log) = serve();
+    let age = Duration::from_secs(1);
+    let ch = net.channel(
+        Mode::Session,
+        Channel::builder().host("a:1").config(
+            Config::default()
+                .orphan_age(Some(age))
+                .stall_timeout(Some(Duration::from_secs(30))),
+        ),
+    );
+    let mut svc = ServiceBuilder::new().timeout(ms(100)).service(ch.clone());
+    let gave_up = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Msg::new("mute"))
+        .await;
+    assert!(gave_up.is_err(), "nobody answers it");
+    let started = Instant::now();
+    while ch.counters().retired == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(7),
+            "an orphan older than {age:?} is still not retired after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let reply = joined(spawn_request(&ch, "ping")).await.expect("answered");
+        assert_eq!(reply.text(), "ping");
+    }
+}
