@@ -15,6 +15,9 @@ use super::scenario::{Flags, Op, Scenario, Shape};
 /// are healed.
 pub const SETTLE: Duration = Duration::from_secs(60);
 
+/// How long the end waits for calls nobody waits for to be answered.
+const GAUGES_SETTLE: Duration = Duration::from_secs(20);
+
 pub fn apply(
     ctx: &Arc<Ctx>,
     net: &Net<SimServer, SimCodec>,
@@ -244,6 +247,13 @@ pub async fn finish(
     }
     wait_done(ctx, SETTLE).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // A server may still owe frames to a call whose caller left (four frames, 1.5 s
+    // apart, take 6 s): the gauges are read once those have come, or after a bound a
+    // leak never meets.
+    let until = tokio::time::Instant::now() + GAUGES_SETTLE;
+    while channels.iter().any(Client::in_flight) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut out = Vec::new();
     let calls = ctx.ledger.calls();
     for (i, client) in channels.iter().enumerate() {

@@ -41,6 +41,14 @@ impl Client {
         }
     }
 
+    /// Some of its connections still wait for replies (`Counters::in_flight`).
+    pub fn in_flight(&self) -> bool {
+        match self {
+            Client::Ch(ch) => ch.counters().in_flight != 0,
+            Client::Pool(pool, _) => pool.counters().in_flight != 0,
+        }
+    }
+
     pub fn close(&self) {
         match self {
             Client::Ch(ch) => ch.close(),
