@@ -560,6 +560,12 @@ fn wrong_server_backs_off(
         if retired_by_rule(ctx, scn, client, *accepted).is_some_and(|r| r <= t) {
             continue;
         }
+        // The frame that said so also panicked the protocol (a `session` or `decode`
+        // mark): that channel closed before it acted on the word (its calls failed
+        // `Closed` then), and a pool's other channels never heard it.
+        if closed_at(ctx, client, t) {
+            continue;
+        }
         // A pool over a `Discover` backs off endpoint by endpoint: its connects to the
         // other endpoints are no retry of this one.
         let same_endpoint = |r: &&Record| {
@@ -631,6 +637,27 @@ fn wrong_server_backs_off(
         }
     }
     out
+}
+
+/// Some call of `client` failed `Kind::Closed` within `SLACK` of `t`: one of its
+/// channels closed then.
+fn closed_at(ctx: &Ctx, client: usize, t: Duration) -> bool {
+    ctx.ledger
+        .calls()
+        .iter()
+        .filter(|c| c.client == client)
+        .any(|c| {
+            c.outcomes.iter().any(|(at, o)| {
+                matches!(
+                    o,
+                    Outcome::Failed {
+                        kind: Kind::Closed,
+                        ..
+                    }
+                ) && *at >= t
+                    && *at <= t + SLACK
+            })
+        })
 }
 
 /// `limit_only_when_over`: a call fails `Kind::Limit` only when its reply could go over
