@@ -49,9 +49,11 @@ impl<C: Clone> UnixConnector<C> {
 
     /// The initial capacity of the read and write buffers of each connection's
     /// `Framed` (default 64 KiB; they grow for larger frames). It is also how much a
-    /// read takes at most, and how many bytes of calls are gathered before a write goes
-    /// out: smaller saves memory per connection (the two buffers are allocated when it
-    /// connects), and costs a read and a write per that many bytes.
+    /// read takes at most: smaller saves memory per connection (the two buffers are
+    /// allocated when it connects), and costs a read per that many bytes. A write goes
+    /// out once 1 MiB of calls (or this capacity, if larger) is gathered, or when the
+    /// connection task has written every call queued: the write buffer grows past this
+    /// capacity only while more bytes of calls than that wait at once.
     pub fn buffer_capacity(mut self, bytes: usize) -> Self {
         self.buffer = bytes;
         self
