@@ -636,3 +636,39 @@ async fn a_dns_name_is_followed_as_its_addresses_change() {
     })
     .await;
 }
+
+/// The connections two pools of three chose, call by call, for 40 calls one at a time
+/// (every connection equally loaded, so each choice is the balance's random draw).
+async fn choices(seed: Option<u64>) -> Vec<usize> {
+    let net = net();
+    let mut b = support::pool::builder(support::pool::fixed(Duration::from_millis(100))).pool(3);
+    if let Some(seed) = seed {
+        b = b.balance_seed(seed);
+    }
+    let mut pool = b
+        .connector(net.connector(), Order::new(TestProto))
+        .expect("valid host");
+    pool.connect().await.expect("connected");
+    let mut chosen = Vec::new();
+    for i in 0..40 {
+        let before = sent(&pool);
+        let reply = pool.ready().await.unwrap().call(msg(format!("{i}"))).await;
+        assert_eq!(reply.expect("answered").text(), format!("{i}"));
+        let after = sent(&pool);
+        chosen.push((0..3).find(|&k| after[k] > before[k]).expect("one took it"));
+    }
+    chosen
+}
+
+/// `balance_seed` replays the balance's choices, for a pool of one endpoint as for
+/// one over a `Discover` (it was only applied to the latter).
+#[tokio::test(start_paused = true)]
+async fn a_balance_seed_replays_the_choices() {
+    bounded(async {
+        let a = choices(Some(7)).await;
+        assert_eq!(a, choices(Some(7)).await, "the same seed, the same choices");
+        assert!(a.iter().any(|&k| k != a[0]), "the draws vary: {a:?}");
+        assert_ne!(a, choices(Some(8)).await, "another seed, other choices");
+    })
+    .await;
+}

@@ -149,10 +149,11 @@ where
             target: self.target,
             drain: self.builder.drain(),
         });
-        Ok(self
+        let pool = self
             .builder
             .into_layer(mode)?
-            .sized(self.size, sizing, connector))
+            .sized(self.size, sizing, connector);
+        Ok(pool.seeded(self.seed))
     }
 }
 

@@ -185,7 +185,9 @@ impl<Req, Resp> Parts<Req, Resp> {
             if !refused && slot.standing() == Standing::Usable {
                 return;
             }
+            // Biased: a random order would make the simulation's runs differ by process.
             tokio::select! {
+                biased;
                 () = state => {}
                 () = changes => {}
             }
