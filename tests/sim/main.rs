@@ -20,10 +20,10 @@
 //! channels behind tower's p2c, built as a client is, some of the time over a
 //! `Discover` of two hosts), with ops of its own drawn from a stream of its own (every
 //! call shape through its methods, leases with calls on them, taken one at a time,
-//! `close`, `shutdown`, `connect`, an endpoint removed; with `SIM_POOL_P2C=1` also its
-//! `Service<Req>`, `Pool::calls()` and `poll_ready` slots, seeded by the scenario but
-//! not yet the same in every process: see `scenario::pool_p2c`), recorded in the ledger as a
-//! client's so every check applies, and a schedule
+//! `close`, `shutdown`, `connect`, an endpoint removed, and its `Service<Req>`,
+//! `Pool::calls()` and `poll_ready` slots through its p2c balances, seeded by the
+//! scenario (`scenario::pool_p2c`)), recorded in the ledger as a client's so every
+//! check applies, and a schedule
 //! of operations at virtual times: every call shape, through the methods or through
 //! `Service<Call>`, cancels at random points, panics in user code (codec, `check`,
 //! `is_final`, `session`, `verdict`, handshake), `poll_ready` slots taken and dropped,

@@ -649,15 +649,13 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
 }
 
 /// Whether the pool's p2c paths are drawn: its `Service<Req>`, `Pool::calls()` and
-/// `poll_ready` slots (`SIM_POOL_P2C=1`; off by default). A pool handle's p2c balance
-/// draws from a seed of the scenario's (`PoolBuilder::balance_seed`), yet with these
-/// paths 12 of the 400 seeds of `same_seed_same_log_in_another_process` still give
-/// another log in another process (not found yet: something in tower's balance or
-/// ready cache that is per process). Off, those ops are made through the pool's
-/// methods, whose choice (the least loaded connection) is the same in every process.
+/// `poll_ready` slots (on by default; `SIM_POOL_P2C=0` draws those ops through the
+/// pool's methods instead, as before they replayed). A pool handle's p2c balance draws
+/// from a seed of the scenario's (`PoolBuilder::balance_seed`), so they are the same in
+/// every process.
 pub fn pool_p2c() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SIM_POOL_P2C").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("SIM_POOL_P2C").map_or(true, |v| v != "0"))
 }
 
 /// A pool client (`Later::pool`), from the pool's stream: a client's plan as any
