@@ -571,8 +571,22 @@ fn wrong_server_backs_off(
         let same_endpoint = |r: &&Record| {
             scn.clients[client].discover.is_none() || r.host.as_str() == host.as_str()
         };
-        let next = records.iter().find(|r| {
-            r.client == client && r.at > *accepted && is_attempt(&r.what) && same_endpoint(r)
+        // A pool's other connections may dial while this one reads the word: a dial
+        // that began before it (an attempt is recorded a connect latency after it
+        // began) is no retry of this connection's.
+        let pool = scn.clients[client].pool.is_some();
+        let attempt_after = |from: Duration| {
+            records.iter().find(|r| {
+                r.client == client && r.at > from && is_attempt(&r.what) && same_endpoint(r)
+            })
+        };
+        let began_before = |r: &Record| pool && r.at > t && r.at <= t + super::connectors::LATENCY;
+        let next = attempt_after(*accepted).and_then(|r| {
+            if began_before(r) {
+                attempt_after(t + super::connectors::LATENCY)
+            } else {
+                Some(r)
+            }
         });
         // None yet, or a pass since this connection was made: it was no longer the
         // current one.

@@ -15,7 +15,7 @@ use super::run::Ctx;
 use super::scenario::{Op, Scenario};
 
 /// `Net::new`'s connect latency.
-const LATENCY: Duration = Duration::from_millis(1);
+pub const LATENCY: Duration = Duration::from_millis(1);
 /// `Net`'s happy eyeballs delay, left at its default (RFC 8305's, `TcpConnector`'s).
 const DELAY: Duration = Duration::from_millis(250);
 
