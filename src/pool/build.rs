@@ -68,9 +68,10 @@ where
     Resp: Send + 'static,
 {
     /// Lets the pool grow up to `max` connections while they are busy, and shrink back
-    /// to the size it was built with while they are not (default: a fixed size). Each
-    /// connection taken out finishes its calls within the drain timeout
-    /// ([`Builder::drain_timeout`]); a leased one is never taken out. The sizing runs on
+    /// to the size it was built with while they are not (default: a fixed size). Only a
+    /// connected one with nothing in flight is taken out (never a leased one, one that
+    /// is down, or the last usable one), and it finishes what reaches it within the
+    /// drain timeout ([`Builder::drain_timeout`]). The sizing runs on
     /// the runtime the pool is built on (built outside one, the pool keeps its size).
     pub fn grow_to(mut self, max: usize) -> Self {
         self.max = Some(max);

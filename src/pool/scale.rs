@@ -102,26 +102,18 @@ where
                 members.grow(&members.home.clone());
             }
             -1 => {
-                // One that is down goes first; else the least busy usable one that no
-                // lease holds, but never the last usable one. It drains.
-                let free =
-                    |s: &&Arc<super::member::Slot<Req, Resp>>| !s.leased.load(Ordering::Acquire);
-                let down = slots
-                    .iter()
-                    .filter(free)
-                    .find(|s| s.standing() == Standing::Down);
-                let idlest = || {
-                    (usable.len() > 1)
-                        .then(|| {
-                            usable
-                                .iter()
-                                .copied()
-                                .filter(free)
-                                .min_by_key(|s| s.channel.shared.stats.in_flight())
-                        })
-                        .flatten()
+                // A connected one with nothing in flight that no lease holds, and never
+                // the last usable one. Not one that is down: calls queued on it wait
+                // for its next connection (they would get only the drain timeout), and
+                // it is held out of the choice meanwhile. It drains.
+                let idle = |s: &&&Arc<super::member::Slot<Req, Resp>>| {
+                    !s.leased.load(Ordering::Acquire) && s.channel.shared.stats.in_flight() == 0
                 };
-                let Some(slot) = down.or_else(idlest).and_then(|s| members.remove(s.key)) else {
+                let chosen = (usable.len() > 1)
+                    .then(|| usable.iter().find(idle))
+                    .flatten()
+                    .and_then(|s| members.remove(s.key));
+                let Some(slot) = chosen else {
                     continue;
                 };
                 info!(size = slots.len() - 1, mean, "pool shrinks");

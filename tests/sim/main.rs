@@ -18,7 +18,9 @@
 //! only: the in-memory network serves them as any host, so no Unix socket code runs),
 //! in one seed in eight a pool client (`Builder::pool`, feature `pool`: K = 2 or 3
 //! channels behind tower's p2c, built as a client is, some of the time over a
-//! `Discover` of two hosts), with ops of its own drawn from a stream of its own (every
+//! `Discover` of two hosts, else half of the time sized by `grow_to`, with bursts of
+//! held calls that make it grow and the quiet after them that makes it shrink), with
+//! ops of its own drawn from a stream of its own (every
 //! call shape through its methods, leases with calls on them, taken one at a time,
 //! `close`, `shutdown`, `connect`, an endpoint removed, and its `Service<Req>`,
 //! `Pool::calls()` and `poll_ready` slots through its p2c balances, seeded by the

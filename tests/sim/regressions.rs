@@ -274,3 +274,18 @@ fn connect_after_a_shutdown_that_ended_on_a_wrong_server_backs_off_seed_0xfa720(
         "connect_after_a_shutdown_that_ended_on_a_wrong_server_backs_off_seed_0xfa720",
     );
 }
+
+/// A pool's sizing (`grow_to`), once the generator drew it (seed 4,017,142 of a sweep
+/// from 4,000,000): a burst of calls the server holds past the stall timeout grew the
+/// pool; when it shrank, "a down one goes first" took out a connection that was backing
+/// off with calls still queued on it. They had only the drain timeout to finish, and
+/// failed `Closed` at its end though the pool was never closed. Fixed: a shrink takes
+/// out only a connected one with nothing in flight.
+#[test]
+fn a_shrink_takes_out_no_connection_with_calls_waiting_seed_0x3d4bf6() {
+    assert_clean(
+        0x3d4bf6,
+        "closed_only_when_closed",
+        "a_shrink_takes_out_no_connection_with_calls_waiting_seed_0x3d4bf6",
+    );
+}

@@ -327,6 +327,12 @@ fn build(
     if let Some(k) = plan.pool {
         // Its handles' p2c draws replay with the seed.
         let mut pb = b.pool(k).balance_seed(seed ^ 0x0ba1_a9ce ^ i as u64);
+        if let Some((max, dwell, target)) = plan.grow {
+            pb = pb
+                .grow_to(max)
+                .dwell(Duration::from_millis(dwell))
+                .target_load(target);
+        }
         let mut feed = None;
         if let Some(pair) = plan.discover {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

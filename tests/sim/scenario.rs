@@ -75,6 +75,10 @@ pub const UNIX_STREAM: u64 = 0xd050_c4ef;
 /// in `regressions` draws a pool under `Weights::CI`.
 pub const POOL_STREAM: u64 = 0x9001_0003;
 
+/// The stream a pool's sizing is drawn from (`Later::pool_grow`): apart from the pool's
+/// own, so that every pool drawn before it has its ops still.
+pub const GROW_STREAM: u64 = 0x9001_0004;
+
 /// The generator's weights for features added after issue 14's proof: reply limits
 /// (`max_reply_frames`, `stream_buffer`), the orphan rules (`max_orphans`,
 /// `orphan_age`) and `max_connection_age`, each per mille of clients. They are drawn
@@ -133,6 +137,9 @@ pub struct Later {
     /// The pool's operation kinds: call, lease, close, shutdown, connect, poll_ready
     /// dropped, remove an endpoint (over a `Discover`; else a call).
     pub pool_op: [u32; 7],
+    /// A pool of one endpoint grows and shrinks (`PoolBuilder::grow_to`, `dwell`,
+    /// `target_load`), per mille of those pools; drawn from [`GROW_STREAM`].
+    pub pool_grow: u32,
 }
 
 impl Weights {
@@ -176,6 +183,7 @@ impl Weights {
             pool: 125,
             pool_discover: 400,
             pool_op: [50, 15, 2, 3, 3, 4, 3],
+            pool_grow: 500,
         },
     };
 }
@@ -229,6 +237,9 @@ pub struct ClientPlan {
     /// The pool's endpoints come from a `Discover` of these two hosts (`host` and
     /// `backups` unused).
     pub discover: Option<[usize; 2]>,
+    /// The pool grows to this many channels while busy and shrinks back: `(max, dwell
+    /// ms, target load)`.
+    pub grow: Option<(usize, u64, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,6 +453,7 @@ fn client_plan(rng: &mut SimRng, w: &Weights, nhosts: usize) -> ClientPlan {
         orphan_age: None,
         max_age: None,
         pool: None,
+        grow: None,
         discover: None,
     }
 }
@@ -685,6 +697,16 @@ fn pool_client(
             plan.handshake = Hs::Auth;
         }
     }
+    // Sized: a low target, so that the few calls in flight make it grow.
+    let mut grow = SimRng::new(seed ^ GROW_STREAM);
+    if plan.discover.is_none() && grow.chance(l.pool_grow) {
+        let k = plan.pool.unwrap_or(1);
+        plan.grow = Some((
+            k + grow.between(1, 2) as usize,
+            *grow.pick(&[100, 500, 2_000]),
+            grow.between(1, 2) as usize,
+        ));
+    }
     let client = clients.len();
     let (session, discover) = (plan.session, plan.discover.is_some());
     clients.push(plan);
@@ -751,6 +773,32 @@ fn pool_client(
             }
         };
         ops.push((at, op));
+    }
+    // A sized pool gets bursts that make it grow (calls the server holds 1.5 s, many
+    // to a connection) and the quiet after them that makes it shrink: each is several
+    // plain calls made at one instant, from the sizing's own stream.
+    if clients[client].grow.is_some() {
+        for _ in 0..grow.between(1, 3) {
+            let at = grow.below(end);
+            for _ in 0..grow.between(6, 16) {
+                let mut flags = flags(&mut grow, w);
+                flags.gap = 1_500;
+                flags.via_calls = grow.chance(l.via_calls) && pool_p2c();
+                let shape = if grow.chance(500) || !pool_p2c() {
+                    Shape::Request
+                } else {
+                    Shape::Service
+                };
+                ops.push((
+                    at,
+                    Op::Call {
+                        client,
+                        shape,
+                        flags,
+                    },
+                ));
+            }
+        }
     }
     // Stable: the earlier ops keep their order; the pool's go after those at its time.
     ops.sort_by_key(|(at, _)| *at);
