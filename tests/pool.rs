@@ -672,3 +672,38 @@ async fn a_balance_seed_replays_the_choices() {
     })
     .await;
 }
+
+/// `state_change` wakes on any connection's change of state: the first connect, the
+/// host going away (every connection backs off), the close.
+#[tokio::test(start_paused = true)]
+async fn the_pools_state_changes_can_be_awaited() {
+    bounded(async {
+        let net = net();
+        let pool = pool(&net, 2, Duration::from_secs(30));
+        assert_eq!(pool.state(), State::Idle);
+        let p = pool.clone();
+        let first = tokio::spawn(async move { p.state_change(State::Idle).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!first.is_finished(), "nothing changed yet");
+        pool.connect().await.expect("connected");
+        assert_ne!(first.await.unwrap(), State::Idle);
+        assert_eq!(pool.state(), State::Ready);
+        assert_eq!(
+            pool.state_change(State::Idle).await,
+            State::Ready,
+            "at once"
+        );
+
+        net.down(HOST, true);
+        net.kill(HOST);
+        let mut seen = vec![State::Ready];
+        while seen.last() != Some(&State::BackingOff) {
+            assert!(seen.len() < 10, "no end to the changes: {seen:?}");
+            let last = *seen.last().unwrap();
+            seen.push(pool.state_change(last).await);
+        }
+        pool.close();
+        assert_eq!(pool.state_change(State::BackingOff).await, State::Closed);
+    })
+    .await;
+}

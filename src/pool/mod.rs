@@ -385,6 +385,52 @@ where
             .unwrap_or(State::Closed)
     }
 
+    /// Waits until the pool's [`state`](Self::state) is other than `from`, and returns
+    /// it: at once if it is already. The pool's `state` is made from its connections'
+    /// (each a [`Channel::state`] watch), so this wakes when any of them changes, or the
+    /// list of connections does (a growth, a shrink, an endpoint), and looks again.
+    ///
+    /// ```no_run
+    /// # async fn watch(pool: socketchannel::Pool<String, String>) {
+    /// use socketchannel::State;
+    ///
+    /// let mut state = pool.state();
+    /// while state != State::Closed {
+    ///     state = pool.state_change(state).await;
+    ///     println!("the pool is {state:?}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn state_change(&self, from: State) -> State {
+        loop {
+            // Registered before looking, so no change between the look and the wait
+            // is missed.
+            let listed = self.members.changes.notified();
+            tokio::pin!(listed);
+            listed.as_mut().enable();
+            let mut watches: Vec<_> = self.channels().map(|c| c.state()).collect();
+            for watch in &mut watches {
+                watch.mark_unchanged();
+            }
+            let now = self.state();
+            if now != from {
+                return now;
+            }
+            // With no connection, only the list can change (and `select_all` wants one).
+            if watches.is_empty() {
+                listed.await;
+                continue;
+            }
+            let any =
+                futures_util::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::select! {
+                biased;
+                () = &mut listed => {}
+                _ = any => {}
+            }
+        }
+    }
+
     /// The connections' counters, summed.
     pub fn counters(&self) -> Counters {
         self.channels()
