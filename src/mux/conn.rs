@@ -375,6 +375,15 @@ where
         self.retire = rules;
     }
 
+    /// Reads the clock and moves the orphan-age clock to it when the connection keeps
+    /// one (before calls are stamped with its tick); the clock read, if any.
+    pub(crate) fn advance_age(&mut self) -> Option<Instant> {
+        let retire = self.retire.as_mut().filter(|r| r.ages())?;
+        let now = Instant::now();
+        retire.advance(now);
+        Some(now)
+    }
+
     /// Should the connection be retired for its orphans (see `retire.rs`)? `now`: the
     /// clock read of this pass, if anything moved; `unwatched`: no stall timer watches
     /// the waiting calls.

@@ -31,12 +31,16 @@ pub(crate) struct Retire {
     last_scan: Option<Instant>,
     /// The age clock: bumped every `AgeClock::every`, stamped on each entry.
     tick: u32,
+    /// The clock ticked (`advance`) and the orphans have not been counted since.
+    scan_due: bool,
 }
 
 /// How many whole `every`s fit in `span`, saturated (the tick counter wraps, and an
 /// age is at most `Retire::TICKS` ticks).
 fn ticks_in(span: Duration, every: Duration) -> u32 {
-    u32::try_from(span.as_nanos() / every.as_nanos().max(1)).unwrap_or(u32::MAX / 2)
+    u32::try_from(span.as_nanos() / every.as_nanos().max(1))
+        .unwrap_or(u32::MAX)
+        .min(u32::MAX / 2)
 }
 
 /// The orphan-age clock of a connection.
@@ -66,12 +70,35 @@ impl Retire {
             age,
             last_scan: None,
             tick: 0,
+            scan_due: false,
         })
     }
 
-    /// The tick to stamp on a call written now.
+    /// The tick to stamp on a call written now: [`advance`](Self::advance) the clock
+    /// first.
     pub(crate) fn tick(&self) -> u32 {
         self.tick
+    }
+
+    /// Whether the connection keeps an age clock, which calls are stamped by.
+    pub(crate) fn ages(&self) -> bool {
+        self.age.is_some()
+    }
+
+    /// Moves the age clock to `now`: every tick that passed since the last one counts
+    /// (on a quiet connection they are far apart), before the calls of this pass are
+    /// stamped, or a call written after a quiet spell would be stamped with the tick
+    /// from before it and read as that old. True when it ticked (a scan is due).
+    pub(crate) fn advance(&mut self, now: Instant) -> bool {
+        if let Some(AgeClock { every, next, .. }) = &mut self.age
+            && next.is_none_or(|at| now >= at)
+        {
+            let passed = next.map_or(1, |at| ticks_in(now - at, *every).saturating_add(1));
+            self.tick = self.tick.wrapping_add(passed);
+            *next = Some(now + *every);
+            self.scan_due = true;
+        }
+        self.scan_due
     }
 
     /// Should the connection that `matcher` holds the calls of be retired?
@@ -98,29 +125,30 @@ impl Retire {
                 }
                 if timer.as_mut().poll(cx).is_pending() {
                     *next = Some(at);
-                    return false;
+                    // Ticked by this pass's early read (`advance`): count them now.
+                    if !self.scan_due {
+                        return false;
+                    }
                 }
                 Instant::now()
             }
+            // Ticked by this pass's early read, though nothing moved after it.
+            (None, _) if self.scan_due => Instant::now(),
             (None, _) => return false,
         };
-        let mut scan = false;
-        if let Some(AgeClock { every, next, timer }) = &mut self.age
-            && next.is_none_or(|at| now >= at)
+        let mut scan = self.advance(now);
+        self.scan_due = false;
+        // A timer that brought a tick is re-armed for the next one, or nothing would
+        // wake a quiet connection again.
+        if scan
+            && let Some(AgeClock {
+                next: Some(at),
+                timer: Some(timer),
+                ..
+            }) = &mut self.age
         {
-            // Every tick that passed since the last one counts, not one per pass that
-            // moved: on a quiet connection those are far apart.
-            let passed = next.map_or(1, |at| 1 + ticks_in(now - at, *every));
-            self.tick = self.tick.wrapping_add(passed);
-            let at = now + *every;
-            *next = Some(at);
-            scan = true;
-            // A timer that brought this tick is re-armed for the next one, or
-            // nothing would wake a quiet connection again.
-            if let Some(timer) = timer {
-                timer.as_mut().reset(at);
-                let _ = timer.as_mut().poll(cx);
-            }
+            timer.as_mut().reset(*at);
+            let _ = timer.as_mut().poll(cx);
         }
         let full = self.limit.is_some() && !matcher.has_room();
         if full && self.last_scan.is_none_or(|t| now >= t + SCAN_EVERY) {

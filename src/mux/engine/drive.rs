@@ -52,6 +52,9 @@ where
             let bytes = crate::meter::mark();
             // Callers that left get their cancel notices, written ahead of new calls.
             conn.collect_notices(cx, pass == 0);
+            // With an orphan-age clock, the clock is read before the calls of this pass
+            // are stamped with its tick (`retire.rs`), and that read serves the pass.
+            let early = conn.advance_age();
             let moved = self.poll_io(cx, conn, &mut lane);
             // Counted before any error ends the connection: its calls' fate needs every
             // byte the IO accepted (`reach.rs`).
@@ -64,8 +67,8 @@ where
             } = moved?;
             conn.report_in_flight();
             // One clock read per pass in which anything moved, for both timers' rules.
-            let moved =
-                (read > 0 || wrote || flushed || bytes_read || bytes_written).then(Instant::now);
+            let moved = (read > 0 || wrote || flushed || bytes_read || bytes_written)
+                .then(|| early.unwrap_or_else(Instant::now));
             // The server's word restarts the stall clock: a frame or a byte read. So does
             // a write still being taken in (a large request over a slow link), but not
             // one that went out whole at once: a heartbeat to a server that reads and
