@@ -345,10 +345,15 @@ impl<Req, Resp> Load for Channel<Req, Resp> {
         if self.shared.is_backing_off() {
             return usize::MAX;
         }
-        // Queued: in the intake (or a slot reserved in it), and taken out of it by the
-        // task to be timed.
-        let queued = self.tx.max_capacity() - self.tx.capacity()
-            + self.shared.held.load(std::sync::atomic::Ordering::Relaxed);
-        self.shared.stats.in_flight() as usize + queued
+        self.shared.stats.in_flight() as usize + self.queued()
+    }
+}
+
+impl<Req, Resp> Channel<Req, Resp> {
+    /// Calls queued: in the intake (or a slot reserved in it), and taken out of it by
+    /// the task to be timed.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+            + self.shared.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

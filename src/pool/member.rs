@@ -27,6 +27,9 @@ pub(crate) struct Slot<Req, Resp> {
     /// Calls being handed to the channel now, by callers that found it unleased: a
     /// lease is granted once they are in (`queue`).
     pub(crate) queuing: AtomicUsize,
+    /// Taken out of the pool (a shrink, its endpoint removed): it drains, and a call a
+    /// handle had readied for it goes to another connection instead.
+    pub(crate) removed: AtomicBool,
 }
 
 /// A caller handing a call to a slot it found unleased ([`Slot::queue`]).
@@ -58,6 +61,7 @@ impl<Req, Resp> Slot<Req, Resp> {
             channel,
             leased: AtomicBool::new(false),
             queuing: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
         }
     }
 
@@ -67,12 +71,13 @@ impl<Req, Resp> Slot<Req, Resp> {
     pub(crate) fn queue(&self) -> Option<Queuing<'_>> {
         self.queuing.fetch_add(1, Ordering::SeqCst);
         let queuing = Queuing(&self.queuing);
-        (!self.leased.load(Ordering::SeqCst)).then_some(queuing)
+        let taken = self.leased.load(Ordering::SeqCst) || self.removed.load(Ordering::SeqCst);
+        (!taken).then_some(queuing)
     }
 
-    /// Sends `request` here, unless a lease holds this connection: then to the least
-    /// loaded usable one of `slots`, or, with none, it fails *not sent*
-    /// ([`Kind::Overloaded`]).
+    /// Sends `request` here, unless a lease holds this connection or it was taken out
+    /// of the pool: then to the least loaded usable one of `slots`, or, with none, it
+    /// fails *not sent* ([`Kind::Overloaded`]).
     pub(crate) fn send<R>(
         self: &Arc<Self>,
         channel: &mut Channel<Req, Resp>,
@@ -87,7 +92,7 @@ impl<Req, Resp> Slot<Req, Resp> {
         if let Some(_queuing) = self.queue() {
             return channel.direct(request);
         }
-        // Leased since it was chosen: its reserved slot goes back.
+        // Leased or taken out since it was chosen: its reserved slot goes back.
         channel.release();
         let slots = slots();
         if let Found::Usable(i) = members::find(&slots)
@@ -116,7 +121,7 @@ impl<Req, Resp> Slot<Req, Resp> {
     }
 
     pub(crate) fn standing(&self) -> Standing {
-        if self.channel.shared.is_closed() {
+        if self.channel.shared.is_closed() || self.removed.load(Ordering::Acquire) {
             return Standing::Down;
         }
         if self.leased.load(Ordering::Acquire) {

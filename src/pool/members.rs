@@ -137,6 +137,9 @@ where
             *list = kept;
             removed = gone;
         });
+        for slot in &removed {
+            slot.removed.store(true, Ordering::SeqCst);
+        }
         removed
     }
 
@@ -149,6 +152,9 @@ where
                 removed = Some(list.remove(at));
             }
         });
+        if let Some(slot) = &removed {
+            slot.removed.store(true, Ordering::SeqCst);
+        }
         removed
     }
 }

@@ -102,17 +102,22 @@ where
                 members.grow(&members.home.clone());
             }
             -1 => {
-                // A connected one with nothing in flight that no lease holds, and never
-                // the last usable one. Not one that is down: calls queued on it wait
-                // for its next connection (they would get only the drain timeout), and
-                // it is held out of the choice meanwhile. It drains.
-                let idle = |s: &&&Arc<super::member::Slot<Req, Resp>>| {
+                // One that no lease holds with nothing in flight: one that is down
+                // first, if nothing is queued on it (calls queued there wait for its
+                // next connection, and would get only the drain timeout); else a
+                // usable one, but never the last. It drains.
+                let free = |s: &Arc<super::member::Slot<Req, Resp>>| {
                     !s.leased.load(Ordering::Acquire) && s.channel.shared.stats.in_flight() == 0
                 };
-                let chosen = (usable.len() > 1)
-                    .then(|| usable.iter().find(idle))
-                    .flatten()
-                    .and_then(|s| members.remove(s.key));
+                let down = slots
+                    .iter()
+                    .find(|s| free(s) && s.standing() == Standing::Down && s.channel.queued() == 0);
+                let idle = || {
+                    (usable.len() > 1)
+                        .then(|| usable.iter().copied().find(|s| free(s)))
+                        .flatten()
+                };
+                let chosen = down.or_else(idle).and_then(|s| members.remove(s.key));
                 let Some(slot) = chosen else {
                     continue;
                 };
