@@ -68,10 +68,11 @@ where
     Resp: Send + 'static,
 {
     /// Lets the pool grow up to `max` connections while they are busy, and shrink back
-    /// to the size it was built with while they are not (default: a fixed size). Only a
-    /// connected one with nothing in flight is taken out (never a leased one, one that
-    /// is down, or the last usable one), and it finishes what reaches it within the
-    /// drain timeout ([`Builder::drain_timeout`]). The sizing runs on
+    /// to the size it was built with while they are not (default: a fixed size). Only
+    /// one with nothing in flight is taken out: a down one with nothing queued first,
+    /// else a usable one but never the last; never a leased one. It finishes what
+    /// reached it within the drain timeout ([`Builder::drain_timeout`]); a call a
+    /// handle had readied for it goes to another connection. The sizing runs on
     /// the runtime the pool is built on (built outside one, the pool keeps its size).
     pub fn grow_to(mut self, max: usize) -> Self {
         self.max = Some(max);
