@@ -571,23 +571,18 @@ fn wrong_server_backs_off(
         let same_endpoint = |r: &&Record| {
             scn.clients[client].discover.is_none() || r.host.as_str() == host.as_str()
         };
-        // A pool's other connections may dial while this one reads the word: a dial
-        // that began before it (an attempt is recorded a connect latency after it
-        // began) is no retry of this connection's.
+        // A pool's other connections may dial while this one reads the word: a pass
+        // that began before it (its first attempt recorded a connect latency after it
+        // began) is no retry of this connection's, and neither are the dials that pass
+        // goes on to make (a sentinel's master, the next address). The check then
+        // cannot tell its attempts from a retry: it passes over that word.
         let pool = scn.clients[client].pool.is_some();
-        let attempt_after = |from: Duration| {
-            records.iter().find(|r| {
-                r.client == client && r.at > from && is_attempt(&r.what) && same_endpoint(r)
-            })
-        };
-        let began_before = |r: &Record| pool && r.at > t && r.at <= t + super::connectors::LATENCY;
-        let next = attempt_after(*accepted).and_then(|r| {
-            if began_before(r) {
-                attempt_after(t + super::connectors::LATENCY)
-            } else {
-                Some(r)
-            }
+        let next = records.iter().find(|r| {
+            r.client == client && r.at > *accepted && is_attempt(&r.what) && same_endpoint(r)
         });
+        if pool && next.is_some_and(|r| r.at <= t + super::connectors::LATENCY) {
+            continue;
+        }
         // None yet, or a pass since this connection was made: it was no longer the
         // current one.
         let Some(next) = next.filter(|r| r.at > t) else {
