@@ -33,19 +33,20 @@ pub use self::unix::UnixConnector;
 pub(crate) const BUFFER: usize = 64 * 1024;
 
 /// How many bytes of calls one pass of the connection task gathers before a write goes
-/// out (`Framed`'s backpressure boundary; at least the buffer capacity). A pass writes
+/// out (`Framed`'s backpressure boundary), at most: 16 times the buffer capacity, and
+/// at least that capacity (a smaller buffer asked for less memory). A pass writes
 /// every call its callers have queued (up to 256) and then flushes, so this binds only
 /// large frames: at 64 KiB a pass of 16 KiB calls went out as a write per 4 calls
 /// (0.25 writes per request, against the hand-written client's 0.005); with 1 MiB it is
 /// 0.016, and at 256 callers on a current-thread runtime 8.0-8.5 against 9.2-10.7 us of
-/// CPU per request (issue 17). The write buffer grows to this size only while frames
-/// that large are queued, and keeps it (hyper's write buffer goes to 400 KiB).
+/// CPU per request (issue 17). The write buffer grows to this size only while that
+/// much is queued, and keeps the capacity (hyper's write buffer goes to 400 KiB).
 #[cfg(any(feature = "tcp", feature = "testing"))]
 pub(crate) const WRITE_GATHER: usize = 1024 * 1024;
 
 /// Frames `io` (metered: [`Metered::exact`](crate::Metered::exact) for a socket) with
 /// `codec`, metered too, with `buffer` bytes of read and write buffer, writing once
-/// [`WRITE_GATHER`] bytes (or `buffer`, if larger) are gathered.
+/// [`WRITE_GATHER`] bytes (at most 16 times `buffer`, at least `buffer`) are gathered.
 #[cfg(any(feature = "tcp", feature = "testing"))]
 pub(crate) fn frame<IO, C>(
     io: crate::Metered<IO>,
@@ -57,6 +58,6 @@ where
 {
     let mut framed =
         tokio_util::codec::Framed::with_capacity(io, crate::Metered::new(codec), buffer);
-    framed.set_backpressure_boundary(buffer.max(WRITE_GATHER));
+    framed.set_backpressure_boundary(WRITE_GATHER.min(buffer.saturating_mul(16)).max(buffer));
     framed
 }

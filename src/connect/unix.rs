@@ -51,9 +51,10 @@ impl<C: Clone> UnixConnector<C> {
     /// `Framed` (default 64 KiB; they grow for larger frames). It is also how much a
     /// read takes at most: smaller saves memory per connection (the two buffers are
     /// allocated when it connects), and costs a read per that many bytes. A write goes
-    /// out once 1 MiB of calls (or this capacity, if larger) is gathered, or when the
-    /// connection task has written every call queued: the write buffer grows past this
-    /// capacity only while more bytes of calls than that wait at once.
+    /// out once the connection task has written every call queued, or once 16 times
+    /// this capacity (1 MiB at most, this capacity at least) is gathered: the write
+    /// buffer grows to that while that many bytes of calls wait at once, and keeps the
+    /// capacity it grew to.
     pub fn buffer_capacity(mut self, bytes: usize) -> Self {
         self.buffer = bytes;
         self
