@@ -1,5 +1,7 @@
-//! Review of today's three changes: the orphan-age clock that counts every tick that
-//! passed, the pool shrink, and the 1 MiB write gather. In memory, under paused time.
+//! A skeptical review's reproductions (2026-12-04) of the orphan-age clock that counts
+//! every tick that passed (a call written after a quiet spell stamped as that old) and
+//! of the pool's shrink (a call readied for a connection taken out; a dead extra
+//! connection never taken out). In memory, under paused time.
 
 mod support;
 
