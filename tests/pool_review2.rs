@@ -6,58 +6,19 @@ mod support;
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use socketchannel::{Endpoint, Order, State};
+use socketchannel::{Order, State};
 use tower::{Service, ServiceExt};
 
 use support::channel::msg;
-use support::codec::{Kind as MsgKind, Msg, TestProto};
-use support::memory::{Io, Net};
+use support::codec::TestProto;
+use support::memory::Net;
 use support::pool::{HOST, build, builder, fixed, member, ready};
 use support::{bounded, eventually};
 
 const OTHER: &str = "b:1";
 
-/// Echoes every request; `quit` drops the connection unanswered; `hold` is answered
-/// after a second; `push` sends a push frame before its reply.
 fn net() -> Net {
-    Net::new(|_: Endpoint, io: Io| async move {
-        let (mut tx, mut rx) = io.split();
-        let (replies, mut out) = futures::channel::mpsc::unbounded::<Msg>();
-        let writer = async move {
-            while let Some(m) = out.next().await {
-                if tx.send(m).await.is_err() {
-                    return;
-                }
-            }
-        };
-        let reader = async move {
-            while let Some(Ok(req)) = rx.next().await {
-                match req.text() {
-                    "quit" => return,
-                    "push" => {
-                        let push = Msg::new("pushed").kind(MsgKind::Push);
-                        let _ = replies.unbounded_send(push);
-                        let _ = replies.unbounded_send(req);
-                    }
-                    "hold" => {
-                        let replies = replies.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            let _ = replies.unbounded_send(req);
-                        });
-                    }
-                    _ => {
-                        let _ = replies.unbounded_send(req);
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            _ = writer => {}
-            _ = reader => {}
-        }
-    })
+    support::pool::hold_net()
 }
 
 /// `connect()` "connects if it is not" and restarts the backoff (a plain channel dials
@@ -261,22 +222,8 @@ async fn a_call_routed_while_all_were_down_does_not_reach_a_lease() {
 async fn shrinking_does_not_take_out_the_only_usable_connection() {
     support::timeout(Duration::from_secs(120), async {
         let net = net();
-        let pool = builder(fixed(Duration::from_secs(60)))
-            .pool(1)
-            .grow_to(2)
-            .dwell(Duration::from_millis(200))
-            .target_load(1)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
-        pool.connect().await.unwrap();
         // Four calls held for a second: the pool grows to two.
-        let held: Vec<_> = (0..4)
-            .map(|_| {
-                let p = pool.clone();
-                tokio::spawn(async move { p.request(msg("hold")).await })
-            })
-            .collect();
-        eventually(Duration::from_millis(900), "grows", || pool.size() == 2).await;
+        let (pool, held) = support::pool::grown(&net, Duration::from_secs(60)).await;
         // The host takes no new connection: the new member fails its pass.
         net.down(HOST, true);
         let fresh = pool

@@ -7,56 +7,16 @@ mod support;
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use socketchannel::{Channel, Config, Endpoint, Order};
+use socketchannel::{Channel, Config};
 use tokio::time::Instant;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 
-use support::channel::{Mode, joined, msg, spawn_request};
-use support::codec::{Msg, TestProto};
+use support::channel::{Mode, abandon, joined, msg, spawn_request};
 use support::eventually;
-use support::memory::{Io, Net};
-use support::pool::{builder, fixed, ready};
+use support::pool::{grown, hold_net, ready};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Echoes every request at once, except `mute` (never answered) and `hold`
-/// (answered after a second).
-fn net() -> Net {
-    Net::new(|_: Endpoint, io: Io| async move {
-        let (mut tx, mut rx) = io.split();
-        let (replies, mut out) = futures::channel::mpsc::unbounded::<Msg>();
-        let writer = async move {
-            while let Some(m) = out.next().await {
-                if tx.send(m).await.is_err() {
-                    return;
-                }
-            }
-        };
-        let reader = async move {
-            while let Some(Ok(req)) = rx.next().await {
-                match req.text() {
-                    "mute" => {}
-                    "hold" => {
-                        let replies = replies.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            let _ = replies.unbounded_send(req);
-                        });
-                    }
-                    _ => {
-                        let _ = replies.unbounded_send(req);
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            _ = writer => {}
-            _ = reader => {}
-        }
-    })
 }
 
 /// A connection that was quiet for 10 s (nothing waiting: the age clock does not tick)
@@ -65,7 +25,7 @@ fn net() -> Net {
 /// tick (250 ms after the write) the orphan is judged 40 ticks old and retires the
 /// connection, though it is 0.25 s old against a 1 s `orphan_age`.
 async fn orphan_after_a_quiet_spell(stall: Option<Duration>) {
-    let net = net();
+    let net = hold_net();
     let age = Duration::from_secs(1);
     let ch = net.channel(
         Mode::Session,
@@ -77,9 +37,7 @@ async fn orphan_after_a_quiet_spell(stall: Option<Duration>) {
     assert_eq!(reply.text(), "ping");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let written = Instant::now();
-    let mut svc = ServiceBuilder::new().timeout(ms(100)).service(ch.clone());
-    let gave_up = svc.ready().await.expect("ready").call(msg("mute")).await;
-    assert!(gave_up.is_err(), "nobody answers it");
+    abandon(&ch, "mute").await;
     // Half the age later, something moves on the connection (with a stall timer the
     // age rule keeps no timer and ticks only then).
     tokio::time::sleep(ms(400)).await;
@@ -111,22 +69,8 @@ async fn an_orphan_written_after_a_quiet_spell_is_not_retired_early_with_stall_t
 #[tokio::test(start_paused = true)]
 async fn a_call_readied_before_a_shrink_is_not_failed_by_it() {
     support::timeout(Duration::from_secs(60), async {
-        let net = net();
-        let pool = builder(fixed(Duration::from_secs(1)))
-            .pool(1)
-            .grow_to(2)
-            .dwell(ms(200))
-            .target_load(1)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
-        pool.connect().await.unwrap();
-        let held: Vec<_> = (0..4)
-            .map(|_| {
-                let p = pool.clone();
-                tokio::spawn(async move { p.request(msg("hold")).await })
-            })
-            .collect();
-        eventually(ms(900), "grows", || pool.size() == 2).await;
+        let net = hold_net();
+        let (pool, held) = grown(&net, Duration::from_secs(1)).await;
         for h in held {
             h.await.unwrap().unwrap();
         }
@@ -161,22 +105,8 @@ async fn a_call_readied_before_a_shrink_is_not_failed_by_it() {
 #[tokio::test(start_paused = true)]
 async fn a_down_member_with_nothing_queued_is_still_shrunk_away() {
     support::timeout(Duration::from_secs(300), async {
-        let net = net();
-        let pool = builder(fixed(Duration::from_secs(1)))
-            .pool(1)
-            .grow_to(2)
-            .dwell(ms(200))
-            .target_load(1)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
-        pool.connect().await.unwrap();
-        let held: Vec<_> = (0..4)
-            .map(|_| {
-                let p = pool.clone();
-                tokio::spawn(async move { p.request(msg("hold")).await })
-            })
-            .collect();
-        eventually(ms(900), "grows", || pool.size() == 2).await;
+        let net = hold_net();
+        let (pool, held) = grown(&net, Duration::from_secs(1)).await;
         net.down("a:1", true);
         let fresh = pool.channels().find(|c| !ready(c)).expect("a new member");
         let _ = fresh.request(msg("x")).await;

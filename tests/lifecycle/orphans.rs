@@ -9,7 +9,7 @@ use socketchannel::{Channel, Config, Endpoint, Session};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use crate::support::channel::{Mode, joined, spawn_request};
+use crate::support::channel::{Mode, abandon, joined, spawn_request};
 use crate::support::codec::{Msg, TestProto16};
 use crate::support::memory::{Io, Net};
 use crate::{ms, serve};
@@ -108,14 +108,7 @@ async fn an_old_orphan_retires_its_connection() {
             .host("a:1")
             .config(Config::default().orphan_age(Some(age))),
     );
-    let mut svc = ServiceBuilder::new().timeout(ms(100)).service(ch.clone());
-    let gave_up = svc
-        .ready()
-        .await
-        .expect("ready")
-        .call(Msg::new("mute"))
-        .await;
-    assert!(gave_up.is_err(), "nobody answers it");
+    abandon(&ch, "mute").await;
     let started = Instant::now();
     while ch.counters().retired == 0 {
         assert!(started.elapsed() < age * 2, "still not retired");
@@ -156,14 +149,7 @@ async fn an_old_orphan_on_a_quiet_connection_retires_it_on_time() {
                 .stall_timeout(Some(Duration::from_secs(30))),
         ),
     );
-    let mut svc = ServiceBuilder::new().timeout(ms(100)).service(ch.clone());
-    let gave_up = svc
-        .ready()
-        .await
-        .expect("ready")
-        .call(Msg::new("mute"))
-        .await;
-    assert!(gave_up.is_err(), "nobody answers it");
+    abandon(&ch, "mute").await;
     let started = Instant::now();
     while ch.counters().retired == 0 {
         assert!(

@@ -114,3 +114,14 @@ pub fn connect_error(err: &Error) -> &ConnectError {
         .and_then(|s| s.downcast_ref::<ConnectError>())
         .unwrap_or_else(|| panic!("no ConnectError behind {err:?}"))
 }
+
+/// Makes a call of `body` through tower's `Timeout` and gives up on it after 100 ms:
+/// the server must not answer it (it is left an orphan).
+pub async fn abandon(ch: &Ch, body: &str) {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    let mut svc = ServiceBuilder::new()
+        .timeout(Duration::from_millis(100))
+        .service(ch.clone());
+    let gave_up = svc.ready().await.expect("ready").call(msg(body)).await;
+    assert!(gave_up.is_err(), "nobody answers {body:?}");
+}

@@ -6,10 +6,14 @@
 
 use std::time::Duration;
 
-use socketchannel::{Backoff, Builder, Channel, Order, Pool, Reconnect, State};
+use futures::{SinkExt, StreamExt};
+use socketchannel::{Backoff, Builder, Channel, Endpoint, Error, Order, Pool, Reconnect, State};
+use tokio::task::JoinHandle;
 
-use super::codec::{Msg, TestProto};
-use super::memory::Net;
+use super::channel::msg;
+use super::codec::{Kind as MsgKind, Msg, TestProto};
+use super::eventually;
+use super::memory::{Io, Net};
 
 /// The host a pool's connections go to.
 pub const HOST: &str = "a:1";
@@ -51,4 +55,70 @@ pub fn member(pool: &P, i: usize) -> Channel<Msg, Msg> {
 /// Is the channel connected?
 pub fn ready(c: &Channel<Msg, Msg>) -> bool {
     *c.state().borrow() == State::Ready
+}
+
+/// Echoes every request; `quit` drops the connection unanswered; `hold` is answered
+/// after a second (without holding up the replies behind it); `mute` is never
+/// answered; `push` sends a push frame before its reply.
+pub fn hold_net() -> Net {
+    Net::new(|_: Endpoint, io: Io| async move {
+        let (mut tx, mut rx) = io.split();
+        let (replies, mut out) = futures::channel::mpsc::unbounded::<Msg>();
+        let writer = async move {
+            while let Some(m) = out.next().await {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let reader = async move {
+            while let Some(Ok(req)) = rx.next().await {
+                match req.text() {
+                    "quit" => return,
+                    "mute" => {}
+                    "push" => {
+                        let push = Msg::new("pushed").kind(MsgKind::Push);
+                        let _ = replies.unbounded_send(push);
+                        let _ = replies.unbounded_send(req);
+                    }
+                    "hold" => {
+                        let replies = replies.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let _ = replies.unbounded_send(req);
+                        });
+                    }
+                    _ => {
+                        let _ = replies.unbounded_send(req);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+        }
+    })
+}
+
+/// A connected pool of 1 over a [`hold_net`], reconnecting after a fixed `backoff`,
+/// that grows to 2 (dwell 200 ms, target 1) under four `hold` calls: returned once it
+/// has grown, with those calls still held.
+pub async fn grown(net: &Net, backoff: Duration) -> (P, Vec<JoinHandle<Result<Msg, Error>>>) {
+    let pool = builder(fixed(backoff))
+        .pool(1)
+        .grow_to(2)
+        .dwell(Duration::from_millis(200))
+        .target_load(1)
+        .connector(net.connector(), Order::new(TestProto))
+        .unwrap();
+    pool.connect().await.unwrap();
+    let held = (0..4)
+        .map(|_| {
+            let p = pool.clone();
+            tokio::spawn(async move { p.request(msg("hold")).await })
+        })
+        .collect();
+    eventually(Duration::from_millis(900), "grows", || pool.size() == 2).await;
+    (pool, held)
 }
