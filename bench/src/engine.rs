@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use socketchannel::{
-    Call, Calls, Channel, Endpoint, Mode, Order, Plain, Pool, Protocol, Reply, Session, Sessions,
+    Call, Channel, Endpoint, Mode, Order, Plain, Pool, Protocol, Reply, Session, Sessions,
 };
 use tokio::net::TcpStream;
 use tower::ServiceBuilder;
@@ -25,6 +25,7 @@ use tower::ServiceExt;
 use tower::timeout::Timeout;
 
 use crate::codec::{Frame, FrameCodec, transport};
+use crate::load::Client;
 use crate::measure::{Io, Meter};
 
 /// The socket operations of a channel built with the crate's own connector, whose socket
@@ -134,31 +135,30 @@ pub fn timeout(channel: Channel<Frame, Frame>) -> Timeout<Channel<Frame, Frame>>
 /// per-thread xorshift), kept by the channel's engine ([`Call::timeout`]): one heap and
 /// one timer for every call instead of a timer per call. Calls go through
 /// `Service<Call<Frame>>` ([`Channel::calls`]) and the one-frame reply is unwrapped.
-pub fn deadline(channel: Channel<Frame, Frame>) -> Deadlined {
+pub fn deadline(channel: Channel<Frame, Frame>) -> impl Client {
     through_calls(channel, |frame| Call::new(frame).timeout(draw_deadline()))
 }
 
 /// `channel` through `Service<Call<Frame>>` with no deadline: the call path's own
 /// cost, beside [`deadline`].
-pub fn calls(channel: Channel<Frame, Frame>) -> Deadlined {
+pub fn calls(channel: Channel<Frame, Frame>) -> impl Client {
     through_calls(channel, Call::new)
 }
 
 /// `channel` through `Service<Call<Frame>>`, each frame made a call by `to_call` and
-/// its one-frame reply unwrapped.
-fn through_calls(channel: Channel<Frame, Frame>, to_call: fn(Frame) -> Call<Frame>) -> Deadlined {
-    let to_frame: fn(Reply<Frame>) -> Frame = |reply| match reply {
+/// its one-frame reply unwrapped, as a user's `ServiceBuilder::map_request` and
+/// `map_response` closures would: the closures are inlined (a `fn` pointer would cost
+/// each call two indirect calls the user's code has not).
+fn through_calls(
+    channel: Channel<Frame, Frame>,
+    to_call: impl Fn(Frame) -> Call<Frame> + Clone + Send + 'static,
+) -> impl Client {
+    let to_frame = |reply: Reply<Frame>| match reply {
         Reply::One(frame) => frame,
         _ => unreachable!("a plain call has a one-frame reply"),
     };
     channel.calls().map_request(to_call).map_response(to_frame)
 }
-
-/// What [`deadline`] and [`calls`] make.
-pub type Deadlined = tower::util::MapResponse<
-    tower::util::MapRequest<Calls<Frame, Frame>, fn(Frame) -> Call<Frame>>,
-    fn(Reply<Frame>) -> Frame,
->;
 
 /// A deadline from 50 to 500 ms, uniform.
 fn draw_deadline() -> Duration {

@@ -209,6 +209,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
 }
 
 fn main() -> ExitCode {
+    runtime::without_log_bridge();
     let result = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Bench(options)) => bench(&options),
         Ok(Command::Server { mode, port }) => server::serve(mode, port).map_err(Into::into),

@@ -164,6 +164,21 @@ fn forget_subscribers() {
     }
 }
 
+/// Turns off `tracing`'s bridge to `log` for the whole process, before any row runs.
+///
+/// tokio-tower needs tower 0.4 with its default features, which turn on `tracing`'s
+/// `log` feature for the whole binary: until a dispatcher has been set, every span then
+/// also goes to `log` as it is made, entered, left and closed (`Span::log`, about 4% of
+/// a `channel-order` run's instructions under callgrind). A user's build of the crate has
+/// no such feature (its `tower` has no default features). Worse, the first traced row
+/// (`channel-order+tracing`) sets a dispatcher and so turned the bridge off for the rows
+/// after it only: a row read differently by where it ran in the matrix. Setting and
+/// dropping an empty thread default marks a dispatcher as set, which is all the bridge
+/// asks; the global default and every level check stay as they were.
+pub fn without_log_bridge() {
+    drop(dispatcher::set_default(&Dispatch::none()));
+}
+
 fn builder(flavor: Flavor) -> tokio::runtime::Builder {
     let mut builder = match flavor {
         Flavor::Current => tokio::runtime::Builder::new_current_thread(),
