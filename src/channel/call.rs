@@ -223,7 +223,22 @@ impl<Req> Call<Req> {
     /// The call as the intake carries it, its outcome going to `waiter`. A hollow copy
     /// (never refilled) is failed *not sent*, [`Kind::Unsupported`](crate::Kind::Unsupported),
     /// on every path: sent as it is, it would be a read and take another call's reply.
+    #[inline]
     pub(crate) fn into_envelope<Resp>(self, waiter: Waiter<Resp>) -> Option<Envelope<Req, Resp>>
+    where
+        Req: Send + 'static,
+    {
+        if self.hollow {
+            Envelope::new(self.frames, waiter).fail_unsent(crate::error::Kind::Unsupported, None);
+            return None;
+        }
+        Some(self.envelope(waiter))
+    }
+
+    /// [`into_envelope`](Self::into_envelope) for a call known not to be hollow: built
+    /// where it is used, with no `Option` to move it through (the per-call path).
+    #[inline(always)]
+    pub(crate) fn envelope<Resp>(self, waiter: Waiter<Resp>) -> Envelope<Req, Resp>
     where
         Req: Send + 'static,
     {
@@ -231,11 +246,7 @@ impl<Req> Call<Req> {
         envelope.id = self.id;
         envelope.exempt = self.exempt;
         envelope.deadline = self.deadline;
-        if self.hollow {
-            envelope.fail_unsent(crate::error::Kind::Unsupported, None);
-            return None;
-        }
-        Some(envelope)
+        envelope
     }
 
     /// Puts back the frames of a hollow copy; false when there were none to put back.

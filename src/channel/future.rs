@@ -86,6 +86,13 @@ impl<Resp> fmt::Debug for ResponseFuture<Resp> {
 /// vanished mid-reply (its sender dropped without the last frame) ends with one
 /// `Kind::Closed` error, *may have executed*, never silently.
 pub struct ReplyStream<Resp> {
+    /// Boxed: a stream is rare, and [`Reply`](super::Reply), which every call through
+    /// `Service<Call>` returns and moves, is as large as its largest variant.
+    inner: Box<StreamState<Resp>>,
+}
+
+/// A [`ReplyStream`]'s state.
+struct StreamState<Resp> {
     rx: mpsc::UnboundedReceiver<Result<Resp, Error>>,
     shared: Arc<StreamShared>,
     /// The end was seen (and reported when it was not a clean one).
@@ -103,27 +110,30 @@ impl<Resp> ReplyStream<Resp> {
         shared: Arc<StreamShared>,
     ) -> Self {
         ReplyStream {
-            rx,
-            shared,
-            ended: false,
-            held: None,
-            #[cfg(feature = "metrics")]
-            timing: None,
+            inner: Box::new(StreamState {
+                rx,
+                shared,
+                ended: false,
+                held: None,
+                #[cfg(feature = "metrics")]
+                timing: None,
+            }),
         }
     }
 
     /// Times the call this stream is the reply of, until its first item or its end.
     #[cfg(feature = "metrics")]
     pub(crate) fn time(&mut self, timing: crate::metrics::Timing) {
-        self.timing = Some(timing);
+        self.inner.timing = Some(timing);
     }
 
     /// Waits for the first frame and holds it, or for the end; the error of a reply
     /// that failed before its first frame (the call's error, for a retry layer).
     pub(crate) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(match std::task::ready!(self.poll_item(cx)) {
+        let inner = &mut *self.inner;
+        Poll::Ready(match std::task::ready!(inner.poll_item(cx)) {
             Some(Ok(frame)) => {
-                self.held = Some(frame);
+                inner.held = Some(frame);
                 Ok(())
             }
             Some(Err(err)) => Err(err),
@@ -133,9 +143,11 @@ impl<Resp> ReplyStream<Resp> {
 
     /// The next frame, or `None` after the last one.
     pub async fn next(&mut self) -> Option<Result<Resp, Error>> {
-        std::future::poll_fn(|cx| self.poll_item(cx)).await
+        std::future::poll_fn(|cx| self.inner.poll_item(cx)).await
     }
+}
 
+impl<Resp> StreamState<Resp> {
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Resp, Error>>> {
         let item = std::task::ready!(self.poll_next_item(cx));
         // The first item (or the end) is the call's outcome.
@@ -185,10 +197,7 @@ impl<Resp> ReplyStream<Resp> {
     }
 }
 
-// The held frame is never pinned: the stream moves it out by value.
-impl<Resp> Unpin for ReplyStream<Resp> {}
-
-impl<Resp> Drop for ReplyStream<Resp> {
+impl<Resp> Drop for StreamState<Resp> {
     fn drop(&mut self) {
         // Closed first: the task this wakes (on another worker, perhaps at once) must
         // find the reader gone.
@@ -206,7 +215,7 @@ impl<Resp> Stream for ReplyStream<Resp> {
     type Item = Result<Resp, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_item(cx)
+        self.inner.poll_item(cx)
     }
 }
 

@@ -403,7 +403,7 @@ where
             reply::Pending::Stream(Some(mut stream)) => {
                 #[cfg(feature = "metrics")]
                 stream.time(timing);
-                *stream
+                stream
             }
             _ => unreachable!("a streamed call has a stream"),
         }

@@ -26,6 +26,7 @@ pub(crate) enum Shape {
 
 impl Shape {
     /// The waiter the connection task resolves, and the caller's end of it.
+    #[inline]
     pub(crate) fn open<Resp>(self, limits: &ReplyLimits) -> (Waiter<Resp>, Pending<Resp>) {
         match self {
             Shape::One => {
@@ -43,10 +44,7 @@ impl Shape {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let shared = Arc::new(StreamShared::default());
                 let waiter = StreamTx::waiter(tx, shared.clone(), until, limits.clone());
-                (
-                    waiter,
-                    Pending::Stream(Some(Box::new(ReplyStream::new(rx, shared)))),
-                )
+                (waiter, Pending::Stream(Some(ReplyStream::new(rx, shared))))
             }
             Shape::Send => {
                 let (tx, rx) = oneshot::channel();
@@ -71,9 +69,8 @@ pub(crate) enum Pending<Resp> {
     One(oneshot::Receiver<Result<Resp, Error>>),
     Many(oneshot::Receiver<Result<Vec<Resp>, Error>>),
     Sent(oneshot::Receiver<Result<(), Error>>),
-    /// Taken when the future resolves. Boxed: streams are rare, and every other call's
-    /// future would otherwise be as large as a stream.
-    Stream(Option<Box<ReplyStream<Resp>>>),
+    /// Taken when the future resolves (a box: see [`ReplyStream`]).
+    Stream(Option<ReplyStream<Resp>>),
 }
 
 /// The reply to a [`Call`](super::Call) made through `Service<Call<Req>>`, in the shape
@@ -144,6 +141,7 @@ pub struct ReplyFuture<Resp> {
 }
 
 impl<Resp> ReplyFuture<Resp> {
+    #[inline]
     pub(crate) fn new(pending: Pending<Resp>, span: Span) -> Self {
         ReplyFuture {
             pending,
@@ -179,7 +177,7 @@ impl<Resp> ReplyFuture<Resp> {
                     .as_mut()
                     .expect("ReplyFuture polled after it resolved");
                 std::task::ready!(s.poll_first(cx))
-                    .map(|()| Reply::Stream(*stream.take().expect("checked above")))
+                    .map(|()| Reply::Stream(stream.take().expect("checked above")))
             }
         };
         #[cfg(feature = "metrics")]

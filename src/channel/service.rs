@@ -262,8 +262,11 @@ where
         let timing = self.shared.timing();
         let span = call_span(&call);
         let (waiter, pending) = call.shape.open(&self.shared.limits);
-        if let Some(envelope) = call.into_envelope(waiter) {
-            self.submit(envelope);
+        if call.hollow {
+            // Fails it, never sent.
+            let _ = call.into_envelope(waiter);
+        } else {
+            self.submit(call.envelope(waiter));
         }
         #[allow(unused_mut)]
         let mut reply = ReplyFuture::new(pending, span);
@@ -308,6 +311,7 @@ where
 
     /// Hands a call to the intake with the slot `poll_ready` reserved, or one taken now
     /// if there is room; otherwise fails it *not sent*.
+    #[inline]
     fn submit(&mut self, mut envelope: Envelope<Req, Resp>) {
         self.stamp_deadline(&mut envelope);
         let permit = match self.permit.take() {

@@ -469,6 +469,7 @@ pub(crate) struct Envelope<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp> Envelope<Req, Resp> {
+    #[inline]
     pub(crate) fn new(frames: Frames<Req>, waiter: Waiter<Resp>) -> Self {
         Envelope {
             frames,
