@@ -241,6 +241,7 @@ pub struct Counters {
     at: Instant,
     cpu: Duration,
     allocations: u64,
+    parks: u64,
 }
 
 /// How much each counter moved between two snapshots.
@@ -254,6 +255,9 @@ pub struct Delta {
     pub allocations: u64,
     /// Socket operations, from the client's meter.
     pub io: Io,
+    /// Times the runtime's workers parked (went to sleep for want of work), summed over
+    /// the workers of a multi-thread runtime; 0 on a current-thread one.
+    pub parks: u64,
 }
 
 impl Counters {
@@ -263,6 +267,7 @@ impl Counters {
             at: Instant::now(),
             cpu: cpu_time(),
             allocations: ALLOCATIONS.load(Relaxed),
+            parks: parks(),
         }
     }
 
@@ -273,8 +278,25 @@ impl Counters {
             cpu: self.cpu.saturating_sub(earlier.cpu),
             allocations: self.allocations - earlier.allocations,
             io,
+            parks: self.parks.saturating_sub(earlier.parks),
         }
     }
+}
+
+/// Times the workers of the multi-thread runtime this is called on have parked so far
+/// (0 outside one): a worker parks when it finds no task to run, so parks per request
+/// say how often the scheduler put a worker to sleep and woke it again.
+fn parks() -> u64 {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return 0;
+    };
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return 0;
+    }
+    let metrics = handle.metrics();
+    (0..metrics.num_workers())
+        .map(|worker| metrics.worker_park_count(worker))
+        .sum()
 }
 
 /// User plus system CPU time consumed so far by all threads of this process.

@@ -83,6 +83,9 @@ pub struct Sample {
     pub server_writes_per_request: Option<f64>,
     /// Heap bytes per in-flight request (same for every cell of a variant), if measured.
     pub inflight_bytes: Option<f64>,
+    /// Times a worker of the multi-thread runtime parked, per request (0 on the
+    /// current-thread runtime): in the JSON only.
+    pub parks_per_request: f64,
 }
 
 impl Sample {
@@ -115,6 +118,7 @@ impl Sample {
             server_reads_per_request: per_request(delta.io.server_reads),
             server_writes_per_request: per_request(delta.io.server_writes),
             inflight_bytes: inflight,
+            parks_per_request: delta.parks as f64 / requests,
         }
     }
 
@@ -196,6 +200,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
                     server_reads_per_request: o(|s| s.server_reads_per_request),
                     server_writes_per_request: o(|s| s.server_writes_per_request),
                     inflight_bytes: (!inflight.is_empty()).then(|| median(inflight)),
+                    parks_per_request: m(|s| s.parks_per_request),
                     ..group[0].clone()
                 },
                 runs: group.len(),
@@ -415,6 +420,7 @@ pub fn json(row: &Row) -> String {
             "\"cpu_s_per_million\":{},\"allocs_per_request\":{},\"writes_per_request\":{},",
             "\"reads_per_request\":{},\"server_reads_per_request\":{},",
             "\"server_writes_per_request\":{},\"inflight_bytes_per_request\":{},",
+            "\"parks_per_request\":{},",
             "\"baseline\":\"{}\",\"rps_vs_hand\":{},\"cpu_vs_hand\":{},",
             "\"rps_vs_hand_by_run\":[{}],\"runs\":{}}}"
         ),
@@ -435,6 +441,7 @@ pub fn json(row: &Row) -> String {
         opt(s.server_reads_per_request, 4),
         opt(s.server_writes_per_request, 4),
         opt(s.inflight_bytes, 1),
+        num(s.parks_per_request, 4),
         s.variant.baseline().name(),
         opt(row.rps_vs_hand, 4),
         opt(row.cpu_vs_hand, 4),
