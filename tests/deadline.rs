@@ -447,3 +447,26 @@ async fn a_cancelled_call_is_skipped_whatever_finds_it() {
         assert_eq!(*seen.lock().unwrap(), ["y"]);
     }
 }
+
+/// A written call on a connection that drains (the host changed) still times out at
+/// its deadline, though the new connection has written calls made after it: the sweep
+/// that drops answered calls' entries by their number looks at every connection.
+#[tokio::test(start_paused = true)]
+async fn a_call_on_a_draining_connection_times_out_at_its_deadline() {
+    let seen = Seen::default();
+    let net = echo_after(ms(2000), &seen);
+    let ch = channel(&net, Mode::Order, Config::default());
+    let start = Instant::now();
+    let old = spawn_request(&ch, Call::new(msg("old")).timeout(ms(300)));
+    tokio::time::sleep(ms(10)).await;
+    ch.change_host("b:1").expect("a valid host");
+    let new = spawn_request(&ch, Call::new(msg("new")).timeout(ms(5000)));
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(*seen.lock().unwrap(), ["old", "new"], "both written");
+    let err = joined(old).await.expect_err("timed out");
+    assert_eq!(err.kind(), Kind::Timeout);
+    assert!(!err.is_not_sent(), "it was written");
+    at_deadline(Instant::now(), start + ms(300));
+    let reply = joined(new).await.expect("answered on the new connection");
+    assert_eq!(reply.text(), "new");
+}

@@ -81,6 +81,14 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     /// The waiting call admitted as `seq` under session id `id`, if it still waits.
     fn find(&mut self, seq: u64, id: Option<u64>) -> Option<&mut Entry<Resp>>;
 
+    /// No call admitted with a number below this still waits here, so [`find`] finds
+    /// none: `u64::MAX` when nothing waits. 0 where the matcher cannot tell at once.
+    ///
+    /// [`find`]: Self::find
+    fn floor(&self) -> u64 {
+        0
+    }
+
     /// Routes one reply frame.
     fn route(&mut self, frame: Resp) -> Route<Resp>;
 

@@ -75,6 +75,11 @@ where
         find_in(&mut self.queue, seq)
     }
 
+    /// The head's number: the calls wait in the order they were admitted.
+    fn floor(&self) -> u64 {
+        self.queue.front().map_or(u64::MAX, |head| head.seq)
+    }
+
     fn route(&mut self, frame: Resp) -> Route<Resp> {
         if self.protocol.is_push(&frame) {
             return Route::Push(frame);

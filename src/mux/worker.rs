@@ -126,7 +126,7 @@ where
         }
         // Deadlines first: a call that times out now may be the last a shutdown waits for.
         this.engine
-            .poll_deadlines(cx, |due, expire| conn.expire(due, expire));
+            .poll_deadlines(cx, conn.floor(), |due, expire| conn.expire(due, expire));
         if let Some(deadline) = &mut this.deadline {
             // A shutdown ends as soon as no call it holds has a caller left (calls whose
             // caller left, and slots reserved but unused, do not hold it); while callers
@@ -145,7 +145,7 @@ where
                 // call failed now may end a shutdown, checked on the next poll.
                 if this
                     .engine
-                    .poll_deadlines(cx, |due, expire| conn.expire(due, expire))
+                    .poll_deadlines(cx, conn.floor(), |due, expire| conn.expire(due, expire))
                 {
                     cx.waker().wake_by_ref();
                 }

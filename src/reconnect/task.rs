@@ -329,7 +329,18 @@ where
     /// connection or on one that drains; true when it failed one.
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> bool {
         let (phase, draining) = (&mut self.phase, &mut self.draining);
-        self.engine.poll_deadlines(cx, |due, expire| {
+        let current = match phase {
+            Phase::Ready { conn, .. } => Some(conn.floor()),
+            Phase::Handshaking(handshaking) => Some(handshaking.conn_mut().floor()),
+            _ => None,
+        };
+        let floor = draining
+            .iter_mut()
+            .map(|d| d.conn_mut().floor())
+            .chain(current)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.engine.poll_deadlines(cx, floor, |due, expire| {
             let current = match phase {
                 Phase::Ready { conn, .. } => Some(conn),
                 Phase::Handshaking(handshaking) => Some(handshaking.conn_mut()),

@@ -281,12 +281,15 @@ where
     /// Fails the calls whose deadline has passed: those queued here *not sent*
     /// (never to be written), the written ones through `written`, which finds each in
     /// its connection (false: it is not waiting any more) and fails it when told to.
-    /// Then sets the timer for the next deadline. Call it after anything that may enter
-    /// a deadline, before the task waits. Calls whose outcome is known leave their
-    /// entries behind; they are swept here too. True when it failed a call.
+    /// No written call numbered below `floor` waits on any connection
+    /// ([`Conn::floor`]): most entries swept are answered calls' and are dropped on
+    /// that alone. Then sets the timer for the next deadline. Call it after anything
+    /// that may enter a deadline, before the task waits. Calls whose outcome is known
+    /// leave their entries behind; they are swept here too. True when it failed a call.
     pub(crate) fn poll_deadlines(
         &mut self,
         cx: &mut Context<'_>,
+        floor: u64,
         mut written: impl FnMut(&Due, bool) -> bool,
     ) -> bool {
         if self.deadlines.is_empty() {
@@ -297,7 +300,7 @@ where
                 let held = &self.held;
                 |due: &Due| {
                     if due.written {
-                        written(due, false)
+                        due.seq >= floor && written(due, false)
                     } else {
                         held_at(held, due.seq).is_some_and(|at| !held[at].is_gone())
                     }
@@ -317,7 +320,7 @@ where
             while let Some(due) = self.deadlines.pop_due(now) {
                 popped = true;
                 if due.written {
-                    failed |= written(&due, true);
+                    failed |= due.seq >= floor && written(&due, true);
                 } else if let Some(at) = held_at(&self.held, due.seq)
                     && let Some(call) = self.held.remove(at)
                 {
