@@ -340,15 +340,15 @@ where
         Ok(true)
     }
 
-    /// The written call `due` names, if it still waits for its reply and its caller is
-    /// there; `expire`: fail it at its deadline (*may have executed*, a read *not sent*),
-    /// leaving it an orphan that holds its slot or id until its reply comes.
     /// No written call numbered below this still waits on this connection
     /// ([`Matcher::floor`]).
     pub(crate) fn floor(&self) -> u64 {
         self.matcher.floor()
     }
 
+    /// The written call `due` names, if it still waits for its reply and its caller is
+    /// there; `expire`: fail it at its deadline (*may have executed*, a read *not sent*),
+    /// leaving it an orphan that holds its slot or id until its reply comes.
     pub(crate) fn expire(&mut self, due: &Due, expire: bool) -> bool {
         let Some(entry) = self.matcher.find(due.seq, due.id) else {
             return false;
