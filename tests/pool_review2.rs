@@ -440,22 +440,9 @@ fn a_growable_pool_built_outside_a_runtime_works_at_its_size() {
 async fn pushes_follow_members_added_and_removed() {
     support::timeout(Duration::from_secs(60), async {
         let net = net();
-        let pool = builder(fixed(Duration::from_secs(1)))
-            .pool(1)
-            .grow_to(2)
-            .dwell(Duration::from_millis(200))
-            .target_load(1)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
-        pool.connect().await.unwrap();
+        let pool = support::pool::growable(&net, Duration::from_secs(1)).await;
         let mut pushes = pool.pushes().expect("the receiver");
-        let held: Vec<_> = (0..4)
-            .map(|_| {
-                let p = pool.clone();
-                tokio::spawn(async move { p.request(msg("hold")).await })
-            })
-            .collect();
-        eventually(Duration::from_millis(900), "grows", || pool.size() == 2).await;
+        let held = support::pool::grow(&pool).await;
         let fresh = pool.channels().nth(1).unwrap();
         fresh.request(msg("push")).await.unwrap();
         let got = support::timeout(Duration::from_secs(1), pushes.recv()).await;

@@ -102,9 +102,8 @@ pub fn hold_net() -> Net {
 }
 
 /// A connected pool of 1 over a [`hold_net`], reconnecting after a fixed `backoff`,
-/// that grows to 2 (dwell 200 ms, target 1) under four `hold` calls: returned once it
-/// has grown, with those calls still held.
-pub async fn grown(net: &Net, backoff: Duration) -> (P, Vec<JoinHandle<Result<Msg, Error>>>) {
+/// that may grow to 2 (dwell 200 ms, target 1): [`grow`] makes it.
+pub async fn growable(net: &Net, backoff: Duration) -> P {
     let pool = builder(fixed(backoff))
         .pool(1)
         .grow_to(2)
@@ -113,6 +112,12 @@ pub async fn grown(net: &Net, backoff: Duration) -> (P, Vec<JoinHandle<Result<Ms
         .connector(net.connector(), Order::new(TestProto))
         .unwrap();
     pool.connect().await.unwrap();
+    pool
+}
+
+/// Four `hold` calls on a [`growable`] pool, returned once it has grown to 2 under
+/// them, still held.
+pub async fn grow(pool: &P) -> Vec<JoinHandle<Result<Msg, Error>>> {
     let held = (0..4)
         .map(|_| {
             let p = pool.clone();
@@ -120,5 +125,12 @@ pub async fn grown(net: &Net, backoff: Duration) -> (P, Vec<JoinHandle<Result<Ms
         })
         .collect();
     eventually(Duration::from_millis(900), "grows", || pool.size() == 2).await;
+    held
+}
+
+/// A [`growable`] pool that has [`grow`]n: returned with the calls it grew under.
+pub async fn grown(net: &Net, backoff: Duration) -> (P, Vec<JoinHandle<Result<Msg, Error>>>) {
+    let pool = growable(net, backoff).await;
+    let held = grow(&pool).await;
     (pool, held)
 }
