@@ -46,11 +46,8 @@ pub(crate) struct Due {
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
     heap: BinaryHeap<Reverse<Due>>,
-    young: Vec<Due>,
-    old: Vec<Due>,
-    /// The earliest deadline in `young` and in `old`.
-    young_first: Option<Instant>,
-    old_first: Option<Instant>,
+    young: Generation,
+    old: Generation,
     timer: Option<Pin<Box<Sleep>>>,
     /// The heap's size after the last sweep: the next sweep comes at twice that.
     swept: usize,
@@ -69,6 +66,60 @@ const SWEEP_FLOOR: usize = 1024;
 #[inline(always)]
 fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
     Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// A generation of entries, in the order of their numbers (an entry is pushed when its
+/// number is given).
+#[derive(Debug, Default)]
+struct Generation {
+    entries: Vec<Due>,
+    /// The earliest deadline among them.
+    first: Option<Instant>,
+    /// One of them is a queued call's (else all are written calls').
+    queued: bool,
+}
+
+impl Generation {
+    #[inline(always)]
+    fn push(&mut self, due: Due) {
+        debug_assert!(self.entries.last().is_none_or(|last| last.seq < due.seq));
+        self.first = earliest(self.first, due.at);
+        self.queued |= !due.written;
+        self.entries.push(due);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether an entry's deadline has come by `now`.
+    fn holds_due(&self, now: Instant) -> bool {
+        self.first.is_some_and(|at| at <= now)
+    }
+
+    /// Moves the entries whose call `live` says still waits to `heap`, leaving the
+    /// generation empty. Written calls numbered below `floor` wait no more: when all are
+    /// written calls', those are a prefix, dropped without a look.
+    fn move_live(
+        &mut self,
+        heap: &mut BinaryHeap<Reverse<Due>>,
+        floor: u64,
+        live: &mut impl FnMut(&Due) -> bool,
+    ) {
+        let skip = if self.queued {
+            0
+        } else {
+            self.entries.partition_point(|due| due.seq < floor)
+        };
+        for due in &self.entries[skip..] {
+            if live(due) {
+                heap.push(Reverse(*due));
+            }
+        }
+        self.entries.clear();
+        self.first = None;
+        self.queued = false;
+    }
 }
 
 impl Deadlines {
@@ -94,12 +145,11 @@ impl Deadlines {
     #[inline]
     pub(crate) fn push(&mut self, due: Due) {
         self.used = true;
-        self.young_first = earliest(self.young_first, due.at);
         self.young.push(due);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.heap.is_empty() && self.young.is_empty() && self.old.is_empty()
+        self.heap.is_empty() && self.young.entries.is_empty() && self.old.entries.is_empty()
     }
 
     /// Whether a sweep is due: a generation is full, or the heap doubled since the
@@ -109,12 +159,13 @@ impl Deadlines {
         self.young.len() >= SWEEP_FLOOR || self.heap.len() > SWEEP_FLOOR.max(2 * self.swept)
     }
 
-    /// Keeps only the entries whose call `live` says is still waiting: the old
-    /// generation's, when the young one is full (the young becomes the old), and the
-    /// heap's, when it doubled.
-    pub(crate) fn sweep(&mut self, mut live: impl FnMut(&Due) -> bool) {
+    /// Keeps only the entries whose call `live` says is still waiting (no written call
+    /// numbered below `floor` is): the old generation's, when the young one is full (the
+    /// young becomes the old), and the heap's, when it doubled.
+    pub(crate) fn sweep(&mut self, floor: u64, mut live: impl FnMut(&Due) -> bool) {
         if self.young.len() >= SWEEP_FLOOR {
-            self.age(&mut live);
+            self.old.move_live(&mut self.heap, floor, &mut live);
+            std::mem::swap(&mut self.old, &mut self.young);
         }
         if self.heap.len() > SWEEP_FLOOR.max(2 * self.swept) {
             let mut entries = std::mem::take(&mut self.heap).into_vec();
@@ -124,26 +175,30 @@ impl Deadlines {
         }
     }
 
-    /// Moves the old generation's live entries to the heap; the young one becomes the
-    /// old, and the young is empty.
-    fn age(&mut self, live: &mut impl FnMut(&Due) -> bool) {
-        for due in self.old.drain(..) {
-            if live(&due) {
-                self.heap.push(Reverse(due));
+    /// Moves to the heap the live entries of each generation that holds one due by
+    /// `now`, before the due ones are taken from it; true when it moved a generation.
+    /// A generation none of whose deadlines has come stays where it is: at a low call
+    /// rate the old one's earliest deadline can come before the young one fills, and
+    /// the young one holds the calls still waiting, whose entries would all go to the
+    /// heap for nothing.
+    pub(crate) fn settle(
+        &mut self,
+        now: Instant,
+        floor: u64,
+        mut live: impl FnMut(&Due) -> bool,
+    ) -> bool {
+        let mut moved = false;
+        for generation in [&mut self.old, &mut self.young] {
+            if generation.holds_due(now) {
+                moved = true;
+                generation.move_live(&mut self.heap, floor, &mut live);
             }
         }
-        std::mem::swap(&mut self.old, &mut self.young);
-        self.old_first = self.young_first.take();
-    }
-
-    /// Moves every live entry to the heap, before the due ones are taken from it.
-    pub(crate) fn settle(&mut self, mut live: impl FnMut(&Due) -> bool) {
-        self.age(&mut live);
-        self.age(&mut live);
+        moved
     }
 
     /// The next entry in the heap whose deadline has passed (by the clock read now), if
-    /// any: [`settle`](Self::settle) first.
+    /// any: [`settle`](Self::settle) by the same clock first.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Due> {
         if self.heap.peek()?.0.at > now {
             return None;
@@ -155,7 +210,7 @@ impl Deadlines {
     /// True when it is due already.
     pub(crate) fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
         let mut first = self.heap.peek().map(|Reverse(top)| top.at);
-        for at in [self.young_first, self.old_first].into_iter().flatten() {
+        for at in [self.young.first, self.old.first].into_iter().flatten() {
             first = earliest(first, at);
         }
         let Some(at) = first else {
@@ -195,9 +250,10 @@ mod tests {
         for (seq, ms) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
             d.push(due(now + Duration::from_millis(ms), seq));
         }
-        d.settle(|_| true);
+        assert!(!d.settle(now, 0, |_| true), "nothing is due yet");
         assert!(d.pop_due(now).is_none());
         let later = now + Duration::from_millis(20);
+        assert!(d.settle(later, 0, |_| true));
         let popped: Vec<u64> = std::iter::from_fn(|| d.pop_due(later))
             .map(|d| d.seq)
             .collect();
@@ -216,22 +272,77 @@ mod tests {
         for seq in 1..=3500u64 {
             d.push(due(at(seq), seq));
             if d.wants_sweep() {
-                d.sweep(live);
+                d.sweep(0, live);
             }
         }
-        assert!(!d.heap.is_empty() && !d.young.is_empty() && !d.old.is_empty());
+        assert!(!d.heap.is_empty() && d.young.len() > 0 && d.old.len() > 0);
         let want_first = (1..=3500u64).map(at).min().unwrap();
         let waker = futures::task::noop_waker();
         assert!(!d.poll_timer(&mut Context::from_waker(&waker)));
         assert_eq!(d.timer.as_ref().unwrap().deadline(), want_first);
         tokio::time::advance(Duration::from_millis(600)).await;
         assert!(d.poll_timer(&mut Context::from_waker(&waker)));
-        d.settle(live);
+        d.settle(Instant::now(), 0, live);
         let popped: Vec<Due> = std::iter::from_fn(|| d.pop_due(Instant::now())).collect();
         let mut want: Vec<u64> = (1..=3500u64).filter(|s| s.is_multiple_of(7)).collect();
         want.sort_by_key(|&s| (at(s), s));
         assert_eq!(popped.iter().map(|d| d.seq).collect::<Vec<_>>(), want);
         assert!(d.is_empty());
+    }
+
+    /// The timer fires for a generation's earliest deadline: only that generation goes
+    /// to the heap; the young one, holding the calls still waiting, stays a list.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_generation_is_settled_alone() {
+        let mut d = Deadlines::default();
+        let start = Instant::now();
+        let soon = start + Duration::from_millis(10);
+        for seq in 1..=SWEEP_FLOOR as u64 {
+            d.push(due(soon, seq));
+        }
+        d.sweep(0, |_| true);
+        let later = start + Duration::from_secs(1);
+        for seq in 1..=10 {
+            d.push(due(later, SWEEP_FLOOR as u64 + seq));
+        }
+        assert!(!d.settle(start, 0, |_| true));
+        assert!(d.settle(soon, 0, |_| true));
+        assert_eq!(
+            (d.heap.len(), d.old.len(), d.young.len()),
+            (SWEEP_FLOOR, 0, 10)
+        );
+    }
+
+    /// Written calls numbered below the floor are answered: a generation of written
+    /// calls' entries drops them without asking, one with a queued call's asks of each.
+    #[tokio::test(start_paused = true)]
+    async fn entries_below_the_floor_are_dropped_unasked() {
+        let at = Instant::now() + Duration::from_secs(1);
+        let mut d = Deadlines::default();
+        for seq in 1..=100 {
+            d.push(due(at, seq));
+        }
+        let mut asked = 0;
+        assert!(d.settle(at, 91, |_| {
+            asked += 1;
+            true
+        }));
+        assert_eq!((asked, d.heap.len()), (10, 10));
+
+        let mut d = Deadlines::default();
+        d.push(Due {
+            written: false,
+            ..due(at, 1)
+        });
+        for seq in 2..=100 {
+            d.push(due(at, seq));
+        }
+        let mut asked = 0;
+        d.settle(at, 91, |_| {
+            asked += 1;
+            true
+        });
+        assert_eq!(asked, 100);
     }
 
     /// Answered calls leave their entries behind; sweeps keep the heap within twice the
@@ -245,7 +356,7 @@ mod tests {
             d.push(due(at, seq));
             if d.wants_sweep() {
                 // The last 10 are live.
-                d.sweep(|due| due.seq + 10 > seq);
+                d.sweep(0, |due| due.seq + 10 > seq);
             }
             max = max.max(d.heap.len() + d.young.len() + d.old.len());
         }

@@ -308,17 +308,16 @@ where
             }};
         }
         if self.deadlines.wants_sweep() {
-            self.deadlines.sweep(live!());
+            self.deadlines.sweep(floor, live!());
         }
         let mut failed = false;
         // The timer is at the earliest deadline: until it fires, nothing is due (and
         // the clock need not be read).
         while self.deadlines.poll_timer(cx) {
             let now = tokio::time::Instant::now();
-            self.deadlines.settle(live!());
-            let mut popped = false;
+            let mut progress = self.deadlines.settle(now, floor, live!());
             while let Some(due) = self.deadlines.pop_due(now) {
-                popped = true;
+                progress = true;
                 if due.written {
                     failed |= due.seq >= floor && written(&due, true);
                 } else if let Some(at) = held_at(&self.held, due.seq)
@@ -335,8 +334,9 @@ where
                     }
                 }
             }
-            if !popped {
-                // The timer fired before the clock reached its deadline: come back.
+            if !progress {
+                // The timer fired before the clock reached its deadline (nothing moved
+                // to the heap, nothing taken from it): come back.
                 cx.waker().wake_by_ref();
                 break;
             }
