@@ -11,6 +11,7 @@ use std::time::Duration;
 pub(crate) const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `now + d`, where a huge `d` means "never" instead of an overflow.
+#[inline]
 pub(crate) fn deadline(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
     now + d.min(NEVER)
 }
@@ -155,8 +156,10 @@ impl Config {
     }
 
     /// The deadline of every call that has none of its own
-    /// ([`Call::deadline`](crate::Call::deadline)), counted from when it is made (default
-    /// `None`: no deadline). Kept by the connection task, with one timer for all calls.
+    /// ([`Call::deadline`](crate::Call::deadline)), counted from when the channel takes
+    /// the call in, as [`Call::timeout`](crate::Call::timeout) is (default `None`: no
+    /// deadline). Kept by the connection task, with one timer for all calls, and no
+    /// clock read per call.
     ///
     /// A call still queued at its deadline fails [`Kind::Timeout`](crate::Kind::Timeout)
     /// *not sent*, and is never written, whether the channel is connecting, backing off

@@ -285,15 +285,22 @@ mod tests {
     }
 
     /// A retry keeps the call's deadline (the whole budget, not one per attempt), and a
-    /// timeout is never retried, though it was not sent.
-    #[tokio::test]
+    /// timeout is never retried, though it was not sent. A timeout, counted from when
+    /// the channel takes the call in, is counted from the copy for the copy: from
+    /// before the first attempt.
+    #[tokio::test(start_paused = true)]
     async fn a_retry_keeps_the_deadline_and_a_timeout_is_never_retried() {
-        let mut policy = RetryNotSent::new(2);
-        let at = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
+        use crate::mux::Deadline;
+        let timeout = std::time::Duration::from_millis(250);
+        let at = Deadline::At(tokio::time::Instant::now() + timeout);
         for call in [
-            Call::new(String::from("GET k")).deadline(at),
-            Call::new(String::from("GET k")).deadline(at).idempotent(),
+            Call::new(String::from("GET k")).deadline(tokio::time::Instant::now() + timeout),
+            Call::new(String::from("GET k"))
+                .timeout(timeout)
+                .idempotent(),
+            Call::new(String::from("GET k")).timeout(timeout),
         ] {
+            let mut policy = RetryNotSent::new(1);
             let mut copy = Policy::<_, (), BoxError>::clone_request(&mut policy, &call).unwrap();
             assert_eq!(copy.deadline, Some(at));
             let mut not_sent = boxed(
@@ -302,6 +309,7 @@ mod tests {
             assert!(policy.retry(&mut copy, &mut not_sent).is_some());
             assert_eq!(copy.deadline, Some(at), "refilled, with its deadline");
         }
+        let mut policy = RetryNotSent::new(1);
         let mut req = ();
         let mut timed_out = boxed(Error::new(Kind::Timeout));
         assert!(policy.retry(&mut req, &mut timed_out).is_none());

@@ -470,3 +470,99 @@ async fn a_call_on_a_draining_connection_times_out_at_its_deadline() {
     let reply = joined(new).await.expect("answered on the new connection");
     assert_eq!(reply.text(), "new");
 }
+
+/// Through `Service<Call<Req>>`, a `Call::timeout` counts from when the channel takes
+/// the call in: a written call fails `Timeout` *may have executed* `timeout` after it
+/// was queued, to the millisecond, though the handle read no clock for it; a call
+/// queued behind it on a full connection fails *not sent* at its own.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_through_tower_counts_from_when_the_call_is_queued() {
+    for mode in [Mode::Order, Mode::Session] {
+        let seen = Seen::default();
+        let net = echo_after(ms(1000), &seen);
+        let ch = channel(&net, mode, Config::default().max_in_flight(1));
+        ch.connect().await.expect("connected");
+        let mut calls = ch.calls();
+        tokio::time::sleep(ms(7)).await;
+        let start = Instant::now();
+        let written = calls
+            .ready()
+            .await
+            .unwrap()
+            .call(Call::new(msg("w")).timeout(ms(100)));
+        let queued = calls
+            .ready()
+            .await
+            .unwrap()
+            .call(Call::new(msg("q")).timeout(ms(50)));
+        let queued = tokio::spawn(async move { (queued.await, Instant::now()) });
+        let err = written.await.expect_err("timed out");
+        let err = err
+            .downcast::<socketchannel::Error>()
+            .expect("the channel's");
+        assert_eq!(err.kind(), Kind::Timeout, "{mode:?}");
+        assert!(!err.is_not_sent(), "{mode:?}: it was written");
+        at_deadline(Instant::now(), start + ms(100));
+        let (out, ended) = joined(queued).await;
+        let err = out.expect_err("timed out");
+        let err = err
+            .downcast::<socketchannel::Error>()
+            .expect("the channel's");
+        assert_eq!(err.kind(), Kind::Timeout, "{mode:?}");
+        assert!(err.is_not_sent(), "{mode:?}: never written");
+        at_deadline(ended, start + ms(50));
+        assert_eq!(*seen.lock().unwrap(), ["w"], "{mode:?}");
+    }
+}
+
+/// A call queued while the task already holds as many calls as it times (`queue(2)`,
+/// no room on the connection) waits in the intake, untimed, until one of those leaves.
+/// Its timeout is stamped as it is queued, so that wait counts: it fails the moment the
+/// task takes it, when the two ahead time out (200 ms), not a timeout after that.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_queued_behind_held_calls_counts_its_wait_in_the_intake() {
+    let seen = Seen::default();
+    let net = echo_after(ms(1000), &seen);
+    let ch = channel(
+        &net,
+        Mode::Order,
+        Config::default().max_in_flight(1).queue(2),
+    );
+    ch.connect().await.expect("connected");
+    let first = spawn_request(&ch, "first");
+    tokio::time::sleep(ms(1)).await;
+    let start = Instant::now();
+    let mut calls = ch.calls();
+    let held: Vec<_> = (1..=2)
+        .map(|i| {
+            let call = Call::new(msg(format!("h{i}"))).timeout(ms(200));
+            let reply = calls.call(call);
+            tokio::spawn(reply)
+        })
+        .collect();
+    // The task takes those two in to time them.
+    tokio::time::sleep(ms(1)).await;
+    let behind = calls
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::new(msg("b")).timeout(ms(100)));
+    let behind = tokio::spawn(async move { (behind.await, Instant::now()) });
+    for h in held {
+        let err = joined(h).await.expect_err("timed out");
+        let err = err
+            .downcast::<socketchannel::Error>()
+            .expect("the channel's");
+        assert_eq!(err.kind(), Kind::Timeout);
+    }
+    let (out, ended) = joined(behind).await;
+    let err = out.expect_err("timed out");
+    let err = err
+        .downcast::<socketchannel::Error>()
+        .expect("the channel's");
+    assert_eq!(err.kind(), Kind::Timeout);
+    assert!(err.is_not_sent(), "never written");
+    at_deadline(ended, start + ms(200));
+    assert_eq!(joined(first).await.expect("answered").text(), "first");
+    assert_eq!(*seen.lock().unwrap(), ["first"]);
+}

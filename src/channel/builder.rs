@@ -253,8 +253,8 @@ where
         self
     }
 
-    /// The deadline of every call that has none of its own, from when it is made
-    /// (default `None`); see [`Config::call_timeout`]. It wins over the one in the
+    /// The deadline of every call that has none of its own, from when the channel
+    /// takes it in (default `None`); see [`Config::call_timeout`]. It wins over the one in the
     /// [`config`](Self::config).
     pub fn call_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.call_timeout = Some(timeout.into());

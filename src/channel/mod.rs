@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::ReusableBoxFuture;
 use tracing::Instrument;
 
@@ -34,7 +35,7 @@ pub use self::start::{NoRuntime, TaskDropped};
 
 use crate::config::Config;
 use crate::error::{Error, Kind};
-use crate::mux::{Engine, Envelope, Mode, Until, Waiter, Worker};
+use crate::mux::{Deadline, Engine, Envelope, Mode, Until, Waiter, Worker};
 use crate::reconnect::{Endpoint, HostSpec, IntoHost, InvalidEndpoint};
 use crate::shared::{Control, Shared, State};
 use crate::stats::Counters;
@@ -257,9 +258,11 @@ where
             return;
         }
         self.stamp_deadline(&mut envelope);
-        // A call with a deadline waits for room no longer than that (the timer is only
-        // armed when there is no room at once).
-        let reserve = match envelope.deadline {
+        // A call with a deadline waits for room no longer than that, counted from now
+        // (the timer is only armed when there is no room at once).
+        let at = envelope.deadline.map(|deadline| deadline.at(Instant::now));
+        envelope.deadline = at.map(Deadline::At);
+        let reserve = match at {
             None => self.tx.reserve().await,
             Some(at) => match tokio::time::timeout_at(at, self.tx.reserve()).await {
                 Ok(reserved) => reserved,
@@ -280,20 +283,24 @@ where
         }
     }
 
-    /// Gives a call without a deadline the channel's default, counted from now (not a
-    /// handshake's call: the handshake timeout bounds those).
+    /// Gives a call without a deadline the channel's default (not a handshake's call:
+    /// the handshake timeout bounds those), counted from when the task takes it in, as
+    /// `Call::timeout` is.
     #[inline]
     pub(crate) fn stamp_deadline(&self, envelope: &mut Envelope<Req, Resp>) {
         if envelope.deadline.is_none()
             && !self.lane
             && let Some(timeout) = self.shared.call_timeout
         {
-            envelope.deadline = Some(crate::config::deadline(
-                tokio::time::Instant::now(),
-                timeout,
-            ));
+            envelope.deadline = Some(Deadline::After(timeout));
         }
-        if envelope.deadline.is_some() {
+        if let Some(deadline) = &mut envelope.deadline {
+            // The task holds calls that wait for room or a connection: this one may
+            // wait in the intake behind them, and that wait must count. Counted from
+            // now, then.
+            if self.shared.held.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                *deadline = deadline.fixed();
+            }
             self.shared.deadline_used();
         }
     }

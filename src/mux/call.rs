@@ -460,7 +460,7 @@ pub(crate) struct Envelope<Req, Resp> {
     /// What it counts for the overload signal while queued (0 when that is off).
     pub(crate) weight: usize,
     /// When it fails [`Kind::Timeout`] if it has not been answered (see `deadline.rs`).
-    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) deadline: Option<super::Deadline>,
     /// Its sequence number while the connection task holds it in its queue.
     pub(crate) seq: u64,
     /// Boxes the request for an error that hands it back: `Drop` cannot ask

@@ -244,11 +244,17 @@ where
         T: Sink<Req, Error = WE> + Unpin,
         WE: Into<BoxError>,
     {
-        let (id, exempt, deadline) = (call.id, call.exempt, call.deadline);
-        if deadline.is_some_and(|at| deadlines.passed(at)) {
-            call.fail_unsent(Kind::Timeout, None);
-            return Ok(false);
-        }
+        let (id, exempt) = (call.id, call.exempt);
+        let deadline = match call.deadline {
+            Some(deadline) => match deadlines.check(deadline) {
+                (_, true) => {
+                    call.fail_unsent(Kind::Timeout, None);
+                    return Ok(false);
+                }
+                (at, false) => Some(at),
+            },
+            None => None,
+        };
         let (mut frames, Some(mut waiter)) = call.into_parts() else {
             return Ok(false);
         };

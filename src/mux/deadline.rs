@@ -23,6 +23,32 @@ use std::task::Context;
 
 use tokio::time::{Instant, Sleep};
 
+/// When a call fails [`Kind::Timeout`](crate::Kind::Timeout) if it is not answered: at
+/// an instant, or a time after the channel takes it in. The connection task gives the
+/// latter its instant with the clock it reads once for all the calls it takes in a
+/// pass, so such a deadline costs no clock read per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    At(Instant),
+    After(std::time::Duration),
+}
+
+impl Deadline {
+    /// Its instant, `now` giving the clock for one counted from now.
+    #[inline(always)]
+    pub(crate) fn at(self, now: impl FnOnce() -> Instant) -> Instant {
+        match self {
+            Deadline::At(at) => at,
+            Deadline::After(timeout) => crate::config::deadline(now(), timeout),
+        }
+    }
+
+    /// Counted from now, if it was to be counted from when the task takes it in.
+    pub(crate) fn fixed(self) -> Self {
+        Deadline::At(self.at(Instant::now))
+    }
+}
+
 /// A call's deadline, and where to find the call: by its sequence number, and by its
 /// session id once written in session mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,10 +156,15 @@ impl Deadlines {
         self.next_seq
     }
 
-    /// Has `at` passed? Reads the clock once per write pass ([`new_pass`](Self::new_pass)).
+    /// `deadline`'s instant, and whether it has passed, for a call taken in a write pass:
+    /// the clock is read once per pass ([`new_pass`](Self::new_pass)), when first
+    /// needed.
     #[inline]
-    pub(crate) fn passed(&mut self, at: Instant) -> bool {
-        at <= *self.now.get_or_insert_with(Instant::now)
+    pub(crate) fn check(&mut self, deadline: Deadline) -> (Instant, bool) {
+        let now = &mut self.now;
+        let mut clock = || *now.get_or_insert_with(Instant::now);
+        let at = deadline.at(&mut clock);
+        (at, at <= clock())
     }
 
     /// A new write pass: the clock is read again when next needed.

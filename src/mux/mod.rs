@@ -23,6 +23,7 @@ mod worker;
 
 pub(crate) use self::call::{Collect, Envelope, Frames, StreamShared, StreamTx, Until, Waiter};
 pub(crate) use self::conn::Conn;
+pub(crate) use self::deadline::Deadline;
 pub(crate) use self::engine::{Ended, Engine, Lane};
 pub use self::order::Order;
 pub(crate) use self::retire::Retire;

@@ -48,7 +48,7 @@ use crate::channel::{
     Call, Channel, IntoCall, Replies, Reply, ReplyFuture, ReplyStream, ResponseFuture,
 };
 use crate::error::Error;
-use crate::mux::Until;
+use crate::mux::{Deadline, Until};
 use crate::shared::State;
 use crate::stats::Counters;
 
@@ -168,11 +168,10 @@ where
         if call.deadline.is_none()
             && let Some(timeout) = self.call_timeout()
         {
-            call.deadline = Some(crate::config::deadline(
-                tokio::time::Instant::now(),
-                timeout,
-            ));
+            call.deadline = Some(Deadline::After(timeout));
         }
+        let at = call.deadline.map(|d| d.at(tokio::time::Instant::now));
+        call.deadline = at.map(Deadline::At);
         loop {
             let picked = async {
                 let slot = self.pick().await?;
@@ -180,7 +179,7 @@ where
                 let room = std::future::poll_fn(|cx| channel.poll_reserve(cx)).await;
                 Ok::<_, Error>((slot, channel, room.is_ok()))
             };
-            let picked = match call.deadline {
+            let picked = match at {
                 None => picked.await,
                 Some(at) => tokio::time::timeout_at(at, picked)
                     .await

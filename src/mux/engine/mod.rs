@@ -22,7 +22,7 @@ mod write;
 
 use super::call::Envelope;
 use super::conn::Conn;
-use super::deadline::{Deadlines, Due};
+use super::deadline::{Deadline, Deadlines, Due};
 use crate::config::Config;
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind as Why, Kind};
 use crate::shared::Shared;
@@ -235,7 +235,10 @@ where
     fn hold(&mut self, mut call: Envelope<Req, Resp>) {
         let seq = self.deadlines.seq();
         call.seq = seq;
-        if let Some(at) = call.deadline {
+        if let Some(deadline) = call.deadline {
+            // Taken in now: a deadline counted from then gets its instant.
+            let at = deadline.at(tokio::time::Instant::now);
+            call.deadline = Some(Deadline::At(at));
             self.deadlines.push(Due {
                 at,
                 seq,
