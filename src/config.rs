@@ -147,8 +147,11 @@ impl Config {
     }
 
     /// Calls accepted but not yet written, at most (default 1024). Values below 1 count
-    /// as 1. Once calls with deadlines are made, the connection task takes up to this
-    /// many more out of the intake to time them, so twice this many can wait (see
+    /// as 1. Once calls with deadlines are made, the connection task takes every queued
+    /// call out of the intake to time it while it cannot write, and while it holds this
+    /// many, handles wait before they queue more (`poll_ready`, the async methods; a
+    /// call made without `poll_ready` fails [`Kind::Overloaded`](crate::Kind::Overloaded)
+    /// *not sent*), so about twice this many can wait (see
     /// [`call_timeout`](Self::call_timeout)); `Load` and the overload signal count them.
     pub fn queue(mut self, n: usize) -> Self {
         self.queue = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -166,11 +169,11 @@ impl Config {
     /// or waiting for room; a written one fails *may have executed*, and its slot (or
     /// session id) stays taken until its reply comes, or its connection ends. Unlike
     /// `tower::timeout`, it costs no timer per call and its error says whether the call
-    /// was sent. While deadlines are in use the task takes queued calls out of the
-    /// intake to time them, up to [`queue`](Self::queue) more, so twice that many can
-    /// wait; a call beyond those is timed once the task takes it (with this one default
-    /// for every call, deadlines come in order and none is late). Handshake calls do
-    /// not get it: the handshake timeout bounds them.
+    /// was sent. While deadlines are in use the task takes every queued call out of the
+    /// intake to time it, so none waits there untimed; while it holds
+    /// [`queue`](Self::queue) of them, handles wait to queue more (a method's wait is
+    /// within its deadline). Handshake calls do not get it: the handshake timeout bounds
+    /// them.
     ///
     /// A retry ([`RetryNotSent`](crate::RetryNotSent)) of a call that got this
     /// default gets it afresh; give the [`Call`](crate::Call) its own deadline to bound

@@ -83,6 +83,10 @@ pub(crate) struct Shared<Resp> {
     pub(crate) call_timeout: Option<std::time::Duration>,
     /// Calls the task took out of the intake and holds, unwritten (for `Load`).
     pub(crate) held: std::sync::atomic::AtomicUsize,
+    /// Notified when `held` falls below the most the task holds (the intake's size),
+    /// and when the task is gone: handles wait for it before they queue a call the
+    /// task could not take in to time (`Channel::poll_reserve`).
+    pub(crate) held_room: tokio::sync::Notify,
     /// A call with a deadline was made (and the task told: [`Control::Deadlines`]).
     pub(crate) deadlines: AtomicBool,
     /// The channel was made outside a runtime and its task has not started: the first
@@ -125,6 +129,7 @@ impl<Resp> Shared<Resp> {
             limits,
             call_timeout,
             held: std::sync::atomic::AtomicUsize::new(0),
+            held_room: tokio::sync::Notify::new(),
             deadlines: AtomicBool::new(false),
             unstarted: AtomicBool::new(false),
             gone: Mutex::new(None),
@@ -207,6 +212,20 @@ impl<Resp> Shared<Resp> {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Returns once the task holds fewer than `most` calls (or is gone: then it holds
+    /// none).
+    pub(crate) async fn wait_held_below(&self, most: usize) {
+        loop {
+            let room = self.held_room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.held.load(Ordering::Relaxed) < most || self.is_closed() {
+                return;
+            }
+            room.await;
+        }
     }
 
     /// Takes no more calls from now on.

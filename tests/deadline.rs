@@ -16,7 +16,7 @@ use socketchannel::{Call, Channel, Config, Endpoint, Kind, RetryNotSent};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use support::channel::{Ch, Mode, joined, msg, spawn_request};
+use support::channel::{Ch, Mode, joined, joined_within, msg, spawn_request};
 use support::memory::{Io, Net};
 
 fn ms(n: u64) -> Duration {
@@ -515,12 +515,14 @@ async fn a_timeout_through_tower_counts_from_when_the_call_is_queued() {
     }
 }
 
-/// A call queued while the task already holds as many calls as it times (`queue(2)`,
-/// no room on the connection) waits in the intake, untimed, until one of those leaves.
-/// Its timeout is stamped as it is queued, so that wait counts: it fails the moment the
-/// task takes it, when the two ahead time out (200 ms), not a timeout after that.
+/// While the task holds as many calls as it times (`queue(2)`, no room on the
+/// connection), no call waits in the intake untimed: a method waits for room with its
+/// deadline counted, and fails `Timeout` *not sent* at it, before the two held calls
+/// time out; `poll_ready` waits; a call made without it fails `Overloaded` *not sent*.
+/// (Found by the simulation's `deadline_bounds_the_wait`, seed 0x14c: a call queued
+/// behind four held ones failed 1.6 s past its 20 ms deadline.)
 #[tokio::test(start_paused = true)]
-async fn a_timeout_queued_behind_held_calls_counts_its_wait_in_the_intake() {
+async fn no_call_waits_untimed_behind_as_many_held_calls_as_the_task_times() {
     let seen = Seen::default();
     let net = echo_after(ms(1000), &seen);
     let ch = channel(
@@ -532,37 +534,57 @@ async fn a_timeout_queued_behind_held_calls_counts_its_wait_in_the_intake() {
     let first = spawn_request(&ch, "first");
     tokio::time::sleep(ms(1)).await;
     let start = Instant::now();
-    let mut calls = ch.calls();
     let held: Vec<_> = (1..=2)
-        .map(|i| {
-            let call = Call::new(msg(format!("h{i}"))).timeout(ms(200));
-            let reply = calls.call(call);
-            tokio::spawn(reply)
-        })
+        .map(|i| spawn_request(&ch, Call::new(msg(format!("h{i}"))).timeout(ms(200))))
         .collect();
     // The task takes those two in to time them.
     tokio::time::sleep(ms(1)).await;
-    let behind = calls
-        .ready()
+    let behind = spawn_request(&ch, Call::new(msg("b")).timeout(ms(100)));
+    let mut calls = ch.calls();
+    assert!(
+        tokio::time::timeout(ms(50), calls.ready()).await.is_err(),
+        "poll_ready waits while the task holds two"
+    );
+    let err = ch
+        .calls()
+        .call(Call::new(msg("c")))
         .await
-        .unwrap()
-        .call(Call::new(msg("b")).timeout(ms(100)));
-    let behind = tokio::spawn(async move { (behind.await, Instant::now()) });
-    for h in held {
-        let err = joined(h).await.expect_err("timed out");
-        let err = err
-            .downcast::<socketchannel::Error>()
-            .expect("the channel's");
-        assert_eq!(err.kind(), Kind::Timeout);
-    }
-    let (out, ended) = joined(behind).await;
-    let err = out.expect_err("timed out");
+        .expect_err("no room");
     let err = err
         .downcast::<socketchannel::Error>()
         .expect("the channel's");
+    assert_eq!(err.kind(), Kind::Overloaded);
+    assert!(err.is_not_sent());
+    // A flood of calls with no deadline waits in the methods, not in the task: it
+    // holds no more than twice the intake's size.
+    let flood: Vec<_> = (0..20)
+        .map(|i| spawn_request(&ch, format!("f{i}")))
+        .collect();
+    tokio::time::sleep(ms(10)).await;
+    assert!(
+        tower::load::Load::load(&ch) <= 1 + 2 * 2,
+        "{} waiting",
+        tower::load::Load::load(&ch)
+    );
+    let mut err = joined(behind).await.expect_err("timed out");
     assert_eq!(err.kind(), Kind::Timeout);
     assert!(err.is_not_sent(), "never written");
-    at_deadline(ended, start + ms(200));
+    assert_eq!(
+        err.take_request::<support::codec::Msg>()
+            .expect("handed back")
+            .text(),
+        "b"
+    );
+    at_deadline(Instant::now(), start + ms(1) + ms(100));
+    for h in held {
+        let err = joined(h).await.expect_err("timed out");
+        assert_eq!(err.kind(), Kind::Timeout);
+    }
     assert_eq!(joined(first).await.expect("answered").text(), "first");
-    assert_eq!(*seen.lock().unwrap(), ["first"]);
+    for call in flood {
+        joined_within(ms(60_000), call)
+            .await
+            .expect("answered in turn");
+    }
+    assert_eq!(seen.lock().unwrap()[0], "first");
 }

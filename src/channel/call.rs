@@ -138,9 +138,10 @@ impl<Req> Call<Req> {
     /// A channel that is writing takes a call in at its connection task's next pass,
     /// which reads the clock once for all the calls it takes, so a timeout costs no
     /// clock read per call (a `deadline` made from `Instant::now()` costs one: about
-    /// 20 ns, a few per cent of a call). A call queued while others wait for room or a
-    /// connection is stamped as it is queued, and so is one through a channel's or a
-    /// pool's async methods, or copied by a retry. So the deadline comes `timeout` after
+    /// 20 ns, a few per cent of a call); one that cannot be written is taken in to be
+    /// timed at the task's next poll. A call through a channel's or a pool's async
+    /// methods is stamped as the method is called, and a retry's copy as it is made. So
+    /// the deadline comes `timeout` after
     /// `call` (to within the microseconds of one write pass, whose clock a call taken in
     /// it shares) and, while the channel can write, at most one pass of its connection
     /// task later. The time before the channel (in `poll_ready`, in layers in front of it)

@@ -83,9 +83,10 @@ pub struct Channel<Req, Resp> {
     /// Waits for capacity when the intake is full; allocated the first time it is.
     reserve: Option<Reserve<Req, Resp>>,
     reserving: bool,
-    /// Waits for a running connect pass to end; allocated the first time it is needed.
-    connect_wait: Option<ReusableBoxFuture<'static, ()>>,
-    waiting_connect: bool,
+    /// Waits for a running connect pass to end, or for room among the calls the task
+    /// holds (`service.rs`, `poll_waits`); allocated the first time it is needed.
+    wait: Option<ReusableBoxFuture<'static, ()>>,
+    waiting: bool,
     /// The connection task of a channel made outside a runtime, until a call spawns it
     /// (`start.rs`). Held by the handles, not by `shared` (which the task holds): a
     /// channel dropped before it started drops its task, and its transport, with it.
@@ -262,6 +263,26 @@ where
         // (the timer is only armed when there is no room at once).
         let at = envelope.deadline.map(|deadline| deadline.at(Instant::now));
         envelope.deadline = at.map(Deadline::At);
+        if self.held_full() {
+            // The task holds as many calls as it should: wait for room among them (no
+            // longer than the deadline), as for room in the intake.
+            let room = self.shared.wait_held_below(self.tx.max_capacity());
+            let timed_out = match at {
+                None => {
+                    room.await;
+                    false
+                }
+                Some(at) => tokio::time::timeout_at(at, room).await.is_err(),
+            };
+            if timed_out {
+                envelope.fail_unsent(Kind::Timeout, None);
+                return;
+            }
+            if self.refuses() {
+                self.refuse(envelope);
+                return;
+            }
+        }
         let reserve = match at {
             None => self.tx.reserve().await,
             Some(at) => match tokio::time::timeout_at(at, self.tx.reserve()).await {
@@ -294,13 +315,7 @@ where
         {
             envelope.deadline = Some(Deadline::After(timeout));
         }
-        if let Some(deadline) = &mut envelope.deadline {
-            // The task holds calls that wait for room or a connection: this one may
-            // wait in the intake behind them, and that wait must count. Counted from
-            // now, then.
-            if self.shared.held.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-                *deadline = deadline.fixed();
-            }
+        if envelope.deadline.is_some() {
             self.shared.deadline_used();
         }
     }
@@ -592,8 +607,8 @@ impl<Req, Resp> Channel<Req, Resp> {
             spare: None,
             reserve: None,
             reserving: false,
-            connect_wait: None,
-            waiting_connect: false,
+            wait: None,
+            waiting: false,
             deferred: None,
         }
     }

@@ -27,10 +27,9 @@ where
         if self.refuses() {
             return Poll::Ready(Err(self.refused()));
         }
-        // The handshake's handle never waits for the pass it is part of.
-        if !self.lane {
-            std::task::ready!(self.poll_connected(cx));
-        }
+        // The handshake's handle never waits for the pass it is part of, nor for room
+        // among the calls the task holds (its calls are never held).
+        std::task::ready!(self.poll_waits(cx));
         if !self.reserving {
             match self.sender().try_reserve_owned() {
                 Ok(permit) => {
@@ -81,36 +80,57 @@ impl<Req, Resp: Send + 'static> Channel<Req, Resp> {
     }
 
     /// `Pending` while a connect pass runs (Contract 2: so `balance` steers around a
-    /// host that is connecting); the pass is bounded by the connect and handshake
-    /// timeouts. The wait is boxed once per handle, and only when it happens.
-    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.waiting_connect {
-            if !self.shared.is_connecting() {
-                return Poll::Ready(());
-            }
-            let shared = self.shared.clone();
-            let wait = async move {
-                loop {
-                    let done = shared.connect_done.notified();
-                    tokio::pin!(done);
-                    done.as_mut().enable();
-                    if !shared.is_connecting() {
-                        return;
-                    }
-                    done.await;
+    /// host that is connecting; the pass is bounded by the connect and handshake
+    /// timeouts), and while the task holds as many calls as it times (it took them out
+    /// of the intake to time them, while it cannot write: a call queued now would wait
+    /// in the intake untimed, its deadline unheeded). The wait is boxed once per
+    /// handle, and only when it happens.
+    fn poll_waits(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.waiting {
+                if !self.lane && self.shared.is_connecting() {
+                    let shared = self.shared.clone();
+                    self.wait_with(async move {
+                        loop {
+                            let done = shared.connect_done.notified();
+                            tokio::pin!(done);
+                            done.as_mut().enable();
+                            if !shared.is_connecting() {
+                                return;
+                            }
+                            done.await;
+                        }
+                    });
+                } else if self.held_full() {
+                    let (shared, most) = (self.shared.clone(), self.tx.max_capacity());
+                    self.wait_with(async move { shared.wait_held_below(most).await });
+                } else {
+                    return Poll::Ready(());
                 }
-            };
-            match &mut self.connect_wait {
-                Some(w) => w.set(wait),
-                None => self.connect_wait = Some(ReusableBoxFuture::new(wait)),
             }
-            self.waiting_connect = true;
+            if let Some(wait) = &mut self.wait {
+                std::task::ready!(wait.poll(cx));
+            }
+            self.waiting = false;
         }
-        if let Some(wait) = &mut self.connect_wait {
-            std::task::ready!(wait.poll(cx));
+    }
+
+    /// The task holds as many calls as it takes in to time (as many as the intake
+    /// holds): a call queued now would wait in the intake, its deadline unheeded until
+    /// the task took it. Not for the handshake's handle, whose calls are never held.
+    #[inline]
+    pub(crate) fn held_full(&self) -> bool {
+        !self.lane
+            && self.shared.held.load(std::sync::atomic::Ordering::Relaxed) >= self.tx.max_capacity()
+    }
+
+    /// Boxes `wait` (in the box this handle has, if any) for [`poll_waits`](Self::poll_waits).
+    fn wait_with(&mut self, wait: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &mut self.wait {
+            Some(w) => w.set(wait),
+            None => self.wait = Some(ReusableBoxFuture::new(wait)),
         }
-        self.waiting_connect = false;
-        Poll::Ready(())
+        self.waiting = true;
     }
 }
 
@@ -331,6 +351,12 @@ where
         if self.refuses() {
             // The task may be gone (it panicked): a send now could wait forever.
             envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
+            return;
+        }
+        if self.held_full() {
+            // Made without `poll_ready` while the task holds as many calls as it
+            // should: no room, as when the intake is full.
+            envelope.fail_unsent(Kind::Overloaded, None);
             return;
         }
         envelope.weight = self.weigh(&envelope);

@@ -3,7 +3,8 @@
 //! server's word, issue 18: `drain_writes_nothing_new`, `drain_loses_nothing`,
 //! `closed_only_when_closed`, `wrong_server_backs_off`), and for the connectors, issue
 //! 19: `eyeballs_reach_the_next_address` (in `connectors`), and for the pool:
-//! `lease_is_exclusive`.
+//! `lease_is_exclusive`, and for call deadlines (issue 18 item 1):
+//! `deadline_bounds_the_wait`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -79,6 +80,7 @@ pub fn all(ctx: &Ctx, net: &Net<SimServer, SimCodec>, scn: &Scenario) -> Vec<Vio
     out.extend(wrong_server_backs_off(ctx, net, scn));
     out.extend(notices_only_for_callers_gone(ctx));
     out.extend(lease_is_exclusive(ctx));
+    out.extend(deadline_bounds_the_wait(ctx));
     out.extend(super::connectors::eyeballs_reach_the_next_address(
         ctx, net, scn,
     ));
@@ -667,6 +669,61 @@ fn closed_at(ctx: &Ctx, client: usize, t: Duration) -> bool {
                     && *at <= t + SLACK
             })
         })
+}
+
+/// `deadline_bounds_the_wait`: a call with a timeout (`Call::timeout`, the ledger's
+/// label ends ` t=MS`) never fails `Kind::Timeout` before the timeout has passed since
+/// it was made; and one made through a method (which counts the timeout from then)
+/// resolves, one way or another, by then (within [`SLACK`]) unless its caller gave up
+/// first. Through `Service<Call>` the wait in `poll_ready` (a connect pass) comes
+/// before the call, so only the first holds there. Whether a timed-out call was
+/// written is `not_sent_not_executed`'s to check.
+fn deadline_bounds_the_wait(ctx: &Ctx) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for c in ctx.ledger.calls() {
+        let Some(timeout) = c
+            .shape
+            .rsplit_once(" t=")
+            .and_then(|(_, t)| t.parse::<u64>().ok())
+            .map(Duration::from_millis)
+        else {
+            continue;
+        };
+        let Some((at, outcome)) = c.outcomes.first() else {
+            continue;
+        };
+        let due = c.created + timeout;
+        let timed_out = matches!(
+            outcome,
+            Outcome::Failed {
+                kind: Kind::Timeout,
+                ..
+            }
+        );
+        let mut say = |what: &str| {
+            if out.len() < 5 {
+                out.push(Violation::new(
+                    "deadline_bounds_the_wait",
+                    format!(
+                        "call {} ({}) made at {} ms {what} at {} ms: {outcome:?}",
+                        c.id,
+                        c.shape,
+                        c.created.as_millis(),
+                        at.as_millis()
+                    ),
+                ));
+            }
+        };
+        if timed_out && *at < due {
+            say("timed out early");
+        }
+        let via_calls = c.shape.contains("via calls");
+        let gave_up = c.cancelled.is_some_and(|t| t <= due + SLACK);
+        if !via_calls && !gave_up && *at > due + SLACK {
+            say("resolved past its deadline");
+        }
+    }
+    out
 }
 
 /// `limit_only_when_over`: a call fails `Kind::Limit` only when its reply could go over

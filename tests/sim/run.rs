@@ -471,10 +471,25 @@ fn call_via_calls<S>(
             Call::new(msg(1, " x"))
         }
     };
+    let call = timed(call, flags);
     let ledger = ctx.ledger.clone();
     spawn_call(ctx, client, id, flags.cancel_after, async move {
         outcome_of(svc.oneshot(call).await, stop, Some((&ledger, id))).await
     });
+}
+
+/// `call` with the timeout `flags` drew, if any.
+fn timed(call: Call<Msg>, flags: &Flags) -> Call<Msg> {
+    match flags.timeout {
+        Some(ms) => call.timeout(Duration::from_millis(ms)),
+        None => call,
+    }
+}
+
+/// A call's label for the ledger: its timeout, if any (read by
+/// `checks::deadline_bounds_the_wait`).
+fn timeout_label(flags: &Flags) -> String {
+    flags.timeout.map(|t| format!(" t={t}")).unwrap_or_default()
 }
 
 /// The outcome of a `Service<Call>` call, whatever its shape.
@@ -499,8 +514,11 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
     let nonce = ctx.nonce();
     let via = if flags.via_calls { " via calls" } else { "" };
     let label = format!(
-        "{shape:?}{via} gap={} err={} panic={:?}",
-        flags.gap, flags.err, flags.panic
+        "{shape:?}{via} gap={} err={} panic={:?}{}",
+        flags.gap,
+        flags.err,
+        flags.panic,
+        timeout_label(flags)
     );
     let id = ctx.ledger.open(client, nonce, &label, false, false);
     if flags.via_calls {
@@ -518,25 +536,22 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
     };
     match shape {
         Shape::Request => {
-            let m = Msg::new(body(nonce, 1, flags, ""));
-            spawn_call(
-                ctx,
-                client,
-                id,
-                cancel,
-                async move { one(ch.request(m).await) },
-            )
+            let call = timed(Call::new(Msg::new(body(nonce, 1, flags, ""))), flags);
+            spawn_call(ctx, client, id, cancel, async move {
+                one(ch.request(call).await)
+            })
         }
         Shape::Exempt => {
             let m = Msg::new(body(nonce, 1, flags, ""));
+            let call = timed(Call::new(m).no_stall_timeout(), flags);
             spawn_call(ctx, client, id, cancel, async move {
-                one(ch.request(Call::new(m).no_stall_timeout()).await)
+                one(ch.request(call).await)
             })
         }
         Shape::WithId(x) => {
-            let m = Msg::new(body(nonce, 1, flags, ""));
+            let call = timed(Call::new(Msg::new(body(nonce, 1, flags, ""))).id(x), flags);
             spawn_call(ctx, client, id, cancel, async move {
-                one(ch.request(Call::new(m).id(x)).await)
+                one(ch.request(call).await)
             })
         }
         Shape::Service => {
@@ -592,8 +607,9 @@ pub fn call(ctx: &Arc<Ctx>, ch: &Ch, client: usize, shape: Shape, flags: &Flags)
             let parts = (0..k)
                 .map(|i| Msg::new(body(nonce, 1, flags, &format!(" pl={i}/{k}"))))
                 .collect();
+            let call = timed(Call::parts(parts), flags);
             spawn_call(ctx, client, id, cancel, async move {
-                one(ch.request(Call::parts(parts)).await)
+                one(ch.request(call).await)
             })
         }
         Shape::Read => {
@@ -624,8 +640,11 @@ pub fn pool_call(ctx: &Arc<Ctx>, pool: &PoolH, client: usize, shape: Shape, flag
     let nonce = ctx.nonce();
     let via = if flags.via_calls { " via calls" } else { "" };
     let label = format!(
-        "pool {shape:?}{via} gap={} err={} panic={:?}",
-        flags.gap, flags.err, flags.panic
+        "pool {shape:?}{via} gap={} err={} panic={:?}{}",
+        flags.gap,
+        flags.err,
+        flags.panic,
+        timeout_label(flags)
     );
     let id = ctx.ledger.open(client, nonce, &label, false, false);
     let shape = if shape == Shape::Read {
@@ -660,11 +679,14 @@ pub fn pool_call(ctx: &Arc<Ctx>, pool: &PoolH, client: usize, shape: Shape, flag
         _ => Vec::new(),
     };
     let ledger = ctx.ledger.clone();
+    let flags = flags.clone();
     spawn_call(ctx, client, id, cancel, async move {
         match shape {
-            Shape::Request | Shape::Read => one(pool.request(m).await),
-            Shape::Exempt => one(pool.request(Call::new(m).no_stall_timeout()).await),
-            Shape::WithId(x) => one(pool.request(Call::new(m).id(x)).await),
+            Shape::Request | Shape::Read => one(pool.request(timed(Call::new(m), &flags)).await),
+            Shape::Exempt => one(pool
+                .request(timed(Call::new(m).no_stall_timeout(), &flags))
+                .await),
+            Shape::WithId(x) => one(pool.request(timed(Call::new(m).id(x), &flags)).await),
             Shape::Service => {
                 let mut pool = pool;
                 let r = match pool.ready().await {
@@ -693,7 +715,7 @@ pub fn pool_call(ctx: &Arc<Ctx>, pool: &PoolH, client: usize, shape: Shape, flag
                 Ok(()) => Outcome::Sent,
                 Err(e) => failed(&e),
             },
-            Shape::Parts(_) => one(pool.request(Call::parts(parts)).await),
+            Shape::Parts(_) => one(pool.request(timed(Call::parts(parts), &flags)).await),
         }
     });
 }

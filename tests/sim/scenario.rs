@@ -75,6 +75,11 @@ pub const UNIX_STREAM: u64 = 0xd050_c4ef;
 /// in `regressions` draws a pool under `Weights::CI`.
 pub const POOL_STREAM: u64 = 0x9001_0003;
 
+/// The constant mixed with the seed for the stream of call deadlines (`Later::deadline`,
+/// issue 18 item 1), picked as [`WORD_STREAM`] was: none of the named seeds in
+/// `regressions` draws a deadline under `Weights::CI`.
+pub const DEADLINE_STREAM: u64 = 0xdead_02ba;
+
 /// The stream a pool's sizing is drawn from (`Later::pool_grow`): apart from the pool's
 /// own, so that every pool drawn before it has its ops still.
 pub const GROW_STREAM: u64 = 0x9001_0004;
@@ -127,6 +132,11 @@ pub struct Later {
     /// The hosts are Unix socket endpoints (`"unix:PATH"`, no port) instead of
     /// `"host:port"`, per mille of scenarios; drawn from a stream of its own (issue 19).
     pub unix: u32,
+    /// Per mille of scenarios whose calls of one frame (a method's, or any through
+    /// `Service<Call>`) get timeouts (`Call::timeout`: 20, 150, 1,000 or 4,000 ms), and
+    /// per mille of such calls there; drawn from a stream of their own
+    /// ([`DEADLINE_STREAM`]).
+    pub deadline: (u32, u32),
     /// A pool client (`Builder::pool`, K = 2 or 3 channels behind p2c), per mille of
     /// scenarios, with ops of its own; this and the next two are drawn from a stream of
     /// their own ([`POOL_STREAM`]).
@@ -180,6 +190,7 @@ impl Weights {
             dead_first: 150,
             tls: 200,
             unix: 150,
+            deadline: (300, 250),
             pool: 125,
             pool_discover: 400,
             pool_op: [50, 15, 2, 3, 3, 4, 3],
@@ -259,6 +270,38 @@ pub enum Shape {
     Exempt,
 }
 
+/// Perhaps (`per_mille.0` of scenarios) gives `per_mille.1` of the calls that take one
+/// a timeout, drawn from `stream`.
+pub fn draw_deadlines(ops: &mut [(u64, Op)], stream: u64, per_mille: (u32, u32)) {
+    let mut rng = SimRng::new(stream);
+    let per_mille = if rng.chance(per_mille.0) {
+        per_mille.1
+    } else {
+        0
+    };
+    for (_, op) in ops {
+        if let Op::Call { shape, flags, .. } = op
+            && shape.takes_timeout(flags.via_calls)
+        {
+            flags.timeout = rng
+                .chance(per_mille)
+                .then(|| *rng.pick(&[20, 150, 1_000, 4_000]));
+        }
+    }
+}
+
+impl Shape {
+    /// A call of one frame that can be given a timeout: through a method (a `Call`), or
+    /// any such call through `Service<Call>`.
+    pub fn takes_timeout(self, via_calls: bool) -> bool {
+        match self {
+            Shape::Request | Shape::Exempt | Shape::WithId(_) | Shape::Parts(_) => true,
+            Shape::Service => via_calls,
+            _ => false,
+        }
+    }
+}
+
 /// The server's word on a call's reply (tokens `nr` / `ws`, `once`, `mixed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Said {
@@ -295,6 +338,8 @@ pub struct Flags {
     pub via_calls: bool,
     /// The server's word on its reply (drawn from the later stream).
     pub said: Option<Said>,
+    /// Its `Call::timeout`, in ms ([`DEADLINE_STREAM`]).
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -405,6 +450,7 @@ fn flags(rng: &mut SimRng, w: &Weights) -> Flags {
         cancel_after: rng.chance(w.cancel).then(|| rng.between(0, 2_000)),
         via_calls: false,
         said: None,
+        timeout: None,
     }
 }
 
@@ -644,6 +690,8 @@ pub fn generate(seed: u64, w: &Weights) -> Scenario {
     } else {
         hosts
     };
+    // Call deadlines (issue 18 item 1), from a stream of their own.
+    draw_deadlines(&mut ops, seed ^ DEADLINE_STREAM, l.deadline);
     Scenario {
         seed,
         hosts,

@@ -92,6 +92,7 @@ impl<Req, Resp> Drop for Engine<Req, Resp> {
         self.shared
             .held
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.shared.held_room.notify_waiters();
     }
 }
 
@@ -252,9 +253,15 @@ where
 
     /// Tells the handles how many calls the task holds (for `Load`).
     fn held_changed(&self) {
-        self.shared
+        let held = self.held.len();
+        let was = self
+            .shared
             .held
-            .store(self.held.len(), std::sync::atomic::Ordering::Relaxed);
+            .swap(held, std::sync::atomic::Ordering::Relaxed);
+        if was >= self.hold_at_most && held < self.hold_at_most {
+            // Handles waiting to queue a call it can time now may.
+            self.shared.held_room.notify_waiters();
+        }
     }
 
     /// Takes a call out of `held`, off the overload weight.
@@ -264,21 +271,27 @@ where
         call
     }
 
-    /// Takes calls out of the intake into `held` (up to the intake's size), so their
-    /// deadlines are timed while they cannot be written: there is no connection, or it
-    /// has no room. Only once some call had a deadline; a no-op for a shutdown, which
-    /// takes every queued call itself. They still count as queued: in the overload
-    /// weight and in `Load`.
+    /// Takes the calls in the intake into `held`, so their deadlines are timed while
+    /// they cannot be written: there is no connection, or it has no room. Only once
+    /// some call had a deadline; a no-op for a shutdown, which takes every queued call
+    /// itself. They still count as queued: in the overload weight and in `Load`.
+    ///
+    /// Every call in the intake is taken, so none waits there untimed. What bounds
+    /// `held` is the handles: while it holds the intake's size, they queue no call
+    /// (`Channel::poll_reserve` and the methods wait, a call without `poll_ready` fails
+    /// *not sent*), so it holds at most about twice that. Up to that many are taken in
+    /// one poll; the task comes back for the rest.
     pub(crate) fn absorb(&mut self, cx: &mut Context<'_>) {
         if !self.deadlines.used || self.closing {
             return;
         }
-        while self.held.len() < self.hold_at_most {
+        for _ in 0..2 * self.hold_at_most {
             match self.recv(cx) {
                 Poll::Ready(Some(call)) => self.hold(call),
-                Poll::Ready(None) | Poll::Pending => break,
+                Poll::Ready(None) | Poll::Pending => return,
             }
         }
+        cx.waker().wake_by_ref();
     }
 
     /// Fails the calls whose deadline has passed: those queued here *not sent*
