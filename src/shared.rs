@@ -231,6 +231,8 @@ impl<Resp> Shared<Resp> {
     /// Takes no more calls from now on.
     pub(crate) fn set_closed(&self) {
         self.closed.store(true, Ordering::Release);
+        // Handles waiting for room among the held calls learn it now.
+        self.held_room.notify_waiters();
     }
 
     /// Takes calls again (a reconnecting channel reopened by `connect`).

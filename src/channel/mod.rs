@@ -263,45 +263,56 @@ where
         // (the timer is only armed when there is no room at once).
         let at = envelope.deadline.map(|deadline| deadline.at(Instant::now));
         envelope.deadline = at.map(Deadline::At);
-        if self.held_full() {
-            // The task holds as many calls as it should: wait for room among them (no
-            // longer than the deadline), as for room in the intake.
-            let room = self.shared.wait_held_below(self.tx.max_capacity());
-            let timed_out = match at {
-                None => {
-                    room.await;
-                    false
+        let permit = loop {
+            if self.held_full() {
+                // The task holds as many calls as it should: wait for room among them
+                // (no longer than the deadline), as for room in the intake.
+                let room = self.shared.wait_held_below(self.tx.max_capacity());
+                let timed_out = match at {
+                    None => {
+                        room.await;
+                        false
+                    }
+                    Some(at) => tokio::time::timeout_at(at, room).await.is_err(),
+                };
+                if timed_out {
+                    envelope.fail_unsent(Kind::Timeout, None);
+                    return;
                 }
-                Some(at) => tokio::time::timeout_at(at, room).await.is_err(),
-            };
-            if timed_out {
-                envelope.fail_unsent(Kind::Timeout, None);
-                return;
             }
             if self.refuses() {
                 self.refuse(envelope);
                 return;
             }
-        }
-        let reserve = match at {
-            None => self.tx.reserve().await,
-            Some(at) => match tokio::time::timeout_at(at, self.tx.reserve()).await {
-                Ok(reserved) => reserved,
-                Err(_) => {
-                    envelope.fail_unsent(Kind::Timeout, None);
+            let reserve = match at {
+                None => self.tx.reserve().await,
+                Some(at) => match tokio::time::timeout_at(at, self.tx.reserve()).await {
+                    Ok(reserved) => reserved,
+                    Err(_) => {
+                        envelope.fail_unsent(Kind::Timeout, None);
+                        return;
+                    }
+                },
+            };
+            match reserve {
+                Ok(permit) if !self.refuses() => {
+                    if !self.held_full() {
+                        break permit;
+                    }
+                    // The held calls filled up while this one waited for a slot
+                    // (every waiter is woken when there is room): wait again, so
+                    // they stay bounded by the intake's size however many call.
+                    drop(permit);
+                }
+                // Closed while we waited (the task may even be gone): do not send.
+                _ => {
+                    self.refuse(envelope);
                     return;
                 }
-            },
-        };
-        match reserve {
-            // Closed while we waited (the task may even be gone): do not send.
-            Ok(_) if self.refuses() => self.refuse(envelope),
-            Ok(permit) => {
-                envelope.weight = self.weigh(&envelope);
-                permit.send(envelope);
             }
-            Err(_) => self.refuse(envelope),
-        }
+        };
+        envelope.weight = self.weigh(&envelope);
+        permit.send(envelope);
     }
 
     /// Gives a call without a deadline the channel's default (not a handshake's call:

@@ -101,7 +101,8 @@ impl<Req, Resp: Send + 'static> Channel<Req, Resp> {
                             done.await;
                         }
                     });
-                } else if self.held_full() {
+                } else if self.held_full() && !self.shared.is_closed() {
+                    // (Closed, the wait would end at once: the caller learns it next.)
                     let (shared, most) = (self.shared.clone(), self.tx.max_capacity());
                     self.wait_with(async move { shared.wait_held_below(most).await });
                 } else {
@@ -334,8 +335,21 @@ where
     #[inline]
     fn submit(&mut self, mut envelope: Envelope<Req, Resp>) {
         self.stamp_deadline(&mut envelope);
+        if self.refuses() {
+            // The task may be gone (it panicked): a send now could wait forever.
+            self.permit = None;
+            envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
+            return;
+        }
         let permit = match self.permit.take() {
+            // Readied by `poll_ready`: the call was promised room, and has it.
             Some(permit) => permit,
+            // Made without `poll_ready` while the task holds as many calls as it
+            // should: no room, as when the intake is full.
+            None if self.held_full() => {
+                envelope.fail_unsent(Kind::Overloaded, None);
+                return;
+            }
             None => match self.sender().try_reserve_owned() {
                 Ok(permit) => permit,
                 Err(e) => {
@@ -348,17 +362,6 @@ where
                 }
             },
         };
-        if self.refuses() {
-            // The task may be gone (it panicked): a send now could wait forever.
-            envelope.fail_unsent(Kind::Closed, self.refusal().as_ref());
-            return;
-        }
-        if self.held_full() {
-            // Made without `poll_ready` while the task holds as many calls as it
-            // should: no room, as when the intake is full.
-            envelope.fail_unsent(Kind::Overloaded, None);
-            return;
-        }
         envelope.weight = self.weigh(&envelope);
         self.spare = Some(permit.send(envelope));
     }
