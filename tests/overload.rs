@@ -73,3 +73,36 @@ async fn overload_stays_off_when_not_configured() {
     );
     assert!(!*channel.overload().borrow());
 }
+
+/// The connection task takes calls out of the intake in batches. Those a write pass took
+/// and could not write (the transport stopped taking frames) are still queued: `Load`
+/// (what a `p2c` balance reads) counts every call, written or not.
+#[tokio::test]
+async fn calls_taken_in_a_batch_and_left_unwritten_still_count_in_load() {
+    use tower::load::Load;
+    // A server that reads nothing: a few frames fill the pipe, and the transport, which
+    // flushes before it takes the next frame, stops taking any.
+    let (client, _server) = tokio::io::duplex(64);
+    let mut transport = Framed::new(client, MsgCodec::default());
+    transport.set_backpressure_boundary(1);
+    let channel = Channel::new(transport, Order::new(TestProto));
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let channel = channel.clone();
+            tokio::spawn(async move { channel.request(Msg::new(format!("{i:020}"))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let written = channel.counters().sent;
+    assert!(
+        written < 20,
+        "the pipe holds only a few frames: {written} written"
+    );
+    assert_eq!(channel.load(), 20, "{written} written, the rest queued");
+    for call in &calls {
+        assert!(!call.is_finished());
+    }
+    for call in calls {
+        call.abort();
+    }
+}

@@ -31,35 +31,59 @@ where
         M: Matcher<Req, Resp>,
         WE: Into<BoxError>,
     {
-        let mut sent = 0u64;
-        let mut progress = false;
-        let mut lane_done = false;
-        // Calls wait in the intake for room: time them (`Engine::absorb`).
-        let mut blocked = false;
+        let mut pass = Pass::default();
         self.deadlines.new_pass();
-        for _ in 0..BATCH {
+        let written = self.write_pass(cx, conn, lane, &mut pass);
+        // What the pass took from the intake and did not write (it ran out of room,
+        // or the write failed) waits in `held`, still queued: never written.
+        self.unstage();
+        written?;
+        // Calls wait in the intake for room: time them (`Engine::absorb`).
+        if pass.blocked && matches!(lane, Lane::User) {
+            self.absorb(cx);
+        }
+        if pass.sent > 0 {
+            self.shared.stats.sent(pass.sent);
+        }
+        Ok((pass.progress, pass.lane_done))
+    }
+
+    #[inline(always)]
+    fn write_pass<T, M, WE>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn<T, M, Req, Resp>,
+        lane: &mut Lane<'_, Req, Resp>,
+        pass: &mut Pass,
+    ) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        M: Matcher<Req, Resp>,
+        WE: Into<BoxError>,
+    {
+        for turn in 0..BATCH {
             // A cancel notice goes ahead of any call, and needs no room in the matcher;
             // neither does the rest of a multi-part request.
             let mid_write = conn.mid_write();
             let notice = !mid_write && conn.has_notice();
             if !mid_write && !notice && !conn.matcher.has_room() {
-                blocked = true;
+                pass.blocked = true;
                 break;
             }
             match Pin::new(&mut conn.transport).poll_ready(cx) {
                 Poll::Ready(res) => res.map_err(|e| fail(Why::Write, e))?,
                 Poll::Pending => {
-                    blocked = true;
+                    pass.blocked = true;
                     break;
                 }
             }
             if mid_write {
-                progress = true;
+                pass.progress = true;
                 conn.write_next_part()?;
                 continue;
             }
             if notice {
-                progress = true;
+                pass.progress = true;
                 conn.write_notice()?;
                 continue;
             }
@@ -70,16 +94,25 @@ where
                     let counts = !call.leftover;
                     (call, counts)
                 }
-                None => match self.poll_call(cx, lane) {
-                    Poll::Ready(Some(call)) => (call, matches!(lane, Lane::User)),
-                    Poll::Ready(None) => {
-                        lane_done = true;
-                        break;
+                None => {
+                    // As many as this pass and the matcher have room for may be taken
+                    // from the intake at once.
+                    let room = (BATCH - turn).min(
+                        conn.matcher
+                            .capacity()
+                            .saturating_sub(conn.matcher.pending()),
+                    );
+                    match self.poll_call(cx, lane, room) {
+                        Poll::Ready(Some(call)) => (call, matches!(lane, Lane::User)),
+                        Poll::Ready(None) => {
+                            pass.lane_done = true;
+                            break;
+                        }
+                        Poll::Pending => break,
                     }
-                    Poll::Pending => break,
-                },
+                }
             };
-            progress = true;
+            pass.progress = true;
             if call.is_gone() {
                 // Cancelled before it was written: never written (and dropping it
                 // tells nobody: its caller is gone).
@@ -87,15 +120,22 @@ where
                 continue;
             }
             if conn.write_call(call, &mut self.deadlines, counts)? {
-                sent += 1;
+                pass.sent += 1;
             }
         }
-        if blocked && matches!(lane, Lane::User) {
-            self.absorb(cx);
-        }
-        if sent > 0 {
-            self.shared.stats.sent(sent);
-        }
-        Ok((progress, lane_done))
+        Ok(())
     }
+}
+
+/// What one write pass did.
+#[derive(Default)]
+struct Pass {
+    /// Calls written.
+    sent: u64,
+    /// Anything was written or dropped unwritten.
+    progress: bool,
+    /// The lane is finished.
+    lane_done: bool,
+    /// It stopped for want of room, with calls perhaps still waiting.
+    blocked: bool,
 }
