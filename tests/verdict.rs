@@ -4,7 +4,7 @@
 //! to a new connection and loses none.
 //!
 //! The in-process servers speak lines: each word of a request line is answered with a
-//! line, its upper case, except `loading` (`LOADING`: did not run), `readonly`
+//! line, its upper case (`slow` 200 ms later), except `loading` (`LOADING`: did not run), `readonly`
 //! (`READONLY`: wrong server), `err` (`ERR`: an ordinary error reply) and a word
 //! starting `flaky`, which is `LOADING` the first time the server sees it. The Redis
 //! test demotes a real master with `REPLICAOF` under load.
@@ -98,6 +98,10 @@ async fn serve(io: DuplexStream, script: Script) {
                 "loading" => "LOADING the data set".to_string(),
                 "readonly" => "READONLY".to_string(),
                 "err" => "ERR bad".to_string(),
+                "slow" => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "SLOW".to_string()
+                }
                 w if w.starts_with("flaky") => {
                     if script.seen.lock().unwrap().insert(w.to_string()) {
                         "LOADING once".to_string()
@@ -142,21 +146,7 @@ fn reconnecting_with(
     connects: Arc<Mutex<Vec<u16>>>,
     handshake: bool,
 ) -> Channel<String, String> {
-    let connector = tower::service_fn(move |endpoint: Endpoint| {
-        let script = scripts[usize::from(endpoint.port()) - 1].clone();
-        connects.lock().unwrap().push(endpoint.port());
-        async move {
-            let (client, server) = tokio::io::duplex(1 << 16);
-            tokio::spawn(serve(server, script));
-            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
-        }
-    });
-    let mut builder = Channel::builder()
-        .host("127.0.0.1:1")
-        .backoff(Backoff::exponential(
-            Duration::from_millis(100),
-            Duration::from_secs(2),
-        ));
+    let mut builder = builder();
     for backup in backups {
         builder = builder.backup(*backup);
     }
@@ -167,8 +157,35 @@ fn reconnecting_with(
         });
     }
     builder
-        .connector(connector, Order::new(Words))
+        .connector(connector(scripts, connects), Order::new(Words))
         .expect("valid hosts")
+}
+
+/// Host `127.0.0.1:1`, a backoff of 100 ms doubling to 2 s.
+fn builder() -> socketchannel::Builder<String, String> {
+    Channel::builder()
+        .host("127.0.0.1:1")
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+}
+
+/// Connects to the in-process server of the endpoint's port (`scripts[port - 1]`),
+/// counting each connect by port.
+fn connector(
+    scripts: Vec<Script>,
+    connects: Arc<Mutex<Vec<u16>>>,
+) -> impl socketchannel::Connector<String, String> + Clone {
+    tower::service_fn(move |endpoint: Endpoint| {
+        let script = scripts[usize::from(endpoint.port()) - 1].clone();
+        connects.lock().unwrap().push(endpoint.port());
+        async move {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve(server, script));
+            Ok::<_, std::io::Error>(Framed::new(client, LinesCodec::new()))
+        }
+    })
 }
 
 fn s(x: &str) -> String {
@@ -590,6 +607,38 @@ async fn change_host_after_a_wrong_server_tries_the_new_host_first() {
     channel.change_host("127.0.0.1:2").unwrap();
     assert_eq!(channel.request(s("b")).await.unwrap(), "B");
     assert_eq!(*connects.lock().unwrap(), [1, 2]);
+}
+
+/// A connection already retired (here by the orphan rule: a call timed out, and one
+/// orphan is the limit once the connection is full) still hears the server's word on the calls it drains: told it
+/// is the wrong server while the channel has no connection, the channel tries that host
+/// last on its next connect (sim seed 0x3d78: it dialed the demoted host first).
+#[tokio::test(start_paused = true)]
+async fn a_wrong_server_heard_on_a_retired_connection_is_tried_last() {
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let channel = builder()
+        .backup("127.0.0.1:2")
+        .config(
+            socketchannel::Config::default()
+                .max_in_flight(2)
+                .max_orphans(Some(1)),
+        )
+        .connector(
+            connector(vec![Script::default(), Script::default()], connects.clone()),
+            Order::new(Words),
+        )
+        .expect("valid hosts");
+    // `slow` times out, an orphan; the next call is written behind it, which fills the
+    // connection, and then the connection is retired. The server answers that call
+    // after `slow`, on the retired connection.
+    let slow = channel.request(Call::new(s("slow")).timeout(Duration::from_millis(50)));
+    assert_eq!(slow.await.unwrap_err().kind(), Kind::Timeout);
+    let readonly = channel.request(s("readonly")).await;
+    assert_eq!(outcome(&readonly.unwrap_err()), (Kind::Server, true));
+    assert_eq!(channel.counters().retired, 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(channel.request(s("b")).await.unwrap(), "B");
+    assert_eq!(*connects.lock().unwrap(), [1, 2], "the backup first");
 }
 
 /// A `connect()` made during a shutdown reopens the channel once the shutdown ends;

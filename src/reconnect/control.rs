@@ -62,6 +62,7 @@ where
             Control::ChangeBackups(backups) => self.hosts.set_backups(&backups),
             Control::Deadlines => self.engine.deadlines.used = true,
             Control::ChangeHost(host) => {
+                let old = self.hosts.current.clone();
                 self.hosts.set_current(&host);
                 // Another host: no sibling's failure on the old one holds it back.
                 self.fresh_pass = true;
@@ -71,7 +72,7 @@ where
                 match std::mem::replace(&mut self.phase, Phase::Idle) {
                     // Under `Once` the next call connects (`Idle` starts a pass at once if
                     // calls are queued).
-                    Phase::Ready { conn, .. } => self.phase = self.retire(conn),
+                    Phase::Ready { conn, .. } => self.phase = self.retire(conn, old),
                     Phase::Handshaking(handshaking) => {
                         handshaking.abandon();
                         self.phase = self.start_pass();

@@ -7,14 +7,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Sleep;
+use tracing::info;
 
+use super::Endpoint;
 use super::task::{ConnOf, Phase, Task};
 use crate::error::{Cause, ConnectionError, ConnectionErrorKind, Kind};
-use crate::mux::{Conn, Lane, Matcher, Mode};
+use crate::mux::{Conn, Ended, Lane, Matcher, Mode};
 use crate::transport::{Connector, Transport};
 
 pub(super) struct Draining<T, Mt, Req, Resp> {
     conn: Conn<T, Mt, Req, Resp>,
+    /// The host it is connected to.
+    host: Endpoint,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -24,9 +28,10 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    pub(super) fn new(conn: Conn<T, Mt, Req, Resp>, timeout: Duration) -> Self {
+    pub(super) fn new(conn: Conn<T, Mt, Req, Resp>, host: Endpoint, timeout: Duration) -> Self {
         Draining {
             conn,
+            host,
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
     }
@@ -53,14 +58,16 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    /// Moves the current connection aside to finish its calls (as `change_host` does):
-    /// new calls go to a fresh connection, made at once when calls wait.
+    /// Moves the current connection, to `host`, aside to finish its calls (as
+    /// `change_host` does): new calls go to a fresh connection, made at once when calls
+    /// wait.
     pub(super) fn retire(
         &mut self,
         conn: ConnOf<T, M, Req, Resp>,
+        host: Endpoint,
     ) -> Phase<T, M::Matcher, Req, Resp> {
         self.draining
-            .push(Draining::new(conn, self.opts.drain_timeout));
+            .push(Draining::new(conn, host, self.opts.drain_timeout));
         // The host is up (the connection answered): its replacement does not follow a
         // sibling's failure.
         self.fresh_pass = true;
@@ -85,8 +92,9 @@ where
         if conn.answered {
             self.failures = 0;
         }
+        let host = self.hosts.current.clone();
         self.draining
-            .push(Draining::new(conn, self.opts.drain_timeout));
+            .push(Draining::new(conn, host, self.opts.drain_timeout));
         if wrong_server {
             self.last_error = Some(Arc::new(WrongServer));
             self.demote_current = true;
@@ -100,12 +108,23 @@ where
         phase
     }
 
-    /// Polls the old connections; removes those that finished or failed.
+    /// Polls the old connections; removes those that finished or failed. A server
+    /// that says on one that it is the wrong one is still heard: that host, if it is
+    /// the channel's current one, is tried last by the next pass (no backoff: the
+    /// channel had left that connection already, so it is no failed attempt).
     pub(super) fn poll_draining(&mut self, cx: &mut Context<'_>) {
         let mut i = 0;
         while i < self.draining.len() {
             let d = &mut self.draining[i];
-            let end = match self.engine.poll_conn(cx, &mut d.conn, Lane::Drain) {
+            let polled = self.engine.poll_conn(cx, &mut d.conn, Lane::Drain);
+            if matches!(d.conn.leave, Some(Ended::WrongServer)) {
+                d.conn.leave = None;
+                if d.host == self.hosts.current {
+                    info!(endpoint = %d.host, "a retired connection's server said it is the wrong one");
+                    self.demote_current = true;
+                }
+            }
+            let end = match polled {
                 Poll::Ready(Ok(_)) => Some(None),
                 Poll::Ready(Err(why)) => Some(Some(why)),
                 Poll::Pending if d.deadline.as_mut().poll(cx).is_ready() => Some(Some(

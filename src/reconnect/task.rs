@@ -252,7 +252,7 @@ where
                 if age.as_mut().is_some_and(|a| a.as_mut().poll(cx).is_ready()) {
                     info!("connection reached its maximum age: retiring it");
                     self.engine.shared.stats.retired(1);
-                    return Ok(self.retire(conn));
+                    return Ok(self.retire(conn, self.hosts.current.clone()));
                 }
                 let polled = self.engine.poll_conn(cx, &mut conn, Lane::User);
                 if proving
@@ -277,7 +277,9 @@ where
                         self.phase = Phase::Idle;
                         Err(())
                     }
-                    Poll::Ready(Ok(Ended::Retire)) => Ok(self.retire(conn)),
+                    Poll::Ready(Ok(Ended::Retire)) => {
+                        Ok(self.retire(conn, self.hosts.current.clone()))
+                    }
                     // A connection drained before it answered anything is a failed
                     // attempt, as one that closed would be: no storm of new ones.
                     Poll::Ready(Ok(Ended::Drain)) if !conn.answered => {
@@ -287,7 +289,7 @@ where
                     Poll::Ready(Ok(Ended::Drain)) => {
                         info!("the server asked to drain the connection: retiring it");
                         self.engine.shared.stats.retired(1);
-                        Ok(self.retire(conn))
+                        Ok(self.retire(conn, self.hosts.current.clone()))
                     }
                     Poll::Ready(Ok(Ended::WrongServer)) => {
                         warn!("the server said this connection is the wrong one: leaving it");

@@ -330,3 +330,16 @@ fn named_seeds_draw_no_call_deadline() {
         assert!(!draws_a_deadline(seed), "seed {seed:#x} draws a deadline");
     }
 }
+
+/// The server's word on a connection already retired: a call timed out (an orphan), the
+/// next one filled the connection and the orphan rule retired it, and that call's reply
+/// said `READONLY` on the draining connection; the channel, idle, dialed the same host
+/// first on its next call (found after 15,737 seeds on 2c9c5e2).
+#[test]
+fn wrong_server_on_a_retired_connection_is_tried_last_seed_0x3d78() {
+    assert_clean(
+        0x3d78,
+        "wrong_server_backs_off",
+        "wrong_server_on_a_retired_connection_is_tried_last_seed_0x3d78",
+    );
+}
