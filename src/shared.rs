@@ -144,23 +144,25 @@ impl<Resp> Shared<Resp> {
         }
     }
 
-    /// Weighs a call about to be queued and counts it; 0 when the signal is off.
-    pub(crate) fn queue<Req: Send + 'static>(&self, frames: &Frames<Req>) -> usize {
+    /// Weighs a call about to be queued and counts it; 0 when the signal is off. A
+    /// call weighs `u32::MAX` at most (which is far above any sensible high-water mark),
+    /// so its envelope stays small.
+    pub(crate) fn queue<Req: Send + 'static>(&self, frames: &Frames<Req>) -> u32 {
         let Some(overload) = &self.overload else {
             return 0;
         };
-        let weight = frames.weigh(overload);
+        let weight = frames.weigh(overload).min(u32::MAX as usize);
         let queued = self.queued.fetch_add(weight, Ordering::AcqRel) + weight;
         if queued > overload.high_water && !*self.overloaded.borrow() {
             self.update_overload(overload);
         }
-        weight
+        weight as u32
     }
 
     /// `call` left the queue (taken to be written, or failed unsent): its weight is
     /// taken off, once.
     pub(crate) fn unqueue_call<Req>(&self, call: &mut crate::mux::Envelope<Req, Resp>) {
-        self.unqueue(std::mem::take(&mut call.weight));
+        self.unqueue(std::mem::take(&mut call.weight) as usize);
     }
 
     /// A call left the queue (written, or failed unsent).

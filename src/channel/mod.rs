@@ -360,7 +360,7 @@ where
     }
 
     /// What a call weighs on the overload signal while queued: handshake calls nothing.
-    pub(crate) fn weigh(&self, envelope: &Envelope<Req, Resp>) -> usize {
+    pub(crate) fn weigh(&self, envelope: &Envelope<Req, Resp>) -> u32 {
         if self.lane {
             0
         } else {

@@ -457,8 +457,10 @@ pub(crate) struct Envelope<Req, Resp> {
     /// Queued by a handshake that did not await it: its reply says nothing of whether
     /// the host answers users ([`Entry::counts`](super::matcher::Entry::counts)).
     pub(crate) leftover: bool,
-    /// What it counts for the overload signal while queued (0 when that is off).
-    pub(crate) weight: usize,
+    /// What it counts for the overload signal while queued (0 when that is off). A
+    /// `u32`: with the flags beside it, the envelope is 128 bytes, which the compiler
+    /// moves inline rather than through `memcpy` (it is moved several times per call).
+    pub(crate) weight: u32,
     /// When it fails [`Kind::Timeout`] if it has not been answered (see `deadline.rs`).
     pub(crate) deadline: Option<super::Deadline>,
     /// Its sequence number while the connection task holds it in its queue.
@@ -553,5 +555,16 @@ mod tests {
         // (its sequence number, for its deadline, is one of them).
         assert!(std::mem::size_of::<Waiter<[u8; 64]>>() <= 16);
         assert!(std::mem::size_of::<super::super::matcher::Entry<[u8; 64]>>() <= 32);
+    }
+
+    #[test]
+    fn an_envelope_is_moved_inline() {
+        // An envelope is moved several times on its way to the connection (into the
+        // intake, out of it, out of the batch taken). At 128 bytes or less the compiler
+        // moves it with a few loads and stores; above, each move is a call to `memcpy`
+        // (they were 7.6% of a run's instructions at 136 bytes). A request of 40 bytes:
+        // an id and a `Bytes` payload, as the benchmark's frames are.
+        type Frame = (u64, bytes::Bytes);
+        assert!(std::mem::size_of::<Envelope<Frame, Frame>>() <= 128);
     }
 }
