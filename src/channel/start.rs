@@ -31,10 +31,14 @@ impl<Req, Resp> Channel<Req, Resp> {
 
     /// Spawns a kept connection task on the current runtime; false when there is none
     /// to spawn it on (the call is then refused with [`NoRuntime`]).
+    #[inline]
     pub(crate) fn ensure_started(&self) -> bool {
-        if !self.shared.unstarted.load(Ordering::Acquire) {
-            return true;
-        }
+        // Checked twice per call: the started case inlines to one load.
+        !self.shared.unstarted.load(Ordering::Acquire) || self.start_kept()
+    }
+
+    #[cold]
+    fn start_kept(&self) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
