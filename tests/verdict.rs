@@ -176,7 +176,7 @@ fn builder() -> socketchannel::Builder<String, String> {
 fn connector(
     scripts: Vec<Script>,
     connects: Arc<Mutex<Vec<u16>>>,
-) -> impl socketchannel::Connector<String, String> + Clone {
+) -> impl socketchannel::Connector<String, String> {
     tower::service_fn(move |endpoint: Endpoint| {
         let script = scripts[usize::from(endpoint.port()) - 1].clone();
         connects.lock().unwrap().push(endpoint.port());
