@@ -23,6 +23,19 @@ use std::task::Context;
 
 use tokio::time::{Instant, Sleep};
 
+/// An instant on the connection task: nanoseconds since its [`Deadlines`]' epoch, so
+/// that adding a timeout and comparing deadlines, once per call, are integer operations,
+/// and an entry is small. `u64::MAX` is never.
+pub(crate) type Nanos = u64;
+
+/// `d` in nanoseconds (`u64::MAX` for more than 584 years).
+#[inline(always)]
+fn nanos_of(d: std::time::Duration) -> Nanos {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
 /// When a call fails [`Kind::Timeout`](crate::Kind::Timeout) if it is not answered: at
 /// an instant, or a time after the channel takes it in. The connection task gives the
 /// latter its instant with the clock it reads once for all the calls it takes in a
@@ -53,7 +66,7 @@ impl Deadline {
 /// session id once written in session mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Due {
-    pub(crate) at: Instant,
+    pub(crate) at: Nanos,
     pub(crate) seq: u64,
     /// Written in session mode (a read aside): its session id.
     pub(crate) id: Option<u64>,
@@ -69,17 +82,20 @@ pub(crate) struct Due {
 /// go to the heap, the rest are dropped. An answered call's entry then costs a push on
 /// a list and one look, and no heap operation; the timer is at the earliest deadline of
 /// the heap and of both lists.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Deadlines {
     heap: BinaryHeap<Reverse<Due>>,
     young: Generation,
     old: Generation,
-    timer: Option<Pin<Box<Sleep>>>,
+    /// What [`Nanos`] count from: the task's start (an instant before it is 0).
+    epoch: Instant,
+    /// The timer, and the deadline it is set to.
+    timer: Option<(Pin<Box<Sleep>>, Nanos)>,
     /// The heap's size after the last sweep: the next sweep comes at twice that.
     swept: usize,
     next_seq: u64,
     /// The clock, read once per write pass and only if a call there has a deadline.
-    now: Option<Instant>,
+    now: Option<Nanos>,
     /// A call had a deadline: the task times the queued calls too (it takes them out of
     /// the intake while it cannot write them). Until then it costs nothing.
     pub(crate) used: bool,
@@ -90,7 +106,7 @@ pub(crate) struct Deadlines {
 const SWEEP_FLOOR: usize = 1024;
 
 #[inline(always)]
-fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+fn earliest(a: Option<Nanos>, b: Nanos) -> Option<Nanos> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
@@ -100,7 +116,7 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
 struct Generation {
     entries: Vec<Due>,
     /// The earliest deadline among them.
-    first: Option<Instant>,
+    first: Option<Nanos>,
     /// One of them is a queued call's (else all are written calls').
     queued: bool,
 }
@@ -119,7 +135,7 @@ impl Generation {
     }
 
     /// Whether an entry's deadline has come by `now`.
-    fn holds_due(&self, now: Instant) -> bool {
+    fn holds_due(&self, now: Nanos) -> bool {
         self.first.is_some_and(|at| at <= now)
     }
 
@@ -149,6 +165,40 @@ impl Generation {
 }
 
 impl Deadlines {
+    /// No deadlines yet; instants count from now.
+    pub(crate) fn new() -> Self {
+        Deadlines {
+            heap: BinaryHeap::new(),
+            young: Generation::default(),
+            old: Generation::default(),
+            epoch: Instant::now(),
+            timer: None,
+            swept: 0,
+            next_seq: 0,
+            now: None,
+            used: false,
+        }
+    }
+
+    /// `at` as [`Nanos`] (0 for an instant before the epoch: it has passed).
+    #[inline]
+    pub(crate) fn nanos(&self, at: Instant) -> Nanos {
+        nanos_of(at.saturating_duration_since(self.epoch))
+    }
+
+    /// The clock now, as [`Nanos`].
+    pub(crate) fn now(&self) -> Nanos {
+        self.nanos(Instant::now())
+    }
+
+    /// `at` as an instant (for the timer), counted from `epoch`.
+    fn instant(epoch: Instant, at: Nanos) -> Instant {
+        let at = std::time::Duration::from_nanos(at).min(crate::config::NEVER);
+        epoch
+            .checked_add(at)
+            .unwrap_or(epoch + crate::config::NEVER)
+    }
+
     /// The next sequence number.
     #[inline(always)]
     pub(crate) fn seq(&mut self) -> u64 {
@@ -160,11 +210,16 @@ impl Deadlines {
     /// the clock is read once per pass ([`new_pass`](Self::new_pass)), when first
     /// needed.
     #[inline]
-    pub(crate) fn check(&mut self, deadline: Deadline) -> (Instant, bool) {
-        let now = &mut self.now;
-        let mut clock = || *now.get_or_insert_with(Instant::now);
-        let at = deadline.at(&mut clock);
-        (at, at <= clock())
+    pub(crate) fn check(&mut self, deadline: Deadline) -> (Nanos, bool) {
+        let now = match self.now {
+            Some(now) => now,
+            None => *self.now.insert(self.now()),
+        };
+        let at = match deadline {
+            Deadline::At(at) => self.nanos(at),
+            Deadline::After(timeout) => now.saturating_add(nanos_of(timeout)),
+        };
+        (at, at <= now)
     }
 
     /// A new write pass: the clock is read again when next needed.
@@ -214,7 +269,7 @@ impl Deadlines {
     /// heap for nothing.
     pub(crate) fn settle(
         &mut self,
-        now: Instant,
+        now: Nanos,
         floor: u64,
         mut live: impl FnMut(&Due) -> bool,
     ) -> bool {
@@ -230,7 +285,7 @@ impl Deadlines {
 
     /// The next entry in the heap whose deadline has passed (by the clock read now), if
     /// any: [`settle`](Self::settle) by the same clock first.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn pop_due(&mut self, now: Nanos) -> Option<Due> {
         if self.heap.peek()?.0.at > now {
             return None;
         }
@@ -247,14 +302,19 @@ impl Deadlines {
         let Some(at) = first else {
             return false;
         };
+        let instant = |at| Self::instant(self.epoch, at);
         let timer = match &mut self.timer {
-            Some(timer) => {
-                if timer.deadline() != at {
-                    timer.as_mut().reset(at);
+            Some((timer, set)) => {
+                if *set != at {
+                    timer.as_mut().reset(instant(at));
+                    *set = at;
                 }
                 timer
             }
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+            None => {
+                let sleep = Box::pin(tokio::time::sleep_until(instant(at)));
+                &mut self.timer.insert((sleep, at)).0
+            }
         };
         timer.as_mut().poll(cx).is_ready()
     }
@@ -265,7 +325,12 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn due(at: Instant, seq: u64) -> Due {
+    /// `n` ms after the epoch.
+    fn ms(n: u64) -> Nanos {
+        n * 1_000_000
+    }
+
+    fn due(at: Nanos, seq: u64) -> Due {
         Due {
             at,
             seq,
@@ -276,14 +341,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pops_in_deadline_order_and_only_when_due() {
-        let mut d = Deadlines::default();
-        let now = Instant::now();
-        for (seq, ms) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
-            d.push(due(now + Duration::from_millis(ms), seq));
+        let mut d = Deadlines::new();
+        let now = d.now();
+        for (seq, n) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
+            d.push(due(now + ms(n), seq));
         }
         assert!(!d.settle(now, 0, |_| true), "nothing is due yet");
         assert!(d.pop_due(now).is_none());
-        let later = now + Duration::from_millis(20);
+        let later = now + ms(20);
         assert!(d.settle(later, 0, |_| true));
         let popped: Vec<u64> = std::iter::from_fn(|| d.pop_due(later))
             .map(|d| d.seq)
@@ -295,11 +360,11 @@ mod tests {
     /// the heap), all of them in deadline order, and the timer is at the earliest.
     #[tokio::test(start_paused = true)]
     async fn live_entries_fire_in_deadline_order_from_every_generation() {
-        let mut d = Deadlines::default();
+        let mut d = Deadlines::new();
         let start = Instant::now();
         let live = |due: &Due| due.seq.is_multiple_of(7);
         // Deadlines that go down and up, over three generations and a bit.
-        let at = |seq: u64| start + Duration::from_millis(50 + (seq * 7919) % 450);
+        let at = |seq: u64| ms(50 + (seq * 7919) % 450);
         for seq in 1..=3500u64 {
             d.push(due(at(seq), seq));
             if d.wants_sweep() {
@@ -310,11 +375,14 @@ mod tests {
         let want_first = (1..=3500u64).map(at).min().unwrap();
         let waker = futures::task::noop_waker();
         assert!(!d.poll_timer(&mut Context::from_waker(&waker)));
-        assert_eq!(d.timer.as_ref().unwrap().deadline(), want_first);
+        let (timer, set) = d.timer.as_ref().unwrap();
+        assert_eq!(*set, want_first);
+        assert_eq!(timer.deadline(), start + Duration::from_nanos(want_first));
         tokio::time::advance(Duration::from_millis(600)).await;
         assert!(d.poll_timer(&mut Context::from_waker(&waker)));
-        d.settle(Instant::now(), 0, live);
-        let popped: Vec<Due> = std::iter::from_fn(|| d.pop_due(Instant::now())).collect();
+        let now = d.now();
+        d.settle(now, 0, live);
+        let popped: Vec<Due> = std::iter::from_fn(|| d.pop_due(now)).collect();
         let mut want: Vec<u64> = (1..=3500u64).filter(|s| s.is_multiple_of(7)).collect();
         want.sort_by_key(|&s| (at(s), s));
         assert_eq!(popped.iter().map(|d| d.seq).collect::<Vec<_>>(), want);
@@ -325,14 +393,14 @@ mod tests {
     /// to the heap; the young one, holding the calls still waiting, stays a list.
     #[tokio::test(start_paused = true)]
     async fn a_due_generation_is_settled_alone() {
-        let mut d = Deadlines::default();
-        let start = Instant::now();
-        let soon = start + Duration::from_millis(10);
+        let mut d = Deadlines::new();
+        let start = d.now();
+        let soon = start + ms(10);
         for seq in 1..=SWEEP_FLOOR as u64 {
             d.push(due(soon, seq));
         }
         d.sweep(0, |_| true);
-        let later = start + Duration::from_secs(1);
+        let later = start + ms(1000);
         for seq in 1..=10 {
             d.push(due(later, SWEEP_FLOOR as u64 + seq));
         }
@@ -348,8 +416,8 @@ mod tests {
     /// calls' entries drops them without asking, one with a queued call's asks of each.
     #[tokio::test(start_paused = true)]
     async fn entries_below_the_floor_are_dropped_unasked() {
-        let at = Instant::now() + Duration::from_secs(1);
-        let mut d = Deadlines::default();
+        let at = ms(1000);
+        let mut d = Deadlines::new();
         for seq in 1..=100 {
             d.push(due(at, seq));
         }
@@ -360,7 +428,7 @@ mod tests {
         }));
         assert_eq!((asked, d.heap.len()), (10, 10));
 
-        let mut d = Deadlines::default();
+        let mut d = Deadlines::new();
         d.push(Due {
             written: false,
             ..due(at, 1)
@@ -380,8 +448,8 @@ mod tests {
     /// live ones (or the floor), however many calls go through.
     #[tokio::test(start_paused = true)]
     async fn sweeps_keep_the_heap_a_small_multiple_of_the_live_calls() {
-        let mut d = Deadlines::default();
-        let at = Instant::now() + Duration::from_secs(60);
+        let mut d = Deadlines::new();
+        let at = ms(60_000);
         let mut max = 0;
         for seq in 0..100_000u64 {
             d.push(due(at, seq));

@@ -133,7 +133,7 @@ where
             pushes,
             shared,
             stall: config.stall_timeout,
-            deadlines: Deadlines::default(),
+            deadlines: Deadlines::new(),
             hold_at_most: config.queue,
         }
     }
@@ -269,7 +269,7 @@ where
             let at = deadline.at(tokio::time::Instant::now);
             call.deadline = Some(Deadline::At(at));
             self.deadlines.push(Due {
-                at,
+                at: self.deadlines.nanos(at),
                 seq,
                 id: None,
                 written: false,
@@ -358,7 +358,7 @@ where
         // The timer is at the earliest deadline: until it fires, nothing is due (and
         // the clock need not be read).
         while self.deadlines.poll_timer(cx) {
-            let now = tokio::time::Instant::now();
+            let now = self.deadlines.now();
             let mut progress = self.deadlines.settle(now, floor, live!());
             while let Some(due) = self.deadlines.pop_due(now) {
                 progress = true;
