@@ -146,13 +146,16 @@ impl Config {
         self
     }
 
-    /// Calls accepted but not yet written, at most (default 1024). Values below 1 count
-    /// as 1. Once calls with deadlines are made, the connection task takes every queued
-    /// call out of the intake to time it while it cannot write, and while it holds this
-    /// many, handles wait before they queue more (`poll_ready`, the async methods; a
-    /// call made without `poll_ready` fails [`Kind::Overloaded`](crate::Kind::Overloaded)
-    /// *not sent*), so about twice this many can wait (see
-    /// [`call_timeout`](Self::call_timeout)); `Load` and the overload signal count them.
+    /// Calls queued and not yet written: the intake's size (default 1024). Values below
+    /// 1 count as 1. The connection task takes calls out of the intake in batches; those
+    /// of a batch it could not write (the transport stopped taking frames) it holds,
+    /// fewer than this many. Once calls with deadlines are made, it also takes every
+    /// queued call out of the intake to time it while it cannot write, and while it
+    /// holds this many, handles wait before they queue more (`poll_ready`, the async
+    /// methods; a call made without `poll_ready` fails
+    /// [`Kind::Overloaded`](crate::Kind::Overloaded) *not sent*). So about twice this
+    /// many can wait unwritten (see [`call_timeout`](Self::call_timeout)); `Load` and
+    /// the overload signal count them all.
     pub fn queue(mut self, n: usize) -> Self {
         self.queue = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         self

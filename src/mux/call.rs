@@ -35,7 +35,9 @@ impl<Req: Send + 'static> Frames<Req> {
         match self {
             Frames::None => 0,
             Frames::One(req) => overload.weigh(req),
-            Frames::Many(parts) => parts.iter().map(|p| overload.weigh(p)).sum(),
+            Frames::Many(parts) => parts
+                .iter()
+                .fold(0, |sum, p| sum.saturating_add(overload.weigh(p))),
         }
     }
 

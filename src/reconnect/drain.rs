@@ -109,9 +109,12 @@ where
     }
 
     /// Polls the old connections; removes those that finished or failed. A server
-    /// that says on one that it is the wrong one is still heard: that host, if it is
-    /// the channel's current one, is tried last by the next pass (no backoff: the
-    /// channel had left that connection already, so it is no failed attempt).
+    /// that says on one that it is the wrong one is still heard while the channel has
+    /// no connection and no pass under way: that host, if it is the channel's current
+    /// one, is tried last by the next pass (no backoff: the channel had left that
+    /// connection already, so it is no failed attempt). Once a pass runs or a new
+    /// connection serves, the word is stale: a new connection to a wrong host says so
+    /// itself.
     pub(super) fn poll_draining(&mut self, cx: &mut Context<'_>) {
         let mut i = 0;
         while i < self.draining.len() {
@@ -119,7 +122,8 @@ where
             let polled = self.engine.poll_conn(cx, &mut d.conn, Lane::Drain);
             if matches!(d.conn.leave, Some(Ended::WrongServer)) {
                 d.conn.leave = None;
-                if d.host == self.hosts.current {
+                let between = matches!(self.phase, Phase::Idle | Phase::BackingOff { .. });
+                if between && d.host == self.hosts.current {
                     info!(endpoint = %d.host, "a retired connection's server said it is the wrong one");
                     self.demote_current = true;
                 }
