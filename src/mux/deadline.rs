@@ -87,8 +87,11 @@ pub(crate) struct Deadlines {
     heap: BinaryHeap<Reverse<Due>>,
     young: Generation,
     old: Generation,
-    /// What [`Nanos`] count from: the task's start (an instant before it is 0).
-    epoch: Instant,
+    /// What [`Nanos`] count from: the task's first clock read for a deadline (an
+    /// instant before it is 0). Read then, on the clock the task runs on, not when the
+    /// channel is built: that may be another runtime's clock, or the real one before a
+    /// paused test clock that is behind it.
+    epoch: Option<Instant>,
     /// The timer, and the deadline it is set to.
     timer: Option<(Pin<Box<Sleep>>, Nanos)>,
     /// The heap's size after the last sweep: the next sweep comes at twice that.
@@ -171,7 +174,7 @@ impl Deadlines {
             heap: BinaryHeap::new(),
             young: Generation::default(),
             old: Generation::default(),
-            epoch: Instant::now(),
+            epoch: None,
             timer: None,
             swept: 0,
             next_seq: 0,
@@ -180,23 +183,22 @@ impl Deadlines {
         }
     }
 
+    /// The epoch, read now if it was not yet.
+    #[inline]
+    fn epoch(&mut self) -> Instant {
+        *self.epoch.get_or_insert_with(Instant::now)
+    }
+
     /// `at` as [`Nanos`] (0 for an instant before the epoch: it has passed).
     #[inline]
-    pub(crate) fn nanos(&self, at: Instant) -> Nanos {
-        nanos_of(at.saturating_duration_since(self.epoch))
+    pub(crate) fn nanos(&mut self, at: Instant) -> Nanos {
+        nanos_of(at.saturating_duration_since(self.epoch()))
     }
 
     /// The clock now, as [`Nanos`].
-    pub(crate) fn now(&self) -> Nanos {
-        self.nanos(Instant::now())
-    }
-
-    /// `at` as an instant (for the timer), counted from `epoch`.
-    fn instant(epoch: Instant, at: Nanos) -> Instant {
-        let at = std::time::Duration::from_nanos(at).min(crate::config::NEVER);
-        epoch
-            .checked_add(at)
-            .unwrap_or(epoch + crate::config::NEVER)
+    pub(crate) fn now(&mut self) -> Nanos {
+        let epoch = self.epoch();
+        nanos_of(Instant::now().saturating_duration_since(epoch))
     }
 
     /// The next sequence number.
@@ -213,7 +215,11 @@ impl Deadlines {
     pub(crate) fn check(&mut self, deadline: Deadline) -> (Nanos, bool) {
         let now = match self.now {
             Some(now) => now,
-            None => *self.now.insert(self.now()),
+            None => {
+                let now = self.now();
+                self.now = Some(now);
+                now
+            }
         };
         let at = match deadline {
             Deadline::At(at) => self.nanos(at),
@@ -299,21 +305,36 @@ impl Deadlines {
         for at in [self.young.first, self.old.first].into_iter().flatten() {
             first = earliest(first, at);
         }
-        let Some(at) = first else {
+        // Every entry was made after the epoch was read.
+        let (Some(at), Some(epoch)) = (first, self.epoch) else {
             return false;
         };
-        let instant = |at| Self::instant(self.epoch, at);
+        if let Some((timer, set)) = &mut self.timer
+            && *set == at
+        {
+            return timer.as_mut().poll(cx).is_ready();
+        }
+        // Never (`u64::MAX`, a timeout of `Duration::MAX`), or past what an instant
+        // holds: no timer, and nothing will be due. (A timer capped below the entry
+        // would fire with nothing due, for ever.)
+        let Some(instant) = (at < Nanos::MAX)
+            .then(|| epoch.checked_add(std::time::Duration::from_nanos(at)))
+            .flatten()
+        else {
+            self.timer = None;
+            return false;
+        };
         let timer = match &mut self.timer {
             Some((timer, set)) => {
-                if *set != at {
-                    timer.as_mut().reset(instant(at));
-                    *set = at;
-                }
+                timer.as_mut().reset(instant);
+                *set = at;
                 timer
             }
             None => {
-                let sleep = Box::pin(tokio::time::sleep_until(instant(at)));
-                &mut self.timer.insert((sleep, at)).0
+                &mut self
+                    .timer
+                    .insert((Box::pin(tokio::time::sleep_until(instant)), at))
+                    .0
             }
         };
         timer.as_mut().poll(cx).is_ready()
@@ -362,6 +383,7 @@ mod tests {
     async fn live_entries_fire_in_deadline_order_from_every_generation() {
         let mut d = Deadlines::new();
         let start = Instant::now();
+        assert_eq!(d.now(), 0, "the epoch is the first clock read");
         let live = |due: &Due| due.seq.is_multiple_of(7);
         // Deadlines that go down and up, over three generations and a bit.
         let at = |seq: u64| ms(50 + (seq * 7919) % 450);
@@ -442,6 +464,38 @@ mod tests {
             true
         });
         assert_eq!(asked, 100);
+    }
+
+    /// The epoch is read on the clock the task runs on, when it first needs it, not when
+    /// the channel is built (on another runtime's clock, or the real one before a
+    /// paused clock behind it): a deadline ahead is not passed.
+    #[tokio::test(start_paused = true)]
+    async fn the_epoch_is_the_first_clock_read() {
+        let mut d = Deadlines::new();
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        let ahead = Instant::now() + std::time::Duration::from_millis(100);
+        let (at, passed) = d.check(Deadline::At(ahead));
+        assert_eq!((at, passed), (ms(100), false));
+    }
+
+    /// A deadline of never (`Duration::MAX`) arms no timer: a timer capped below it
+    /// would fire with nothing due, and the task would wake itself for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_of_never_arms_no_timer() {
+        let mut d = Deadlines::new();
+        let (at, passed) = d.check(Deadline::After(std::time::Duration::MAX));
+        assert_eq!((at, passed), (Nanos::MAX, false));
+        d.push(due(at, 1));
+        let waker = futures::task::noop_waker();
+        assert!(!d.poll_timer(&mut Context::from_waker(&waker)));
+        assert!(d.timer.is_none());
+        // Far, but an instant holds it: the timer is at the entry itself.
+        d.push(due(ms(86_400_000 * 365 * 100), 2));
+        assert!(!d.poll_timer(&mut Context::from_waker(&waker)));
+        assert_eq!(
+            d.timer.as_ref().map(|(_, set)| *set),
+            Some(ms(86_400_000 * 365 * 100))
+        );
     }
 
     /// Answered calls leave their entries behind; sweeps keep the heap within twice the

@@ -268,8 +268,9 @@ where
             // Taken in now: a deadline counted from then gets its instant.
             let at = deadline.at(tokio::time::Instant::now);
             call.deadline = Some(Deadline::At(at));
+            let at = self.deadlines.nanos(at);
             self.deadlines.push(Due {
-                at: self.deadlines.nanos(at),
+                at,
                 seq,
                 id: None,
                 written: false,
