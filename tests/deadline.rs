@@ -11,37 +11,15 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use socketchannel::{Call, Channel, Config, Endpoint, Kind, RetryNotSent};
+use socketchannel::{Call, Channel, Config, Kind, RetryNotSent};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use support::channel::{Ch, Mode, joined, joined_within, msg, spawn_request};
-use support::memory::{Io, Net};
+use support::memory::{Net, Seen, echo_after};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// What a server read, in order.
-type Seen = Arc<Mutex<Vec<String>>>;
-
-/// An echo server that records what it reads and answers each request `delay` later
-/// (in order).
-fn echo_after(delay: Duration, seen: &Seen) -> Net {
-    let seen = seen.clone();
-    Net::new(move |_ep: Endpoint, mut io: Io| {
-        let seen = seen.clone();
-        async move {
-            while let Some(Ok(req)) = io.next().await {
-                seen.lock().unwrap().push(req.text().to_string());
-                tokio::time::sleep(delay).await;
-                if io.send(req).await.is_err() {
-                    break;
-                }
-            }
-        }
-    })
 }
 
 fn channel(net: &Net, mode: Mode, config: Config) -> Ch {

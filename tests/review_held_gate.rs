@@ -8,39 +8,20 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use socketchannel::{Backoff, Call, Channel, Config, Endpoint, Kind, Reconnect};
 use tokio::time::Instant;
 use tower::load::Load;
 use tower::{Service, ServiceExt};
 
 use support::channel::{Ch, Mode, joined, msg, spawn_request};
-use support::memory::{Io, Net};
+use support::memory::{Io, Net, Seen, echo_after};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-type Seen = Arc<Mutex<Vec<String>>>;
-
-/// An echo server that records what it reads and answers each request `delay` later.
-fn echo_after(delay: Duration, seen: &Seen) -> Net {
-    let seen = seen.clone();
-    Net::new(move |_ep: Endpoint, mut io: Io| {
-        let seen = seen.clone();
-        async move {
-            while let Some(Ok(req)) = io.next().await {
-                seen.lock().unwrap().push(req.text().to_string());
-                tokio::time::sleep(delay).await;
-                if io.send(req).await.is_err() {
-                    break;
-                }
-            }
-        }
-    })
 }
 
 /// A server that reads and records every request and never answers.
@@ -96,83 +77,84 @@ async fn fill_held(
 // held calls reached `queue` between `poll_ready` and `call`.
 // ---------------------------------------------------------------------------------
 
-/// `Service<Req>`: `ready()` reserved a slot while held was 0; two calls are then
-/// taken in (held = 2 = queue); the readied `call` must be taken (the permit is this
-/// handle's), not failed `Overloaded`. (`submit` checks `held_full()` even when it
-/// has the permit `poll_ready` reserved; the comment says "made without poll_ready".)
-#[tokio::test(start_paused = true)]
-async fn a_call_readied_by_poll_ready_is_not_failed_when_held_fills() {
-    let seen = Seen::default();
-    let net = echo_after(ms(1000), &seen);
-    let ch = blocked_channel(&net);
+type CallTask = tokio::task::JoinHandle<Result<support::codec::Msg, socketchannel::Error>>;
+
+/// A connected `blocked_channel` with "first" written (answered a second later): the
+/// connection has no room, so the calls made next are held.
+async fn one_in_flight(seen: &Seen) -> (Ch, CallTask) {
+    let ch = blocked_channel(&echo_after(ms(1000), seen));
     ch.connect().await.expect("connected");
     let first = spawn_request(
         &ch,
         Call::new(msg("first")).timeout(Duration::from_secs(60)),
     );
     tokio::time::sleep(ms(1)).await;
-    // Readied while the task holds nothing.
-    let mut svc = ch.clone();
-    ServiceExt::<support::codec::Msg>::ready(&mut svc)
-        .await
-        .expect("ready");
-    // Two calls are taken in to be timed: held reaches queue (2).
-    let held: Vec<_> = (1..=2)
-        .map(|i| spawn_request(&ch, Call::new(msg(format!("h{i}"))).timeout(ms(5000))))
+    (ch, first)
+}
+
+/// Two calls with deadlines, which the task takes in to time: held = queue = 2.
+async fn hold_two(ch: &Ch) -> Vec<CallTask> {
+    let held = (1..=2)
+        .map(|i| spawn_request(ch, Call::new(msg(format!("h{i}"))).timeout(ms(5000))))
         .collect();
     tokio::time::sleep(ms(1)).await;
-    let readied = svc.call(msg("readied"));
-    let out = support::timeout(Duration::from_secs(30), readied).await;
-    match &out {
+    held
+}
+
+/// A call made after `poll_ready` returned `Ready` was taken and answered.
+#[track_caller]
+fn taken(out: &Result<support::codec::Msg, socketchannel::BoxError>, what: &str) {
+    match out {
         Ok(reply) => assert_eq!(reply.text(), "readied"),
         Err(err) => {
             let err = support::channel::channel_error(err).expect("the channel's");
             panic!(
-                "a call made after poll_ready returned Ready failed {:?} (not sent: {})",
+                "a {what} made after poll_ready returned Ready failed {:?} (not sent: {})",
                 err.kind(),
                 err.is_not_sent()
             );
         }
     }
+}
+
+/// `Service<Req>`: `ready()` reserved a slot while held was 0; two calls are then
+/// taken in (held = 2 = queue); the readied `call` must be taken (the permit is this
+/// handle's), not failed `Overloaded`. (`submit` checked `held_full()` even when it
+/// had the permit `poll_ready` reserved.)
+#[tokio::test(start_paused = true)]
+async fn a_call_readied_by_poll_ready_is_not_failed_when_held_fills() {
+    let seen = Seen::default();
+    let (ch, first) = one_in_flight(&seen).await;
+    // Readied while the task holds nothing.
+    let mut svc = ch.clone();
+    ServiceExt::<support::codec::Msg>::ready(&mut svc)
+        .await
+        .expect("ready");
+    let held = hold_two(&ch).await;
+    let out = support::timeout(Duration::from_secs(30), svc.call(msg("readied"))).await;
+    taken(&out, "call");
     joined(first).await.expect("answered");
     for h in held {
         joined(h).await.expect("answered");
     }
 }
 
-/// `Service<Call<Req>>` through a tower `Buffer`-like sequence: the same through
-/// `Channel::calls()` (what a `Buffer` worker, `p2c` ready cache or a pool member do:
-/// they ready the service long before the call).
+/// The same through `Channel::calls()` (what a `Buffer` worker, `p2c` ready cache or a
+/// pool member do: they ready the service long before the call).
 #[tokio::test(start_paused = true)]
 async fn a_call_readied_through_calls_is_not_failed_when_held_fills() {
     let seen = Seen::default();
-    let net = echo_after(ms(1000), &seen);
-    let ch = blocked_channel(&net);
-    ch.connect().await.expect("connected");
-    let first = spawn_request(
-        &ch,
-        Call::new(msg("first")).timeout(Duration::from_secs(60)),
-    );
-    tokio::time::sleep(ms(1)).await;
+    let (ch, first) = one_in_flight(&seen).await;
     let mut calls = ch.calls();
     calls.ready().await.expect("ready");
-    let held: Vec<_> = (1..=2)
-        .map(|i| spawn_request(&ch, Call::new(msg(format!("h{i}"))).timeout(ms(5000))))
-        .collect();
-    tokio::time::sleep(ms(1)).await;
+    let held = hold_two(&ch).await;
     let out = support::timeout(
         Duration::from_secs(30),
         calls.call(Call::new(msg("readied"))),
     )
-    .await;
-    if let Err(err) = &out {
-        let err = support::channel::channel_error(err).expect("the channel's");
-        panic!(
-            "a call made after poll_ready returned Ready failed {:?} (not sent: {})",
-            err.kind(),
-            err.is_not_sent()
-        );
-    }
+    .await
+    .map(|reply| reply.into_one().expect("one frame"));
+    taken(&out, "call through calls()");
     joined(first).await.expect("answered");
     for h in held {
         joined(h).await.expect("answered");
@@ -557,14 +539,7 @@ async fn a_pool_call_readied_by_poll_ready_is_not_failed_when_held_fills() {
         .collect();
     tokio::time::sleep(ms(1)).await;
     let out = support::timeout(Duration::from_secs(30), svc.call(msg("readied"))).await;
-    if let Err(err) = &out {
-        let err = support::channel::channel_error(err).expect("the channel's");
-        panic!(
-            "a pool call made after poll_ready returned Ready failed {:?} (not sent: {})",
-            err.kind(),
-            err.is_not_sent()
-        );
-    }
+    taken(&out, "pool call");
     joined(first).await.expect("answered");
     for h in held {
         joined(h).await.expect("answered");

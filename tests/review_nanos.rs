@@ -27,7 +27,7 @@ use socketchannel::{Call, Channel, Config, Connection, Kind, Session};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use support::channel::{Ch, msg, spawn_request};
+use support::channel::{Ch, into_channel_error, msg, spawn_request};
 use support::codec::TestProto;
 use support::script::{Peer, pipe};
 
@@ -69,9 +69,31 @@ fn spawn_counted(conn: Connection) -> Arc<AtomicUsize> {
     polls
 }
 
-fn kind_of(err: socketchannel::BoxError) -> socketchannel::Error {
-    *err.downcast::<socketchannel::Error>()
-        .expect("the channel's")
+/// Makes a call of `body` with `Call::timeout(timeout)` through `Service<Call>` (a
+/// `Deadline::After`, which the connection task resolves) and returns its reply's
+/// future: the call is queued by the time this returns.
+async fn timed(
+    ch: &Ch,
+    body: &str,
+    timeout: Duration,
+) -> impl Future<Output = Result<socketchannel::Reply<support::codec::Msg>, socketchannel::BoxError>>
+{
+    let mut calls = ch.calls();
+    calls
+        .ready()
+        .await
+        .expect("ready")
+        .call(Call::new(msg(body)).timeout(timeout))
+}
+
+/// A paused runtime, and a channel built outside it 300 ms of real time later (setup
+/// work before `block_on`): the runtime's paused clock is behind the channel's build.
+fn built_after_a_paused_runtime() -> (tokio::runtime::Runtime, Ch, tokio::io::DuplexStream) {
+    let rt = paused_rt();
+    std::thread::sleep(ms(300));
+    let (transport, server) = pipe();
+    let ch: Ch = Channel::with_config(transport, Session::new(TestProto), Config::default());
+    (rt, ch, server)
 }
 
 // ---------------------------------------------------------------------------------
@@ -84,11 +106,7 @@ fn kind_of(err: socketchannel::BoxError) -> socketchannel::Error {
 /// deadline is 100 ms ahead, answered after 50 ms, must succeed.
 #[test]
 fn future_deadline_on_a_clock_behind_the_epoch_is_not_passed() {
-    let rt = paused_rt();
-    // Real time passes between the runtime's creation and the channel's (setup work).
-    std::thread::sleep(ms(300));
-    let (transport, server) = pipe();
-    let ch: Ch = Channel::with_config(transport, Session::new(TestProto), Config::default());
+    let (rt, ch, server) = built_after_a_paused_runtime();
     rt.block_on(async move {
         let peer = Peer::spawn(server);
         let mut peer = peer;
@@ -119,20 +137,12 @@ fn future_deadline_on_a_clock_behind_the_epoch_is_not_passed() {
 /// `Deadlines::check`) on a silent server must fire 100 ms after the call.
 #[test]
 fn timeout_on_a_clock_behind_the_epoch_fires_on_time() {
-    let rt = paused_rt();
-    std::thread::sleep(ms(300));
-    let (transport, server) = pipe();
-    let ch: Ch = Channel::with_config(transport, Session::new(TestProto), Config::default());
+    let (rt, ch, server) = built_after_a_paused_runtime();
     rt.block_on(async move {
         let _peer = Peer::spawn(server);
         let start = Instant::now();
-        let mut calls = ch.calls();
-        let fut = calls
-            .ready()
-            .await
-            .unwrap()
-            .call(Call::new(msg("w")).timeout(ms(100)));
-        let err = kind_of(fut.await.expect_err("the server never answers"));
+        let fut = timed(&ch, "w", ms(100)).await;
+        let err = into_channel_error(fut.await.expect_err("the server never answers"));
         let took = Instant::now() - start;
         assert_eq!(err.kind(), Kind::Timeout);
         assert!(
@@ -173,13 +183,8 @@ fn pair_made_on_one_runtime_run_on_another() {
         };
         // (b) a 100 ms timeout through tower on a silent server.
         let start = Instant::now();
-        let mut calls = ch.calls();
-        let fut = calls
-            .ready()
-            .await
-            .unwrap()
-            .call(Call::new(msg("w")).timeout(ms(100)));
-        let err = kind_of(fut.await.expect_err("never answered"));
+        let fut = timed(&ch, "w", ms(100)).await;
+        let err = into_channel_error(fut.await.expect_err("never answered"));
         let took = Instant::now() - start;
         assert!(
             a_ok && took <= ms(101) && err.kind() == Kind::Timeout,
@@ -204,12 +209,7 @@ async fn an_answered_duration_max_timeout_does_not_make_the_task_spin() {
         Channel::pair(transport, Session::new(TestProto), Config::default());
     let polls = spawn_counted(conn);
     let mut peer = Peer::spawn(server);
-    let mut calls = ch.calls();
-    let fut = calls
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::new(msg("a")).timeout(Duration::MAX));
+    let fut = timed(&ch, "a", Duration::MAX).await;
     let req = peer.next().await;
     peer.reply(&req, "re:a");
     fut.await.expect("answered");
@@ -340,13 +340,8 @@ async fn a_channel_made_before_pause_times_out_on_the_paused_clock() {
     tokio::time::sleep(ms(5)).await;
     tokio::time::pause();
     let start = Instant::now();
-    let mut calls = ch.calls();
-    let fut = calls
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::new(msg("w")).timeout(ms(100)));
-    let err = kind_of(fut.await.expect_err("never answered"));
+    let fut = timed(&ch, "w", ms(100)).await;
+    let err = into_channel_error(fut.await.expect_err("never answered"));
     assert_eq!(err.kind(), Kind::Timeout);
     let took = Instant::now() - start;
     assert!(took >= ms(100) && took <= ms(101), "{took:?}");

@@ -5,6 +5,8 @@
 //! for the weight's, passed on the commit before); the others pin down behaviour that
 //! was checked and held.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,14 +20,10 @@ use tokio::io::DuplexStream;
 use tokio_util::codec::{Framed, LinesCodec};
 use tower::Service;
 
+use support::within;
+
 fn s(x: &str) -> String {
     x.to_string()
-}
-
-async fn within<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
 }
 
 // ---------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ pub(crate) struct Due {
 /// go to the heap, the rest are dropped. An answered call's entry then costs a push on
 /// a list and one look, and no heap operation; the timer is at the earliest deadline of
 /// the heap and of both lists.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Deadlines {
     heap: BinaryHeap<Reverse<Due>>,
     young: Generation,
@@ -168,21 +168,6 @@ impl Generation {
 }
 
 impl Deadlines {
-    /// No deadlines yet; instants count from now.
-    pub(crate) fn new() -> Self {
-        Deadlines {
-            heap: BinaryHeap::new(),
-            young: Generation::default(),
-            old: Generation::default(),
-            epoch: None,
-            timer: None,
-            swept: 0,
-            next_seq: 0,
-            now: None,
-            used: false,
-        }
-    }
-
     /// The epoch, read now if it was not yet.
     #[inline]
     fn epoch(&mut self) -> Instant {
@@ -362,7 +347,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pops_in_deadline_order_and_only_when_due() {
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         let now = d.now();
         for (seq, n) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
             d.push(due(now + ms(n), seq));
@@ -381,7 +366,7 @@ mod tests {
     /// the heap), all of them in deadline order, and the timer is at the earliest.
     #[tokio::test(start_paused = true)]
     async fn live_entries_fire_in_deadline_order_from_every_generation() {
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         let start = Instant::now();
         assert_eq!(d.now(), 0, "the epoch is the first clock read");
         let live = |due: &Due| due.seq.is_multiple_of(7);
@@ -415,7 +400,7 @@ mod tests {
     /// to the heap; the young one, holding the calls still waiting, stays a list.
     #[tokio::test(start_paused = true)]
     async fn a_due_generation_is_settled_alone() {
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         let start = d.now();
         let soon = start + ms(10);
         for seq in 1..=SWEEP_FLOOR as u64 {
@@ -439,7 +424,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn entries_below_the_floor_are_dropped_unasked() {
         let at = ms(1000);
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         for seq in 1..=100 {
             d.push(due(at, seq));
         }
@@ -450,7 +435,7 @@ mod tests {
         }));
         assert_eq!((asked, d.heap.len()), (10, 10));
 
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         d.push(Due {
             written: false,
             ..due(at, 1)
@@ -471,7 +456,7 @@ mod tests {
     /// paused clock behind it): a deadline ahead is not passed.
     #[tokio::test(start_paused = true)]
     async fn the_epoch_is_the_first_clock_read() {
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         let ahead = Instant::now() + std::time::Duration::from_millis(100);
         let (at, passed) = d.check(Deadline::At(ahead));
@@ -482,7 +467,7 @@ mod tests {
     /// would fire with nothing due, and the task would wake itself for ever.
     #[tokio::test(start_paused = true)]
     async fn a_deadline_of_never_arms_no_timer() {
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         let (at, passed) = d.check(Deadline::After(std::time::Duration::MAX));
         assert_eq!((at, passed), (Nanos::MAX, false));
         d.push(due(at, 1));
@@ -502,7 +487,7 @@ mod tests {
     /// live ones (or the floor), however many calls go through.
     #[tokio::test(start_paused = true)]
     async fn sweeps_keep_the_heap_a_small_multiple_of_the_live_calls() {
-        let mut d = Deadlines::new();
+        let mut d = Deadlines::default();
         let at = ms(60_000);
         let mut max = 0;
         for seq in 0..100_000u64 {

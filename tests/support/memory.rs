@@ -48,6 +48,28 @@ pub type Io = Framed<DuplexStream, MsgCodec>;
 
 type Script = Arc<dyn Fn(Endpoint, Io) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// What a server read, in order (for [`echo_after`]).
+pub type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A network of echo servers that record what they read in `seen` and answer each
+/// request `delay` later (in order).
+pub fn echo_after(delay: Duration, seen: &Seen) -> Net {
+    let seen = seen.clone();
+    Net::new(move |_ep: Endpoint, mut io: Io| {
+        let seen = seen.clone();
+        async move {
+            use futures::{SinkExt, StreamExt};
+            while let Some(Ok(req)) = io.next().await {
+                seen.lock().unwrap().push(req.text().to_string());
+                tokio::time::sleep(delay).await;
+                if io.send(req).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
 /// The in-memory network; clones share it.
 #[derive(Clone)]
 pub struct Net(Arc<Inner>);

@@ -133,7 +133,7 @@ where
             pushes,
             shared,
             stall: config.stall_timeout,
-            deadlines: Deadlines::new(),
+            deadlines: Deadlines::default(),
             hold_at_most: config.queue,
         }
     }
