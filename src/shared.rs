@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::config::{Overload, ReplyLimits};
 use crate::error::{Cause, Error};
-use crate::mux::Frames;
+use crate::mux::{Frames, Leaving};
 use crate::reconnect::HostSpec;
 use crate::stats::Stats;
 
@@ -94,6 +94,9 @@ pub(crate) struct Shared<Resp> {
     pub(crate) unstarted: AtomicBool,
     /// Why the task is gone, when it went without ending (its runtime shut down).
     pub(crate) gone: Mutex<Option<Cause>>,
+    /// Where callers that leave unanswered say so, when the protocol sends cancel
+    /// notices (`mux/notice.rs`).
+    pub(crate) leaving: Option<std::sync::Arc<Leaving>>,
 }
 
 impl<Resp> Shared<Resp> {
@@ -108,6 +111,7 @@ impl<Resp> Shared<Resp> {
         call_timeout: Option<std::time::Duration>,
         state: State,
         span: tracing::Span,
+        cancels: bool,
         #[cfg(feature = "metrics")] metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Shared {
@@ -133,6 +137,7 @@ impl<Resp> Shared<Resp> {
             deadlines: AtomicBool::new(false),
             unstarted: AtomicBool::new(false),
             gone: Mutex::new(None),
+            leaving: cancels.then(Default::default),
         }
     }
 

@@ -126,6 +126,43 @@ async fn a_dropped_call_is_cancelled_at_once_and_its_id_waits_for_the_servers_wo
     assert_eq!((c.cancel_notices, c.unknown, c.in_flight), (1, 0, 0));
 }
 
+/// A collected reply (`request_n`) whose caller leaves mid-reply is noticed at once,
+/// as a plain call is: its future says so when dropped.
+#[tokio::test(start_paused = true)]
+async fn a_collected_call_whose_caller_left_is_cancelled_at_once() {
+    let (ch, mut peer) = one_id_channel();
+    let many = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.request_n(Msg::new("two"), 2).await })
+    };
+    let req = peer.next().await;
+    peer.reply(&req, "first");
+    settle().await;
+    let left = Instant::now();
+    many.abort();
+    let notice = peer.next().await;
+    assert_eq!((notice.id, notice.text()), (1, CANCEL));
+    assert_eq!(left.elapsed(), Duration::ZERO, "the notice waited");
+    assert_eq!(ch.counters().cancel_notices, 1);
+}
+
+/// A future dropped after its reply came, unpolled, left nothing unanswered: no notice.
+#[tokio::test(start_paused = true)]
+async fn a_future_dropped_after_its_reply_came_sends_no_notice() {
+    use tower::Service;
+    let (ch, mut peer) = one_id_channel();
+    let mut svc = ch.clone();
+    let unpolled = svc.call(Msg::new("quick"));
+    let req = peer.next().await;
+    peer.reply(&req, "re:quick");
+    settle().await;
+    assert_eq!(ch.counters().in_flight, 0, "the reply was matched");
+    drop(unpolled);
+    settle().await;
+    assert!(peer.idle().is_none(), "a notice for an answered call");
+    assert_eq!(ch.counters().cancel_notices, 0);
+}
+
 /// A server that ignores the notice answers the call when it is done: that late reply
 /// frees the id and reaches nobody.
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use tower::BoxError;
 use tracing::Span;
 
 use crate::error::{Error, Kind};
-use crate::mux::StreamShared;
+use crate::mux::{Leaving, StreamShared};
 
 /// The outcome a connection task sent, or, when the reply sender was dropped without a
 /// word (a panic while delivering the reply, a task that vanished), `Closed` and *may
@@ -29,6 +29,59 @@ fn vanished() -> Error {
     Error::new(Kind::Closed).written(true)
 }
 
+/// The caller's end of a call's reply. Dropped before its outcome came, on a channel
+/// whose protocol sends cancel notices, it tells the connection task, which owes the
+/// server of a written call a notice (`mux/notice.rs`).
+pub(crate) struct Answer<T> {
+    rx: oneshot::Receiver<Result<T, Error>>,
+    /// The channel's `Leaving`, when its protocol sends notices, until the outcome is
+    /// taken.
+    leaving: Option<Arc<Leaving>>,
+}
+
+impl<T> Answer<T> {
+    #[inline]
+    pub(crate) fn new(
+        rx: oneshot::Receiver<Result<T, Error>>,
+        leaving: &Option<Arc<Leaving>>,
+    ) -> Self {
+        Answer {
+            rx,
+            leaving: leaving.clone(),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
+        let received = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.leaving = None;
+        Poll::Ready(outcome(received))
+    }
+
+    /// Dropped on a channel that sends notices: tells it if the outcome never came.
+    #[cold]
+    #[inline(never)]
+    fn leave(&mut self, leaving: &Leaving) {
+        // `Empty`: no outcome yet, and the sender still waits (an outcome sent but not
+        // taken means the call is over; a sender gone reads `Closed`). Closed before
+        // it is told: the task this wakes (on another worker, perhaps at once) must
+        // find the caller gone. An outcome sent in between makes the scan find nothing.
+        if let Err(oneshot::error::TryRecvError::Empty) = self.rx.try_recv() {
+            self.rx.close();
+            leaving.left();
+        }
+    }
+}
+
+impl<T> Drop for Answer<T> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(leaving) = self.leaving.take() {
+            self.leave(&leaving);
+        }
+    }
+}
+
 /// The reply of a [`Service::call`](tower::Service::call) on a
 /// [`Channel`](super::Channel).
 ///
@@ -36,7 +89,7 @@ fn vanished() -> Error {
 ///
 /// Dropping it never shifts another caller's reply: see [`Channel`](super::Channel).
 pub struct ResponseFuture<Resp> {
-    rx: oneshot::Receiver<Result<Resp, Error>>,
+    rx: Answer<Resp>,
     span: Span,
     /// The call's metrics, until its outcome is taken.
     #[cfg(feature = "metrics")]
@@ -45,7 +98,7 @@ pub struct ResponseFuture<Resp> {
 
 impl<Resp> ResponseFuture<Resp> {
     pub(crate) fn waiting(
-        rx: oneshot::Receiver<Result<Resp, Error>>,
+        rx: Answer<Resp>,
         span: Span,
         #[cfg(feature = "metrics")] timing: crate::metrics::Timing,
     ) -> Self {
@@ -64,7 +117,7 @@ impl<Resp> Future for ResponseFuture<Resp> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let _entered = this.span.enter();
-        let outcome = outcome(std::task::ready!(Pin::new(&mut this.rx).poll(cx)));
+        let outcome = std::task::ready!(this.rx.poll(cx));
         #[cfg(feature = "metrics")]
         crate::metrics::finish(&mut this.timing, &outcome);
         if let Err(err) = &outcome {

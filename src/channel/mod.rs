@@ -211,7 +211,8 @@ where
         M: Mode<Req, Resp>,
     {
         // Connected from the start: `Ready` is its first state, not a change.
-        let (channel, engine, control) = Channel::plumbing(&config, State::Ready, None);
+        let cancels = Mode::<Req, Resp>::cancels(&mode);
+        let (channel, engine, control) = Channel::plumbing(&config, State::Ready, None, cancels);
         let conn = engine.conn(transport, mode.matcher(config.max_in_flight));
         let connection =
             Connection::new(Worker::new(engine, conn, control), channel.shared.clone());
@@ -220,11 +221,13 @@ where
 
     /// What every channel is made of: the handle, and the engine and control receiver
     /// its connection task drives, starting in `state`. `host`: the host a reconnecting
-    /// channel is built with, for its telemetry.
+    /// channel is built with, for its telemetry; `cancels`: its mode sends cancel
+    /// notices.
     pub(crate) fn plumbing(
         config: &Config,
         state: State,
         host: Option<&Endpoint>,
+        cancels: bool,
     ) -> (Self, Engine<Req, Resp>, mpsc::UnboundedReceiver<Control>) {
         let (tx, intake) = mpsc::channel(config.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -238,6 +241,7 @@ where
             config.call_timeout,
             state,
             task_span(name, host),
+            cancels,
             #[cfg(feature = "metrics")]
             Arc::new(crate::metrics::Metrics::register(
                 metrics_label(config, host),
@@ -375,7 +379,7 @@ where
         let timing = self.shared.timing();
         call.shape = shape;
         let span = call_span(&call);
-        let (waiter, pending) = shape.open(&self.shared.limits);
+        let (waiter, pending) = shape.open(&self.shared);
         self.enqueue(call, waiter).instrument(span.clone()).await;
         let mut reply = ReplyFuture::new(pending, span);
         #[cfg(feature = "metrics")]
@@ -428,7 +432,7 @@ where
         let mut call = call.into_call();
         call.shape = Shape::Stream(replies.into());
         let span = call_span(&call);
-        let (waiter, pending) = call.shape.open(&self.shared.limits);
+        let (waiter, pending) = call.shape.open(&self.shared);
         // A failure to queue is delivered through the stream itself.
         self.enqueue(call, waiter).instrument(span).await;
         match pending {

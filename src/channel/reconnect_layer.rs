@@ -85,8 +85,12 @@ where
     where
         K: Connector<Req, Resp>,
     {
-        let (channel, engine, control) =
-            Channel::plumbing(&self.config, State::Idle, Some(&self.hosts.current));
+        let (channel, engine, control) = Channel::plumbing(
+            &self.config,
+            State::Idle,
+            Some(&self.hosts.current),
+            self.mode.cancels(),
+        );
         // In the task's span: an eager channel starts connecting here.
         let worker = channel.shared.span.in_scope(|| {
             Task::new(

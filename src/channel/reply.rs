@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 use tower::BoxError;
 use tracing::Span;
 
-use super::future::{ReplyStream, outcome};
-use crate::config::ReplyLimits;
+use super::future::{Answer, ReplyStream, outcome};
 use crate::error::Error;
 use crate::mux::{Collect, StreamShared, StreamTx, Until, Waiter};
+use crate::shared::Shared;
 
 /// How a call's reply comes back.
 #[derive(Debug, Clone, Copy)]
@@ -27,22 +27,26 @@ pub(crate) enum Shape {
 impl Shape {
     /// The waiter the connection task resolves, and the caller's end of it.
     #[inline]
-    pub(crate) fn open<Resp>(self, limits: &ReplyLimits) -> (Waiter<Resp>, Pending<Resp>) {
+    pub(crate) fn open<Resp>(self, shared: &Shared<Resp>) -> (Waiter<Resp>, Pending<Resp>) {
+        let (limits, leaving) = (&shared.limits, &shared.leaving);
         match self {
             Shape::One => {
                 let (tx, rx) = oneshot::channel();
-                (Waiter::One(Some(tx)), Pending::One(rx))
+                (
+                    Waiter::One(Some(tx)),
+                    Pending::One(Answer::new(rx, leaving)),
+                )
             }
             Shape::Collect(until) => {
                 let (tx, rx) = oneshot::channel();
                 (
                     Collect::waiter(tx, until, limits.clone()),
-                    Pending::Many(rx),
+                    Pending::Many(Answer::new(rx, leaving)),
                 )
             }
             Shape::Stream(until) => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let shared = Arc::new(StreamShared::default());
+                let shared = Arc::new(StreamShared::new(leaving.clone()));
                 let waiter = StreamTx::waiter(tx, shared.clone(), until, limits.clone());
                 (waiter, Pending::Stream(Some(ReplyStream::new(rx, shared))))
             }
@@ -66,8 +70,8 @@ impl Shape {
 
 /// The caller's end of a call in flight.
 pub(crate) enum Pending<Resp> {
-    One(oneshot::Receiver<Result<Resp, Error>>),
-    Many(oneshot::Receiver<Result<Vec<Resp>, Error>>),
+    One(Answer<Resp>),
+    Many(Answer<Vec<Resp>>),
     Sent(oneshot::Receiver<Result<(), Error>>),
     /// Taken when the future resolves (a box: see [`ReplyStream`]).
     Stream(Option<ReplyStream<Resp>>),
@@ -167,8 +171,8 @@ impl<Resp> ReplyFuture<Resp> {
     pub(crate) fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Reply<Resp>, Error>> {
         let _entered = self.span.enter();
         let outcome = match &mut self.pending {
-            Pending::One(rx) => outcome(std::task::ready!(Pin::new(rx).poll(cx))).map(Reply::One),
-            Pending::Many(rx) => outcome(std::task::ready!(Pin::new(rx).poll(cx))).map(Reply::Many),
+            Pending::One(rx) => std::task::ready!(rx.poll(cx)).map(Reply::One),
+            Pending::Many(rx) => std::task::ready!(rx.poll(cx)).map(Reply::Many),
             Pending::Sent(rx) => {
                 outcome(std::task::ready!(Pin::new(rx).poll(cx))).map(|()| Reply::Sent)
             }

@@ -7,7 +7,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tower::BoxError;
 use tower::load::Load;
 
-use super::future::ResponseFuture;
+use super::future::{Answer, ResponseFuture};
 use super::{Call, Channel, Reply, ReplyFuture, call_span, closed};
 use crate::error::{Error, Kind};
 use crate::mux::{Envelope, Frames, Waiter};
@@ -158,7 +158,7 @@ where
         let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
         self.submit(envelope);
         ResponseFuture::waiting(
-            rx,
+            Answer::new(rx, &self.shared.leaving),
             span,
             #[cfg(feature = "metrics")]
             timing,
@@ -282,7 +282,7 @@ where
         #[cfg(feature = "metrics")]
         let timing = self.shared.timing();
         let span = call_span(&call);
-        let (waiter, pending) = call.shape.open(&self.shared.limits);
+        let (waiter, pending) = call.shape.open(&self.shared);
         if call.hollow {
             // Fails it, never sent.
             let _ = call.into_envelope(waiter);
@@ -305,7 +305,7 @@ where
         let envelope = Envelope::new(Frames::One(req), Waiter::One(Some(tx)));
         envelope.fail_unsent(kind, None);
         ResponseFuture::waiting(
-            rx,
+            Answer::new(rx, &None),
             tracing::debug_span!("call", shape = "one"),
             #[cfg(feature = "metrics")]
             self.shared.timing(),
@@ -317,7 +317,7 @@ where
     pub(crate) fn refuse_call_with(&mut self, call: Call<Req>, kind: Kind) -> ReplyFuture<Resp> {
         self.permit = None;
         let span = call_span(&call);
-        let (waiter, pending) = call.shape.open(&self.shared.limits);
+        let (waiter, pending) = call.shape.open(&self.shared);
         if let Some(envelope) = call.into_envelope(waiter) {
             envelope.fail_unsent(kind, None);
         }

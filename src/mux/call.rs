@@ -175,10 +175,19 @@ pub(crate) struct StreamShared {
     /// A connection task that waits for the reader to leave (a shutdown): woken when
     /// the [`ReplyStream`](crate::ReplyStream) is dropped.
     pub(crate) leaving: std::sync::Mutex<Option<std::task::Waker>>,
+    /// The channel's, when its protocol sends cancel notices (`notice.rs`).
+    channel: Option<Arc<super::Leaving>>,
 }
 
 impl StreamShared {
-    /// The reader is gone: wake the task that waits for that.
+    pub(crate) fn new(channel: Option<Arc<super::Leaving>>) -> Self {
+        StreamShared {
+            channel,
+            ..StreamShared::default()
+        }
+    }
+
+    /// The reader is gone: wake the task that waits for that, and tell the channel.
     pub(crate) fn left(&self) {
         let waker = self
             .leaving
@@ -187,6 +196,9 @@ impl StreamShared {
             .take();
         if let Some(waker) = waker {
             waker.wake();
+        }
+        if let Some(channel) = &self.channel {
+            channel.left();
         }
     }
 }

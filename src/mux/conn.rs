@@ -83,7 +83,11 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
         M: Matcher<Req, Resp>,
     {
         Conn {
-            notices: matcher.cancels().then(|| Box::new(Notices::new())),
+            notices: shared
+                .leaving
+                .clone()
+                .filter(|_| matcher.cancels())
+                .map(|leaving| Box::new(Notices::new(leaving))),
             transport,
             matcher,
             first: VecDeque::new(),
@@ -138,15 +142,7 @@ where
             return false;
         }
         // Outside the task budget: past it, callers gone would read as still there.
-        let callers = match &self.notices {
-            // Keep the callers watched for their notices: the watcher wakes the task.
-            Some(notices) => {
-                notices.register(cx);
-                let matcher = &mut self.matcher;
-                super::unbudgeted(&mut notices.context(), |cx| matcher.poll_nobody_waits(cx))
-            }
-            None => super::unbudgeted(cx, |cx| self.matcher.poll_nobody_waits(cx)),
-        };
+        let callers = super::unbudgeted(cx, |cx| self.matcher.poll_nobody_waits(cx));
         callers && self.writing.is_none() && self.first.is_empty() && !self.needs_flush
     }
 
@@ -255,7 +251,7 @@ where
             },
             None => None,
         };
-        let (mut frames, Some(mut waiter)) = call.into_parts() else {
+        let (mut frames, Some(waiter)) = call.into_parts() else {
             return Ok(false);
         };
         let unsupported = match &frames {
@@ -273,14 +269,9 @@ where
             waiter.fail(err);
             return Ok(false);
         }
+        // A caller that leaves from now on (it may have since `poll_write` looked) is
+        // written, and then told: it counts itself in the channel's `Leaving`.
         let done = if waiter.wants_reply() {
-            if let Some(notices) = &self.notices
-                && !matches!(frames, Frames::None)
-                && notices.watch(&mut waiter)
-            {
-                // Gone since `poll_write` looked: it is written, and then told.
-                notices.left();
-            }
             let seq = deadlines.seq();
             let entry = Entry {
                 waiter,

@@ -31,6 +31,7 @@ pub use self::session::Session;
 pub(crate) use self::worker::Worker;
 
 pub(crate) use self::matcher::Matcher;
+pub(crate) use self::notice::Leaving;
 use crate::protocol::{Protocol, Sessions};
 
 mod sealed {
@@ -49,6 +50,12 @@ pub trait Mode<Req, Resp>: sealed::Sealed + Send + Sync + 'static {
     /// A fresh table for one connection, holding at most `max_in_flight` calls.
     #[doc(hidden)]
     fn matcher(&self, max_in_flight: usize) -> Self::Matcher;
+    /// Does this mode send cancel notices? Then the callers say when they leave
+    /// (`notice.rs`).
+    #[doc(hidden)]
+    fn cancels(&self) -> bool {
+        false
+    }
 }
 
 impl<P> sealed::Sealed for Order<P> {}
@@ -76,11 +83,14 @@ where
     fn matcher(&self, max_in_flight: usize) -> Self::Matcher {
         Session::matcher(self, max_in_flight)
     }
+    fn cancels(&self) -> bool {
+        Session::cancels(self)
+    }
 }
 
 /// Runs `f` with `cx` outside tokio's task budget. Asking a oneshot sender whether its
-/// receiver is gone (a scan of every waiting call: a shutdown's, a cancel notice's
-/// watch) uses a unit of the budget each time; past the budget (128 a poll) the rest
+/// receiver is gone, and to be woken when it goes (a shutdown's scan of every waiting
+/// call), uses a unit of the budget each time; past the budget (128 a poll) the rest
 /// read as still there, and the task's own timers as not yet due.
 pub(crate) fn unbudgeted<T>(
     cx: &mut std::task::Context<'_>,

@@ -1,49 +1,41 @@
 //! Cancel notices (session mode): telling the server that a written call's caller is
 //! gone, so it can stop working on it ([`Sessions::cancel`](crate::Sessions::cancel)).
 //!
-//! A connection whose protocol sends them watches the caller of each call it writes
-//! with one waker of its own: a caller that leaves (its reply sender sees its receiver
-//! dropped) wakes it, which marks the connection and wakes its task. The task marks it
-//! itself for a caller it made gone while the server still works on the call: a
-//! deadline, a reply limit ([`left`](Notices::left)). The task then scans
-//! its waiting calls once for the callers that left and queues each one's id; the write
-//! path writes a queued notice ahead of any call, and never between the parts of a
-//! multi-part request, building it only then, and only if the call still waits (a
-//! reply that came in the meantime freed its id, which a new call may have taken). A connection whose protocol sends none has no watcher, and its
-//! callers are not watched: the feature costs nothing unless it is used.
+//! The callers say when they leave. A channel whose protocol sends notices gives each
+//! caller's end of a reply (a response future, a reply stream) its [`Leaving`]: one
+//! dropped before its outcome arrived closes its receiver and then counts itself there,
+//! which wakes the connection task. The task counts there itself for a caller it made
+//! gone while the server still works on the call: a deadline, a reply limit
+//! ([`left`](Notices::left)). Each connection keeps the count it last saw; when the
+//! count moved, it scans its waiting calls once for the callers that left and queues
+//! each one's id. The write path writes a queued notice ahead of any call, and never
+//! between the parts of a multi-part request, building it only then, and only if the
+//! call still waits (a reply that came in the meantime freed its id, which a new call
+//! may have taken).
+//!
+//! Nothing is registered per call on the connection's side, so a notice costs the hot
+//! path one reference count per call on the caller's side. A channel whose protocol
+//! sends none has no `Leaving`: the feature costs nothing unless it is used.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Waker};
 
-use super::call::Waiter;
-
-/// One connection's watcher and the notices it has still to write.
-pub(crate) struct Notices {
-    watch: Arc<Watch>,
-    /// Wakes `watch`: registered with each written call's reply sender.
-    waker: Waker,
-    /// The calls to write a notice for: `(session id, sequence number)`.
-    queue: VecDeque<(u64, u64)>,
-}
-
-/// What a caller that leaves wakes.
-#[derive(Default)]
-struct Watch {
-    /// A watched caller left since the task last looked.
-    left: AtomicBool,
+/// A channel's count of the callers that left, and the task they wake.
+#[derive(Debug, Default)]
+pub(crate) struct Leaving {
+    /// Callers that left (or were made gone by the task), ever.
+    count: AtomicU64,
     /// The connection task.
     task: Mutex<Option<Waker>>,
 }
 
-impl Wake for Watch {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.left.store(true, Ordering::Release);
+impl Leaving {
+    /// A caller left: count it and wake the task. The caller's receiver must be closed
+    /// first, so that the scan this wakes finds it gone.
+    pub(crate) fn left(&self) {
+        self.count.fetch_add(1, Ordering::Release);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(task) = task.as_ref() {
             task.wake_by_ref();
@@ -51,46 +43,49 @@ impl Wake for Watch {
     }
 }
 
+/// One connection's view of its channel's [`Leaving`], and the notices it has still
+/// to write.
+pub(crate) struct Notices {
+    leaving: Arc<Leaving>,
+    /// The count the last scan answered.
+    seen: u64,
+    /// The calls to write a notice for: `(session id, sequence number)`.
+    queue: VecDeque<(u64, u64)>,
+}
+
 impl Notices {
-    pub(crate) fn new() -> Self {
-        let watch = Arc::new(Watch::default());
+    pub(crate) fn new(leaving: Arc<Leaving>) -> Self {
+        let seen = leaving.count.load(Ordering::Acquire);
         Notices {
-            waker: Waker::from(watch.clone()),
-            watch,
+            leaving,
+            seen,
             queue: VecDeque::new(),
         }
     }
 
-    /// Wakes `cx`'s task when a watched caller leaves. Call it before
+    /// Wakes `cx`'s task when a caller leaves. Call it before
     /// [`take_left`](Self::take_left), so that no leaving falls between the two.
     pub(crate) fn register(&self, cx: &Context<'_>) {
-        let mut task = self.watch.task.lock().unwrap_or_else(|e| e.into_inner());
+        let mut task = self.leaving.task.lock().unwrap_or_else(|e| e.into_inner());
         if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
             *task = Some(cx.waker().clone());
         }
     }
 
-    /// A context whose waker is the watcher: a caller polled with it is watched.
-    pub(crate) fn context(&self) -> Context<'_> {
-        Context::from_waker(&self.waker)
-    }
-
-    /// Watches `waiter`'s caller; true if it is gone already. Outside tokio's task
-    /// budget: a reply sender polled on a task that spent its budget (a burst of calls
-    /// taken from the intake) would say `Pending` without watching.
-    pub(crate) fn watch<Resp>(&self, waiter: &mut Waiter<Resp>) -> bool {
-        super::unbudgeted(&mut self.context(), |cx| waiter.poll_gone(cx))
-    }
-
-    /// Marks that a caller left (found by the task itself: a deadline, a caller gone
-    /// before it was watched), and wakes the task to write its notice.
+    /// Marks that a caller left (found by the task itself: a deadline, a reply limit),
+    /// and wakes the task to write its notice.
     pub(crate) fn left(&self) {
-        self.waker.wake_by_ref();
+        self.leaving.left();
     }
 
-    /// Did a watched caller leave since the last time? Clears the mark.
-    pub(crate) fn take_left(&self) -> bool {
-        self.watch.left.load(Ordering::Relaxed) && self.watch.left.swap(false, Ordering::Acquire)
+    /// Did a caller leave since the last time? Then the caller scans.
+    pub(crate) fn take_left(&mut self) -> bool {
+        let count = self.leaving.count.load(Ordering::Acquire);
+        if count == self.seen {
+            return false;
+        }
+        self.seen = count;
+        true
     }
 
     pub(crate) fn push(&mut self, id: u64, seq: u64) {
@@ -109,24 +104,26 @@ impl Notices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Poll;
+    use std::sync::atomic::AtomicBool;
+    use std::task::Wake;
 
     #[test]
-    fn a_caller_leaving_marks_the_connection_and_wakes_its_task() {
-        let notices = Notices::new();
-        let (task, woken) = futures_test_waker();
-        notices.register(&Context::from_waker(&task));
-        let (mut tx, rx) = tokio::sync::oneshot::channel::<u8>();
-        assert_eq!(tx.poll_closed(&mut notices.context()), Poll::Pending);
-        assert!(!notices.take_left());
-        drop(rx);
+    fn a_caller_leaving_marks_every_connection_and_wakes_the_task() {
+        let leaving = Arc::new(Leaving::default());
+        let (mut current, mut draining) =
+            (Notices::new(leaving.clone()), Notices::new(leaving.clone()));
+        let (task, woken) = flag_waker();
+        current.register(&Context::from_waker(&task));
+        assert!(!current.take_left());
+        leaving.left();
         assert!(woken.load(Ordering::SeqCst));
-        assert!(notices.take_left());
-        assert!(!notices.take_left(), "the mark is cleared once taken");
+        assert!(current.take_left());
+        assert!(!current.take_left(), "the mark is cleared once taken");
+        assert!(draining.take_left(), "each connection scans for itself");
     }
 
     /// A waker that records that it was woken.
-    fn futures_test_waker() -> (Waker, Arc<AtomicBool>) {
+    fn flag_waker() -> (Waker, Arc<AtomicBool>) {
         struct Flag(Arc<AtomicBool>);
         impl Wake for Flag {
             fn wake(self: Arc<Self>) {

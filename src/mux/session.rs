@@ -62,6 +62,14 @@ impl<S> Session<S> {
         self
     }
 
+    /// Does the protocol send cancel notices ([`Sessions::cancels`])?
+    pub(crate) fn cancels<Req, Resp>(&self) -> bool
+    where
+        S: Sessions<Req, Resp>,
+    {
+        self.sessions.cancels()
+    }
+
     pub(crate) fn matcher<Req, Resp>(&self, max_in_flight: usize) -> SessionMatcher<S, Resp>
     where
         S: Sessions<Req, Resp> + Clone,
