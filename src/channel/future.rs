@@ -58,6 +58,16 @@ impl<T> Answer<T> {
         Poll::Ready(outcome(received))
     }
 
+    /// Has the outcome come (or the sender gone)? It is taken then, and a drop tells
+    /// nobody. For the channel's own calls (the idle ping), which nobody polls.
+    pub(crate) fn answered(&mut self) -> bool {
+        if let Err(oneshot::error::TryRecvError::Empty) = self.rx.try_recv() {
+            return false;
+        }
+        self.leaving = None;
+        true
+    }
+
     /// Dropped on a channel that sends notices: tells it if the outcome never came.
     #[cold]
     #[inline(never)]

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 pub use self::builder::Builder;
 pub use self::call::{Call, IntoCall, Replies};
+pub(crate) use self::future::Answer;
 pub use self::future::{ReplyStream, ResponseFuture};
 pub use self::mux_layer::MuxLayer;
 pub use self::reconnect_layer::ReconnectLayer;

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::task::{ConnOf, Task};
-use crate::error::Error;
+use crate::channel::Answer;
 use crate::mux::{Envelope, Frames, Mode, Waiter};
 use crate::transport::{Connector, Transport};
 
@@ -20,7 +20,9 @@ pub(super) struct Ping<Resp> {
     every: Duration,
     /// Traffic counters at the last tick: unchanged means idle.
     seen: (u64, u64),
-    waiting: Option<oneshot::Receiver<Result<Resp, Error>>>,
+    /// The last ping's reply: dropped unanswered (the connection moved aside), it
+    /// tells the channel, which owes the server a cancel notice if it sends them.
+    waiting: Option<Answer<Resp>>,
 }
 
 impl<Resp> Ping<Resp> {
@@ -56,9 +58,7 @@ where
                 .reset(crate::config::deadline(Instant::now(), ping.every));
             let stats = self.engine.shared.stats.snapshot();
             let seen = (stats.sent, stats.received);
-            let answered = ping.waiting.as_mut().is_none_or(|rx| {
-                !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-            });
+            let answered = ping.waiting.as_mut().is_none_or(Answer::answered);
             if seen == ping.seen
                 && answered
                 && let Some((_, make)) = &self.opts.idle_ping
@@ -67,7 +67,7 @@ where
                 let (tx, rx) = oneshot::channel();
                 let call = Envelope::new(Frames::One(make()), Waiter::One(Some(tx)));
                 conn.first.push_back(call);
-                ping.waiting = Some(rx);
+                ping.waiting = Some(Answer::new(rx, &self.engine.shared.leaving));
             }
             ping.seen = seen;
         }
