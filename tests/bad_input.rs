@@ -27,7 +27,7 @@ use tower::{Service, ServiceExt};
 
 use support::codec::{Msg, MsgCodec, TestProto, TestProto16};
 use support::server::{Behaviour, Gate, TestServer, replies_to};
-use support::{bounded, eventually, timeout};
+use support::{bounded, eventually, on_paused_thread, timeout};
 
 type Ch = Channel<Msg, Msg>;
 
@@ -408,29 +408,18 @@ async fn shutdown_with_a_huge_deadline() {
 /// own runtime.
 #[test]
 fn idle_ping_every_zero_does_not_spin() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let ch: Ch = Channel::builder()
-                .host("127.0.0.1:1")
-                .idle_ping(Duration::ZERO, || msg("ping"))
-                .connector(echo_connector(MsgCodec::default()), Order::new(TestProto))
-                .expect("built");
-            all_answered(&ch, 5).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            all_answered(&ch, 5).await;
-        });
-        let _ = done.send(());
+    let what =
+        "idle_ping(Duration::ZERO): calls not answered within 5 s (the connection task spins)";
+    on_paused_thread(Duration::from_secs(5), what, || async {
+        let ch: Ch = Channel::builder()
+            .host("127.0.0.1:1")
+            .idle_ping(Duration::ZERO, || msg("ping"))
+            .connector(echo_connector(MsgCodec::default()), Order::new(TestProto))
+            .expect("built");
+        all_answered(&ch, 5).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        all_answered(&ch, 5).await;
     });
-    assert!(
-        finished.recv_timeout(Duration::from_secs(5)).is_ok(),
-        "idle_ping(Duration::ZERO): calls not answered within 5 s (the connection task spins)"
-    );
 }
 
 /// A connect timeout of zero: every attempt times out, so calls fail *not sent* with a

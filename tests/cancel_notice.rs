@@ -17,8 +17,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
-use support::channel::{Ch, joined, spawn_request};
+use support::channel::{Ch, joined, shutdown_ends_when, spawn_request};
 use support::codec::{CANCEL, Cancelling, Msg, MsgCodec, TestProto};
+use support::on_paused_thread;
 use support::script::{Peer, pipe, settle};
 
 /// A channel in `mode` over an in-memory pipe, and the scripted server at its far end.
@@ -382,21 +383,7 @@ async fn a_shutdown_writes_the_notice_of_its_last_caller() {
     let (ch, mut peer) = channel(Session::new(Cancelling));
     let slow = spawn_request(&ch, "slow");
     peer.next().await;
-    let down = {
-        let ch = ch.clone();
-        tokio::spawn(async move { ch.shutdown(Duration::from_secs(5)).await })
-    };
-    settle().await;
-    let left = Instant::now();
-    slow.abort();
-    tokio::time::timeout(Duration::from_secs(10), down)
-        .await
-        .expect("the shutdown ends")
-        .unwrap();
-    assert!(
-        left.elapsed() < Duration::from_secs(1),
-        "the shutdown waited for its deadline"
-    );
+    shutdown_ends_when(&ch, || slow.abort(), "the last caller left").await;
     let mut got = Vec::new();
     while let Some(frame) = peer.recv().await {
         got.push(frame.text().to_owned());
@@ -411,33 +398,22 @@ async fn a_shutdown_writes_the_notice_of_its_last_caller() {
 /// on a thread of its own, bounded in real time.
 #[test]
 fn a_shutdown_with_many_callers_waiting_does_not_spin() {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (ch, mut peer) = channel(Session::new(TestProto));
-            let calls: Vec<_> = (0..300)
-                .map(|i| spawn_request(&ch, format!("c{i}")))
-                .collect();
-            for _ in 0..300 {
-                peer.next().await;
-            }
-            let start = Instant::now();
-            ch.shutdown(Duration::from_secs(5)).await;
-            assert_eq!(
-                start.elapsed(),
-                Duration::from_secs(5),
-                "the shutdown's deadline"
-            );
-            drop(calls);
-        });
-        let _ = done_tx.send(());
+    let what = "the shutdown spun: paused time never reached its deadline";
+    on_paused_thread(Duration::from_secs(30), what, || async {
+        let (ch, mut peer) = channel(Session::new(TestProto));
+        let calls: Vec<_> = (0..300)
+            .map(|i| spawn_request(&ch, format!("c{i}")))
+            .collect();
+        for _ in 0..300 {
+            peer.next().await;
+        }
+        let start = Instant::now();
+        ch.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(5),
+            "the shutdown's deadline"
+        );
+        drop(calls);
     });
-    done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the shutdown spun: paused time never reached its deadline");
 }

@@ -20,9 +20,10 @@ use socketchannel::{Call, Channel, Endpoint, Replies, Session};
 use tokio::time::Instant;
 use tower::Service;
 
-use support::channel::{Ch, spawn_request};
+use support::channel::{Ch, shutdown_ends_when, spawn_request};
 use support::codec::{CANCEL, Cancelling, Msg, TestProto};
 use support::memory::{Io, Net};
+use support::on_paused_thread;
 use support::script::{Peer, pipe, settle};
 
 /// Every frame the servers of a [`Net`] read, as `host|body@id`.
@@ -313,38 +314,31 @@ fn callers_racing_the_write_each_get_one_notice_on_a_multi_thread_runtime() {
     });
 }
 
+/// A session-mode channel over an in-memory pipe, with a protocol that sends cancel
+/// notices or one that sends none, and the scripted server at its far end.
+fn session_channel(cancels: bool) -> (Ch, Peer) {
+    let (transport, server) = pipe();
+    let peer = Peer::spawn(server);
+    let ch: Ch = if cancels {
+        Channel::new(transport, Session::new(Cancelling))
+    } else {
+        Channel::new(transport, Session::new(TestProto))
+    };
+    (ch, peer)
+}
+
 /// A shutdown whose last waiting caller is a stream reader ends when it leaves, with
 /// its notice written first (cancelling protocol), and ends as soon for a protocol
 /// that sends none (`poll_nobody_waits` lost its notices-context branch).
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_ends_when_its_last_stream_reader_leaves() {
     for cancels in [true, false] {
-        let (transport, server) = pipe();
-        let mut peer = Peer::spawn(server);
-        let ch: Ch = if cancels {
-            Channel::new(transport, Session::new(Cancelling))
-        } else {
-            Channel::new(transport, Session::new(TestProto))
-        };
+        let (ch, mut peer) = session_channel(cancels);
         let mut stream = ch.stream(Msg::new("s"), Replies::UntilFinal).await;
         let req = peer.next().await;
         peer.reply_kind(&req, "part", support::codec::Kind::More);
         assert!(stream.next().await.is_some_and(|f| f.is_ok()));
-        let down = {
-            let ch = ch.clone();
-            tokio::spawn(async move { ch.shutdown(Duration::from_secs(5)).await })
-        };
-        settle().await;
-        let left = Instant::now();
-        drop(stream);
-        tokio::time::timeout(Duration::from_secs(10), down)
-            .await
-            .expect("the shutdown ends")
-            .unwrap();
-        assert!(
-            left.elapsed() < Duration::from_secs(1),
-            "cancels={cancels}: the shutdown waited for its deadline"
-        );
+        shutdown_ends_when(&ch, || drop(stream), &format!("cancels={cancels}")).await;
         let mut got = Vec::new();
         while let Some(frame) = peer.recv().await {
             got.push(frame.text().to_owned());
@@ -359,34 +353,14 @@ async fn a_shutdown_ends_when_its_last_stream_reader_leaves() {
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_ends_when_its_last_collecting_caller_leaves() {
     for cancels in [true, false] {
-        let (transport, server) = pipe();
-        let mut peer = Peer::spawn(server);
-        let ch: Ch = if cancels {
-            Channel::new(transport, Session::new(Cancelling))
-        } else {
-            Channel::new(transport, Session::new(TestProto))
-        };
+        let (ch, mut peer) = session_channel(cancels);
         let many = {
             let ch = ch.clone();
             tokio::spawn(async move { ch.request_n(Msg::new("two"), 2).await })
         };
         let req = peer.next().await;
         peer.reply(&req, "first");
-        let down = {
-            let ch = ch.clone();
-            tokio::spawn(async move { ch.shutdown(Duration::from_secs(5)).await })
-        };
-        settle().await;
-        let left = Instant::now();
-        many.abort();
-        tokio::time::timeout(Duration::from_secs(10), down)
-            .await
-            .expect("the shutdown ends")
-            .unwrap();
-        assert!(
-            left.elapsed() < Duration::from_secs(1),
-            "cancels={cancels}: the shutdown waited for its deadline"
-        );
+        shutdown_ends_when(&ch, || many.abort(), &format!("cancels={cancels}")).await;
     }
 }
 
@@ -396,43 +370,32 @@ async fn a_shutdown_ends_when_its_last_collecting_caller_leaves() {
 /// notice is written for an unwritten call.
 #[test]
 fn callers_leaving_queued_calls_do_not_make_the_task_spin() {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (transport, server) = pipe();
-            let mut peer = Peer::spawn(server);
-            let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=4));
-            // Four written, never answered: the ids are all taken, the rest queue.
-            let written: Vec<_> = (0..4)
-                .map(|i| spawn_request(&ch, format!("w{i}")))
-                .collect();
-            for _ in 0..4 {
-                peer.next().await;
-            }
-            let queued: Vec<_> = (0..200)
-                .map(|i| spawn_request(&ch, format!("q{i}")))
-                .collect();
-            settle().await;
-            for q in &queued {
-                q.abort();
-            }
-            let start = Instant::now();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            assert_eq!(start.elapsed(), Duration::from_secs(2));
-            assert!(peer.idle().is_none(), "a notice for a call never written");
-            assert_eq!(ch.counters().cancel_notices, 0);
-            drop(written);
-        });
-        let _ = done_tx.send(());
+    let what = "the task spun: paused time did not advance";
+    on_paused_thread(Duration::from_secs(30), what, || async {
+        let (transport, server) = pipe();
+        let mut peer = Peer::spawn(server);
+        let ch: Ch = Channel::new(transport, Session::new(Cancelling).ids(1u64..=4));
+        // Four written, never answered: the ids are all taken, the rest queue.
+        let written: Vec<_> = (0..4)
+            .map(|i| spawn_request(&ch, format!("w{i}")))
+            .collect();
+        for _ in 0..4 {
+            peer.next().await;
+        }
+        let queued: Vec<_> = (0..200)
+            .map(|i| spawn_request(&ch, format!("q{i}")))
+            .collect();
+        settle().await;
+        for q in &queued {
+            q.abort();
+        }
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert!(peer.idle().is_none(), "a notice for a call never written");
+        assert_eq!(ch.counters().cancel_notices, 0);
+        drop(written);
     });
-    done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the task spun: paused time did not advance");
 }
 
 /// The handshake's lane handle shares the channel's `Leaving`: a call the hook gives up

@@ -19,6 +19,7 @@ use tower::{Service, ServiceExt};
 
 use support::channel::{Ch, Mode, joined, msg, spawn_request};
 use support::memory::{Io, Net, Seen, echo_after};
+use support::on_paused_thread;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -461,40 +462,30 @@ async fn backoff_fail_fast_with_deadlines_stays_ready_and_not_sent() {
 /// with a real-time guard.
 #[test]
 fn no_spin_while_held_is_full_for_long() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let seen = Seen::default();
-            let net = silent(&seen);
-            let ch = blocked_channel(&net);
-            let _calls = fill_held(&ch).await;
-            let waiters: Vec<_> = (0..50)
-                .map(|i| spawn_request(&ch, format!("w{i}")))
-                .collect();
-            let mut readies = Vec::new();
-            for _ in 0..20 {
-                let mut c = ch.clone();
-                readies.push(tokio::spawn(async move {
-                    let _ = ServiceExt::<support::codec::Msg>::ready(&mut c).await;
-                }));
-            }
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            assert!(waiters.iter().all(|w| !w.is_finished()));
-            assert_eq!(ch.load(), 3);
-            ch.close();
-            for w in waiters {
-                assert!(joined(w).await.is_err());
-            }
-        });
-        let _ = tx.send(());
+    let what = "virtual time did not pass: something spins";
+    on_paused_thread(Duration::from_secs(20), what, || async {
+        let seen = Seen::default();
+        let net = silent(&seen);
+        let ch = blocked_channel(&net);
+        let _calls = fill_held(&ch).await;
+        let waiters: Vec<_> = (0..50)
+            .map(|i| spawn_request(&ch, format!("w{i}")))
+            .collect();
+        let mut readies = Vec::new();
+        for _ in 0..20 {
+            let mut c = ch.clone();
+            readies.push(tokio::spawn(async move {
+                let _ = ServiceExt::<support::codec::Msg>::ready(&mut c).await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        assert_eq!(ch.load(), 3);
+        ch.close();
+        for w in waiters {
+            assert!(joined(w).await.is_err());
+        }
     });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("virtual time did not pass: something spins");
 }
 
 /// The same through a pool's `Service<Req>` (one connection: its member's

@@ -83,11 +83,8 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
         M: Matcher<Req, Resp>,
     {
         Conn {
-            notices: shared
-                .leaving
-                .clone()
-                .filter(|_| matcher.cancels())
-                .map(|leaving| Box::new(Notices::new(leaving))),
+            // The channel has a `Leaving` when its mode sends notices (`Mode::cancels`).
+            notices: shared.leaving.clone().map(|l| Box::new(Notices::new(l))),
             transport,
             matcher,
             first: VecDeque::new(),

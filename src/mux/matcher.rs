@@ -117,12 +117,6 @@ pub(crate) trait Matcher<Req, Resp>: Send + 'static {
     /// Removes every waiting call, for the connection's end.
     fn drain(&mut self, each: &mut dyn FnMut(Entry<Resp>));
 
-    /// Does this mode tell the server when a written call's caller leaves
-    /// ([`Sessions::cancels`](crate::Sessions::cancels))?
-    fn cancels(&self) -> bool {
-        false
-    }
-
     /// Hands `each` the session id and sequence number of every waiting call whose
     /// caller left and that has had no cancel notice: each call gets one at most. A
     /// scan: called once a caller left.

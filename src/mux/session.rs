@@ -259,10 +259,6 @@ where
             == 0
     }
 
-    fn cancels(&self) -> bool {
-        self.cancels
-    }
-
     fn notices(&mut self, each: &mut dyn FnMut(u64, u64)) {
         // A read wrote nothing the server could work on, even one with an id of its own
         // (those wait here, not in `reads`): it gets none.

@@ -69,6 +69,27 @@ pub fn spawn_request(ch: &Ch, call: impl Into<CallOf>) -> JoinHandle<Result<Msg,
     tokio::spawn(async move { ch.request(call).await })
 }
 
+/// Starts a graceful shutdown of `ch` (deadline 5 s), lets it begin, runs `leave` (the
+/// last waiting caller goes), and checks that the shutdown then ends at once rather
+/// than at its deadline; `what` names the case in the failure.
+pub async fn shutdown_ends_when(ch: &Ch, leave: impl FnOnce(), what: &str) {
+    let down = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.shutdown(Duration::from_secs(5)).await })
+    };
+    super::script::settle().await;
+    let left = tokio::time::Instant::now();
+    leave();
+    tokio::time::timeout(Duration::from_secs(10), down)
+        .await
+        .expect("the shutdown ends")
+        .unwrap();
+    assert!(
+        left.elapsed() < Duration::from_secs(1),
+        "{what}: the shutdown waited for its deadline"
+    );
+}
+
 /// Awaits a spawned call (or any task) within `limit`; panics, with the caller's
 /// location, if it takes longer or if the task panicked.
 #[track_caller]

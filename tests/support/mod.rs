@@ -66,6 +66,38 @@ pub async fn within<F: Future>(secs: u64, what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
 }
 
+/// Runs `test` on a paused current-thread runtime in a thread of its own, and fails
+/// (naming `what`) if it has not finished within `limit` of real time. For tests of "no
+/// busy loop": a task that wakes itself for ever keeps paused time from advancing, so
+/// inside the runtime no timer could catch it. A panic in `test` is the test's own.
+pub fn on_paused_thread<F, Fut>(limit: Duration, what: &str, test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(test());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("not finished within {limit:?} of real time: {what}")
+        }
+    }
+}
+
 /// Waits until `cond` holds, checking every few milliseconds; panics (with the caller's
 /// location and `what`) if it does not within `limit`.
 #[track_caller]
