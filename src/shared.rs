@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::config::{Overload, ReplyLimits};
 use crate::error::{Cause, Error};
-use crate::mux::{Frames, Leaving};
+use crate::mux::{Frames, Leavers};
 use crate::reconnect::HostSpec;
 use crate::stats::Stats;
 
@@ -96,7 +96,7 @@ pub(crate) struct Shared<Resp> {
     pub(crate) gone: Mutex<Option<Cause>>,
     /// Where callers that leave unanswered say so, when the protocol sends cancel
     /// notices (`mux/notice.rs`).
-    pub(crate) leaving: Option<std::sync::Arc<Leaving>>,
+    pub(crate) leaving: Option<Leavers>,
 }
 
 impl<Resp> Shared<Resp> {
@@ -137,7 +137,7 @@ impl<Resp> Shared<Resp> {
             deadlines: AtomicBool::new(false),
             unstarted: AtomicBool::new(false),
             gone: Mutex::new(None),
-            leaving: cancels.then(Default::default),
+            leaving: cancels.then(Leavers::new),
         }
     }
 

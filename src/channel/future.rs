@@ -13,7 +13,7 @@ use tower::BoxError;
 use tracing::Span;
 
 use crate::error::{Error, Kind};
-use crate::mux::{Leaving, StreamShared};
+use crate::mux::{Leavers, StreamShared, Stripe};
 
 /// The outcome a connection task sent, or, when the reply sender was dropped without a
 /// word (a panic while delivering the reply, a task that vanished), `Closed` and *may
@@ -34,20 +34,17 @@ fn vanished() -> Error {
 /// server of a written call a notice (`mux/notice.rs`).
 pub(crate) struct Answer<T> {
     rx: oneshot::Receiver<Result<T, Error>>,
-    /// The channel's `Leaving`, when its protocol sends notices, until the outcome is
-    /// taken.
-    leaving: Option<Arc<Leaving>>,
+    /// The way to the channel's `Leaving`, when its protocol sends notices, until the
+    /// outcome is taken.
+    leaving: Option<Arc<Stripe>>,
 }
 
 impl<T> Answer<T> {
     #[inline]
-    pub(crate) fn new(
-        rx: oneshot::Receiver<Result<T, Error>>,
-        leaving: &Option<Arc<Leaving>>,
-    ) -> Self {
+    pub(crate) fn new(rx: oneshot::Receiver<Result<T, Error>>, leaving: &Option<Leavers>) -> Self {
         Answer {
             rx,
-            leaving: leaving.clone(),
+            leaving: leaving.as_ref().map(Leavers::pick),
         }
     }
 
@@ -71,7 +68,7 @@ impl<T> Answer<T> {
     /// Dropped on a channel that sends notices: tells it if the outcome never came.
     #[cold]
     #[inline(never)]
-    fn leave(&mut self, leaving: &Leaving) {
+    fn leave(&mut self, leaving: &Stripe) {
         // `Empty`: no outcome yet, and the sender still waits (an outcome sent but not
         // taken means the call is over; a sender gone reads `Closed`). Closed before
         // it is told: the task this wakes (on another worker, perhaps at once) must

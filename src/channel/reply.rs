@@ -12,7 +12,7 @@ use tracing::Span;
 
 use super::future::{Answer, ReplyStream, outcome};
 use crate::error::Error;
-use crate::mux::{Collect, StreamShared, StreamTx, Until, Waiter};
+use crate::mux::{Collect, Leavers, StreamShared, StreamTx, Until, Waiter};
 use crate::shared::Shared;
 
 /// How a call's reply comes back.
@@ -46,7 +46,7 @@ impl Shape {
             }
             Shape::Stream(until) => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let shared = Arc::new(StreamShared::new(leaving.clone()));
+                let shared = Arc::new(StreamShared::new(leaving.as_ref().map(Leavers::pick)));
                 let waiter = StreamTx::waiter(tx, shared.clone(), until, limits.clone());
                 (waiter, Pending::Stream(Some(ReplyStream::new(rx, shared))))
             }

@@ -176,11 +176,11 @@ pub(crate) struct StreamShared {
     /// the [`ReplyStream`](crate::ReplyStream) is dropped.
     pub(crate) leaving: std::sync::Mutex<Option<std::task::Waker>>,
     /// The channel's, when its protocol sends cancel notices (`notice.rs`).
-    channel: Option<Arc<super::Leaving>>,
+    channel: Option<Arc<super::Stripe>>,
 }
 
 impl StreamShared {
-    pub(crate) fn new(channel: Option<Arc<super::Leaving>>) -> Self {
+    pub(crate) fn new(channel: Option<Arc<super::Stripe>>) -> Self {
         StreamShared {
             channel,
             ..StreamShared::default()

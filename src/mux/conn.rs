@@ -84,7 +84,7 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
     {
         Conn {
             // The channel has a `Leaving` when its mode sends notices (`Mode::cancels`).
-            notices: shared.leaving.clone().map(|l| Box::new(Notices::new(l))),
+            notices: (shared.leaving.as_ref()).map(|l| Box::new(Notices::new(l.leaving().clone()))),
             transport,
             matcher,
             first: VecDeque::new(),

@@ -31,7 +31,7 @@ pub use self::session::Session;
 pub(crate) use self::worker::Worker;
 
 pub(crate) use self::matcher::Matcher;
-pub(crate) use self::notice::Leaving;
+pub(crate) use self::notice::{Leavers, Stripe};
 use crate::protocol::{Protocol, Sessions};
 
 mod sealed {

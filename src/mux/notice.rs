@@ -14,12 +14,16 @@
 //! may have taken).
 //!
 //! Nothing is registered per call on the connection's side, so a notice costs the hot
-//! path one reference count per call on the caller's side. A channel whose protocol
-//! sends none has no `Leaving`: the feature costs nothing unless it is used.
+//! path one reference count per call on the caller's side. That count is taken on one
+//! of a few [`Stripe`]s, picked by the calling thread, not on the `Leaving` itself: on a
+//! multi-thread runtime, callers on every worker taking and dropping one reference
+//! would bounce its cache line between the cores on every call. A channel whose
+//! protocol sends none has no `Leaving`: the feature costs nothing unless it is used.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Waker};
 
 /// A channel's count of the callers that left, and the task they wake.
@@ -41,6 +45,77 @@ impl Leaving {
             task.wake_by_ref();
         }
     }
+}
+
+/// A channel's [`Leaving`] and the stripes its callers reach it through.
+#[derive(Debug)]
+pub(crate) struct Leavers {
+    leaving: Arc<Leaving>,
+    /// A power of two of them, so that a thread's is a mask away.
+    stripes: Box<[Arc<Stripe>]>,
+}
+
+/// A way to a channel's [`Leaving`]: what a caller's end holds until its outcome is
+/// taken. Aligned so that its reference count is on a cache line of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Stripe(Arc<Leaving>);
+
+impl Stripe {
+    /// See [`Leaving::left`].
+    pub(crate) fn left(&self) {
+        self.0.left();
+    }
+}
+
+impl Leavers {
+    pub(crate) fn new() -> Self {
+        let leaving = Arc::new(Leaving::default());
+        let stripes = (0..stripes())
+            .map(|_| Arc::new(Stripe(leaving.clone())))
+            .collect();
+        Leavers { leaving, stripes }
+    }
+
+    pub(crate) fn leaving(&self) -> &Arc<Leaving> {
+        &self.leaving
+    }
+
+    /// The calling thread's stripe.
+    #[inline]
+    pub(crate) fn pick(&self) -> Arc<Stripe> {
+        self.stripes[thread_index() & (self.stripes.len() - 1)].clone()
+    }
+}
+
+/// How many stripes a channel has: the machine's cores, as a power of two, 16 at most
+/// (threads are numbered as they first call, so a runtime's workers, started together,
+/// get stripes of their own).
+fn stripes() -> usize {
+    static STRIPES: OnceLock<usize> = OnceLock::new();
+    *STRIPES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16)
+            .next_power_of_two()
+    })
+}
+
+/// The calling thread's number: given when it first asks.
+#[inline]
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed);
+            index.set(i);
+        }
+        i
+    })
 }
 
 /// One connection's view of its channel's [`Leaving`], and the notices it has still
@@ -106,6 +181,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::task::Wake;
+
+    #[test]
+    fn every_stripe_leads_to_the_one_count() {
+        let leavers = Leavers::new();
+        let mut notices = Notices::new(leavers.leaving().clone());
+        assert!(leavers.stripes.len().is_power_of_two());
+        for stripe in leavers.stripes.iter() {
+            stripe.left();
+            assert!(notices.take_left());
+        }
+        let picked = std::thread::scope(|s| s.spawn(|| leavers.pick()).join().unwrap());
+        picked.left();
+        assert!(notices.take_left(), "another thread's stripe counts too");
+    }
 
     #[test]
     fn a_caller_leaving_marks_every_connection_and_wakes_the_task() {
