@@ -88,9 +88,10 @@ impl Leavers {
     }
 }
 
-/// How many stripes a channel has: the machine's cores, as a power of two, 16 at most
-/// (threads are numbered as they first call, so a runtime's workers, started together,
-/// get stripes of their own).
+/// How many stripes a channel has: the machine's cores, as a power of two, 16 at most.
+/// Threads are numbered in the order they first call, so the few that call in turn (a
+/// runtime's workers) mostly get stripes of their own; two that share one pay what one
+/// `Leaving` cost them both.
 fn stripes() -> usize {
     static STRIPES: OnceLock<usize> = OnceLock::new();
     *STRIPES.get_or_init(|| {
