@@ -213,6 +213,8 @@
 //! | The server answered with an error reply ([`Protocol::check`]) | `Server` | answered | no: it is the answer | by the reply (a missing key 404, a bad argument 400), else 502 | by the reply, else `INTERNAL` |
 //! | The server answered that the call did not run ([`Verdict::NotRun`]: Redis `LOADING`) | `Server` | not sent | yes, from a copy (the written request is not in the error) | 503 | `UNAVAILABLE` |
 //! | The server answered that it is the wrong one ([`Verdict::WrongServer`]: Redis `READONLY` on a demoted master); the channel leaves it | `Server` | not sent | yes, from a copy: the channel reconnects after a backoff, that host last | 503 | `UNAVAILABLE` |
+//! | Queued when the server asked to drain a fixed transport ([`Verdict::Drain`]; a reconnecting channel moves such calls to a new connection instead); the channel closes once the written calls finish | `Closed` | not sent | on another channel only | 503 | `UNAVAILABLE` |
+//! | The protocol's [`verdict`](Protocol::verdict) (or [`check`](Protocol::check), or the codec) panicked on its reply: the connection task ends and the channel closes, its other written calls fail so too and its queued ones *not sent* | `Closed` | may have executed | no (on another channel, if idempotent) | 502 | `UNKNOWN` |
 //! | The reply outgrew a limit ([`Config::max_reply_frames`]) | `Limit` | may have executed | no | 502 | `INTERNAL` |
 //! | `Service::call` without `poll_ready`, intake full | `Overloaded` | not sent | yes, after a delay | 503 | `UNAVAILABLE` |
 //! | A caller-supplied session id still in use | `IdInUse` | not sent | no: a caller's bug | 500 | `INTERNAL` |
