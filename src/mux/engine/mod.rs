@@ -195,19 +195,21 @@ where
     /// for more than one, takes up to that many at once and stages the rest.
     #[inline(always)]
     fn take(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<Option<Envelope<Req, Resp>>> {
-        let mut call = ready!(self.recv(cx, room));
-        if let Some(call) = &mut call {
+        // Handed on as it came, not unpacked and packed again: an envelope is large,
+        // and each repacking is a copy of it.
+        let mut polled = self.recv(cx, room);
+        if let Poll::Ready(Some(call)) = &mut polled {
             self.shared.unqueue_call(call);
         }
-        Poll::Ready(call)
+        polled
     }
 
     /// Takes one call from the intake (the staged ones first), still weighing on the
     /// overload signal; see `take` for `room`.
     #[inline(always)]
     fn recv(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<Option<Envelope<Req, Resp>>> {
-        if let Some(call) = self.staged.pop_front() {
-            return Poll::Ready(Some(call));
+        if !self.staged.is_empty() {
+            return Poll::Ready(self.staged.pop_front());
         }
         let polled = if self.closing {
             match self.intake.try_recv() {
@@ -225,13 +227,10 @@ where
         } else {
             self.intake.poll_recv(cx)
         };
-        match ready!(polled) {
-            Some(call) => Poll::Ready(Some(call)),
-            None => {
-                self.intake_done = true;
-                Poll::Ready(None)
-            }
+        if let Poll::Ready(None) = polled {
+            self.intake_done = true;
         }
+        polled
     }
 
     /// The calls a write pass staged and did not write wait in `held`, timed, after

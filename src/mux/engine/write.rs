@@ -10,6 +10,7 @@ use tower::BoxError;
 
 use super::{BATCH, Engine, Lane, fail};
 use crate::error::{ConnectionError, ConnectionErrorKind as Why};
+use crate::mux::Envelope;
 use crate::mux::conn::Conn;
 use crate::mux::matcher::Matcher;
 
@@ -89,39 +90,57 @@ where
             }
             // What the handshake left unawaited and the idle ping go first; the
             // handshake's are no user's calls (the ping is the channel's own).
-            let (call, counts) = match conn.first.pop_front() {
-                Some(call) => {
-                    let counts = !call.leftover;
-                    (call, counts)
-                }
-                None => {
-                    // As many as this pass and the matcher have room for may be taken
-                    // from the intake at once.
-                    let room = (BATCH - turn).min(
-                        conn.matcher
-                            .capacity()
-                            .saturating_sub(conn.matcher.pending()),
-                    );
-                    match self.poll_call(cx, lane, room) {
-                        Poll::Ready(Some(call)) => (call, matches!(lane, Lane::User)),
-                        Poll::Ready(None) => {
-                            pass.lane_done = true;
-                            break;
-                        }
-                        Poll::Pending => break,
-                    }
-                }
-            };
-            pass.progress = true;
-            if call.is_gone() {
-                // Cancelled before it was written: never written (and dropping it
-                // tells nobody: its caller is gone).
-                self.shared.stats.skipped(1);
+            if let Some(call) = conn.first.pop_front() {
+                pass.progress = true;
+                let counts = !call.leftover;
+                self.write_one(conn, call, counts, pass)?;
                 continue;
             }
-            if conn.write_call(call, &mut self.deadlines, counts)? {
-                pass.sent += 1;
+            // As many as this pass and the matcher have room for may be taken from the
+            // intake at once.
+            let room = (BATCH - turn).min(
+                conn.matcher
+                    .capacity()
+                    .saturating_sub(conn.matcher.pending()),
+            );
+            match self.poll_call(cx, lane, room) {
+                Poll::Ready(Some(call)) => {
+                    pass.progress = true;
+                    let counts = matches!(lane, Lane::User);
+                    self.write_one(conn, call, counts, pass)?;
+                }
+                Poll::Ready(None) => {
+                    pass.lane_done = true;
+                    break;
+                }
+                Poll::Pending => break,
             }
+        }
+        Ok(())
+    }
+
+    /// Writes `call`, or drops it unwritten if its caller is gone.
+    #[inline(always)]
+    fn write_one<T, M, WE>(
+        &mut self,
+        conn: &mut Conn<T, M, Req, Resp>,
+        call: Envelope<Req, Resp>,
+        counts: bool,
+        pass: &mut Pass,
+    ) -> Result<(), ConnectionError>
+    where
+        T: Sink<Req, Error = WE> + Unpin,
+        M: Matcher<Req, Resp>,
+        WE: Into<BoxError>,
+    {
+        if call.is_gone() {
+            // Cancelled before it was written: never written (and dropping it tells
+            // nobody: its caller is gone).
+            self.shared.stats.skipped(1);
+            return Ok(());
+        }
+        if conn.write_call(call, &mut self.deadlines, counts)? {
+            pass.sent += 1;
         }
         Ok(())
     }
