@@ -83,6 +83,8 @@ fn add(update: impl FnOnce(&mut Mark)) {
 /// What a [`Wire`] below saw during one write of the [`Metered`] above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Below {
+    /// No `Metered` write is under way on this thread (a flush, a handshake).
+    Outside,
     /// No `Wire` was written to.
     Unseen,
     /// A `Wire` was written to, and took nothing.
@@ -92,7 +94,7 @@ enum Below {
 }
 
 thread_local! {
-    static BELOW: Cell<Below> = const { Cell::new(Below::Unseen) };
+    static BELOW: Cell<Below> = const { Cell::new(Below::Outside) };
 }
 
 /// Counts one write of `offered` bytes. A write that failed counts as taking nothing
@@ -105,7 +107,7 @@ fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, exact: bool) {
         Poll::Ready(Err(_)) => match BELOW.get() {
             Below::Nothing => 0,
             Below::Unseen if exact => 0,
-            Below::Unseen | Below::Moved => offered as u64,
+            Below::Outside | Below::Unseen | Below::Moved => offered as u64,
         },
         Poll::Pending => 0,
     };
@@ -229,6 +231,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         BELOW.set(Below::Unseen);
         let poll = this.inner.poll_write(cx, buf);
         count_write(&poll, buf.len(), *this.exact);
+        BELOW.set(Below::Outside);
         poll
     }
 
@@ -242,6 +245,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let poll = this.inner.poll_write_vectored(cx, bufs);
         let offered = bufs.iter().map(|b| b.len()).sum();
         count_write(&poll, offered, *this.exact);
+        BELOW.set(Below::Outside);
         poll
     }
 
@@ -310,17 +314,26 @@ pin_project_lite::pin_project! {
     /// before any byte reached the socket counts as taking nothing, so its calls fail
     /// *not sent* when the connection ends. The crate's
     /// [`TlsConnector`](crate::TlsConnector) frames its TLS stream so.
+    ///
+    /// A write that fails after some of the same `Metered` write's bytes reached the
+    /// socket is not failed at once: the `Wire` keeps the error, wakes the task and says
+    /// `Pending`, so that the layer above returns how much of its own input it took
+    /// (TLS: the plaintext the session accepted), which it reports only for a write
+    /// that did not fail. The kept error is the answer to the next write, flush or
+    /// shutdown. The calls whose bytes the layer took may have executed; the others fail
+    /// *not sent*.
     #[derive(Debug, Default)]
     pub struct Wire<IO> {
         #[pin]
         io: IO,
+        failed: Option<io::Error>,
     }
 }
 
 impl<IO> Wire<IO> {
     /// Wraps `io`.
     pub fn new(io: IO) -> Self {
-        Wire { io }
+        Wire { io, failed: None }
     }
 
     /// The IO object.
@@ -339,12 +352,29 @@ impl<IO> Wire<IO> {
     }
 }
 
-fn saw(poll: &Poll<io::Result<usize>>) {
-    let moved = matches!(poll, Poll::Ready(Ok(n)) if *n > 0);
-    BELOW.set(match (BELOW.get(), moved) {
+/// Notes what a write of a [`Wire`] moved. A write that failed after an earlier one of
+/// the same `Metered` write moved bytes is kept in `failed` and turned into `Pending`
+/// (see [`Wire`]).
+fn saw(
+    poll: Poll<io::Result<usize>>,
+    failed: &mut Option<io::Error>,
+    cx: &Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let moved = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+    let below = BELOW.get();
+    if below == Below::Moved
+        && let Poll::Ready(Err(err)) = poll
+    {
+        *failed = Some(err);
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
+    }
+    BELOW.set(match (below, moved) {
+        (Below::Outside, _) => Below::Outside,
         (_, true) | (Below::Moved, _) => Below::Moved,
         _ => Below::Nothing,
     });
+    poll
 }
 
 impl<IO: AsyncRead> AsyncRead for Wire<IO> {
@@ -363,9 +393,13 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.project().io.poll_write(cx, buf);
-        saw(&poll);
-        poll
+        let this = self.project();
+        // A kept error moved nothing in this write.
+        let poll = match this.failed.take() {
+            Some(err) => Poll::Ready(Err(err)),
+            None => this.io.poll_write(cx, buf),
+        };
+        saw(poll, this.failed, cx)
     }
 
     fn poll_write_vectored(
@@ -373,9 +407,13 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.project().io.poll_write_vectored(cx, bufs);
-        saw(&poll);
-        poll
+        let this = self.project();
+        // A kept error moved nothing in this write.
+        let poll = match this.failed.take() {
+            Some(err) => Poll::Ready(Err(err)),
+            None => this.io.poll_write_vectored(cx, bufs),
+        };
+        saw(poll, this.failed, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -383,10 +421,18 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        if let Some(err) = this.failed.take() {
+            return Poll::Ready(Err(err));
+        }
+        this.io.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        if let Some(err) = this.failed.take() {
+            return Poll::Ready(Err(err));
+        }
+        this.io.poll_shutdown(cx)
     }
 }
