@@ -91,25 +91,57 @@ enum Below {
     Nothing,
     /// A `Wire` took bytes.
     Moved,
+    /// A `Wire` took bytes, then failed, and kept the error for the next write (see
+    /// [`Wire`]): only a count the layer above reports for this write says what left.
+    Kept,
 }
 
 thread_local! {
     static BELOW: Cell<Below> = const { Cell::new(Below::Outside) };
 }
 
+/// A [`Metered`] write under way on this thread: what a [`Wire`] below sees is its,
+/// until it ends (also by a panic, so no later write reads a stale state).
+struct WriteUnderWay;
+
+impl WriteUnderWay {
+    fn start() -> Self {
+        BELOW.set(Below::Unseen);
+        WriteUnderWay
+    }
+}
+
+impl Drop for WriteUnderWay {
+    fn drop(&mut self) {
+        BELOW.set(Below::Outside);
+    }
+}
+
 /// Counts one write of `offered` bytes. A write that failed counts as taking nothing
 /// only where that is known: an IO said to be `exact`, or a [`Wire`] below that saw
-/// nothing leave. Otherwise (TLS: the session took plaintext and a record may have gone
-/// out before the error) all of it may have left.
-fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, exact: bool) {
+/// nothing leave, unless an earlier write said `Pending` after bytes left
+/// (`unreported`: a layer that takes its input and says `Pending` until all of it left,
+/// as OpenSSL's does, may have sent part of what it is offered again now). Otherwise
+/// (TLS: the session took plaintext and a record may have gone out before the error)
+/// all of it may have left. So may all of a write that says `Pending` after a `Wire`
+/// kept an error: the layer reported nothing of what left.
+fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, exact: bool, unreported: &mut bool) {
+    let below = BELOW.get();
     let n = match poll {
-        Poll::Ready(Ok(n)) => *n as u64,
-        Poll::Ready(Err(_)) => match BELOW.get() {
-            Below::Nothing => 0,
+        Poll::Ready(Ok(n)) => {
+            *unreported = false;
+            *n as u64
+        }
+        Poll::Ready(Err(_)) => match below {
+            Below::Nothing if !*unreported => 0,
             Below::Unseen if exact => 0,
-            Below::Outside | Below::Unseen | Below::Moved => offered as u64,
+            _ => offered as u64,
         },
-        Poll::Pending => 0,
+        Poll::Pending if below == Below::Kept => offered as u64,
+        Poll::Pending => {
+            *unreported |= below == Below::Moved;
+            0
+        }
     };
     add(|m| {
         m.tries = m.tries.wrapping_add(1);
@@ -165,6 +197,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: T,
         exact: bool,
+        // A write said `Pending` after a `Wire` below saw bytes leave (`count_write`).
+        unreported: bool,
     }
 }
 
@@ -176,6 +210,7 @@ impl<T> Metered<T> {
         Metered {
             inner,
             exact: false,
+            unreported: false,
         }
     }
 
@@ -183,7 +218,11 @@ impl<T> Metered<T> {
     /// `UnixStream`) or an in-memory pipe, where one write is one system call, which
     /// either takes bytes or fails. The crate's connectors meter their sockets so.
     pub fn exact(inner: T) -> Self {
-        Metered { inner, exact: true }
+        Metered {
+            inner,
+            exact: true,
+            unreported: false,
+        }
     }
 
     /// The IO object or codec.
@@ -228,10 +267,9 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        BELOW.set(Below::Unseen);
+        let _write = WriteUnderWay::start();
         let poll = this.inner.poll_write(cx, buf);
-        count_write(&poll, buf.len(), *this.exact);
-        BELOW.set(Below::Outside);
+        count_write(&poll, buf.len(), *this.exact, this.unreported);
         poll
     }
 
@@ -241,11 +279,10 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        BELOW.set(Below::Unseen);
+        let _write = WriteUnderWay::start();
         let poll = this.inner.poll_write_vectored(cx, bufs);
         let offered = bufs.iter().map(|b| b.len()).sum();
-        count_write(&poll, offered, *this.exact);
-        BELOW.set(Below::Outside);
+        count_write(&poll, offered, *this.exact, this.unreported);
         poll
     }
 
@@ -321,7 +358,8 @@ pin_project_lite::pin_project! {
     /// (TLS: the plaintext the session accepted), which it reports only for a write
     /// that did not fail. The kept error is the answer to the next write, flush or
     /// shutdown. The calls whose bytes the layer took may have executed; the others fail
-    /// *not sent*.
+    /// *not sent*. A layer that says `Pending` then, reporting nothing, has all it was
+    /// offered counted as taken.
     #[derive(Debug, Default)]
     pub struct Wire<IO> {
         #[pin]
@@ -360,21 +398,32 @@ fn saw(
     failed: &mut Option<io::Error>,
     cx: &Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    let moved = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
     let below = BELOW.get();
     if below == Below::Moved
         && let Poll::Ready(Err(err)) = poll
     {
         *failed = Some(err);
+        BELOW.set(Below::Kept);
         cx.waker().wake_by_ref();
         return Poll::Pending;
     }
+    let moved = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
     BELOW.set(match (below, moved) {
         (Below::Outside, _) => Below::Outside,
+        (Below::Kept, _) => Below::Kept,
         (_, true) | (Below::Moved, _) => Below::Moved,
         _ => Below::Nothing,
     });
     poll
+}
+
+/// A [`Wire`]'s kept error, the answer to the write after the one that kept it: that
+/// write moved nothing (and the error is never kept again).
+fn kept(err: io::Error) -> Poll<io::Result<usize>> {
+    if BELOW.get() == Below::Unseen {
+        BELOW.set(Below::Nothing);
+    }
+    Poll::Ready(Err(err))
 }
 
 impl<IO: AsyncRead> AsyncRead for Wire<IO> {
@@ -394,11 +443,10 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        // A kept error moved nothing in this write.
-        let poll = match this.failed.take() {
-            Some(err) => Poll::Ready(Err(err)),
-            None => this.io.poll_write(cx, buf),
-        };
+        if let Some(err) = this.failed.take() {
+            return kept(err);
+        }
+        let poll = this.io.poll_write(cx, buf);
         saw(poll, this.failed, cx)
     }
 
@@ -408,11 +456,10 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        // A kept error moved nothing in this write.
-        let poll = match this.failed.take() {
-            Some(err) => Poll::Ready(Err(err)),
-            None => this.io.poll_write_vectored(cx, bufs),
-        };
+        if let Some(err) = this.failed.take() {
+            return kept(err);
+        }
+        let poll = this.io.poll_write_vectored(cx, bufs);
         saw(poll, this.failed, cx)
     }
 
