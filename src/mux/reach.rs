@@ -82,13 +82,10 @@ impl Reach {
     pub(crate) fn moved(&mut self, moved: Mark) {
         self.accepted = self.accepted.wrapping_add(moved.written);
         self.io |= moved.tries != 0;
-        while self
-            .unsure
-            .front()
-            .is_some_and(|&(_, start)| start < self.accepted)
-        {
-            self.unsure.pop_front();
-        }
+        // The calls whose first byte the IO has now taken, at once (a pass takes many).
+        let accepted = self.accepted;
+        let left = self.unsure.partition_point(|&(_, start)| start < accepted);
+        self.unsure.drain(..left);
     }
 
     /// On a connection that has ended: the first call none of whose bytes the IO
