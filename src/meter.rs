@@ -117,31 +117,56 @@ impl Drop for WriteUnderWay {
     }
 }
 
-/// Counts one write of `offered` bytes. A write that failed counts as taking nothing
-/// only where that is known: an IO said to be `exact`, or a [`Wire`] below that saw
-/// nothing leave, unless an earlier write said `Pending` after bytes left
-/// (`unreported`: a layer that takes its input and says `Pending` until all of it left,
-/// as OpenSSL's does, may have sent part of what it is offered again now). Otherwise
-/// (TLS: the session took plaintext and a record may have gone out before the error)
-/// all of it may have left. So may all of a write that says `Pending` after a `Wire`
-/// kept an error: the layer reported nothing of what left.
-fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, exact: bool, unreported: &mut bool) {
+/// How a [`Metered`] IO's failed and pending writes are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Mode {
+    /// A layer that may fail a write after part of it left, and may say `Pending`
+    /// after taking its input (OpenSSL's way): [`Metered::new`].
+    #[default]
+    Layer,
+    /// A socket or pipe: a failed write took nothing ([`Metered::exact`]).
+    Exact,
+    /// A layer that takes nothing in a write that says `Pending` (tokio-rustls):
+    /// [`Metered::reporting`].
+    Reporting,
+}
+
+/// Counts one write of `offered` bytes. Too many is safe (a call counted as having
+/// left *may have executed*), too few is not (it would fail *not sent*), so where it
+/// is not known what left, all that was offered counts:
+///
+/// - a write that failed took nothing only where that is known: a [`Wire`] below saw
+///   nothing leave, or an `exact` IO saw no `Wire` at all;
+/// - a write that says `Pending` after bytes left the `Wire` below (or after it kept
+///   an error) counts all it was offered at once, except under a `Reporting` layer:
+///   the layer may hold all of its input and report it only once it left, and the
+///   connection may end before it does (a read error, the stall timer). What is
+///   counted ahead of a report is `credit`, taken off the counts that follow.
+fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, mode: Mode, credit: &mut u64) {
     let below = BELOW.get();
+    let offered = offered as u64;
     let n = match poll {
         Poll::Ready(Ok(n)) => {
-            *unreported = false;
-            *n as u64
+            let n = *n as u64;
+            let ahead = n.min(*credit);
+            *credit -= ahead;
+            n - ahead
         }
-        Poll::Ready(Err(_)) => match below {
-            Below::Nothing if !*unreported => 0,
-            Below::Unseen if exact => 0,
-            _ => offered as u64,
-        },
-        Poll::Pending if below == Below::Kept => offered as u64,
-        Poll::Pending => {
-            *unreported |= below == Below::Moved;
-            0
+        Poll::Ready(Err(_)) => {
+            let n = match below {
+                Below::Nothing => 0,
+                Below::Unseen if mode == Mode::Exact => 0,
+                _ => offered.saturating_sub(*credit),
+            };
+            *credit = 0;
+            n
         }
+        Poll::Pending if mode != Mode::Reporting && matches!(below, Below::Moved | Below::Kept) => {
+            let n = offered.saturating_sub(*credit);
+            *credit = (*credit).max(offered);
+            n
+        }
+        Poll::Pending => 0,
     };
     add(|m| {
         m.tries = m.tries.wrapping_add(1);
@@ -191,14 +216,18 @@ pin_project_lite::pin_project! {
     /// the plaintext the TLS session accepted counts, as the crate's `TlsConnector`
     /// does). Such a layer may fail a write after part of it left: a `Metered` made by
     /// [`new`](Metered::new) counts a failed write as having taken all it was offered,
-    /// unless a [`Wire`] under the layer saw nothing leave.
+    /// unless a [`Wire`] under the layer saw nothing leave, and a write that says
+    /// `Pending` after bytes left the `Wire` as having taken all it was offered (the
+    /// layer may hold its input until all of it left). Over a layer that takes nothing
+    /// in a write that says `Pending` (tokio-rustls), [`reporting`](Metered::reporting)
+    /// counts such a write as nothing.
     #[derive(Debug, Clone, Default)]
     pub struct Metered<T> {
         #[pin]
         inner: T,
-        exact: bool,
-        // A write said `Pending` after a `Wire` below saw bytes leave (`count_write`).
-        unreported: bool,
+        mode: Mode,
+        // Bytes counted as written ahead of the IO's report of them (`count_write`).
+        credit: u64,
     }
 }
 
@@ -207,21 +236,33 @@ impl<T> Metered<T> {
     /// taken all it was offered (unless a [`Wire`] below says otherwise): some IOs
     /// (TLS) report an error after part of the write left, so only that is safe.
     pub fn new(inner: T) -> Self {
-        Metered {
-            inner,
-            exact: false,
-            unreported: false,
-        }
+        Metered::with(inner, Mode::Layer)
     }
 
     /// Wraps an IO object whose failed writes took nothing: a socket (`TcpStream`,
     /// `UnixStream`) or an in-memory pipe, where one write is one system call, which
     /// either takes bytes or fails. The crate's connectors meter their sockets so.
     pub fn exact(inner: T) -> Self {
+        Metered::with(inner, Mode::Exact)
+    }
+
+    /// Wraps a layer over a [`Wire`] that reports, for every write that does not fail,
+    /// how much of its input it took, and takes nothing in a write that says `Pending`:
+    /// tokio-rustls' `TlsStream`, which the crate's [`TlsConnector`](crate::TlsConnector)
+    /// meters so. Under [`new`](Metered::new), a `Pending` write after a record left
+    /// counts all it was offered (a layer may hold its input and say `Pending` until
+    /// all of it left); here it counts nothing, so more calls can fail *not sent* when
+    /// the connection ends. Only for a layer that keeps that promise: one that says
+    /// `Pending` after taking input would have executed calls fail *not sent*.
+    pub fn reporting(inner: T) -> Self {
+        Metered::with(inner, Mode::Reporting)
+    }
+
+    fn with(inner: T, mode: Mode) -> Self {
         Metered {
             inner,
-            exact: true,
-            unreported: false,
+            mode,
+            credit: 0,
         }
     }
 
@@ -269,7 +310,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let this = self.project();
         let _write = WriteUnderWay::start();
         let poll = this.inner.poll_write(cx, buf);
-        count_write(&poll, buf.len(), *this.exact, this.unreported);
+        count_write(&poll, buf.len(), *this.mode, this.credit);
         poll
     }
 
@@ -282,7 +323,7 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let _write = WriteUnderWay::start();
         let poll = this.inner.poll_write_vectored(cx, bufs);
         let offered = bufs.iter().map(|b| b.len()).sum();
-        count_write(&poll, offered, *this.exact, this.unreported);
+        count_write(&poll, offered, *this.mode, this.credit);
         poll
     }
 
@@ -358,8 +399,12 @@ pin_project_lite::pin_project! {
     /// (TLS: the plaintext the session accepted), which it reports only for a write
     /// that did not fail. The kept error is the answer to the next write, flush or
     /// shutdown. The calls whose bytes the layer took may have executed; the others fail
-    /// *not sent*. A layer that says `Pending` then, reporting nothing, has all it was
-    /// offered counted as taken.
+    /// *not sent*. Under [`Metered::new`], a layer that says `Pending` after bytes
+    /// left (an error kept or not) has all it was offered counted as taken at once.
+    ///
+    /// A write of the IO that takes nothing of a non-empty buffer (`Ok(0)`) is passed up
+    /// as a `WriteZero` error: a layer above may read `Ok(0)` as "try later" and wait
+    /// for a wake-up that never comes (tokio-rustls does).
     #[derive(Debug, Default)]
     pub struct Wire<IO> {
         #[pin]
@@ -417,6 +462,16 @@ fn saw(
     poll
 }
 
+/// A write of bytes that took none says the IO can take no more: an error
+/// (`WriteZero`), kept or passed up like any other. Passed up as `Ok(0)`, a layer
+/// above may read it as "try later" with no wake-up to come (tokio-rustls does).
+fn no_zero(poll: Poll<io::Result<usize>>, offered: bool) -> Poll<io::Result<usize>> {
+    match poll {
+        Poll::Ready(Ok(0)) if offered => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        poll => poll,
+    }
+}
+
 /// A [`Wire`]'s kept error, the answer to the write after the one that kept it: that
 /// write moved nothing (and the error is never kept again).
 fn kept(err: io::Error) -> Poll<io::Result<usize>> {
@@ -446,7 +501,7 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         if let Some(err) = this.failed.take() {
             return kept(err);
         }
-        let poll = this.io.poll_write(cx, buf);
+        let poll = no_zero(this.io.poll_write(cx, buf), !buf.is_empty());
         saw(poll, this.failed, cx)
     }
 
@@ -459,7 +514,8 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         if let Some(err) = this.failed.take() {
             return kept(err);
         }
-        let poll = this.io.poll_write_vectored(cx, bufs);
+        let offered = bufs.iter().any(|b| !b.is_empty());
+        let poll = no_zero(this.io.poll_write_vectored(cx, bufs), offered);
         saw(poll, this.failed, cx)
     }
 

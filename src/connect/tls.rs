@@ -141,10 +141,10 @@ impl<C: Clone> TlsConnector<C> {
         };
         let tcp = self.tcp.sockets().stream(&endpoint).await?;
         let tls = handshake(self.config, name, tcp).await?;
-        // Above the TLS session, which may fail a write after a record of it left: the
-        // `Wire` below tells.
+        // Above the TLS session, which may fail a write after a record of it left (the
+        // `Wire` below tells) and takes nothing in a write that says `Pending`.
         Ok(super::frame(
-            Metered::new(tls),
+            Metered::reporting(tls),
             self.tcp.codec,
             self.tcp.buffer,
         ))
@@ -152,9 +152,9 @@ impl<C: Clone> TlsConnector<C> {
 }
 
 /// A TLS session with `config`, checking the server's certificate against `name`, over
-/// `io` seen through a [`Wire`]: meter the session with [`Metered::new`], so that it
-/// counts plaintext and a failed write's bytes as taken unless the `Wire` saw none
-/// leave.
+/// `io` seen through a [`Wire`]: meter the session with [`Metered::reporting`], so
+/// that it counts plaintext and a failed write's bytes as taken unless the `Wire` saw
+/// none leave.
 pub(crate) async fn handshake<IO>(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,

@@ -62,7 +62,7 @@ impl Pipe {
     pub(super) fn tls(
         tls: tokio_rustls::client::TlsStream<crate::meter::Wire<Raw>>,
     ) -> Metered<Pipe> {
-        Metered::new(Pipe {
+        Metered::reporting(Pipe {
             link: Link::Tls(Box::new(tls)),
         })
     }
