@@ -280,6 +280,8 @@ fn retired_by_rule(
             .and_then(|rest| rest.split([',', ')']).next()?.parse::<u64>().ok());
         n.is_some_and(|n| n > 1)
     };
+    // An orphan: a call whose caller left, whose reply was cut short, or whose deadline
+    // passed after it was written.
     // The count rule may retire the connection as soon as a call is an orphan; the age
     // rule once the oldest orphan has waited `orphan_age` since it was written (to
     // within a quarter of that, `Config::orphan_age`), whenever its caller left.
@@ -311,10 +313,27 @@ fn retired_by_rule(
                         )
                 })
                 .map(|(at, _)| *at + Duration::from_nanos(1));
+            // A written call whose deadline passed: its slot or id is held until the
+            // reply or the orphan rule (issue 18 item 1).
+            let timed_out = c
+                .outcomes
+                .iter()
+                .filter(|(_, o)| {
+                    matches!(
+                        o,
+                        Outcome::Failed {
+                            kind: Kind::Timeout,
+                            not_sent: false,
+                            ..
+                        }
+                    )
+                })
+                .map(|(at, _)| *at);
             c.cancelled
                 .into_iter()
                 .chain(other)
                 .chain(cut_short)
+                .chain(timed_out)
                 .filter(|at| *at >= accepted)
                 .map(|at| {
                     if by_count {

@@ -343,3 +343,18 @@ fn wrong_server_on_a_retired_connection_is_tried_last_seed_0x3d78() {
         "wrong_server_on_a_retired_connection_is_tried_last_seed_0x3d78",
     );
 }
+
+/// Found by the simulation on d285f9f: a check, not the crate, was wrong. A written call
+/// whose deadline passed is an orphan, and the age rule retired its connection (moved it
+/// aside to drain) 200 ms before the server's drain notice on it was read; the drain
+/// timeout then ran from the retirement, and `drain_loses_nothing` counted it from the
+/// notice. The checks now count a call timed out after it was written as an orphan
+/// (found after 22,336 seeds from 25,000,000).
+#[test]
+fn a_timed_out_call_is_an_orphan_for_the_drain_timeout_seed_0x17dcf7f() {
+    assert_clean(
+        0x17dcf7f,
+        "drain_loses_nothing",
+        "a_timed_out_call_is_an_orphan_for_the_drain_timeout_seed_0x17dcf7f",
+    );
+}
