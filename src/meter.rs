@@ -36,6 +36,10 @@ pub(crate) struct Mark {
     /// Writes and flushes asked of the IO, whatever became of them: a transport whose
     /// writes are metered shows some before it can fail a write.
     pub(crate) tries: u64,
+    /// Bytes a [`Wire`] saw leave. Not in `written`, which counts what the layer above
+    /// took (and may count ahead of it: a layer's `Pending`), but progress all the same:
+    /// a large request leaving slowly through a layer is no stall.
+    pub(crate) below: u64,
 }
 
 impl Mark {
@@ -47,13 +51,14 @@ impl Mark {
             reads: self.reads.wrapping_sub(earlier.reads),
             writes: self.writes.wrapping_sub(earlier.writes),
             tries: self.tries.wrapping_sub(earlier.tries),
+            below: self.below.wrapping_sub(earlier.below),
         }
     }
 }
 
 thread_local! {
     static MOVED: Cell<Mark> = const {
-        Cell::new(Mark { read: 0, written: 0, reads: 0, writes: 0, tries: 0 })
+        Cell::new(Mark { read: 0, written: 0, reads: 0, writes: 0, tries: 0, below: 0 })
     };
     /// Bytes every [`Metered`] codec on this thread has encoded.
     static ENCODED: Cell<u64> = const { Cell::new(0) };
@@ -452,7 +457,14 @@ fn saw(
         cx.waker().wake_by_ref();
         return Poll::Pending;
     }
-    let moved = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+    let moved = match poll {
+        Poll::Ready(Ok(n)) if n > 0 => n as u64,
+        _ => 0,
+    };
+    if moved > 0 {
+        add(|m| m.below = m.below.wrapping_add(moved));
+    }
+    let moved = moved > 0;
     BELOW.set(match (below, moved) {
         (Below::Outside, _) => Below::Outside,
         (Below::Kept, _) => Below::Kept,

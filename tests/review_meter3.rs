@@ -11,7 +11,8 @@
 //! through exact sequences; a `Trickle` socket (a slow link); a `Splitter` that hands
 //! the `Metered` vectored writes with empty slices.
 //!
-//! Tests marked `// FINDING:` fail on 75a8d0d.
+//! Tests marked `// Found:` failed on 75a8d0d and pass since the fix that followed (a
+//! `Wire`'s bytes restart the stall clock, `Mark::below`).
 
 #[allow(dead_code)]
 #[path = "../examples/common/tls.rs"]
@@ -785,7 +786,7 @@ async fn a_large_request_trickling_over_an_exact_socket_is_not_stalled() {
     .await;
 }
 
-// FINDING: under a layer that holds its input (`Metered::new`, the mode the commit made
+// Found: under a layer that holds its input (`Metered::new`, the mode the commit made
 // the credit for), the first write that says `Pending` after a piece left counts the
 // whole buffer offered (512 KiB) at once, and every write after it that moves bytes
 // counts nothing until the layer's reports catch up with that credit
@@ -794,7 +795,8 @@ async fn a_large_request_trickling_over_an_exact_socket_is_not_stalled() {
 // `count_bytes` / `heard`), so 0.8 s of bytes leaving look like silence and the stall
 // timer (300 ms) kills a request that was being taken in, which
 // `Config::stall_timeout` says never stalls. On 75a8d0d's parent each `Ok(64 KiB)` of
-// the layer counted and the call was answered.
+// the layer counted and the call was answered. Now the bytes the `Wire` saw leave
+// restart the stall clock too.
 #[tokio::test(flavor = "current_thread")]
 async fn a_large_request_trickling_through_a_holding_layer_is_not_stalled() {
     within(TEST, "test", async {
@@ -862,7 +864,10 @@ async fn until_log(log: &PuppetLog, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    panic!("the layer was written {:?}, not {n} times", log.lock().unwrap());
+    panic!(
+        "the layer was written {:?}, not {n} times",
+        log.lock().unwrap()
+    );
 }
 
 fn said(log: &PuppetLog) -> Vec<(usize, String)> {
@@ -907,7 +912,12 @@ async fn a_report_short_of_the_credit_on_a_longer_buffer_then_one_past_it() {
         until_log(&rig.log, 4).await;
         assert_eq!(
             said(&rig.log),
-            entries(&[(300, "Pending"), (600, "Ok(200)"), (400, "Ok(300)"), (100, "Err")])
+            entries(&[
+                (300, "Pending"),
+                (600, "Ok(200)"),
+                (400, "Ok(300)"),
+                (100, "Err")
+            ])
         );
         let accepted = rig.control.lock().unwrap().accepted;
         assert_eq!(accepted, 500);
@@ -1040,7 +1050,11 @@ async fn ok0_after_a_piece_under_a_holding_layer_is_kept_then_reported() {
         assert_eq!(executed, [0]);
         check_reached(&errors, accepted, LINE + 1);
         check_safe(&errors, &executed);
-        assert!(chain(&errors[0]).contains("WriteZero"), "{}", chain(&errors[0]));
+        assert!(
+            chain(&errors[0]).contains("WriteZero"),
+            "{}",
+            chain(&errors[0])
+        );
     })
     .await;
 }
@@ -1083,7 +1097,11 @@ async fn ok0_after_a_record_under_rustls_counts_exactly_what_the_session_took() 
             .collect();
         assert!(want.contains(&"NS"), "{taken} taken: {wrote:?}");
         assert_eq!(verdicts(&errors), want, "{taken} taken: {wrote:?}");
-        assert!(chain(&errors[0]).contains("WriteZero"), "{}", chain(&errors[0]));
+        assert!(
+            chain(&errors[0]).contains("WriteZero"),
+            "{}",
+            chain(&errors[0])
+        );
     })
     .await;
 }
@@ -1119,8 +1137,16 @@ async fn vectored_writes_with_empty_slices_then_ok0_count_only_what_left() {
             drop(channel);
             within(STEP, "the server", server).await.unwrap();
             assert_eq!(control.lock().unwrap().accepted, 5);
-            assert_eq!(verdicts(&errors), ["MX", "NS", "NS", "NS"], "exact: {exact}");
-            assert!(chain(&errors[0]).contains("WriteZero"), "{}", chain(&errors[0]));
+            assert_eq!(
+                verdicts(&errors),
+                ["MX", "NS", "NS", "NS"],
+                "exact: {exact}"
+            );
+            assert!(
+                chain(&errors[0]).contains("WriteZero"),
+                "{}",
+                chain(&errors[0])
+            );
         }
     })
     .await;

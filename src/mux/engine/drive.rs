@@ -165,13 +165,14 @@ where
     }
 
     /// Adds what the transport moved since `before` to the counters and to how far
-    /// `conn`'s bytes went; whether any bytes were read, and whether any were written.
+    /// `conn`'s bytes went; whether any bytes were read, and whether any were written
+    /// (taken by the IO, or seen leaving by a `Wire` under a layer that reports later).
     fn count_bytes<T, M>(&self, conn: &mut Conn<T, M, Req, Resp>, before: Mark) -> (bool, bool) {
         let moved = crate::meter::mark().since(before);
         if moved != Mark::default() {
             self.shared.stats.moved(moved);
             conn.reach.moved(moved);
         }
-        (moved.read != 0, moved.written != 0)
+        (moved.read != 0, moved.written != 0 || moved.below != 0)
     }
 }
