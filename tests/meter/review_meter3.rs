@@ -5,7 +5,7 @@
 //! executed it (none of its bytes reached the socket; over TLS, none of its plaintext
 //! was taken by the session).
 //!
-//! Helpers and stacks are copied from tests/review_meter2.rs. New here: a `Puppet`
+//! Helpers and stacks are review_meter2's (shared in `rig`). New here: a `Puppet`
 //! layer whose every write does what its script says (send k more bytes of its input
 //! to the `Wire`, then say `Pending` or report what it sent), to drive the credit
 //! through exact sequences; a `Trickle` socket (a slow link); a `Splitter` that hands
@@ -14,294 +14,39 @@
 //! Tests marked `// Found:` failed on 75a8d0d and pass since the fix that followed (a
 //! `Wire`'s bytes restart the stall clock, `Mark::below`).
 
-#[allow(dead_code)]
-#[path = "../examples/common/tls.rs"]
-mod ca;
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use socketchannel::{Channel, Config, Error, Metered, Order, Plain, Wire};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::{self, ClientConfig};
 use tokio_util::codec::{Framed, LinesCodec};
 
-const STEP: Duration = Duration::from_secs(5);
-const TEST: Duration = Duration::from_secs(20);
-/// A big call's line, without its `\n`: `cNN` then filler.
-const LINE: usize = 10_000;
+use super::rig::*;
+use crate::ca;
+
 /// A small call's line (the `Puppet` tests), without its `\n`.
 const SMALL: usize = 99;
 /// The one slow request's line (the stall tests), without its `\n`.
 const BIG: usize = 512 * 1024;
-/// The TLS session's buffer limit (rustls's default), and what [`Pieces`] takes at most.
-const LIMIT: usize = 64 * 1024;
-/// What [`Pieces`] writes to its IO at a time, and what [`Trickle`] takes at a time.
-const PIECE: usize = 16 * 1024;
 
-fn line_of(i: usize, len: usize) -> String {
-    format!("c{i:02}{}", "x".repeat(len - 3))
-}
-
-/// Where call `i`'s bytes begin in a stream of calls of `len` bytes (with the `\n`).
-fn start_of(i: usize, len: usize) -> usize {
-    i * len
-}
-
-fn start(i: usize) -> usize {
-    start_of(i, LINE + 1)
-}
-
-fn reset() -> io::Error {
-    io::ErrorKind::ConnectionReset.into()
-}
-
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
-}
+/// The lengths of a whole call line here: big, small and the one slow request's.
+const SIZES: &[usize] = &[LINE, SMALL, BIG];
 
 // ---------------------------------------------------------------------------------------
-// A scripted socket (review_meter2).
+// The server and the verdicts (the rest in the rig).
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Act {
-    Take,
-    Short(usize),
-    #[allow(dead_code)]
-    Fail,
-    Stall,
-    Zero,
-}
-
-#[derive(Debug)]
-struct Control {
-    armed: bool,
-    script: VecDeque<Act>,
-    then: Act,
-    accepted: usize,
-    stalled: bool,
-    writes_fail: bool,
-    reads_fail: bool,
-    wakers: Vec<Waker>,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            armed: false,
-            script: VecDeque::new(),
-            then: Act::Take,
-            accepted: 0,
-            stalled: false,
-            writes_fail: false,
-            reads_fail: false,
-            wakers: Vec::new(),
-        }
-    }
-}
-
-type Ctl = Arc<Mutex<Control>>;
-
-fn script(control: &Ctl, acts: &[Act], then: Act) {
-    let wakers = {
-        let mut c = control.lock().unwrap();
-        c.armed = true;
-        c.script = acts.iter().copied().collect();
-        c.then = then;
-        c.stalled = false;
-        std::mem::take(&mut c.wakers)
-    };
-    wakers.into_iter().for_each(Waker::wake);
-}
-
-fn reset_now(control: &Ctl, writes: bool, reads: bool) {
-    let wakers = {
-        let mut c = control.lock().unwrap();
-        c.writes_fail |= writes;
-        c.reads_fail |= reads;
-        std::mem::take(&mut c.wakers)
-    };
-    wakers.into_iter().for_each(Waker::wake);
-}
-
-async fn until(control: &Ctl, what: &str, ready: impl Fn(&Control) -> bool) {
-    for _ in 0..2_000 {
-        if ready(&control.lock().unwrap()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("never: {what}: {:?}", control.lock().unwrap());
-}
-
-struct Socket {
-    io: DuplexStream,
-    control: Ctl,
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        {
-            let mut c = self.control.lock().unwrap();
-            if c.reads_fail {
-                return Poll::Ready(Err(reset()));
-            }
-            c.wakers.push(cx.waker().clone());
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let act = {
-            let mut c = self.control.lock().unwrap();
-            if c.writes_fail {
-                return Poll::Ready(Err(reset()));
-            }
-            if !c.armed {
-                Act::Take
-            } else {
-                let act = c.script.pop_front().unwrap_or(c.then);
-                if act == Act::Stall {
-                    c.script.push_front(Act::Stall);
-                    c.stalled = true;
-                    c.wakers.push(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                act
-            }
-        };
-        let n = match act {
-            Act::Take => buf.len(),
-            Act::Short(n) => n.min(buf.len()),
-            Act::Fail => return Poll::Ready(Err(reset())),
-            Act::Zero => return Poll::Ready(Ok(0)),
-            Act::Stall => unreachable!(),
-        };
-        let poll = Pin::new(&mut self.io).poll_write(cx, &buf[..n]);
-        let mut c = self.control.lock().unwrap();
-        match &poll {
-            Poll::Ready(Ok(n)) if c.armed => c.accepted += n,
-            Poll::Pending => panic!("the pipe under the socket filled"),
-            _ => {}
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.control.lock().unwrap().writes_fail {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-fn socket(io: DuplexStream) -> (Socket, Ctl) {
-    let control = Ctl::default();
-    (
-        Socket {
-            io,
-            control: control.clone(),
-        },
-        control,
-    )
-}
-
-// ---------------------------------------------------------------------------------------
-// The server and the verdicts.
-// ---------------------------------------------------------------------------------------
-
-type Executed = Arc<Mutex<Vec<usize>>>;
-
-/// Reads lines, records each whole call line (big or small); answers `reNN` if `echo`.
-async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, executed: Executed, echo: bool) {
-    let mut lines = Framed::new(io, LinesCodec::new_with_max_length(1 << 22));
-    while let Some(Ok(got)) = lines.next().await {
-        let Some(call) = got.get(1..3).and_then(|n| n.parse::<usize>().ok()) else {
-            continue;
-        };
-        // A part of a line at the end of the stream is not a call.
-        if !matches!(got.len(), LINE | SMALL | BIG) || got != line_of(call, got.len()) {
-            continue;
-        }
-        executed.lock().unwrap().push(call);
-        if echo && lines.send(format!("re{call:02}")).await.is_err() {
-            break;
-        }
-    }
-}
-
+/// Reads lines, records each whole call line (big or small); never answers.
 async fn serve_lines<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, executed: Executed) {
-    serve(io, executed, false).await
-}
-
-/// Calls `range`, each a line of `len` characters, all queued before the task runs.
-fn calls_of(
-    channel: &Channel<String, String>,
-    range: std::ops::Range<usize>,
-    len: usize,
-) -> JoinHandle<Vec<Result<String, Error>>> {
-    let channel = channel.clone();
-    tokio::spawn(async move {
-        let calls = range.map(|i| channel.request(line_of(i, len)));
-        futures::future::join_all(calls).await
-    })
-}
-
-fn big_calls(
-    channel: &Channel<String, String>,
-    n: usize,
-) -> JoinHandle<Vec<Result<String, Error>>> {
-    calls_of(channel, 0..n, LINE)
-}
-
-fn verdicts(errors: &[Error]) -> Vec<&'static str> {
-    errors
-        .iter()
-        .map(|e| match (e.is_not_sent(), e.may_have_executed()) {
-            (true, false) => "NS",
-            (false, true) => "MX",
-            _ => "??",
-        })
-        .collect()
-}
-
-fn check_safe(errors: &[Error], executed: &[usize]) {
-    let v = verdicts(errors);
-    assert!(!v.contains(&"??"), "a call both or neither: {v:?}");
-    for &call in executed {
-        assert!(
-            !errors[call].is_not_sent(),
-            "the server executed call {call}, which failed not sent (a retry runs it \
-             twice): executed {executed:?}, verdicts {v:?}"
-        );
-    }
+    serve(io, executed, SIZES, false).await
 }
 
 /// Stricter than [`check_safe`]: no call one of whose bytes reached the socket (the
@@ -328,94 +73,9 @@ async fn errors_of(calls: JoinHandle<Vec<Result<String, Error>>>) -> Vec<Error> 
         .collect()
 }
 
-fn framed<IO>(io: IO) -> Framed<Metered<IO>, Metered<LinesCodec>>
-where
-    IO: AsyncRead + AsyncWrite,
-{
-    framed_as(Metered::new(io))
-}
-
-fn framed_tls<IO>(io: IO) -> Framed<Metered<IO>, Metered<LinesCodec>>
-where
-    IO: AsyncRead + AsyncWrite,
-{
-    framed_as(Metered::reporting(io))
-}
-
-fn framed_as<IO>(io: Metered<IO>) -> Framed<Metered<IO>, Metered<LinesCodec>>
-where
-    IO: AsyncRead + AsyncWrite,
-{
-    let mut framed = Framed::with_capacity(
-        io,
-        Metered::new(LinesCodec::new_with_max_length(1 << 22)),
-        64 * 1024,
-    );
-    framed.set_backpressure_boundary(1024 * 1024);
-    framed
-}
-
 // ---------------------------------------------------------------------------------------
-// Layers.
+// Layers ([`Pieces`] is in the rig).
 // ---------------------------------------------------------------------------------------
-
-/// Takes up to 64 KiB of a write, sends it in 16 KiB pieces, and reports it only once
-/// all of it left (review_meter2's `Pieces`, `SSL_write` without partial writes).
-struct Pieces<IO> {
-    io: IO,
-    taking: Option<(Vec<u8>, usize)>,
-}
-
-impl<IO> Pieces<IO> {
-    fn new(io: IO) -> Self {
-        Pieces { io, taking: None }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Pieces<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Pieces<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let (data, off) = this
-            .taking
-            .get_or_insert_with(|| (buf[..buf.len().min(LIMIT)].to_vec(), 0));
-        while *off < data.len() {
-            let end = data.len().min(*off + PIECE);
-            match Pin::new(&mut this.io).poll_write(cx, &data[*off..end]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(err)) => {
-                    this.taking = None;
-                    return Poll::Ready(Err(err));
-                }
-                Poll::Ready(Ok(n)) => *off += n,
-            }
-        }
-        let n = data.len();
-        this.taking = None;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 /// A slow link: takes at most [`PIECE`] bytes a write, then says `Pending` for `gap`.
 struct Trickle {
@@ -624,112 +284,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Splitter<IO> {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// rustls (review_meter2).
-// ---------------------------------------------------------------------------------------
-
-fn client_config(ca: &ca::TestCa) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth(),
-    )
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wrote {
-    Took(usize),
-    Pending,
-    Failed,
-}
-
-struct Spy<IO> {
-    io: IO,
-    log: Arc<Mutex<Vec<Wrote>>>,
-}
-
-impl<IO> Spy<IO> {
-    fn record(&self, poll: &Poll<io::Result<usize>>) {
-        self.log.lock().unwrap().push(match poll {
-            Poll::Ready(Ok(n)) => Wrote::Took(*n),
-            Poll::Ready(Err(_)) => Wrote::Failed,
-            Poll::Pending => Wrote::Pending,
-        });
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Spy<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Spy<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.record(&poll);
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.record(&poll);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-async fn tls_session(ca: &ca::TestCa) -> (TlsStream<Wire<Socket>>, Ctl, Executed, JoinHandle<()>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(
-        ca.server(&["localhost"]).unwrap().server_config().unwrap(),
-    );
-    let (client, server) = tokio::io::duplex(4 << 20);
-    let executed = Executed::default();
-    let log = executed.clone();
-    let server = tokio::spawn(async move {
-        if let Ok(tls) = acceptor.accept(server).await {
-            serve_lines(tls, log).await;
-        }
-    });
-    let (socket, control) = socket(client);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = within(
-        STEP,
-        "client handshake",
-        tokio_rustls::TlsConnector::from(client_config(ca)).connect(name, Wire::new(socket)),
-    )
-    .await
-    .expect("handshake");
-    tls.get_mut().1.set_buffer_limit(Some(LIMIT));
-    (tls, control, executed, server)
-}
-
 /// The error chain of `e`, each link's `Debug`: for what the connection failed with.
 fn chain(e: &Error) -> String {
     let mut out = format!("{e:?}");
@@ -751,7 +305,7 @@ fn chain(e: &Error) -> String {
 /// link. What the call got, and how many bytes had left.
 async fn trickle(layered: bool) -> (Result<String, Error>, usize) {
     let (client, server) = tokio::io::duplex(8 << 20);
-    let server = tokio::spawn(serve(server, Executed::default(), true));
+    let server = tokio::spawn(serve(server, Executed::default(), SIZES, true));
     let accepted = Arc::new(AtomicUsize::new(0));
     let link = Trickle {
         io: client,
@@ -1068,7 +622,7 @@ async fn ok0_after_a_record_under_rustls_counts_exactly_what_the_session_took() 
     within(TEST, "test", async {
         const CALLS: usize = 16;
         let ca = ca::TestCa::new("review CA").unwrap();
-        let (tls, control, executed, server) = tls_session(&ca).await;
+        let (tls, control, executed, server) = tls_session(&ca, SIZES).await;
         let log = Arc::new(Mutex::new(Vec::new()));
         let spy = Spy {
             io: tls,

@@ -26,20 +26,13 @@
 //! never took fail *not sent*; before, every call *may have executed*). The notice
 //! tests pass on b350b39's parent, the engine tests on 7106100's.
 
-mod support;
-
-#[allow(dead_code)]
-#[path = "../examples/common/tls.rs"]
-mod ca;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -47,12 +40,17 @@ use socketchannel::{
     Call, Channel, Config, Endpoint, Error, Handshake, Kind as ErrKind, Metered, Order, Plain,
     Replies, Session, Wire,
 };
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::{self, ClientConfig};
+use tokio_rustls::rustls;
 use tokio_util::codec::{Framed, LinesCodec};
 use tower::{Service, ServiceExt};
+
+use super::rig::panicking::{Act, Ctl, Socket, arm, reset_now};
+use super::rig::*;
+use crate::ca;
+use crate::support;
 
 use support::channel::{Ch, joined, msg, spawn_request};
 use support::codec::{CANCEL, Cancelling, Kind, Msg, MsgCodec, TestProto};
@@ -131,189 +129,13 @@ where
     }
 }
 
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
-}
-
-const STEP: Duration = Duration::from_secs(5);
-/// Each big call's line, without its `\n`: `cNN` then filler.
-const LINE: usize = 10_000;
-/// The TLS session's buffer limit (rustls's default, as `TlsConnector` leaves it).
-const LIMIT: usize = 64 * 1024;
-
-fn line(i: usize) -> String {
-    format!("c{i:02}{}", "x".repeat(LINE - 3))
-}
-
-fn reset() -> io::Error {
-    io::ErrorKind::ConnectionReset.into()
-}
-
 // ---------------------------------------------------------------------------------------
-// A scripted socket: once armed, each write does what the script says.
+// The socket (`rig::panicking`) and the server.
 // ---------------------------------------------------------------------------------------
-
-/// What one write of an armed [`Socket`] does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Act {
-    /// Takes all it is offered.
-    Take,
-    /// Takes at most this many bytes.
-    Short(usize),
-    /// Fails with a reset.
-    Fail,
-    /// Says `Pending` (the peer's window closed), until `reset`.
-    Stall,
-    /// Panics (user code under the `Wire`).
-    Panic,
-}
-
-#[derive(Debug)]
-struct Control {
-    armed: bool,
-    /// The next writes' acts; `then` once it is empty.
-    script: VecDeque<Act>,
-    then: Act,
-    /// Bytes taken once armed.
-    accepted: usize,
-    /// Every write and flush fails with a reset.
-    reset: bool,
-    wakers: Vec<Waker>,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            armed: false,
-            script: VecDeque::new(),
-            then: Act::Take,
-            accepted: 0,
-            reset: false,
-            wakers: Vec::new(),
-        }
-    }
-}
-
-type Ctl = Arc<Mutex<Control>>;
-
-fn arm(control: &Ctl, script: &[Act], then: Act) {
-    let mut c = control.lock().unwrap();
-    c.armed = true;
-    c.script = script.iter().copied().collect();
-    c.then = then;
-}
-
-/// The peer's reset arrives: every write fails from now on.
-fn reset_now(control: &Ctl) {
-    let wakers = {
-        let mut c = control.lock().unwrap();
-        c.reset = true;
-        std::mem::take(&mut c.wakers)
-    };
-    wakers.into_iter().for_each(Waker::wake);
-}
-
-/// An in-memory pipe whose writes, once armed, go as its [`Control`] says.
-struct Socket {
-    io: DuplexStream,
-    control: Ctl,
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let act = {
-            let mut c = self.control.lock().unwrap();
-            if c.reset {
-                return Poll::Ready(Err(reset()));
-            }
-            if !c.armed {
-                Act::Take
-            } else {
-                let act = c.script.pop_front().unwrap_or(c.then);
-                if act == Act::Stall {
-                    // Stays stalled until the reset.
-                    c.script.push_front(Act::Stall);
-                    c.wakers.push(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                act
-            }
-        };
-        let n = match act {
-            Act::Take => buf.len(),
-            Act::Short(n) => n.min(buf.len()),
-            Act::Fail => return Poll::Ready(Err(reset())),
-            Act::Panic => panic!("the socket under the Wire panicked"),
-            Act::Stall => unreachable!(),
-        };
-        let poll = Pin::new(&mut self.io).poll_write(cx, &buf[..n]);
-        let mut c = self.control.lock().unwrap();
-        match &poll {
-            Poll::Ready(Ok(n)) if c.armed => c.accepted += n,
-            Poll::Pending => panic!("the pipe under the socket filled"),
-            _ => {}
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.control.lock().unwrap().reset {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// The lines (by call number) a server read whole.
-type Executed = Arc<Mutex<Vec<usize>>>;
 
 /// Reads lines from `io`, records each whole call line, and echoes it if `echo`.
 async fn serve_lines<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, executed: Executed, echo: bool) {
-    let mut lines = Framed::new(io, LinesCodec::new_with_max_length(1 << 20));
-    while let Some(Ok(got)) = lines.next().await {
-        // A part of a line at the end of the stream is not a call.
-        let Some(call) = got.get(1..3).and_then(|n| n.parse::<usize>().ok()) else {
-            continue;
-        };
-        if got != line(call) {
-            continue;
-        }
-        executed.lock().unwrap().push(call);
-        if echo && lines.send(format!("re{call:02}")).await.is_err() {
-            break;
-        }
-    }
-}
-
-fn client_config(ca: &ca::TestCa) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth(),
-    )
+    serve(io, executed, BIG_LINES, echo).await
 }
 
 type TlsFramed = Framed<Metered<TlsStream<Wire<Socket>>>, Metered<LinesCodec>>;
@@ -367,19 +189,6 @@ async fn tls_stack(ca: &ca::TestCa, echo: bool) -> Tls {
         server,
     }
 }
-
-/// `n` big calls, all queued before the connection's task runs (one pass writes them).
-fn big_calls(
-    channel: &Channel<String, String>,
-    n: usize,
-) -> JoinHandle<Vec<Result<String, Error>>> {
-    let channel = channel.clone();
-    tokio::spawn(async move {
-        let calls = (0..n).map(|i| channel.request(line(i)));
-        futures::future::join_all(calls).await
-    })
-}
-
 /// Each call fails exactly one of *not sent* and *may have executed*; none the server
 /// executed is *not sent*.
 fn check_safe(errors: &[&Error], executed: &[usize]) {
@@ -710,63 +519,6 @@ async fn metered_exact_over_a_wire_counts_a_short_write_then_fails_at_once() {
     .await;
 }
 
-/// A layer above the `Wire` that takes up to 64 KiB of a write, sends it in 16 KiB
-/// pieces, and reports it only once all of it left; on `Pending` it keeps its progress
-/// and wants the same bytes again (as `SSL_write` without partial writes, the TLS of
-/// `tokio-openssl` / `tokio-native-tls` built so). Its input leaves in plain text.
-struct Pieces<IO> {
-    io: IO,
-    /// The input taken, and how much of it left.
-    taking: Option<(Vec<u8>, usize)>,
-}
-
-const PIECE: usize = 16 * 1024;
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Pieces<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Pieces<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let (data, off) = this
-            .taking
-            .get_or_insert_with(|| (buf[..buf.len().min(LIMIT)].to_vec(), 0));
-        while *off < data.len() {
-            let end = data.len().min(*off + PIECE);
-            match Pin::new(&mut this.io).poll_write(cx, &data[*off..end]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(err)) => {
-                    this.taking = None;
-                    return Poll::Ready(Err(err));
-                }
-                Poll::Ready(Ok(n)) => *off += n,
-            }
-        }
-        let n = data.len();
-        this.taking = None;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// 8 big calls over `Metered::new(Pieces<Wire<Socket>>)`, the socket taking one piece
 /// and then going as `then` (a stall then a reset, or a failure at once): the errors,
 /// and the calls the server read whole.
@@ -780,10 +532,7 @@ async fn over_pieces(then: Act) -> (Vec<Error>, Vec<usize>) {
         io: client,
         control: control.clone(),
     };
-    let layer = Pieces {
-        io: Wire::new(socket),
-        taking: None,
-    };
+    let layer = Pieces::new(Wire::new(socket));
     let mut framed = Framed::with_capacity(
         Metered::new(layer),
         Metered::new(LinesCodec::new_with_max_length(1 << 20)),

@@ -14,11 +14,6 @@
 //! Every call is written in one pass (16 lines of 10 001 bytes: more than the session's
 //! 64 KiB buffer limit, rustls's default, set explicitly here).
 
-#[allow(dead_code)]
-#[path = "../examples/common/tls.rs"]
-mod ca;
-
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,27 +23,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use socketchannel::{Channel, Error, Metered, Order, Plain, Wire};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::{self, ClientConfig};
+use tokio_rustls::rustls;
 use tokio_util::codec::{Framed, LinesCodec};
 
-const TEST: Duration = Duration::from_secs(20);
-const STEP: Duration = Duration::from_secs(5);
+use super::rig::*;
+use crate::ca;
+
 /// Calls in the batch.
 const CALLS: usize = 16;
-/// Each call's line, without its `\n`: `cNN` then filler.
-const LINE: usize = 10_000;
-/// The TLS session's buffer limit (rustls's default, as `TlsConnector` leaves it).
-const LIMIT: usize = 64 * 1024;
-
-/// Where call `i`'s bytes begin in the plaintext stream.
-fn start(i: usize) -> usize {
-    i * (LINE + 1)
-}
-
-fn line(i: usize) -> String {
-    format!("c{i:02}{}", "x".repeat(LINE - 3))
-}
 
 /// What the socket under the session does once armed (after the handshake), when it has
 /// taken its writes: stall (the peer's window closed) until reset, or fail at once (a
@@ -81,10 +63,6 @@ struct Socket {
     io: DuplexStream,
     then: Then,
     control: Arc<Mutex<Control>>,
-}
-
-fn reset() -> io::Error {
-    io::ErrorKind::ConnectionReset.into()
 }
 
 impl AsyncRead for Socket {
@@ -153,82 +131,6 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// What the session's writes returned, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wrote {
-    /// It took this much plaintext.
-    Took(usize),
-    Pending,
-    Failed,
-}
-
-/// Between the `Metered` and the TLS session: records what each write of the session
-/// returned, and changes nothing.
-struct Spy {
-    tls: TlsStream<Wire<Socket>>,
-    log: Arc<Mutex<Vec<Wrote>>>,
-}
-
-impl Spy {
-    fn record(&self, poll: &Poll<io::Result<usize>>) {
-        self.log.lock().unwrap().push(match poll {
-            Poll::Ready(Ok(n)) => Wrote::Took(*n),
-            Poll::Ready(Err(_)) => Wrote::Failed,
-            Poll::Pending => Wrote::Pending,
-        });
-    }
-}
-
-impl AsyncRead for Spy {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Spy {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.tls).poll_write(cx, buf);
-        self.record(&poll);
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.tls).poll_write_vectored(cx, bufs);
-        self.record(&poll);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
-    }
-}
-
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
-}
-
 /// One batch over the stack, the socket under TLS taking one write (one record) once
 /// armed and then doing as `then` says; a stalled one is then reset, its reads failing
 /// too if `reads_fail`.
@@ -263,12 +165,6 @@ async fn run(then: Then, reads_fail: bool) -> Run {
         }
     });
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots())
-        .with_no_client_auth();
     let control = Arc::new(Mutex::new(Control::default()));
     let socket = Socket {
         io: client,
@@ -279,7 +175,7 @@ async fn run(then: Then, reads_fail: bool) -> Run {
     let mut tls = within(
         STEP,
         "client handshake",
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, Wire::new(socket)),
+        tokio_rustls::TlsConnector::from(client_config(&ca)).connect(name, Wire::new(socket)),
     )
     .await
     .unwrap();
@@ -291,7 +187,7 @@ async fn run(then: Then, reads_fail: bool) -> Run {
     }
     let wrote = Arc::new(Mutex::new(Vec::new()));
     let spy = Spy {
-        tls,
+        io: tls,
         log: wrote.clone(),
     };
     // As `TlsConnector` frames it (`connect::frame`).

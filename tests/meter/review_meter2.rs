@@ -3,8 +3,8 @@
 //! `credit`) and of how the TLS stack uses it, after 1d2a06f and 853b9df. The rule under test: a call
 //! fails *not sent* only if the server cannot have executed it.
 //!
-//! Stacks are built as tests/tls_partial.rs and tests/review_session6.rs build them: a
-//! scripted in-memory "socket" under a `Wire`, under a layer (rustls, or a layer that
+//! Stacks are built as tests/meter/tls_partial.rs and tests/meter/review_session6.rs
+//! build them: a scripted in-memory "socket" under a `Wire`, under a layer (rustls, or a layer that
 //! takes its input and reports it only once all of it left, as `SSL_write` without
 //! partial writes), `Metered::new` above (`Metered::reporting` over rustls, as the
 //! crate's `TlsConnector` has it), framed with a `Metered` codec.
@@ -13,374 +13,19 @@
 //! for bytes counted ahead of a layer's report, `Metered::reporting`, and a `Wire` that
 //! turns `Ok(0)` into `WriteZero`).
 
-#[allow(dead_code)]
-#[path = "../examples/common/tls.rs"]
-mod ca;
-
-use std::collections::VecDeque;
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures::StreamExt;
 use socketchannel::{Channel, Config, Error, Metered, Order, Plain, Wire};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio::task::JoinHandle;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::{self, ClientConfig};
+use tokio_rustls::rustls;
 use tokio_util::codec::{Framed, LinesCodec};
 
-const STEP: Duration = Duration::from_secs(5);
-const TEST: Duration = Duration::from_secs(20);
-/// Each call's line, without its `\n`: `cNN` then filler.
-const LINE: usize = 10_000;
-/// The TLS session's buffer limit (rustls's default), and what [`Pieces`] takes at most.
-const LIMIT: usize = 64 * 1024;
-/// What [`Pieces`] writes to its IO at a time.
-const PIECE: usize = 16 * 1024;
-
-fn line(i: usize) -> String {
-    format!("c{i:02}{}", "x".repeat(LINE - 3))
-}
-
-/// Where call `i`'s bytes begin in the stream.
-fn start(i: usize) -> usize {
-    i * (LINE + 1)
-}
-
-fn reset() -> io::Error {
-    io::ErrorKind::ConnectionReset.into()
-}
-
-async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
-}
+use super::rig::*;
+use crate::ca;
 
 // ---------------------------------------------------------------------------------------
-// A scripted socket.
+// A layer that reports its input only once all of it left ([`Pieces`], in the rig).
 // ---------------------------------------------------------------------------------------
-
-/// What one write of an armed [`Socket`] does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Act {
-    /// Takes all it is offered.
-    Take,
-    /// Takes at most this many bytes.
-    Short(usize),
-    /// Fails with a reset.
-    Fail,
-    /// Says `Pending` (the peer's window closed) until the script changes.
-    Stall,
-    /// Says `Ok(0)`.
-    Zero,
-}
-
-#[derive(Debug)]
-struct Control {
-    armed: bool,
-    script: VecDeque<Act>,
-    then: Act,
-    /// Bytes taken once armed.
-    accepted: usize,
-    /// Writes stalled (a write said `Pending`) since the script last changed.
-    stalled: bool,
-    /// Every write fails with a reset.
-    writes_fail: bool,
-    /// Every read fails with a reset.
-    reads_fail: bool,
-    wakers: Vec<Waker>,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            armed: false,
-            script: VecDeque::new(),
-            then: Act::Take,
-            accepted: 0,
-            stalled: false,
-            writes_fail: false,
-            reads_fail: false,
-            wakers: Vec::new(),
-        }
-    }
-}
-
-type Ctl = Arc<Mutex<Control>>;
-
-/// Sets the script (arming the socket) and wakes whoever waits on it.
-fn script(control: &Ctl, acts: &[Act], then: Act) {
-    let wakers = {
-        let mut c = control.lock().unwrap();
-        c.armed = true;
-        c.script = acts.iter().copied().collect();
-        c.then = then;
-        c.stalled = false;
-        std::mem::take(&mut c.wakers)
-    };
-    wakers.into_iter().for_each(Waker::wake);
-}
-
-/// The peer's reset: writes fail, and reads too if `reads`.
-fn reset_now(control: &Ctl, writes: bool, reads: bool) {
-    let wakers = {
-        let mut c = control.lock().unwrap();
-        c.writes_fail |= writes;
-        c.reads_fail |= reads;
-        std::mem::take(&mut c.wakers)
-    };
-    wakers.into_iter().for_each(Waker::wake);
-}
-
-/// Until `ready` holds of the control (polling every millisecond, at most 2 s).
-async fn until(control: &Ctl, what: &str, ready: impl Fn(&Control) -> bool) {
-    for _ in 0..2_000 {
-        if ready(&control.lock().unwrap()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("never: {what}: {:?}", control.lock().unwrap());
-}
-
-/// An in-memory pipe whose writes, once armed, go as its [`Control`] says.
-struct Socket {
-    io: DuplexStream,
-    control: Ctl,
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        {
-            let mut c = self.control.lock().unwrap();
-            if c.reads_fail {
-                return Poll::Ready(Err(reset()));
-            }
-            c.wakers.push(cx.waker().clone());
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let act = {
-            let mut c = self.control.lock().unwrap();
-            if c.writes_fail {
-                return Poll::Ready(Err(reset()));
-            }
-            if !c.armed {
-                Act::Take
-            } else {
-                let act = c.script.pop_front().unwrap_or(c.then);
-                if act == Act::Stall {
-                    c.script.push_front(Act::Stall);
-                    c.stalled = true;
-                    c.wakers.push(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                act
-            }
-        };
-        let n = match act {
-            Act::Take => buf.len(),
-            Act::Short(n) => n.min(buf.len()),
-            Act::Fail => return Poll::Ready(Err(reset())),
-            Act::Zero => return Poll::Ready(Ok(0)),
-            Act::Stall => unreachable!(),
-        };
-        let poll = Pin::new(&mut self.io).poll_write(cx, &buf[..n]);
-        let mut c = self.control.lock().unwrap();
-        match &poll {
-            Poll::Ready(Ok(n)) if c.armed => c.accepted += n,
-            Poll::Pending => panic!("the pipe under the socket filled"),
-            _ => {}
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.control.lock().unwrap().writes_fail {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-fn socket(io: DuplexStream) -> (Socket, Ctl) {
-    let control = Ctl::default();
-    (
-        Socket {
-            io,
-            control: control.clone(),
-        },
-        control,
-    )
-}
-
-// ---------------------------------------------------------------------------------------
-// The server and the verdicts.
-// ---------------------------------------------------------------------------------------
-
-/// The calls (by number) a server read whole.
-type Executed = Arc<Mutex<Vec<usize>>>;
-
-/// Reads lines, records each whole call line; never answers.
-async fn serve_lines<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, executed: Executed) {
-    let mut lines = Framed::new(io, LinesCodec::new_with_max_length(1 << 20));
-    while let Some(Ok(got)) = lines.next().await {
-        let Some(call) = got.get(1..3).and_then(|n| n.parse::<usize>().ok()) else {
-            continue;
-        };
-        if got == line(call) {
-            executed.lock().unwrap().push(call);
-        }
-    }
-}
-
-/// `n` big calls, all queued before the connection's task runs.
-fn big_calls(
-    channel: &Channel<String, String>,
-    n: usize,
-) -> JoinHandle<Vec<Result<String, Error>>> {
-    let channel = channel.clone();
-    tokio::spawn(async move {
-        let calls = (0..n).map(|i| channel.request(line(i)));
-        futures::future::join_all(calls).await
-    })
-}
-
-fn verdicts(errors: &[Error]) -> Vec<&'static str> {
-    errors
-        .iter()
-        .map(|e| match (e.is_not_sent(), e.may_have_executed()) {
-            (true, false) => "NS",
-            (false, true) => "MX",
-            _ => "??",
-        })
-        .collect()
-}
-
-/// Each call is exactly one of NS and MX, and none the server executed is NS.
-fn check_safe(errors: &[Error], executed: &[usize]) {
-    let v = verdicts(errors);
-    assert!(!v.contains(&"??"), "a call both or neither: {v:?}");
-    for &call in executed {
-        assert!(
-            !errors[call].is_not_sent(),
-            "the server executed call {call}, which failed not sent (a retry runs it \
-             twice): executed {executed:?}, verdicts {v:?}"
-        );
-    }
-}
-
-fn framed<IO>(io: IO) -> Framed<Metered<IO>, Metered<LinesCodec>>
-where
-    IO: AsyncRead + AsyncWrite,
-{
-    framed_as(Metered::new(io))
-}
-
-/// As `TlsConnector` frames its session (`connect::frame`, `Metered::reporting`).
-fn framed_tls<IO>(io: IO) -> Framed<Metered<IO>, Metered<LinesCodec>>
-where
-    IO: AsyncRead + AsyncWrite,
-{
-    framed_as(Metered::reporting(io))
-}
-
-fn framed_as<IO>(io: Metered<IO>) -> Framed<Metered<IO>, Metered<LinesCodec>>
-where
-    IO: AsyncRead + AsyncWrite,
-{
-    let mut framed = Framed::with_capacity(
-        io,
-        Metered::new(LinesCodec::new_with_max_length(1 << 20)),
-        64 * 1024,
-    );
-    framed.set_backpressure_boundary(1024 * 1024);
-    framed
-}
-
-// ---------------------------------------------------------------------------------------
-// A layer that reports its input only once all of it left (review_session6's `Pieces`).
-// ---------------------------------------------------------------------------------------
-
-/// Takes up to 64 KiB of a write, sends it in 16 KiB pieces, and reports it only once
-/// all of it left; on `Pending` it keeps its progress and wants the same bytes again
-/// (as `SSL_write` without partial writes). With `zero_on_error`, an error of its IO is
-/// reported as `Ok(0)`, as `openssl::ssl::SslStream`'s `Write` reports `ZERO_RETURN`
-/// (the peer's close_notify).
-struct Pieces<IO> {
-    io: IO,
-    taking: Option<(Vec<u8>, usize)>,
-    zero_on_error: bool,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Pieces<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Pieces<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let (data, off) = this
-            .taking
-            .get_or_insert_with(|| (buf[..buf.len().min(LIMIT)].to_vec(), 0));
-        while *off < data.len() {
-            let end = data.len().min(*off + PIECE);
-            match Pin::new(&mut this.io).poll_write(cx, &data[*off..end]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(err)) => {
-                    this.taking = None;
-                    if this.zero_on_error {
-                        return Poll::Ready(Ok(0));
-                    }
-                    return Poll::Ready(Err(err));
-                }
-                Poll::Ready(Ok(n)) => *off += n,
-            }
-        }
-        let n = data.len();
-        this.taking = None;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
 
 /// How the connection over [`Pieces`] ends after a piece left and the socket stalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,116 +155,6 @@ async fn kept_error_under_the_layer_then_ok0_is_safe() {
     .await;
 }
 
-// ---------------------------------------------------------------------------------------
-// rustls.
-// ---------------------------------------------------------------------------------------
-
-fn client_config(ca: &ca::TestCa) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth(),
-    )
-}
-
-/// What the session's writes returned, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wrote {
-    Took(usize),
-    Pending,
-    Failed,
-}
-
-/// Between the `Metered` and the session: records what each write returned.
-struct Spy<IO> {
-    io: IO,
-    log: Arc<Mutex<Vec<Wrote>>>,
-}
-
-impl<IO> Spy<IO> {
-    fn record(&self, poll: &Poll<io::Result<usize>>) {
-        self.log.lock().unwrap().push(match poll {
-            Poll::Ready(Ok(n)) => Wrote::Took(*n),
-            Poll::Ready(Err(_)) => Wrote::Failed,
-            Poll::Pending => Wrote::Pending,
-        });
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Spy<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Spy<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.record(&poll);
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.record(&poll);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// A client session over `Wire<Socket>` to an in-process rustls server that records
-/// whole lines; the session's buffer limit set to 64 KiB.
-async fn tls_session(ca: &ca::TestCa) -> (TlsStream<Wire<Socket>>, Ctl, Executed, JoinHandle<()>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(
-        ca.server(&["localhost"]).unwrap().server_config().unwrap(),
-    );
-    let (client, server) = tokio::io::duplex(4 << 20);
-    let executed = Executed::default();
-    let log = executed.clone();
-    let server = tokio::spawn(async move {
-        if let Ok(tls) = acceptor.accept(server).await {
-            serve_lines(tls, log).await;
-        }
-    });
-    let (socket, control) = socket(client);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = within(
-        STEP,
-        "client handshake",
-        tokio_rustls::TlsConnector::from(client_config(ca)).connect(name, Wire::new(socket)),
-    )
-    .await
-    .expect("handshake");
-    tls.get_mut().1.set_buffer_limit(Some(LIMIT));
-    (tls, control, executed, server)
-}
-
 // Found (lesser): under rustls, a write in which the session took nothing (its buffer
 // full) while a record of plaintext it had already reported left, then `Pending`, set
 // `unreported`; the next write, whose session takes
@@ -632,7 +167,7 @@ async fn rustls_a_record_leaving_under_a_full_buffer_does_not_make_untaken_calls
     within(TEST, "test", async {
         const CALLS: usize = 16;
         let ca = ca::TestCa::new("review CA").unwrap();
-        let (tls, control, executed, server) = tls_session(&ca).await;
+        let (tls, control, executed, server) = tls_session(&ca, BIG_LINES).await;
         let log = Arc::new(Mutex::new(Vec::new()));
         let spy = Spy {
             io: tls,
@@ -770,7 +305,7 @@ async fn nested_metered_layers_never_call_an_executed_call_not_sent() {
 async fn a_plain_and_a_tls_connection_interleaved_keep_their_own_record() {
     within(TEST, "test", async {
         let ca = ca::TestCa::new("review CA").unwrap();
-        let (tls, tls_ctl, tls_exec, tls_server) = tls_session(&ca).await;
+        let (tls, tls_ctl, tls_exec, tls_server) = tls_session(&ca, BIG_LINES).await;
         let (client, server) = tokio::io::duplex(4 << 20);
         let plain_exec = Executed::default();
         let plain_server = tokio::spawn(serve_lines(server, plain_exec.clone()));
@@ -852,7 +387,7 @@ async fn exact_over_a_wire_short_then_ok0_counts_the_short_write() {
 async fn a_socket_saying_ok0_under_tls_fails_the_calls_instead_of_hanging() {
     within(TEST, "test", async {
         let ca = ca::TestCa::new("review CA").unwrap();
-        let (tls, control, _executed, server) = tls_session(&ca).await;
+        let (tls, control, _executed, server) = tls_session(&ca, BIG_LINES).await;
         script(&control, &[Act::Take], Act::Zero);
         let channel: Channel<String, String> = Channel::new(framed(tls), Order::new(Plain));
         let calls = big_calls(&channel, 16);
