@@ -458,13 +458,12 @@ fn saw(
         return Poll::Pending;
     }
     let moved = match poll {
-        Poll::Ready(Ok(n)) if n > 0 => n as u64,
-        _ => 0,
+        Poll::Ready(Ok(n)) if n > 0 => {
+            add(|m| m.below = m.below.wrapping_add(n as u64));
+            true
+        }
+        _ => false,
     };
-    if moved > 0 {
-        add(|m| m.below = m.below.wrapping_add(moved));
-    }
-    let moved = moved > 0;
     BELOW.set(match (below, moved) {
         (Below::Outside, _) => Below::Outside,
         (Below::Kept, _) => Below::Kept,

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socketchannel::{Channel, Config, Error, Metered, Order, Plain, Wire};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tokio_util::codec::{Framed, LinesCodec};
@@ -85,15 +85,7 @@ struct Trickle {
     accepted: Arc<AtomicUsize>,
 }
 
-impl AsyncRead for Trickle {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+read_through!(Trickle);
 
 impl AsyncWrite for Trickle {
     fn poll_write(
@@ -181,15 +173,7 @@ impl<IO: AsyncWrite + Unpin> Puppet<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Puppet<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+read_through!(Puppet<IO>);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Puppet<IO> {
     fn poll_write(
@@ -249,15 +233,7 @@ struct Splitter<IO> {
     io: IO,
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Splitter<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+read_through!(Splitter<IO>);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Splitter<IO> {
     fn poll_write(

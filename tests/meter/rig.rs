@@ -377,15 +377,7 @@ impl<IO> Pieces<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Pieces<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+read_through!(Pieces<IO>);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Pieces<IO> {
     fn poll_write(
@@ -466,15 +458,7 @@ impl<IO> Spy<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Spy<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+read_through!(Spy<IO>);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Spy<IO> {
     fn poll_write(
@@ -556,7 +540,7 @@ pub mod panicking {
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Waker};
 
-    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+    use tokio::io::{AsyncWrite, DuplexStream};
 
     use super::reset;
 
@@ -626,15 +610,7 @@ pub mod panicking {
         pub control: Ctl,
     }
 
-    impl AsyncRead for Socket {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_read(cx, buf)
-        }
-    }
+    read_through!(Socket);
 
     impl AsyncWrite for Socket {
         fn poll_write(
