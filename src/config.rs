@@ -193,7 +193,10 @@ impl Config {
     /// waits, and the server's signs of life restart it: a frame read, a byte read
     /// (over a [`Metered`](crate::Metered) IO, as [`TcpConnector`](crate::TcpConnector)
     /// frames), and bytes of a request the transport is still taking in (a large write
-    /// over a slow link). A large reply or request over a slow link, or a multi-frame
+    /// over a slow link). With the crate's connectors on Linux, the socket's send queue
+    /// counts too: a request the kernel took whole, that the server is still reading,
+    /// keeps the clock from running out while the queue shrinks. A large reply or
+    /// request over a slow link, or a multi-frame
     /// reply whose frames keep coming, never stalls; small requests or heartbeats that
     /// go out whole do not keep a server that never answers alive. Over a transport of
     /// your own without `Metered`, only frames read count. Calls made with an exemption

@@ -62,7 +62,7 @@ impl<C: Clone> SocketConnector<C> {
             None => SocketStream::Tcp(self.tcp.sockets().stream(&endpoint).await?),
         };
         Ok(super::frame(
-            crate::Metered::exact(stream),
+            crate::Metered::exact(stream).with_queue(SocketStream::queued),
             self.tcp.codec,
             self.tcp.buffer,
         ))
@@ -106,6 +106,13 @@ macro_rules! each {
             SocketStream::Unix($s) => $e,
         }
     };
+}
+
+impl SocketStream {
+    /// Its send queue, for the stall timer (`meter::queue`).
+    fn queued(&self) -> Option<u64> {
+        each!(self, s => crate::meter::queue::of(s))
+    }
 }
 
 impl AsyncRead for SocketStream {

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::meter::{Metered, MeteredFramed, Wire};
+use crate::meter::{Metered, MeteredFramed, Wire, queue};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -144,7 +144,7 @@ impl<C: Clone> TlsConnector<C> {
         // Above the TLS session, which may fail a write after a record of it left (the
         // `Wire` below tells) and takes nothing in a write that says `Pending`.
         Ok(super::frame(
-            Metered::reporting(tls),
+            Metered::reporting(tls).with_queue(|tls| queue::of(tls.get_ref().0.get_ref())),
             self.tcp.codec,
             self.tcp.buffer,
         ))

@@ -21,6 +21,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 
+pub(crate) mod queue;
 mod wire;
 
 pub use self::wire::Wire;
@@ -237,6 +238,8 @@ pin_project_lite::pin_project! {
         mode: Mode,
         // Bytes counted as written ahead of the IO's report of them (`count_write`).
         credit: u64,
+        // Reads the send queue of the socket under the IO, for the stall timer.
+        queued: Option<queue::Queued<T>>,
     }
 }
 
@@ -272,7 +275,15 @@ impl<T> Metered<T> {
             inner,
             mode,
             credit: 0,
+            queued: None,
         }
+    }
+
+    /// Reads the send queue of the socket under the IO with `queued` when the stall
+    /// timer asks ([`queue`]): the crate's connectors, which know their sockets.
+    pub(crate) fn with_queue(mut self, queued: queue::Queued<T>) -> Self {
+        self.queued = Some(queued);
+        self
     }
 
     /// The IO object or codec.
@@ -297,8 +308,12 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if let Some(queued) = this.queued {
+            queue::answer_for(this.inner.as_ref().get_ref(), *queued);
+        }
         let before = buf.filled().len();
-        let poll = self.project().inner.poll_read(cx, buf);
+        let poll = this.inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
             let n = (buf.filled().len() - before) as u64;
             add(|m| {

@@ -26,21 +26,65 @@ pub(crate) struct Stall {
     /// Since when the connection has been silent with calls waiting; `None` while the
     /// clock does not run.
     quiet_since: Option<Instant>,
+    /// The socket's send queue as last read, and when (a reading in this quiet spell
+    /// is one taken since it began).
+    sample: Option<(Instant, u64)>,
+    /// What the engine asks the transport's socket at its next pass.
+    asking: Option<Ask>,
+    /// The transport could not say what its socket's send queue holds: ask no more.
+    no_queue: bool,
+}
+
+/// Why the send queue is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Halfway through a quiet spell: what it holds, to compare with at its end.
+    Baseline,
+    /// At the end of a quiet spell: whether it shrank since the baseline.
+    Verdict,
+}
+
+/// What the timer does next.
+enum Next {
+    /// Fires at this instant.
+    At(Instant),
+    /// Reads the send queue at the engine's next pass.
+    Ask(Ask),
+    /// The connection stalled.
+    Stalled,
 }
 
 impl Stall {
+    /// Whether the engine is to read the transport's send queue at its next pass
+    /// (`meter::queue::ask`), and hand the answer to [`poll`](Self::poll).
+    #[inline]
+    pub(crate) fn wants_queue(&self) -> bool {
+        self.asking.is_some()
+    }
+
     /// Called once per engine iteration: `watched` says whether the clock runs; `heard`
     /// is the time (read once by the engine) when the iteration saw progress that
-    /// restarts the clock.
+    /// restarts the clock; `queued`, what the socket's send queue held, if the
+    /// iteration read it ([`wants_queue`](Self::wants_queue)).
+    ///
+    /// Before the timer gives up, it reads the send queue, if the transport can: once
+    /// halfway through the quiet spell and again at its end. A queue that shrank is
+    /// the peer taking a request in (the kernel took it whole, and wakes the writer
+    /// only once much of it drained): the clock restarts. A queue that is empty, or
+    /// did not shrink (a peer that stopped reading, or is gone), is silence as before.
+    /// (A heartbeat not yet acknowledged at the first reading, acknowledged by the
+    /// second, spares the connection one more spell.)
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
         limit: Duration,
         watched: bool,
         heard: Option<Instant>,
+        queued: Option<u64>,
     ) -> Result<(), ConnectionError> {
         if !watched {
             self.quiet_since = None;
+            self.asking = None;
             return Ok(());
         }
         if let Some(now) = heard {
@@ -48,20 +92,177 @@ impl Stall {
         } else if self.quiet_since.is_none() {
             self.quiet_since = Some(Instant::now());
         }
+        let asked = self.asking.take();
+        if let Some(ask) = asked
+            && !self.answered(ask, queued, heard.is_some())
+        {
+            return Err(stalled(limit));
+        }
+        // Armed first for halfway (the send queue's baseline), or for the limit.
+        let first = if self.no_queue { limit } else { limit / 2 };
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        while timer.as_mut().poll(cx).is_ready() {
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(first)));
+        // An answer is acted on at once; otherwise only a timer that fired does.
+        if asked.is_none() && timer.as_mut().poll(cx).is_pending() {
+            return Ok(());
+        }
+        loop {
             let Some(since) = self.quiet_since else {
                 return Ok(());
             };
-            let due = deadline(since, limit);
-            if due <= Instant::now() {
-                debug!(?limit, "stall timeout: no progress while calls waited");
-                return Err(ConnectionError::new(ConnectionErrorKind::Stalled, None));
+            match self.next(since, limit, Instant::now()) {
+                Next::At(when) => {
+                    let Some(timer) = self.timer.as_mut() else {
+                        return Ok(());
+                    };
+                    timer.as_mut().reset(when);
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Ok(());
+                    }
+                }
+                Next::Ask(ask) => {
+                    self.asking = Some(ask);
+                    cx.waker().wake_by_ref();
+                    return Ok(());
+                }
+                Next::Stalled => return Err(stalled(limit)),
             }
-            timer.as_mut().reset(due);
         }
-        Ok(())
+    }
+
+    /// Takes in the answer to `ask`: `false` if it is the verdict that the connection
+    /// stalled.
+    fn answered(&mut self, ask: Ask, queued: Option<u64>, heard: bool) -> bool {
+        let Some(queued) = queued else {
+            // The transport did not answer, though it was polled with nothing to read:
+            // it cannot. (With progress heard, it may have had a frame buffered.)
+            if !heard {
+                self.no_queue = true;
+            }
+            return heard || ask == Ask::Baseline;
+        };
+        let now = Instant::now();
+        let since = self.quiet_since.unwrap_or(now);
+        let shrank = self
+            .sample
+            .is_some_and(|(at, held)| at >= since && queued < held);
+        self.sample = Some((now, queued));
+        if heard || ask == Ask::Baseline {
+            return true;
+        }
+        if shrank {
+            self.quiet_since = Some(now);
+        }
+        shrank
+    }
+
+    /// What the timer does next, at `now`, in a quiet spell begun at `since`.
+    fn next(&self, since: Instant, limit: Duration, now: Instant) -> Next {
+        let due = deadline(since, limit);
+        let read = !self.no_queue && self.sample.is_some_and(|(at, _)| at >= since);
+        if due <= now {
+            return if read {
+                Next::Ask(Ask::Verdict)
+            } else {
+                Next::Stalled
+            };
+        }
+        if self.no_queue || read {
+            return Next::At(due);
+        }
+        let half = deadline(since, limit / 2);
+        if half <= now {
+            Next::Ask(Ask::Baseline)
+        } else {
+            Next::At(half)
+        }
+    }
+}
+
+fn stalled(limit: Duration) -> ConnectionError {
+    debug!(?limit, "stall timeout: no progress while calls waited");
+    ConnectionError::new(ConnectionErrorKind::Stalled, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Waker};
+
+    use super::*;
+
+    /// Drives a stall timer of `limit` ms as the engine does, a pass a millisecond
+    /// with nothing heard, the send queue read from `queue` (of the time in ms) when
+    /// asked; returns when it stalled, if it did within `end` ms.
+    async fn stalls_at(limit: u64, queue: impl Fn(u64) -> Option<u64>, end: u64) -> Option<u64> {
+        let mut stall = Stall::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let limit = Duration::from_millis(limit);
+        for t in 0..=end {
+            let queued = if stall.wants_queue() { queue(t) } else { None };
+            if stall.poll(&mut cx, limit, true, None, queued).is_err() {
+                return Some(t);
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_queue_to_read_silence_stalls_at_the_limit() {
+        assert_eq!(stalls_at(300, |_| None, 2000).await, Some(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_is_empty_or_does_not_shrink_is_silence() {
+        // At the limit, and the pass after it that reads the queue.
+        let at_the_limit = |at: Option<u64>| matches!(at, Some(300 | 301));
+        assert!(
+            at_the_limit(stalls_at(300, |_| Some(0), 2000).await),
+            "empty"
+        );
+        assert!(
+            at_the_limit(stalls_at(300, |_| Some(5000), 2000).await),
+            "stuck"
+        );
+        assert!(
+            at_the_limit(stalls_at(300, |t| Some(5000 + t), 2000).await),
+            "growing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_queue_spares_the_connection_until_it_is_empty() {
+        // 1000 bytes a millisecond leave a 3 MB queue: empty at 3 s.
+        let drained = |t: u64| Some(3_000_000u64.saturating_sub(1000 * t));
+        let at = stalls_at(300, drained, 10_000)
+            .await
+            .expect("stalls once drained");
+        assert!(
+            (3000..=3000 + 2 * 300 + 1).contains(&at),
+            "stalled at {at} ms"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_heard_restarts_the_spell_and_its_reading() {
+        let mut stall = Stall::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let limit = Duration::from_millis(300);
+        let mut asked = 0;
+        for t in 0..=1000u64 {
+            // Heard every 100 ms: never a stall, and a reading at most once a spell.
+            let heard = (t % 100 == 0).then(Instant::now);
+            let queued = stall.wants_queue().then(|| {
+                asked += 1;
+                7
+            });
+            assert!(
+                stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
+                "{t} ms"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(asked, 0, "no spell lasted half the limit");
     }
 }

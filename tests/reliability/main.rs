@@ -48,4 +48,5 @@ mod hosts;
 mod ids;
 mod lifecycle;
 mod proxy;
+mod slow_reader;
 mod stall;

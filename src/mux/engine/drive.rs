@@ -55,7 +55,21 @@ where
             // With an orphan-age clock, the clock is read before the calls of this pass
             // are stamped with its tick (`retire.rs`), and that read serves the pass.
             let early = conn.advance_age();
+            // A flush left unfinished by the last pass: what this one writes is more
+            // of a request being taken in.
+            let flushing = conn.needs_flush;
+            // The stall timer may ask what the socket's send queue holds: the first
+            // metered IO polled to read answers.
+            let ask = conn.stall.wants_queue();
+            if ask {
+                crate::meter::queue::ask();
+            }
             let moved = self.poll_io(cx, conn, &mut lane);
+            let queued = if ask {
+                crate::meter::queue::answer()
+            } else {
+                None
+            };
             // Counted before any error ends the connection: its calls' fate needs every
             // byte the IO accepted (`reach.rs`).
             let (bytes_read, bytes_written) = self.count_bytes(conn, bytes);
@@ -70,14 +84,14 @@ where
             let moved = (read > 0 || wrote || flushed || bytes_read || bytes_written)
                 .then(|| early.unwrap_or_else(Instant::now));
             // The server's word restarts the stall clock: a frame or a byte read. So does
-            // a write still being taken in (a large request over a slow link), but not
-            // one that went out whole at once: a heartbeat to a server that reads and
-            // never answers is no sign of life (Contract 6).
-            let heard = read > 0 || bytes_read || (bytes_written && conn.needs_flush);
+            // a write still being taken in (a large request over a slow link), up to its
+            // last bytes, but not one that went out whole at once: a heartbeat to a
+            // server that reads and never answers is no sign of life (Contract 6).
+            let heard = read > 0 || bytes_read || (bytes_written && (flushing || conn.needs_flush));
             let watched = conn.matcher.watched();
             if let Some(limit) = self.stall {
                 conn.stall
-                    .poll(cx, limit, watched, heard.then_some(moved).flatten())?;
+                    .poll(cx, limit, watched, heard.then_some(moved).flatten(), queued)?;
             }
 
             let lane_ends_conn = !matches!(lane, Lane::Handshake(_));

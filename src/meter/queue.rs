@@ -1,0 +1,117 @@
+//! A socket's send queue: the bytes it took that its peer has not yet acknowledged
+//! (TCP) or read (a Unix socket). The stall timer reads it before it gives up: the
+//! kernel takes megabytes of a large request at once, and wakes the writer again only
+//! once much of them has drained, so a peer taking a request in slowly can go longer
+//! than the stall timeout without the engine seeing a byte move. A queue that shrank
+//! is that peer reading (Contract 6: a large transfer on a slow link is never a stall).
+//!
+//! The engine asks before it polls a connection's transport ([`ask`]), and the first
+//! [`Metered`](super::Metered) IO that can read its socket's queue answers when it is
+//! polled to read ([`answer`]): nothing is threaded through the user's codec, and the
+//! socket is read only where it lives, only when asked (once or twice a stall timeout,
+//! while calls wait and nothing moves).
+
+use std::cell::Cell;
+
+/// Reads the send queue of the socket under an IO object, if it can.
+pub(crate) type Queued<T> = fn(&T) -> Option<u64>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// Nobody asks.
+    No,
+    /// The engine asks the next IO polled on this thread.
+    Yes,
+    /// An IO answered: its socket's send queue, in bytes.
+    Answered(u64),
+}
+
+thread_local! {
+    static ASKED: Cell<Asked> = const { Cell::new(Asked::No) };
+}
+
+/// Asks the next metered IO polled to read on this thread for its send queue.
+pub(crate) fn ask() {
+    ASKED.set(Asked::Yes);
+}
+
+/// The answer to the last [`ask`], if an IO gave one; the question is withdrawn.
+pub(crate) fn answer() -> Option<u64> {
+    match ASKED.replace(Asked::No) {
+        Asked::Answered(n) => Some(n),
+        Asked::No | Asked::Yes => None,
+    }
+}
+
+/// Answers the question, if one is asked, with `queued` of `io`.
+#[inline]
+pub(super) fn answer_for<T>(io: &T, queued: Queued<T>) {
+    if ASKED.get() == Asked::Yes {
+        ASKED.set(match queued(io) {
+            Some(n) => Asked::Answered(n),
+            None => Asked::No,
+        });
+    }
+}
+
+/// The send queue of `socket`: for a TCP socket, the bytes written and not yet
+/// acknowledged (`SIOCOUTQ`); for a Unix stream socket, those its peer has not read.
+/// Only for sockets (the crate's connectors pass their own).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+pub(crate) fn of<S: std::os::fd::AsFd>(socket: &S) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open (borrowed from `socket` for this call), and on a
+    // socket `TIOCOUTQ` (the same request as `SIOCOUTQ`) writes one `c_int` through
+    // the pointer, which points at one.
+    let rc = unsafe { libc::ioctl(socket.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc != 0 {
+        return None;
+    }
+    u64::try_from(queued).ok()
+}
+
+/// The send queue of `socket`: not read on this platform.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn of<S>(_socket: &S) -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Io(u64);
+
+    fn queued(io: &Io) -> Option<u64> {
+        Some(io.0)
+    }
+
+    #[test]
+    fn only_an_asked_question_is_answered_and_only_once() {
+        answer_for(&Io(7), queued);
+        assert_eq!(answer(), None, "nobody asked");
+        ask();
+        answer_for(&Io(7), queued);
+        answer_for(&Io(9), queued);
+        assert_eq!(answer(), Some(7), "the first IO polled answers");
+        assert_eq!(answer(), None, "an answer is taken once");
+        ask();
+        assert_eq!(answer(), None, "no IO answered");
+        answer_for(&Io(7), queued);
+        assert_eq!(answer(), None, "the question was withdrawn");
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_socket_reports_what_its_peer_has_not_read() {
+        use std::io::Write;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        assert_eq!(of(&a), Some(0));
+        a.write_all(&[0; 1000]).expect("write");
+        let held = of(&a).expect("a queue");
+        assert!(held >= 1000, "{held}");
+        drop(b);
+    }
+}
