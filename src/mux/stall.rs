@@ -92,20 +92,35 @@ impl Stall {
         } else if self.quiet_since.is_none() {
             self.quiet_since = Some(Instant::now());
         }
-        let asked = self.asking.take();
-        if let Some(ask) = asked
-            && !self.answered(ask, queued, heard.is_some())
+        // The common case: no question out, and the timer has not fired.
+        if self.asking.is_none() {
+            // Armed first for halfway (the send queue's baseline), or for the limit.
+            let first = if self.no_queue { limit } else { limit / 2 };
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(first)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+        }
+        self.fired(cx, limit, heard.is_some(), queued)
+    }
+
+    /// The timer fired, or the engine brings the answer to a question: stalled, a
+    /// question for the next pass, or the timer re-armed.
+    #[cold]
+    #[inline(never)]
+    fn fired(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: Duration,
+        heard: bool,
+        queued: Option<u64>,
+    ) -> Result<(), ConnectionError> {
+        if let Some(ask) = self.asking.take()
+            && !self.answered(ask, queued, heard)
         {
             return Err(stalled(limit));
-        }
-        // Armed first for halfway (the send queue's baseline), or for the limit.
-        let first = if self.no_queue { limit } else { limit / 2 };
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(first)));
-        // An answer is acted on at once; otherwise only a timer that fired does.
-        if asked.is_none() && timer.as_mut().poll(cx).is_pending() {
-            return Ok(());
         }
         loop {
             let Some(since) = self.quiet_since else {
