@@ -195,7 +195,10 @@ impl Config {
     /// frames), and bytes of a request the transport is still taking in (a large write
     /// over a slow link). With the crate's connectors on Linux, the socket's send queue
     /// counts too: a request the kernel took whole, that the server is still reading,
-    /// keeps the clock from running out while the queue shrinks. A large reply or
+    /// keeps the clock from running out while the queue shrinks. The queue shrinks in
+    /// steps (a TCP window update, tens of KB), read halfway through a quiet spell and
+    /// at its end: a server reading slower than about a step per half the timeout (a
+    /// few KB/s with the default) is silence to it. A large reply or
     /// request over a slow link, or a multi-frame
     /// reply whose frames keep coming, never stalls; small requests or heartbeats that
     /// go out whole do not keep a server that never answers alive. Over a transport of

@@ -6,8 +6,20 @@
 //! Real loopback sockets (TCP, Unix, TLS over TCP) on real time, servers on 127.0.0.1
 //! or a Unix socket in the temp dir; every wait is bounded.
 //!
-//! Tests named `finding_*` FAIL on the tree under review (each says why); the others
-//! pass and document what holds.
+//! Tests named `finding_*` failed on the tree under review (each says why); the others
+//! passed and document what holds.
+//!
+//! * Finding 1 (`finding_1_*`, `finding_1b_*`), fixed: progress heard early in a quiet
+//!   spell left the timer armed for the old spell's end; it fired past the new spell's
+//!   half, the baseline was read then and the verdict moments later, so a peer reading
+//!   all along was `Stalled`. Deterministic with a push frame; intermittent with the
+//!   writer's own wake-ups (the defect's case at 100 ms). The verdict now waits until
+//!   half a limit after its baseline (`Stall::next`).
+//! * Finding 2 (`finding_2_*`), a floor of the approach, ignored: the queue moves in
+//!   steps (TCP: a window update, ~95 KB on loopback; Unix: one ~36 KB skb), so a
+//!   reader slower than a step per half a stall timeout is `Stalled` though it reads
+//!   all along. With the default 30 s that is a few KB/s; `Config::stall_timeout` says
+//!   so.
 
 mod support;
 #[path = "../examples/common/tls.rs"]
@@ -40,7 +52,12 @@ fn ms(n: u64) -> Duration {
 /// The bound on any one test body.
 const WHOLE: Duration = Duration::from_secs(30);
 
+/// Runs a test body within [`WHOLE`], one at a time: the tests move megabytes through
+/// slow readers on real time, and on a machine of two cores a reader starved for a
+/// stall timeout by its neighbours is silent, as the timer rightly says.
 async fn whole<F: Future>(f: F) -> F::Output {
+    static ONE_AT_A_TIME: std::sync::OnceLock<Mutex<()>> = std::sync::OnceLock::new();
+    let _turn = ONE_AT_A_TIME.get_or_init(|| Mutex::new(())).lock().await;
     tokio::time::timeout(WHOLE, f)
         .await
         .expect("the test finished within its bound")
@@ -294,7 +311,8 @@ const MIB: usize = 1024 * 1024;
 /// push); when it fires, the new spell is past its half, so `Stall::next` asks for the
 /// baseline there, and the verdict comes at the new spell's end, 10 ms later. The
 /// queue moves in ~60 ms steps: over those 10 ms it usually did not, and the
-/// connection fails `Stalled` with the server reading and talking. Without the pushes
+/// connection fails `Stalled` (at ~615 ms) with the server reading and talking, in
+/// both modes and over TLS. Without the pushes
 /// (less sign of life) the same transfer is answered: see the control below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_1_a_push_frame_early_in_a_spell_makes_a_slow_reader_stall() {
@@ -303,7 +321,17 @@ async fn finding_1_a_push_frame_early_in_a_spell_makes_a_slow_reader_stall() {
             push_every: Some(ms(310)),
             ..Peer::reading(64 * 1024, 40)
         };
-        all_answered(Net::Tcp, Md::Session, 3 * MIB, peer, ms(300), 2).await;
+        let mut failed = Vec::new();
+        for (net, md) in [
+            (Net::Tcp, Md::Session),
+            (Net::Tcp, Md::Order),
+            (Net::Tls, Md::Session),
+        ] {
+            if let Err(e) = one_big(net, md, 3 * MIB, peer, ms(300)).await {
+                failed.push(e);
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
     })
     .await;
 }
@@ -326,12 +354,13 @@ async fn control_1_the_same_slow_reader_without_pushes_is_answered() {
 }
 
 /// The defect's own case (8 MiB, a server reading 64 KiB every 10 ms) with a 100 ms
-/// stall timeout, six times over. The writer's wake-ups (every ~330 ms, when a third
+/// stall timeout, eight times over. The writer's wake-ups (every ~330 ms, when a third
 /// of the 4 MB send queue drained) restart the clock mid-spell exactly as the pushes
 /// of finding 1 do: when one lands within a few ms after a verdict, the next baseline
 /// is read ~85 ms late and the verdict ~15 ms after it, across which the queue (moving
 /// every ~22 ms) often did not shrink: `Stalled` at ~420 ms, 1.8 MB read. Fails in
-/// about one run in six to ten here; six runs catch it more often than not.
+/// about one run in three to ten here; eight runs catch it more often than not
+/// (intermittent: a pass proves nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_1b_the_defects_own_case_with_a_100ms_timeout_still_stalls_sometimes() {
     whole(async {
@@ -341,7 +370,7 @@ async fn finding_1b_the_defects_own_case_with_a_100ms_timeout_still_stalls_somet
             8 * MIB,
             Peer::reading(64 * 1024, 10),
             ms(100),
-            6,
+            8,
         )
         .await;
     })
@@ -356,12 +385,14 @@ async fn finding_1b_the_defects_own_case_with_a_100ms_timeout_still_stalls_somet
 // again, by about one loopback MSS (~64 KiB: ~95 KB steps here); over a Unix socket
 // only when the reader has consumed a whole skb (~36 KB).
 
-/// 2 MiB, taken whole by the kernel, to a server reading 4 KiB every 10 ms (~360 KB/s,
-/// about 3 Mbit/s), with the defect's own 300 ms stall timeout: the queue shrinks by
-/// ~95 KB every ~260 ms, so the first spell's half (150 ms) to its end often sees no
-/// step, and the request fails `Stalled` at ~300 ms with a fraction read.
+/// 1 MiB, taken whole by the kernel, to a server reading 2 KiB every 10 ms (~190 KB/s,
+/// about 1.5 Mbit/s: a slow link), with the defect's own 300 ms stall timeout. The
+/// queue shrinks by ~95 KB every ~520 ms (`diagnostic_trace_send_queue`, STEP=2048), so
+/// the reading at the half (150 ms) and the one at the limit (300 ms) are equal, and
+/// the request fails `Stalled` at ~300 ms with 55 KB read, the server reading all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_2_tcp_a_request_taken_whole_read_at_3_mbit_s_stalls() {
+#[ignore = "a floor of the send-queue reading (Config::stall_timeout): run with --ignored"]
+async fn finding_2_tcp_a_request_taken_whole_read_at_1_5_mbit_s_stalls() {
     whole(async {
         all_answered(
             Net::Tcp,
@@ -376,11 +407,13 @@ async fn finding_2_tcp_a_request_taken_whole_read_at_3_mbit_s_stalls() {
     .await;
 }
 
-/// 512 KiB over a Unix socket to a server reading 1 KiB every 10 ms (~100 KB/s), stall
-/// timeout 300 ms: the queue (`SIOCOUTQ`: skbs not wholly read) drops by one ~36 KB skb
-/// every ~360 ms, and the writer wakes only when it is down to a quarter of the send
-/// buffer: `Stalled`, the server reading throughout.
+/// 512 KiB over a Unix socket (the builder's connector, a path host) to a server reading
+/// 1 KiB every 10 ms (~100 KB/s), stall timeout 300 ms: `SIOCOUTQ` on a Unix socket
+/// counts the skbs not wholly read, and drops by one ~36 KB skb every ~400 ms; the
+/// writer wakes only every ~2 s (a quarter of the send buffer left): `Stalled` at
+/// ~300 ms with 27 KB read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a floor of the send-queue reading (Config::stall_timeout): run with --ignored"]
 async fn finding_2_unix_a_slow_reader_stalls() {
     whole(async {
         all_answered(
@@ -587,7 +620,10 @@ async fn an_idle_ping_to_a_server_that_never_answers_does_not_keep_it_alive() {
                     "reads every {every} ms: stalled after {took:?}, {} requests read",
                     seen.requests.load(Ordering::Relaxed)
                 );
-                assert!(seen.requests.load(Ordering::Relaxed) >= 2, "the ping went out");
+                assert!(
+                    seen.requests.load(Ordering::Relaxed) >= 2,
+                    "the ping went out"
+                );
                 ch.close();
             }
         }
@@ -609,14 +645,20 @@ async fn a_peer_that_stops_reading_mid_transfer_stalls_within_a_bound() {
             };
             let (ch, seen) = setup(net, Md::Session, peer, stalls_at(ms(300))).await;
             let t = Instant::now();
-            let err = tokio::time::timeout(Duration::from_secs(10), ch.request(Msg::new("x".repeat(8 * MIB))))
-                .await
-                .expect("a verdict within 10 s")
-                .expect_err("never read whole");
+            let err = tokio::time::timeout(
+                Duration::from_secs(10),
+                ch.request(Msg::new("x".repeat(8 * MIB))),
+            )
+            .await
+            .expect("a verdict within 10 s")
+            .expect_err("never read whole");
             let took = t.elapsed();
             assert!(is_stalled(&err), "{net:?}: {err}");
             // 2 MiB at ~6 MB/s is ~350 ms of reading; then at most two limits.
-            assert!(took < ms(350 + 2 * 300 + 200), "{net:?}: stalled after {took:?}");
+            assert!(
+                took < ms(350 + 2 * 300 + 200),
+                "{net:?}: stalled after {took:?}"
+            );
             assert!(seen.read.load(Ordering::Relaxed) >= 2 * MIB, "{net:?}");
             ch.close();
         }
@@ -633,7 +675,13 @@ async fn a_peer_that_stops_reading_mid_transfer_stalls_within_a_bound() {
 #[tokio::test]
 async fn no_answer_leaks_between_connections_on_one_thread() {
     whole(async {
-        let (b, _) = setup(Net::Tcp, Md::Session, Peer::reading(64 * 1024, 20), stalls_at(ms(200))).await;
+        let (b, _) = setup(
+            Net::Tcp,
+            Md::Session,
+            Peer::reading(64 * 1024, 20),
+            stalls_at(ms(200)),
+        )
+        .await;
         let big = tokio::spawn(async move { b.request(Msg::new("x".repeat(3 * MIB))).await });
         tokio::time::sleep(ms(50)).await;
         let mute = Peer {
@@ -657,7 +705,10 @@ async fn no_answer_leaks_between_connections_on_one_thread() {
         let t = Instant::now();
         let (rc, ru) = tokio::join!(c.request(Msg::new("c")), u.request(Msg::new("u")));
         let took = t.elapsed();
-        let (rc, ru) = (rc.expect_err("C never answered"), ru.expect_err("U never answered"));
+        let (rc, ru) = (
+            rc.expect_err("C never answered"),
+            ru.expect_err("U never answered"),
+        );
         assert!(is_stalled(&rc), "C: {rc}");
         assert!(is_stalled(&ru), "U: {ru}");
         assert!(took < ms(450), "stalled after {took:?} (limit 200 ms)");
@@ -677,7 +728,13 @@ async fn no_answer_leaks_between_connections_on_one_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exempt_call_is_never_stalled_by_the_queue_reading() {
     whole(async {
-        let (ch, _) = setup(Net::Tcp, Md::Session, Peer::reading(0, 10), stalls_at(ms(100))).await;
+        let (ch, _) = setup(
+            Net::Tcp,
+            Md::Session,
+            Peer::reading(0, 10),
+            stalls_at(ms(100)),
+        )
+        .await;
         let call = Call::new(Msg::new("x".repeat(8 * MIB))).no_stall_timeout();
         let res = tokio::time::timeout(ms(600), ch.request(call)).await;
         assert!(res.is_err(), "the exempt call ended: {res:?}");

@@ -68,7 +68,8 @@ impl Stall {
     /// iteration read it ([`wants_queue`](Self::wants_queue)).
     ///
     /// Before the timer gives up, it reads the send queue, if the transport can: once
-    /// halfway through the quiet spell and again at its end. A queue that shrank is
+    /// halfway through the quiet spell and again at its end, at least half a limit
+    /// after the first reading (the queue drains in steps). A queue that shrank is
     /// the peer taking a request in (the kernel took it whole, and wakes the writer
     /// only once much of it drained): the clock restarts. A queue that is empty, or
     /// did not shrink (a peer that stopped reading, or is gone), is silence as before.
@@ -175,22 +176,30 @@ impl Stall {
     /// What the timer does next, at `now`, in a quiet spell begun at `since`.
     fn next(&self, since: Instant, limit: Duration, now: Instant) -> Next {
         let due = deadline(since, limit);
-        let read = !self.no_queue && self.sample.is_some_and(|(at, _)| at >= since);
-        if due <= now {
-            return if read {
-                Next::Ask(Ask::Verdict)
-            } else {
+        if self.no_queue {
+            return if due <= now {
                 Next::Stalled
+            } else {
+                Next::At(due)
             };
         }
-        if self.no_queue || read {
-            return Next::At(due);
-        }
-        let half = deadline(since, limit / 2);
-        if half <= now {
-            Next::Ask(Ask::Baseline)
+        // A reading from before this spell began says nothing of it (our writes since
+        // may have filled the queue).
+        let baseline = self.sample.filter(|&(at, _)| at >= since).map(|(at, _)| at);
+        let (when, ask) = match baseline {
+            // Halfway, or as soon as can be: a spell begun just after the timer was
+            // armed (it is re-armed lazily) may reach its end with no reading yet.
+            None => (deadline(since, limit / 2), Ask::Baseline),
+            // The queue drains in steps (a TCP window, a socket buffer): two readings a
+            // moment apart say nothing, so the verdict comes half a limit after its
+            // baseline at the soonest (helper-53's finding: progress heard early in a
+            // spell left the timer firing past the new spell's halfway mark).
+            Some(at) => (due.max(deadline(at, limit / 2)), Ask::Verdict),
+        };
+        if when <= now {
+            Next::Ask(ask)
         } else {
-            Next::At(half)
+            Next::At(when)
         }
     }
 }
@@ -210,12 +219,23 @@ mod tests {
     /// with nothing heard, the send queue read from `queue` (of the time in ms) when
     /// asked; returns when it stalled, if it did within `end` ms.
     async fn stalls_at(limit: u64, queue: impl Fn(u64) -> Option<u64>, end: u64) -> Option<u64> {
+        stalls_hearing(limit, queue, |_| false, end).await
+    }
+
+    /// [`stalls_at`], with progress heard in the passes at the times `heard` says.
+    async fn stalls_hearing(
+        limit: u64,
+        queue: impl Fn(u64) -> Option<u64>,
+        heard: impl Fn(u64) -> bool,
+        end: u64,
+    ) -> Option<u64> {
         let mut stall = Stall::default();
         let mut cx = Context::from_waker(Waker::noop());
         let limit = Duration::from_millis(limit);
         for t in 0..=end {
             let queued = if stall.wants_queue() { queue(t) } else { None };
-            if stall.poll(&mut cx, limit, true, None, queued).is_err() {
+            let heard = heard(t).then(Instant::now);
+            if stall.poll(&mut cx, limit, true, heard, queued).is_err() {
                 return Some(t);
             }
             tokio::time::advance(Duration::from_millis(1)).await;
@@ -230,8 +250,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_queue_that_is_empty_or_does_not_shrink_is_silence() {
-        // At the limit, and the pass after it that reads the queue.
-        let at_the_limit = |at: Option<u64>| matches!(at, Some(300 | 301));
+        // At the limit, or as late as half a limit after the reading halfway (taken
+        // a pass after it was asked for), and the pass after that reads the queue.
+        let at_the_limit = |at: Option<u64>| matches!(at, Some(300..=302));
         assert!(
             at_the_limit(stalls_at(300, |_| Some(0), 2000).await),
             "empty"
@@ -257,6 +278,48 @@ mod tests {
             (3000..=3000 + 2 * 300 + 1).contains(&at),
             "stalled at {at} ms"
         );
+    }
+
+    /// Helper-53's finding: progress heard early in a spell left the timer firing after
+    /// the new spell's halfway mark, the baseline was read then, and the verdict a
+    /// moment later, between two steps of the queue: a reading peer stalled.
+    #[tokio::test(start_paused = true)]
+    async fn a_verdict_waits_half_a_limit_after_a_late_baseline() {
+        // 100 kB leave every 100 ms, from 3 MB: empty at 3 s.
+        let steps = |t: u64| Some(3_000_000u64.saturating_sub(100_000 * (t / 100)));
+        // Spared at 301; heard at 360: the timer (armed for 601) reads the baseline at
+        // 602, and the spell ends at 660, in the same step of the queue.
+        let at = stalls_hearing(300, steps, |t| t == 0 || t == 360, 10_000).await;
+        let at = at.expect("stalls once drained");
+        assert!(at >= 3000, "stalled at {at} ms, the queue still draining");
+    }
+
+    /// Found by the same review's test at 100 ms: progress heard just after a verdict
+    /// began a spell the timer (armed for the last one's end) reached only at its end,
+    /// with no reading taken in it: stalled. A spell over a socket whose queue can be
+    /// read ends only on a verdict.
+    #[tokio::test(start_paused = true)]
+    async fn a_spell_that_ends_unread_is_read_before_it_is_judged() {
+        let mut stall = Stall::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let limit = Duration::from_millis(300);
+        // 1 kB leave every millisecond, from 3 MB.
+        let queue = |t: u64| 3_000_000u64.saturating_sub(1000 * t);
+        for t in 0..=2000u64 {
+            // The task is starved from 590 to 620 ms, past the end of the spell that
+            // progress heard at 303 ms (just after a verdict) began.
+            if (590..620).contains(&t) {
+                tokio::time::advance(Duration::from_millis(1)).await;
+                continue;
+            }
+            let heard = (t == 0 || t == 303).then(Instant::now);
+            let queued = stall.wants_queue().then(|| queue(t));
+            assert!(
+                stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
+                "stalled at {t} ms, the queue draining"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
