@@ -384,12 +384,29 @@ impl<I, C: Encoder<I>> Encoder<I> for Metered<C> {
         }
         let _done = Done;
         let before = dst.len();
+        if before == 0 {
+            front(dst);
+        }
         let res = self.inner.encode(item, dst);
         // A codec that failed may have left part of a frame: it is in the stream.
         let n = dst.len().saturating_sub(before) as u64;
         ENCODED.with(|c| c.set(c.get().wrapping_add(n)));
         res
     }
+}
+
+/// Starts an empty write buffer at the front of its allocation. `Framed` advances its
+/// write buffer past what each write took, so without this the frames of a batch go
+/// where the last batch's ended, and once they reach the end of the allocation the
+/// buffer copies what it holds of the batch back to the front to make room: with 64
+/// calls of 1 KiB a batch, about half of each batch was copied twice (the encoder's
+/// copy took 8.6% of the cycles at 256 callers against the hand-written client's
+/// 2.9%). Empty, it moves no byte back (`try_reclaim` allocates nothing; it fails only
+/// where the buffer already starts at the front, or is shared).
+#[cold]
+#[inline(never)]
+fn front(dst: &mut BytesMut) {
+    let _ = dst.try_reclaim(dst.capacity().saturating_add(1));
 }
 
 impl<C: Decoder> Decoder for Metered<C> {
@@ -404,5 +421,53 @@ impl<C: Decoder> Decoder for Metered<C> {
     #[inline]
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         self.inner.decode_eof(src)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Buf, BufMut};
+
+    use super::*;
+
+    /// Writes `n` bytes a frame.
+    struct Fill(usize);
+
+    impl Encoder<()> for Fill {
+        type Error = io::Error;
+
+        fn encode(&mut self, (): (), dst: &mut BytesMut) -> io::Result<()> {
+            dst.put_bytes(7, self.0);
+            Ok(())
+        }
+    }
+
+    /// What `Framed` does to its write buffer: frames encoded into it, then written
+    /// out (the buffer advanced past them).
+    #[test]
+    fn a_batch_starts_at_the_front_of_an_emptied_write_buffer() {
+        let mut codec = Metered::new(Fill(100));
+        let mut buf = BytesMut::with_capacity(1024);
+        codec.encode((), &mut buf).unwrap();
+        buf.advance(100);
+        assert_eq!(buf.capacity(), 924, "the written part is behind the start");
+        codec.encode((), &mut buf).unwrap();
+        assert_eq!(buf.capacity(), 1024, "back at the front, with all of it");
+        assert_eq!(buf.len(), 100);
+        // Not empty: left where it is (moving it would copy the unwritten frame).
+        buf.advance(50);
+        codec.encode((), &mut buf).unwrap();
+        assert_eq!((buf.len(), buf.capacity()), (150, 974));
+    }
+
+    #[test]
+    fn a_write_buffer_at_the_front_is_not_grown() {
+        let mut codec = Metered::new(Fill(10));
+        let mut buf = BytesMut::with_capacity(64);
+        codec.encode((), &mut buf).unwrap();
+        assert_eq!((buf.len(), buf.capacity()), (10, 64));
+        let mut empty = BytesMut::new();
+        codec.encode((), &mut empty).unwrap();
+        assert_eq!(empty.len(), 10);
     }
 }
