@@ -281,6 +281,7 @@ impl<T> Metered<T> {
 
     /// Reads the send queue of the socket under the IO with `queued` when the stall
     /// timer asks ([`queue`]): the crate's connectors, which know their sockets.
+    #[cfg(feature = "tcp")]
     pub(crate) fn with_queue(mut self, queued: queue::Queued<T>) -> Self {
         self.queued = Some(queued);
         self

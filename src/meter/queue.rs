@@ -57,7 +57,7 @@ pub(super) fn answer_for<T>(io: &T, queued: Queued<T>) {
 /// The send queue of `socket`: for a TCP socket, the bytes written and not yet
 /// acknowledged (`SIOCOUTQ`); for a Unix stream socket, those its peer has not read.
 /// Only for sockets (the crate's connectors pass their own).
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(feature = "tcp", any(target_os = "linux", target_os = "android")))]
 #[allow(unsafe_code)]
 pub(crate) fn of<S: std::os::fd::AsFd>(socket: &S) -> Option<u64> {
     use std::os::fd::AsRawFd;
@@ -73,7 +73,7 @@ pub(crate) fn of<S: std::os::fd::AsFd>(socket: &S) -> Option<u64> {
 }
 
 /// The send queue of `socket`: not read on this platform.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(all(feature = "tcp", not(any(target_os = "linux", target_os = "android"))))]
 pub(crate) fn of<S>(_socket: &S) -> Option<u64> {
     None
 }
@@ -103,7 +103,7 @@ mod tests {
         assert_eq!(answer(), None, "the question was withdrawn");
     }
 
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(all(feature = "tcp", any(target_os = "linux", target_os = "android")))]
     #[test]
     fn a_socket_reports_what_its_peer_has_not_read() {
         use std::io::Write;
