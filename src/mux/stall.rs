@@ -3,11 +3,13 @@
 //! The clock runs only while a call that counts waits for its reply
 //! ([`Matcher::watched`](super::Matcher::watched)), and the server's signs of life
 //! restart it: a frame read, a byte read (over a [`Metered`](crate::Metered) IO, as the
-//! crate's own connectors use), and bytes of a request the transport is still taking in
-//! (a write that did not go out whole at once). So a large reply or request over a slow
-//! link, or a multi-frame reply whose frames keep coming, never stalls; a server that
-//! says nothing while calls wait does, even while we keep writing small requests or
-//! heartbeats to it, and so does one that stopped reading them. The timer is re-armed lazily: progress only
+//! crate's own connectors use), bytes of a request the transport is still taking in
+//! (a write that did not go out whole at once), and, before it gives up, a socket send
+//! queue that shrank (`meter::queue`: the kernel took the request whole and the peer is
+//! still reading it). So a large reply or request over a slow link, or a multi-frame
+//! reply whose frames keep coming, never stalls; a server that says nothing while calls
+//! wait does, even while we keep writing small requests or heartbeats to it, and so
+//! does one that stopped reading them. The timer is re-armed lazily: progress only
 //! stores an [`Instant`], and the timer, when it fires early, moves to the new deadline.
 
 use std::pin::Pin;
