@@ -198,11 +198,11 @@ impl Config {
     /// keeps the clock from running out while the queue shrinks. The queue shrinks in
     /// steps (a TCP window update, tens of KB), read halfway through a quiet spell and
     /// at its end: a server reading slower than about a step per half the timeout (a
-    /// few KB/s with the default) is silence to it. A large reply or
-    /// request over a slow link, or a multi-frame
-    /// reply whose frames keep coming, never stalls; small requests or heartbeats that
-    /// go out whole do not keep a server that never answers alive. Over a transport of
-    /// your own without `Metered`, only frames read count. Calls made with an exemption
+    /// few KB/s with the default) is silence to it. A large reply or request over a
+    /// slow link, or a multi-frame reply whose frames keep coming, never stalls; small
+    /// requests or heartbeats that go out whole do not keep a server that never answers
+    /// alive. Over a transport of your own without `Metered`, only frames read count.
+    /// Calls made with an exemption
     /// ([`Call::no_stall_timeout`](crate::Call::no_stall_timeout): blocking commands) do
     /// not count, nor, in order mode, the calls queued behind one.
     ///

@@ -432,64 +432,35 @@ async fn finding_2_unix_a_slow_reader_stalls() {
 // ---------------------------------------------------------------------------------
 // What holds: slow readers above those floors.
 
+/// [`all_answered`] in order mode and in session mode.
+async fn answered_in_both_modes(net: Net, size: usize, peer: Peer, limit: Duration, runs: usize) {
+    for md in [Md::Order, Md::Session] {
+        all_answered(net, md, size, peer, limit, runs).await;
+    }
+}
+
 /// 2 MiB taken whole, read at ~6 MB/s (64 KiB every 10 ms), stall timeout 100 ms: the
 /// queue moves every ~22 ms, no writer wake-up restarts a spell mid-way: answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_a_request_taken_whole_read_at_6_mb_s_with_100ms_is_answered() {
-    whole(async {
-        for md in [Md::Order, Md::Session] {
-            all_answered(
-                Net::Tcp,
-                md,
-                2 * MIB,
-                Peer::reading(64 * 1024, 10),
-                ms(100),
-                2,
-            )
-            .await;
-        }
-    })
-    .await;
+    let peer = Peer::reading(64 * 1024, 10);
+    whole(answered_in_both_modes(Net::Tcp, 2 * MIB, peer, ms(100), 2)).await;
 }
 
 /// The defect's case over a Unix socket (the builder's connector with a path host):
 /// answered, in both modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_the_defects_case_is_answered() {
-    whole(async {
-        for md in [Md::Order, Md::Session] {
-            all_answered(
-                Net::Unix,
-                md,
-                8 * MIB,
-                Peer::reading(64 * 1024, 10),
-                ms(300),
-                1,
-            )
-            .await;
-        }
-    })
-    .await;
+    let peer = Peer::reading(64 * 1024, 10);
+    whole(answered_in_both_modes(Net::Unix, 8 * MIB, peer, ms(300), 1)).await;
 }
 
 /// The defect's case over TLS (`TlsConnector`: the queue of the TCP socket under the
 /// session): answered, in both modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_the_defects_case_is_answered() {
-    whole(async {
-        for md in [Md::Order, Md::Session] {
-            all_answered(
-                Net::Tls,
-                md,
-                8 * MIB,
-                Peer::reading(64 * 1024, 10),
-                ms(300),
-                1,
-            )
-            .await;
-        }
-    })
-    .await;
+    let peer = Peer::reading(64 * 1024, 10);
+    whole(answered_in_both_modes(Net::Tls, 8 * MIB, peer, ms(300), 1)).await;
 }
 
 // ---------------------------------------------------------------------------------

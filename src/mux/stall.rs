@@ -162,9 +162,7 @@ impl Stall {
         };
         let now = Instant::now();
         let since = self.quiet_since.unwrap_or(now);
-        let shrank = self
-            .sample
-            .is_some_and(|(at, held)| at >= since && queued < held);
+        let shrank = self.baseline(since).is_some_and(|(_, held)| queued < held);
         self.sample = Some((now, queued));
         if heard || ask == Ask::Baseline {
             return true;
@@ -173,6 +171,12 @@ impl Stall {
             self.quiet_since = Some(now);
         }
         shrank
+    }
+
+    /// The reading taken in the quiet spell begun at `since`, if any: one from before it
+    /// says nothing of it (our writes since may have filled the queue).
+    fn baseline(&self, since: Instant) -> Option<(Instant, u64)> {
+        self.sample.filter(|&(at, _)| at >= since)
     }
 
     /// What the timer does next, at `now`, in a quiet spell begun at `since`.
@@ -185,10 +189,7 @@ impl Stall {
                 Next::At(due)
             };
         }
-        // A reading from before this spell began says nothing of it (our writes since
-        // may have filled the queue).
-        let baseline = self.sample.filter(|&(at, _)| at >= since).map(|(at, _)| at);
-        let (when, ask) = match baseline {
+        let (when, ask) = match self.baseline(since).map(|(at, _)| at) {
             // Halfway, or as soon as can be: a spell begun just after the timer was
             // armed (it is re-armed lazily) may reach its end with no reading yet.
             None => (deadline(since, limit / 2), Ask::Baseline),
