@@ -198,10 +198,14 @@ async fn pipelined_calls_each_get_exactly_their_own_lines() {
             sampler.peak()
         );
         let counters = ch.counters();
-        assert_eq!(
-            (counters.reconnects, counters.unknown, counters.in_flight),
-            (0, 0, 0)
-        );
+        assert_eq!((counters.reconnects, counters.unknown), (0, 0));
+        // The connection task reports calls in flight at the end of its pass, after
+        // the replies it routed woke their callers (and after its flush): the last
+        // caller can read the count first.
+        support::eventually(Duration::from_secs(5), "nothing in flight", || {
+            ch.counters().in_flight == 0
+        })
+        .await;
     })
     .await;
 }
