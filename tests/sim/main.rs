@@ -239,6 +239,19 @@ pub fn print_failure(seed: u64, report: &run::Report, test: &str) {
     eprintln!("replay: {}", replay_command(seed, test));
 }
 
+/// Stamps a traced event with the milliseconds of virtual time since the first one
+/// the run's runtime stamped (the event log counts from its own start, a step earlier).
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let now = tokio::time::Instant::now();
+        let start = *START.get_or_init(|| now);
+        write!(w, "{:>6}", now.saturating_duration_since(start).as_millis())
+    }
+}
+
 /// Replays `SIM_SEED` (default 0) and prints its whole event log.
 #[test]
 fn replay() {
@@ -248,12 +261,12 @@ fn replay() {
     }
     let seed = env_u64("SIM_SEED", 0);
     if std::env::var_os("SIM_TRACE").is_some() {
-        // The crate's own events, to stderr, in the order they happen (no clock: the
-        // simulation's is virtual).
+        // The crate's own events, to stderr, in the order they happen, stamped with
+        // the simulation's virtual clock.
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
-            .without_time()
+            .with_timer(VirtualTime)
             .with_writer(std::io::stderr)
             .try_init();
     }
