@@ -707,3 +707,49 @@ async fn the_pools_state_changes_can_be_awaited() {
     })
     .await;
 }
+
+/// A call a method makes waits for room on the connection it chose. When that
+/// connection is taken out of the pool meanwhile (its endpoint removed; a shrink), the
+/// call chooses again: it does not wait on slots a handle's balance reserved there and
+/// holds, nor fail `Closed` when the drain ends (simulation seed 0x1da0a13).
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_room_on_a_connection_taken_out_goes_to_another() {
+    bounded(async {
+        use tower::discover::Change;
+        let net = net();
+        let (changes, discover) = feed();
+        let pool = Channel::builder()
+            .config(socketchannel::Config::default().queue(1))
+            .reconnect(Reconnect::Persistent)
+            .pool(1)
+            .discover(discover)
+            .connector(net.connector(), Order::new(TestProto))
+            .unwrap();
+        changes
+            .send(Change::Insert("a", Endpoint::new("a", 1)))
+            .unwrap();
+        assert_eq!(pool.request(msg("warm")).await.unwrap().text(), "warm");
+        // A handle ready for its next call holds the only slot of a's intake.
+        let mut holder = pool.clone();
+        ServiceExt::<Msg>::ready(&mut holder).await.unwrap();
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.request(msg("moved")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "it waits for room on a");
+        changes
+            .send(Change::Insert("b", Endpoint::new("b", 2)))
+            .unwrap();
+        changes.send(Change::Remove("a")).unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("it chose again, and did not wait for the slot the holder keeps")
+            .unwrap()
+            .expect("not failed by a's drain");
+        assert_eq!(reply.text(), "moved");
+        assert_eq!(net.count("b:2"), 1);
+        drop(holder);
+    })
+    .await;
+}

@@ -131,15 +131,16 @@ where
     pub(crate) fn remove_group(&self, id: u64) -> Vec<Arc<Slot<Req, Resp>>> {
         let mut removed = Vec::new();
         self.change(|list| {
-            let (gone, kept) = std::mem::take(list)
+            let (gone, kept): (Vec<_>, _) = std::mem::take(list)
                 .into_iter()
                 .partition(|s| s.group == id);
             *list = kept;
+            // Flagged before the change wakes anyone: whoever wakes sees it.
+            for slot in &gone {
+                slot.removed.store(true, Ordering::SeqCst);
+            }
             removed = gone;
         });
-        for slot in &removed {
-            slot.removed.store(true, Ordering::SeqCst);
-        }
         removed
     }
 
@@ -149,12 +150,12 @@ where
         let mut removed = None;
         self.change(|list| {
             if let Some(at) = list.iter().position(|s| s.key == key) {
-                removed = Some(list.remove(at));
+                let slot = list.remove(at);
+                // Flagged before the change wakes anyone: whoever wakes sees it.
+                slot.removed.store(true, Ordering::SeqCst);
+                removed = Some(slot);
             }
         });
-        if let Some(slot) = &removed {
-            slot.removed.store(true, Ordering::SeqCst);
-        }
         removed
     }
 }

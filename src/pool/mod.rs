@@ -85,8 +85,11 @@ use crate::stats::Counters;
 /// Fixed, or ([`PoolBuilder::grow_to`]) between the size it was built with and a
 /// maximum: grown by one while the mean calls in flight per connection is above a
 /// target, shrunk by one while it is below half of it, at most once per dwell time;
-/// a connection taken out finishes its calls. A call whose connection was chosen by
-/// `poll_ready` just before it was taken out fails *not sent* ([`Kind::Closed`](crate::Kind::Closed)).
+/// a connection taken out finishes its calls. A call whose connection was taken out
+/// after it was chosen goes to another: through `Service`, to the least loaded usable
+/// one (or, with none, it fails *not sent*, [`Kind::Overloaded`](crate::Kind::Overloaded));
+/// through a method, chosen again, also while it waits for room in that connection's
+/// intake.
 ///
 /// # Cost
 ///
@@ -106,6 +109,17 @@ pub struct Pool<Req, Resp> {
     members: Arc<Members<Req, Resp>>,
     /// This handle's choice for its `Service` calls.
     chooser: Chooser<Req, Resp, Req>,
+}
+
+/// What a call waiting for room in a connection's intake found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A slot, reserved for it.
+    Reserved,
+    /// None: the channel refuses calls (closed); the call fails as it fails them.
+    Refused,
+    /// The connection was taken out of the pool meanwhile.
+    Gone,
 }
 
 impl<Req, Resp> Pool<Req, Resp>
@@ -176,8 +190,8 @@ where
             let picked = async {
                 let slot = self.pick().await?;
                 let mut channel = slot.channel.clone();
-                let room = std::future::poll_fn(|cx| channel.poll_reserve(cx)).await;
-                Ok::<_, Error>((slot, channel, room.is_ok()))
+                let room = self.room(&slot, &mut channel).await;
+                Ok::<_, Error>((slot, channel, room))
             };
             let picked = match at {
                 None => picked.await,
@@ -186,7 +200,9 @@ where
                     .unwrap_or_else(|_| Err(Error::new(crate::error::Kind::Timeout))),
             };
             let (slot, mut channel, room) = match picked {
-                Ok(picked) => picked,
+                // Taken out while it waited for room: choose again.
+                Ok((_, _, Room::Gone)) => continue,
+                Ok((slot, channel, room)) => (slot, channel, room == Room::Reserved),
                 // Timed out, or no connection at all: not sent, the request handed back.
                 Err(mut err) => {
                     if let Some(req) = call.frames.into_any() {
@@ -205,6 +221,37 @@ where
             let mut reply = channel.call_with(call);
             drop(queuing);
             return std::future::poll_fn(|cx| reply.poll_reply(cx)).await;
+        }
+    }
+
+    /// Waits for room in `slot`'s intake, as a channel's method does, but no longer
+    /// than `slot` is in the pool: a connection taken out (a shrink, its endpoint
+    /// removed) may keep its intake full of slots that handles' balances reserved and
+    /// will not use, and the call belongs on another one.
+    async fn room(&self, slot: &Slot<Req, Resp>, channel: &mut Channel<Req, Resp>) -> Room {
+        loop {
+            // Registered before the flag is read: a removal after it wakes this.
+            let changed = self.members.changes.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if slot.removed.load(std::sync::atomic::Ordering::SeqCst) {
+                channel.release();
+                return Room::Gone;
+            }
+            tokio::select! {
+                biased;
+                room = std::future::poll_fn(|cx| channel.poll_reserve(cx)) => {
+                    return match room {
+                        Ok(()) => Room::Reserved,
+                        // Its drain ended: it was taken out, not closed by the user.
+                        Err(_) if slot.removed.load(std::sync::atomic::Ordering::SeqCst) => {
+                            Room::Gone
+                        }
+                        Err(_) => Room::Refused,
+                    };
+                }
+                () = changed => {}
+            }
         }
     }
 

@@ -358,3 +358,19 @@ fn a_timed_out_call_is_an_orphan_for_the_drain_timeout_seed_0x17dcf7f() {
         "a_timed_out_call_is_an_orphan_for_the_drain_timeout_seed_0x17dcf7f",
     );
 }
+
+/// Found by the simulation on 31a0f6c (seed 31,066,643 of a sweep from 31,000,000): a
+/// pool call through a method (`request_n`) chose a connection whose intake of 4 was
+/// full of slots the handles' balances had reserved, and waited there for room. The
+/// connection sat idle (retired, nothing queued to make it connect), so the wait went
+/// on; a shrink then took it out, and when its drain ended the call failed `Closed`
+/// though the pool was never closed. Fixed: a call waiting for room on a connection
+/// chooses again once that connection is taken out of the pool.
+#[test]
+fn a_call_waiting_for_room_chooses_again_when_its_connection_is_taken_out_seed_0x1da0a13() {
+    assert_clean(
+        0x1da0a13,
+        "closed_only_when_closed",
+        "a_call_waiting_for_room_chooses_again_when_its_connection_is_taken_out_seed_0x1da0a13",
+    );
+}
