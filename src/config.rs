@@ -193,7 +193,9 @@ impl Config {
     /// waits, and the server's signs of life restart it: a frame read, a byte read
     /// (over a [`Metered`](crate::Metered) IO, as [`TcpConnector`](crate::TcpConnector)
     /// frames), and bytes of a request the transport is still taking in (a large write
-    /// over a slow link). With the crate's connectors on Linux, the socket's send queue
+    /// over a slow link). With the crate's connectors on Linux (and a connector of
+    /// your own that meters its socket with
+    /// [`Metered::send_queue`](crate::Metered::send_queue)), the socket's send queue
     /// counts too: a request the kernel took whole, that the server is still reading,
     /// keeps the clock from running out while the queue shrinks. The queue shrinks in
     /// steps (a TCP window update, tens of KB), read halfway through a quiet spell and

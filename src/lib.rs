@@ -422,6 +422,8 @@ pub use crate::connect::UnixConnector;
 #[cfg(feature = "tcp")]
 pub use crate::connect::{SocketConnector, SocketStream, TcpConnector};
 pub use crate::error::{ConnectionError, ConnectionErrorKind, Error, Kind, LimitError};
+#[cfg(unix)]
+pub use crate::meter::socket_send_queue;
 pub use crate::meter::{Metered, MeteredFramed, Wire};
 pub use crate::mux::{Mode, Order, Session};
 #[cfg(feature = "pool")]

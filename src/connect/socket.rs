@@ -62,7 +62,7 @@ impl<C: Clone> SocketConnector<C> {
             None => SocketStream::Tcp(self.tcp.sockets().stream(&endpoint).await?),
         };
         Ok(super::frame(
-            crate::Metered::exact(stream).with_queue(SocketStream::queued),
+            crate::Metered::exact(stream).send_queue(SocketStream::queued),
             self.tcp.codec,
             self.tcp.buffer,
         ))

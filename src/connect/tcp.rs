@@ -95,7 +95,7 @@ impl<C: Clone> TcpConnector<C> {
     async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<TcpStream, C>> {
         let stream = self.sockets().stream(&endpoint).await?;
         Ok(super::frame(
-            crate::Metered::exact(stream).with_queue(crate::meter::queue::of),
+            crate::Metered::exact(stream).send_queue(crate::meter::queue::of),
             self.codec,
             self.buffer,
         ))

@@ -63,7 +63,7 @@ impl<C: Clone> UnixConnector<C> {
     async fn connect(self, endpoint: Endpoint) -> io::Result<MeteredFramed<UnixStream, C>> {
         let stream = stream(&endpoint).await?;
         Ok(super::frame(
-            crate::Metered::exact(stream).with_queue(crate::meter::queue::of),
+            crate::Metered::exact(stream).send_queue(crate::meter::queue::of),
             self.codec,
             self.buffer,
         ))

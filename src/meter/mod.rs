@@ -22,6 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 
 pub(crate) mod queue;
+
+#[cfg(unix)]
+pub use queue::socket_send_queue;
 mod wire;
 
 pub use self::wire::Wire;
@@ -279,10 +282,21 @@ impl<T> Metered<T> {
         }
     }
 
-    /// Reads the send queue of the socket under the IO with `queued` when the stall
-    /// timer asks ([`queue`]): the crate's connectors, which know their sockets.
-    #[cfg(feature = "tcp")]
-    pub(crate) fn with_queue(mut self, queued: queue::Queued<T>) -> Self {
+    /// Reads the send queue of the socket under the IO with `queued` (its bytes not yet
+    /// taken in by the peer; [`socket_send_queue`](crate::socket_send_queue) reads a
+    /// socket's) when the stall timer asks, before it gives up on a connection where
+    /// calls wait and no byte moved: the kernel takes megabytes of a large request at
+    /// once and wakes the writer again only once much of them has drained, so a peer
+    /// taking a request in slowly can go longer than the stall timeout without a byte
+    /// seen to move. A queue that shrank is the peer reading: the clock restarts. The
+    /// crate's connectors read their sockets' so; without it, such a peer may fail
+    /// [`Stalled`](crate::ConnectionErrorKind::Stalled).
+    ///
+    /// `queued` runs once or twice per stall timeout at most, only while calls wait
+    /// and nothing moves, from the connection task when it polls this IO to read; one
+    /// that returns `None` leaves the timer to judge by bytes alone. Over a layer
+    /// (TLS), meter the layer and read the socket under it.
+    pub fn send_queue(mut self, queued: fn(&T) -> Option<u64>) -> Self {
         self.queued = Some(queued);
         self
     }

@@ -54,26 +54,52 @@ pub(super) fn answer_for<T>(io: &T, queued: Queued<T>) {
     }
 }
 
-/// The send queue of `socket`: for a TCP socket, the bytes written and not yet
-/// acknowledged (`SIOCOUTQ`); for a Unix stream socket, those its peer has not read.
-/// Only for sockets (the crate's connectors pass their own).
-#[cfg(all(feature = "tcp", any(target_os = "linux", target_os = "android")))]
+/// The send queue of `socket`: for a TCP socket, the bytes it took that its peer has
+/// not yet acknowledged (`SIOCOUTQ`); for a Unix stream socket, those its peer has not
+/// read. `None` where it cannot be read: on platforms other than Linux and Android,
+/// and for descriptors that are no socket.
+///
+/// For [`Metered::send_queue`](crate::Metered::send_queue) in a connector of your own,
+/// so that its stall timer tells a peer taking a large request in slowly from a stall
+/// as the crate's connectors do:
+///
+/// ```
+/// use socketchannel::{Metered, socket_send_queue};
+/// use tokio::net::TcpStream;
+///
+/// fn meter(stream: TcpStream) -> Metered<TcpStream> {
+///     Metered::exact(stream).send_queue(socket_send_queue)
+/// }
+/// ```
+#[cfg(unix)]
 #[allow(unsafe_code)]
-pub(crate) fn of<S: std::os::fd::AsFd>(socket: &S) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let mut queued: libc::c_int = 0;
-    // SAFETY: the descriptor is open (borrowed from `socket` for this call), and on a
-    // socket `TIOCOUTQ` (the same request as `SIOCOUTQ`) writes one `c_int` through
-    // the pointer, which points at one.
-    let rc = unsafe { libc::ioctl(socket.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    if rc != 0 {
-        return None;
+pub fn socket_send_queue<S: std::os::fd::AsFd>(socket: &S) -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: the descriptor is open (borrowed from `socket` for this call), and on
+        // a socket `TIOCOUTQ` (the same request as `SIOCOUTQ`) writes one `c_int`
+        // through the pointer, which points at one; on any other descriptor it fails.
+        let rc = unsafe { libc::ioctl(socket.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 {
+            return None;
+        }
+        u64::try_from(queued).ok()
     }
-    u64::try_from(queued).ok()
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = socket;
+        None
+    }
 }
 
-/// The send queue of `socket`: not read on this platform.
-#[cfg(all(feature = "tcp", not(any(target_os = "linux", target_os = "android"))))]
+/// The send queue of the crate's connectors' sockets ([`socket_send_queue`]).
+#[cfg(all(feature = "tcp", unix))]
+pub(crate) use socket_send_queue as of;
+
+/// The send queue of a socket: not read on this platform.
+#[cfg(all(feature = "tcp", not(unix)))]
 pub(crate) fn of<S>(_socket: &S) -> Option<u64> {
     None
 }
@@ -103,15 +129,17 @@ mod tests {
         assert_eq!(answer(), None, "the question was withdrawn");
     }
 
-    #[cfg(all(feature = "tcp", any(target_os = "linux", target_os = "android")))]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn a_socket_reports_what_its_peer_has_not_read() {
         use std::io::Write;
         let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("a pair");
-        assert_eq!(of(&a), Some(0));
+        assert_eq!(socket_send_queue(&a), Some(0));
         a.write_all(&[0; 1000]).expect("write");
-        let held = of(&a).expect("a queue");
+        let held = socket_send_queue(&a).expect("a queue");
         assert!(held >= 1000, "{held}");
         drop(b);
+        let file = std::fs::File::open("/dev/null").expect("a file");
+        assert_eq!(socket_send_queue(&file), None, "no socket");
     }
 }

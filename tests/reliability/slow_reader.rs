@@ -11,16 +11,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use socketchannel::{Config, ConnectionErrorKind};
+use socketchannel::{
+    Config, ConnectionErrorKind, Endpoint, Metered, MeteredFramed, Order, Session,
+    socket_send_queue,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::common::{STEP, assert_mx, builder, finish, ms, spawn, whole};
+use crate::common::{STEP, assert_mx, builder, finish, ms, spawn, spawn_with, whole};
 use crate::support::channel::{Mode as Md, msg};
-use crate::support::codec::{Msg, MsgCodec};
+use crate::support::codec::{Msg, MsgCodec, TestProto};
 use crate::support::timeout;
 
 /// The request: 8 MiB, over a second and a half at the slow reader's pace.
@@ -115,4 +119,46 @@ async fn a_large_request_to_a_server_that_reads_nothing_stalls_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_to_a_server_that_reads_nothing_stalls_session() {
     whole(no_reader_case(Md::Session)).await;
+}
+
+/// A connector of the user's own: plain TCP, its socket metered `exact` and read by
+/// [`socket_send_queue`] through [`Metered::send_queue`], as the crate's connectors do.
+async fn own_connect(endpoint: Endpoint) -> std::io::Result<MeteredFramed<TcpStream, MsgCodec>> {
+    let stream = TcpStream::connect((endpoint.host(), endpoint.port())).await?;
+    stream.set_nodelay(true)?;
+    Ok(tokio_util::codec::Framed::new(
+        Metered::exact(stream).send_queue(socket_send_queue),
+        Metered::new(MsgCodec::default()),
+    ))
+}
+
+/// The slow reader again, through a connector of the user's own that opts in to the
+/// send-queue reading: taken in and answered. Without `send_queue` it fails `Stalled`
+/// at about 300 ms, as the crate's connectors did before they read the queue.
+async fn own_connector_case(md: Md) {
+    let (addr, server) = reader(64 * 1024).await;
+    let connector = tower::service_fn(own_connect);
+    let builder = builder(addr).config(stalls_at(ms(300)));
+    let (ch, task) = match md {
+        Md::Order => spawn_with(builder, connector, Order::new(TestProto)),
+        Md::Session => spawn_with(builder, connector, Session::new(TestProto)),
+    };
+    let t = Instant::now();
+    let reply = timeout(STEP, ch.request(msg("x".repeat(BIG))))
+        .await
+        .unwrap_or_else(|e| panic!("{md:?}: failed after {:?}: {e:?}", t.elapsed()));
+    assert_eq!(reply.text(), BIG.to_string(), "{md:?}");
+    assert_eq!(ch.counters().reconnects, 0, "{md:?}");
+    finish(ch, task, &[], &[]).await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_of_ones_own_that_reads_the_send_queue_never_stalls_order() {
+    whole(own_connector_case(Md::Order)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_of_ones_own_that_reads_the_send_queue_never_stalls_session() {
+    whole(own_connector_case(Md::Session)).await;
 }
