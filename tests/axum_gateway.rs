@@ -57,7 +57,18 @@ async fn concurrent_puts_then_gets_of_distinct_keys() {
         let counters = redis.counters();
         assert_eq!(counters.reconnects, 0);
         assert_eq!(counters.sent, 2 * N as u64);
-        assert_eq!(counters.in_flight, 0);
+        // The connection task counts in-flight calls at the end of the pass that
+        // routed their replies; on two workers the last reply can be in the caller's
+        // hands (and through HTTP) a moment before.
+        let mut settled = counters.in_flight == 0;
+        for _ in 0..200 {
+            if settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            settled = redis.counters().in_flight == 0;
+        }
+        assert!(settled, "calls left in flight: {:?}", redis.counters());
     })
     .await
     .expect("test took over 30 s");
