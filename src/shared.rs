@@ -84,8 +84,9 @@ pub(crate) struct Shared<Resp> {
     /// Calls the task took out of the intake and holds, unwritten (for `Load`).
     pub(crate) held: std::sync::atomic::AtomicUsize,
     /// Notified when `held` falls below the most the task holds (the intake's size),
-    /// and when the task is gone: handles wait for it before they queue a call the
-    /// task could not take in to time (`Channel::poll_reserve`).
+    /// and when the channel closes or the task is gone: handles wait for it before they
+    /// queue a call the task could not take in to time, and a handle waiting for room
+    /// in a full intake stops at a close (`Channel::poll_reserve`).
     pub(crate) held_room: tokio::sync::Notify,
     /// A call with a deadline was made (and the task told: [`Control::Deadlines`]).
     pub(crate) deadlines: AtomicBool,

@@ -43,8 +43,9 @@ use crate::stats::Counters;
 use crate::transport::Transport;
 
 type Permit<Req, Resp> = mpsc::OwnedPermit<Envelope<Req, Resp>>;
-type Reserve<Req, Resp> =
-    ReusableBoxFuture<'static, Result<Permit<Req, Resp>, mpsc::error::SendError<()>>>;
+/// The wait for room in a full intake: a permit, or `None` once the intake or the
+/// channel is closed.
+type Reserve<Req, Resp> = ReusableBoxFuture<'static, Option<Permit<Req, Resp>>>;
 
 /// A clone-able handle to one connection's calls.
 ///
@@ -289,9 +290,12 @@ where
                 self.refuse(envelope);
                 return;
             }
+            // A close ends the wait: the intake stays open for a reopening.
+            let shared = (!self.lane).then_some(&*self.shared);
+            let reserve = service::reserve_or_close(self.tx.reserve(), shared);
             let reserve = match at {
-                None => self.tx.reserve().await,
-                Some(at) => match tokio::time::timeout_at(at, self.tx.reserve()).await {
+                None => reserve.await,
+                Some(at) => match tokio::time::timeout_at(at, reserve).await {
                     Ok(reserved) => reserved,
                     Err(_) => {
                         envelope.fail_unsent(Kind::Timeout, None);
@@ -300,7 +304,7 @@ where
                 },
             };
             match reserve {
-                Ok(permit) if !self.refuses() => {
+                Some(permit) if !self.refuses() => {
                     if !self.held_full() {
                         break permit;
                     }

@@ -11,6 +11,7 @@ use super::future::{Answer, ResponseFuture};
 use super::{Call, Channel, Reply, ReplyFuture, call_span, closed};
 use crate::error::{Error, Kind};
 use crate::mux::{Envelope, Frames, Waiter};
+use crate::shared::Shared;
 
 impl<Req, Resp> Channel<Req, Resp>
 where
@@ -40,7 +41,10 @@ where
                     return Poll::Ready(Err(self.refused()));
                 }
                 Err(mpsc::error::TrySendError::Full(tx)) => {
-                    let wait = tx.reserve_owned();
+                    // The handshake's lane closes on its own (a shutdown lets a
+                    // running handshake finish).
+                    let shared = (!self.lane).then(|| self.shared.clone());
+                    let wait = reserve_or_close(tx.reserve_owned(), shared);
                     match &mut self.reserve {
                         Some(reserve) => reserve.set(wait),
                         None => self.reserve = Some(ReusableBoxFuture::new(wait)),
@@ -55,11 +59,11 @@ where
         let reserved = std::task::ready!(reserve.poll(cx));
         self.reserving = false;
         match reserved {
-            Ok(permit) => {
+            Some(permit) => {
                 self.permit = Some(permit);
                 Poll::Ready(Ok(()))
             }
-            Err(_) => Poll::Ready(Err(self.refused())),
+            None => Poll::Ready(Err(self.refused())),
         }
     }
 
@@ -68,6 +72,43 @@ where
         match self.refusal() {
             Some(cause) => closed().with_cause(cause),
             None => closed(),
+        }
+    }
+}
+
+/// Waits for `reserve` (room in a channel's intake), or for the channel of `shared` to
+/// close: a closed channel keeps its intake open (`connect` reopens it), so no permit
+/// would come while the handles that reserved the intake's slots keep them. `None`
+/// when closed (or the intake is). Without `shared` (the handshake's lane, which
+/// closes on its own), only `reserve`. Room at once costs one poll: the close is
+/// watched only while it waits.
+pub(super) async fn reserve_or_close<P, E, Resp, S>(
+    reserve: impl std::future::Future<Output = Result<P, E>>,
+    shared: Option<S>,
+) -> Option<P>
+where
+    S: std::ops::Deref<Target = Shared<Resp>>,
+{
+    let mut reserve = std::pin::pin!(reserve);
+    let first = std::future::poll_fn(|cx| Poll::Ready(reserve.as_mut().poll(cx))).await;
+    if let Poll::Ready(permit) = first {
+        return permit.ok();
+    }
+    let Some(shared) = shared else {
+        return reserve.await.ok();
+    };
+    loop {
+        // Registered before the flag is read: a close after it wakes this.
+        let closing = shared.held_room.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if shared.is_closed() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            permit = &mut reserve => return permit.ok(),
+            () = closing => {}
         }
     }
 }

@@ -79,10 +79,12 @@ where
         if self.route.is_some() {
             return Poll::Ready(Ok(()));
         }
+        // Read before the list (as `Pool::pick` does).
+        let awaiting = self.members.awaits_endpoints();
         self.refresh();
         let slots = &self.slots;
         // No connection yet, endpoints to come: the balance waits for them.
-        let awaiting = slots.is_empty() && self.members.awaits_endpoints();
+        let awaiting = slots.is_empty() && awaiting;
         if !awaiting && members::all_down(slots) {
             // With no connection at all there is no route: the call fails at once.
             self.route = match members::find(slots) {

@@ -43,6 +43,8 @@ where
     /// [`Kind::Closed`](crate::Kind::Closed)).
     pub async fn lease(&self) -> Result<Lease<Req, Resp>, Error> {
         loop {
+            // Read before the list (as `Pool::pick` does).
+            let awaiting = self.members.awaits_endpoints();
             let slots = self.members.snapshot();
             let changed = members::changed(&self.members, &slots);
             tokio::pin!(changed);
@@ -69,6 +71,7 @@ where
                         slot: slot.clone(),
                         channel: slot.channel.clone(),
                     };
+                    slot.taken.notify_waiters();
                     self.members.changes.notify_waiters();
                     // Calls handed to it by callers who found it free are in its
                     // intake before the lease's first (a synchronous step each).
@@ -80,7 +83,7 @@ where
                 soon = true;
             }
             // Endpoints to come (a pool over a `Discover`) are worth waiting for too.
-            let coming = slots.is_empty() && self.members.awaits_endpoints();
+            let coming = slots.is_empty() && awaiting;
             if !soon && !coming {
                 return match members::find(&slots) {
                     Found::Down(i) => Err(slots[i].down_error()),

@@ -30,6 +30,9 @@ pub(crate) struct Slot<Req, Resp> {
     /// Taken out of the pool (a shrink, its endpoint removed): it drains, and a call a
     /// handle had readied for it goes to another connection instead.
     pub(crate) removed: AtomicBool,
+    /// Notified when it is taken out of the pool or leased, after the flag is set:
+    /// calls waiting for room in its intake choose again.
+    pub(crate) taken: tokio::sync::Notify,
 }
 
 /// A caller handing a call to a slot it found unleased ([`Slot::queue`]).
@@ -62,7 +65,20 @@ impl<Req, Resp> Slot<Req, Resp> {
             leased: AtomicBool::new(false),
             queuing: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
+            taken: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Held by a lease or taken out of the pool: no other caller's call goes to it.
+    pub(crate) fn is_taken(&self) -> bool {
+        self.leased.load(Ordering::SeqCst) || self.removed.load(Ordering::SeqCst)
+    }
+
+    /// Taken out of the pool: no call goes to it any more, and the calls waiting for
+    /// room in its intake choose again.
+    pub(crate) fn take_out(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+        self.taken.notify_waiters();
     }
 
     /// Leave to hand a call to this connection, unless a lease holds it: the lease
@@ -71,8 +87,7 @@ impl<Req, Resp> Slot<Req, Resp> {
     pub(crate) fn queue(&self) -> Option<Queuing<'_>> {
         self.queuing.fetch_add(1, Ordering::SeqCst);
         let queuing = Queuing(&self.queuing);
-        let taken = self.leased.load(Ordering::SeqCst) || self.removed.load(Ordering::SeqCst);
-        (!taken).then_some(queuing)
+        (!self.is_taken()).then_some(queuing)
     }
 
     /// Sends `request` here, unless a lease holds this connection or it was taken out

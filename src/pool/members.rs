@@ -137,7 +137,7 @@ where
             *list = kept;
             // Flagged before the change wakes anyone: whoever wakes sees it.
             for slot in &gone {
-                slot.removed.store(true, Ordering::SeqCst);
+                slot.take_out();
             }
             removed = gone;
         });
@@ -152,7 +152,7 @@ where
             if let Some(at) = list.iter().position(|s| s.key == key) {
                 let slot = list.remove(at);
                 // Flagged before the change wakes anyone: whoever wakes sees it.
-                slot.removed.store(true, Ordering::SeqCst);
+                slot.take_out();
                 removed = Some(slot);
             }
         });

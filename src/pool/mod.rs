@@ -118,7 +118,7 @@ enum Room {
     Reserved,
     /// None: the channel refuses calls (closed); the call fails as it fails them.
     Refused,
-    /// The connection was taken out of the pool meanwhile.
+    /// The connection was taken out of the pool, or leased, meanwhile.
     Gone,
 }
 
@@ -150,10 +150,13 @@ where
     /// every connection is down.
     async fn pick(&self) -> Result<Arc<Slot<Req, Resp>>, Error> {
         loop {
+            // Read before the list: endpoints that came after the list was read would
+            // otherwise make an empty list look final.
+            let awaiting = self.members.awaits_endpoints();
             let slots = self.members.snapshot();
             match members::find(&slots) {
                 Found::Usable(i) | Found::Down(i) => return Ok(slots[i].clone()),
-                Found::Empty if !self.members.awaits_endpoints() => {
+                Found::Empty if !awaiting => {
                     return Err(choose::no_connection());
                 }
                 Found::Wait | Found::Empty => {}
@@ -200,7 +203,7 @@ where
                     .unwrap_or_else(|_| Err(Error::new(crate::error::Kind::Timeout))),
             };
             let (slot, mut channel, room) = match picked {
-                // Taken out while it waited for room: choose again.
+                // Taken out or leased while it waited for room: choose again.
                 Ok((_, _, Room::Gone)) => continue,
                 Ok((slot, channel, room)) => (slot, channel, room == Room::Reserved),
                 // Timed out, or no connection at all: not sent, the request handed back.
@@ -225,32 +228,29 @@ where
     }
 
     /// Waits for room in `slot`'s intake, as a channel's method does, but no longer
-    /// than `slot` is in the pool: a connection taken out (a shrink, its endpoint
-    /// removed) may keep its intake full of slots that handles' balances reserved and
-    /// will not use, and the call belongs on another one.
+    /// than `slot` takes other callers' calls: a connection taken out (a shrink, its
+    /// endpoint removed) or leased may keep its intake full of slots that handles'
+    /// balances reserved and will not use, and the call belongs on another one.
     async fn room(&self, slot: &Slot<Req, Resp>, channel: &mut Channel<Req, Resp>) -> Room {
-        loop {
-            // Registered before the flag is read: a removal after it wakes this.
-            let changed = self.members.changes.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if slot.removed.load(std::sync::atomic::Ordering::SeqCst) {
+        // Registered before the flags are read: a removal or a lease after it wakes
+        // this (and nothing else does).
+        let taken = slot.taken.notified();
+        tokio::pin!(taken);
+        taken.as_mut().enable();
+        if slot.is_taken() {
+            return Room::Gone;
+        }
+        tokio::select! {
+            biased;
+            room = std::future::poll_fn(|cx| channel.poll_reserve(cx)) => match room {
+                Ok(()) => Room::Reserved,
+                // Its drain ended: it was taken out, not closed by the user.
+                Err(_) if slot.is_taken() => Room::Gone,
+                Err(_) => Room::Refused,
+            },
+            () = taken => {
                 channel.release();
-                return Room::Gone;
-            }
-            tokio::select! {
-                biased;
-                room = std::future::poll_fn(|cx| channel.poll_reserve(cx)) => {
-                    return match room {
-                        Ok(()) => Room::Reserved,
-                        // Its drain ended: it was taken out, not closed by the user.
-                        Err(_) if slot.removed.load(std::sync::atomic::Ordering::SeqCst) => {
-                            Room::Gone
-                        }
-                        Err(_) => Room::Refused,
-                    };
-                }
-                () = changed => {}
+                Room::Gone
             }
         }
     }
