@@ -40,7 +40,7 @@ use self::choose::Chooser;
 pub use self::choose::PoolFuture;
 pub use self::endpoints::DnsDiscover;
 pub use self::lease::Lease;
-use self::member::Slot;
+use self::member::{Slot, Standing};
 use self::members::{Found, Members};
 pub use self::pushes::Pushes;
 use crate::channel::Shape;
@@ -237,7 +237,10 @@ where
         let taken = slot.taken.notified();
         tokio::pin!(taken);
         taken.as_mut().enable();
-        if slot.is_taken() {
+        // Taken before that. Not a closed one that is leased: `pick` offers it again
+        // (as down), and the call fails as its channel fails calls.
+        let removed = || slot.removed.load(std::sync::atomic::Ordering::SeqCst);
+        if removed() || slot.standing() == Standing::Soon && slot.is_taken() {
             return Room::Gone;
         }
         tokio::select! {
@@ -245,7 +248,7 @@ where
             room = std::future::poll_fn(|cx| channel.poll_reserve(cx)) => match room {
                 Ok(()) => Room::Reserved,
                 // Its drain ended: it was taken out, not closed by the user.
-                Err(_) if slot.is_taken() => Room::Gone,
+                Err(_) if removed() => Room::Gone,
                 Err(_) => Room::Refused,
             },
             () = taken => {

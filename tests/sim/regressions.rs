@@ -374,3 +374,17 @@ fn a_call_waiting_for_room_chooses_again_when_its_connection_is_taken_out_seed_0
         "a_call_waiting_for_room_chooses_again_when_its_connection_is_taken_out_seed_0x1da0a13",
     );
 }
+
+/// Found by the simulation on 3d7ee0c, in CI's own seeds (seed 409): a pool call whose
+/// only connection was leased and then closed was chosen again and again: `pick`
+/// offers a closed connection as down, and the wait for room sent a call away from
+/// any leased one. Spun without letting virtual time pass. Fixed: only a leased
+/// connection that still takes calls sends the call elsewhere.
+#[test]
+fn a_leased_closed_connection_fails_a_pool_call_instead_of_spinning_seed_0x199() {
+    assert_clean(
+        0x199,
+        "no_busy_loop",
+        "a_leased_closed_connection_fails_a_pool_call_instead_of_spinning_seed_0x199",
+    );
+}
