@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 use support::channel::msg;
 use support::codec::{Kind as MsgKind, Msg, TestProto};
 use support::memory::{Io, Net};
-use support::pool::{HOST, P, pool};
+use support::pool::{HOST, P, feed, held_intake, pool};
 use support::{bounded, eventually};
 
 /// Echoes every request; `quit` drops the connection unanswered, `push` sends a push
@@ -495,25 +495,6 @@ async fn a_lease_is_exclusive_against_handles_that_made_calls_before() {
     .await;
 }
 
-/// A `Discover` fed by the test.
-fn feed() -> (
-    tokio::sync::mpsc::UnboundedSender<tower::discover::Change<&'static str, Endpoint>>,
-    impl tower::discover::Discover<
-        Key = &'static str,
-        Service = Endpoint,
-        Error = std::convert::Infallible,
-    > + Send
-    + Unpin
-    + 'static,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let discover = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|change| change.map(Ok::<_, std::convert::Infallible>))
-    });
-    (tx, discover)
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_pool_follows_a_changing_set_of_endpoints_and_drains_those_removed() {
     bounded(async {
@@ -717,21 +698,8 @@ async fn a_call_waiting_for_room_on_a_connection_taken_out_goes_to_another() {
     bounded(async {
         use tower::discover::Change;
         let net = net();
-        let (changes, discover) = feed();
-        let pool = Channel::builder()
-            .config(socketchannel::Config::default().queue(1))
-            .reconnect(Reconnect::Persistent)
-            .pool(1)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
-        changes
-            .send(Change::Insert("a", Endpoint::new("a", 1)))
-            .unwrap();
-        assert_eq!(pool.request(msg("warm")).await.unwrap().text(), "warm");
         // A handle ready for its next call holds the only slot of a's intake.
-        let mut holder = pool.clone();
-        ServiceExt::<Msg>::ready(&mut holder).await.unwrap();
+        let (pool, changes, holder) = held_intake(&net).await;
         let waiting = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.request(msg("moved")).await })

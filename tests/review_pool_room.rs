@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Call, Channel, Endpoint, Kind, Order, Pool, Reconnect};
+use socketchannel::{Call, Channel, Endpoint, Error, Kind, Order, Reconnect};
 use tower::ServiceExt;
 use tower::discover::Change;
 
@@ -20,9 +20,7 @@ use support::bounded;
 use support::channel::msg;
 use support::codec::{Msg, TestProto};
 use support::memory::{Io, Net};
-
-type P = Pool<Msg, Msg>;
-type Feed = tokio::sync::mpsc::UnboundedSender<Change<&'static str, Endpoint>>;
+use support::pool::held_intake;
 
 /// Echoes every request, recording its body in `seen`.
 fn net(seen: Arc<Mutex<Vec<String>>>) -> Net {
@@ -39,42 +37,13 @@ fn net(seen: Arc<Mutex<Vec<String>>>) -> Net {
     })
 }
 
-fn feed() -> (
-    Feed,
-    impl tower::discover::Discover<
-        Key = &'static str,
-        Service = Endpoint,
-        Error = std::convert::Infallible,
-    > + Send
-    + Unpin
-    + 'static,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let discover = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|change| change.map(Ok::<_, std::convert::Infallible>))
-    });
-    (tx, discover)
-}
-
-/// A pool over a Discover, queue(1), endpoint "a" in and warm; and a handle, ready,
-/// that holds the only slot of a's intake.
-async fn setup(net: &Net) -> (P, Feed, P) {
-    let (changes, discover) = feed();
-    let pool = Channel::builder()
-        .config(socketchannel::Config::default().queue(1))
-        .reconnect(Reconnect::Persistent)
-        .pool(1)
-        .discover(discover)
-        .connector(net.connector(), Order::new(TestProto))
-        .unwrap();
-    changes
-        .send(Change::Insert("a", Endpoint::new("a", 1)))
-        .unwrap();
-    assert_eq!(pool.request(msg("warm")).await.unwrap().text(), "warm");
-    let mut holder = pool.clone();
-    ServiceExt::<Msg>::ready(&mut holder).await.unwrap();
-    (pool, changes, holder)
+/// The error of the call `waiting` ends with, within 5 s (of paused time).
+async fn failed(waiting: tokio::task::JoinHandle<Result<Msg, Error>>) -> Error {
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the call ends")
+        .expect("the call's task")
+        .expect_err("the call fails")
 }
 
 /// Counts the polls of the future it wraps.
@@ -100,7 +69,7 @@ async fn a_call_waiting_for_room_on_a_connection_leased_goes_to_another() {
     bounded(async {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let net = net(seen.clone());
-        let (pool, changes, holder) = setup(&net).await;
+        let (pool, changes, holder) = held_intake(&net).await;
         let waiting = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.request(msg("moved")).await })
@@ -129,7 +98,7 @@ async fn a_call_waiting_for_room_on_a_connection_leased_goes_to_another() {
 async fn a_rechosen_call_fails_timeout_at_its_first_deadline_not_sent() {
     bounded(async {
         let net = net(Arc::default());
-        let (pool, changes, holder) = setup(&net).await;
+        let (pool, changes, holder) = held_intake(&net).await;
         let start = tokio::time::Instant::now();
         let waiting = {
             let pool = pool.clone();
@@ -181,7 +150,7 @@ async fn the_removal_is_never_missed_on_a_multi_thread_runtime() {
     bounded(async {
         for round in 0..60u32 {
             let net = net(Arc::default());
-            let (pool, changes, holder) = setup(&net).await;
+            let (pool, changes, holder) = held_intake(&net).await;
             let waiting = {
                 let pool = pool.clone();
                 tokio::spawn(async move { pool.request(msg("moved")).await })
@@ -222,7 +191,7 @@ async fn waiters_keep_their_places_through_lease_churn() {
     bounded(async {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let net = net(seen.clone());
-        let (pool, _changes, holder) = setup(&net).await;
+        let (pool, _changes, holder) = held_intake(&net).await;
         let spawn = |body: &'static str| {
             let pool = pool.clone();
             tokio::spawn(async move { pool.request(msg(body)).await })
@@ -255,7 +224,7 @@ async fn waiters_keep_their_places_through_lease_churn() {
 async fn lease_churn_elsewhere_does_not_wake_every_call_waiting_for_room() {
     bounded(async {
         let net = net(Arc::default());
-        let (pool, changes, holder) = setup(&net).await;
+        let (pool, changes, holder) = held_intake(&net).await;
         let polls = Arc::new(AtomicUsize::new(0));
         let waiters: Vec<_> = (0..64)
             .map(|i| {
@@ -302,7 +271,7 @@ async fn lease_churn_elsewhere_does_not_wake_every_call_waiting_for_room() {
 async fn removed_then_closed_ends_the_call_not_sent() {
     bounded(async {
         let net = net(Arc::default());
-        let (pool, changes, holder) = setup(&net).await;
+        let (pool, changes, holder) = held_intake(&net).await;
         changes
             .send(Change::Insert("b", Endpoint::new("b", 2)))
             .unwrap();
@@ -318,11 +287,7 @@ async fn removed_then_closed_ends_the_call_not_sent() {
         changes.send(Change::Remove("a")).unwrap();
         tokio::task::yield_now().await;
         pool.close();
-        let err = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the call ends")
-            .unwrap()
-            .expect_err("the pool is closed");
+        let err = failed(waiting).await;
         assert!(err.is_not_sent(), "{err:?}");
         eprintln!("removed then closed: {:?}", err.kind());
         drop((holder, holder2));
@@ -336,18 +301,14 @@ async fn removed_then_closed_ends_the_call_not_sent() {
 async fn a_pool_call_waiting_for_room_ends_when_the_pool_is_closed() {
     bounded(async {
         let net = net(Arc::default());
-        let (pool, _changes, holder) = setup(&net).await;
+        let (pool, _changes, holder) = held_intake(&net).await;
         let waiting = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.request(msg("x")).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         pool.close();
-        let err = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the call ends")
-            .unwrap()
-            .expect_err("the pool is closed");
+        let err = failed(waiting).await;
         assert_eq!(err.kind(), Kind::Closed, "{err:?}");
         drop(holder);
     })
@@ -375,11 +336,7 @@ async fn a_channel_call_waiting_for_room_ends_when_the_channel_is_closed() {
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         ch.close();
-        let err = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the call ends")
-            .unwrap()
-            .expect_err("the channel is closed");
+        let err = failed(waiting).await;
         assert_eq!(err.kind(), Kind::Closed, "{err:?}");
         drop(holder);
     })

@@ -240,7 +240,8 @@ where
         // Taken before that. Not a closed one that is leased: `pick` offers it again
         // (as down), and the call fails as its channel fails calls.
         let removed = || slot.removed.load(std::sync::atomic::Ordering::SeqCst);
-        if removed() || slot.standing() == Standing::Soon && slot.is_taken() {
+        let leased = slot.leased.load(std::sync::atomic::Ordering::SeqCst);
+        if removed() || leased && slot.standing() == Standing::Soon {
             return Room::Gone;
         }
         tokio::select! {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use socketchannel::{
-    Config, ConnectionErrorKind, Endpoint, Metered, MeteredFramed, Order, Session,
+    Builder, Config, ConnectionErrorKind, Endpoint, Metered, MeteredFramed, Order, Session,
     socket_send_queue,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::common::{STEP, assert_mx, builder, finish, ms, spawn, spawn_with, whole};
-use crate::support::channel::{Mode as Md, msg};
+use crate::support::channel::{Ch, Mode as Md, msg};
 use crate::support::codec::{Msg, MsgCodec, TestProto};
 use crate::support::timeout;
 
@@ -70,8 +70,17 @@ fn stalls_at(limit: Duration) -> Config {
 /// request is taken in (over about 1.3 s) and answered, on one connection. Before the
 /// timer read the send queue, it failed `Stalled` at about 300 ms with a megabyte read.
 async fn slow_reader_case(md: Md) {
+    slow_reader_answered(md, |builder| spawn(md, builder)).await;
+}
+
+/// The slow reader's case over the channel `connect` makes from a builder (300 ms
+/// stall timeout): the request is answered, on one connection.
+async fn slow_reader_answered(
+    md: Md,
+    connect: impl FnOnce(Builder<Msg, Msg>) -> (Ch, JoinHandle<()>),
+) {
     let (addr, server) = reader(64 * 1024).await;
-    let (ch, task) = spawn(md, builder(addr).config(stalls_at(ms(300))));
+    let (ch, task) = connect(builder(addr).config(stalls_at(ms(300))));
     let t = Instant::now();
     let reply = timeout(STEP, ch.request(msg("x".repeat(BIG))))
         .await
@@ -136,21 +145,14 @@ async fn own_connect(endpoint: Endpoint) -> std::io::Result<MeteredFramed<TcpStr
 /// send-queue reading: taken in and answered. Without `send_queue` it fails `Stalled`
 /// at about 300 ms, as the crate's connectors did before they read the queue.
 async fn own_connector_case(md: Md) {
-    let (addr, server) = reader(64 * 1024).await;
-    let connector = tower::service_fn(own_connect);
-    let builder = builder(addr).config(stalls_at(ms(300)));
-    let (ch, task) = match md {
-        Md::Order => spawn_with(builder, connector, Order::new(TestProto)),
-        Md::Session => spawn_with(builder, connector, Session::new(TestProto)),
-    };
-    let t = Instant::now();
-    let reply = timeout(STEP, ch.request(msg("x".repeat(BIG))))
-        .await
-        .unwrap_or_else(|e| panic!("{md:?}: failed after {:?}: {e:?}", t.elapsed()));
-    assert_eq!(reply.text(), BIG.to_string(), "{md:?}");
-    assert_eq!(ch.counters().reconnects, 0, "{md:?}");
-    finish(ch, task, &[], &[]).await;
-    server.abort();
+    slow_reader_answered(md, |builder| {
+        let connector = tower::service_fn(own_connect);
+        match md {
+            Md::Order => spawn_with(builder, connector, Order::new(TestProto)),
+            Md::Session => spawn_with(builder, connector, Session::new(TestProto)),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

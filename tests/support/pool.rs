@@ -134,3 +134,50 @@ pub async fn grown(net: &Net, backoff: Duration) -> (P, Vec<JoinHandle<Result<Ms
     let held = grow(&pool).await;
     (pool, held)
 }
+
+/// The sender of a [`feed`]'s changes.
+pub type Feed = tokio::sync::mpsc::UnboundedSender<tower::discover::Change<&'static str, Endpoint>>;
+
+/// A `Discover` fed by the test.
+pub fn feed() -> (
+    Feed,
+    impl tower::discover::Discover<
+        Key = &'static str,
+        Service = Endpoint,
+        Error = std::convert::Infallible,
+    > + Send
+    + Unpin
+    + 'static,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let discover = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|change| change.map(Ok::<_, std::convert::Infallible>))
+    });
+    (tx, discover)
+}
+
+/// A pool over a [`feed`] with an intake of 1, endpoint "a" inserted and answering a
+/// first call; and a handle, ready for its next call, that holds the only slot of a's
+/// intake (as a handle's balance does).
+pub async fn held_intake(net: &Net) -> (P, Feed, P) {
+    use tower::ServiceExt;
+    let (changes, discover) = feed();
+    let pool = Channel::builder()
+        .config(socketchannel::Config::default().queue(1))
+        .reconnect(Reconnect::Persistent)
+        .pool(1)
+        .discover(discover)
+        .connector(net.connector(), Order::new(TestProto))
+        .expect("valid host");
+    changes
+        .send(tower::discover::Change::Insert("a", Endpoint::new("a", 1)))
+        .expect("the feed");
+    assert_eq!(
+        pool.request(msg("warm")).await.expect("warm").text(),
+        "warm"
+    );
+    let mut holder = pool.clone();
+    ServiceExt::<Msg>::ready(&mut holder).await.expect("ready");
+    (pool, changes, holder)
+}
