@@ -14,7 +14,11 @@
 //!   half, the baseline was read then and the verdict moments later, so a peer reading
 //!   all along was `Stalled`. Deterministic with a push frame; intermittent with the
 //!   writer's own wake-ups (the defect's case at 100 ms). The verdict now waits until
-//!   half a limit after its baseline (`Stall::next`).
+//!   half a limit after its baseline (`Stall::next`), and a reading in a pass that
+//!   heard progress is no baseline (`Stall::answered`).
+//!
+//! A run that stalled while the machine starved the test's server (no read for about
+//! half a limit) proves nothing and is run again, a few times at most (`answered`).
 //! * Finding 2 (`finding_2_*`), a floor of the approach, ignored: the queue moves in
 //!   steps (TCP: a window update, ~95 KB on loopback; Unix: one ~36 KB skb), so a
 //!   reader slower than a step per half a stall timeout is `Stalled` though it reads
@@ -28,7 +32,7 @@ mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -100,6 +104,15 @@ struct Seen {
     read: AtomicUsize,
     requests: AtomicUsize,
     pushes: AtomicUsize,
+    /// The longest the server went between two reads that took bytes (from the
+    /// accept), in µs: a server starved by the machine takes nothing meanwhile.
+    longest_gap_us: AtomicU64,
+}
+
+impl Seen {
+    fn longest_gap(&self) -> Duration {
+        Duration::from_micros(self.longest_gap_us.load(Ordering::Relaxed))
+    }
 }
 
 async fn serve<S>(stream: S, peer: Peer, seen: Arc<Seen>)
@@ -127,6 +140,7 @@ where
     }
     let (mut codec, mut buf, mut out) = (MsgCodec::default(), BytesMut::new(), BytesMut::new());
     let mut chunk = vec![0; peer.step.max(1)];
+    let mut last_read = Instant::now();
     loop {
         tokio::time::sleep(peer.every).await;
         let stopped = peer
@@ -138,6 +152,9 @@ where
         match rd.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                let gap = u64::try_from(last_read.elapsed().as_micros()).unwrap_or(u64::MAX);
+                seen.longest_gap_us.fetch_max(gap, Ordering::Relaxed);
+                last_read = Instant::now();
                 seen.read.fetch_add(n, Ordering::Relaxed);
                 buf.extend_from_slice(&chunk[..n]);
             }
@@ -250,39 +267,79 @@ fn is_stalled(err: &Error) -> bool {
             .is_some_and(|c| c.kind() == ConnectionErrorKind::Stalled)
 }
 
+/// How a run failed, and whether the run proves nothing: see [`answered`].
+struct Failed {
+    why: String,
+    starved: bool,
+}
+
 /// One request of `size` bytes to a peer behaving as `peer`: its reply, or how it
-/// failed (the error, when, and how much of the request the server had read).
-async fn one_big(net: Net, md: Md, size: usize, peer: Peer, limit: Duration) -> Result<(), String> {
+/// failed (the error, when, how much of the request the server had read, and the
+/// longest it went between two reads).
+async fn one_big(net: Net, md: Md, size: usize, peer: Peer, limit: Duration) -> Result<(), Failed> {
     let (ch, seen) = setup(net, md, peer, stalls_at(limit)).await;
     let t = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_secs(20),
         ch.request(Msg::new("x".repeat(size))),
     )
-    .await
-    .map_err(|_| format!("{net:?}/{md:?}: no verdict within 20 s (a hang)"))?;
-    let took = t.elapsed();
+    .await;
+    let (took, gap) = (t.elapsed(), seen.longest_gap());
     ch.close();
+    let failed = |why: String| Failed {
+        why: format!("{net:?}/{md:?}: {why}"),
+        starved: false,
+    };
     match res {
-        Ok(reply) if reply.text() == size.to_string() => Ok(()),
-        Ok(reply) => Err(format!("{net:?}/{md:?}: wrong reply {:?}", reply.text())),
-        Err(e) => Err(format!(
-            "{net:?}/{md:?}: {size} B request to a server reading {} B every {:?} failed \
-             after {took:?} (stall timeout {limit:?}) with the server still reading \
-             ({} B read, {} pushes sent): {e}",
-            peer.step,
-            peer.every,
-            seen.read.load(Ordering::Relaxed),
-            seen.pushes.load(Ordering::Relaxed),
-        )),
+        Err(_) => Err(failed("no verdict within 20 s (a hang)".into())),
+        Ok(Ok(reply)) if reply.text() == size.to_string() => Ok(()),
+        Ok(Ok(reply)) => Err(failed(format!("wrong reply {:?}", reply.text()))),
+        Ok(Err(e)) => Err(Failed {
+            // The send queue moves a step per read or two: a server that read nothing
+            // for half a limit, less two reads, may rightly stall (`Stall::next`).
+            starved: is_stalled(&e) && gap + 2 * peer.every >= limit / 2,
+            ..failed(format!(
+                "{size} B request to a server reading {} B every {:?} failed after \
+                 {took:?} (stall timeout {limit:?}) with the server still reading ({} B \
+                 read, {} pushes sent, at most {gap:?} between two reads): {e}",
+                peer.step,
+                peer.every,
+                seen.read.load(Ordering::Relaxed),
+                seen.pushes.load(Ordering::Relaxed),
+            ))
+        }),
     }
+}
+
+/// How many times a run that proves nothing is run again.
+const RERUNS: usize = 3;
+
+/// [`one_big`], answered. These runs are on real time on a shared machine: one that
+/// stalled while the machine starved the server (it read nothing for about half a
+/// limit, which the timer may rightly call a stall) proves nothing either way, and is
+/// run again, up to [`RERUNS`] times.
+async fn answered(
+    net: Net,
+    md: Md,
+    size: usize,
+    peer: Peer,
+    limit: Duration,
+) -> Result<(), String> {
+    for _ in 0..RERUNS {
+        match one_big(net, md, size, peer, limit).await {
+            Ok(()) => return Ok(()),
+            Err(Failed { why, starved: true }) => eprintln!("run again, the server starved: {why}"),
+            Err(Failed { why, .. }) => return Err(why),
+        }
+    }
+    one_big(net, md, size, peer, limit).await.map_err(|f| f.why)
 }
 
 /// `runs` such requests, one after another: every one must be answered.
 async fn all_answered(net: Net, md: Md, size: usize, peer: Peer, limit: Duration, runs: usize) {
     let mut failed = Vec::new();
     for _ in 0..runs {
-        if let Err(e) = one_big(net, md, size, peer, limit).await {
+        if let Err(e) = answered(net, md, size, peer, limit).await {
             failed.push(e);
         }
     }
@@ -327,7 +384,7 @@ async fn finding_1_a_push_frame_early_in_a_spell_makes_a_slow_reader_stall() {
             (Net::Tcp, Md::Order),
             (Net::Tls, Md::Session),
         ] {
-            if let Err(e) = one_big(net, md, 3 * MIB, peer, ms(300)).await {
+            if let Err(e) = answered(net, md, 3 * MIB, peer, ms(300)).await {
                 failed.push(e);
             }
         }
@@ -361,6 +418,13 @@ async fn control_1_the_same_slow_reader_without_pushes_is_answered() {
 /// every ~22 ms) often did not shrink: `Stalled` at ~420 ms, 1.8 MB read. Fails in
 /// about one run in three to ten here; eight runs catch it more often than not
 /// (intermittent: a pass proves nothing).
+///
+/// Later, in CI, one run in eight of this test failed `Stalled` at ~1.04 s, 5.1 MB
+/// read: a writer wake-up in the very pass that read the queue. The pass read the queue
+/// before its flush wrote a third of the send buffer, and that reading, short of those
+/// bytes, became the next spell's baseline, so the verdict saw no shrinking. Such a
+/// reading is no baseline now
+/// (`mux::stall::tests::a_reading_in_a_pass_that_heard_progress_is_no_baseline`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_1b_the_defects_own_case_with_a_100ms_timeout_still_stalls_sometimes() {
     whole(async {

@@ -160,11 +160,18 @@ impl Stall {
             }
             return heard || ask == Ask::Baseline;
         };
+        if heard {
+            // Progress begins a new spell, and this reading is no baseline for it: the
+            // pass read the queue before its flush (`poll_io`), and what the flush wrote
+            // (the writer woken to go on with a large request) would hide the peer's
+            // reading from the verdict. The new spell takes its own halfway.
+            return true;
+        }
         let now = Instant::now();
         let since = self.quiet_since.unwrap_or(now);
         let shrank = self.baseline(since).is_some_and(|(_, held)| queued < held);
         self.sample = Some((now, queued));
-        if heard || ask == Ask::Baseline {
+        if ask == Ask::Baseline {
             return true;
         }
         if shrank {
@@ -323,6 +330,42 @@ mod tests {
             );
             tokio::time::advance(Duration::from_millis(1)).await;
         }
+    }
+
+    /// CI's failure of `review_stall_queue::finding_1b_*`: the writer, woken to go on
+    /// with a large request, wrote in the very pass that read the queue, after the read
+    /// (the engine flushes last). That reading, short of the flush's bytes, became the
+    /// new spell's baseline, and the verdict, seeing the queue above it, said stalled
+    /// with the peer reading all along.
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_in_a_pass_that_heard_progress_is_no_baseline() {
+        let mut stall = Stall::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let limit = Duration::from_millis(100);
+        // 4 MB, less 50 kB every 10 ms; the writer adds 1.3 MB once, at the first
+        // reading asked for after 300 ms, in the same pass, after the read.
+        let mut written = 0u64;
+        let queue = |t: u64, written: u64| (4_000_000 + written).saturating_sub(50_000 * (t / 10));
+        let mut woke = None;
+        for t in 0..=1000u64 {
+            let asked = stall.wants_queue();
+            let queued = asked.then(|| queue(t, written));
+            let wakes = asked && t >= 300 && woke.is_none();
+            if wakes {
+                written = 1_300_000;
+                woke = Some(t);
+            }
+            let heard = (t == 0 || wakes).then(Instant::now);
+            assert!(
+                stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
+                "stalled at {t} ms, the queue draining (the writer woke at {woke:?} ms)"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert!(
+            woke.is_some(),
+            "the writer woke in a pass that read the queue"
+        );
     }
 
     #[tokio::test(start_paused = true)]
