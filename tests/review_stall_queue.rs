@@ -667,7 +667,7 @@ async fn an_idle_ping_to_a_server_that_never_answers_does_not_keep_it_alive() {
 }
 
 /// 8 MiB to a server that reads 2 MiB (64 KiB every 10 ms) and then stops reading
-/// (its window closes; our send queue stops shrinking): `Stalled`, within two limits
+/// (its window closes; our send queue stops shrinking): `Stalled`, within three limits
 /// and a bit of the stop (the verdict after the last shrink), over TCP, a Unix socket
 /// and TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,9 +689,12 @@ async fn a_peer_that_stops_reading_mid_transfer_stalls_within_a_bound() {
             .expect_err("never read whole");
             let took = t.elapsed();
             assert!(is_stalled(&err), "{net:?}: {err}");
-            // 2 MiB at ~6 MB/s is ~350 ms of reading; then at most two limits.
+            // 2 MiB at ~6 MB/s is ~350 ms of reading; then two limits, and one more:
+            // the peer's kernel takes bytes in for a while after it stopped reading (its
+            // receive buffer grows), and a queue that shrank spares a spell. Typically
+            // ~770 ms, over TLS up to ~920 ms; once 1.16 s under load.
             assert!(
-                took < ms(350 + 2 * 300 + 200),
+                took < ms(350 + 3 * 300 + 200),
                 "{net:?}: stalled after {took:?}"
             );
             assert!(seen.read.load(Ordering::Relaxed) >= 2 * MIB, "{net:?}");
