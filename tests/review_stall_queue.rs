@@ -17,8 +17,9 @@
 //!   half a limit after its baseline (`Stall::next`), and a reading in a pass that
 //!   heard progress is no baseline (`Stall::answered`).
 //!
-//! A run that stalled while the machine starved the test's server (no read for about
-//! half a limit) proves nothing and is run again, a few times at most (`answered`).
+//! A run that stalled while the machine starved the test's server (woken from a sleep
+//! about half a limit late, in the limit before the verdict) proves nothing and is run
+//! again, three times at most (`answered`).
 //! * Finding 2 (`finding_2_*`), a floor of the approach, ignored: the queue moves in
 //!   steps (TCP: a window update, ~95 KB on loopback; Unix: one ~36 KB skb), so a
 //!   reader slower than a step per half a stall timeout is `Stalled` though it reads
@@ -32,7 +33,7 @@ mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -104,14 +105,21 @@ struct Seen {
     read: AtomicUsize,
     requests: AtomicUsize,
     pushes: AtomicUsize,
-    /// The longest the server went between two reads that took bytes (from the
-    /// accept), in µs: a server starved by the machine takes nothing meanwhile.
-    longest_gap_us: AtomicU64,
+    /// The times the machine woke the server late from its sleep before a read: when
+    /// it was due, and how late (over 5 ms). A server starved so takes nothing in.
+    late: std::sync::Mutex<Vec<(Instant, Duration)>>,
 }
 
 impl Seen {
-    fn longest_gap(&self) -> Duration {
-        Duration::from_micros(self.longest_gap_us.load(Ordering::Relaxed))
+    /// The longest the server woke late in the `window` before `at`.
+    fn late_before(&self, at: Instant, window: Duration) -> Duration {
+        let from = at.checked_sub(window).unwrap_or(at);
+        let late = self.late.lock().expect("not poisoned");
+        late.iter()
+            .filter(|&&(due, late)| due + late >= from && due <= at)
+            .map(|&(_, late)| late)
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -140,9 +148,13 @@ where
     }
     let (mut codec, mut buf, mut out) = (MsgCodec::default(), BytesMut::new(), BytesMut::new());
     let mut chunk = vec![0; peer.step.max(1)];
-    let mut last_read = Instant::now();
     loop {
-        tokio::time::sleep(peer.every).await;
+        let due = Instant::now() + peer.every;
+        tokio::time::sleep_until(due).await;
+        let late = due.elapsed();
+        if late > ms(5) {
+            seen.late.lock().expect("not poisoned").push((due, late));
+        }
         let stopped = peer
             .stop_after
             .is_some_and(|n| seen.read.load(Ordering::Relaxed) >= n);
@@ -152,9 +164,6 @@ where
         match rd.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let gap = u64::try_from(last_read.elapsed().as_micros()).unwrap_or(u64::MAX);
-                seen.longest_gap_us.fetch_max(gap, Ordering::Relaxed);
-                last_read = Instant::now();
                 seen.read.fetch_add(n, Ordering::Relaxed);
                 buf.extend_from_slice(&chunk[..n]);
             }
@@ -274,8 +283,8 @@ struct Failed {
 }
 
 /// One request of `size` bytes to a peer behaving as `peer`: its reply, or how it
-/// failed (the error, when, how much of the request the server had read, and the
-/// longest it went between two reads).
+/// failed (the error, when, how much of the request the server had read, and how late
+/// the machine woke it in the last limit).
 async fn one_big(net: Net, md: Md, size: usize, peer: Peer, limit: Duration) -> Result<(), Failed> {
     let (ch, seen) = setup(net, md, peer, stalls_at(limit)).await;
     let t = Instant::now();
@@ -284,7 +293,8 @@ async fn one_big(net: Net, md: Md, size: usize, peer: Peer, limit: Duration) -> 
         ch.request(Msg::new("x".repeat(size))),
     )
     .await;
-    let (took, gap) = (t.elapsed(), seen.longest_gap());
+    let took = t.elapsed();
+    let late = seen.late_before(Instant::now(), limit);
     ch.close();
     let failed = |why: String| Failed {
         why: format!("{net:?}/{md:?}: {why}"),
@@ -295,13 +305,15 @@ async fn one_big(net: Net, md: Md, size: usize, peer: Peer, limit: Duration) -> 
         Ok(Ok(reply)) if reply.text() == size.to_string() => Ok(()),
         Ok(Ok(reply)) => Err(failed(format!("wrong reply {:?}", reply.text()))),
         Ok(Err(e)) => Err(Failed {
-            // The send queue moves a step per read or two: a server that read nothing
-            // for half a limit, less two reads, may rightly stall (`Stall::next`).
-            starved: is_stalled(&e) && gap + 2 * peer.every >= limit / 2,
+            // The verdict compares two readings half a limit apart at least, and the
+            // queue moves a step per read or two: a server woken half a limit late,
+            // less one read, within the limit before the verdict read too little in
+            // it to move the queue for certain, and may rightly stall (`Stall::next`).
+            starved: is_stalled(&e) && late + peer.every >= limit / 2,
             ..failed(format!(
                 "{size} B request to a server reading {} B every {:?} failed after \
                  {took:?} (stall timeout {limit:?}) with the server still reading ({} B \
-                 read, {} pushes sent, at most {gap:?} between two reads): {e}",
+                 read, {} pushes sent, woken at most {late:?} late in the last limit): {e}",
                 peer.step,
                 peer.every,
                 seen.read.load(Ordering::Relaxed),
@@ -315,9 +327,11 @@ async fn one_big(net: Net, md: Md, size: usize, peer: Peer, limit: Duration) -> 
 const RERUNS: usize = 3;
 
 /// [`one_big`], answered. These runs are on real time on a shared machine: one that
-/// stalled while the machine starved the server (it read nothing for about half a
-/// limit, which the timer may rightly call a stall) proves nothing either way, and is
-/// run again, up to [`RERUNS`] times.
+/// stalled while the machine starved the server (woke it from a sleep about half a
+/// limit late, in the limit before the verdict: it read nothing meanwhile, which the
+/// timer may rightly call a stall) proves nothing either way, and is run again, up to
+/// [`RERUNS`] times. (A server waiting on a read because the client sent nothing is
+/// not late: that is the client's stall.)
 async fn answered(
     net: Net,
     md: Md,

@@ -155,7 +155,12 @@ enum Mode {
 ///   the layer may hold all of its input and report it only once it left, and the
 ///   connection may end before it does (a read error, the stall timer). What is
 ///   counted ahead of a report is `credit`, taken off the counts that follow.
-fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, mode: Mode, credit: &mut u64) {
+fn count_write(
+    poll: &Poll<io::Result<usize>>,
+    offered: usize,
+    mode: Mode,
+    credit: &mut u64,
+) -> u64 {
     let below = BELOW.get();
     let offered = offered as u64;
     let n = match poll {
@@ -188,6 +193,7 @@ fn count_write(poll: &Poll<io::Result<usize>>, offered: usize, mode: Mode, credi
             m.writes = m.writes.wrapping_add(1);
         }
     });
+    n
 }
 
 /// A stream framed with a codec, both [`Metered`]: what the crate's connectors make.
@@ -243,6 +249,9 @@ pin_project_lite::pin_project! {
         credit: u64,
         // Reads the send queue of the socket under the IO, for the stall timer.
         queued: Option<queue::Queued<T>>,
+        // Bytes counted as written, all told (wrapping): a send queue's reading carries
+        // it, so the timer knows what was written between two readings.
+        sent: u64,
     }
 }
 
@@ -279,6 +288,7 @@ impl<T> Metered<T> {
             mode,
             credit: 0,
             queued: None,
+            sent: 0,
         }
     }
 
@@ -325,7 +335,7 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if let Some(queued) = this.queued {
-            queue::answer_for(this.inner.as_ref().get_ref(), *queued);
+            queue::answer_for(this.inner.as_ref().get_ref(), *queued, *this.sent);
         }
         let before = buf.filled().len();
         let poll = this.inner.poll_read(cx, buf);
@@ -349,7 +359,8 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let this = self.project();
         let _write = WriteUnderWay::start();
         let poll = this.inner.poll_write(cx, buf);
-        count_write(&poll, buf.len(), *this.mode, this.credit);
+        let n = count_write(&poll, buf.len(), *this.mode, this.credit);
+        *this.sent = this.sent.wrapping_add(n);
         poll
     }
 
@@ -362,7 +373,8 @@ impl<IO: AsyncWrite> AsyncWrite for Metered<IO> {
         let _write = WriteUnderWay::start();
         let poll = this.inner.poll_write_vectored(cx, bufs);
         let offered = bufs.iter().map(|b| b.len()).sum();
-        count_write(&poll, offered, *this.mode, this.credit);
+        let n = count_write(&poll, offered, *this.mode, this.credit);
+        *this.sent = this.sent.wrapping_add(n);
         poll
     }
 

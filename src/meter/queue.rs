@@ -16,14 +16,24 @@ use std::cell::Cell;
 /// Reads the send queue of the socket under an IO object, if it can.
 pub(crate) type Queued<T> = fn(&T) -> Option<u64>;
 
+/// One reading of a socket's send queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reading {
+    /// The bytes in the send queue.
+    pub(crate) queued: u64,
+    /// The bytes the IO had taken, all told (wrapping), when the queue was read: what
+    /// two readings' counts differ by was written between them.
+    pub(crate) sent: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Asked {
     /// Nobody asks.
     No,
     /// The engine asks the next IO polled on this thread.
     Yes,
-    /// An IO answered: its socket's send queue, in bytes.
-    Answered(u64),
+    /// An IO answered.
+    Answered(Reading),
 }
 
 thread_local! {
@@ -36,19 +46,20 @@ pub(crate) fn ask() {
 }
 
 /// The answer to the last [`ask`], if an IO gave one; the question is withdrawn.
-pub(crate) fn answer() -> Option<u64> {
+pub(crate) fn answer() -> Option<Reading> {
     match ASKED.replace(Asked::No) {
-        Asked::Answered(n) => Some(n),
+        Asked::Answered(reading) => Some(reading),
         Asked::No | Asked::Yes => None,
     }
 }
 
-/// Answers the question, if one is asked, with `queued` of `io`.
+/// Answers the question, if one is asked, with `queued` of `io`, which has taken `sent`
+/// bytes all told.
 #[inline]
-pub(super) fn answer_for<T>(io: &T, queued: Queued<T>) {
+pub(super) fn answer_for<T>(io: &T, queued: Queued<T>, sent: u64) {
     if ASKED.get() == Asked::Yes {
         ASKED.set(match queued(io) {
-            Some(n) => Asked::Answered(n),
+            Some(queued) => Asked::Answered(Reading { queued, sent }),
             None => Asked::No,
         });
     }
@@ -116,16 +127,17 @@ mod tests {
 
     #[test]
     fn only_an_asked_question_is_answered_and_only_once() {
-        answer_for(&Io(7), queued);
+        answer_for(&Io(7), queued, 1);
         assert_eq!(answer(), None, "nobody asked");
         ask();
-        answer_for(&Io(7), queued);
-        answer_for(&Io(9), queued);
-        assert_eq!(answer(), Some(7), "the first IO polled answers");
+        answer_for(&Io(7), queued, 1);
+        answer_for(&Io(9), queued, 2);
+        let first = Reading { queued: 7, sent: 1 };
+        assert_eq!(answer(), Some(first), "the first IO polled answers");
         assert_eq!(answer(), None, "an answer is taken once");
         ask();
         assert_eq!(answer(), None, "no IO answered");
-        answer_for(&Io(7), queued);
+        answer_for(&Io(7), queued, 1);
         assert_eq!(answer(), None, "the question was withdrawn");
     }
 

@@ -21,6 +21,7 @@ use tracing::debug;
 
 use crate::config::deadline;
 use crate::error::{ConnectionError, ConnectionErrorKind};
+use crate::meter::queue::Reading;
 
 #[derive(Debug, Default)]
 pub(crate) struct Stall {
@@ -30,7 +31,7 @@ pub(crate) struct Stall {
     quiet_since: Option<Instant>,
     /// The socket's send queue as last read, and when (a reading in this quiet spell
     /// is one taken since it began).
-    sample: Option<(Instant, u64)>,
+    sample: Option<(Instant, Reading)>,
     /// What the engine asks the transport's socket at its next pass.
     asking: Option<Ask>,
     /// The transport could not say what its socket's send queue holds: ask no more.
@@ -73,7 +74,8 @@ impl Stall {
     /// halfway through the quiet spell and again at its end, at least half a limit
     /// after the first reading (the queue drains in steps). A queue that shrank is
     /// the peer taking a request in (the kernel took it whole, and wakes the writer
-    /// only once much of it drained): the clock restarts. A queue that is empty, or
+    /// only once much of it drained): the clock restarts. Bytes written between the
+    /// readings are not taken for the old ones left ([`shrank`]). A queue that is empty, or
     /// did not shrink (a peer that stopped reading, or is gone), is silence as before.
     /// (A heartbeat not yet acknowledged at the first reading, acknowledged by the
     /// second, spares the connection one more spell.)
@@ -83,7 +85,7 @@ impl Stall {
         limit: Duration,
         watched: bool,
         heard: Option<Instant>,
-        queued: Option<u64>,
+        queued: Option<Reading>,
     ) -> Result<(), ConnectionError> {
         if !watched {
             self.quiet_since = None;
@@ -118,7 +120,7 @@ impl Stall {
         cx: &mut Context<'_>,
         limit: Duration,
         heard: bool,
-        queued: Option<u64>,
+        queued: Option<Reading>,
     ) -> Result<(), ConnectionError> {
         if let Some(ask) = self.asking.take()
             && !self.answered(ask, queued, heard)
@@ -151,8 +153,8 @@ impl Stall {
 
     /// Takes in the answer to `ask`: `false` if it is the verdict that the connection
     /// stalled.
-    fn answered(&mut self, ask: Ask, queued: Option<u64>, heard: bool) -> bool {
-        let Some(queued) = queued else {
+    fn answered(&mut self, ask: Ask, queued: Option<Reading>, heard: bool) -> bool {
+        let Some(reading) = queued else {
             // The transport did not answer, though it was polled with nothing to read:
             // it cannot. (With progress heard, it may have had a frame buffered.)
             if !heard {
@@ -160,18 +162,13 @@ impl Stall {
             }
             return heard || ask == Ask::Baseline;
         };
-        if heard {
-            // Progress begins a new spell, and this reading is no baseline for it: the
-            // pass read the queue before its flush (`poll_io`), and what the flush wrote
-            // (the writer woken to go on with a large request) would hide the peer's
-            // reading from the verdict. The new spell takes its own halfway.
-            return true;
-        }
         let now = Instant::now();
         let since = self.quiet_since.unwrap_or(now);
-        let shrank = self.baseline(since).is_some_and(|(_, held)| queued < held);
-        self.sample = Some((now, queued));
-        if ask == Ask::Baseline {
+        let shrank = self
+            .baseline(since)
+            .is_some_and(|(_, before)| shrank(before, reading));
+        self.sample = Some((now, reading));
+        if heard || ask == Ask::Baseline {
             return true;
         }
         if shrank {
@@ -182,7 +179,7 @@ impl Stall {
 
     /// The reading taken in the quiet spell begun at `since`, if any: one from before it
     /// says nothing of it (our writes since may have filled the queue).
-    fn baseline(&self, since: Instant) -> Option<(Instant, u64)> {
+    fn baseline(&self, since: Instant) -> Option<(Instant, Reading)> {
         self.sample.filter(|&(at, _)| at >= since)
     }
 
@@ -212,6 +209,25 @@ impl Stall {
             Next::At(when)
         }
     }
+}
+
+/// Whether the peer took in some of what the send queue held `before`, by `now`.
+///
+/// The bytes written between the readings queue up behind those it held: a write that
+/// went out whole at once (not progress: it restarts no clock), or the pass's flush,
+/// which comes after the pass reads the queue (`poll_io`). So while the queue holds more
+/// than was written since, what it holds beyond that is what is left of the old bytes,
+/// and the peer took some of them if that is less than they were. A queue holding no
+/// more than was written since is judged as it is: a server that reads our small
+/// requests (or pings) at once and never answers shows an empty queue, and stalls.
+fn shrank(before: Reading, now: Reading) -> bool {
+    let written = now.sent.wrapping_sub(before.sent);
+    let left = if now.queued > written {
+        now.queued - written
+    } else {
+        now.queued
+    };
+    left < before.queued
 }
 
 fn stalled(limit: Duration) -> ConnectionError {
@@ -244,6 +260,7 @@ mod tests {
         let limit = Duration::from_millis(limit);
         for t in 0..=end {
             let queued = if stall.wants_queue() { queue(t) } else { None };
+            let queued = queued.map(|queued| Reading { queued, sent: 0 });
             let heard = heard(t).then(Instant::now);
             if stall.poll(&mut cx, limit, true, heard, queued).is_err() {
                 return Some(t);
@@ -323,7 +340,10 @@ mod tests {
                 continue;
             }
             let heard = (t == 0 || t == 303).then(Instant::now);
-            let queued = stall.wants_queue().then(|| queue(t));
+            let queued = stall.wants_queue().then(|| Reading {
+                queued: queue(t),
+                sent: 0,
+            });
             assert!(
                 stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
                 "stalled at {t} ms, the queue draining"
@@ -332,40 +352,111 @@ mod tests {
         }
     }
 
+    /// Drives a stall timer of `limit` ms as the engine does, a pass a millisecond,
+    /// over a send queue of `start` bytes that the peer drains by `step` every `every`
+    /// ms, while `writes(t)` bytes are written in the pass at `t` ms, after its
+    /// reading of the queue (as a flush is), and are heard as progress if `heard(t)`.
+    /// Returns when it stalled, if it did within `end` ms, and when the queue ran dry.
+    async fn writing(
+        limit: u64,
+        (start, step, every): (u64, u64, u64),
+        writes: impl Fn(u64) -> u64,
+        heard: impl Fn(u64) -> bool,
+        end: u64,
+    ) -> (Option<u64>, Option<u64>) {
+        let mut stall = Stall::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let limit = Duration::from_millis(limit);
+        let (mut queued, mut sent, mut dry) = (start, 0u64, None);
+        for t in 0..=end {
+            if t > 0 && t % every == 0 {
+                queued = queued.saturating_sub(step);
+            }
+            if queued == 0 {
+                dry.get_or_insert(t);
+            }
+            let reading = stall.wants_queue().then_some(Reading { queued, sent });
+            let n = writes(t);
+            (queued, sent) = (queued + n, sent + n);
+            let heard = (t == 0 || heard(t)).then(Instant::now);
+            if stall.poll(&mut cx, limit, true, heard, reading).is_err() {
+                return (Some(t), dry);
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        (None, dry)
+    }
+
     /// CI's failure of `review_stall_queue::finding_1b_*`: the writer, woken to go on
     /// with a large request, wrote in the very pass that read the queue, after the read
     /// (the engine flushes last). That reading, short of the flush's bytes, became the
     /// new spell's baseline, and the verdict, seeing the queue above it, said stalled
-    /// with the peer reading all along.
+    /// with the peer reading all along. The bytes written since a reading are now
+    /// told from what is left of those it held.
     #[tokio::test(start_paused = true)]
-    async fn a_reading_in_a_pass_that_heard_progress_is_no_baseline() {
+    async fn a_flush_after_the_reading_does_not_hide_the_peer_reading() {
+        // 4 MB, less 50 kB every 10 ms; the writer, woken at 304 ms (a pass that reads
+        // the queue), writes 1.3 MB more.
+        let woken = |t| t == 304;
+        let (stalled, dry) = writing(
+            100,
+            (4_000_000, 50_000, 10),
+            |t| if woken(t) { 1_300_000 } else { 0 },
+            woken,
+            3000,
+        )
+        .await;
+        let (stalled, dry) = (stalled.expect("stalls once dry"), dry.expect("runs dry"));
+        assert!(stalled >= dry, "stalled at {stalled} ms, dry at {dry} ms");
+    }
+
+    /// Helper-56's finding: a call written whole at once is no progress (it restarts no
+    /// clock), but its bytes join the queue; between a baseline and its verdict they
+    /// hid the peer's reading of the old ones: `Stalled` at 405 ms, the queue draining.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_written_whole_between_readings_does_not_hide_the_peer_reading() {
+        for at in [300, 310, 351] {
+            // 3 MB, less 20 kB every 10 ms; a call of 400 kB written whole at `at`.
+            let (stalled, dry) = writing(
+                100,
+                (3_000_000, 20_000, 10),
+                |t| if t == at { 400_000 } else { 0 },
+                |_| false,
+                3000,
+            )
+            .await;
+            let (stalled, dry) = (stalled.expect("stalls once dry"), dry.expect("runs dry"));
+            assert!(
+                stalled >= dry,
+                "written at {at}: stalled at {stalled}, dry at {dry} ms"
+            );
+        }
+    }
+
+    /// And the bytes written since do not spare a server that reads our calls and never
+    /// answers: a queue holding no more than was written since is judged as it is. Here
+    /// the server takes each 100 B call in when the next comes (one always queued): the
+    /// queue never shrinks, and it stalls, where crediting the bytes written would
+    /// spare it for good.
+    #[tokio::test(start_paused = true)]
+    async fn calls_taken_in_do_not_spare_a_server_that_never_answers() {
         let mut stall = Stall::default();
         let mut cx = Context::from_waker(Waker::noop());
-        let limit = Duration::from_millis(100);
-        // 4 MB, less 50 kB every 10 ms; the writer adds 1.3 MB once, at the first
-        // reading asked for after 300 ms, in the same pass, after the read.
-        let mut written = 0u64;
-        let queue = |t: u64, written: u64| (4_000_000 + written).saturating_sub(50_000 * (t / 10));
-        let mut woke = None;
-        for t in 0..=1000u64 {
-            let asked = stall.wants_queue();
-            let queued = asked.then(|| queue(t, written));
-            let wakes = asked && t >= 300 && woke.is_none();
-            if wakes {
-                written = 1_300_000;
-                woke = Some(t);
+        let limit = Duration::from_millis(300);
+        let mut sent = 0u64;
+        for t in 0..=2000u64 {
+            if t % 7 == 0 {
+                sent += 100;
             }
-            let heard = (t == 0 || wakes).then(Instant::now);
-            assert!(
-                stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
-                "stalled at {t} ms, the queue draining (the writer woke at {woke:?} ms)"
-            );
+            let reading = stall.wants_queue().then_some(Reading { queued: 100, sent });
+            let heard = (t == 0).then(Instant::now);
+            if stall.poll(&mut cx, limit, true, heard, reading).is_err() {
+                assert!(t <= 300 + 2, "stalled at {t} ms");
+                return;
+            }
             tokio::time::advance(Duration::from_millis(1)).await;
         }
-        assert!(
-            woke.is_some(),
-            "the writer woke in a pass that read the queue"
-        );
+        panic!("a server that never answers did not stall");
     }
 
     #[tokio::test(start_paused = true)]
@@ -379,7 +470,7 @@ mod tests {
             let heard = (t % 100 == 0).then(Instant::now);
             let queued = stall.wants_queue().then(|| {
                 asked += 1;
-                7
+                Reading { queued: 7, sent: 0 }
             });
             assert!(
                 stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
