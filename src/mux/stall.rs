@@ -75,8 +75,9 @@ impl Stall {
     /// after the first reading (the queue drains in steps). A queue that shrank is
     /// the peer taking a request in (the kernel took it whole, and wakes the writer
     /// only once much of it drained): the clock restarts. Bytes written between the
-    /// readings are not taken for the old ones left ([`shrank`]). A queue that is empty, or
-    /// did not shrink (a peer that stopped reading, or is gone), is silence as before.
+    /// readings are not taken for the old ones left ([`shrank`]). A queue that is
+    /// empty, or did not shrink (a peer that stopped reading, or is gone), is silence
+    /// as before.
     /// (A heartbeat not yet acknowledged at the first reading, acknowledged by the
     /// second, spares the connection one more spell.)
     pub(crate) fn poll(
@@ -241,33 +242,63 @@ mod tests {
 
     use super::*;
 
-    /// Drives a stall timer of `limit` ms as the engine does, a pass a millisecond
-    /// with nothing heard, the send queue read from `queue` (of the time in ms) when
-    /// asked; returns when it stalled, if it did within `end` ms.
-    async fn stalls_at(limit: u64, queue: impl Fn(u64) -> Option<u64>, end: u64) -> Option<u64> {
-        stalls_hearing(limit, queue, |_| false, end).await
+    /// What one pass of the engine brings the timer.
+    #[derive(Default)]
+    struct Pass {
+        /// The send queue, read at this pass (only when the timer asked for it).
+        reading: Option<Reading>,
+        /// Progress heard in this pass.
+        heard: bool,
+        /// The task is starved: no pass runs at this millisecond.
+        starved: bool,
     }
 
-    /// [`stalls_at`], with progress heard in the passes at the times `heard` says.
+    /// Drives a stall timer of `limit` ms as the engine does, a pass a millisecond
+    /// from 0 to `end` ms; `pass(t, asked)` says what the pass at `t` ms brings (a
+    /// reading only when `asked`). Returns when it stalled, if it did.
+    async fn drive(limit: u64, end: u64, mut pass: impl FnMut(u64, bool) -> Pass) -> Option<u64> {
+        let mut stall = Stall::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let limit = Duration::from_millis(limit);
+        for t in 0..=end {
+            let Pass {
+                reading,
+                heard,
+                starved,
+            } = pass(t, stall.wants_queue());
+            if !starved {
+                let heard = heard.then(Instant::now);
+                if stall.poll(&mut cx, limit, true, heard, reading).is_err() {
+                    return Some(t);
+                }
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        None
+    }
+
+    /// [`drive`] over a send queue that holds `queue(t)` bytes at `t` ms (none when it
+    /// cannot be read), no bytes written, progress heard in the passes `heard` says.
     async fn stalls_hearing(
         limit: u64,
         queue: impl Fn(u64) -> Option<u64>,
         heard: impl Fn(u64) -> bool,
         end: u64,
     ) -> Option<u64> {
-        let mut stall = Stall::default();
-        let mut cx = Context::from_waker(Waker::noop());
-        let limit = Duration::from_millis(limit);
-        for t in 0..=end {
-            let queued = if stall.wants_queue() { queue(t) } else { None };
-            let queued = queued.map(|queued| Reading { queued, sent: 0 });
-            let heard = heard(t).then(Instant::now);
-            if stall.poll(&mut cx, limit, true, heard, queued).is_err() {
-                return Some(t);
-            }
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
-        None
+        drive(limit, end, |t, asked| Pass {
+            reading: asked
+                .then(|| queue(t))
+                .flatten()
+                .map(|queued| Reading { queued, sent: 0 }),
+            heard: heard(t),
+            starved: false,
+        })
+        .await
+    }
+
+    /// [`stalls_hearing`] with nothing heard.
+    async fn stalls_at(limit: u64, queue: impl Fn(u64) -> Option<u64>, end: u64) -> Option<u64> {
+        stalls_hearing(limit, queue, |_| false, end).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -327,35 +358,24 @@ mod tests {
     /// read ends only on a verdict.
     #[tokio::test(start_paused = true)]
     async fn a_spell_that_ends_unread_is_read_before_it_is_judged() {
-        let mut stall = Stall::default();
-        let mut cx = Context::from_waker(Waker::noop());
-        let limit = Duration::from_millis(300);
-        // 1 kB leave every millisecond, from 3 MB.
-        let queue = |t: u64| 3_000_000u64.saturating_sub(1000 * t);
-        for t in 0..=2000u64 {
-            // The task is starved from 590 to 620 ms, past the end of the spell that
-            // progress heard at 303 ms (just after a verdict) began.
-            if (590..620).contains(&t) {
-                tokio::time::advance(Duration::from_millis(1)).await;
-                continue;
-            }
-            let heard = (t == 0 || t == 303).then(Instant::now);
-            let queued = stall.wants_queue().then(|| Reading {
-                queued: queue(t),
+        // 1 kB leave every millisecond, from 3 MB; the task is starved from 590 to
+        // 620 ms, past the end of the spell that progress heard at 303 ms (just after
+        // a verdict) began.
+        let at = drive(300, 2000, |t, asked| Pass {
+            reading: asked.then(|| Reading {
+                queued: 3_000_000u64.saturating_sub(1000 * t),
                 sent: 0,
-            });
-            assert!(
-                stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
-                "stalled at {t} ms, the queue draining"
-            );
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
+            }),
+            heard: t == 0 || t == 303,
+            starved: (590..620).contains(&t),
+        })
+        .await;
+        assert_eq!(at, None, "stalled, the queue draining");
     }
 
-    /// Drives a stall timer of `limit` ms as the engine does, a pass a millisecond,
-    /// over a send queue of `start` bytes that the peer drains by `step` every `every`
-    /// ms, while `writes(t)` bytes are written in the pass at `t` ms, after its
-    /// reading of the queue (as a flush is), and are heard as progress if `heard(t)`.
+    /// [`drive`] over a send queue of `start` bytes that the peer drains by `step`
+    /// every `every` ms, while `writes(t)` bytes are written in the pass at `t` ms,
+    /// after its reading of the queue (as a flush is), heard as progress if `heard(t)`.
     /// Returns when it stalled, if it did within `end` ms, and when the queue ran dry.
     async fn writing(
         limit: u64,
@@ -364,27 +384,34 @@ mod tests {
         heard: impl Fn(u64) -> bool,
         end: u64,
     ) -> (Option<u64>, Option<u64>) {
-        let mut stall = Stall::default();
-        let mut cx = Context::from_waker(Waker::noop());
-        let limit = Duration::from_millis(limit);
         let (mut queued, mut sent, mut dry) = (start, 0u64, None);
-        for t in 0..=end {
+        let stalled = drive(limit, end, |t, asked| {
             if t > 0 && t % every == 0 {
                 queued = queued.saturating_sub(step);
             }
             if queued == 0 {
                 dry.get_or_insert(t);
             }
-            let reading = stall.wants_queue().then_some(Reading { queued, sent });
+            let reading = asked.then_some(Reading { queued, sent });
             let n = writes(t);
             (queued, sent) = (queued + n, sent + n);
-            let heard = (t == 0 || heard(t)).then(Instant::now);
-            if stall.poll(&mut cx, limit, true, heard, reading).is_err() {
-                return (Some(t), dry);
+            Pass {
+                reading,
+                heard: t == 0 || heard(t),
+                starved: false,
             }
-            tokio::time::advance(Duration::from_millis(1)).await;
+        })
+        .await;
+        (stalled, dry)
+    }
+
+    /// Asserts that [`writing`] stalled, and not before the queue ran dry.
+    fn stalls_once_dry(stalled: Option<u64>, dry: Option<u64>, what: &str) {
+        match (stalled, dry) {
+            (Some(at), Some(dry)) => assert!(at >= dry, "{what}stalled at {at} ms, dry at {dry}"),
+            (Some(at), None) => panic!("{what}stalled at {at} ms, the queue still draining"),
+            (None, _) => panic!("{what}did not stall once the queue ran dry"),
         }
-        (None, dry)
     }
 
     /// CI's failure of `review_stall_queue::finding_1b_*`: the writer, woken to go on
@@ -406,8 +433,7 @@ mod tests {
             3000,
         )
         .await;
-        let (stalled, dry) = (stalled.expect("stalls once dry"), dry.expect("runs dry"));
-        assert!(stalled >= dry, "stalled at {stalled} ms, dry at {dry} ms");
+        stalls_once_dry(stalled, dry, "");
     }
 
     /// Helper-56's finding: a call written whole at once is no progress (it restarts no
@@ -425,11 +451,7 @@ mod tests {
                 3000,
             )
             .await;
-            let (stalled, dry) = (stalled.expect("stalls once dry"), dry.expect("runs dry"));
-            assert!(
-                stalled >= dry,
-                "written at {at}: stalled at {stalled}, dry at {dry} ms"
-            );
+            stalls_once_dry(stalled, dry, &format!("written at {at} ms: "));
         }
     }
 
@@ -440,44 +462,36 @@ mod tests {
     /// spare it for good.
     #[tokio::test(start_paused = true)]
     async fn calls_taken_in_do_not_spare_a_server_that_never_answers() {
-        let mut stall = Stall::default();
-        let mut cx = Context::from_waker(Waker::noop());
-        let limit = Duration::from_millis(300);
         let mut sent = 0u64;
-        for t in 0..=2000u64 {
+        let at = drive(300, 2000, |t, asked| {
             if t % 7 == 0 {
                 sent += 100;
             }
-            let reading = stall.wants_queue().then_some(Reading { queued: 100, sent });
-            let heard = (t == 0).then(Instant::now);
-            if stall.poll(&mut cx, limit, true, heard, reading).is_err() {
-                assert!(t <= 300 + 2, "stalled at {t} ms");
-                return;
+            Pass {
+                reading: asked.then_some(Reading { queued: 100, sent }),
+                heard: t == 0,
+                starved: false,
             }
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
-        panic!("a server that never answers did not stall");
+        })
+        .await;
+        let at = at.expect("a server that never answers did not stall");
+        assert!(at <= 300 + 2, "stalled at {at} ms");
     }
 
     #[tokio::test(start_paused = true)]
     async fn progress_heard_restarts_the_spell_and_its_reading() {
-        let mut stall = Stall::default();
-        let mut cx = Context::from_waker(Waker::noop());
-        let limit = Duration::from_millis(300);
-        let mut asked = 0;
-        for t in 0..=1000u64 {
-            // Heard every 100 ms: never a stall, and a reading at most once a spell.
-            let heard = (t % 100 == 0).then(Instant::now);
-            let queued = stall.wants_queue().then(|| {
-                asked += 1;
-                Reading { queued: 7, sent: 0 }
-            });
-            assert!(
-                stall.poll(&mut cx, limit, true, heard, queued).is_ok(),
-                "{t} ms"
-            );
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
-        assert_eq!(asked, 0, "no spell lasted half the limit");
+        // Heard every 100 ms: never a stall, and a reading at most once a spell.
+        let mut asks = 0;
+        let at = drive(300, 1000, |t, asked| {
+            asks += usize::from(asked);
+            Pass {
+                reading: asked.then_some(Reading { queued: 7, sent: 0 }),
+                heard: t % 100 == 0,
+                starved: false,
+            }
+        })
+        .await;
+        assert_eq!(at, None);
+        assert_eq!(asks, 0, "no spell lasted half the limit");
     }
 }
