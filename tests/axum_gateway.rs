@@ -1,6 +1,8 @@
 //! The axum gateway of `examples/axum_gateway.rs`, driven by real concurrent HTTP
 //! requests on 127.0.0.1, in front of a real `redis-server` child.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 

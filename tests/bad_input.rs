@@ -6,6 +6,8 @@
 //! then, else for the call), never a panic in the caller, never a hang. Every test is
 //! bounded in time; the servers are in-memory pipes or the test server on 127.0.0.1.
 
+#![cfg(feature = "tcp")]
+
 mod support;
 
 use std::future::Future;

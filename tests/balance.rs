@@ -6,6 +6,8 @@
 //! choices would prefer it to any backend with a call in flight, and the dead backend
 //! would draw the traffic (a "black hole").
 
+#![cfg(feature = "tcp")]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -27,6 +27,8 @@
 //! CHAOS_SEED=0x1234abcd cargo test --test chaos -- --nocapture
 //! ```
 
+#![cfg(feature = "tcp")]
+
 mod support;
 
 use std::collections::HashMap;

@@ -6,6 +6,8 @@
 //! 127.0.0.1 port, which is also how it is probed until up; here also a `unixsocket` in
 //! a directory of the test's own), and kills it by its pid when done.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 

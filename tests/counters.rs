@@ -2,6 +2,8 @@
 //! writes (system calls, over a socket) that moved them, so a user can see how well a
 //! connection coalesces calls.
 
+#![cfg(feature = "tcp")]
+
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};

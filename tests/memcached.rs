@@ -6,6 +6,8 @@
 //! `memcached` must be on `PATH` (CI's `.ci/run` installs it): without it these tests
 //! fail, saying so.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 mod support;

@@ -6,6 +6,8 @@
 //! byte count. The last tests feed the decoder bytes directly: replies split anywhere,
 //! and malformed ones. `memcached` must be on `PATH` (CI's `.ci/run` installs it).
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 mod support;

@@ -8,6 +8,8 @@
 //! two-line `220` reply (read by the handshake, until final too) and writes every reply
 //! line by itself, so replies arrive in pieces.
 
+#![cfg(feature = "tcp")]
+
 mod support;
 
 use std::error::Error as _;

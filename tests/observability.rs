@@ -6,6 +6,8 @@
 //! as its thread's default and runs on a current-thread runtime, so the connection task
 //! is polled on that thread too.
 
+#![cfg(feature = "tcp")]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

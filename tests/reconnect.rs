@@ -7,6 +7,8 @@
 //! opens a duplex pipe and runs a scripted server on its far end) under paused time; the restart, host
 //! change and `Buffer` tests use real loopback sockets and real time.
 
+#![cfg(feature = "tcp")]
+
 mod support;
 
 use std::error::Error as _;

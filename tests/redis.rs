@@ -6,6 +6,8 @@
 //! with `examples/redis.rs`. `redis-server` must be on `PATH` (CI's `.ci/run` installs
 //! it): without it these tests fail, saying so.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 mod support;

@@ -18,6 +18,8 @@
 //! * A `READONLY` reply (a master demoted by hand, its clients left connected) makes the
 //!   channel leave the node and find the master again.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 

@@ -9,6 +9,8 @@
 //! starting `flaky`, which is `LOADING` the first time the server sees it. The Redis
 //! test demotes a real master with `REPLICAOF` under load.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../examples/common/mod.rs"]
 mod common;
 

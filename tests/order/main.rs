@@ -18,6 +18,8 @@
 //!
 //! What they share is in `common`.
 
+#![cfg(feature = "tcp")]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -32,6 +32,8 @@
 //! connector that records its attempts), `scripted` (a loopback server answering by a
 //! script), `one_byte` (in-memory transports that move one byte at a time).
 
+#![cfg(feature = "tcp")]
+
 #[path = "../support/mod.rs"]
 mod support;
 
