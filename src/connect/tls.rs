@@ -20,7 +20,7 @@ use crate::reconnect::Endpoint;
 
 /// Opens TCP to an [`Endpoint`] with a [`TcpConnector`] (its socket options, happy
 /// eyeballs, buffer capacity and codec), runs the rustls client handshake on it, and
-/// frames the TLS stream, [`Metered`](crate::Metered), with the codec (feature `rustls`).
+/// frames the TLS stream, [`Metered`], with the codec (feature `rustls`).
 ///
 /// The server name, sent as SNI and checked against the server's certificate, is the
 /// endpoint's host: a DNS name as it is, an IP address as an IP address (rustls sends

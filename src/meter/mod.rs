@@ -293,7 +293,7 @@ impl<T> Metered<T> {
     }
 
     /// Reads the send queue of the socket under the IO with `queued` (its bytes not yet
-    /// taken in by the peer; [`socket_send_queue`](crate::socket_send_queue) reads a
+    /// taken in by the peer; [`socket_send_queue`] reads a
     /// socket's) when the stall timer asks, before it gives up on a connection where
     /// calls wait and no byte moved: the kernel takes megabytes of a large request at
     /// once and wakes the writer again only once much of them has drained, so a peer
