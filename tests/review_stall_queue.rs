@@ -14,8 +14,8 @@
 //!   half, the baseline was read then and the verdict moments later, so a peer reading
 //!   all along was `Stalled`. Deterministic with a push frame; intermittent with the
 //!   writer's own wake-ups (the defect's case at 100 ms). The verdict now waits until
-//!   half a limit after its baseline (`Stall::next`), and a reading in a pass that
-//!   heard progress is no baseline (`Stall::answered`).
+//!   half a limit after its baseline (`Stall::next`), and bytes written between two
+//!   readings are not taken for those the peer read (`stall::judge`).
 //!
 //! A run that stalled while the machine starved the test's server (woken from a sleep
 //! about half a limit late, in the limit before the verdict) proves nothing and is run
@@ -436,9 +436,10 @@ async fn control_1_the_same_slow_reader_without_pushes_is_answered() {
 /// Later, in CI, one run in eight of this test failed `Stalled` at ~1.04 s, 5.1 MB
 /// read: a writer wake-up in the very pass that read the queue. The pass read the queue
 /// before its flush wrote a third of the send buffer, and that reading, short of those
-/// bytes, became the next spell's baseline, so the verdict saw no shrinking. Such a
-/// reading is no baseline now
-/// (`mux::stall::tests::a_reading_in_a_pass_that_heard_progress_is_no_baseline`).
+/// bytes, became the next spell's baseline, so the verdict saw no shrinking. A reading
+/// now carries the bytes written to the socket, and those written since the baseline
+/// are told from the old ones left
+/// (`mux::stall::tests::a_flush_after_the_reading_does_not_hide_the_peer_reading`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_1b_the_defects_own_case_with_a_100ms_timeout_still_stalls_sometimes() {
     whole(async {

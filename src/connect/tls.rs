@@ -144,7 +144,14 @@ impl<C: Clone> TlsConnector<C> {
         // Above the TLS session, which may fail a write after a record of it left (the
         // `Wire` below tells) and takes nothing in a write that says `Pending`.
         Ok(super::frame(
-            Metered::reporting(tls).send_queue(|tls| queue::of(tls.get_ref().0.get_ref())),
+            Metered::reporting(tls).send_queue_counted(|tls| {
+                let wire = tls.get_ref().0;
+                let queued = queue::of(wire.get_ref())?;
+                Some(queue::Reading {
+                    queued,
+                    sent: Some(wire.sent()),
+                })
+            }),
             self.tcp.codec,
             self.tcp.buffer,
         ))

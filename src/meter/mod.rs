@@ -249,8 +249,9 @@ pin_project_lite::pin_project! {
         credit: u64,
         // Reads the send queue of the socket under the IO, for the stall timer.
         queued: Option<queue::Queued<T>>,
-        // Bytes counted as written, all told (wrapping): a send queue's reading carries
-        // it, so the timer knows what was written between two readings.
+        // Bytes counted as written, all told (wrapping). Of an `exact` IO (a socket),
+        // a send queue's reading carries it, so the timer knows what was written
+        // between two readings; above a layer they are not the socket's bytes.
         sent: u64,
     }
 }
@@ -307,7 +308,15 @@ impl<T> Metered<T> {
     /// that returns `None` leaves the timer to judge by bytes alone. Over a layer
     /// (TLS), meter the layer and read the socket under it.
     pub fn send_queue(mut self, queued: fn(&T) -> Option<u64>) -> Self {
-        self.queued = Some(queued);
+        self.queued = Some(queue::Queued::Queue(queued));
+        self
+    }
+
+    /// [`send_queue`](Self::send_queue) over a layer with a [`Wire`] under it: `read`
+    /// returns the socket's queue and the bytes the `Wire` wrote to it, all told, in
+    /// the same unit (TLS records, where this IO counts plaintext).
+    pub(crate) fn send_queue_counted(mut self, read: fn(&T) -> Option<queue::Reading>) -> Self {
+        self.queued = Some(queue::Queued::Counted(read));
         self
     }
 
@@ -335,7 +344,8 @@ impl<IO: AsyncRead> AsyncRead for Metered<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if let Some(queued) = this.queued {
-            queue::answer_for(this.inner.as_ref().get_ref(), *queued, *this.sent);
+            let sent = (*this.mode == Mode::Exact).then_some(*this.sent);
+            queue::answer_for(this.inner.as_ref().get_ref(), *queued, sent);
         }
         let before = buf.filled().len();
         let poll = this.inner.poll_read(cx, buf);
@@ -498,5 +508,90 @@ mod tests {
         let mut empty = BytesMut::new();
         codec.encode((), &mut empty).unwrap();
         assert_eq!(empty.len(), 10);
+    }
+
+    /// A layer that writes half its input below (a compressor) and says it took all.
+    struct Halving<IO>(IO);
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Halving<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Halving<IO> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let half = buf.len() / 2;
+            Pin::new(&mut self.0)
+                .poll_write(cx, &buf[..half])
+                .map_ok(|n| if n == half { buf.len() } else { n })
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// Writes 100 bytes to `io`, then asks for its send queue as the engine does and
+    /// polls it to read: the reading it answered with.
+    fn written_then_read<IO: AsyncRead + AsyncWrite + Unpin>(
+        mut io: Metered<IO>,
+    ) -> Option<queue::Reading> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let wrote = Pin::new(&mut io).poll_write(&mut cx, &[1; 100]);
+        assert!(matches!(wrote, Poll::Ready(Ok(100))), "{wrote:?}");
+        queue::ask();
+        let mut space = [0; 8];
+        let _ = Pin::new(&mut io).poll_read(&mut cx, &mut ReadBuf::new(&mut space));
+        queue::answer()
+    }
+
+    /// Helper-57's finding: a reading carried the bytes the `Metered` IO took, which
+    /// above a layer are not those that joined the socket's queue (a compressor's
+    /// input, TLS plaintext): a peer that stopped reading was spared while calls went
+    /// out. A reading carries a count only in the socket's unit.
+    #[tokio::test]
+    async fn a_reading_counts_the_bytes_the_socket_took() {
+        let (io, _peer) = tokio::io::duplex(4096);
+        let exact = written_then_read(Metered::exact(io).send_queue(|_| Some(0)));
+        assert_eq!(
+            exact.and_then(|r| r.sent),
+            Some(100),
+            "a socket's own count"
+        );
+
+        let (io, _peer) = tokio::io::duplex(4096);
+        let layer = Metered::new(Halving(Wire::new(io))).send_queue(|_| Some(0));
+        let layer = written_then_read(layer).expect("answered");
+        assert_eq!(
+            layer.sent, None,
+            "a layer's input is not the socket's bytes"
+        );
+
+        let (io, _peer) = tokio::io::duplex(4096);
+        let counted = Metered::reporting(Halving(Wire::new(io))).send_queue_counted(|io| {
+            Some(queue::Reading {
+                queued: 0,
+                sent: Some(io.0.sent()),
+            })
+        });
+        let counted = written_then_read(counted).expect("answered");
+        assert_eq!(
+            counted.sent,
+            Some(50),
+            "what the wire under the layer wrote"
+        );
     }
 }

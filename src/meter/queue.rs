@@ -14,16 +14,35 @@
 use std::cell::Cell;
 
 /// Reads the send queue of the socket under an IO object, if it can.
-pub(crate) type Queued<T> = fn(&T) -> Option<u64>;
+#[derive(Debug)]
+pub(crate) enum Queued<T> {
+    /// The queue alone. What was written between two readings is then known only of
+    /// an IO that is the socket itself ([`Metered::exact`](super::Metered::exact)):
+    /// above a layer, the bytes the `Metered` IO takes are not the socket's (TLS
+    /// plaintext, a compressed stream).
+    Queue(fn(&T) -> Option<u64>),
+    /// The queue, and the bytes written to the socket all told (a [`Wire`](super::Wire)
+    /// under the layer counts them).
+    Counted(fn(&T) -> Option<Reading>),
+}
+
+impl<T> Clone for Queued<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Queued<T> {}
 
 /// One reading of a socket's send queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reading {
     /// The bytes in the send queue.
     pub(crate) queued: u64,
-    /// The bytes the IO had taken, all told (wrapping), when the queue was read: what
-    /// two readings' counts differ by was written between them.
-    pub(crate) sent: u64,
+    /// The bytes written to the socket, all told (wrapping), when the queue was read,
+    /// where they are known: what two readings' counts differ by was written between
+    /// them, and joined the queue behind the bytes it held.
+    pub(crate) sent: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +72,16 @@ pub(crate) fn answer() -> Option<Reading> {
     }
 }
 
-/// Answers the question, if one is asked, with `queued` of `io`, which has taken `sent`
-/// bytes all told.
+/// Answers the question, if one is asked, with `queued` of `io`, whose socket has
+/// taken `sent` bytes all told if that is known.
 #[inline]
-pub(super) fn answer_for<T>(io: &T, queued: Queued<T>, sent: u64) {
+pub(super) fn answer_for<T>(io: &T, queued: Queued<T>, sent: Option<u64>) {
     if ASKED.get() == Asked::Yes {
-        ASKED.set(match queued(io) {
-            Some(queued) => Asked::Answered(Reading { queued, sent }),
-            None => Asked::No,
-        });
+        let reading = match queued {
+            Queued::Queue(queued) => queued(io).map(|queued| Reading { queued, sent }),
+            Queued::Counted(read) => read(io),
+        };
+        ASKED.set(reading.map_or(Asked::No, Asked::Answered));
     }
 }
 
@@ -121,24 +141,43 @@ mod tests {
 
     struct Io(u64);
 
-    fn queued(io: &Io) -> Option<u64> {
-        Some(io.0)
-    }
+    const QUEUED: Queued<Io> = Queued::Queue(|io| Some(io.0));
 
     #[test]
     fn only_an_asked_question_is_answered_and_only_once() {
-        answer_for(&Io(7), queued, 1);
+        answer_for(&Io(7), QUEUED, Some(1));
         assert_eq!(answer(), None, "nobody asked");
         ask();
-        answer_for(&Io(7), queued, 1);
-        answer_for(&Io(9), queued, 2);
-        let first = Reading { queued: 7, sent: 1 };
+        answer_for(&Io(7), QUEUED, Some(1));
+        answer_for(&Io(9), QUEUED, Some(2));
+        let first = Reading {
+            queued: 7,
+            sent: Some(1),
+        };
         assert_eq!(answer(), Some(first), "the first IO polled answers");
         assert_eq!(answer(), None, "an answer is taken once");
         ask();
         assert_eq!(answer(), None, "no IO answered");
-        answer_for(&Io(7), queued, 1);
+        answer_for(&Io(7), QUEUED, Some(1));
         assert_eq!(answer(), None, "the question was withdrawn");
+    }
+
+    #[test]
+    fn a_counted_reading_carries_the_sockets_count() {
+        let counted = Queued::Counted(|io: &Io| {
+            Some(Reading {
+                queued: io.0,
+                sent: Some(40),
+            })
+        });
+        ask();
+        answer_for(&Io(7), counted, Some(60));
+        let reading = answer().expect("answered");
+        assert_eq!(
+            reading.sent,
+            Some(40),
+            "the socket's count, not the layer's"
+        );
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]

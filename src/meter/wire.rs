@@ -38,13 +38,20 @@ pin_project_lite::pin_project! {
         #[pin]
         io: IO,
         failed: Option<io::Error>,
+        // Bytes the IO took, all told (wrapping): for the stall timer's readings of the
+        // socket's send queue, in its unit (`Metered::send_queue_counted`).
+        sent: u64,
     }
 }
 
 impl<IO> Wire<IO> {
     /// Wraps `io`.
     pub fn new(io: IO) -> Self {
-        Wire { io, failed: None }
+        Wire {
+            io,
+            failed: None,
+            sent: 0,
+        }
     }
 
     /// The IO object.
@@ -61,6 +68,11 @@ impl<IO> Wire<IO> {
     pub fn into_inner(self) -> IO {
         self.io
     }
+
+    /// The bytes the IO object took, all told (wrapping).
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
 }
 
 /// Notes what a write of a [`Wire`] moved. A write that failed after an earlier one of
@@ -69,6 +81,7 @@ impl<IO> Wire<IO> {
 fn saw(
     poll: Poll<io::Result<usize>>,
     failed: &mut Option<io::Error>,
+    sent: &mut u64,
     cx: &Context<'_>,
 ) -> Poll<io::Result<usize>> {
     let below = BELOW.get();
@@ -82,6 +95,7 @@ fn saw(
     }
     let moved = match poll {
         Poll::Ready(Ok(n)) if n > 0 => {
+            *sent = sent.wrapping_add(n as u64);
             add(|m| m.below = m.below.wrapping_add(n as u64));
             true
         }
@@ -136,7 +150,7 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
             return kept(err);
         }
         let poll = no_zero(this.io.poll_write(cx, buf), !buf.is_empty());
-        saw(poll, this.failed, cx)
+        saw(poll, this.failed, this.sent, cx)
     }
 
     fn poll_write_vectored(
@@ -150,7 +164,7 @@ impl<IO: AsyncWrite> AsyncWrite for Wire<IO> {
         }
         let offered = bufs.iter().any(|b| !b.is_empty());
         let poll = no_zero(this.io.poll_write_vectored(cx, bufs), offered);
-        saw(poll, this.failed, cx)
+        saw(poll, this.failed, this.sent, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

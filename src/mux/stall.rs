@@ -36,6 +36,9 @@ pub(crate) struct Stall {
     asking: Option<Ask>,
     /// The transport could not say what its socket's send queue holds: ask no more.
     no_queue: bool,
+    /// The quiet spell (by its start) whose verdict was put off once already: the peer
+    /// had taken in all it held at the baseline, and more ([`Judged::CaughtUp`]).
+    put_off: Option<Instant>,
 }
 
 /// Why the send queue is read.
@@ -75,7 +78,7 @@ impl Stall {
     /// after the first reading (the queue drains in steps). A queue that shrank is
     /// the peer taking a request in (the kernel took it whole, and wakes the writer
     /// only once much of it drained): the clock restarts. Bytes written between the
-    /// readings are not taken for the old ones left ([`shrank`]). A queue that is
+    /// readings are not taken for the old ones left ([`judge`]). A queue that is
     /// empty, or did not shrink (a peer that stopped reading, or is gone), is silence
     /// as before.
     /// (A heartbeat not yet acknowledged at the first reading, acknowledged by the
@@ -165,17 +168,26 @@ impl Stall {
         };
         let now = Instant::now();
         let since = self.quiet_since.unwrap_or(now);
-        let shrank = self
+        let judged = self
             .baseline(since)
-            .is_some_and(|(_, before)| shrank(before, reading));
+            .map_or(Judged::Still, |(_, before)| judge(before, reading));
         self.sample = Some((now, reading));
         if heard || ask == Ask::Baseline {
             return true;
         }
-        if shrank {
-            self.quiet_since = Some(now);
+        match judged {
+            Judged::Shrank => {
+                self.quiet_since = Some(now);
+                true
+            }
+            // This reading is the baseline of a verdict half a limit on, in the same
+            // spell: once.
+            Judged::CaughtUp if self.put_off != Some(since) => {
+                self.put_off = Some(since);
+                true
+            }
+            Judged::CaughtUp | Judged::Still => false,
         }
-        shrank
     }
 
     /// The reading taken in the quiet spell begun at `since`, if any: one from before it
@@ -212,23 +224,49 @@ impl Stall {
     }
 }
 
-/// Whether the peer took in some of what the send queue held `before`, by `now`.
+/// What a verdict's reading of the send queue says of the peer since the baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// It took in some of the bytes the queue held at the baseline, and holds the rest:
+    /// it is reading a request. The clock restarts.
+    Shrank,
+    /// It took in all the bytes the queue held at the baseline, and some of those
+    /// written since: perhaps a large request written whole at once since (which
+    /// restarts no clock). The verdict is put off half a limit, once a spell, with
+    /// this reading as its baseline: a peer still reading then shrank the queue; a
+    /// peer that took in all we wrote, a limit long, is no slow link, and its silence
+    /// is the server's (a server that reads our calls and never answers).
+    CaughtUp,
+    /// It took in nothing, or all it was given and nothing is left: silence.
+    Still,
+}
+
+/// What the peer did with the send queue between the readings `before` and `now`.
 ///
 /// The bytes written between the readings queue up behind those it held: a write that
 /// went out whole at once (not progress: it restarts no clock), or the pass's flush,
-/// which comes after the pass reads the queue (`poll_io`). So while the queue holds more
-/// than was written since, what it holds beyond that is what is left of the old bytes,
-/// and the peer took some of them if that is less than they were. A queue holding no
-/// more than was written since is judged as it is: a server that reads our small
-/// requests (or pings) at once and never answers shows an empty queue, and stalls.
-fn shrank(before: Reading, now: Reading) -> bool {
-    let written = now.sent.wrapping_sub(before.sent);
-    let left = if now.queued > written {
-        now.queued - written
-    } else {
-        now.queued
+/// which comes after the pass reads the queue (`poll_io`). Where the readings carry the
+/// bytes written to the socket (in its unit: not above a layer that re-encodes them),
+/// what the queue holds beyond those written since is what is left of the old bytes,
+/// and fewer of them is the peer reading. Without the counts, the queue is compared as
+/// it is.
+fn judge(before: Reading, now: Reading) -> Judged {
+    let written = match (before.sent, now.sent) {
+        (Some(then), Some(sent)) => sent.wrapping_sub(then),
+        _ => 0,
     };
-    left < before.queued
+    if now.queued > written || written == 0 {
+        // Some of the old bytes are left, or nothing was written since.
+        if now.queued - written < before.queued {
+            Judged::Shrank
+        } else {
+            Judged::Still
+        }
+    } else if now.queued < before.queued + written {
+        Judged::CaughtUp
+    } else {
+        Judged::Still
+    }
 }
 
 fn stalled(limit: Duration) -> ConnectionError {
@@ -289,7 +327,7 @@ mod tests {
             reading: asked
                 .then(|| queue(t))
                 .flatten()
-                .map(|queued| Reading { queued, sent: 0 }),
+                .map(|queued| Reading { queued, sent: None }),
             heard: heard(t),
             starved: false,
         })
@@ -364,7 +402,7 @@ mod tests {
         let at = drive(300, 2000, |t, asked| Pass {
             reading: asked.then(|| Reading {
                 queued: 3_000_000u64.saturating_sub(1000 * t),
-                sent: 0,
+                sent: None,
             }),
             heard: t == 0 || t == 303,
             starved: (590..620).contains(&t),
@@ -392,7 +430,10 @@ mod tests {
             if queued == 0 {
                 dry.get_or_insert(t);
             }
-            let reading = asked.then_some(Reading { queued, sent });
+            let reading = asked.then_some(Reading {
+                queued,
+                sent: Some(sent),
+            });
             let n = writes(t);
             (queued, sent) = (queued + n, sent + n);
             Pass {
@@ -456,26 +497,68 @@ mod tests {
     }
 
     /// And the bytes written since do not spare a server that reads our calls and never
-    /// answers: a queue holding no more than was written since is judged as it is. Here
-    /// the server takes each 100 B call in when the next comes (one always queued): the
-    /// queue never shrinks, and it stalls, where crediting the bytes written would
-    /// spare it for good.
+    /// answers. Here the server takes each 100 B call in when the next comes (one always
+    /// queued), or at once (the queue empty): it took all it was given at each verdict,
+    /// which is put off once, and it stalls within one and a half limits, where
+    /// crediting the bytes written would spare it for good.
     #[tokio::test(start_paused = true)]
     async fn calls_taken_in_do_not_spare_a_server_that_never_answers() {
-        let mut sent = 0u64;
-        let at = drive(300, 2000, |t, asked| {
-            if t % 7 == 0 {
-                sent += 100;
-            }
-            Pass {
-                reading: asked.then_some(Reading { queued: 100, sent }),
-                heard: t == 0,
-                starved: false,
-            }
-        })
-        .await;
-        let at = at.expect("a server that never answers did not stall");
-        assert!(at <= 300 + 2, "stalled at {at} ms");
+        for queued in [100, 0] {
+            let mut sent = 0u64;
+            let at = drive(300, 2000, |t, asked| {
+                if t % 7 == 0 {
+                    sent += 100;
+                }
+                Pass {
+                    reading: asked.then_some(Reading {
+                        queued,
+                        sent: Some(sent),
+                    }),
+                    heard: t == 0,
+                    starved: false,
+                }
+            })
+            .await;
+            let at = at.expect("a server that never answers did not stall");
+            // (Each reading is taken a pass after it was asked for.)
+            assert!(at <= 300 + 150 + 3, "queue at {queued}: stalled at {at} ms");
+        }
+    }
+
+    /// Helper-57's finding: a peer that had taken in all the queue held at the baseline
+    /// and was partway into a large call written whole since (the queue holding no more
+    /// than was written since) stalled. Its verdict is put off half a limit, with that
+    /// reading as the baseline.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_past_the_baseline_into_a_call_written_since_is_reading() {
+        for low in [200_000, 0] {
+            // 1 MB, less 20 kB every 10 ms; a call of 400 kB written whole once a
+            // reading finds the queue at `low` or under.
+            let (mut queued, mut sent, mut wrote) = (1_000_000u64, 0u64, false);
+            let at = drive(100, 3000, |t, asked| {
+                if t > 0 && t % 10 == 0 {
+                    queued = queued.saturating_sub(20_000);
+                }
+                let reading = asked.then_some(Reading {
+                    queued,
+                    sent: Some(sent),
+                });
+                if asked && !wrote && queued <= low {
+                    wrote = true;
+                    (queued, sent) = (queued + 400_000, sent + 400_000);
+                }
+                Pass {
+                    reading,
+                    heard: t == 0,
+                    starved: false,
+                }
+            })
+            .await;
+            assert!(
+                at.is_none() || queued == 0,
+                "low {low}: stalled at {at:?} ms with {queued} B still to drain"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -485,7 +568,10 @@ mod tests {
         let at = drive(300, 1000, |t, asked| {
             asks += usize::from(asked);
             Pass {
-                reading: asked.then_some(Reading { queued: 7, sent: 0 }),
+                reading: asked.then_some(Reading {
+                    queued: 7,
+                    sent: None,
+                }),
                 heard: t % 100 == 0,
                 starved: false,
             }
