@@ -633,6 +633,22 @@ impl<Req, Resp> Channel<Req, Resp> {
         }
     }
 
+    /// Reopens a closed channel whose task runs (a pool's connection that a lease
+    /// closed), without waiting for its connect pass, which takes its turn as any
+    /// pass does.
+    #[cfg(feature = "pool")]
+    pub(crate) fn reopen(&self) {
+        let (done, _) = oneshot::channel();
+        let _ = self.shared.control.send(Control::Connect(done, false));
+    }
+
+    /// [`close`](Self::close) of a channel whose task runs.
+    #[cfg(feature = "pool")]
+    pub(crate) fn close_running(&self) {
+        self.shared.set_closed();
+        let _ = self.shared.control.send(Control::Close);
+    }
+
     /// The handshake's handle, on the lane of its connection.
     pub(crate) fn handshake_handle(
         tx: mpsc::Sender<Envelope<Req, Resp>>,

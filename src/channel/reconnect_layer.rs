@@ -43,6 +43,13 @@ impl<M: Clone, Req, Resp> ReconnectLayer<M, Req, Resp> {
         layer
     }
 
+    /// The deadline its channels give a call without one
+    /// ([`Config::call_timeout`](crate::Config::call_timeout)).
+    #[cfg(feature = "pool")]
+    pub(crate) fn call_timeout(&self) -> Option<std::time::Duration> {
+        self.config.call_timeout
+    }
+
     /// This layer, its channels connecting to `endpoint` alone (no backups): a pool's
     /// connections to a discovered endpoint.
     #[cfg(feature = "pool")]

@@ -236,12 +236,24 @@ where
     where
         K: Connector<Req, Resp>,
     {
-        let members = Arc::new(Members::new(0, false, self.factory(connector)));
+        let timeout = self.call_timeout();
+        let members = Arc::new(Members::new(0, false, timeout, self.factory(connector)));
         members
             .awaiting
             .store(true, std::sync::atomic::Ordering::Release);
         let gone = members.gone();
-        let run = endpoints::drive(Arc::downgrade(&members), gone, source, per, drain, first);
+        let weak = Arc::downgrade(&members);
+        let drive = endpoints::drive(weak.clone(), gone, source, per, drain, first);
+        // The user's `Discover` may panic: the pool keeps the endpoints it has and stops
+        // waiting for more (helper-58's finding: its calls waited for ever).
+        let run = async move {
+            if let Err(panic) = crate::panic::CatchPanic::new(drive).await {
+                tracing::warn!(%panic, "the pool's discovery of endpoints panicked; it keeps those it has");
+                if let Some(members) = weak.upgrade() {
+                    members.endpoints_came();
+                }
+            }
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(run);
@@ -281,7 +293,12 @@ where
         K: Connector<Req, Resp>,
     {
         let factory = self.factory(connector);
-        let members = Arc::new(Members::new(size.max(1), sizing.is_none(), factory));
+        let members = Arc::new(Members::new(
+            size.max(1),
+            sizing.is_none(),
+            self.call_timeout(),
+            factory,
+        ));
         if let Some(sizing) = sizing {
             scale::spawn(&members, sizing);
         }

@@ -60,10 +60,15 @@ where
         Poll::Ready(change.map(|change| {
             Ok(match change.map_err(Into::into)? {
                 Change::Insert(key, endpoint) => {
-                    // A key inserted again replaces its endpoint: a fresh number.
-                    self.next += 1;
-                    self.ids.insert(key, self.next);
-                    Edit::Insert(self.next, endpoint)
+                    // A key inserted again replaces its endpoint: it keeps its number,
+                    // so the driver drains the group it had (helper-58's finding: a
+                    // fresh number left the old group in the pool for good).
+                    let next = &mut self.next;
+                    let id = *self.ids.entry(key).or_insert_with(|| {
+                        *next += 1;
+                        *next
+                    });
+                    Edit::Insert(id, endpoint)
                 }
                 Change::Remove(key) => match self.ids.remove(&key) {
                     Some(id) => Edit::Remove(id),

@@ -21,7 +21,9 @@ use crate::error::Error;
 ///
 /// The pool holds a leased connection out of its choice; a lease kept long makes the
 /// pool one connection smaller. Dropping the lease returns the connection, whatever
-/// state the sequence left it in: end a transaction (or close the connection) before.
+/// state the sequence left it in: end a transaction before, or close the connection
+/// ([`close`](Channel::close), [`shutdown`](Channel::shutdown)): the pool then reopens
+/// it, a new connection with none of the sequence's state.
 pub struct Lease<Req, Resp> {
     members: Arc<Members<Req, Resp>>,
     slot: Arc<Slot<Req, Resp>>,
@@ -113,6 +115,18 @@ impl<Req, Resp> Lease<Req, Resp> {
 
 impl<Req, Resp> Drop for Lease<Req, Resp> {
     fn drop(&mut self) {
+        // Closed by the lease's holder (the pool's own close and a removal set their
+        // flags first): reopened, or the pool would be a connection short for good
+        // (helper-58's finding). A pool closed meanwhile closes it again.
+        let ours = || {
+            !self.members.closed.load(Ordering::SeqCst) && !self.slot.removed.load(Ordering::SeqCst)
+        };
+        if self.channel.shared.is_closed() && ours() {
+            self.channel.reopen();
+            if !ours() {
+                self.channel.close_running();
+            }
+        }
         self.slot.leased.store(false, Ordering::Release);
         self.members.changes.notify_waiters();
     }

@@ -57,6 +57,10 @@ pub(crate) struct Members<Req, Resp> {
     /// Endpoints are still to come from a `Discover`: a pool without a connection
     /// waits for one rather than failing calls.
     pub(crate) awaiting: AtomicBool,
+    /// The connections' deadline for a call without one
+    /// ([`Config::call_timeout`](crate::Config::call_timeout)): known before any
+    /// connection is, so it bounds the wait for the first endpoints too.
+    pub(crate) call_timeout: Option<std::time::Duration>,
     /// Dropped with the pool: the tasks that serve it (its discovery) end.
     gone: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// Closed by the user: nothing is added from now on.
@@ -85,7 +89,12 @@ where
     Resp: Send + 'static,
 {
     /// A pool of `size` connections made by `factory`; `fixed`: always that many.
-    pub(crate) fn new(size: usize, fixed: bool, factory: Factory<Req, Resp>) -> Self {
+    pub(crate) fn new(
+        size: usize,
+        fixed: bool,
+        call_timeout: Option<std::time::Duration>,
+        factory: Factory<Req, Resp>,
+    ) -> Self {
         let members = Members {
             current: RwLock::new(Arc::from(Vec::new())),
             generation: AtomicU64::new(0),
@@ -95,6 +104,7 @@ where
             factory,
             home: Group::new(0, None),
             awaiting: AtomicBool::new(false),
+            call_timeout,
             gone: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             fixed,

@@ -262,7 +262,7 @@ where
     /// The deadline the connections give a call without one
     /// ([`Config::call_timeout`](crate::Config::call_timeout)).
     fn call_timeout(&self) -> Option<Duration> {
-        self.members.snapshot().first()?.channel.shared.call_timeout
+        self.members.call_timeout
     }
 
     /// Sends a request to one connection and waits for its reply

@@ -45,13 +45,21 @@ where
     Resp: Send + 'static,
 {
     /// Queues the idle ping on `conn` when nothing was sent or received for a whole
-    /// period.
+    /// period. Once the channel is ending (a shutdown, every handle gone), it pings no
+    /// more, and nobody waits for the last ping's reply: it neither holds a shutdown
+    /// nor keeps the connection open (helper-58's finding: a ping the server never
+    /// answered held a shutdown until its deadline, and, with no stall timer, kept a
+    /// connection whose handles were all gone open for good).
     pub(super) fn poll_ping(
         &mut self,
         cx: &mut Context<'_>,
         ping: &mut Ping<Resp>,
         conn: &mut ConnOf<T, M, Req, Resp>,
     ) {
+        if self.shutdown.is_some() || self.engine.intake_done() {
+            ping.waiting = None;
+            return;
+        }
         while ping.timer.as_mut().poll(cx).is_ready() {
             ping.timer
                 .as_mut()
