@@ -558,20 +558,22 @@ fn wrong_server_backs_off(
 ) -> Vec<Violation> {
     let records = net.log().records();
     let conns = accepted(&records);
-    let mut drained = BTreeSet::new();
+    // When each connection first read a drain notice.
+    let mut drains: BTreeMap<u64, Duration> = BTreeMap::new();
+    for e in ctx.wire.events() {
+        if let Wire::DrainRead { conn } = e.what {
+            drains.entry(conn).or_insert(e.at);
+        }
+    }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let mut reported = BTreeSet::new();
     for e in ctx.wire.events() {
         let conn = match e.what {
-            Wire::DrainRead { conn } => {
-                drained.insert(conn);
-                continue;
-            }
             Wire::WrongServerRead { conn } => conn,
-            Wire::Encoded { .. } | Wire::Cancel { .. } => continue,
+            Wire::DrainRead { .. } | Wire::Encoded { .. } | Wire::Cancel { .. } => continue,
         };
-        if !seen.insert(conn) || drained.contains(&conn) {
+        if !seen.insert(conn) || drains.get(&conn).is_some_and(|&at| at <= e.at) {
             continue;
         }
         let Some((client, host, accepted)) = conns.get(&conn) else {
@@ -609,6 +611,16 @@ fn wrong_server_backs_off(
         let Some(next) = next.filter(|r| r.at > t) else {
             continue;
         };
+        // A pool's other connection, asked to drain meanwhile, is replaced at once (a
+        // pass replacing a connection that answered follows no sibling's failure): that
+        // dial is no retry of this one's (seed 0x7ab171: a sibling drained at 1969 ms
+        // and its replacement dialed at 1970, 72 ms after this word).
+        let sibling_drained = drains.iter().any(|(c, &at)| {
+            *c != conn && at >= t && at <= next.at && conns.get(c).is_some_and(|x| x.0 == client)
+        });
+        if pool && sibling_drained {
+            continue;
+        }
         if scn
             .ops
             .iter()

@@ -388,3 +388,18 @@ fn a_leased_closed_connection_fails_a_pool_call_instead_of_spinning_seed_0x199()
         "a_leased_closed_connection_fails_a_pool_call_instead_of_spinning_seed_0x199",
     );
 }
+
+/// Found by a sweep on f314883 (seed 8,040,817 of one from 8,000,000), in the check,
+/// not the crate: a pool's connection said wrong server at 1898 ms and the pool's next
+/// dial came 72 ms later, but from its sibling, replacing a connection the server had
+/// just asked to drain (a pass replacing a connection that answered follows no
+/// sibling's failure). The check now passes over a pool's word when a sibling drained
+/// before the next dial.
+#[test]
+fn a_pools_sibling_replacing_a_drained_connection_is_no_retry_seed_0x7ab171() {
+    assert_clean(
+        0x7ab171,
+        "wrong_server_backs_off",
+        "a_pools_sibling_replacing_a_drained_connection_is_no_retry_seed_0x7ab171",
+    );
+}
