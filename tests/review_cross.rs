@@ -1,7 +1,8 @@
 //! Helper-58's hunt for failure-path defects where two features meet: a `Discover`
 //! key inserted again, a `Discover` that panics, a pool's call deadline before any
-//! connection, a leased connection closed, and the idle ping at a shutdown and after
-//! the last handle. Each test failed before its fix.
+//! connection, a leased connection closed, the push receiver taken before any
+//! connection, and the idle ping at a shutdown and after the last handle. Each test
+//! failed before its fix.
 
 #![cfg(all(feature = "testing", feature = "pool"))]
 
@@ -124,6 +125,44 @@ async fn l1_a_pool_closed_while_a_lease_is_held_stays_closed() {
         let after = pool.request(msg("after")).await;
         assert!(after.is_err(), "a closed pool answered: {after:?}");
         assert!(pool.is_closed());
+    })
+    .await;
+}
+
+/// `Pool::pushes` gives the first caller the merged receiver: over a `Discover`, asked
+/// before the first endpoint came, it was `None` for good. (Helper-58's suspicion,
+/// confirmed.)
+#[tokio::test(start_paused = true)]
+async fn p2_the_push_receiver_taken_before_the_first_endpoint_gets_their_pushes() {
+    bounded(async {
+        let net = Net::new(|_: Endpoint, mut io: Io| async move {
+            while let Some(Ok(req)) = io.next().await {
+                if req.text() == "push" {
+                    let push = Msg::new("pushed").kind(support::codec::Kind::Push);
+                    if io.send(push).await.is_err() {
+                        return;
+                    }
+                }
+                if io.send(req).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (changes, discover) = feed();
+        let pool = Channel::builder()
+            .reconnect(Reconnect::Persistent)
+            .pool(1)
+            .discover(discover)
+            .connector(net.connector(), Order::new(TestProto))
+            .unwrap();
+        let mut pushes = pool.pushes().expect("the first caller gets it");
+        assert!(pool.pushes().is_none(), "one receiver");
+        changes
+            .send(Change::Insert("k", Endpoint::new("a", 1)))
+            .unwrap();
+        pool.request(msg("push")).await.unwrap();
+        let pushed = tokio::time::timeout(Duration::from_secs(1), pushes.recv()).await;
+        assert_eq!(pushed.expect("a push").expect("open").text(), "pushed");
     })
     .await;
 }

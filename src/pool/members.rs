@@ -61,6 +61,8 @@ pub(crate) struct Members<Req, Resp> {
     /// ([`Config::call_timeout`](crate::Config::call_timeout)): known before any
     /// connection is, so it bounds the wait for the first endpoints too.
     pub(crate) call_timeout: Option<std::time::Duration>,
+    /// A caller took the merged push receiver ([`Pool::pushes`](super::Pool::pushes)).
+    pub(crate) pushes_taken: AtomicBool,
     /// Dropped with the pool: the tasks that serve it (its discovery) end.
     gone: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// Closed by the user: nothing is added from now on.
@@ -105,6 +107,7 @@ where
             home: Group::new(0, None),
             awaiting: AtomicBool::new(false),
             call_timeout,
+            pushes_taken: AtomicBool::new(false),
             gone: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             fixed,

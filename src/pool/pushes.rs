@@ -72,16 +72,21 @@ where
 }
 
 impl<Resp: Send + 'static> Pushes<Resp> {
-    /// The receiver, unless a caller took it before (the first connection's is gone).
+    /// The receiver, unless a caller took it before. Taken before the pool has any
+    /// connection (over a `Discover`, before its first endpoint), it merges them in as
+    /// they come (helper-58's finding: it was `None` then, for good).
     pub(crate) fn take<Req>(members: &Arc<Members<Req, Resp>>) -> Option<Self>
     where
         Req: Send + 'static,
     {
-        let pool: Box<dyn Pool<Resp>> = Box::new(Arc::downgrade(members));
-        let (seen, receivers) = pool.take_new(&[])?;
-        if receivers.is_empty() {
+        if members
+            .pushes_taken
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return None;
         }
+        let pool: Box<dyn Pool<Resp>> = Box::new(Arc::downgrade(members));
+        let (seen, receivers) = pool.take_new(&[])?;
         let waker = Arc::new(AtomicWaker::new());
         pool.watch(&waker);
         Some(Pushes {
