@@ -60,6 +60,8 @@ pub(crate) struct Shared<Resp> {
     pub(crate) span: tracing::Span,
     /// Set once the channel takes no more calls: closed, or its task ended.
     closed: AtomicBool,
+    /// A reopening asked for and not yet taken in (`set_reopening`).
+    reopening: AtomicBool,
     /// `state`, mirrored so `poll_ready` and `load` read one atomic instead of a lock.
     current: AtomicU8,
     pub(crate) control: mpsc::UnboundedSender<Control>,
@@ -122,6 +124,7 @@ impl<Resp> Shared<Resp> {
             ),
             span,
             closed: AtomicBool::new(false),
+            reopening: AtomicBool::new(false),
             current: AtomicU8::new(state as u8),
             control,
             pushes: Mutex::new(Some(pushes)),
@@ -246,6 +249,19 @@ impl<Resp> Shared<Resp> {
     /// Takes calls again (a reconnecting channel reopened by `connect`).
     pub(crate) fn set_open(&self) {
         self.closed.store(false, Ordering::Release);
+    }
+
+    /// A reopening was asked for that the task has not taken in yet: a pool holds the
+    /// closed connection as coming back soon, not down
+    /// ([`Channel::reopen`](crate::Channel)).
+    #[cfg(feature = "pool")]
+    pub(crate) fn is_reopening(&self) -> bool {
+        self.reopening.load(Ordering::Acquire)
+    }
+
+    /// [`is_reopening`](Self::is_reopening), set by the handle, cleared by the task.
+    pub(crate) fn set_reopening(&self, reopening: bool) {
+        self.reopening.store(reopening, Ordering::Release);
     }
 
     /// A connect pass is running.

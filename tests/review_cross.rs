@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Channel, Endpoint, Order, Reconnect};
+use socketchannel::{Channel, Endpoint, Order, Reconnect, State};
 use tower::discover::Change;
 
 use support::bounded;
@@ -75,6 +75,35 @@ async fn d1_a_key_inserted_again_replaces_its_endpoint() {
             "(size after re-insert, who answered, size after remove, call failed); \
              answered {answered:?}, after the removal {after:?}"
         );
+    })
+    .await;
+}
+
+/// A key inserted again with the same endpoint (a source that lists all it knows anew)
+/// changes nothing: no connection is made again (helper-59's review).
+#[tokio::test(start_paused = true)]
+async fn d1_the_same_endpoint_inserted_again_makes_no_new_connection() {
+    bounded(async {
+        let net = named_net();
+        let (changes, discover) = feed();
+        let pool = Channel::builder()
+            .reconnect(Reconnect::Persistent)
+            .pool(1)
+            .discover(discover)
+            .connector(net.connector(), Order::new(TestProto))
+            .unwrap();
+        changes
+            .send(Change::Insert("k", Endpoint::new("a", 1)))
+            .unwrap();
+        assert_eq!(pool.request(msg("x")).await.unwrap().text(), "a:1");
+        for _ in 0..3 {
+            changes
+                .send(Change::Insert("k", Endpoint::new("a", 1)))
+                .unwrap();
+            settle().await;
+            assert_eq!(pool.request(msg("x")).await.unwrap().text(), "a:1");
+        }
+        assert_eq!((pool.size(), net.connects()), (1, 1), "(size, connects)");
     })
     .await;
 }
@@ -329,6 +358,126 @@ async fn s2_a_call_nobody_waits_for_keeps_no_connection_open_after_the_last_hand
         assert!(
             closed_after_the_last_handle(Unanswered::Left).await,
             "a caller that left"
+        );
+    })
+    .await;
+}
+
+// Helper-59's review of the lease's reopening (the `l2_*` tests).
+
+/// The lease docs: close the connection before returning it, "the pool then reopens
+/// it". A call made right after the lease is dropped failed `Closed`: the pool saw the
+/// connection down before its task took the reopening in.
+#[tokio::test(start_paused = true)]
+async fn l2_a_call_right_after_a_closed_lease_is_returned_is_answered() {
+    bounded(async {
+        let net = named_net();
+        let pool = support::pool::pool(&net, 1, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        let lease = pool.lease().await.unwrap();
+        lease.request(msg("MULTI")).await.unwrap();
+        lease.close();
+        drop(lease);
+        let after = pool.request(msg("after")).await;
+        assert!(after.is_ok(), "a call after the lease's return: {after:?}");
+    })
+    .await;
+}
+
+/// A pool call that waited for the lease (pool of one) while its holder closed it.
+#[tokio::test(start_paused = true)]
+async fn l2_a_call_waiting_for_a_lease_closed_by_its_holder_is_answered() {
+    bounded(async {
+        let net = named_net();
+        let pool = support::pool::pool(&net, 1, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        let lease = pool.lease().await.unwrap();
+        let p2 = pool.clone();
+        let waiting = tokio::spawn(async move { p2.request(msg("waiting")).await });
+        settle().await;
+        assert!(!waiting.is_finished(), "waits for the lease");
+        lease.close();
+        drop(lease);
+        let out = waiting.await.unwrap();
+        assert!(out.is_ok(), "the call that waited for the lease: {out:?}");
+    })
+    .await;
+}
+
+/// pool.close() racing Lease::drop on a multi-thread runtime: a closed pool ends with
+/// every connection closed.
+#[test]
+fn l2_pool_close_racing_a_closed_lease_drop_leaves_nothing_open() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut bad = Vec::new();
+        for round in 0..50 {
+            let net = named_net();
+            let pool = support::pool::pool(&net, 1, Duration::from_millis(10));
+            support::timeout(Duration::from_secs(5), pool.connect())
+                .await
+                .unwrap();
+            let lease = pool.lease().await.unwrap();
+            lease.close();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let b2 = barrier.clone();
+            let p2 = pool.clone();
+            let closer = std::thread::spawn(move || {
+                b2.wait();
+                p2.close();
+            });
+            barrier.wait();
+            drop(lease);
+            closer.join().unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let states: Vec<_> = pool
+                .channels()
+                .map(|c| (c.is_closed(), *c.state().borrow()))
+                .collect();
+            if states
+                .iter()
+                .any(|&(closed, st)| !closed || st != State::Closed)
+            {
+                bad.push((round, states));
+            }
+        }
+        assert!(bad.is_empty(), "open after pool.close(): {bad:?}");
+    });
+}
+
+/// The holder started a shutdown it did not await to its end (a call of its own still
+/// waits) and dropped the lease: the reopening waits for that shutdown. The pool's own
+/// shutdown then joined it, and when it ended the channel reopened: a shut-down pool
+/// with a live connection. A later shutdown now wins over an earlier reopening.
+#[tokio::test(start_paused = true)]
+async fn l2_a_pool_shutdown_after_a_lease_returned_mid_shutdown_stays_shut() {
+    bounded(async {
+        let net = support::pool::hold_net();
+        let pool = support::pool::pool(&net, 1, Duration::from_millis(100));
+        pool.connect().await.unwrap();
+        let lease = pool.lease().await.unwrap();
+        let ch = lease.channel().clone();
+        let mute = tokio::spawn(async move { ch.request(msg("mute")).await });
+        settle().await;
+        // Started, not awaited to its end.
+        let _ = tokio::time::timeout(Duration::from_millis(10), lease.shutdown(Duration::from_secs(5))).await;
+        drop(lease);
+        pool.shutdown(Duration::from_secs(1)).await;
+        let closed_at_once = pool.is_closed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = mute.await;
+        let states: Vec<_> = pool
+            .channels()
+            .map(|c| (c.is_closed(), *c.state().borrow()))
+            .collect();
+        let after = pool.request(msg("after")).await;
+        assert!(
+            closed_at_once && states.iter().all(|&(closed, st)| closed && st == State::Closed) && after.is_err(),
+            "after pool.shutdown(): closed at once {closed_at_once}, connections {states:?}, a call: {after:?}"
         );
     })
     .await;

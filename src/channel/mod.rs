@@ -638,8 +638,18 @@ impl<Req, Resp> Channel<Req, Resp> {
     /// pass does.
     #[cfg(feature = "pool")]
     pub(crate) fn reopen(&self) {
+        // Seen by a pool before the task takes the reopening in (helper-59's finding:
+        // a call right after the lease came back found the connection down).
+        self.shared.set_reopening(true);
         let (done, _) = oneshot::channel();
-        let _ = self.shared.control.send(Control::Connect(done, false));
+        if self
+            .shared
+            .control
+            .send(Control::Connect(done, false))
+            .is_err()
+        {
+            self.shared.set_reopening(false);
+        }
     }
 
     /// [`close`](Self::close) of a channel whose task runs.

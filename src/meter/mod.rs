@@ -315,6 +315,8 @@ impl<T> Metered<T> {
     /// [`send_queue`](Self::send_queue) over a layer with a [`Wire`] under it: `read`
     /// returns the socket's queue and the bytes the `Wire` wrote to it, all told, in
     /// the same unit (TLS records, where this IO counts plaintext).
+    // Only the TLS connector reads a `Wire`'s count.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub(crate) fn send_queue_counted(mut self, read: fn(&T) -> Option<queue::Reading>) -> Self {
         self.queued = Some(queue::Queued::Counted(read));
         self

@@ -23,6 +23,8 @@ pub(crate) enum Queued<T> {
     Queue(fn(&T) -> Option<u64>),
     /// The queue, and the bytes written to the socket all told (a [`Wire`](super::Wire)
     /// under the layer counts them).
+    // Only the TLS connector reads a `Wire`'s count.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     Counted(fn(&T) -> Option<Reading>),
 }
 

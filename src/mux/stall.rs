@@ -78,9 +78,10 @@ impl Stall {
     /// after the first reading (the queue drains in steps). A queue that shrank is
     /// the peer taking a request in (the kernel took it whole, and wakes the writer
     /// only once much of it drained): the clock restarts. Bytes written between the
-    /// readings are not taken for the old ones left ([`judge`]). A queue that is
-    /// empty, or did not shrink (a peer that stopped reading, or is gone), is silence
-    /// as before.
+    /// readings are not taken for the old ones left ([`judge`]). A queue that did not
+    /// shrink (a peer that stopped reading, or is gone), or stayed empty with nothing
+    /// written, is silence; a peer that took in all the queue held and some of what
+    /// came since gets half a limit more, once a spell ([`Judged::CaughtUp`]).
     /// (A heartbeat not yet acknowledged at the first reading, acknowledged by the
     /// second, spares the connection one more spell.)
     pub(crate) fn poll(
@@ -227,17 +228,18 @@ impl Stall {
 /// What a verdict's reading of the send queue says of the peer since the baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Judged {
-    /// It took in some of the bytes the queue held at the baseline, and holds the rest:
-    /// it is reading a request. The clock restarts.
+    /// It took in some of the bytes the queue held at the baseline (or all of them,
+    /// with nothing written since): it is reading a request. The clock restarts.
     Shrank,
-    /// It took in all the bytes the queue held at the baseline, and some of those
-    /// written since: perhaps a large request written whole at once since (which
+    /// It took in all the bytes the queue held at the baseline, and some or all of
+    /// those written since: perhaps a large request written whole at once since (which
     /// restarts no clock). The verdict is put off half a limit, once a spell, with
     /// this reading as its baseline: a peer still reading then shrank the queue; a
     /// peer that took in all we wrote, a limit long, is no slow link, and its silence
     /// is the server's (a server that reads our calls and never answers).
     CaughtUp,
-    /// It took in nothing, or all it was given and nothing is left: silence.
+    /// It took in nothing since the baseline (an empty queue with nothing written since
+    /// included): silence.
     Still,
 }
 

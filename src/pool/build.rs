@@ -242,18 +242,7 @@ where
             .awaiting
             .store(true, std::sync::atomic::Ordering::Release);
         let gone = members.gone();
-        let weak = Arc::downgrade(&members);
-        let drive = endpoints::drive(weak.clone(), gone, source, per, drain, first);
-        // The user's `Discover` may panic: the pool keeps the endpoints it has and stops
-        // waiting for more (helper-58's finding: its calls waited for ever).
-        let run = async move {
-            if let Err(panic) = crate::panic::CatchPanic::new(drive).await {
-                tracing::warn!(%panic, "the pool's discovery of endpoints panicked; it keeps those it has");
-                if let Some(members) = weak.upgrade() {
-                    members.endpoints_came();
-                }
-            }
-        };
+        let run = endpoints::drive(Arc::downgrade(&members), gone, source, per, drain, first);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(run);

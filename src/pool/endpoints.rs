@@ -103,7 +103,16 @@ pub(crate) async fn drive<Req, Resp>(
             if Pin::new(&mut gone).poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            match source.poll_edit(cx) {
+            // The user's `Discover` may panic: as one that failed, the pool keeps what
+            // it has and stops waiting (helper-58's finding: its calls waited for
+            // ever). It is not polled again.
+            let polled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.poll_edit(cx)))
+                    .unwrap_or_else(|panic| {
+                        let panic = crate::panic::message(&*panic);
+                        Poll::Ready(Some(Err(format!("it panicked: {panic}").into())))
+                    });
+            match polled {
                 Poll::Pending => {
                     // What the source had is in, or it took too long: the pool stops
                     // waiting for endpoints.
@@ -140,6 +149,12 @@ pub(crate) async fn drive<Req, Resp>(
             }
         };
         match edit {
+            // The same endpoint again (a source that lists all it knows anew): nothing
+            // changes, no connection is made again.
+            Edit::Insert(id, endpoint)
+                if groups
+                    .get(&id)
+                    .is_some_and(|g| g.endpoint.as_ref() == Some(&endpoint)) => {}
             Edit::Insert(id, endpoint) => {
                 if let Some(old) = groups.remove(&id) {
                     drain_out(members.remove_group(old.id), drain);

@@ -136,8 +136,16 @@ impl<Req, Resp> Slot<Req, Resp> {
     }
 
     pub(crate) fn standing(&self) -> Standing {
-        if self.channel.shared.is_closed() || self.removed.load(Ordering::Acquire) {
+        if self.removed.load(Ordering::Acquire) {
             return Standing::Down;
+        }
+        if self.channel.shared.is_closed() {
+            // A lease returned it closed, and it is being reopened (`Lease::drop`).
+            return if self.channel.shared.is_reopening() {
+                Standing::Soon
+            } else {
+                Standing::Down
+            };
         }
         if self.leased.load(Ordering::Acquire) {
             return Standing::Soon;

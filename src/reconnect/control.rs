@@ -22,6 +22,9 @@ pub(super) struct Shutdown {
     waiters: Vec<oneshot::Sender<()>>,
     /// `connect` callers that came meanwhile: the channel reopens for them once closed.
     reopen: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// Whether one of them asked for a pass that dials at once (a user's `connect()`,
+    /// not a pool's reopening, which takes its turn).
+    fresh: bool,
 }
 
 impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
@@ -41,6 +44,15 @@ where
                         shutdown.deadline.as_mut().reset(deadline);
                     }
                     shutdown.waiters.push(done);
+                    // The last word wins, as it does with no shutdown running: a
+                    // `connect()` made before this shutdown does not reopen the channel
+                    // after it (helper-59's finding: a pool shut down while a lease's
+                    // reopening waited for its holder's shutdown ended up open).
+                    for done in shutdown.reopen.drain(..) {
+                        let _ = done.send(Err(Error::new(Kind::Closed)));
+                    }
+                    shutdown.fresh = false;
+                    self.engine.shared.set_reopening(false);
                 }
                 None if matches!(self.phase, Phase::Closed) => drop(done),
                 None => {
@@ -48,6 +60,7 @@ where
                         deadline: Box::pin(tokio::time::sleep_until(deadline)),
                         waiters: vec![done],
                         reopen: Vec::new(),
+                        fresh: false,
                     });
                 }
             },
@@ -55,6 +68,7 @@ where
                 if let Some(shutdown) = &mut self.shutdown {
                     // The shutdown finishes first; then the channel reopens.
                     shutdown.reopen.push(done);
+                    shutdown.fresh |= fresh;
                     return;
                 }
                 self.reopen(vec![done], fresh);
@@ -94,6 +108,7 @@ where
             return;
         }
         self.engine.shared.set_open();
+        self.engine.shared.set_reopening(false);
         match self.phase {
             Phase::Ready { .. } => {
                 for done in waiters {
@@ -151,6 +166,9 @@ where
     pub(super) fn close(&mut self, reopen: bool) {
         let cause: Cause = Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None));
         self.engine.shared.set_closed();
+        if !reopen {
+            self.engine.shared.set_reopening(false);
+        }
         let mut backoff = None;
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Ready { conn, .. } => conn.fail(Kind::Closed, &cause),
@@ -175,11 +193,12 @@ where
                     // (`after_loss`).
                     Some((sleep, fail_fast)) if !shutdown.reopen.is_empty() => {
                         self.engine.shared.set_open();
+                        self.engine.shared.set_reopening(false);
                         self.connect_waiters.extend(shutdown.reopen);
                         self.set_state(State::BackingOff);
                         self.phase = Phase::BackingOff { sleep, fail_fast };
                     }
-                    _ => self.reopen(shutdown.reopen, true),
+                    _ => self.reopen(shutdown.reopen, shutdown.fresh),
                 }
             } else {
                 for done in shutdown.reopen {
