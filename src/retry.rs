@@ -29,7 +29,11 @@ use crate::error::{Error, Kind};
 /// send the call to another yourself); and a [`Call::read`], which waits for the next
 /// frame of its own connection and would take another call's reply on a new one. tower's
 /// `Retry` ends with the error of a retry's `poll_ready` when that fails: the caller then
-/// gets that error. An idempotent call's error is its last attempt's.
+/// gets that error. An idempotent call's error is its last attempt's. A retry waits for
+/// that `poll_ready`, which is `Pending` while the channel connects (up to its connect
+/// and handshake timeouts), and a [`Call::deadline`] does not cut that wait short (the
+/// policy cannot): put a `Timeout` outside the `Retry`, as below, for a bound on the
+/// whole.
 ///
 /// It is a policy for plain requests (`Req: Clone`, over `Service<Req>`) and for
 /// [`Call`]s (any `Req`, over `Service<Call<Req>>`), with the error type either

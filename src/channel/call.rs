@@ -121,6 +121,10 @@ impl<Req> Call<Req> {
     /// channel's [`Config::call_timeout`](crate::Config::call_timeout). A copy a retry
     /// makes keeps it, so it bounds every attempt together (and
     /// [`RetryNotSent`](crate::RetryNotSent) never retries a timeout).
+    /// It does not bound what comes before an attempt is queued: tower's `Retry` waits
+    /// for the channel's `poll_ready`, which a connect pass keeps `Pending` up to the
+    /// connect and handshake timeouts (Contract 2); for a bound on the whole, put a
+    /// `tower::timeout::Timeout` outside the `Retry`.
     ///
     /// The connection task keeps every deadline in one heap with one timer, so a
     /// deadline costs far less than a `tower::timeout` per call, and its error says

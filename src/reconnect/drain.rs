@@ -89,7 +89,8 @@ where
         wrong_server: bool,
     ) -> Phase<T, M::Matcher, Req, Resp> {
         self.engine.shared.stats.retired(1);
-        if conn.answered {
+        let answered = conn.answered;
+        if answered {
             self.failures = 0;
         }
         let host = self.hosts.current.clone();
@@ -99,7 +100,23 @@ where
             self.last_error = Some(Arc::new(WrongServer));
             self.demote_current = true;
         }
-        let phase = self.back_off(false);
+        if !answered {
+            // A failed attempt on that host: it is tried last next time, as one lost
+            // before it answered is (`lost`; helper-60's finding: a host draining every
+            // connection was tried first again and again, its backups never).
+            self.demote_current = true;
+            if !wrong_server {
+                self.last_error = Some(Arc::new(Drained));
+            }
+        }
+        // Once every host has failed since one answered, and this one again, the calls
+        // queued fail fast, not sent, as after a failed pass: none was written, and no
+        // host serves them (they waited for ever while the one host drained each
+        // connection at once). One drain is no such failure: a server restarting
+        // gracefully may drain a connection or two, and the next one serves.
+        let hosts = u32::try_from(self.hosts.pass().len()).unwrap_or(u32::MAX);
+        let every_host = !answered && self.failures >= hosts;
+        let phase = self.back_off(every_host);
         let cause: Cause = match &self.last_error {
             Some(cause) if wrong_server => cause.clone(),
             _ => Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None)),
@@ -163,3 +180,16 @@ impl std::fmt::Display for WrongServer {
 }
 
 impl std::error::Error for WrongServer {}
+
+/// Why a channel left a connection that the server asked to drain before it answered
+/// anything ([`Verdict::Drain`](crate::Verdict::Drain)): the cause a backoff reports.
+#[derive(Debug)]
+pub(super) struct Drained;
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server asked to drain the connection before it answered")
+    }
+}
+
+impl std::error::Error for Drained {}
