@@ -37,6 +37,16 @@ const BATCH: usize = 256;
 /// batches cost the server a read per few calls; at 256 callers on Redis, 64 did 8-13%
 /// more than 256, and 32 did 20% less.
 const READ_BATCH: usize = 64;
+/// Frames read per iteration at most when they are large: the pass's first
+/// `READ_BATCH` took at least `LARGE_PASS` bytes off the socket (a `Metered` IO counts
+/// them; without one, `READ_BATCH` holds). At 256 callers and 16 KiB, 256 frames a pass
+/// took the channel from 0.73-1.01x to 1.14-1.37x the hand-written client's requests/s
+/// and from 0.81-1.21x to 0.61-0.77x its CPU per request on two workers (bench/README.md,
+/// "Read batches by size"); at 16 B and 1 KiB, where 256 a pass cost 10-20% of the
+/// requests/s, a pass never reaches `LARGE_PASS`.
+const READ_BATCH_LARGE: usize = 256;
+/// See [`READ_BATCH_LARGE`]: 64 frames of 8 KiB.
+const LARGE_PASS: u64 = 512 * 1024;
 /// Calls taken from the intake at once, at most. Their slots are given back to the
 /// handles together: one release of the intake's semaphore (a lock) per batch instead
 /// of one per call.

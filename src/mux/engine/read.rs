@@ -8,7 +8,7 @@ use futures_core::Stream;
 use tower::BoxError;
 use tracing::trace;
 
-use super::{Ended, Engine, READ_BATCH, fail};
+use super::{Ended, Engine, LARGE_PASS, READ_BATCH, READ_BATCH_LARGE, fail};
 use crate::error::{ConnectionError, ConnectionErrorKind as Why};
 use crate::mux::conn::Conn;
 use crate::mux::matcher::{Matcher, Route};
@@ -30,7 +30,16 @@ where
         RE: Into<BoxError>,
     {
         let mut n = 0;
-        while n < READ_BATCH {
+        let start = crate::meter::mark().read;
+        loop {
+            // Large frames (a pass's `READ_BATCH` of them took `LARGE_PASS` bytes off
+            // the socket): up to `READ_BATCH_LARGE` a pass.
+            if n >= READ_BATCH
+                && (n >= READ_BATCH_LARGE
+                    || crate::meter::mark().read.wrapping_sub(start) < LARGE_PASS)
+            {
+                break;
+            }
             let frame = match Pin::new(&mut conn.transport).poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(e))) => return Err(fail(Why::Read, e)),
