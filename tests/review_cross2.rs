@@ -6,11 +6,13 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use socketchannel::{
-    BoxError, Channel, Endpoint, Handshake, Order, Protocol, Session, Sessions, Verdict,
+    Backoff, BoxError, Channel, Endpoint, Handshake, Order, Protocol, Session, Sessions, Verdict,
 };
 
 use support::channel::{msg, spawn_request};
@@ -131,5 +133,148 @@ async fn d2_a_host_draining_during_the_handshake_is_tried_last_and_the_backup_se
         "{out:?}: the backup was tried {} times in {} connects",
         tried.iter().filter(|t| *t == "b:2").count(),
         tried.len()
+    );
+}
+
+// Helper-61's review of the fix above (the `d3_*` tests).
+
+/// Connection n (1-based) of the host: `drain(n)` says whether it sends DRAIN at
+/// accept; `close_after_first(n)` whether it closes after its first reply.
+fn scripted(
+    seen: &Seen,
+    drain: fn(usize) -> bool,
+    close_after_first: fn(usize) -> bool,
+) -> (Net, Arc<AtomicUsize>) {
+    let seen = seen.clone();
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    let net = Net::new(move |ep: Endpoint, mut io: Io| {
+        let seen = seen.clone();
+        let k = count.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if drain(k) && io.send(Msg::new("DRAIN")).await.is_err() {
+                return;
+            }
+            while let Some(Ok(req)) = io.next().await {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{}@{ep}#{k}", req.text()));
+                let reply = Msg::with_id(req.id, format!("{}@{ep}", req.text()));
+                if io.send(reply).await.is_err() {
+                    break;
+                }
+                if close_after_first(k) {
+                    // The server's idle timeout, a second later.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    });
+    (net, n)
+}
+
+fn hello_builder() -> socketchannel::Builder<Msg, Msg> {
+    Channel::builder()
+        .host("d:1")
+        .backoff(
+            Backoff::exponential(Duration::from_millis(10), Duration::from_millis(100))
+                .max_attempts(2),
+        )
+        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
+            conn.request(msg("hello")).await?;
+            Ok(Handshake::Ready)
+        })
+}
+
+/// `d1` with `max_attempts(2)`: the leave that should fail the queued call fast was the
+/// one whose backoff gave up, which went `Idle` and dropped `fail_fast`; `Idle`
+/// restarted a pass at once (the call is queued): 11,999 connects in 60 s, the call
+/// never failed. The calls now fail there.
+#[tokio::test(start_paused = true)]
+async fn d3_with_max_attempts_the_queued_call_of_a_draining_host_fails_not_sent() {
+    let seen = Seen::default();
+    let (net, conns) = scripted(&seen, |_| true, |_| false);
+    let ch: support::channel::Ch = hello_builder()
+        .connector(net.connector(), Order::new(Drains))
+        .unwrap();
+    let call = spawn_request(&ch, "x");
+    let out = tokio::time::timeout(Duration::from_secs(60), call).await;
+    let out = out.unwrap_or_else(|_| {
+        panic!(
+            "queued call unresolved after 60 s, {} connects",
+            conns.load(Ordering::SeqCst)
+        )
+    });
+    let err = out.expect("joined").expect_err("no host serves");
+    assert!(err.is_not_sent(), "{err:?}");
+}
+
+/// The first fix counted `failures`, which every failure since a reply adds to, not the
+/// connections left unanswered: after a handshaken connection the server closed while
+/// idle ("lost before it answered"), a single drain during the next handshake (a
+/// graceful restart) failed the queued call, which the next connection serves.
+#[tokio::test(start_paused = true)]
+async fn d3_one_drain_after_an_idle_close_leaves_the_call_to_the_next_connection() {
+    let seen = Seen::default();
+    // #1: handshake answered, then closed (idle timeout); #2: drains; #3+: serve.
+    let (net, conns) = scripted(&seen, |k| k == 2, |k| k == 1);
+    let ch: support::channel::Ch = Channel::builder()
+        .host("d:1")
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ))
+        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
+            conn.request(msg("hello")).await?;
+            Ok(Handshake::Ready)
+        })
+        .connector(net.connector(), Order::new(Drains))
+        .unwrap();
+    ch.connect().await.expect("first connection");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    let out = tokio::time::timeout(Duration::from_secs(60), spawn_request(&ch, "x")).await;
+    let out = out.expect("resolved").expect("joined");
+    assert!(
+        matches!(&out, Ok(m) if m.text() == "x@d:1"),
+        "{out:?} after {} connects, seen {:?}",
+        conns.load(Ordering::SeqCst),
+        seen.lock().unwrap()
+    );
+}
+
+/// On a plain channel, a `connect()` made during a shutdown reopens the channel after
+/// it, even when another `shutdown()` comes (documented); the lease fix had made a
+/// later shutdown fail it `Closed`. Only a pool's own reopening is called off.
+#[tokio::test(start_paused = true)]
+async fn d3_a_users_connect_parked_in_a_shutdown_still_reopens_after_a_later_one() {
+    let seen = Seen::default();
+    let net = support::memory::echo_after(Duration::from_secs(2), &seen);
+    let ch: support::channel::Ch = Channel::builder()
+        .host("e:1")
+        .connector(net.connector(), Order::new(TestProto))
+        .unwrap();
+    ch.connect().await.expect("connects");
+    let call = spawn_request(&ch, "slow");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let s1 = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.shutdown(Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let c = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.connect().await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    ch.shutdown(Duration::from_secs(10)).await;
+    s1.await.unwrap();
+    let _ = call.await;
+    let got = c.await.unwrap();
+    assert!(
+        got.is_ok(),
+        "the connect() made during the first shutdown: {got:?}, state {:?}",
+        *ch.state().borrow()
     );
 }

@@ -21,10 +21,10 @@ pub(super) struct Shutdown {
     /// `shutdown` callers: dropped (which resolves them) when the channel is closed.
     waiters: Vec<oneshot::Sender<()>>,
     /// `connect` callers that came meanwhile: the channel reopens for them once closed.
-    reopen: Vec<oneshot::Sender<Result<(), Error>>>,
-    /// Whether one of them asked for a pass that dials at once (a user's `connect()`,
-    /// not a pool's reopening, which takes its turn).
-    fresh: bool,
+    /// Each says whether it asked for a pass that dials at once (a user's `connect()`),
+    /// or one that takes the pool's turn (a pool's own: `Pool::connect`, a lease's
+    /// reopening).
+    reopen: Vec<(oneshot::Sender<Result<(), Error>>, bool)>,
 }
 
 impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
@@ -44,14 +44,11 @@ where
                         shutdown.deadline.as_mut().reset(deadline);
                     }
                     shutdown.waiters.push(done);
-                    // The last word wins, as it does with no shutdown running: a
-                    // `connect()` made before this shutdown does not reopen the channel
-                    // after it (helper-59's finding: a pool shut down while a lease's
-                    // reopening waited for its holder's shutdown ended up open).
-                    for done in shutdown.reopen.drain(..) {
-                        let _ = done.send(Err(Error::new(Kind::Closed)));
-                    }
-                    shutdown.fresh = false;
+                    // A pool's own reopening parked before this shutdown (a pool's, or a
+                    // removal's) is called off: helper-59's finding, a pool shut down
+                    // while a lease's reopening waited for its holder's shutdown ended up
+                    // open. A user's `connect()` still reopens the channel after it.
+                    shutdown.reopen.retain(|(_, fresh)| *fresh);
                     self.engine.shared.set_reopening(false);
                 }
                 None if matches!(self.phase, Phase::Closed) => drop(done),
@@ -60,15 +57,13 @@ where
                         deadline: Box::pin(tokio::time::sleep_until(deadline)),
                         waiters: vec![done],
                         reopen: Vec::new(),
-                        fresh: false,
                     });
                 }
             },
             Control::Connect(done, fresh) => {
                 if let Some(shutdown) = &mut self.shutdown {
                     // The shutdown finishes first; then the channel reopens.
-                    shutdown.reopen.push(done);
-                    shutdown.fresh |= fresh;
+                    shutdown.reopen.push((done, fresh));
                     return;
                 }
                 self.reopen(vec![done], fresh);
@@ -82,6 +77,7 @@ where
                 self.fresh_pass = true;
                 // The host asked for is tried first, whatever the last one did.
                 self.demote_current = false;
+                self.left_unanswered = 0;
                 info!(endpoint = %self.hosts.current, "changing host");
                 match std::mem::replace(&mut self.phase, Phase::Idle) {
                     // Under `Once` the next call connects (`Idle` starts a pass at once if
@@ -121,6 +117,7 @@ where
             Phase::Idle | Phase::Closed | Phase::BackingOff { .. } => {
                 self.connect_waiters.append(&mut waiters);
                 self.failures = 0;
+                self.left_unanswered = 0;
                 // Asked for: it dials, whatever a sibling's last pass did (unless a pool
                 // asked, for all its connections: then it takes its turn).
                 self.fresh_pass = fresh;
@@ -194,14 +191,19 @@ where
                     Some((sleep, fail_fast)) if !shutdown.reopen.is_empty() => {
                         self.engine.shared.set_open();
                         self.engine.shared.set_reopening(false);
-                        self.connect_waiters.extend(shutdown.reopen);
+                        self.connect_waiters
+                            .extend(shutdown.reopen.into_iter().map(|(done, _)| done));
                         self.set_state(State::BackingOff);
                         self.phase = Phase::BackingOff { sleep, fail_fast };
                     }
-                    _ => self.reopen(shutdown.reopen, shutdown.fresh),
+                    _ => {
+                        let fresh = shutdown.reopen.iter().any(|(_, fresh)| *fresh);
+                        let waiters = shutdown.reopen.into_iter().map(|(done, _)| done);
+                        self.reopen(waiters.collect(), fresh);
+                    }
                 }
             } else {
-                for done in shutdown.reopen {
+                for (done, _) in shutdown.reopen {
                     let _ = done.send(Err(Error::new(Kind::Closed)));
                 }
             }

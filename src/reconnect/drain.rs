@@ -92,6 +92,9 @@ where
         let answered = conn.answered;
         if answered {
             self.failures = 0;
+            self.left_unanswered = 0;
+        } else {
+            self.left_unanswered += 1;
         }
         let host = self.hosts.current.clone();
         self.draining
@@ -109,14 +112,22 @@ where
                 self.last_error = Some(Arc::new(Drained));
             }
         }
-        // Once every host has failed since one answered, and this one again, the calls
-        // queued fail fast, not sent, as after a failed pass: none was written, and no
-        // host serves them (they waited for ever while the one host drained each
+        // Once every host has been left so since a call was answered, and one again, the
+        // calls queued fail fast, not sent, as after a failed pass: none was written,
+        // and no host serves them (they waited for ever while the one host drained each
         // connection at once). One drain is no such failure: a server restarting
-        // gracefully may drain a connection or two, and the next one serves.
+        // gracefully may drain a connection or two, and the next one serves. (Counted
+        // apart from `failures`, which other failures add to: helper-61's finding.)
         let hosts = u32::try_from(self.hosts.pass().len()).unwrap_or(u32::MAX);
-        let every_host = !answered && self.failures >= hosts;
+        let every_host = !answered && self.left_unanswered > hosts;
         let phase = self.back_off(every_host);
+        // A backoff that gave up goes `Idle`, which would start a pass at once for the
+        // calls queued: they fail here instead, as after a failed pass.
+        if every_host && matches!(phase, Phase::Idle) {
+            self.engine
+                .fail_queued(Kind::ConnectFailed, self.last_error.as_ref());
+            self.left_unanswered = 0;
+        }
         let cause: Cause = match &self.last_error {
             Some(cause) if wrong_server => cause.clone(),
             _ => Arc::new(ConnectionError::new(ConnectionErrorKind::Closed, None)),

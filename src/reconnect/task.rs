@@ -91,6 +91,8 @@ where
     /// Failed passes in a row; back to 0 after a success (the next failure starts the
     /// backoff's schedule over).
     pub(super) failures: u32,
+    /// Connections left unanswered on the server's word since a call was answered.
+    pub(super) left_unanswered: u32,
     /// The backoff's jitter and current run of waits: this channel's own.
     pub(super) backoff: BackoffState,
     /// Why the last pass failed: the cause of calls that fail fast while backing off.
@@ -153,6 +155,7 @@ where
             phase: Phase::Idle,
             draining: Vec::new(),
             failures: 0,
+            left_unanswered: 0,
             backoff,
             last_error: None,
             shutdown: None,
@@ -301,6 +304,7 @@ where
                     Poll::Ready(Err(why)) if matches!(conn.leave, Some(Ended::WrongServer)) => {
                         if conn.answered {
                             self.failures = 0;
+                            self.left_unanswered = 0;
                         }
                         conn.answered = false;
                         Ok(self.lost(conn, why))
@@ -402,5 +406,14 @@ where
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+impl<K, M: Mode<Req, Resp>, T, Req, Resp> Drop for Task<K, M, T, Req, Resp> {
+    fn drop(&mut self) {
+        // No reopening can be taken in any more: a Connect sent before this close is
+        // dropped with the receiver, one sent after fails (`Channel::reopen` clears).
+        self.control.close();
+        self.engine.shared.set_reopening(false);
     }
 }
