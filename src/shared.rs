@@ -43,6 +43,10 @@ pub(crate) enum Control {
     /// `true`: a pass that dials whatever a pool sibling's last pass did (`connect()`);
     /// `false`: one that takes its turn as any (a pool connecting its connections).
     Connect(oneshot::Sender<Result<(), Error>>, bool),
+    /// A lease's reopening of a pool's connection its holder closed: as `Connect` with
+    /// `false`, but a shutdown that comes after it calls it off.
+    #[cfg_attr(not(feature = "pool"), allow(dead_code))]
+    Reopen(oneshot::Sender<Result<(), Error>>),
     /// New calls go to this host; calls on the old connection drain.
     ChangeHost(HostSpec),
     /// Replace the backups, from the next connect pass on.

@@ -278,3 +278,39 @@ async fn d3_a_users_connect_parked_in_a_shutdown_still_reopens_after_a_later_one
         *ch.state().borrow()
     );
 }
+
+/// Found reading that count again: it was reset only when a connection was left or
+/// lost having answered, so a drain before answering, then a connection serving for
+/// long and retired at its maximum age, then one drain by a graceful restart, failed a
+/// call the next connection serves. A connection that answers now resets it.
+#[tokio::test(start_paused = true)]
+async fn d3_a_connection_that_answered_clears_the_count_of_those_left_unanswered() {
+    let seen = Seen::default();
+    // #1 drains; #2 serves until its maximum age; #3 drains; #4 serves.
+    let (net, conns) = scripted(&seen, |k| k == 1 || k == 3, |_| false);
+    let ch: support::channel::Ch = Channel::builder()
+        .host("d:1")
+        .max_connection_age(Duration::from_secs(10))
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ))
+        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
+            conn.request(msg("hello")).await?;
+            Ok(Handshake::Ready)
+        })
+        .connector(net.connector(), Order::new(Drains))
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), spawn_request(&ch, "a")).await;
+    let first = first.expect("resolved").expect("joined");
+    assert!(matches!(&first, Ok(m) if m.text() == "a@d:1"), "{first:?}");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), spawn_request(&ch, "b")).await;
+    let out = out.expect("resolved").expect("joined");
+    assert!(
+        matches!(&out, Ok(m) if m.text() == "b@d:1"),
+        "{out:?} after {} connects, seen {:?}",
+        conns.load(Ordering::SeqCst),
+        seen.lock().unwrap()
+    );
+}

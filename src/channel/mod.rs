@@ -642,12 +642,7 @@ impl<Req, Resp> Channel<Req, Resp> {
         // a call right after the lease came back found the connection down).
         self.shared.set_reopening(true);
         let (done, _) = oneshot::channel();
-        if self
-            .shared
-            .control
-            .send(Control::Connect(done, false))
-            .is_err()
-        {
+        if self.shared.control.send(Control::Reopen(done)).is_err() {
             self.shared.set_reopening(false);
         }
     }

@@ -112,7 +112,7 @@ where
                     }
                 }
                 // Without a connector there is nothing to reconnect or redirect.
-                Control::Connect(done, _) => {
+                Control::Connect(done, _) | Control::Reopen(done) => {
                     let outcome = if this.engine.shared.is_closed() {
                         Err(Error::new(Kind::Closed))
                     } else {

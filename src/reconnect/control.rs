@@ -22,9 +22,11 @@ pub(super) struct Shutdown {
     waiters: Vec<oneshot::Sender<()>>,
     /// `connect` callers that came meanwhile: the channel reopens for them once closed.
     /// Each says whether it asked for a pass that dials at once (a user's `connect()`),
-    /// or one that takes the pool's turn (a pool's own: `Pool::connect`, a lease's
-    /// reopening).
+    /// or one that takes the pool's turn.
     reopen: Vec<(oneshot::Sender<Result<(), Error>>, bool)>,
+    /// A lease's reopening that came meanwhile (`Control::Reopen`): as `reopen`, but a
+    /// shutdown that comes after it calls it off.
+    reopening: Option<oneshot::Sender<Result<(), Error>>>,
 }
 
 impl<K, M, T, Req, Resp> Task<K, M, T, Req, Resp>
@@ -44,11 +46,11 @@ where
                         shutdown.deadline.as_mut().reset(deadline);
                     }
                     shutdown.waiters.push(done);
-                    // A pool's own reopening parked before this shutdown (a pool's, or a
+                    // A lease's reopening parked before this shutdown (a pool's, or a
                     // removal's) is called off: helper-59's finding, a pool shut down
                     // while a lease's reopening waited for its holder's shutdown ended up
-                    // open. A user's `connect()` still reopens the channel after it.
-                    shutdown.reopen.retain(|(_, fresh)| *fresh);
+                    // open. A `connect()` still reopens the channel after it.
+                    shutdown.reopening = None;
                     self.engine.shared.set_reopening(false);
                 }
                 None if matches!(self.phase, Phase::Closed) => drop(done),
@@ -57,6 +59,7 @@ where
                         deadline: Box::pin(tokio::time::sleep_until(deadline)),
                         waiters: vec![done],
                         reopen: Vec::new(),
+                        reopening: None,
                     });
                 }
             },
@@ -67,6 +70,13 @@ where
                     return;
                 }
                 self.reopen(vec![done], fresh);
+            }
+            Control::Reopen(done) => {
+                if let Some(shutdown) = &mut self.shutdown {
+                    shutdown.reopening = Some(done);
+                    return;
+                }
+                self.reopen(vec![done], false);
             }
             Control::ChangeBackups(backups) => self.hosts.set_backups(&backups),
             Control::Deadlines => self.engine.deadlines.used = true,
@@ -179,8 +189,13 @@ where
         self.engine.fail_queued(Kind::Closed, Some(&cause));
         self.tell_waiters(|| Error::new(Kind::Closed));
         self.set_state(State::Closed);
-        if let Some(shutdown) = self.shutdown.take() {
+        if let Some(mut shutdown) = self.shutdown.take() {
             drop(shutdown.waiters);
+            // A lease's reopening that was not called off reopens the channel as a
+            // `connect()` that takes its turn does.
+            if let Some(done) = shutdown.reopening.take() {
+                shutdown.reopen.push((done, false));
+            }
             if reopen {
                 match backoff {
                     // A backoff under way (a failed attempt during the shutdown: a

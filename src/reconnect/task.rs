@@ -264,6 +264,15 @@ where
                 {
                     proving = None;
                 }
+                // A connection that answered a call: the hosts left unanswered before it
+                // say nothing of the next drain (a connection serving for days, then
+                // retired, then drained once by a graceful restart, is no such host).
+                // (So is the run of failures the backoff counts: back to 0 after a
+                // success, whether the connection then ends by a loss or a retirement.)
+                if conn.answered {
+                    self.left_unanswered = 0;
+                    self.failures = 0;
+                }
                 match polled {
                     Poll::Pending => {
                         self.phase = Phase::Ready {

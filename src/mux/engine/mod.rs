@@ -2,7 +2,8 @@
 //!
 //! One poll does, in turn and within a budget: write calls (those tied to the
 //! connection first, then the lane's) while the sink and the matcher have room, read
-//! and route up to `READ_BATCH` ready frames, flush once, and run the stall timer.
+//! and route up to `READ_BATCH` ready frames (`READ_BATCH_LARGE` of large ones), flush
+//! once, and run the stall timer.
 //! Reading never waits for writing, so a peer that only reads after it has written
 //! cannot deadlock us. The connection's own state is in `conn.rs`, the timer in
 //! `stall.rs`. This file holds the engine and its intake; `drive.rs` the poll loop,
