@@ -314,3 +314,41 @@ async fn d3_a_connection_that_answered_clears_the_count_of_those_left_unanswered
         seen.lock().unwrap()
     );
 }
+
+// Helper-63's hunt (session ids).
+
+/// A caller's own id outside `Session::ids`'s range took one of the range's ids: with
+/// `.ids(1..=1)` and a long call under id 1000 (a watch), id 1 was free, and yet no
+/// other call was written until the watch ended (Contract 4: a call waits only when
+/// no id is free).
+#[tokio::test(start_paused = true)]
+async fn i1_a_caller_id_outside_the_range_takes_none_of_its_ids() {
+    support::bounded(async {
+        let (transport, server) = support::script::pipe();
+        let mut peer = support::script::Peer::spawn(server);
+        let ch: support::channel::Ch =
+            Channel::new(transport, Session::new(TestProto).ids(1u64..=1));
+        let c = ch.clone();
+        let watch = tokio::spawn(async move {
+            c.request(
+                socketchannel::Call::new(msg("watch"))
+                    .id(1000u64)
+                    .no_stall_timeout(),
+            )
+            .await
+        });
+        let req = peer.next().await;
+        assert_eq!((req.id, req.text()), (1000, "watch"));
+        let c = ch.clone();
+        let plain = tokio::spawn(async move { c.request(msg("b")).await });
+        let written = tokio::time::timeout(Duration::from_secs(3), peer.recv()).await;
+        let req = written
+            .expect("the plain call is written under id 1 while only id 1000 is taken")
+            .expect("connection up");
+        assert_eq!((req.id, req.text()), (1, "b"));
+        peer.reply(&req, "b-reply");
+        assert_eq!(plain.await.unwrap().expect("b").text(), "b-reply");
+        drop(watch);
+    })
+    .await;
+}

@@ -147,8 +147,7 @@ where
                 .insert(id, entry)
                 .map(|()| id)
                 .map_err(|entry| (Error::new(Kind::IdInUse), entry))?,
-            // `has_room` said there was a free id; only caller ids outside the range can
-            // make this fail, and then waiting is the honest answer too.
+            // `has_room` said there was a free id.
             None => self
                 .live
                 .insert_next(entry)
@@ -236,7 +235,9 @@ where
     }
 
     fn capacity(&self) -> usize {
-        self.max_in_flight.min(self.live.range())
+        // Caller ids outside the range take none of its ids.
+        let ids = self.live.range().saturating_add(self.live.outside());
+        self.max_in_flight.min(ids)
     }
 
     fn ignores_calls(&self) -> bool {
