@@ -250,9 +250,11 @@ impl<Resp> Shared<Resp> {
         self.held_room.notify_waiters();
     }
 
-    /// Takes calls again (a reconnecting channel reopened by `connect`).
+    /// Takes calls again (a reconnecting channel reopened by `connect`): a reopening
+    /// asked for is taken in.
     pub(crate) fn set_open(&self) {
         self.closed.store(false, Ordering::Release);
+        self.reopening.store(false, Ordering::Release);
     }
 
     /// A reopening was asked for that the task has not taken in yet: a pool holds the

@@ -114,7 +114,6 @@ where
             return;
         }
         self.engine.shared.set_open();
-        self.engine.shared.set_reopening(false);
         match self.phase {
             Phase::Ready { .. } => {
                 for done in waiters {
@@ -205,7 +204,6 @@ where
                     // (`after_loss`).
                     Some((sleep, fail_fast)) if !shutdown.reopen.is_empty() => {
                         self.engine.shared.set_open();
-                        self.engine.shared.set_reopening(false);
                         self.connect_waiters
                             .extend(shutdown.reopen.into_iter().map(|(done, _)| done));
                         self.set_state(State::BackingOff);

@@ -92,7 +92,6 @@ where
         let answered = conn.answered;
         if answered {
             self.failures = 0;
-            self.left_unanswered = 0;
         } else {
             self.left_unanswered += 1;
         }

@@ -395,7 +395,6 @@ where
             return phase;
         }
         self.failures = 0;
-        self.left_unanswered = 0;
         self.after_loss()
     }
 

@@ -269,6 +269,8 @@ where
                 // retired, then drained once by a graceful restart, is no such host).
                 // (So is the run of failures the backoff counts: back to 0 after a
                 // success, whether the connection then ends by a loss or a retirement.)
+                // The one place the count is reset for an answer: every path that
+                // leaves or loses this connection comes after it.
                 if conn.answered {
                     self.left_unanswered = 0;
                     self.failures = 0;
@@ -313,7 +315,6 @@ where
                     Poll::Ready(Err(why)) if matches!(conn.leave, Some(Ended::WrongServer)) => {
                         if conn.answered {
                             self.failures = 0;
-                            self.left_unanswered = 0;
                         }
                         conn.answered = false;
                         Ok(self.lost(conn, why))
