@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 use support::channel::msg;
 use support::codec::{Kind as MsgKind, Msg, TestProto};
 use support::memory::{Io, Net};
-use support::pool::{HOST, P, feed, held_intake, pool};
+use support::pool::{HOST, P, discovered, feed, held_intake, pool};
 use support::{bounded, eventually};
 
 /// Echoes every request; `quit` drops the connection unanswered, `push` sends a push
@@ -501,12 +501,7 @@ async fn a_pool_follows_a_changing_set_of_endpoints_and_drains_those_removed() {
         use tower::discover::Change;
         let net = slow_net(Duration::from_millis(100));
         let (changes, discover) = feed();
-        let pool = Channel::builder()
-            .reconnect(Reconnect::Persistent)
-            .pool(2)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
+        let pool = discovered(&net, Channel::builder(), 2, discover);
         // Calls made before any endpoint is known wait for one.
         let early = {
             let mut handle = pool.clone();

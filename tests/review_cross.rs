@@ -11,14 +11,14 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{Channel, Endpoint, Order, Reconnect, State};
+use socketchannel::{Channel, Endpoint, State};
 use tower::discover::Change;
 
 use support::bounded;
 use support::channel::msg;
-use support::codec::{Msg, TestProto};
+use support::codec::Msg;
 use support::memory::{Io, Net};
-use support::pool::feed;
+use support::pool::{discovered, feed};
 use support::script::settle;
 
 /// Every server answers each request with the endpoint it is.
@@ -39,12 +39,7 @@ async fn d1_a_key_inserted_again_replaces_its_endpoint() {
     bounded(async {
         let net = named_net();
         let (changes, discover) = feed();
-        let pool = Channel::builder()
-            .reconnect(Reconnect::Persistent)
-            .pool(1)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
+        let pool = discovered(&net, Channel::builder(), 1, discover);
         changes
             .send(Change::Insert("k", Endpoint::new("a", 1)))
             .unwrap();
@@ -86,12 +81,7 @@ async fn d1_the_same_endpoint_inserted_again_makes_no_new_connection() {
     bounded(async {
         let net = named_net();
         let (changes, discover) = feed();
-        let pool = Channel::builder()
-            .reconnect(Reconnect::Persistent)
-            .pool(1)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
+        let pool = discovered(&net, Channel::builder(), 1, discover);
         changes
             .send(Change::Insert("k", Endpoint::new("a", 1)))
             .unwrap();
@@ -178,12 +168,7 @@ async fn p2_the_push_receiver_taken_before_the_first_endpoint_gets_their_pushes(
             }
         });
         let (changes, discover) = feed();
-        let pool = Channel::builder()
-            .reconnect(Reconnect::Persistent)
-            .pool(1)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
+        let pool = discovered(&net, Channel::builder(), 1, discover);
         let mut pushes = pool.pushes().expect("the first caller gets it");
         assert!(pool.pushes().is_none(), "one receiver");
         changes
@@ -249,13 +234,12 @@ async fn p1_a_discover_that_panics_before_any_endpoint_does_not_hang_the_pool() 
                 Option<Result<Change<&'static str, Endpoint>, std::convert::Infallible>>,
             > { panic!("the user's discovery panicked") },
         );
-        let pool = Channel::builder()
-            .reconnect(Reconnect::Persistent)
-            .connect_timeout(Duration::from_millis(500))
-            .pool(1)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
+        let pool = discovered(
+            &net,
+            Channel::builder().connect_timeout(Duration::from_millis(500)),
+            1,
+            discover,
+        );
         let out = tokio::time::timeout(Duration::from_secs(8), pool.request(msg("x"))).await;
         let out = out.expect("the pool's call hangs: the first endpoints are awaited for ever");
         assert!(out.expect_err("no endpoint").is_not_sent());
@@ -270,14 +254,14 @@ async fn p1_the_call_timeout_bounds_the_wait_for_the_first_endpoints() {
     bounded(async {
         let net = named_net();
         let (_changes, discover) = feed();
-        let pool = Channel::builder()
-            .reconnect(Reconnect::Persistent)
-            .connect_timeout(Duration::from_secs(10))
-            .call_timeout(Duration::from_secs(1))
-            .pool(1)
-            .discover(discover)
-            .connector(net.connector(), Order::new(TestProto))
-            .unwrap();
+        let pool = discovered(
+            &net,
+            Channel::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .call_timeout(Duration::from_secs(1)),
+            1,
+            discover,
+        );
         let started = tokio::time::Instant::now();
         let err = pool.request(msg("x")).await.expect_err("no endpoint");
         let took = started.elapsed();

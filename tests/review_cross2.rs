@@ -11,66 +11,70 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use socketchannel::{
-    Backoff, BoxError, Channel, Endpoint, Handshake, Order, Protocol, Session, Sessions, Verdict,
-};
+use socketchannel::{Backoff, Channel, Endpoint, Handshake, Order, Session};
 
 use support::channel::{msg, spawn_request};
-use support::codec::{Msg, TestProto};
+use support::codec::{Msg, TestProto, Verdicts};
 use support::memory::{Io, Net, Seen};
 
-/// The test protocol, with `DRAIN` a drain notice ([`Verdict::Drain`]).
-#[derive(Debug, Clone, Copy, Default)]
-struct Drains;
-
-impl Protocol<Msg, Msg> for Drains {
-    fn is_push(&self, resp: &Msg) -> bool {
-        TestProto.is_push(resp)
-    }
-    fn is_final(&self, resp: &Msg) -> bool {
-        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
-    }
-    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
-        TestProto.check(resp)
-    }
-    fn verdict(&self, resp: &Msg) -> Verdict {
-        if resp.text() == "DRAIN" {
-            Verdict::Drain
-        } else {
-            Verdict::Reply
-        }
-    }
-}
-
-impl Sessions<Msg, Msg> for Drains {
-    type Id = u64;
-    fn stamp(&self, req: &mut Msg, id: u64) {
-        TestProto.stamp(req, id);
-    }
-    fn session(&self, resp: &Msg) -> Option<u64> {
-        TestProto.session(resp)
-    }
-}
-
-/// Hosts whose name starts with `d` send a drain notice on every connection as it is
-/// accepted; every host then answers each request with `body@host` and records it.
-fn draining_net(seen: &Seen) -> Net {
+/// Connection `n` (counted from 1 over every host) sends a drain notice at accept if
+/// `drain(endpoint, n)`; then it answers each request with `body@host` (`Verdicts`
+/// reads `DRAIN` as a drain), records `body@host#n`, and closes a second after its
+/// first reply if `close_after_first(n)` (the server's idle timeout).
+fn scripted(
+    seen: &Seen,
+    drain: impl Fn(&Endpoint, usize) -> bool + Send + Sync + 'static,
+    close_after_first: fn(usize) -> bool,
+) -> (Net, Arc<AtomicUsize>) {
     let seen = seen.clone();
-    Net::new(move |ep: Endpoint, mut io: Io| {
+    let drain = Arc::new(drain);
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    let net = Net::new(move |ep: Endpoint, mut io: Io| {
         let seen = seen.clone();
+        let k = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let drains = drain(&ep, k);
         async move {
-            if ep.host().starts_with('d') && io.send(Msg::new("DRAIN")).await.is_err() {
+            if drains && io.send(Msg::new("DRAIN")).await.is_err() {
                 return;
             }
             while let Some(Ok(req)) = io.next().await {
-                seen.lock().unwrap().push(format!("{}@{ep}", req.text()));
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{}@{ep}#{k}", req.text()));
                 let reply = Msg::with_id(req.id, format!("{}@{ep}", req.text()));
                 if io.send(reply).await.is_err() {
                     break;
                 }
+                if close_after_first(k) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
             }
         }
-    })
+    });
+    (net, n)
+}
+
+/// Hosts whose name starts with `d` drain every connection at accept.
+fn draining_net(seen: &Seen) -> Net {
+    scripted(seen, |ep, _| ep.host().starts_with('d'), |_| false).0
+}
+
+/// `builder` for `d:1`, with a handshake that awaits a request of its own (so a drain
+/// notice sent at accept is read during the handshake).
+fn with_hello(builder: socketchannel::Builder<Msg, Msg>) -> socketchannel::Builder<Msg, Msg> {
+    builder
+        .host("d:1")
+        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
+            conn.request(msg("hello")).await?;
+            Ok(Handshake::Ready)
+        })
+}
+
+/// A short backoff, so a test goes through many passes.
+fn short() -> Backoff {
+    Backoff::exponential(Duration::from_millis(10), Duration::from_millis(100))
 }
 
 /// A host that drains every connection at once, with a handshake that awaits a
@@ -83,13 +87,8 @@ fn draining_net(seen: &Seen) -> Net {
 async fn d1_a_host_draining_every_connection_during_the_handshake_fails_queued_calls_not_sent() {
     let seen = Seen::default();
     let net = draining_net(&seen);
-    let ch: support::channel::Ch = Channel::builder()
-        .host("d:1")
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
-            conn.request(msg("hello")).await?;
-            Ok(Handshake::Ready)
-        })
-        .connector(net.connector(), Order::new(Drains))
+    let ch: support::channel::Ch = with_hello(Channel::builder())
+        .connector(net.connector(), Order::new(Verdicts))
         .unwrap();
     let call = spawn_request(&ch, "x");
     let out = tokio::time::timeout(Duration::from_secs(60), call).await;
@@ -116,14 +115,8 @@ async fn d1_a_host_draining_every_connection_during_the_handshake_fails_queued_c
 async fn d2_a_host_draining_during_the_handshake_is_tried_last_and_the_backup_serves() {
     let seen = Seen::default();
     let net = draining_net(&seen);
-    let ch: support::channel::Ch = Channel::builder()
-        .host("d:1")
-        .backup("b:2")
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
-            conn.request(msg("hello")).await?;
-            Ok(Handshake::Ready)
-        })
-        .connector(net.connector(), Session::new(Drains))
+    let ch: support::channel::Ch = with_hello(Channel::builder().backup("b:2"))
+        .connector(net.connector(), Session::new(Verdicts))
         .unwrap();
     let call = spawn_request(&ch, "x");
     let out = tokio::time::timeout(Duration::from_secs(60), call).await;
@@ -138,55 +131,6 @@ async fn d2_a_host_draining_during_the_handshake_is_tried_last_and_the_backup_se
 
 // Helper-61's review of the fix above (the `d3_*` tests).
 
-/// Connection n (1-based) of the host: `drain(n)` says whether it sends DRAIN at
-/// accept; `close_after_first(n)` whether it closes after its first reply.
-fn scripted(
-    seen: &Seen,
-    drain: fn(usize) -> bool,
-    close_after_first: fn(usize) -> bool,
-) -> (Net, Arc<AtomicUsize>) {
-    let seen = seen.clone();
-    let n = Arc::new(AtomicUsize::new(0));
-    let count = n.clone();
-    let net = Net::new(move |ep: Endpoint, mut io: Io| {
-        let seen = seen.clone();
-        let k = count.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            if drain(k) && io.send(Msg::new("DRAIN")).await.is_err() {
-                return;
-            }
-            while let Some(Ok(req)) = io.next().await {
-                seen.lock()
-                    .unwrap()
-                    .push(format!("{}@{ep}#{k}", req.text()));
-                let reply = Msg::with_id(req.id, format!("{}@{ep}", req.text()));
-                if io.send(reply).await.is_err() {
-                    break;
-                }
-                if close_after_first(k) {
-                    // The server's idle timeout, a second later.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-            }
-        }
-    });
-    (net, n)
-}
-
-fn hello_builder() -> socketchannel::Builder<Msg, Msg> {
-    Channel::builder()
-        .host("d:1")
-        .backoff(
-            Backoff::exponential(Duration::from_millis(10), Duration::from_millis(100))
-                .max_attempts(2),
-        )
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
-            conn.request(msg("hello")).await?;
-            Ok(Handshake::Ready)
-        })
-}
-
 /// `d1` with `max_attempts(2)`: the leave that should fail the queued call fast was the
 /// one whose backoff gave up, which went `Idle` and dropped `fail_fast`; `Idle`
 /// restarted a pass at once (the call is queued): 11,999 connects in 60 s, the call
@@ -194,9 +138,9 @@ fn hello_builder() -> socketchannel::Builder<Msg, Msg> {
 #[tokio::test(start_paused = true)]
 async fn d3_with_max_attempts_the_queued_call_of_a_draining_host_fails_not_sent() {
     let seen = Seen::default();
-    let (net, conns) = scripted(&seen, |_| true, |_| false);
-    let ch: support::channel::Ch = hello_builder()
-        .connector(net.connector(), Order::new(Drains))
+    let (net, conns) = scripted(&seen, |_, _| true, |_| false);
+    let ch: support::channel::Ch = with_hello(Channel::builder().backoff(short().max_attempts(2)))
+        .connector(net.connector(), Order::new(Verdicts))
         .unwrap();
     let call = spawn_request(&ch, "x");
     let out = tokio::time::timeout(Duration::from_secs(60), call).await;
@@ -218,18 +162,9 @@ async fn d3_with_max_attempts_the_queued_call_of_a_draining_host_fails_not_sent(
 async fn d3_one_drain_after_an_idle_close_leaves_the_call_to_the_next_connection() {
     let seen = Seen::default();
     // #1: handshake answered, then closed (idle timeout); #2: drains; #3+: serve.
-    let (net, conns) = scripted(&seen, |k| k == 2, |k| k == 1);
-    let ch: support::channel::Ch = Channel::builder()
-        .host("d:1")
-        .backoff(Backoff::exponential(
-            Duration::from_millis(10),
-            Duration::from_millis(100),
-        ))
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
-            conn.request(msg("hello")).await?;
-            Ok(Handshake::Ready)
-        })
-        .connector(net.connector(), Order::new(Drains))
+    let (net, conns) = scripted(&seen, |_, k| k == 2, |k| k == 1);
+    let ch: support::channel::Ch = with_hello(Channel::builder().backoff(short()))
+        .connector(net.connector(), Order::new(Verdicts))
         .unwrap();
     ch.connect().await.expect("first connection");
     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -287,19 +222,12 @@ async fn d3_a_users_connect_parked_in_a_shutdown_still_reopens_after_a_later_one
 async fn d3_a_connection_that_answered_clears_the_count_of_those_left_unanswered() {
     let seen = Seen::default();
     // #1 drains; #2 serves until its maximum age; #3 drains; #4 serves.
-    let (net, conns) = scripted(&seen, |k| k == 1 || k == 3, |_| false);
-    let ch: support::channel::Ch = Channel::builder()
-        .host("d:1")
+    let (net, conns) = scripted(&seen, |_, k| k == 1 || k == 3, |_| false);
+    let builder = Channel::builder()
         .max_connection_age(Duration::from_secs(10))
-        .backoff(Backoff::exponential(
-            Duration::from_millis(10),
-            Duration::from_millis(100),
-        ))
-        .handshake(|conn: Channel<Msg, Msg>, _ep: Endpoint| async move {
-            conn.request(msg("hello")).await?;
-            Ok(Handshake::Ready)
-        })
-        .connector(net.connector(), Order::new(Drains))
+        .backoff(short());
+    let ch: support::channel::Ch = with_hello(builder)
+        .connector(net.connector(), Order::new(Verdicts))
         .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(60), spawn_request(&ch, "a")).await;
     let first = first.expect("resolved").expect("joined");

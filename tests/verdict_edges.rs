@@ -1,4 +1,4 @@
-//! Edges of the server's word on a reply ([`Verdict`]) that `tests/verdict.rs` leaves
+//! Verdicts of the server's word on a reply ([`Verdict`]) that `tests/verdict.rs` leaves
 //! out: a `verdict` that panics, `NotRun` replies among many calls in flight (both
 //! modes), and a `Drain` while calls are still queued on a fixed transport (held back by
 //! the in-flight limit, or by a sink that takes nothing).
@@ -19,17 +19,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use socketchannel::{
-    BoxError, Channel, Config, Endpoint, Error, Kind, Order, Protocol, Session, Sessions, State,
-    Verdict,
-};
+use socketchannel::{Channel, Config, Endpoint, Error, Kind, Order, Session, State};
 use tokio::io::DuplexStream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
 use support::channel::{Ch, Mode, joined_within, msg, wait_state};
-use support::codec::{Kind as Frame, Msg, MsgCodec, TestProto};
+use support::codec::{Kind as Frame, Msg, MsgCodec, Verdicts};
 use support::memory::{Io, Net};
 use support::script::{Peer, pipe, settle};
 use support::{bounded, timeout};
@@ -37,68 +34,25 @@ use support::{bounded, timeout};
 /// How long a single await may take (of the paused clock: only a hang reaches it).
 const WAIT: Duration = Duration::from_secs(5);
 
-/// The test protocol, with verdicts read from the reply's body: `NOTRUN ...` did not
-/// run, `DRAIN` asks for a drain, and `BOOM` makes `verdict` panic.
-#[derive(Debug, Clone, Copy, Default)]
-struct Edges;
-
-impl Protocol<Msg, Msg> for Edges {
-    fn is_push(&self, resp: &Msg) -> bool {
-        TestProto.is_push(resp)
-    }
-
-    fn is_final(&self, resp: &Msg) -> bool {
-        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
-    }
-
-    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
-        TestProto.check(resp)
-    }
-
-    fn verdict(&self, resp: &Msg) -> Verdict {
-        let body = resp.text();
-        assert!(body != "BOOM", "verdict panicked");
-        if body.starts_with("NOTRUN") {
-            Verdict::NotRun
-        } else if body == "DRAIN" {
-            Verdict::Drain
-        } else {
-            Verdict::Reply
-        }
-    }
-}
-
-impl Sessions<Msg, Msg> for Edges {
-    type Id = u64;
-
-    fn stamp(&self, req: &mut Msg, id: u64) {
-        TestProto.stamp(req, id);
-    }
-
-    fn session(&self, resp: &Msg) -> Option<u64> {
-        TestProto.session(resp)
-    }
-}
-
 type Outcome = Result<Msg, Error>;
 
-/// A channel of [`Edges`] over a transport of one's own, in `mode`.
+/// A channel of [`Verdicts`] over a transport of one's own, in `mode`.
 fn fixed<T>(transport: T, mode: Mode, config: Config) -> Ch
 where
     T: socketchannel::Transport<Msg, Msg>,
 {
     match mode {
-        Mode::Order => Channel::with_config(transport, Order::new(Edges), config),
-        Mode::Session => Channel::with_config(transport, Session::new(Edges), config),
+        Mode::Order => Channel::with_config(transport, Order::new(Verdicts), config),
+        Mode::Session => Channel::with_config(transport, Session::new(Verdicts), config),
     }
 }
 
-/// A reconnecting channel of [`Edges`] over `net` (host `a:1`), in `mode`.
+/// A reconnecting channel of [`Verdicts`] over `net` (host `a:1`), in `mode`.
 fn reconnecting(net: &Net, mode: Mode, config: Config) -> Ch {
     let builder = Channel::builder().host("a:1").config(config);
     match mode {
-        Mode::Order => builder.connector(net.connector(), Order::new(Edges)),
-        Mode::Session => builder.connector(net.connector(), Session::new(Edges)),
+        Mode::Order => builder.connector(net.connector(), Order::new(Verdicts)),
+        Mode::Session => builder.connector(net.connector(), Session::new(Verdicts)),
     }
     .expect("a valid host")
 }

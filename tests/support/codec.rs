@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use socketchannel::{BoxError, Protocol, Sessions};
+use socketchannel::{BoxError, Protocol, Sessions, Verdict};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// What a frame is, to the test protocol.
@@ -240,5 +240,48 @@ impl Sessions<Msg, Msg> for TestProto16 {
 
     fn session(&self, resp: &Msg) -> Option<u16> {
         (resp.id != 0).then_some(resp.id as u16)
+    }
+}
+
+/// The test protocol, with verdicts read from the reply's body: `NOTRUN ...` did not
+/// run, `DRAIN` asks for a drain, and `BOOM` makes `verdict` panic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Verdicts;
+
+impl Protocol<Msg, Msg> for Verdicts {
+    fn is_push(&self, resp: &Msg) -> bool {
+        TestProto.is_push(resp)
+    }
+
+    fn is_final(&self, resp: &Msg) -> bool {
+        Protocol::<Msg, Msg>::is_final(&TestProto, resp)
+    }
+
+    fn check(&self, resp: Msg) -> Result<Msg, BoxError> {
+        TestProto.check(resp)
+    }
+
+    fn verdict(&self, resp: &Msg) -> Verdict {
+        let body = resp.text();
+        assert!(body != "BOOM", "verdict panicked");
+        if body.starts_with("NOTRUN") {
+            Verdict::NotRun
+        } else if body == "DRAIN" {
+            Verdict::Drain
+        } else {
+            Verdict::Reply
+        }
+    }
+}
+
+impl Sessions<Msg, Msg> for Verdicts {
+    type Id = u64;
+
+    fn stamp(&self, req: &mut Msg, id: u64) {
+        TestProto.stamp(req, id);
+    }
+
+    fn session(&self, resp: &Msg) -> Option<u64> {
+        TestProto.session(resp)
     }
 }

@@ -42,6 +42,22 @@ pub fn build(net: &Net, builder: Builder<Msg, Msg>, size: usize) -> P {
         .expect("valid host")
 }
 
+/// A pool of `per` connections to each endpoint `discover` yields, in order mode over
+/// `net`, reconnecting persistently; `builder` (with no host) sets the rest.
+pub fn discovered<D>(net: &Net, builder: Builder<Msg, Msg>, per: usize, discover: D) -> P
+where
+    D: tower::discover::Discover<Service = Endpoint> + Send + Unpin + 'static,
+    D::Key: std::hash::Hash + Eq + Send + 'static,
+    D::Error: Into<socketchannel::BoxError>,
+{
+    builder
+        .reconnect(Reconnect::Persistent)
+        .pool(per)
+        .discover(discover)
+        .connector(net.connector(), Order::new(TestProto))
+        .expect("no host to parse")
+}
+
 /// A pool of `size` over `net`, reconnecting persistently with a fixed backoff.
 pub fn pool(net: &Net, size: usize, backoff: Duration) -> P {
     build(net, builder(fixed(backoff)), size)
