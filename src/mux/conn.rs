@@ -13,6 +13,7 @@ use tower::BoxError;
 use super::call::{Envelope, Frames, Waiter};
 use super::deadline::{Deadlines, Due};
 use super::engine::Ended;
+use super::flush::Unflushed;
 use super::matcher::{Entry, Matcher};
 use super::notice::Notices;
 use super::reach::Reach;
@@ -32,6 +33,8 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     pub(crate) first: VecDeque<Envelope<Req, Resp>>,
     writing: Option<Writing<Req, Resp>>,
     pub(crate) needs_flush: bool,
+    /// What was written since the last flush, and whether this pass flushes it.
+    pub(crate) unflushed: Unflushed,
     pub(crate) stall: Stall,
     /// A reply reached a user's call (or the idle ping) on this connection: the host
     /// answered. A frame read with nothing waiting, a push, or a reply to a handshake's
@@ -90,6 +93,7 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             first: VecDeque::new(),
             writing: None,
             needs_flush: false,
+            unflushed: Unflushed::default(),
             stall: Stall::default(),
             answered: false,
             leave: None,
@@ -195,6 +199,7 @@ where
         WE: Into<BoxError>,
     {
         self.needs_flush = true;
+        self.unflushed.wrote();
         let before = crate::meter::encoded();
         let sent = Pin::new(&mut self.transport).start_send(req);
         self.reach.encoded_since(before);

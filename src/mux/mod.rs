@@ -11,6 +11,7 @@ mod call;
 mod conn;
 mod deadline;
 mod engine;
+mod flush;
 mod ids;
 mod matcher;
 mod notice;

@@ -158,16 +158,20 @@ where
         // must hold its FIFO slot when the greeting is routed.
         let (wrote, lane_done) = self.poll_write(cx, conn, lane)?;
         // Any frame read may free a slot or an id: then go round again to write.
-        let read = self.poll_read(cx, conn)?;
+        let (read, more) = self.poll_read(cx, conn)?;
         // Flush after routing: the callers the replies woke start on other workers
         // while this one is in the write syscall (tens of µs on loopback: it runs
-        // the receiver's side of TCP too), instead of after it.
+        // the receiver's side of TCP too), instead of after it. Unless the replies
+        // still ready wake callers whose calls can join this write (`flush.rs`); a
+        // connection the server said to leave flushes what it has.
         let mut flushed = false;
         if conn.needs_flush
+            && (conn.leave.is_some() || !conn.unflushed.hold(more, conn.matcher.pending()))
             && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
         {
             res.map_err(|e| fail(Why::Write, e))?;
             conn.needs_flush = false;
+            conn.unflushed.flushed();
             flushed = true;
         }
         Ok(Io {

@@ -3,7 +3,8 @@
 //! One poll does, in turn and within a budget: write calls (those tied to the
 //! connection first, then the lane's) while the sink and the matcher have room, read
 //! and route up to `READ_BATCH` ready frames (`READ_BATCH_LARGE` of large ones), flush
-//! once, and run the stall timer.
+//! once (or leave the flush to the next pass while more replies are ready: `mux/flush.rs`),
+//! and run the stall timer.
 //! Reading never waits for writing, so a peer that only reads after it has written
 //! cannot deadlock us. The connection's own state is in `conn.rs`, the timer in
 //! `stall.rs`. This file holds the engine and its intake; `drive.rs` the poll loop,
@@ -32,9 +33,11 @@ use crate::shared::Shared;
 const BUDGET: usize = 16;
 /// Calls written per iteration at most: keeps both directions moving.
 const BATCH: usize = 256;
-/// Frames read per iteration at most. The callers they wake send their next calls as one
-/// write (see the yield in `poll_conn`) while the rest of the replies wait in the read
-/// buffer, so the server works on one batch while the callers work on the next. Smaller
+/// Frames read per iteration at most. The callers they wake send their next calls
+/// before the next iteration (see the yield in `poll_conn`) while the rest of the
+/// replies wait in the read buffer; those calls go out with the next group's, in one
+/// write per half of the calls in flight (`mux/flush.rs`), so the server works on one
+/// batch while the callers work on the next. Smaller
 /// batches cost the server a read per few calls; at 256 callers on Redis, 64 did 8-13%
 /// more than 256, and 32 did 20% less.
 const READ_BATCH: usize = 64;

@@ -18,12 +18,13 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    /// Reads and routes ready frames. Returns how many it read.
+    /// Reads and routes ready frames. Returns how many it read, and whether it stopped
+    /// at the pass's limit (more may be ready) rather than for want of a frame.
     pub(super) fn poll_read<T, M, RE>(
         &mut self,
         cx: &mut Context<'_>,
         conn: &mut Conn<T, M, Req, Resp>,
-    ) -> Result<usize, ConnectionError>
+    ) -> Result<(usize, bool), ConnectionError>
     where
         T: Stream<Item = Result<Resp, RE>> + Unpin,
         M: Matcher<Req, Resp>,
@@ -38,7 +39,7 @@ where
                 && (n >= READ_BATCH_LARGE
                     || crate::meter::mark().read.wrapping_sub(start) < LARGE_PASS)
             {
-                break;
+                return Ok((n, true));
             }
             let frame = match Pin::new(&mut conn.transport).poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
@@ -67,7 +68,7 @@ where
                 }
             }
         }
-        Ok(n)
+        Ok((n, false))
     }
 
     fn push(&mut self, frame: Resp) {
