@@ -221,6 +221,7 @@ where
             None => {
                 if let Some(done) = self.writing.take().and_then(|mut w| w.done.take()) {
                     done.written();
+                    self.unflushed.promised();
                 }
                 Ok(())
             }
@@ -325,6 +326,7 @@ where
                 }
                 if let Some(done) = done {
                     done.written();
+                    self.unflushed.promised();
                 }
             }
             Frames::Many(parts) => {

@@ -21,6 +21,8 @@ struct Io {
     lane_done: bool,
     /// Frames read.
     read: usize,
+    /// The read stopped at its limit: more frames may be ready.
+    more: bool,
     /// A flush completed.
     flushed: bool,
 }
@@ -58,6 +60,7 @@ where
             // A flush left unfinished by the last pass: what this one writes is more
             // of a request being taken in.
             let flushing = conn.needs_flush;
+            conn.unflushed.begin();
             // The stall timer may ask what the socket's send queue holds: the first
             // metered IO polled to read answers.
             let ask = conn.stall.wants_queue();
@@ -77,12 +80,14 @@ where
                 wrote,
                 lane_done,
                 read,
+                more,
                 flushed,
             } = moved?;
             conn.report_in_flight();
             // One clock read per pass in which anything moved, for both timers' rules.
             let moved = (read > 0 || wrote || flushed || bytes_read || bytes_written)
                 .then(|| early.unwrap_or_else(Instant::now));
+            conn.unflushed.end(more, moved);
             // The server's word restarts the stall clock: a frame or a byte read. So does
             // a write still being taken in (a large request over a slow link), up to its
             // last bytes, but not one that went out whole at once: a heartbeat to a
@@ -178,6 +183,7 @@ where
             wrote,
             lane_done,
             read,
+            more,
             flushed,
         })
     }
