@@ -40,6 +40,10 @@ fn echo_per_read() -> std::net::SocketAddr {
 /// one window, routed 64 a pass, wake the callers in four groups, and their calls go
 /// out in two writes, not one a group: the server works on one half of the window while
 /// the callers make the other. (A flush in every pass made 125 writes here, 4 a window.)
+///
+/// Holds are off after a pass that came slowly (`flush.rs`: a thread preempted by a
+/// busy machine is one): a measure of 32 windows over that bound runs again, three
+/// times at most. Without holds every measure makes four writes a window.
 #[cfg(feature = "tcp")]
 #[tokio::test(flavor = "current_thread")]
 async fn a_window_of_256_callers_goes_out_in_two_writes() {
@@ -53,26 +57,29 @@ async fn a_window_of_256_callers_goes_out_in_two_writes() {
             .order(LinesCodec::new(), Plain)
             .unwrap();
         channel.request("warm".to_string()).await.unwrap();
-        let before = channel.counters();
-        let callers = (0..CALLERS).map(|i| {
-            let channel = channel.clone();
-            tokio::spawn(async move {
-                for round in 0..ROUNDS {
-                    let call = format!("{i}.{round}");
-                    assert_eq!(channel.request(call.clone()).await.unwrap(), call);
-                }
-            })
-        });
-        for caller in futures::future::join_all(callers).await {
-            caller.unwrap();
+        let mut measures = Vec::new();
+        for _ in 0..3 {
+            let before = channel.counters();
+            let callers = (0..CALLERS).map(|i| {
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    for round in 0..ROUNDS {
+                        let call = format!("{i}.{round}");
+                        assert_eq!(channel.request(call.clone()).await.unwrap(), call);
+                    }
+                })
+            });
+            for caller in futures::future::join_all(callers).await {
+                caller.unwrap();
+            }
+            let writes = channel.counters().writes - before.writes;
+            measures.push(writes);
+            // Two a window (63 in all, run after run), and slack for a slow pass.
+            if writes <= ROUNDS as u64 * 3 {
+                return;
+            }
         }
-        let after = channel.counters();
-        let (writes, windows) = (after.writes - before.writes, ROUNDS as u64);
-        // Two a window (63 in all, run after run), and slack for a slow thread.
-        assert!(
-            writes <= windows * 3,
-            "{writes} writes for {windows} windows: {after:?}"
-        );
+        panic!("writes for {ROUNDS} windows, three measures: {measures:?}");
     })
     .await;
 }
