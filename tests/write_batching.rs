@@ -85,11 +85,11 @@ async fn a_window_of_256_callers_goes_out_in_two_writes() {
 }
 
 /// Ten calls the server holds unanswered (session mode: the next call's reply need not
-/// wait for theirs), then a flood of push frames, which keeps every
-/// read pass at its limit, and a call: fewer than half of the calls in flight wait
-/// unflushed, so the flush is held, but three passes at most. The call is answered while
-/// the flood goes on (held for as long as frames were ready, it waited for the flood's
-/// end, five seconds).
+/// wait for theirs), then a flood of push frames, which keeps every read pass at its
+/// limit, and a call: fewer than half of the calls in flight wait unflushed. Pushes
+/// complete no call, so no hold is made (and any hold lasts three passes at most). The
+/// call is answered while the flood goes on (held for as long as frames were ready, it
+/// waited for the flood's end, five seconds; either rule alone passes).
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_pushes_beside_held_calls_does_not_keep_a_call_unflushed() {
     const HELD: usize = 10;

@@ -14,11 +14,13 @@
 //! that wait is short and known to be:
 //!
 //! * the read stopped at its limit (so another pass comes as soon as those callers ran:
-//!   the replies are there to read), and for [`MAX_HELD`] passes in a row at most (a
-//!   stream of frames that wake nobody cannot keep a call in the buffer);
-//! * the last pass that came after such a read came within [`QUICK`] of it: callers
-//!   that work for a while after their reply (or a busy thread) turn holds off until a
-//!   pass comes quickly again, so the server is not left idle while they work;
+//!   the replies are there to read) and most of its frames completed calls (frames of
+//!   a long reply or pushes wake nobody who would write), and for [`MAX_HELD`] passes in
+//!   a row at most (a stream of frames cannot keep a call in the buffer);
+//! * the pass after the last such read came within [`QUICK`] of it, less than [`FRESH`]
+//!   ago: callers that work for a while after their reply (or a busy thread) turn holds
+//!   off until a pass comes quickly again, so the server is not left idle while they
+//!   work, and a verdict from before an idle spell does not count;
 //! * nothing written since the last flush has told its caller it went out (a
 //!   fire-and-forget `send` resolves once handed to the sink): a `close` right after
 //!   it would drop it unflushed.
@@ -37,6 +39,9 @@ const MAX_HELD: u8 = 3;
 /// request at 16 B, 0.8 at 1 KiB); a caller that works a millisecond is well past it.
 const QUICK: Duration = Duration::from_micros(250);
 
+/// How long a verdict of [`QUICK`] holds: a few windows of calls at 256 callers.
+const FRESH: Duration = Duration::from_millis(2);
+
 /// What a connection wrote since its last flush, and whether holding it has been cheap.
 #[derive(Debug, Default)]
 pub(crate) struct Unflushed {
@@ -46,10 +51,12 @@ pub(crate) struct Unflushed {
     held: u8,
     /// A frame written since the last flush told its caller it went out.
     promised: bool,
-    /// When the last pass whose read stopped at its limit ended, until the next pass.
-    more_at: Option<Instant>,
-    /// The pass after the last such read came within [`QUICK`] of it.
-    quick: bool,
+    /// When the last pass whose read was full (see [`hold`](Self::hold)) ended, until
+    /// the next pass.
+    full_at: Option<Instant>,
+    /// When the pass after such a read last came within [`QUICK`] of it; `None` after
+    /// one that came later.
+    quick_at: Option<Instant>,
 }
 
 impl Unflushed {
@@ -73,35 +80,35 @@ impl Unflushed {
         self.promised = false;
     }
 
-    /// A pass begins: if the last one's read stopped at its limit, how long the callers
-    /// it woke took decides whether this pass (and the next ones) may hold. One clock
-    /// read, only after such a pass.
+    /// A pass begins: if the last one's read was full, how long the callers it woke
+    /// took decides whether holds are on. One clock read, only after such a pass.
     #[inline]
     pub(crate) fn begin(&mut self) {
-        if let Some(at) = self.more_at.take() {
-            self.quick = Instant::now().saturating_duration_since(at) <= QUICK;
+        if let Some(at) = self.full_at.take() {
+            let now = Instant::now();
+            self.quick_at = (now.saturating_duration_since(at) <= QUICK).then_some(now);
         }
     }
 
-    /// A pass ended at `now` (its clock, read when anything moved) with its read
-    /// stopped at the limit (`more`) or not.
+    /// A pass ended, its read full or not. One clock read, only after a full one.
     #[inline]
-    pub(crate) fn end(&mut self, more: bool, now: Option<Instant>) {
-        self.more_at = if more { now } else { None };
+    pub(crate) fn end(&mut self, full: bool) {
+        self.full_at = full.then(Instant::now);
     }
 
-    /// Whether this pass leaves its flush to the next one: its read stopped at the
-    /// pass's limit (`more`: frames are still ready, so a pass follows once the callers
-    /// they woke ran), such a pass came quickly last time, nothing unflushed was
-    /// promised to its caller, fewer than half of the `in_flight` calls wait unflushed,
-    /// and no earlier pass held it [`MAX_HELD`] times in a row. Counts the hold.
+    /// Whether this pass leaves its flush to the next one: its read was `full` (it
+    /// stopped at the pass's limit, so a pass follows once the callers it woke ran, and
+    /// most of its frames completed calls), holds are on (the pass after the last full
+    /// read came quickly, and lately), nothing unflushed was promised to its caller,
+    /// fewer than half of the `in_flight` calls wait unflushed, and no earlier pass held
+    /// it [`MAX_HELD`] times in a row. Counts the hold.
     #[inline]
-    pub(crate) fn hold(&mut self, more: bool, in_flight: usize) -> bool {
-        let hold = more
-            && self.quick
+    pub(crate) fn hold(&mut self, full: bool, in_flight: usize) -> bool {
+        let hold = full
             && !self.promised
             && self.held < MAX_HELD
-            && self.frames.saturating_mul(2) < in_flight;
+            && self.frames.saturating_mul(2) < in_flight
+            && self.quick_at.is_some_and(|at| at.elapsed() <= FRESH);
         self.held = if hold { self.held + 1 } else { 0 };
         hold
     }
@@ -114,7 +121,7 @@ mod tests {
     /// `n` frames written, on a connection whose passes have come quickly.
     fn wrote(n: usize) -> Unflushed {
         let mut u = Unflushed {
-            quick: true,
+            quick_at: Some(Instant::now()),
             ..Unflushed::default()
         };
         (0..n).for_each(|_| u.wrote());
@@ -174,24 +181,27 @@ mod tests {
         u.wrote();
         assert!(!u.hold(true, 256));
         // The pass after a full read came at once: holds are on.
-        u.end(true, Some(Instant::now()));
+        u.end(true);
         u.begin();
         assert!(u.hold(true, 256), "a pass within QUICK turns holds on");
         // The callers worked for a while before the next pass: off from that pass on.
-        u.end(true, Instant::now().checked_sub(QUICK * 2));
+        u.full_at = Instant::now().checked_sub(QUICK * 2);
         u.begin();
         assert!(!u.hold(true, 256));
-        // A pass after a read that did not stop at its limit, or that moved nothing,
-        // leaves the verdict as it is.
-        u.end(false, Some(Instant::now()));
-        u.begin();
-        assert!(!u.hold(true, 256));
-        u.end(true, None);
+        // A pass after a read that was not full leaves the verdict as it is.
+        u.end(false);
         u.begin();
         assert!(!u.hold(true, 256));
         // Quick again.
-        u.end(true, Some(Instant::now()));
+        u.end(true);
         u.begin();
         assert!(u.hold(true, 256));
+    }
+
+    #[test]
+    fn a_verdict_from_before_an_idle_spell_does_not_count() {
+        let mut u = wrote(1);
+        u.quick_at = Instant::now().checked_sub(FRESH * 2);
+        assert!(!u.hold(true, 256));
     }
 }

@@ -21,8 +21,9 @@ struct Io {
     lane_done: bool,
     /// Frames read.
     read: usize,
-    /// The read stopped at its limit: more frames may be ready.
-    more: bool,
+    /// The read was full: it stopped at its limit (more frames may be ready) and most
+    /// of its frames completed calls (`flush.rs`).
+    full: bool,
     /// A flush completed.
     flushed: bool,
 }
@@ -80,14 +81,14 @@ where
                 wrote,
                 lane_done,
                 read,
-                more,
+                full,
                 flushed,
             } = moved?;
             conn.report_in_flight();
             // One clock read per pass in which anything moved, for both timers' rules.
             let moved = (read > 0 || wrote || flushed || bytes_read || bytes_written)
                 .then(|| early.unwrap_or_else(Instant::now));
-            conn.unflushed.end(more, moved);
+            conn.unflushed.end(full);
             // The server's word restarts the stall clock: a frame or a byte read. So does
             // a write still being taken in (a large request over a slow link), up to its
             // last bytes, but not one that went out whole at once: a heartbeat to a
@@ -163,7 +164,11 @@ where
         // must hold its FIFO slot when the greeting is routed.
         let (wrote, lane_done) = self.poll_write(cx, conn, lane)?;
         // Any frame read may free a slot or an id: then go round again to write.
+        let waiting = conn.matcher.pending();
         let (read, more) = self.poll_read(cx, conn)?;
+        // Calls are admitted only by writes: the fewer waiting, the more completed.
+        let completed = waiting.saturating_sub(conn.matcher.pending());
+        let full = more && completed.saturating_mul(2) >= read;
         // Flush after routing: the callers the replies woke start on other workers
         // while this one is in the write syscall (tens of µs on loopback: it runs
         // the receiver's side of TCP too), instead of after it. Unless the replies
@@ -171,7 +176,7 @@ where
         // connection the server said to leave flushes what it has.
         let mut flushed = false;
         if conn.needs_flush
-            && (conn.leave.is_some() || !conn.unflushed.hold(more, conn.matcher.pending()))
+            && (conn.leave.is_some() || !conn.unflushed.hold(full, conn.matcher.pending()))
             && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
         {
             res.map_err(|e| fail(Why::Write, e))?;
@@ -183,7 +188,7 @@ where
             wrote,
             lane_done,
             read,
-            more,
+            full,
             flushed,
         })
     }
