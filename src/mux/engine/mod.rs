@@ -37,9 +37,8 @@ const BATCH: usize = 256;
 /// before the next iteration (see the yield in `poll_conn`) while the rest of the
 /// replies wait in the read buffer; those calls go out with the next group's, in one
 /// write per half of the calls in flight (`mux/flush.rs`), so the server works on one
-/// batch while the callers work on the next. Smaller
-/// batches cost the server a read per few calls; at 256 callers on Redis, 64 did 8-13%
-/// more than 256, and 32 did 20% less.
+/// batch while the callers work on the next. Smaller batches cost the server a read per
+/// few calls; at 256 callers on Redis, 64 did 8-13% more than 256, and 32 did 20% less.
 const READ_BATCH: usize = 64;
 /// Frames read per iteration at most when they are large: the pass's first
 /// `READ_BATCH` took at least `LARGE_PASS` bytes off the socket (a `Metered` IO counts
