@@ -1,8 +1,9 @@
 //! A skeptic review of the flush held while more replies are ready (`src/mux/flush.rs`,
 //! helper-64): a call written beside a burst of replies whose callers work once woken,
 //! and a fire-and-forget `send` followed by `close`. Each burst is 200 replies in one
-//! write, read 64 a pass; the call under test is queued without letting the connection
-//! task run, so the pass that reads the burst's first 64 writes it.
+//! write, read 64 a pass (`support::burst`); the call under test is queued without
+//! letting the connection task run, so the pass that reads the burst's first 64 writes
+//! it.
 //!
 //! Found on the first version of the hold: the call waited in the buffer for three
 //! passes, behind the work of some 192 callers (~1 s), and a `send` that had resolved
@@ -10,158 +11,29 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures::StreamExt;
-use socketchannel::{Channel, Session};
-use tokio::io::AsyncWriteExt;
+use socketchannel::Error;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Encoder, Framed, FramedRead};
 
-use support::codec::{Msg, MsgCodec, TestProto};
+use support::burst::{burst_with, rig, warm_up};
+use support::codec::Msg;
 use support::{bounded, timeout};
 
-type Ch = Channel<Msg, Msg>;
-
-/// Calls a burst answers.
-const BURST: usize = 200;
 /// What each caller woken by a reply does before it runs again, in the rounds that say
 /// so (CPU work: the thread is busy).
 const WORK: Duration = Duration::from_millis(5);
 
-/// A server on its own thread: it answers each `BURST` calls it took in one write once
-/// told to (`go`), and the call `x` at once after `x_work`, noting when `x` arrived.
-struct Server {
-    seen: AtomicUsize,
-    go: AtomicUsize,
-    bursts: AtomicUsize,
-    x_at: Mutex<Option<Instant>>,
-    x_work: Duration,
+/// A caller that works [`WORK`] once its reply came.
+fn slow(_: &support::channel::Ch) {
+    std::thread::sleep(WORK);
 }
 
-impl Server {
-    fn spawn(io: tokio::io::DuplexStream, x_work: Duration) -> Arc<Server> {
-        let s = Arc::new(Server {
-            seen: AtomicUsize::new(0),
-            go: AtomicUsize::new(0),
-            bursts: AtomicUsize::new(0),
-            x_at: Mutex::new(None),
-            x_work,
-        });
-        let server = s.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(server.serve(io));
-        });
-        s
-    }
-
-    async fn serve(&self, io: tokio::io::DuplexStream) {
-        let (rd, mut wr) = tokio::io::split(io);
-        let mut calls = FramedRead::new(rd, MsgCodec::default());
-        let mut burst = Vec::new();
-        while let Some(Ok(call)) = calls.next().await {
-            if call.text() == "x" {
-                *self.x_at.lock().unwrap() = Some(Instant::now());
-                tokio::time::sleep(self.x_work).await;
-                let _ = wr.write_all(&encode(&[call.id], "x")).await;
-                continue;
-            }
-            burst.push(call.id);
-            self.seen.fetch_add(1, Ordering::SeqCst);
-            if burst.len() == BURST {
-                let round = self.bursts.load(Ordering::SeqCst);
-                for _ in 0..10_000 {
-                    if self.go.load(Ordering::SeqCst) > round {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                wr.write_all(&encode(&burst, "burst")).await.unwrap();
-                burst.clear();
-                self.bursts.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// Releases the next burst and waits (blocking the thread, so that no task runs)
-    /// until it is written.
-    fn release(&self) {
-        let round = self.bursts.load(Ordering::SeqCst);
-        self.go.fetch_add(1, Ordering::SeqCst);
-        for _ in 0..5_000 {
-            if self.bursts.load(Ordering::SeqCst) > round {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        panic!("the burst was never written");
-    }
-
-    fn x_reached(&self) -> Option<Instant> {
-        *self.x_at.lock().unwrap()
-    }
-}
-
-fn encode(ids: &[u64], body: &'static str) -> BytesMut {
-    let mut b = BytesMut::new();
-    for &id in ids {
-        MsgCodec::default()
-            .encode(Msg::with_id(id, body), &mut b)
-            .unwrap();
-    }
-    b
-}
-
-/// A channel to a fresh server, in session mode (`x` need not wait for the burst).
-fn rig(x_work: Duration) -> (Ch, Arc<Server>) {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let s = Server::spawn(server, x_work);
-    let channel = Channel::new(
-        Framed::new(client, MsgCodec::default()),
-        Session::new(TestProto),
-    );
-    (channel, s)
-}
-
-/// `BURST` callers, each working `work` once its reply came; returns once the server
-/// took all their calls.
-async fn burst_of_callers(ch: &Ch, s: &Server, work: Duration) -> Vec<JoinHandle<()>> {
-    let before = s.seen.load(Ordering::SeqCst);
-    let callers = (0..BURST)
-        .map(|i| {
-            let ch = ch.clone();
-            tokio::spawn(async move {
-                let reply = ch.request(Msg::new(format!("call {i}"))).await.unwrap();
-                assert_eq!(reply.text(), "burst");
-                std::thread::sleep(work);
-            })
-        })
-        .collect();
-    while s.seen.load(Ordering::SeqCst) < before + BURST {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    callers
-}
-
-async fn joined(callers: Vec<JoinHandle<()>>) {
+/// Every caller had its burst reply.
+async fn joined(callers: Vec<JoinHandle<Result<Msg, Error>>>) {
     for caller in callers {
-        caller.await.unwrap();
+        assert_eq!(caller.await.unwrap().unwrap().text(), "burst");
     }
-}
-
-/// A round of quick callers: the passes after its full reads come at once, so holds
-/// are on for the next burst.
-async fn warm_up(ch: &Ch, s: &Server) {
-    let callers = burst_of_callers(ch, s, Duration::ZERO).await;
-    s.release();
-    joined(callers).await;
 }
 
 /// On a fresh connection, no pass has come quickly yet: the call is flushed in its own
@@ -169,8 +41,8 @@ async fn warm_up(ch: &Ch, s: &Server) {
 #[tokio::test(flavor = "current_thread")]
 async fn a_call_beside_a_burst_is_not_held_behind_the_callers_work() {
     bounded(async {
-        let (ch, s) = rig(Duration::ZERO);
-        let callers = burst_of_callers(&ch, &s, WORK).await;
+        let (ch, s) = rig(false, Duration::ZERO);
+        let callers = burst_with(&ch, &s, slow).await;
         let mut x = Box::pin(ch.request(Msg::new("x")));
         assert!(futures::poll!(&mut x).is_pending());
         s.release();
@@ -179,7 +51,7 @@ async fn a_call_beside_a_burst_is_not_held_behind_the_callers_work() {
             timeout(Duration::from_secs(8), x).await.unwrap().text(),
             "x"
         );
-        let reached = s.x_reached().unwrap() - t0;
+        let reached = s.reached("x").unwrap() - t0;
         joined(callers).await;
         assert!(
             reached < Duration::from_millis(150),
@@ -189,31 +61,52 @@ async fn a_call_beside_a_burst_is_not_held_behind_the_callers_work() {
     .await;
 }
 
-/// After a round of quick callers, holds are on, and the burst's callers turn out to
-/// work 5 ms each: the call is held for one pass, behind the first group of 64 (320 ms),
-/// and that slow pass turns holds off: it does not wait behind the other 128 as well
-/// (three passes, ~1 s, before the fix).
+/// Callers that turn slow mid-burst: the first group woken is quick (so the burst's
+/// second pass turns holds on), the rest work 5 ms each. The first caller woken makes
+/// the call `x`; it runs after that second pass, before the second group's work, and the
+/// third pass writes it. That pass does not hold: `x` leaves after the second group's
+/// work (64 x 5 ms), not also the third's. A guard: the pass's own measure of the slow
+/// group and the verdict's 2 ms life each keep it so (the measure alone is shown by
+/// `flush::tests::holds_wait_for_a_quick_pass_and_stop_after_a_slow_one`); before
+/// either, three holds waited for some 192 callers' work.
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_pass_ends_a_hold_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     bounded(async {
-        let (ch, s) = rig(Duration::ZERO);
-        warm_up(&ch, &s).await;
-        let callers = burst_of_callers(&ch, &s, WORK).await;
-        let mut x = Box::pin(ch.request(Msg::new("x")));
-        assert!(futures::poll!(&mut x).is_pending());
-        s.release();
-        let t0 = Instant::now();
-        assert_eq!(
-            timeout(Duration::from_secs(8), x).await.unwrap().text(),
-            "x"
-        );
-        let reached = s.x_reached().unwrap() - t0;
-        joined(callers).await;
-        // 64 x 5 ms at least before the next pass (327 ms here); 128 x 5 ms if the slow
-        // pass held again, 192 x 5 ms with three holds.
+        let (ch, s) = rig(false, Duration::ZERO);
+        let (woken, made) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(None)));
+        let x = {
+            let (woken, made) = (woken.clone(), made.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let tx = Arc::new(Mutex::new(Some(tx)));
+            let callers = burst_with(&ch, &s, move |ch| {
+                match woken.fetch_add(1, Ordering::SeqCst) {
+                    0 => {
+                        let (ch, made, tx) = (ch.clone(), made.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            *made.lock().unwrap() = Some(Instant::now());
+                            let reply = ch.request(Msg::new("x")).await;
+                            let _ = tx.lock().unwrap().take().unwrap().send(reply);
+                        });
+                    }
+                    1..64 => {}
+                    _ => slow(ch),
+                }
+            })
+            .await;
+            s.release();
+            joined(callers).await;
+            rx
+        };
+        let reply = timeout(Duration::from_secs(8), x).await.unwrap().unwrap();
+        assert_eq!(reply.text(), "x");
+        let reached = s.reached("x").unwrap() - made.lock().unwrap().unwrap();
+        // 64 x 5 ms at least before the third pass (327 ms here); 128 x 5 ms if that
+        // pass held it.
         assert!(
             reached < Duration::from_millis(500),
-            "`x` reached the server {reached:?} after its pass"
+            "`x` reached the server {reached:?} after it was made"
         );
     })
     .await;
@@ -225,8 +118,8 @@ async fn a_slow_pass_ends_a_hold_at_once() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_call_beside_a_burst_overlaps_the_servers_work() {
     bounded(async {
-        let (ch, s) = rig(Duration::from_millis(600));
-        let callers = burst_of_callers(&ch, &s, WORK).await;
+        let (ch, s) = rig(false, Duration::from_millis(600));
+        let callers = burst_with(&ch, &s, slow).await;
         let mut x = Box::pin(ch.request(Msg::new("x")));
         assert!(futures::poll!(&mut x).is_pending());
         s.release();
@@ -244,31 +137,36 @@ async fn a_call_beside_a_burst_overlaps_the_servers_work() {
 }
 
 /// A fire-and-forget `send` (Contract 5: it resolves once handed to the transport),
-/// written in the pass that reads a burst's first 64 replies with holds on, then
-/// `close()` as soon as it resolved: the send was promised, so that pass flushed it,
-/// and it reaches the server (held, `close` dropped it in `Framed`'s buffer).
+/// written in a pass that holds, then `close()` as soon as it resolved: the send was
+/// promised, so that pass flushed it, and it reaches the server (held, `close` dropped
+/// it in `Framed`'s buffer). A verdict that holds are cheap lasts 2 ms, so the send is
+/// made mid-burst: the first caller woken spawns it, and it runs after the burst's
+/// second pass, which found the first group of callers quick; the third pass writes it
+/// and reads 64 more replies, 9 calls still in flight.
 #[tokio::test(flavor = "current_thread")]
 async fn a_send_that_resolved_before_close_reaches_the_server() {
     bounded(async {
-        let (ch, s) = rig(Duration::ZERO);
-        warm_up(&ch, &s).await;
-        let callers = burst_of_callers(&ch, &s, Duration::ZERO).await;
-        let mut x = Box::pin(ch.send(Msg::new("x")));
-        assert!(futures::poll!(&mut x).is_pending());
+        let (ch, s) = rig(false, Duration::ZERO);
+        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers = burst_with(&ch, &s, move |ch| {
+            if !first.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    ch.send(Msg::new("x")).await.unwrap();
+                    ch.close();
+                });
+            }
+        })
+        .await;
         s.release();
-        timeout(Duration::from_secs(5), x).await.unwrap();
-        ch.close();
         for caller in callers {
             // Closed: those whose replies were not routed yet fail.
             let _ = caller.await;
         }
-        for _ in 0..300 {
-            if s.x_reached().is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        panic!("a send that resolved Ok before close() never reached the server");
+        assert!(
+            s.wait_reached("x", 300).await,
+            "a send that resolved Ok before close() never reached the server"
+        );
     })
     .await;
 }
@@ -278,9 +176,9 @@ async fn a_send_that_resolved_before_close_reaches_the_server() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_send_that_resolved_before_shutdown_reaches_the_server() {
     bounded(async {
-        let (ch, s) = rig(Duration::ZERO);
+        let (ch, s) = rig(false, Duration::ZERO);
         warm_up(&ch, &s).await;
-        let callers = burst_of_callers(&ch, &s, Duration::ZERO).await;
+        let callers = burst_with(&ch, &s, |_| {}).await;
         let mut x = Box::pin(ch.send(Msg::new("x")));
         assert!(futures::poll!(&mut x).is_pending());
         s.release();
@@ -293,13 +191,10 @@ async fn a_send_that_resolved_before_shutdown_reaches_the_server() {
             t.elapsed()
         );
         joined(callers).await;
-        for _ in 0..300 {
-            if s.x_reached().is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        panic!("a send that resolved Ok before shutdown() never reached the server");
+        assert!(
+            s.wait_reached("x", 300).await,
+            "a send that resolved Ok before shutdown() never reached the server"
+        );
     })
     .await;
 }

@@ -18,174 +18,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use futures::StreamExt;
-use socketchannel::{Call, Channel, Config, Error, Metered, Replies, Session};
+use socketchannel::{Call, Channel, Config, Error, Replies, Session};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Encoder, Framed, FramedRead};
+use tokio_util::codec::{Framed, FramedRead};
 
+use support::burst::{BURST, burst_with, encode, rig, warm_up};
+use support::channel::Ch;
 use support::codec::{Msg, MsgCodec, TestProto};
 use support::{bounded, timeout};
-
-type Ch = Channel<Msg, Msg>;
-
-const BURST: usize = 200;
-
-fn encode(ids: &[u64], body: &'static str) -> BytesMut {
-    let mut b = BytesMut::new();
-    for &id in ids {
-        MsgCodec::default()
-            .encode(Msg::with_id(id, body), &mut b)
-            .unwrap();
-    }
-    b
-}
-
-// ---------------------------------------------------------------------------------
-// A server on its own thread (as in review_flush_hold.rs): bursts of BURST replies in
-// one write once released; any other call answered at once, and noted.
-
-struct Server {
-    seen: AtomicUsize,
-    go: AtomicUsize,
-    bursts: AtomicUsize,
-    others: Mutex<Vec<(String, Instant)>>,
-}
-
-impl Server {
-    fn spawn(io: tokio::io::DuplexStream) -> Arc<Server> {
-        let s = Arc::new(Server {
-            seen: AtomicUsize::new(0),
-            go: AtomicUsize::new(0),
-            bursts: AtomicUsize::new(0),
-            others: Mutex::new(Vec::new()),
-        });
-        let server = s.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(server.serve(io));
-        });
-        s
-    }
-
-    async fn serve(&self, io: tokio::io::DuplexStream) {
-        let (rd, mut wr) = tokio::io::split(io);
-        let mut calls = FramedRead::new(rd, MsgCodec::default());
-        let mut burst = Vec::new();
-        while let Some(Ok(call)) = calls.next().await {
-            if call.text() == "many" {
-                let ids = vec![call.id; BURST];
-                let _ = wr.write_all(&encode(&ids, "part")).await;
-                continue;
-            }
-            if !call.text().starts_with("call") {
-                self.others
-                    .lock()
-                    .unwrap()
-                    .push((call.text().to_string(), Instant::now()));
-                let _ = wr.write_all(&encode(&[call.id], "other")).await;
-                continue;
-            }
-            burst.push(call.id);
-            self.seen.fetch_add(1, Ordering::SeqCst);
-            if burst.len() == BURST {
-                let round = self.bursts.load(Ordering::SeqCst);
-                for _ in 0..10_000 {
-                    if self.go.load(Ordering::SeqCst) > round {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                if wr.write_all(&encode(&burst, "burst")).await.is_err() {
-                    return;
-                }
-                burst.clear();
-                self.bursts.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
-
-    fn release(&self) {
-        let round = self.bursts.load(Ordering::SeqCst);
-        self.go.fetch_add(1, Ordering::SeqCst);
-        for _ in 0..5_000 {
-            if self.bursts.load(Ordering::SeqCst) > round {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        panic!("the burst was never written");
-    }
-
-    fn reached(&self, what: &str) -> bool {
-        self.others.lock().unwrap().iter().any(|(t, _)| t == what)
-    }
-
-    async fn wait_reached(&self, what: &str, ms: u64) -> bool {
-        for _ in 0..ms {
-            if self.reached(what) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.reached(what)
-    }
-}
-
-fn rig(metered: bool) -> (Ch, Arc<Server>) {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let s = Server::spawn(server);
-    let channel = if metered {
-        Channel::new(
-            Framed::new(Metered::exact(client), Metered::new(MsgCodec::default())),
-            Session::new(TestProto),
-        )
-    } else {
-        Channel::new(
-            Framed::new(client, MsgCodec::default()),
-            Session::new(TestProto),
-        )
-    };
-    (channel, s)
-}
-
-/// BURST callers; `then` runs on each reply. Returns once the server took every call.
-async fn burst_with<F>(ch: &Ch, s: &Server, then: F) -> Vec<JoinHandle<Result<Msg, Error>>>
-where
-    F: Fn(&Ch) + Send + Sync + Clone + 'static,
-{
-    let before = s.seen.load(Ordering::SeqCst);
-    let callers = (0..BURST)
-        .map(|i| {
-            let ch = ch.clone();
-            let then = then.clone();
-            tokio::spawn(async move {
-                let reply = ch.request(Msg::new(format!("call {i}"))).await;
-                if reply.is_ok() {
-                    then(&ch);
-                }
-                reply
-            })
-        })
-        .collect();
-    while s.seen.load(Ordering::SeqCst) < before + BURST {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    callers
-}
-
-async fn warm_up(ch: &Ch, s: &Server) {
-    let callers = burst_with(ch, s, |_| {}).await;
-    s.release();
-    for c in callers {
-        c.await.unwrap().unwrap();
-    }
-}
 
 /// Every burst call reached the server (it saw all BURST): none may fail *not sent*.
 async fn no_burst_call_not_sent(callers: Vec<JoinHandle<Result<Msg, Error>>>) -> usize {
@@ -207,7 +50,7 @@ async fn no_burst_call_not_sent(callers: Vec<JoinHandle<Result<Msg, Error>>>) ->
 /// *not sent* only if it never reached it; over a metered transport, *not sent* if it
 /// did not.
 async fn close_by_a_woken_caller(metered: bool) -> (bool, Result<Msg, Error>) {
-    let (ch, s) = rig(metered);
+    let (ch, s) = rig(metered, Duration::ZERO);
     warm_up(&ch, &s).await;
     let first = Arc::new(AtomicBool::new(false));
     let callers = burst_with(&ch, &s, move |ch| {
@@ -263,7 +106,7 @@ async fn close_between_a_held_pass_and_the_next_unmetered() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_count_zero_call_that_resolved_before_close_reaches_the_server() {
     bounded(async {
-        let (ch, s) = rig(false);
+        let (ch, s) = rig(false, Duration::ZERO);
         warm_up(&ch, &s).await;
         let callers = burst_with(&ch, &s, |_| {}).await;
         let mut x = Box::pin(ch.request_n(Call::new(Msg::new("x0")).replies(Replies::Count(0)), 0));
@@ -284,7 +127,7 @@ async fn a_count_zero_call_that_resolved_before_close_reaches_the_server() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_multi_part_send_that_resolved_before_close_reaches_the_server() {
     bounded(async {
-        let (ch, s) = rig(true);
+        let (ch, s) = rig(true, Duration::ZERO);
         warm_up(&ch, &s).await;
         let callers = burst_with(&ch, &s, |_| {}).await;
         let parts = vec![Msg::new("p1"), Msg::new("p2"), Msg::new("p3")];
@@ -306,7 +149,7 @@ async fn a_multi_part_send_that_resolved_before_close_reaches_the_server() {
 #[tokio::test(flavor = "current_thread")]
 async fn shutdown_between_a_held_pass_and_the_next_answers_the_held_call() {
     bounded(async {
-        let (ch, s) = rig(true);
+        let (ch, s) = rig(true, Duration::ZERO);
         warm_up(&ch, &s).await;
         let first = Arc::new(AtomicBool::new(false));
         let callers = burst_with(&ch, &s, move |ch| {
@@ -421,7 +264,7 @@ async fn with_a_paused_clock_no_deadline_or_stall_waits_on_a_held_flush() {
 #[tokio::test(flavor = "current_thread")]
 async fn after_an_idle_spell_an_old_quick_verdict_holds_a_call_behind_slow_callers() {
     bounded(async {
-        let (ch, s) = rig(false);
+        let (ch, s) = rig(false, Duration::ZERO);
         warm_up(&ch, &s).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let callers = burst_with(&ch, &s, |_| std::thread::sleep(Duration::from_millis(5))).await;
@@ -430,14 +273,7 @@ async fn after_an_idle_spell_an_old_quick_verdict_holds_a_call_behind_slow_calle
         s.release();
         let t0 = Instant::now();
         timeout(Duration::from_secs(8), x).await.unwrap();
-        let at = s
-            .others
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(t, _)| t == "x")
-            .map(|&(_, at)| at)
-            .unwrap();
+        let at = s.reached("x").unwrap();
         let reached = at.saturating_duration_since(t0);
         assert_eq!(no_burst_call_not_sent(callers).await, 0);
         assert!(
@@ -452,7 +288,7 @@ async fn after_an_idle_spell_an_old_quick_verdict_holds_a_call_behind_slow_calle
 /// frames in one write, then the same slow callers and `x` beside their burst: how long
 /// after its pass `x` reached the server.
 async fn slow_rounds(many: bool) -> Duration {
-    let (ch, s) = rig(false);
+    let (ch, s) = rig(false, Duration::ZERO);
     let slow = |_: &Ch| std::thread::sleep(Duration::from_millis(5));
     // Slow callers: the pass after the full read is slow, holds are off.
     let callers = burst_with(&ch, &s, slow).await;
@@ -473,14 +309,7 @@ async fn slow_rounds(many: bool) -> Duration {
     s.release();
     let t0 = Instant::now();
     timeout(Duration::from_secs(8), x).await.unwrap();
-    let at = s
-        .others
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(t, _)| t == "x")
-        .map(|&(_, at)| at)
-        .unwrap();
+    let at = s.reached("x").unwrap();
     assert_eq!(no_burst_call_not_sent(callers).await, 0);
     at.saturating_duration_since(t0)
 }
@@ -673,9 +502,9 @@ async fn reconnect_close(config: Config) -> (bool, Result<Msg, Error>) {
     (reached, x)
 }
 
-/// With the default orphan-age clock (60 s), a pass's clock is read at its start
-/// (`advance_age`), so the time rule measures from the start of the full-read pass, not
-/// its end: the pass's own work counts against `QUICK`.
+/// With the default orphan-age clock (60 s) and without it: until b169b5a the time rule
+/// took the pass's clock, which with that clock is read at the pass's start
+/// (`advance_age`); it now reads its own at the pass's end.
 // A paused clock: holds are on from the second burst (the time rule reads 0).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn close_of_a_reconnecting_channel_between_a_held_pass_and_the_next() {

@@ -32,7 +32,6 @@ pub(crate) struct Conn<T, M, Req, Resp> {
     /// await (Contract 12), an idle ping.
     pub(crate) first: VecDeque<Envelope<Req, Resp>>,
     writing: Option<Writing<Req, Resp>>,
-    pub(crate) needs_flush: bool,
     /// What was written since the last flush, and whether this pass flushes it.
     pub(crate) unflushed: Unflushed,
     pub(crate) stall: Stall,
@@ -92,7 +91,6 @@ impl<T, M, Req, Resp> Conn<T, M, Req, Resp> {
             matcher,
             first: VecDeque::new(),
             writing: None,
-            needs_flush: false,
             unflushed: Unflushed::default(),
             stall: Stall::default(),
             answered: false,
@@ -118,11 +116,17 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    /// Frames were handed to the sink since its last flush.
+    #[inline]
+    pub(crate) fn needs_flush(&self) -> bool {
+        !self.unflushed.is_empty()
+    }
+
     /// Nothing is being written, flushed, or waited for.
     pub(crate) fn is_idle(&self) -> bool {
         self.writing.is_none()
             && self.first.is_empty()
-            && !self.needs_flush
+            && !self.needs_flush()
             && self.matcher.pending() == 0
     }
 
@@ -144,7 +148,7 @@ where
         }
         // Outside the task budget: past it, callers gone would read as still there.
         let callers = super::unbudgeted(cx, |cx| self.matcher.poll_nobody_waits(cx));
-        callers && self.writing.is_none() && self.first.is_empty() && !self.needs_flush
+        callers && self.writing.is_none() && self.first.is_empty() && !self.needs_flush()
     }
 
     /// A multi-part request is half written: nothing else may go out.
@@ -198,7 +202,6 @@ where
         T: Sink<Req, Error = WE> + Unpin,
         WE: Into<BoxError>,
     {
-        self.needs_flush = true;
         self.unflushed.wrote();
         let before = crate::meter::encoded();
         let sent = Pin::new(&mut self.transport).start_send(req);

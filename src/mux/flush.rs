@@ -66,6 +66,12 @@ impl Unflushed {
         self.frames += 1;
     }
 
+    /// Nothing was handed to the sink since its last flush.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
     /// A call written since the last flush was told it went out (a fire-and-forget).
     #[inline]
     pub(crate) fn promised(&mut self) {

@@ -2,15 +2,16 @@
 //! TCP test server ([`server`]), a fault-injecting TCP proxy ([`proxy`]) and what those
 //! and the suites' own servers share ([`loopback`]), channels of the test protocol and
 //! their calls ([`channel`]), an in-memory network of scripted servers for reconnecting
-//! channels ([`memory`]), scripted peers on an in-memory pipe ([`script`]), the peak of
-//! calls in flight under a load ([`peak`]), and small helpers that keep every test
-//! bounded in time.
+//! channels ([`memory`]), scripted peers on an in-memory pipe ([`script`]), a server of
+//! reply bursts ([`burst`]), the peak of calls in flight under a load ([`peak`]), and
+//! small helpers that keep every test bounded in time.
 //!
 //! Each suite includes it with `mod support;`; a suite uses only part of it, hence the
 //! `dead_code` allowance.
 
 #![allow(dead_code)]
 
+pub mod burst;
 pub mod channel;
 pub mod codec;
 pub mod loopback;

@@ -60,7 +60,7 @@ where
             let early = conn.advance_age();
             // A flush left unfinished by the last pass: what this one writes is more
             // of a request being taken in.
-            let flushing = conn.needs_flush;
+            let flushing = conn.needs_flush();
             conn.unflushed.begin();
             // The stall timer may ask what the socket's send queue holds: the first
             // metered IO polled to read answers.
@@ -93,7 +93,8 @@ where
             // a write still being taken in (a large request over a slow link), up to its
             // last bytes, but not one that went out whole at once: a heartbeat to a
             // server that reads and never answers is no sign of life (Contract 6).
-            let heard = read > 0 || bytes_read || (bytes_written && (flushing || conn.needs_flush));
+            let heard =
+                read > 0 || bytes_read || (bytes_written && (flushing || conn.needs_flush()));
             let watched = conn.matcher.watched();
             if let Some(limit) = self.stall {
                 conn.stall
@@ -175,12 +176,11 @@ where
         // still ready wake callers whose calls can join this write (`flush.rs`); a
         // connection the server said to leave flushes what it has.
         let mut flushed = false;
-        if conn.needs_flush
+        if conn.needs_flush()
             && (conn.leave.is_some() || !conn.unflushed.hold(full, conn.matcher.pending()))
             && let Poll::Ready(res) = Pin::new(&mut conn.transport).poll_flush(cx)
         {
             res.map_err(|e| fail(Why::Write, e))?;
-            conn.needs_flush = false;
             conn.unflushed.flushed();
             flushed = true;
         }
